@@ -1,0 +1,182 @@
+// Ferry's configuration: the YAML file of CONTRACT.md, loaded strictly.
+//
+// `load_config` parses and validates everything and touches no device or file other than
+// the config itself (and `*_file` secrets). Every problem found is reported, not just the
+// first: unknown keys, wrong types, bad durations/sizes, missing or duplicate ids, bad
+// patterns and templates. Positions are 1-based, as compilers print them.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ferry::config {
+
+using duration = std::chrono::milliseconds;
+
+struct error {
+    std::string file;
+    int line = 0;    // 1-based; 0 when the file could not be read at all
+    int column = 0;  // 1-based
+    std::string path;  // key path, e.g. "devices[0].points[2].type"
+    std::string message;
+    // FILE:LINE:COLUMN: key.path: message
+    std::string to_string() const;
+};
+
+// Thrown by load_config with every error of the file.
+class errors : public std::runtime_error {
+public:
+    explicit errors(std::vector<error> list);
+    const std::vector<error>& list() const { return list_; }
+
+private:
+    std::vector<error> list_;
+};
+
+// Where a key stood in the file, for errors found after loading (e.g. by a component).
+struct mark {
+    int line = 0;
+    int column = 0;
+};
+
+enum class log_level { debug, info, warn, error };
+enum class table { holding, input, coil, discrete };
+enum class point_type { boolean, int16, uint16, int32, uint32, int64, uint64, float32, float64, string };
+enum class byte_order { abcd, dcba, badc, cdab };
+enum class when_full { drop_oldest, drop_newest, block };
+enum class fsync_mode { always, batch, never };
+enum class parity { none, even, odd };
+
+struct gateway_section {
+    std::string id;
+    std::string data_dir = "/var/lib/ferry";
+    log_level level = log_level::info;
+};
+
+struct http_section {
+    bool enabled = false;  // true when the `http` section is present
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 9108;
+};
+
+struct point {
+    std::string name;
+    table tbl = table::holding;
+    std::uint32_t address = 0;
+    point_type type = point_type::uint16;
+    byte_order order = byte_order::abcd;
+    std::uint32_t length = 0;  // registers, for strings
+    double scale = 1.0;
+    double offset = 0.0;
+    std::string unit;
+    bool writable = false;
+    std::optional<double> min;
+    std::optional<double> max;
+    mark where;
+};
+
+struct serial_settings {
+    std::string port;
+    std::uint32_t baud = 9600;
+    parity par = parity::none;
+    int data_bits = 8;
+    int stop_bits = 1;
+};
+
+struct device {
+    std::string id;
+    std::string driver;  // modbus_tcp | modbus_rtu | serial_line
+    std::string host;
+    std::uint16_t port = 502;
+    int unit_id = 1;
+    duration poll_interval{1000};
+    duration timeout{500};
+    int retries = 2;
+    std::optional<serial_settings> serial;
+    std::vector<point> points;
+    mark where;
+};
+
+struct batch_settings {
+    std::size_t max_events = 500;
+    std::size_t max_bytes = 256 * 1024;
+    duration max_age{1000};
+};
+
+struct publish_settings {
+    std::string topic = "ferry/{gateway}/{device}";
+    int qos = 1;
+    bool retain = false;
+};
+
+struct rule {
+    std::string name;
+    std::vector<std::string> match;  // validated patterns over device/tag
+    batch_settings batch;
+    publish_settings publish;
+    mark where;
+};
+
+struct tls_settings {
+    std::string ca_file;
+    std::string cert_file;
+    std::string key_file;
+    bool verify_hostname = true;
+};
+
+struct mqtt_settings {
+    std::vector<std::string> uris{"tcp://127.0.0.1:1883"};
+    std::string client_id = "{gateway}";  // template expanded by the loader
+    int version = 5;                      // 5 or 4 (3.1.1)
+    duration keepalive{30000};
+    std::string username;
+    std::string password;  // read from password_file; never logged
+    std::optional<tls_settings> tls;
+    int inflight = 16;
+};
+
+struct spool_settings {
+    std::string path = "{data_dir}/spool.db";  // template expanded by the loader
+    std::uint64_t max_bytes = 512ull * 1024 * 1024;
+    ferry::config::when_full full = when_full::drop_oldest;
+    fsync_mode fsync = fsync_mode::always;
+};
+
+struct upstream_section {
+    mqtt_settings mqtt;
+    spool_settings spool;
+};
+
+struct dead_letter_section {
+    std::string topic = "ferry/{gateway}/dead-letter";
+};
+
+struct config {
+    std::string file;
+    gateway_section gateway;
+    http_section http;
+    std::vector<device> devices;
+    std::vector<rule> rules;
+    dead_letter_section dead_letter;
+    upstream_section upstream;
+};
+
+// Loads and validates FILE. Throws `errors` (all of them) if anything is wrong.
+config load_config(const std::string& file);
+// Same, from text already in memory; `file` names it in errors.
+config load_config_text(const std::string& text, const std::string& file);
+
+// "250ms" "2s" "5m" "1h"; nullopt if malformed.
+std::optional<duration> parse_duration(std::string_view text);
+// "512" "64KiB" "512MiB" "1GiB" (also KB/MB/GB as powers of 1000? no: only the IEC forms and bare bytes).
+std::optional<std::uint64_t> parse_size(std::string_view text);
+
+// Number of registers a point of this type occupies (bits count 1 for coil/discrete).
+std::uint32_t register_count(const point& p);
+
+}  // namespace ferry::config

@@ -1,0 +1,60 @@
+// Topic patterns and templates.
+//
+// A pattern matches bus addresses "device/tag" level by level, MQTT-style: `+` matches one
+// whole level, `#` (last level only) matches the rest including nothing, and `*` inside a
+// level matches any run of characters within that level ("meter*"). Compiled once; matching
+// allocates nothing.
+//
+// A template expands `{gateway}`, `{device}`, `{tag}` and `{rule}` into an MQTT topic.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ferry {
+
+class topic_pattern {
+public:
+    // Returns the pattern, or nullopt with `why` set when the text is not a valid pattern.
+    static std::optional<topic_pattern> compile(std::string_view text, std::string* why = nullptr);
+
+    bool matches(std::string_view address) const;
+    const std::string& text() const { return text_; }
+
+private:
+    std::string text_;
+    std::vector<std::string> levels_;
+};
+
+struct template_vars {
+    std::string_view gateway;
+    std::string_view device;
+    std::string_view tag;
+    std::string_view rule;
+};
+
+class topic_template {
+public:
+    static std::optional<topic_template> compile(std::string_view text, std::string* why = nullptr);
+
+    void expand(const template_vars& vars, std::string& out) const;
+    std::string expand(const template_vars& vars) const;
+    bool uses_device() const { return uses_device_; }
+    bool uses_tag() const { return uses_tag_; }
+    const std::string& text() const { return text_; }
+
+private:
+    enum class part_kind { literal, gateway, device, tag, rule };
+    struct part {
+        part_kind kind;
+        std::string literal;
+    };
+    std::string text_;
+    std::vector<part> parts_;
+    bool uses_device_ = false;
+    bool uses_tag_ = false;
+};
+
+}  // namespace ferry

@@ -1,0 +1,49 @@
+// The MQTT publisher: sends what the spool holds, in spool order, and removes each message
+// from the spool only once the broker acknowledged it (PUBACK for QoS 1; for QoS 0 once
+// written to the socket).
+//
+// Paho's async client with its own persistence off (the spool is the only source of truth).
+// At most `inflight` messages are outstanding; on reconnect every unacknowledged message is
+// sent again from the oldest, so duplicates appear only within the in-flight window.
+// Reconnects with exponential backoff and jitter, failing over across `uris` in order.
+// Publishes a retained "online" on ferry/{gateway}/status after each connect, with a retained
+// last will "offline".
+//
+// Threading: start() spawns one sender thread; Paho runs its own. stop() is idempotent.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "gateway/config.hpp"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace ferry::upstream {
+
+class spool;
+
+class mqtt_publisher {
+public:
+    mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
+                   prometheus::Registry& registry);
+    ~mqtt_publisher();
+    mqtt_publisher(const mqtt_publisher&) = delete;
+    mqtt_publisher& operator=(const mqtt_publisher&) = delete;
+
+    void start();
+    // Gives the publisher up to `drain` to deliver what the spool holds, then publishes the
+    // retained "offline" status, disconnects and joins. What is left stays in the spool.
+    void stop(std::chrono::milliseconds drain);
+
+    bool connected() const;
+
+private:
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace ferry::upstream

@@ -1,0 +1,92 @@
+// The spool: Ferry's durability boundary (design note in spool.cpp).
+//
+// A batch counts as accepted once `append` returns `ok`: from then on it survives a broker
+// outage, `kill -9` and restart (with fsync `always`, also power loss). The publisher reads
+// messages in spool order with `peek` and removes each with `ack` once the broker has
+// acknowledged it.
+//
+// Threading: every method is safe to call from any thread (one internal mutex around one
+// SQLite connection). `append` with when_full=block waits for space until `ack` frees some
+// or `close()` is called. After `close()`, `append` returns `closed` at once.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "gateway/config.hpp"
+
+struct sqlite3;
+struct sqlite3_stmt;
+namespace prometheus {
+class Registry;
+}
+
+namespace ferry::upstream {
+
+struct spooled_message {
+    std::int64_t id = 0;      // spool order; strictly increasing
+    std::string topic;
+    std::string payload;
+    int qos = 1;
+    bool retain = false;
+    std::int64_t created_ms = 0;  // Unix ms when it entered the spool
+};
+
+enum class append_result {
+    ok,             // stored
+    ok_dropped,     // stored, after dropping the oldest messages to make room (counted)
+    dropped,        // not stored: the spool is full and when_full is drop_newest (counted)
+    closed,         // not stored: close() was called while waiting for room
+    error,          // not stored: I/O error, disk full, ... (counted, logged)
+};
+
+// Fills `out` with the payload for batch number `batch_no` on this topic.
+using encode_fn = std::function<void(std::uint64_t batch_no, std::string& out)>;
+
+class spool {
+public:
+    // Opens (creating if needed) the spool at settings.path, a file path. A damaged file is
+    // moved aside as "<path>.corrupt-<unix time>", logged and counted, and an empty spool is
+    // started in its place: never a crash loop. Throws std::runtime_error only when even a
+    // fresh spool cannot be created (directory missing, not writable).
+    spool(const config::spool_settings& settings, prometheus::Registry& registry);
+    ~spool();
+    spool(const spool&) = delete;
+    spool& operator=(const spool&) = delete;
+
+    // Assigns the next batch number of `topic` (rising by one per message on each topic,
+    // persisted), calls encode(batch_no, payload) and stores the message, all in one
+    // transaction. Applies when_full if the message does not fit in max_bytes.
+    append_result append(const std::string& topic, int qos, bool retain, const encode_fn& encode);
+
+    // Up to `max` messages with id > after_id, oldest first.
+    std::vector<spooled_message> peek(std::int64_t after_id, std::size_t max);
+    // Removes a delivered message. Unknown ids are ignored.
+    void ack(std::int64_t id);
+
+    // Blocks until a message with id > after_id exists, close() is called, or the timeout
+    // passes. Returns true when there is something to peek.
+    bool wait_for_messages(std::int64_t after_id, std::chrono::milliseconds timeout);
+
+    // Small persistent key/value state (e.g. the seq high-water mark). Written durably.
+    std::uint64_t load_state(const std::string& key, std::uint64_t fallback);
+    void store_state(const std::string& key, std::uint64_t value);
+
+    std::uint64_t bytes() const;     // payload+topic bytes held
+    std::uint64_t messages() const;  // messages held
+    std::uint64_t corrupt_recoveries() const;
+
+    // Wakes every waiter; later appends return `closed`. Reads and acks still work.
+    void close();
+
+private:
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace ferry::upstream
