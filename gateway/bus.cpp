@@ -1,1 +1,138 @@
-// (being written)
+#include "gateway/bus.hpp"
+
+#include <algorithm>
+
+namespace ferry {
+
+std::string_view to_string(drop_reason r) {
+    switch (r) {
+        case drop_reason::drop_oldest:
+            return "drop_oldest";
+        case drop_reason::drop_newest:
+            return "drop_newest";
+        case drop_reason::closed:
+            return "closed";
+        case drop_reason::count_:
+            break;
+    }
+    return "unknown";
+}
+
+subscription::subscription(std::string name, std::size_t capacity, overflow_policy policy,
+                           bus& owner)
+    : name_(std::move(name)),
+      capacity_(std::max<std::size_t>(capacity, 1)),
+      policy_(policy),
+      owner_(owner) {}
+
+void subscription::push(std::span<const event> events) {
+    std::unique_lock lock(mu_);
+    for (const auto& e : events) {
+        if (closed_) {
+            owner_.count_drop(drop_reason::closed, 1);
+            continue;
+        }
+        if (queue_.size() >= capacity_) {
+            switch (policy_) {
+                case overflow_policy::block:
+                    not_full_.wait(lock, [&] { return closed_ || queue_.size() < capacity_; });
+                    if (closed_) {
+                        owner_.count_drop(drop_reason::closed, 1);
+                        continue;
+                    }
+                    break;
+                case overflow_policy::drop_oldest:
+                    queue_.pop_front();
+                    owner_.count_drop(drop_reason::drop_oldest, 1);
+                    break;
+                case overflow_policy::drop_newest:
+                    owner_.count_drop(drop_reason::drop_newest, 1);
+                    continue;
+            }
+        }
+        queue_.push_back(e);
+    }
+    lock.unlock();
+    not_empty_.notify_one();
+}
+
+std::size_t subscription::pop(std::vector<event>& out, std::size_t max,
+                              std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock lock(mu_);
+    not_empty_.wait_until(lock, deadline, [&] { return closed_ || !queue_.empty(); });
+    std::size_t n = std::min(max, queue_.size());
+    for (std::size_t i = 0; i < n; ++i) {
+        out.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+    }
+    lock.unlock();
+    if (n > 0) not_full_.notify_all();
+    return n;
+}
+
+void subscription::close() {
+    {
+        std::lock_guard lock(mu_);
+        closed_ = true;
+    }
+    not_full_.notify_all();
+    not_empty_.notify_all();
+}
+
+bool subscription::closed() const {
+    std::lock_guard lock(mu_);
+    return closed_;
+}
+
+std::size_t subscription::depth() const {
+    std::lock_guard lock(mu_);
+    return queue_.size();
+}
+
+bus::bus(const point_table& points) : points_(points) {}
+
+std::shared_ptr<subscription> bus::subscribe(std::string name,
+                                             const std::vector<topic_pattern>& patterns,
+                                             std::size_t capacity, overflow_policy policy) {
+    auto sub = std::make_shared<subscription>(std::move(name), capacity, policy, *this);
+    std::unique_lock lock(mu_);
+    routes_.resize(points_.size());
+    for (point_id id = 0; id < points_.size(); ++id) {
+        const auto& address = points_.get(id).address;
+        bool hit = std::any_of(patterns.begin(), patterns.end(),
+                               [&](const topic_pattern& p) { return p.matches(address); });
+        if (hit) routes_[id].push_back(sub.get());
+    }
+    subs_.push_back(sub);
+    return sub;
+}
+
+void bus::publish(std::span<const event> events) {
+    std::shared_lock lock(mu_);
+    published_.fetch_add(events.size(), std::memory_order_relaxed);
+    // Fast path: every event of one poll usually routes to the same subscribers; push runs
+    // per subscriber to take each queue lock once per run of events with the same route.
+    std::size_t i = 0;
+    while (i < events.size()) {
+        point_id id = events[i].point;
+        const auto* route = id < routes_.size() ? &routes_[id] : nullptr;
+        std::size_t j = i + 1;
+        while (j < events.size() && events[j].point < routes_.size() &&
+               (route ? routes_[events[j].point] == *route : false)) {
+            ++j;
+        }
+        if (route) {
+            for (auto* sub : *route)
+                sub->push(events.subspan(i, j - i));
+        }
+        i = j;
+    }
+}
+
+void bus::close() {
+    std::shared_lock lock(mu_);
+    for (auto& s : subs_)
+        s->close();
+}
+
+}  // namespace ferry

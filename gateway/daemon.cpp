@@ -1,1 +1,270 @@
-// (being written)
+#include "gateway/daemon.hpp"
+
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <thread>
+
+#include "drivers/modbus/modbus_driver.hpp"
+#include "gateway/bus.hpp"
+#include "gateway/log.hpp"
+#include "gateway/seq.hpp"
+#include "gateway/upstream/mqtt_publisher.hpp"
+#include "gateway/upstream/spool.hpp"
+#include "rules/engine.hpp"
+
+namespace ferry {
+
+const char* build_info::version() {
+    return FERRY_VERSION;
+}
+const char* build_info::arch() {
+    return FERRY_ARCH;
+}
+const char* build_info::build_type() {
+    return FERRY_BUILD_TYPE;
+}
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+constexpr std::size_t k_rule_queue = 65536;  // events between the bus and the rule engine
+constexpr auto k_stop_budget = std::chrono::milliseconds(1800);  // SIGTERM → exit
+
+const char* const k_seq_key = "seq_high_water";
+
+}  // namespace
+
+struct daemon::impl {
+    config::config cfg;
+    prometheus::Registry registry;
+    point_table points;
+    std::unique_ptr<upstream::spool> spool;
+    std::unique_ptr<seq_source> seq;
+    std::unique_ptr<ferry::bus> bus;
+    std::unique_ptr<rules::engine> engine;
+    std::shared_ptr<subscription> rule_sub;
+    std::unique_ptr<drivers::modbus::poller> poller;
+    std::unique_ptr<upstream::mqtt_publisher> publisher;
+    std::thread rule_thread;
+    std::atomic<std::uint64_t> lost_at_shutdown{0};
+
+    std::vector<prometheus::Counter*> rule_passed;
+    std::vector<std::uint64_t> rule_passed_seen;
+    std::array<prometheus::Counter*, static_cast<std::size_t>(drop_reason::count_)> bus_dropped{};
+    std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> bus_dropped_seen{};
+
+    explicit impl(config::config c) : cfg(std::move(c)) {}
+
+    void build() {
+        log::set_level(cfg.gateway.level);
+        prometheus::BuildGauge()
+            .Name("ferry_build_info")
+            .Help("Ferry's version and target architecture")
+            .Register(registry)
+            .Add({{"version", build_info::version()}, {"arch", build_info::arch()}})
+            .Set(1);
+
+        for (const auto& d : cfg.devices) {
+            for (const auto& p : d.points)
+                points.intern(d.id, p.name, p.unit);
+        }
+
+        auto spool_dir = std::filesystem::path(cfg.upstream.spool.path).parent_path();
+        if (!spool_dir.empty()) std::filesystem::create_directories(spool_dir);
+        spool = std::make_unique<upstream::spool>(cfg.upstream.spool, registry);
+
+        auto start = spool->load_state(k_seq_key, 0);
+        seq = std::make_unique<seq_source>(
+            start, [this](std::uint64_t mark) { spool->store_state(k_seq_key, mark); });
+
+        bus = std::make_unique<ferry::bus>(points);
+        engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id);
+        // `block`: nothing is dropped between the drivers and the spool; when the spool
+        // cannot take more (when_full: block), the drivers feel it and skip polls.
+        rule_sub =
+            bus->subscribe("rules", engine->patterns(), k_rule_queue, overflow_policy::block);
+
+        auto& rule_events = prometheus::BuildCounter()
+                                .Name("ferry_rule_events_total")
+                                .Help("Events through each rule by outcome")
+                                .Register(registry);
+        for (const auto& name : engine->rule_names()) {
+            rule_passed.push_back(&rule_events.Add({{"rule", name}, {"outcome", "passed"}}));
+            rule_passed_seen.push_back(0);
+        }
+        auto& dropped = prometheus::BuildCounter()
+                            .Name("ferry_bus_dropped_total")
+                            .Help("Events dropped by the bus, by reason")
+                            .Register(registry);
+        for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
+            bus_dropped[r] =
+                &dropped.Add({{"reason", std::string(to_string(static_cast<drop_reason>(r)))}});
+        }
+
+        std::vector<config::device> modbus_devices;
+        for (const auto& d : cfg.devices) {
+            if (d.driver == "modbus_tcp")
+                modbus_devices.push_back(d);
+            else
+                throw std::runtime_error("device " + d.id + ": driver '" + d.driver +
+                                         "' is not built yet");
+        }
+        poller = std::make_unique<drivers::modbus::poller>(
+            std::move(modbus_devices),
+            drivers::modbus::driver_context{*bus, *seq, points, registry});
+        publisher = std::make_unique<upstream::mqtt_publisher>(cfg.upstream.mqtt, cfg.gateway.id,
+                                                               *spool, registry);
+    }
+
+    void update_counters() {
+        for (std::size_t r = 0; r < rule_passed.size(); ++r) {
+            auto now = engine->counters(r).passed;
+            rule_passed[r]->Increment(static_cast<double>(now - rule_passed_seen[r]));
+            rule_passed_seen[r] = now;
+        }
+        for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
+            auto now = bus->dropped(static_cast<drop_reason>(r));
+            bus_dropped[r]->Increment(static_cast<double>(now - bus_dropped_seen[r]));
+            bus_dropped_seen[r] = now;
+        }
+    }
+
+    // Hands a finished batch to the spool. On an I/O error (disk full) it keeps the batch
+    // and retries: the rule thread stalls, the bus fills, the drivers skip polls — data
+    // already sampled waits in bounded memory instead of being thrown away.
+    void to_spool(const rules::batch& b) {
+        auto encode = [&](std::uint64_t batch_no, std::string& out) {
+            engine->wrap(b, batch_no, out);
+        };
+        auto backoff = std::chrono::milliseconds(50);
+        for (;;) {
+            auto r = spool->append(b.topic, b.qos, b.retain, encode);
+            if (r != upstream::append_result::error) {
+                if (r == upstream::append_result::closed) lost_at_shutdown += b.events;
+                return;
+            }
+            std::this_thread::sleep_for(backoff);
+            backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+            if (rule_sub->closed()) {
+                lost_at_shutdown += b.events;
+                return;
+            }
+        }
+    }
+
+    void rule_loop() {
+        std::vector<event> events;
+        std::vector<rules::batch> out;
+        events.reserve(4096);
+        for (;;) {
+            auto now = steady::now();
+            auto deadline = std::min(engine->next_deadline(), now + std::chrono::milliseconds(250));
+            events.clear();
+            rule_sub->pop(events, 4096, deadline);
+            now = steady::now();
+            for (const auto& e : events)
+                engine->on_event(e, now, out);
+            engine->on_tick(now, out);
+            for (const auto& b : out)
+                to_spool(b);
+            out.clear();
+            update_counters();
+            if (events.empty() && rule_sub->closed()) break;
+        }
+        engine->flush_all(out);
+        for (const auto& b : out)
+            to_spool(b);
+        update_counters();
+    }
+
+    void start() {
+        spool_started_log();
+        publisher->start();
+        rule_thread = std::thread([this] { rule_loop(); });
+        poller->start();
+    }
+
+    void spool_started_log() {
+        log::info("ferry", "starting",
+                  {{"gateway", cfg.gateway.id},
+                   {"version", build_info::version()},
+                   {"devices", std::to_string(cfg.devices.size())},
+                   {"rules", std::to_string(cfg.rules.size())},
+                   {"spool", cfg.upstream.spool.path},
+                   {"spooled_messages", std::to_string(spool->messages())}});
+    }
+
+    void stop() {
+        auto began = steady::now();
+        // If the pipeline is wedged (spool full with when_full: block), do not wait forever:
+        // release blocked producers and the spool after a grace period.
+        std::mutex m;
+        std::condition_variable cv;
+        bool done = false;
+        std::thread guard([&] {
+            std::unique_lock lock(m);
+            if (!cv.wait_for(lock, std::chrono::milliseconds(1000), [&] { return done; })) {
+                log::warn("ferry", "pipeline still blocked at shutdown; releasing it");
+                bus->close();
+                spool->close();
+            }
+        });
+        poller->stop();
+        rule_sub->close();
+        rule_thread.join();
+        {
+            std::lock_guard lock(m);
+            done = true;
+        }
+        cv.notify_all();
+        guard.join();
+        auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - began);
+        auto drain = std::max(std::chrono::milliseconds(100), k_stop_budget - spent);
+        publisher->stop(drain);
+        spool->close();
+        log::info("ferry", "stopped",
+                  {{"spooled_messages", std::to_string(spool->messages())},
+                   {"lost_at_shutdown", std::to_string(lost_at_shutdown.load())}});
+    }
+};
+
+daemon::daemon(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
+    impl_->build();
+}
+
+daemon::~daemon() = default;
+
+int daemon::run() {
+    impl_->start();
+    sd_notify(0, "READY=1\nSTATUS=running");
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            log::error("ferry",
+                       "config reload on SIGHUP is not built yet in this version; restart ferry to "
+                       "apply changes");
+            continue;
+        }
+        log::info("ferry", "stopping", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+        break;
+    }
+    sd_notify(0, "STOPPING=1");
+    impl_->stop();
+    return 0;
+}
+
+}  // namespace ferry

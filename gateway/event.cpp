@@ -4,9 +4,12 @@ namespace ferry {
 
 std::string_view to_string(quality q) {
     switch (q) {
-        case quality::good: return "good";
-        case quality::uncertain: return "uncertain";
-        case quality::bad: return "bad";
+        case quality::good:
+            return "good";
+        case quality::uncertain:
+            return "uncertain";
+        case quality::bad:
+            return "bad";
     }
     return "bad";
 }
@@ -29,13 +32,15 @@ point_id point_table::intern(std::string_view device, std::string_view tag, std:
     address.append(device).append("/").append(tag);
     if (auto it = by_address_.find(address); it != by_address_.end()) return it->second;
     auto id = static_cast<point_id>(points_.size());
-    points_.push_back(point_info{std::string(device), std::string(tag), std::string(unit), address});
+    points_.push_back(
+        point_info{std::string(device), std::string(tag), std::string(unit), address});
     by_address_.emplace(std::move(address), id);
     return id;
 }
 
 std::optional<point_id> point_table::find(std::string_view address) const {
-    if (auto it = by_address_.find(std::string(address)); it != by_address_.end()) return it->second;
+    if (auto it = by_address_.find(std::string(address)); it != by_address_.end())
+        return it->second;
     return std::nullopt;
 }
 

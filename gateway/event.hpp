@@ -45,14 +45,14 @@ struct point_info {
 };
 
 class point_table {
-public:
+  public:
     // Returns the id of device/tag, adding it if new. Not thread-safe: call before start.
     point_id intern(std::string_view device, std::string_view tag, std::string_view unit);
     std::optional<point_id> find(std::string_view address) const;
     const point_info& get(point_id id) const { return points_[id]; }
     std::size_t size() const { return points_.size(); }
 
-private:
+  private:
     std::deque<point_info> points_;  // deque: references stay valid as it grows
     std::unordered_map<std::string, point_id> by_address_;
 };

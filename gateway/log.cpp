@@ -13,10 +13,14 @@ std::atomic<int> g_level{static_cast<int>(config::log_level::info)};
 
 std::string_view level_name(config::log_level l) {
     switch (l) {
-        case config::log_level::debug: return "debug";
-        case config::log_level::info: return "info";
-        case config::log_level::warn: return "warn";
-        case config::log_level::error: return "error";
+        case config::log_level::debug:
+            return "debug";
+        case config::log_level::info:
+            return "info";
+        case config::log_level::warn:
+            return "warn";
+        case config::log_level::error:
+            return "error";
     }
     return "info";
 }
@@ -37,14 +41,26 @@ void append_value(std::string& out, std::string_view v) {
     out += '"';
     for (char c : v) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
             default:
-                if (static_cast<unsigned char>(c) < 0x20) out += '?';
-                else out += c;
+                if (static_cast<unsigned char>(c) < 0x20)
+                    out += '?';
+                else
+                    out += c;
         }
     }
     out += '"';
@@ -52,9 +68,13 @@ void append_value(std::string& out, std::string_view v) {
 
 }  // namespace
 
-void set_level(config::log_level level) { g_level.store(static_cast<int>(level)); }
+void set_level(config::log_level level) {
+    g_level.store(static_cast<int>(level));
+}
 
-bool enabled(config::log_level level) { return static_cast<int>(level) >= g_level.load(); }
+bool enabled(config::log_level level) {
+    return static_cast<int>(level) >= g_level.load();
+}
 
 void write(config::log_level level, std::string_view component, std::string_view msg,
            std::initializer_list<field> fields) {

@@ -1,7 +1,8 @@
 // Logging: one line per event, `key=value`, to stderr (journald picks it up).
 //
 //   log::info("spool", "recovered corrupt spool", {{"path", p}, {"moved_to", q}});
-//   -> ts=2026-11-27T17:00:00.123Z level=info component=spool msg="recovered corrupt spool" path=... moved_to=...
+//   -> ts=2026-11-27T17:00:00.123Z level=info component=spool msg="recovered corrupt spool"
+//   path=... moved_to=...
 //
 // Thread-safe; each line is written with one write(2). Never pass secrets as fields.
 #pragma once

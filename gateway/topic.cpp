@@ -34,7 +34,8 @@ bool glob_level(std::string_view pat, std::string_view text) {
             return false;
         }
     }
-    while (p < pat.size() && pat[p] == '*') ++p;
+    while (p < pat.size() && pat[p] == '*')
+        ++p;
     return p == pat.size();
 }
 
@@ -81,8 +82,8 @@ bool topic_pattern::matches(std::string_view address) const {
         if (pat == "#") return true;
         if (start > address.size()) return false;
         auto slash = address.find('/', start);
-        auto level = address.substr(start, slash == std::string_view::npos ? std::string_view::npos
-                                                                            : slash - start);
+        auto level = address.substr(
+            start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
         if (pat != "+" && !glob_level(pat, level)) return false;
         if (slash == std::string_view::npos) {
             // Address exhausted: matches only if the pattern ends here or continues with '#'.
@@ -122,10 +123,14 @@ std::optional<topic_template> topic_template::compile(std::string_view text, std
         }
         auto name = text.substr(i + 1, close - i - 1);
         part_kind kind;
-        if (name == "gateway") kind = part_kind::gateway;
-        else if (name == "device") kind = part_kind::device;
-        else if (name == "tag") kind = part_kind::tag;
-        else if (name == "rule") kind = part_kind::rule;
+        if (name == "gateway")
+            kind = part_kind::gateway;
+        else if (name == "device")
+            kind = part_kind::device;
+        else if (name == "tag")
+            kind = part_kind::tag;
+        else if (name == "rule")
+            kind = part_kind::rule;
         else {
             set_why(why, "unknown placeholder {" + std::string(name) +
                              "} (known: {gateway} {device} {tag} {rule})");
@@ -146,11 +151,21 @@ void topic_template::expand(const template_vars& vars, std::string& out) const {
     out.clear();
     for (const auto& p : parts_) {
         switch (p.kind) {
-            case part_kind::literal: out += p.literal; break;
-            case part_kind::gateway: out += vars.gateway; break;
-            case part_kind::device: out += vars.device; break;
-            case part_kind::tag: out += vars.tag; break;
-            case part_kind::rule: out += vars.rule; break;
+            case part_kind::literal:
+                out += p.literal;
+                break;
+            case part_kind::gateway:
+                out += vars.gateway;
+                break;
+            case part_kind::device:
+                out += vars.device;
+                break;
+            case part_kind::tag:
+                out += vars.tag;
+                break;
+            case part_kind::rule:
+                out += vars.rule;
+                break;
         }
     }
 }

@@ -16,14 +16,14 @@
 namespace ferry {
 
 class topic_pattern {
-public:
+  public:
     // Returns the pattern, or nullopt with `why` set when the text is not a valid pattern.
     static std::optional<topic_pattern> compile(std::string_view text, std::string* why = nullptr);
 
     bool matches(std::string_view address) const;
     const std::string& text() const { return text_; }
 
-private:
+  private:
     std::string text_;
     std::vector<std::string> levels_;
 };
@@ -36,7 +36,7 @@ struct template_vars {
 };
 
 class topic_template {
-public:
+  public:
     static std::optional<topic_template> compile(std::string_view text, std::string* why = nullptr);
 
     void expand(const template_vars& vars, std::string& out) const;
@@ -45,7 +45,7 @@ public:
     bool uses_tag() const { return uses_tag_; }
     const std::string& text() const { return text_; }
 
-private:
+  private:
     enum class part_kind { literal, gateway, device, tag, rule };
     struct part {
         part_kind kind;

@@ -1,0 +1,111 @@
+// The bus: topic-addressed pub/sub between drivers (producers) and consumers (the rule
+// engine, the read model).
+//
+// Each subscription owns a bounded queue and an overflow policy:
+//   block        the producer waits for room (backpressure up to the driver, which then
+//                skips polls and counts them); released by close() or bus::close()
+//   drop_oldest  the oldest queued event is discarded to make room
+//   drop_newest  the incoming event is discarded
+// Every discarded event is counted by reason (`dropped(reason)`).
+//
+// Routing is decided once per point: points are known before start, so each subscribe()
+// computes which points it matches, and publish() walks a precomputed list — no pattern
+// matching on the hot path. Subscribe before producers start; publish() is safe from many
+// threads at once; each subscription has one consumer thread.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gateway/event.hpp"
+#include "gateway/topic.hpp"
+
+namespace ferry {
+
+enum class overflow_policy { block, drop_oldest, drop_newest };
+
+enum class drop_reason : std::uint8_t { drop_oldest, drop_newest, closed, count_ };
+std::string_view to_string(drop_reason r);
+
+class bus;
+
+class subscription {
+  public:
+    subscription(std::string name, std::size_t capacity, overflow_policy policy, bus& owner);
+
+    // Moves up to `max` queued events into `out` (appended). Waits until at least one event
+    // is there, `deadline` passes or the subscription is closed. Returns how many it moved.
+    std::size_t pop(std::vector<event>& out, std::size_t max,
+                    std::chrono::steady_clock::time_point deadline);
+    // Stops the subscription: blocked producers are released, further events are counted as
+    // dropped (reason closed), pop() returns what is left and then 0 at once.
+    void close();
+    bool closed() const;
+
+    const std::string& name() const { return name_; }
+    std::size_t depth() const;
+    std::size_t capacity() const { return capacity_; }
+
+  private:
+    friend class bus;
+    // Called by bus::publish with the subscription's lock not held.
+    void push(std::span<const event> events);
+
+    std::string name_;
+    std::size_t capacity_;
+    overflow_policy policy_;
+    bus& owner_;
+    mutable std::mutex mu_;
+    std::condition_variable not_empty_;
+    std::condition_variable not_full_;
+    std::deque<event> queue_;
+    bool closed_ = false;
+};
+
+class bus {
+  public:
+    explicit bus(const point_table& points);
+
+    // Subscribes to every point whose "device/tag" matches any of `patterns`.
+    std::shared_ptr<subscription> subscribe(std::string name,
+                                            const std::vector<topic_pattern>& patterns,
+                                            std::size_t capacity, overflow_policy policy);
+
+    // Delivers events to every matching subscription. With a `block` subscriber this may wait.
+    void publish(std::span<const event> events);
+    void publish(const event& e) { publish(std::span<const event>(&e, 1)); }
+
+    // Closes every subscription (releases blocked producers).
+    void close();
+
+    std::uint64_t dropped(drop_reason r) const {
+        return dropped_[static_cast<std::size_t>(r)].load();
+    }
+    std::uint64_t published() const { return published_.load(); }
+
+  private:
+    friend class subscription;
+    void count_drop(drop_reason r, std::uint64_t n) {
+        dropped_[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);
+    }
+
+    const point_table& points_;
+    std::shared_mutex mu_;  // guards routes_ and subs_ (written by subscribe only)
+    std::vector<std::shared_ptr<subscription>> subs_;
+    std::vector<std::vector<subscription*>> routes_;  // per point id
+    std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(drop_reason::count_)>
+        dropped_{};
+    std::atomic<std::uint64_t> published_{0};
+};
+
+}  // namespace ferry
