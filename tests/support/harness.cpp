@@ -1,1 +1,548 @@
-// (being written)
+// Test harness: processes, ports, a broker, an MQTT recorder, Modbus simulators.
+//
+// Children are started with fork/execvp in their own session (setsid), so a signal meant
+// for the test runner's terminal does not reach them and they can be stopped alone, by pid.
+// Each child also asks the kernel for SIGKILL when the test runner dies
+// (PR_SET_PDEATHSIG), so a crashed test leaves nothing running. Note: that signal fires
+// when the *thread* that forked exits; start processes from the test's main thread.
+#include "tests/support/harness.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <mqtt/async_client.h>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace ferry::test {
+
+namespace {
+
+std::string tail_of(const std::string& path, std::size_t max = 2000) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return {};
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string s = ss.str();
+    if (s.size() > max) s = s.substr(s.size() - max);
+    return s;
+}
+
+int exit_code_of(int status) {
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return -1;
+}
+
+// Starts a server process and waits for its port; throws (with the log's tail) if it
+// exits or does not listen in time.
+std::unique_ptr<process> start_server(const std::vector<std::string>& argv, const std::string& log,
+                                      std::uint16_t port, std::chrono::milliseconds timeout) {
+    auto p = std::make_unique<process>(argv, log);
+    const bool up = wait_until([&] { return !p->running() || wait_for_port(port, 50ms); }, timeout);
+    if (!up || !p->running()) {
+        p->stop(SIGTERM, 1000ms);
+        throw std::runtime_error(argv[0] + " did not start on 127.0.0.1:" + std::to_string(port) +
+                                 "; log:\n" + tail_of(log));
+    }
+    return p;
+}
+
+}  // namespace
+
+std::uint16_t free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw std::runtime_error("free_port: socket: " + std::string(strerror(errno)));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    socklen_t len = sizeof addr;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        const std::string why = strerror(errno);
+        ::close(fd);
+        throw std::runtime_error("free_port: " + why);
+    }
+    ::close(fd);
+    return ntohs(addr.sin_port);
+}
+
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        if (pred()) return true;
+        if (std::chrono::steady_clock::now() >= deadline) return pred();
+        std::this_thread::sleep_for(20ms);
+    }
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error("cannot read " + path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+void write_file(const std::string& path, const std::string& content) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error("cannot write " + path);
+    out << content;
+    if (!out.flush()) throw std::runtime_error("cannot write " + path);
+}
+
+// ---- temp_dir ------------------------------------------------------------------------------
+
+temp_dir::temp_dir() {
+    char tmpl[] = "/tmp/ferry-test-XXXXXX";
+    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp: " + std::string(strerror(errno)));
+    path_ = tmpl;
+}
+
+temp_dir::~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+}
+
+// ---- process -------------------------------------------------------------------------------
+
+process::process(std::vector<std::string> argv, std::string log_file,
+                 std::map<std::string, std::string> extra_env)
+    : log_(std::move(log_file)) {
+    if (argv.empty()) throw std::invalid_argument("process: empty argv");
+    // Everything the child needs is prepared before fork: the test runner has threads (Paho),
+    // so the child may only make async-signal-safe calls until exec (no malloc, no setenv).
+    std::vector<char*> args;
+    for (auto& a : argv)
+        args.push_back(a.data());
+    args.push_back(nullptr);
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e; ++e) {
+        const std::string entry = *e;
+        const auto eq = entry.find('=');
+        if (eq != std::string::npos && extra_env.count(entry.substr(0, eq))) continue;
+        env_strings.push_back(entry);
+    }
+    for (const auto& [k, v] : extra_env)
+        env_strings.push_back(k + "=" + v);
+    std::vector<char*> envp;
+    for (auto& e : env_strings)
+        envp.push_back(e.data());
+    envp.push_back(nullptr);
+    const std::string out = log_.empty() ? std::string("/dev/null") : log_;
+    const pid_t parent = ::getpid();
+
+    // Block every signal across fork: a stop() right after the constructor must not run the
+    // test runner's own handlers (doctest installs some) in the child before it has reset
+    // them; the child unblocks once every disposition is back to default.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        for (int s = 1; s < NSIG; ++s)
+            ::signal(s, SIG_DFL);  // fails harmlessly for KILL/STOP
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::setsid();
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
+        const int in = ::open("/dev/null", O_RDONLY);
+        const int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (in >= 0) ::dup2(in, 0);
+        if (fd >= 0) {
+            ::dup2(fd, 1);
+            ::dup2(fd, 2);
+        }
+        ::execvpe(args[0], args.data(), envp.data());
+        const char msg[] = "process: execvp failed\n";
+        [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
+        ::_exit(127);
+    }
+    const int fork_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) throw std::runtime_error("fork: " + std::string(strerror(fork_errno)));
+    pid_ = pid;
+}
+
+process::~process() {
+    if (running()) stop(SIGTERM, 5000ms);
+}
+
+bool process::running() {
+    if (pid_ <= 0 || status_ != -1) return false;
+    int st = 0;
+    const pid_t r = ::waitpid(pid_, &st, WNOHANG);
+    if (r == 0) return true;
+    status_ = r == pid_ ? st : 0;  // r < 0: already reaped elsewhere; treat as gone
+    return false;
+}
+
+std::optional<int> process::wait(std::chrono::milliseconds timeout) {
+    if (pid_ <= 0) return -1;
+    if (!wait_until([&] { return !running(); }, timeout)) return std::nullopt;
+    return exit_code_of(status_);
+}
+
+int process::stop(int sig, std::chrono::milliseconds grace) {
+    if (pid_ <= 0) return -1;
+    if (!running()) return exit_code_of(status_);  // exited on its own: report how
+    ::kill(pid_, sig);
+    if (auto code = wait(grace)) return *code;
+    kill9();
+    return exit_code_of(status_);
+}
+
+void process::kill9() {
+    if (pid_ <= 0 || !running()) return;
+    ::kill(pid_, SIGKILL);
+    int st = 0;
+    if (::waitpid(pid_, &st, 0) == pid_) {
+        status_ = st;
+    } else {
+        status_ = 0;
+    }
+}
+
+// ---- port ----------------------------------------------------------------------------------
+
+bool wait_for_port(std::uint16_t port, std::chrono::milliseconds timeout) {
+    return wait_until(
+        [port] {
+            const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (fd < 0) return false;
+            sockaddr_in addr{};
+            addr.sin_family = AF_INET;
+            addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            addr.sin_port = htons(port);
+            const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+            ::close(fd);
+            return ok;
+        },
+        timeout);
+}
+
+// ---- mosquitto -----------------------------------------------------------------------------
+
+mosquitto::mosquitto(std::uint16_t port, std::string extra_conf)
+    : port_(port ? port : free_port()),
+      extra_(std::move(extra_conf)),
+      dir_(std::make_unique<temp_dir>()) {
+    write_file(dir_->file("mosquitto.conf"), "listener " + std::to_string(port_) +
+                                                 " 127.0.0.1\n"
+                                                 "allow_anonymous true\n"
+                                                 "persistence false\n" +
+                                                 extra_ + "\n");
+    start();
+}
+
+mosquitto::~mosquitto() {
+    if (proc_) proc_->stop(SIGTERM, 5000ms);
+}
+
+std::string mosquitto::log_file() const {
+    return dir_->file("mosquitto.log");
+}
+
+std::string mosquitto::uri() const {
+    return "tcp://127.0.0.1:" + std::to_string(port_);
+}
+
+void mosquitto::start() {
+    if (proc_ && proc_->running()) return;
+    proc_.reset();
+    // On a restart the port was just released by the previous broker (mosquitto sets
+    // SO_REUSEADDR); retry a few times in case the old socket lingers.
+    for (int attempt = 1;; ++attempt) {
+        try {
+            proc_ = start_server({"/usr/sbin/mosquitto", "-c", dir_->file("mosquitto.conf")},
+                                 dir_->file("mosquitto.log"), port_, 10000ms);
+            return;
+        } catch (const std::exception&) {
+            if (attempt == 3) throw;
+            std::this_thread::sleep_for(500ms);
+        }
+    }
+}
+
+void mosquitto::stop() {
+    if (proc_) proc_->stop(SIGTERM, 5000ms);
+}
+
+void mosquitto::kill9() {
+    if (proc_) proc_->kill9();
+}
+
+bool mosquitto::running() {
+    return proc_ && proc_->running();
+}
+
+// ---- mqtt_recorder -------------------------------------------------------------------------
+
+struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt::iaction_listener {
+    std::vector<std::string> filters;
+    mutable std::mutex mu;
+    mutable std::condition_variable cv;
+    std::vector<mqtt_message> messages;
+    bool subscribed = false;
+    std::string last_error;
+    std::unique_ptr<mqtt::async_client> client;  // last: destroyed first, before what it calls
+
+    // Called for the first connect and after every automatic reconnect. The session may
+    // be gone (a restarted broker without persistence), so subscribe again each time. MQTT 5
+    // retain handling "send retained only for a new subscription" keeps a reconnect to a
+    // broker that kept the session from delivering retained messages twice.
+    void connected(const std::string&) override {
+        std::vector<mqtt::subscribe_options> opts(
+            filters.size(),
+            mqtt::subscribe_options(false, true, mqtt::subscribe_options::SEND_RETAINED_ON_NEW));
+        mqtt::iasync_client::qos_collection qos(filters.size(), 1);
+        try {
+            client->subscribe(mqtt::string_collection::create(filters), qos, nullptr, *this, opts);
+        } catch (const std::exception& e) {
+            std::lock_guard lk(mu);
+            last_error = e.what();
+        }
+    }
+    void connection_lost(const std::string&) override {}
+    void message_arrived(mqtt::const_message_ptr msg) override {
+        mqtt_message m;
+        m.topic = msg->get_topic();
+        m.payload = msg->to_string();
+        m.retained = msg->is_retained();
+        m.qos = msg->get_qos();
+        {
+            std::lock_guard lk(mu);
+            messages.push_back(std::move(m));
+        }
+        cv.notify_all();
+    }
+    // iaction_listener, for the subscribe.
+    void on_success(const mqtt::token&) override {
+        {
+            std::lock_guard lk(mu);
+            subscribed = true;
+        }
+        cv.notify_all();
+    }
+    void on_failure(const mqtt::token& tok) override {
+        {
+            std::lock_guard lk(mu);
+            last_error = "subscribe failed, rc=" + std::to_string(tok.get_return_code());
+        }
+        cv.notify_all();
+    }
+};
+
+mqtt_recorder::mqtt_recorder(const std::string& uri, std::vector<std::string> filters)
+    : impl_(std::make_unique<impl>()) {
+    static std::atomic<int> counter{0};
+    std::random_device rd;
+    const std::string id = "ferry-rec-" + std::to_string(::getpid()) + "-" +
+                           std::to_string(counter++) + "-" + std::to_string(rd() % 100000);
+    impl_->filters = std::move(filters);
+    impl_->client = std::make_unique<mqtt::async_client>(
+        uri, id, mqtt::create_options(MQTTVERSION_5), nullptr /* no client persistence */);
+    impl_->client->set_callback(*impl_);
+
+    // A persistent session (clean_start=false, kept for an hour) so QoS 1 messages published
+    // while we are briefly disconnected are queued by the broker for us.
+    auto opts = mqtt::connect_options_builder()
+                    .mqtt_version(MQTTVERSION_5)
+                    .clean_start(false)
+                    .properties({{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}})
+                    .keep_alive_interval(std::chrono::seconds(5))
+                    .connect_timeout(std::chrono::seconds(5))
+                    .automatic_reconnect(std::chrono::seconds(1), std::chrono::seconds(2))
+                    .finalize();
+    try {
+        impl_->client->connect(opts)->wait_for(std::chrono::seconds(10));
+    } catch (const std::exception& e) {
+        throw std::runtime_error("mqtt_recorder: connect to " + uri + ": " + e.what());
+    }
+    std::unique_lock lk(impl_->mu);
+    const bool ok = impl_->cv.wait_for(
+        lk, 10s, [&] { return impl_->subscribed || !impl_->last_error.empty(); });
+    if (!ok || !impl_->subscribed) {
+        const std::string why = impl_->last_error.empty() ? "timeout" : impl_->last_error;
+        lk.unlock();
+        try {
+            impl_->client->disconnect()->wait_for(std::chrono::seconds(2));
+        } catch (...) {
+        }
+        throw std::runtime_error("mqtt_recorder: subscribe on " + uri + ": " + why);
+    }
+}
+
+mqtt_recorder::~mqtt_recorder() {
+    try {
+        impl_->client->disable_callbacks();
+        if (impl_->client->is_connected()) {
+            impl_->client->disconnect()->wait_for(std::chrono::seconds(2));
+        }
+    } catch (...) {
+    }
+}
+
+std::vector<mqtt_message> mqtt_recorder::messages() const {
+    std::lock_guard lk(impl_->mu);
+    return impl_->messages;
+}
+
+std::vector<mqtt_message> mqtt_recorder::messages_on(const std::string& topic) const {
+    std::lock_guard lk(impl_->mu);
+    std::vector<mqtt_message> out;
+    for (const auto& m : impl_->messages) {
+        if (m.topic == topic) out.push_back(m);
+    }
+    return out;
+}
+
+std::size_t mqtt_recorder::count() const {
+    std::lock_guard lk(impl_->mu);
+    return impl_->messages.size();
+}
+
+bool mqtt_recorder::wait_for_count(std::size_t n, std::chrono::milliseconds timeout) const {
+    std::unique_lock lk(impl_->mu);
+    return impl_->cv.wait_for(lk, timeout, [&] { return impl_->messages.size() >= n; });
+}
+
+bool mqtt_recorder::wait_for_count(const std::string& topic, std::size_t n,
+                                   std::chrono::milliseconds timeout) const {
+    std::unique_lock lk(impl_->mu);
+    return impl_->cv.wait_for(lk, timeout, [&] {
+        std::size_t k = 0;
+        for (const auto& m : impl_->messages)
+            k += m.topic == topic ? 1 : 0;
+        return k >= n;
+    });
+}
+
+bool mqtt_recorder::connected() const {
+    return impl_->client->is_connected();
+}
+
+void mqtt_recorder::clear() {
+    std::lock_guard lk(impl_->mu);
+    impl_->messages.clear();
+}
+
+// ---- modbus_sim ----------------------------------------------------------------------------
+
+modbus_sim::modbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file,
+                       std::vector<std::string> extra_args)
+    : port_(port ? port : free_port()), dir_(std::make_unique<temp_dir>()) {
+    std::vector<std::string> argv{FERRY_MODBUS_SIM, "--port", std::to_string(port_), "--stats",
+                                  dir_->file("stats")};
+    for (auto& s : sets) {
+        argv.push_back("--set");
+        argv.push_back(std::move(s));
+    }
+    for (auto& a : extra_args)
+        argv.push_back(std::move(a));
+    if (log_file.empty()) log_file = dir_->file("modbus_sim.log");
+    proc_ = start_server(argv, log_file, port_, 10000ms);
+}
+
+modbus_sim::~modbus_sim() {
+    stop();
+}
+
+void modbus_sim::stop() {
+    if (proc_) proc_->stop(SIGTERM, 5000ms);
+}
+
+void modbus_sim::kill9() {
+    if (proc_) proc_->kill9();
+}
+
+std::uint64_t modbus_sim::requests() const {
+    std::ifstream in(dir_->file("stats"));
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("requests=", 0) == 0) return std::stoull(line.substr(9));
+    }
+    return 0;
+}
+
+std::map<std::string, std::uint64_t> modbus_sim::stats() const {
+    std::map<std::string, std::uint64_t> out;
+    std::ifstream in(dir_->file("stats"));
+    std::string line;
+    while (std::getline(in, line)) {
+        const auto eq = line.find('=');
+        if (eq == std::string::npos) continue;
+        out[line.substr(0, eq)] = std::stoull(line.substr(eq + 1));
+    }
+    return out;
+}
+
+// ---- pymodbus_sim --------------------------------------------------------------------------
+
+pymodbus_sim::pymodbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file)
+    : port_(port ? port : free_port()), dir_(std::make_unique<temp_dir>()) {
+    std::vector<std::string> argv{"/usr/bin/python3",
+                                  std::string(FERRY_SOURCE_DIR) + "/tests/tools/pymodbus_server.py",
+                                  "--port", std::to_string(port_)};
+    for (auto& s : sets) {
+        argv.push_back("--set");
+        argv.push_back(std::move(s));
+    }
+    if (log_file.empty()) log_file = dir_->file("pymodbus_server.log");
+    proc_ = start_server(argv, log_file, port_, 20000ms);  // Python imports take a while
+}
+
+pymodbus_sim::~pymodbus_sim() {
+    stop();
+}
+
+void pymodbus_sim::stop() {
+    if (proc_) proc_->stop(SIGTERM, 5000ms);
+}
+
+// ---- /proc ---------------------------------------------------------------------------------
+
+namespace {
+std::optional<std::uint64_t> status_field(pid_t pid, const std::string& key) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind(key + ":", 0) == 0) {
+            try {
+                return std::stoull(line.substr(key.size() + 1));
+            } catch (...) {
+                return std::nullopt;
+            }
+        }
+    }
+    return std::nullopt;
+}
+}  // namespace
+
+std::uint64_t rss_kib(pid_t pid) {
+    return status_field(pid, "VmRSS").value_or(0);
+}
+
+int thread_count(pid_t pid) {
+    return static_cast<int>(status_field(pid, "Threads").value_or(0));
+}
+
+}  // namespace ferry::test

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -31,7 +32,7 @@ void write_file(const std::string& path, const std::string& content);
 
 // A fresh directory under /tmp, removed with everything in it on destruction.
 class temp_dir {
-public:
+  public:
     temp_dir();
     ~temp_dir();
     temp_dir(const temp_dir&) = delete;
@@ -39,13 +40,13 @@ public:
     const std::string& path() const { return path_; }
     std::string file(const std::string& name) const { return path_ + "/" + name; }
 
-private:
+  private:
     std::string path_;
 };
 
 // A child process. stdout and stderr go to `log_file` (appended) when given, else /dev/null.
 class process {
-public:
+  public:
     process(std::vector<std::string> argv, std::string log_file = {},
             std::map<std::string, std::string> extra_env = {});
     ~process();  // stop() if still running
@@ -56,13 +57,14 @@ public:
     bool running();
     // Sends `sig`, waits up to `grace`, then SIGKILL. Returns the exit code (128+signal if
     // killed by a signal), or -1 if it was not running.
+    // If it already exited on its own, returns that exit code.
     int stop(int sig = 15, std::chrono::milliseconds grace = 5000ms);
     void kill9();  // SIGKILL and reap
     // Waits for exit; returns exit code as for stop(), or nullopt on timeout.
     std::optional<int> wait(std::chrono::milliseconds timeout);
     const std::string& log_file() const { return log_; }
 
-private:
+  private:
     pid_t pid_ = -1;
     int status_ = -1;
     std::string log_;
@@ -71,17 +73,18 @@ private:
 // A real mosquitto on 127.0.0.1:port, with its own config in a temp dir; persistence off.
 // `extra_conf` is appended to its config (e.g. TLS listener settings).
 class mosquitto {
-public:
+  public:
     explicit mosquitto(std::uint16_t port = 0, std::string extra_conf = {});
     ~mosquitto();
     std::uint16_t port() const { return port_; }
     std::string uri() const;  // tcp://127.0.0.1:PORT
     void stop();              // SIGTERM and wait
     void kill9();
-    void start();             // (re)start on the same port; waits until it accepts connections
+    void start();  // (re)start on the same port; waits until it accepts connections
     bool running();
+    std::string log_file() const;  // the broker's stdout+stderr (removed with the object)
 
-private:
+  private:
     std::uint16_t port_;
     std::string extra_;
     std::unique_ptr<temp_dir> dir_;
@@ -95,52 +98,73 @@ struct mqtt_message {
     int qos = 0;
 };
 
-// Subscribes to `filters` (QoS 1, clean session) and records every message in arrival order.
-// Reconnects on its own if the broker restarts (a persistent session is used, so QoS 1
-// messages published while it was away are not lost).
+// Subscribes to `filters` (QoS 1) and records every message in arrival order; the
+// constructor returns once the subscription is acknowledged (throws if it is not within 10 s).
+// MQTT 5 with a persistent session (clean_start=false, unique client id), so QoS 1 messages
+// published while it is briefly disconnected are queued by the broker and not lost.
+// Reconnects on its own (every 1-2 s) and subscribes again after every reconnect, since a
+// restarted broker (persistence off) has forgotten the session; messages published to the
+// new broker before that re-subscription are lost. Retained messages are delivered only for
+// a new subscription, and `retained` tells whether the message was published with retain.
+// All methods are thread-safe.
 class mqtt_recorder {
-public:
+  public:
     mqtt_recorder(const std::string& uri, std::vector<std::string> filters);
     ~mqtt_recorder();
     std::vector<mqtt_message> messages() const;
+    // Messages whose topic equals `topic`.
+    std::vector<mqtt_message> messages_on(const std::string& topic) const;
     std::size_t count() const;
-    // Waits until at least n messages (or n matching `topic_filter` exactly by equality when given).
+    // Waits until at least n messages have been recorded.
     bool wait_for_count(std::size_t n, std::chrono::milliseconds timeout) const;
+    // Waits until at least n messages on exactly `topic` have been recorded.
+    bool wait_for_count(const std::string& topic, std::size_t n,
+                        std::chrono::milliseconds timeout) const;
+    bool connected() const;
     void clear();
 
-private:
+  private:
     struct impl;
     std::unique_ptr<impl> impl_;
 };
 
-// Our libmodbus simulator (tests/tools/modbus_sim.cpp) on 127.0.0.1:port.
+// Our libmodbus simulator (tests/tools/modbus_sim.cpp) on 127.0.0.1:port (0: a free port).
 // `sets` are "--set" arguments, e.g. "holding:100=f32:abcd:21.5", "holding:0=u16:7".
+// `extra_args` are passed as they are, e.g. {"--fail", "10-19"}, {"--silent"}, {"--unit", "3"}.
+// The constructor returns once the port accepts connections (throws otherwise).
 class modbus_sim {
-public:
-    modbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file = {});
+  public:
+    modbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file = {},
+               std::vector<std::string> extra_args = {});
     ~modbus_sim();
     std::uint16_t port() const { return port_; }
     void stop();
-    // Number of requests served so far (read from its stats file).
+    void kill9();
+    // Number of requests received so far (read from its stats file).
     std::uint64_t requests() const;
+    // Everything in the stats file: requests, accepted (connections), connections (open
+    // now), fc<N> (requests per function code).
+    std::map<std::string, std::uint64_t> stats() const;
 
-private:
+  private:
     std::uint16_t port_;
     std::unique_ptr<temp_dir> dir_;
     std::unique_ptr<process> proc_;
 };
 
 // pymodbus's server (tests/tools/pymodbus_server.py, run by /usr/bin/python3) on
-// 127.0.0.1:port with the same "--set" syntax: an independent Modbus implementation.
+// 127.0.0.1:port (0: a free port) with the same "--set" syntax: an independent Modbus
+// implementation. Answers any unit id. The constructor returns once the port accepts.
 class pymodbus_sim {
-public:
+  public:
     pymodbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file = {});
     ~pymodbus_sim();
     std::uint16_t port() const { return port_; }
     void stop();
 
-private:
+  private:
     std::uint16_t port_;
+    std::unique_ptr<temp_dir> dir_;  // holds the log when no log_file is given
     std::unique_ptr<process> proc_;
 };
 

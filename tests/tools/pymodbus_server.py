@@ -1,0 +1,170 @@
+#!/usr/bin/python3
+"""A Modbus TCP server on pymodbus: an independent implementation to test Ferry against.
+
+Run with Debian's interpreter (/usr/bin/python3), which has python3-pymodbus (3.0.x):
+
+    /usr/bin/python3 pymodbus_server.py --port P [--set SPEC]...
+
+SPEC is the same as for ferry_modbus_sim (tests/tools/modbus_sim.cpp):
+
+    TABLE:ADDR=TYPE[:ORDER]:VALUE
+      TABLE  holding | input | coil | discrete
+      TYPE   bool u16 i16 u32 i32 u64 i64 f32 f64 str
+      ORDER  abcd (default) | dcba | badc | cdab
+
+Byte orders (CONTRACT.md), for a value whose big-endian bytes are A B C D [E F G H]:
+  abcd  most significant register first, big-endian within each register
+  cdab  registers reversed (least significant first)
+  badc  most significant register first, the two bytes of each register swapped
+  dcba  fully little-endian: registers reversed and bytes swapped
+Strings: two characters per register, high byte first; badc/dcba swap the bytes of each
+register. The encoding here is written with `struct`, independently of modbus_encode.hpp,
+so that the two simulators cross-check each other.
+
+Addresses are 0-based protocol addresses. pymodbus's ModbusSlaveContext adds 1 to every
+address unless zero_mode=True (its "Modicon 1-based" convention); we use zero_mode=True so
+that a read of protocol address N returns what --set put at N.
+
+Binds 127.0.0.1 only. SIGTERM or SIGINT: close every connection and exit 0.
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import struct
+import sys
+
+from pymodbus.datastore import (
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
+    ModbusSlaveContext,
+)
+from pymodbus.server.async_io import ModbusTcpServer
+
+SIZE = 65536  # every table covers the whole protocol address space
+
+# struct format (big-endian) and register count per numeric type.
+FORMATS = {
+    "u16": (">H", 1),
+    "i16": (">h", 1),
+    "u32": (">I", 2),
+    "i32": (">i", 2),
+    "u64": (">Q", 4),
+    "i64": (">q", 4),
+    "f32": (">f", 2),
+    "f64": (">d", 4),
+}
+ORDERS = ("abcd", "dcba", "badc", "cdab")
+TABLES = ("holding", "input", "coil", "discrete")
+
+
+def apply_order(data: bytes, order: str, reverse_registers: bool = True) -> list:
+    """Big-endian bytes -> list of register values in the given byte order."""
+    regs = [data[i : i + 2] for i in range(0, len(data), 2)]
+    if order in ("cdab", "dcba") and reverse_registers:
+        regs.reverse()
+    if order in ("badc", "dcba"):
+        regs = [r[::-1] for r in regs]
+    return [(r[0] << 8) | r[1] for r in regs]
+
+
+def encode(type_: str, order: str, text: str) -> list:
+    """The registers (or, for bool, the single bit) for one --set value."""
+    if type_ == "bool":
+        if text in ("1", "true"):
+            return [1]
+        if text in ("0", "false"):
+            return [0]
+        raise ValueError("bool must be 0, 1, true or false")
+    if type_ == "str":
+        data = text.encode("latin-1")
+        if len(data) % 2:
+            data += b"\0"  # pad the last register's low byte
+        return apply_order(data, order, reverse_registers=False)
+    if type_ not in FORMATS:
+        raise ValueError(f"unknown type {type_!r}")
+    fmt, _ = FORMATS[type_]
+    value = float(text) if type_.startswith("f") else int(text, 0)
+    return apply_order(struct.pack(fmt, value), order)  # struct range-checks integers
+
+
+def parse_set(spec: str):
+    """'TABLE:ADDR=TYPE[:ORDER]:VALUE' -> (table, address, values)."""
+    left, sep, right = spec.partition("=")
+    if not sep:
+        raise ValueError("missing '='")
+    table, _, addr = left.partition(":")
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    address = int(addr, 0)
+    type_, _, rest = right.partition(":")
+    order = "abcd"
+    head, sep, tail = rest.partition(":")
+    if sep and head in ORDERS:  # an order is present; the value may itself contain ':'
+        order, rest = head, tail
+    if table in ("coil", "discrete") and type_ not in ("bool", "u16"):
+        raise ValueError("coil/discrete take bool")
+    values = encode(type_, order, rest)
+    if not 0 <= address or address + len(values) > SIZE:
+        raise ValueError("address out of range")
+    return table, address, values
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--set", action="append", default=[], dest="sets")
+    args = parser.parse_args()
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    blocks = {t: ModbusSequentialDataBlock(0, [0] * SIZE) for t in TABLES}
+    for spec in args.sets:
+        try:
+            table, address, values = parse_set(spec)
+        except (ValueError, struct.error) as exc:
+            print(f"pymodbus_server: --set {spec}: {exc}", file=sys.stderr)
+            return 2
+        blocks[table].setValues(address, values)
+
+    # zero_mode=True: protocol address N is datastore address N (see the module docstring).
+    slave = ModbusSlaveContext(
+        hr=blocks["holding"],
+        ir=blocks["input"],
+        co=blocks["coil"],
+        di=blocks["discrete"],
+        zero_mode=True,
+    )
+    context = ModbusServerContext(slaves=slave, single=True)  # answers any unit id
+
+    async def run() -> None:
+        server = ModbusTcpServer(
+            context, address=("127.0.0.1", args.port), allow_reuse_address=True
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        serving = asyncio.create_task(server.serve_forever())
+        # server.serving resolves once the socket listens; if binding fails, the
+        # serve_forever task ends first with the error.
+        await asyncio.wait({serving, server.serving}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # raises the bind error
+        print(f"pymodbus_server: listening on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
+        await stop.wait()
+        await server.shutdown()
+        serving.cancel()
+        try:
+            await serving
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(run())
+    print("pymodbus_server: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
