@@ -1,0 +1,627 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gateway/config.hpp"
+
+namespace cfg = ferry::config;
+using namespace std::chrono_literals;
+using lines = std::vector<std::string>;
+
+namespace doctest {
+// Failed comparisons of error lists print the lists, one line each.
+template <>
+struct StringMaker<lines> {
+    static String convert(const lines& v) {
+        std::string out = "\n";
+        for (const auto& l : v)
+            out += "  " + l + "\n";
+        return out.c_str();
+    }
+};
+}  // namespace doctest
+
+namespace {
+
+const std::string k_dir = FERRY_SOURCE_DIR "/tests/testcases/config/";
+
+lines to_lines(const cfg::errors& e) {
+    lines out;
+    for (const auto& x : e.list())
+        out.push_back(x.to_string());
+    return out;
+}
+
+// The error lines of a fixture; the file name in them is the full path `k_dir + name`.
+lines errors_of(const std::string& name) {
+    try {
+        cfg::load_config(k_dir + name);
+    } catch (const cfg::errors& e) {
+        return to_lines(e);
+    }
+    FAIL("expected errors from " << name);
+    return {};
+}
+
+lines errors_of_text(const std::string& text) {
+    try {
+        cfg::load_config_text(text, "t.yaml");
+    } catch (const cfg::errors& e) {
+        return to_lines(e);
+    }
+    FAIL("expected errors from:\n" << text);
+    return {};
+}
+
+std::string read(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+}  // namespace
+
+TEST_CASE("the example config/ferry.yaml loads with the expected values") {
+    auto c = cfg::load_config(FERRY_SOURCE_DIR "/config/ferry.yaml");
+    CHECK(c.gateway.id == "plant-a-gw1");
+    CHECK(c.gateway.data_dir == "/var/lib/ferry");
+    CHECK(c.gateway.level == cfg::log_level::info);
+    CHECK(c.http.enabled);
+    CHECK(c.http.host == "127.0.0.1");
+    CHECK(c.http.port == 9108);
+
+    REQUIRE(c.devices.size() == 2);
+    const auto& b = c.devices[0];
+    CHECK(b.id == "boiler1");
+    CHECK(b.driver == "modbus_tcp");
+    CHECK(b.host == "127.0.0.1");
+    CHECK(b.port == 5020);
+    CHECK(b.unit_id == 1);
+    CHECK(b.poll_interval == 1s);
+    CHECK(b.timeout == 500ms);
+    CHECK(b.retries == 2);
+    CHECK(b.where.line == 15);
+    REQUIRE(b.points.size() == 5);
+    CHECK(b.points[0].name == "temperature");
+    CHECK(b.points[0].tbl == cfg::table::holding);
+    CHECK(b.points[0].address == 100);
+    CHECK(b.points[0].type == cfg::point_type::float32);
+    CHECK(b.points[0].order == cfg::byte_order::abcd);
+    CHECK(b.points[0].unit == "degC");
+    CHECK(b.points[1].type == cfg::point_type::int16);
+    CHECK(b.points[1].scale == doctest::Approx(0.01));
+    CHECK(b.points[2].writable);
+    CHECK(b.points[2].min == 20.0);
+    CHECK(b.points[2].max == 90.0);
+    CHECK(b.points[3].tbl == cfg::table::coil);
+    CHECK(b.points[3].type == cfg::point_type::boolean);
+    CHECK(b.points[4].type == cfg::point_type::string);
+    CHECK(b.points[4].length == 8);
+    CHECK(cfg::register_count(b.points[4]) == 8);
+
+    const auto& m = c.devices[1];
+    CHECK(m.id == "meter7");
+    CHECK(m.unit_id == 7);
+    CHECK(m.poll_interval == 5s);
+    CHECK(m.timeout == 500ms);  // default
+    REQUIRE(m.points.size() == 3);
+    CHECK(m.points[0].tbl == cfg::table::input);
+    CHECK(m.points[0].type == cfg::point_type::uint32);
+    CHECK(m.points[0].order == cfg::byte_order::cdab);
+    CHECK(m.points[2].type == cfg::point_type::uint64);
+
+    REQUIRE(c.rules.size() == 2);
+    CHECK(c.rules[0].name == "boiler");
+    CHECK(c.rules[0].match == lines{"boiler1/#"});
+    CHECK(c.rules[0].batch.max_events == 500);
+    CHECK(c.rules[0].batch.max_bytes == 256 * 1024);
+    CHECK(c.rules[0].batch.max_age == 1s);
+    CHECK(c.rules[0].publish.topic == "plant/{gateway}/{device}");
+    CHECK(c.rules[0].publish.qos == 1);
+    CHECK_FALSE(c.rules[0].publish.retain);
+    CHECK(c.rules[1].match == lines{"meter*/energy", "meter*/power"});
+    CHECK(c.rules[1].batch.max_events == 100);
+    CHECK(c.rules[1].batch.max_bytes == 256 * 1024);  // default
+    CHECK(c.rules[1].batch.max_age == 10s);
+
+    CHECK(c.dead_letter.topic == "ferry/{gateway}/dead-letter");
+    CHECK_FALSE(c.commands.enabled);
+    CHECK(c.commands.max_age == 30s);
+    CHECK(c.commands.rate_limit == 10);
+    CHECK(c.commands.rate_period == 1s);
+
+    const auto& q = c.upstream.mqtt;
+    CHECK(q.uris == lines{"tcp://127.0.0.1:1883"});
+    CHECK(q.client_id == "ferry-plant-a-gw1");
+    CHECK(q.version == 5);
+    CHECK(q.keepalive == 30s);
+    CHECK(q.inflight == 16);
+    CHECK(q.password.empty());
+    CHECK_FALSE(q.tls.has_value());
+    const auto& s = c.upstream.spool;
+    CHECK(s.path == "/var/lib/ferry/spool.db");
+    CHECK(s.max_bytes == 512ull * 1024 * 1024);
+    CHECK(s.full == cfg::when_full::drop_oldest);
+    CHECK(s.fsync == cfg::fsync_mode::always);
+}
+
+TEST_CASE("defaults of a minimal config") {
+    auto c = cfg::load_config_text("gateway: { id: gw_1 }\n", "min.yaml");
+    CHECK(c.file == "min.yaml");
+    CHECK(c.gateway.data_dir == "/var/lib/ferry");
+    CHECK_FALSE(c.http.enabled);
+    CHECK(c.devices.empty());
+    CHECK(c.rules.empty());
+    CHECK(c.upstream.mqtt.client_id == "gw_1");
+    CHECK(c.upstream.mqtt.uris == lines{"tcp://127.0.0.1:1883"});
+    CHECK(c.upstream.spool.path == "/var/lib/ferry/spool.db");
+
+    c = cfg::load_config_text(
+        "gateway: { id: gw, data_dir: /d }\nhttp:\nupstream:\n"
+        "  spool: { path: '{data_dir}/{gateway}.db' }\n  mqtt: { version: 3.1.1 }\n",
+        "t.yaml");
+    CHECK(c.http.enabled);  // present, even empty
+    CHECK(c.http.port == 9108);
+    CHECK(c.upstream.spool.path == "/d/gw.db");
+    CHECK(c.upstream.mqtt.version == 4);
+
+    c = cfg::load_config_text(
+        "gateway: { id: gw }\nhttp: { listen: '[::1]:8080' }\n"
+        "upstream: { mqtt: { version: \"4\", uris: ssl://b:8883, tls: {} } }\n",
+        "t.yaml");
+    CHECK(c.http.host == "::1");
+    CHECK(c.http.port == 8080);
+    CHECK(c.upstream.mqtt.version == 4);
+    CHECK(c.upstream.mqtt.uris == lines{"ssl://b:8883"});
+    REQUIRE(c.upstream.mqtt.tls.has_value());
+    CHECK(c.upstream.mqtt.tls->verify_hostname);
+}
+
+TEST_CASE("unknown keys, with a did-you-mean") {
+    auto f = k_dir + "unknown_key.yaml";
+    CHECK(errors_of("unknown_key.yaml") ==
+          lines{f + ":7:5: devices[0].pool_interval: unknown key (did you mean 'poll_interval'?)",
+                f + ":9:32: devices[0].points[0].colour: unknown key",
+                f + ":10:1: upstreem: unknown key (did you mean 'upstream'?)"});
+}
+
+TEST_CASE("wrong types") {
+    auto f = k_dir + "wrong_type.yaml";
+    CHECK(errors_of("wrong_type.yaml") ==
+          lines{f + ":2:7: gateway.id: expected a string, got a map",
+                f + ":6:11: devices[0].host: expected a string, got a list",
+                f + ":7:11: devices[0].port: expected an integer, got 'abc'",
+                f + ":11:16: devices[0].points[0].scale: expected a number, got 'ten'",
+                f + ":12:19: devices[0].points[0].writable: expected true or false, got 'yes'",
+                f + ":13:8: rules: expected a list, got a map"});
+}
+
+TEST_CASE("bad durations and sizes") {
+    auto f = k_dir + "bad_duration.yaml";
+    CHECK(errors_of("bad_duration.yaml") ==
+          lines{f + ":7:20: devices[0].poll_interval: must be greater than 0",
+                f + ":8:14: devices[0].timeout: invalid duration '2sec' (use e.g. 250ms, 2s, 5m, "
+                    "1h)",
+                f + ":14:23: rules[0].batch.max_age: invalid duration '1.5s' (use e.g. 250ms, 2s, "
+                    "5m, 1h)",
+                f + ":14:40: rules[0].batch.max_bytes: invalid size '64kb' (use e.g. 512, 64KiB, "
+                    "512MiB, 1GiB)"});
+}
+
+TEST_CASE("missing required keys are reported at the enclosing map") {
+    auto f = k_dir + "missing_gateway_id.yaml";
+    CHECK(errors_of("missing_gateway_id.yaml") ==
+          lines{f + ":2:3: gateway: missing required key 'id'",
+                f + ":4:5: devices[0]: missing required key 'id'",
+                f + ":7:9: devices[0].points[0]: missing required key 'name'",
+                f + ":9:5: rules[0]: missing required key 'name'",
+                f + ":9:5: rules[0]: missing required key 'match'"});
+    CHECK(errors_of_text("devices: []\n") == lines{"t.yaml:1:1: missing required key 'gateway'"});
+    CHECK(errors_of_text("") == lines{"t.yaml:1:1: missing required key 'gateway'"});
+}
+
+TEST_CASE("duplicate device ids, point names and rule names") {
+    auto f = k_dir + "duplicate_device_id.yaml";
+    CHECK(errors_of("duplicate_device_id.yaml") ==
+          lines{f + ":9:17: devices[0].points[1].name: duplicate point name 't' (first at line 8)",
+                f + ":10:9: devices[1].id: duplicate device id 'boiler1' (first at line 4)",
+                f + ":17:13: rules[1].name: duplicate rule name 'r' (first at line 16)"});
+    CHECK(errors_of_text("gateway:\n  id: a\n  id: b\n") ==
+          lines{"t.yaml:3:3: gateway.id: duplicate key (first at line 2)"});
+}
+
+TEST_CASE("bad topic templates") {
+    auto f = k_dir + "bad_topic_template.yaml";
+    CHECK(errors_of("bad_topic_template.yaml") ==
+          lines{f + ":6:23: rules[0].publish.topic: invalid topic template "
+                    "'plant/{site}/{device}': unknown placeholder {site} (known: {gateway} "
+                    "{device} {tag} {rule})",
+                f + ":9:23: rules[1].publish.topic: invalid topic template 'plant/#': wildcard '#' "
+                    "is not allowed in a publish topic",
+                f + ":11:10: dead_letter.topic: invalid topic template 'ferry/{gateway/dead': "
+                    "unclosed '{' at position 7"});
+    CHECK(errors_of_text("gateway: { id: g }\nupstream:\n  mqtt: { client_id: '{host}' }\n") ==
+          lines{"t.yaml:3:22: upstream.mqtt.client_id: unknown placeholder {host} (known: "
+                "{gateway})"});
+}
+
+TEST_CASE("bad match patterns") {
+    auto f = k_dir + "bad_match_pattern.yaml";
+    CHECK(errors_of("bad_match_pattern.yaml") ==
+          lines{f + ":5:36: rules[0].match[1]: invalid pattern 'a/#/b': '#' must be a whole "
+                    "level and the last one",
+                f + ":5:45: rules[0].match[2]: invalid pattern 'x+/y': '+' must be a whole level",
+                f + ":5:53: rules[0].match[3]: invalid pattern '': empty pattern",
+                f + ":7:12: rules[1].match: invalid pattern 'meter*//energy': empty level in "
+                    "pattern",
+                f + ":9:12: rules[2].match: a rule needs at least one pattern"});
+}
+
+TEST_CASE("ports out of range") {
+    auto f = k_dir + "port_out_of_range.yaml";
+    CHECK(errors_of("port_out_of_range.yaml") ==
+          lines{f + ":4:11: http.listen: port 99999 is out of range (1..65535)",
+                f + ":9:11: devices[0].port: 70000 is out of range (1..65535)",
+                f + ":15:11: devices[1].port: 0 is out of range (1..65535)"});
+    CHECK(errors_of_text("gateway: { id: g }\nhttp: { listen: 9108 }\n") ==
+          lines{"t.yaml:2:17: http.listen: expected host:port (e.g. 127.0.0.1:9108), got '9108'"});
+}
+
+TEST_CASE("a device needs points") {
+    auto f = k_dir + "empty_points.yaml";
+    CHECK(errors_of("empty_points.yaml") ==
+          lines{f + ":7:13: devices[0].points: a device needs at least one point",
+                f + ":11:5: devices[1].points: a device needs at least one point"});
+}
+
+TEST_CASE("unknown driver") {
+    auto f = k_dir + "unknown_driver.yaml";
+    CHECK(errors_of("unknown_driver.yaml") ==
+          lines{f + ":5:13: devices[0].driver: unknown driver 'modbus_udp' (known: modbus_tcp, "
+                    "modbus_rtu, serial_line)"});
+}
+
+TEST_CASE("several errors in one file are all reported, in file order") {
+    auto f = k_dir + "several_errors.yaml";
+    CHECK(errors_of("several_errors.yaml") ==
+          lines{
+              f + ":2:7: gateway.id: 'plant a' is not a valid gateway id (use [A-Za-z0-9_-]+)",
+              f + ":3:14: gateway.log_level: unknown log_level 'verbose' (allowed: debug, info, "
+                  "warn, error)",
+              f + ":8:14: devices[0].unit_id: 300 is out of range (0..255)",
+              f + ":10:51: devices[0].points[0].type: table 'coil' holds bits: type must be bool",
+              f + ":11:9: devices[0].points[1]: missing required key 'length' (registers, for "
+                  "type string)",
+              f + ":12:29: devices[0].points[2].address: a uint32 at 65535 needs registers "
+                  "65535..65536, past the last one (65535)",
+              f + ":12:50: devices[0].points[2].length: 'length' applies only to type string",
+              f + ":13:56: devices[0].points[3].writable: table 'input' is read-only in Modbus",
+              f + ":13:74: devices[0].points[3].byte_order: unknown byte_order 'abcd' (allowed: "
+                  "ABCD, DCBA, BADC, CDAB)",
+              f + ":14:46: devices[0].points[4].max: max is less than min",
+              f + ":16:13: devices[1].driver: driver 'modbus_rtu' is not built yet in this "
+                  "version of Ferry",
+              f + ":17:5: devices[1].host: 'host' does not apply to driver 'modbus_rtu'",
+              f + ":18:43: devices[1].serial.parity: unknown parity 'X' (allowed: N, E, O)",
+              f + ":18:57: devices[1].serial.data_bits: 9 is out of range (7..8)",
+              f + ":19:14: devices[1].unit_id: 0 is out of range (1..247)",
+              f + ":24:42: rules[0].publish.qos: 3 is out of range (0..2)",
+              f + ":24:53: rules[0].publish.retain: expected true or false, got 'maybe'",
+              f + ":27:36: upstream.mqtt.uris[1]: invalid broker URI 'http://broker' (use "
+                  "tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://)",
+              f + ":28:14: upstream.mqtt.version: unknown MQTT version '3' (allowed: 5, 3.1.1)",
+              f + ":29:16: upstream.mqtt.keepalive: keepalive must be whole seconds, 1s..65535s",
+              f + ":30:15: upstream.mqtt.inflight: 0 is out of range (1..65535)",
+              f + ":31:5: upstream.mqtt.pasword_file: unknown key (did you mean "
+                  "'password_file'?)",
+              f + ":33:16: upstream.spool.max_bytes: invalid size '512MB' (use e.g. 512, 64KiB, "
+                  "512MiB, 1GiB)",
+              f + ":34:16: upstream.spool.when_full: unknown when_full 'drop' (allowed: "
+                  "drop_oldest, drop_newest, block)",
+              f + ":35:12: upstream.spool.fsync: unknown fsync 'sometimes' (allowed: always, "
+                  "batch, never)",
+          });
+}
+
+TEST_CASE("errors::what() holds every line") {
+    try {
+        cfg::load_config(k_dir + "port_out_of_range.yaml");
+        FAIL("expected errors");
+    } catch (const cfg::errors& e) {
+        auto f = k_dir + "port_out_of_range.yaml";
+        CHECK(std::string(e.what()) ==
+              f + ":4:11: http.listen: port 99999 is out of range (1..65535)\n" + f +
+                  ":9:11: devices[0].port: 70000 is out of range (1..65535)\n" + f +
+                  ":15:11: devices[1].port: 0 is out of range (1..65535)");
+    }
+}
+
+TEST_CASE("YAML syntax errors carry their position") {
+    auto f = k_dir + "yaml_syntax.yaml";
+    CHECK(errors_of("yaml_syntax.yaml") ==
+          lines{f + ":6:1: YAML syntax error: end of sequence flow not found"});
+    CHECK(errors_of_text("gateway:\n  id: g\n   bad: [\n") ==
+          lines{"t.yaml:3:7: YAML syntax error: illegal map value"});
+}
+
+TEST_CASE("an unreadable file is one error without a position") {
+    try {
+        cfg::load_config("/nonexistent/ferry.yaml");
+        FAIL("expected errors");
+    } catch (const cfg::errors& e) {
+        CHECK(to_lines(e) ==
+              lines{"/nonexistent/ferry.yaml:0:0: cannot read file: No such file or directory"});
+        REQUIRE(e.list().size() == 1);
+        CHECK(e.list()[0].line == 0);
+    }
+}
+
+TEST_CASE("features not built yet are refused, after being parsed fully") {
+    auto f = k_dir + "not_built.yaml";
+    CHECK(errors_of("not_built.yaml") ==
+          lines{f + ":5:13: devices[0].driver: driver 'modbus_rtu' is not built yet in this "
+                    "version of Ferry",
+                f + ":11:13: devices[1].driver: driver 'serial_line' is not built yet in this "
+                    "version of Ferry",
+                f + ":22:5: rules[0].filter: 'filter' is not built yet in this version of Ferry",
+                f + ":23:5: rules[0].transform: 'transform' is not built yet in this version of "
+                    "Ferry",
+                f + ":24:5: rules[0].deadband: 'deadband' is not built yet in this version of "
+                    "Ferry",
+                f + ":25:5: rules[0].heartbeat: 'heartbeat' is not built yet in this version of "
+                    "Ferry",
+                f + ":27:12: commands.enabled: 'commands' (downlink writes) is not built yet in "
+                    "this version of Ferry"});
+    // Their values are checked too, so that building a feature only deletes a table row.
+    CHECK(errors_of_text("gateway: { id: g }\nrules:\n  - name: r\n    match: '#'\n"
+                         "    deadband: { absolute: 1, percent: 2 }\n"
+                         "    heartbeat: soon\n") ==
+          lines{"t.yaml:5:5: rules[0].deadband: 'deadband' is not built yet in this version of "
+                "Ferry",
+                "t.yaml:5:15: rules[0].deadband: set exactly one of 'absolute' or 'percent'",
+                "t.yaml:6:5: rules[0].heartbeat: 'heartbeat' is not built yet in this version of "
+                "Ferry",
+                "t.yaml:6:16: rules[0].heartbeat: invalid duration 'soon' (use e.g. 250ms, 2s, 5m, "
+                "1h)"});
+    // commands: false is fine.
+    CHECK_NOTHROW(cfg::load_config_text("gateway: { id: g }\ncommands: { enabled: false }\n", "t"));
+}
+
+TEST_CASE("serial drivers are parsed strictly") {
+    auto e = errors_of_text(R"(gateway: { id: g }
+devices:
+  - id: w
+    driver: serial_line
+    serial: { port: /dev/ttyUSB1 }
+    framing: { delimiter: ";", length: 4 }
+    parse: { regex: '(?<temp>[0-9]+)', csv: [a] }
+    poll_interval: 1s
+    points:
+      - { name: temperature, address: 3 }
+)");
+    CHECK(e ==
+          lines{"t.yaml:4:13: devices[0].driver: driver 'serial_line' is not built yet in this "
+                "version of Ferry",
+                "t.yaml:6:14: devices[0].framing: set either 'delimiter' or 'length', not both",
+                "t.yaml:7:12: devices[0].parse: set exactly one of regex, csv, json: true, kv: "
+                "true",
+                "t.yaml:7:21: devices[0].parse.regex: named group 'temp' is not a point of "
+                "device 'w'",
+                "t.yaml:7:46: devices[0].parse.csv[0]: 'a' is not a point of device 'w'",
+                "t.yaml:8:5: devices[0].poll_interval: 'poll_interval' does not apply to driver "
+                "'serial_line'",
+                "t.yaml:10:30: devices[0].points[0].address: 'address' does not apply to driver "
+                "'serial_line'"});
+    CHECK(errors_of_text("gateway: { id: g }\ndevices:\n  - id: m\n    driver: modbus_rtu\n"
+                         "    points: [ { name: t, address: 0 } ]\n") ==
+          lines{"t.yaml:3:5: devices[0]: missing required key 'serial'",
+                "t.yaml:4:13: devices[0].driver: driver 'modbus_rtu' is not built yet in this "
+                "version of Ferry"});
+}
+
+TEST_CASE("${NAME} substitution in values") {
+    auto f = k_dir + "env.yaml";
+    ::unsetenv("FERRY_TEST_GATEWAY");
+    ::unsetenv("FERRY_TEST_DATA");
+    ::unsetenv("FERRY_TEST_HOST");
+    ::unsetenv("FERRY_TEST_PORT");
+    CHECK(errors_of("env.yaml") ==
+          lines{f + ":2:7: gateway.id: environment variable FERRY_TEST_GATEWAY is not set",
+                f + ":3:13: gateway.data_dir: environment variable FERRY_TEST_DATA is not set",
+                f + ":7:11: devices[0].host: environment variable FERRY_TEST_HOST is not set",
+                f + ":8:11: devices[0].port: environment variable FERRY_TEST_PORT is not set"});
+
+    ::setenv("FERRY_TEST_GATEWAY", "gw-env", 1);
+    ::setenv("FERRY_TEST_DATA", "/srv/ferry", 1);
+    ::setenv("FERRY_TEST_HOST", "10.0.0.5", 1);
+    ::setenv("FERRY_TEST_PORT", "1502", 1);
+    auto c = cfg::load_config(f);
+    CHECK(c.gateway.id == "gw-env");
+    CHECK(c.gateway.data_dir == "/srv/ferry/state");
+    CHECK(c.upstream.spool.path == "/srv/ferry/state/spool.db");
+    CHECK(c.upstream.mqtt.client_id == "gw-env");
+    REQUIRE(c.devices.size() == 1);
+    CHECK(c.devices[0].host == "10.0.0.5");
+    CHECK(c.devices[0].port == 1502);
+    CHECK(c.devices[0].points[0].unit == "$HOME and ${not valid} stay");
+
+    // A substituted value is checked like a written one.
+    ::setenv("FERRY_TEST_PORT", "http", 1);
+    CHECK(errors_of("env.yaml") ==
+          lines{f + ":8:11: devices[0].port: expected an integer, got 'http'"});
+    for (auto n : {"FERRY_TEST_GATEWAY", "FERRY_TEST_DATA", "FERRY_TEST_HOST", "FERRY_TEST_PORT"})
+        ::unsetenv(n);
+}
+
+TEST_CASE("password_file is read, relative to the config file, and never shown") {
+    auto c = cfg::load_config(k_dir + "password_file.yaml");
+    CHECK(c.upstream.mqtt.username == "ferry");
+    CHECK(c.upstream.mqtt.password == "s3cret-pass");  // trailing newline stripped
+
+    auto f = k_dir + "password_file_missing.yaml";
+    CHECK(errors_of("password_file_missing.yaml") ==
+          lines{f + ":6:20: upstream.mqtt.password_file: cannot read password file '" + k_dir +
+                "no-such.pass': No such file or directory"});
+
+    // Another error in a file with a readable password: the password appears nowhere.
+    std::string text = "gateway: { id: g }\nupstream:\n  mqtt:\n    password_file: " + k_dir +
+                       "mqtt.pass\n    inflight: 0\n";
+    try {
+        cfg::load_config_text(text, "t.yaml");
+        FAIL("expected errors");
+    } catch (const cfg::errors& e) {
+        CHECK(std::string(e.what()).find("s3cret") == std::string::npos);
+        CHECK(to_lines(e) == lines{"t.yaml:5:15: upstream.mqtt.inflight: 0 is out of range "
+                                   "(1..65535)"});
+    }
+}
+
+TEST_CASE("TLS settings and broker URIs agree") {
+    CHECK(errors_of_text("gateway: { id: g }\nupstream:\n  mqtt:\n"
+                         "    uris: [tcp://b:1883, mqtts://c:8883]\n"
+                         "    tls: { cert_file: gw.pem }\n") ==
+          lines{"t.yaml:4:12: upstream.mqtt.uris[0]: 'tcp://' is not encrypted although 'tls' "
+                "is set; use ssl:// or mqtts://",
+                "t.yaml:5:10: upstream.mqtt.tls: set both 'cert_file' and 'key_file', or neither"});
+    CHECK(errors_of_text("gateway: { id: g }\nupstream: { mqtt: { uris: [ssl://b] } }\n") ==
+          lines{"t.yaml:2:28: upstream.mqtt.uris[0]: 'ssl://' needs an 'upstream.mqtt.tls' "
+                "section"});
+    auto c = cfg::load_config_text(
+        "gateway: { id: g }\nupstream: { mqtt: { uris: [ssl://b], tls: { ca_file: ca.pem, "
+        "verify_hostname: false } } }\n",
+        "/etc/ferry/ferry.yaml");
+    REQUIRE(c.upstream.mqtt.tls.has_value());
+    CHECK(c.upstream.mqtt.tls->ca_file == "/etc/ferry/ca.pem");
+    CHECK_FALSE(c.upstream.mqtt.tls->verify_hostname);
+}
+
+TEST_CASE("point checks") {
+    std::string head =
+        "gateway: { id: g }\ndevices:\n  - id: d\n    driver: modbus_tcp\n"
+        "    host: h\n    points:\n";
+    // A bool from a register, a bool from a coil (type may be left out), all types.
+    auto c = cfg::load_config_text(head +
+                                       "      - { name: a, address: 0, type: bool }\n"
+                                       "      - { name: b, table: discrete, address: 0 }\n"
+                                       "      - { name: c, address: 0x10, type: float64 }\n"
+                                       "      - { name: d, address: 65532, type: int64 }\n",
+                                   "t.yaml");
+    const auto& p = c.devices[0].points;
+    CHECK(p[0].type == cfg::point_type::boolean);
+    CHECK(p[0].tbl == cfg::table::holding);
+    CHECK(p[1].type == cfg::point_type::boolean);
+    CHECK(p[2].address == 16);
+    CHECK(cfg::register_count(p[3]) == 4);
+    CHECK(p[3].where.line == 10);
+    CHECK(p[3].where.column == 17);
+
+    CHECK(errors_of_text(head + "      - { name: a, address: 70000, scale: 0 }\n"
+                                "      - { name: 'b c', type: string, length: 200 }\n") ==
+          lines{"t.yaml:7:29: devices[0].points[0].address: 70000 is out of range (0..65535)",
+                "t.yaml:7:43: devices[0].points[0].scale: must not be 0",
+                "t.yaml:8:9: devices[0].points[1]: missing required key 'address'",
+                "t.yaml:8:17: devices[0].points[1].name: 'b c' is not a valid point name (use "
+                "[A-Za-z0-9_.-]+)",
+                "t.yaml:8:46: devices[0].points[1].length: 200 is out of range (1..125)"});
+}
+
+TEST_CASE("parse_duration") {
+    struct row {
+        const char* text;
+        std::optional<cfg::duration> want;
+    };
+    const row rows[] = {
+        {"250ms", 250ms},
+        {"2s", 2s},
+        {"5m", 5min},
+        {"1h", 1h},
+        {"0s", 0ms},
+        {"1500ms", 1500ms},
+        {"", std::nullopt},
+        {"5", std::nullopt},
+        {"ms", std::nullopt},
+        {"1.5s", std::nullopt},
+        {"-1s", std::nullopt},
+        {"2 s", std::nullopt},
+        {"1h30m", std::nullopt},
+        {"2S", std::nullopt},
+        {"1d", std::nullopt},
+        {"99999999999999999999h", std::nullopt},
+        {"9223372036854775807h", std::nullopt},
+    };
+    for (const auto& r : rows) {
+        CAPTURE(r.text);
+        CHECK(cfg::parse_duration(r.text) == r.want);
+    }
+}
+
+TEST_CASE("parse_size") {
+    struct row {
+        const char* text;
+        std::optional<std::uint64_t> want;
+    };
+    const row rows[] = {
+        {"512", 512},
+        {"0", 0},
+        {"64KiB", 64 * 1024},
+        {"512MiB", 512ull << 20},
+        {"1GiB", 1ull << 30},
+        {"2TiB", 2ull << 40},
+        {"", std::nullopt},
+        {"KiB", std::nullopt},
+        {"64kib", std::nullopt},
+        {"64KB", std::nullopt},
+        {"1.5GiB", std::nullopt},
+        {"-1", std::nullopt},
+        {"64 KiB", std::nullopt},
+        {"99999999999TiB", std::nullopt},
+    };
+    for (const auto& r : rows) {
+        CAPTURE(r.text);
+        CHECK(cfg::parse_size(r.text) == r.want);
+    }
+}
+
+TEST_CASE("register_count") {
+    cfg::point p;
+    using t = cfg::point_type;
+    const std::pair<t, std::uint32_t> rows[] = {
+        {t::boolean, 1}, {t::int16, 1}, {t::uint16, 1}, {t::int32, 2},   {t::uint32, 2},
+        {t::float32, 2}, {t::int64, 4}, {t::uint64, 4}, {t::float64, 4},
+    };
+    for (auto [type, n] : rows) {
+        p.type = type;
+        CHECK(cfg::register_count(p) == n);
+    }
+    p.type = t::string;
+    p.length = 8;
+    CHECK(cfg::register_count(p) == 8);
+    p.tbl = cfg::table::coil;
+    p.type = t::boolean;
+    CHECK(cfg::register_count(p) == 1);
+}
+
+// config/REFERENCE.md embeds reference_markdown() between two markers; run with
+// FERRY_UPDATE_REFERENCE=1 to rewrite that part after changing a declaration.
+TEST_CASE("config/REFERENCE.md documents every declared key") {
+    const std::string path = FERRY_SOURCE_DIR "/config/REFERENCE.md";
+    const std::string begin = "<!-- BEGIN GENERATED from gateway/config.cpp -->\n";
+    const std::string end = "<!-- END GENERATED -->";
+    std::string doc = read(path);
+    auto b = doc.find(begin);
+    auto e = doc.find(end);
+    REQUIRE(b != std::string::npos);
+    REQUIRE(e != std::string::npos);
+    std::string generated = cfg::reference_markdown();
+    if (std::getenv("FERRY_UPDATE_REFERENCE")) {
+        doc = doc.substr(0, b + begin.size()) + generated + doc.substr(e);
+        std::ofstream(path) << doc;
+    }
+    CHECK(doc.substr(b + begin.size(), e - b - begin.size()) == generated);
+}
