@@ -1,1 +1,642 @@
-// (being written)
+// The MQTT publisher (see mqtt_publisher.hpp and docs/DELIVERY.md).
+//
+// Design note. One sender thread owns the connection life cycle and the spool cursor:
+//   disconnected -> (backoff) -> connect over all uris -> publish "online" -> cursor = 0
+//   -> fill the in-flight window from spool.peek(cursor) -> ... -> connection lost -> forget
+//   every outstanding token, bump the generation -> disconnected.
+// Paho's callback thread only completes deliveries: it removes the entry from `outstanding_`,
+// acks the spool and wakes the sender. Each publish carries a never-reused sequence number as
+// its user context, so a late callback from an earlier connection finds nothing and is ignored.
+// Paho's own persistence, offline buffering and automatic reconnect are all off: the spool is
+// the only store, and our reconnect loop decides when and from where to resend.
+#include "gateway/upstream/mqtt_publisher.hpp"
+
+#include <mqtt/async_client.h>
+#include <mqtt/connect_options.h>
+#include <mqtt/create_options.h>
+#include <mqtt/iaction_listener.h>
+#include <mqtt/message.h>
+#include <mqtt/ssl_options.h>
+#include <mqtt/will_options.h>
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "gateway/log.hpp"
+#include "gateway/upstream/spool.hpp"
+
+namespace ferry::upstream {
+
+namespace {
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+constexpr auto k_connect_timeout = 3s;        // per uri, enforced by Paho (see DELIVERY.md)
+constexpr auto k_backoff_min = 100ms;         // first retry delay, doubled per failure
+constexpr auto k_backoff_max = 30000ms;       // cap
+constexpr double k_jitter = 0.2;              // +-20 %
+constexpr auto k_healthy_after = 5s;          // a connection this old resets the backoff
+constexpr auto k_idle_wait = 100ms;           // longest sleep without re-checking state
+constexpr auto k_status_timeout = 500ms;      // wait for the "offline" PUBACK on stop
+constexpr auto k_disconnect_timeout = 300ms;  // let Paho finish work before DISCONNECT
+constexpr const char* k_component = "mqtt";
+
+std::int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+std::string ms_string(std::chrono::milliseconds d) {
+    return std::to_string(d.count());
+}
+
+// Return codes with which Paho fails a publish because the connection is (being) closed.
+bool cancelled(int rc) {
+    return rc == MQTTASYNC_DISCONNECTED || rc == MQTTASYNC_OPERATION_INCOMPLETE;
+}
+
+}  // namespace
+
+struct mqtt_publisher::impl {
+    // Completion of one publish: Paho calls it on its callback thread.
+    struct delivery_listener final : mqtt::iaction_listener {
+        impl* owner = nullptr;
+        void on_success(const mqtt::token& tok) override { owner->on_delivered(tok, true); }
+        void on_failure(const mqtt::token& tok) override { owner->on_delivered(tok, false); }
+    };
+
+    struct pending {
+        std::uint64_t gen = 0;
+        std::int64_t id = 0;
+        std::int64_t created_ms = 0;
+    };
+
+    impl(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
+         prometheus::Registry& registry);
+    ~impl();
+
+    void start();
+    void stop(std::chrono::milliseconds drain);
+
+    void run();
+    bool should_exit();
+    bool try_connect(std::uint64_t attempt);
+    void reset_connection(const std::string& why);
+    void fill_window(std::int64_t& cursor);
+    bool publish_one(spooled_message& m);
+    void wait_backoff(std::chrono::milliseconds delay);
+    void shutdown();
+    void on_delivered(const mqtt::token& tok, bool ok);
+    void on_connection_lost(const std::string& cause);
+
+    // Settings.
+    config::mqtt_settings settings_;
+    std::string gateway_id_;
+    std::string status_topic_;
+    std::size_t inflight_max_;
+    spool& spool_;
+    mqtt::connect_options conn_opts_;
+
+    // Metrics.
+    prometheus::Gauge& m_connected_;
+    prometheus::Gauge& m_inflight_;
+    prometheus::Counter& m_published_ok_;
+    prometheus::Counter& m_published_error_;
+    prometheus::Counter& m_connects_ok_;
+    prometheus::Counter& m_connects_error_;
+    prometheus::Counter& m_received_;
+    prometheus::Counter& m_sent_;
+    prometheus::Counter& m_err_connect_;
+    prometheus::Counter& m_err_publish_;
+    prometheus::Counter& m_err_lost_;
+    prometheus::Counter& m_err_status_;
+    prometheus::Histogram& m_latency_;
+
+    // Shared between the sender thread, Paho's threads and stop(); guarded by mu_.
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::unordered_map<std::uint64_t, pending> outstanding_;  // by publish sequence number
+    std::uint64_t next_pub_ = 1;
+    std::uint64_t gen_ = 0;
+    bool lost_ = false;  // Paho reported connection loss
+    std::string lost_cause_;
+    bool publish_failed_ = false;  // a publish failed on a live connection: resync
+    bool stop_requested_ = false;
+    steady::time_point deadline_{};
+
+    std::atomic<bool> connected_{false};
+    std::atomic<std::uint64_t> acks_this_connection_{0};
+
+    // Sender thread only.
+    std::int64_t highest_taken_ = 0;
+    std::chrono::milliseconds backoff_ = k_backoff_min;
+    steady::time_point connected_at_{};
+    std::mt19937 rng_{std::random_device{}()};
+
+    std::thread thread_;
+    bool started_ = false;
+    bool stopped_ = false;
+
+    // Declared after everything its callbacks touch, so it is destroyed first.
+    delivery_listener listener_;
+    std::unique_ptr<mqtt::async_client> client_;
+};
+
+mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
+                           prometheus::Registry& registry)
+    : settings_(settings),
+      gateway_id_(std::move(gateway_id)),
+      status_topic_("ferry/" + gateway_id_ + "/status"),
+      inflight_max_(static_cast<std::size_t>(std::max(1, settings.inflight))),
+      spool_(sp),
+      m_connected_(prometheus::BuildGauge()
+                       .Name("ferry_mqtt_connected")
+                       .Help("1 while connected to an MQTT broker")
+                       .Register(registry)
+                       .Add({})),
+      m_inflight_(prometheus::BuildGauge()
+                      .Name("ferry_mqtt_inflight")
+                      .Help("Messages published and not yet acknowledged by the broker")
+                      .Register(registry)
+                      .Add({})),
+      m_published_ok_(prometheus::BuildCounter()
+                          .Name("ferry_mqtt_published_total")
+                          .Help("Spool messages published, by broker acknowledgement result")
+                          .Register(registry)
+                          .Add({{"result", "ok"}})),
+      m_published_error_(prometheus::BuildCounter()
+                             .Name("ferry_mqtt_published_total")
+                             .Help("Spool messages published, by broker acknowledgement result")
+                             .Register(registry)
+                             .Add({{"result", "error"}})),
+      m_connects_ok_(prometheus::BuildCounter()
+                         .Name("ferry_mqtt_connects_total")
+                         .Help("Connection attempts (each over the whole uris list)")
+                         .Register(registry)
+                         .Add({{"result", "ok"}})),
+      m_connects_error_(prometheus::BuildCounter()
+                            .Name("ferry_mqtt_connects_total")
+                            .Help("Connection attempts (each over the whole uris list)")
+                            .Register(registry)
+                            .Add({{"result", "error"}})),
+      m_received_(prometheus::BuildCounter()
+                      .Name("ferry_mqtt_received_total")
+                      .Help("Distinct spool messages taken for sending")
+                      .Register(registry)
+                      .Add({})),
+      m_sent_(prometheus::BuildCounter()
+                  .Name("ferry_mqtt_sent_total")
+                  .Help("Spool messages acknowledged by the broker and removed from the spool")
+                  .Register(registry)
+                  .Add({})),
+      m_err_connect_(prometheus::BuildCounter()
+                         .Name("ferry_mqtt_errors_total")
+                         .Help("Publisher errors by reason")
+                         .Register(registry)
+                         .Add({{"reason", "connect"}})),
+      m_err_publish_(prometheus::BuildCounter()
+                         .Name("ferry_mqtt_errors_total")
+                         .Help("Publisher errors by reason")
+                         .Register(registry)
+                         .Add({{"reason", "publish"}})),
+      m_err_lost_(prometheus::BuildCounter()
+                      .Name("ferry_mqtt_errors_total")
+                      .Help("Publisher errors by reason")
+                      .Register(registry)
+                      .Add({{"reason", "connection_lost"}})),
+      m_err_status_(prometheus::BuildCounter()
+                        .Name("ferry_mqtt_errors_total")
+                        .Help("Publisher errors by reason")
+                        .Register(registry)
+                        .Add({{"reason", "status"}})),
+      m_latency_(prometheus::BuildHistogram()
+                     .Name("ferry_delivery_latency_seconds")
+                     .Help("From entering the spool to broker acknowledgement")
+                     .Register(registry)
+                     .Add({}, prometheus::Histogram::BucketBoundaries{
+                                  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                                  5.0, 10.0, 30.0, 60.0})) {
+    listener_.owner = this;
+
+    const int version = settings_.version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+    if (settings_.uris.empty()) throw std::runtime_error("mqtt publisher: uris is empty");
+
+    conn_opts_.set_mqtt_version(version);
+    if (version == MQTTVERSION_5) {
+        // Paho rejects cleansession=1 on a v5 connect; v5 says clean_start instead.
+        conn_opts_.set_clean_session(false);
+        conn_opts_.set_clean_start(true);
+    } else {
+        conn_opts_.set_clean_start(false);
+        conn_opts_.set_clean_session(true);
+    }
+    conn_opts_.set_keep_alive_interval(
+        std::chrono::duration_cast<std::chrono::seconds>(settings_.keepalive));
+    conn_opts_.set_connect_timeout(k_connect_timeout);
+    conn_opts_.set_automatic_reconnect(false);
+    // Room for the window plus the status message.
+    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2);
+    if (!settings_.username.empty()) conn_opts_.set_user_name(settings_.username);
+    if (!settings_.password.empty()) conn_opts_.set_password(settings_.password);
+    conn_opts_.set_will(mqtt::will_options(status_topic_, std::string("offline"), 1, true));
+    if (settings_.tls) {
+        mqtt::ssl_options ssl;
+        if (!settings_.tls->ca_file.empty()) ssl.set_trust_store(settings_.tls->ca_file);
+        if (!settings_.tls->cert_file.empty()) ssl.set_key_store(settings_.tls->cert_file);
+        if (!settings_.tls->key_file.empty()) ssl.set_private_key(settings_.tls->key_file);
+        ssl.set_enable_server_cert_auth(true);
+        ssl.set_verify(settings_.tls->verify_hostname);
+        conn_opts_.set_ssl(std::move(ssl));
+    }
+    conn_opts_.set_servers(std::make_shared<mqtt::string_collection>(settings_.uris));
+
+    // No persistence (nullptr) and no offline buffering: publish fails fast when disconnected.
+    mqtt::create_options create(version);
+    client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
+                                                   create, nullptr);
+    client_->set_connection_lost_handler(
+        [this](const std::string& cause) { on_connection_lost(cause); });
+    client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
+        on_connection_lost("server disconnect, reason " + std::to_string(static_cast<int>(rc)));
+    });
+}
+
+mqtt_publisher::impl::~impl() {
+    stop(0ms);
+    // Destroy the client before the members its callbacks use (declaration order does this
+    // too; being explicit keeps it true if members move).
+    client_.reset();
+}
+
+void mqtt_publisher::impl::start() {
+    std::lock_guard lk(mu_);
+    if (started_ || stopped_) return;
+    started_ = true;
+    thread_ = std::thread([this] { run(); });
+}
+
+void mqtt_publisher::impl::stop(std::chrono::milliseconds drain) {
+    {
+        std::lock_guard lk(mu_);
+        if (stopped_) return;
+        stopped_ = true;
+        stop_requested_ = true;
+        deadline_ = steady::now() + drain;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+void mqtt_publisher::impl::on_connection_lost(const std::string& cause) {
+    // A late report about an earlier connection must not tear down a newer one.
+    if (client_ && client_->is_connected()) return;
+    connected_ = false;
+    m_connected_.Set(0);
+    {
+        std::lock_guard lk(mu_);
+        lost_ = true;
+        lost_cause_ = cause.empty() ? "unknown" : cause;
+    }
+    cv_.notify_all();
+}
+
+void mqtt_publisher::impl::on_delivered(const mqtt::token& tok, bool ok) {
+    const auto pub =
+        static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(tok.get_user_context()));
+    pending p;
+    bool current = false;
+    {
+        std::lock_guard lk(mu_);
+        auto it = outstanding_.find(pub);
+        if (it == outstanding_.end()) return;  // from a connection we already gave up on
+        p = it->second;
+        outstanding_.erase(it);
+        current = p.gen == gen_ && !lost_;
+        // Paho cancels what was queued or in flight when the connection closes; the loss
+        // itself is handled once, by the connection-lost path, and everything is resent.
+        if (!ok && cancelled(tok.get_return_code())) current = false;
+        if (!ok && current) publish_failed_ = true;
+        m_inflight_.Set(static_cast<double>(outstanding_.size()));
+    }
+    if (ok) {
+        // The broker has it: removing it from the spool is right even if the connection has
+        // dropped since.
+        spool_.ack(p.id);
+        acks_this_connection_.fetch_add(1, std::memory_order_relaxed);
+        m_published_ok_.Increment();
+        m_sent_.Increment();
+        const auto age_ms = std::max<std::int64_t>(0, unix_ms() - p.created_ms);
+        m_latency_.Observe(static_cast<double>(age_ms) / 1000.0);
+    } else if (current) {
+        m_published_error_.Increment();
+        m_err_publish_.Increment();
+        log::warn(k_component, "publish failed",
+                  {{"id", std::to_string(p.id)},
+                   {"rc", std::to_string(tok.get_return_code())},
+                   {"reason", std::to_string(static_cast<int>(tok.get_reason_code()))},
+                   {"action", "reconnect_and_resend"}});
+    }
+    cv_.notify_all();
+}
+
+bool mqtt_publisher::impl::should_exit() {
+    {
+        std::lock_guard lk(mu_);
+        if (!stop_requested_) return false;
+        if (steady::now() >= deadline_) return true;
+        if (!outstanding_.empty()) return false;
+    }
+    return spool_.messages() == 0;
+}
+
+void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay) {
+    const auto until = steady::now() + delay;
+    std::unique_lock lk(mu_);
+    while (steady::now() < until) {
+        if (stop_requested_ && steady::now() >= deadline_) return;
+        auto wake = stop_requested_ ? std::min(until, deadline_) : until;
+        cv_.wait_until(lk, wake);
+        if (stop_requested_) {
+            // The drain may have nothing left to deliver: let should_exit() decide now.
+            lk.unlock();
+            if (should_exit()) return;
+            lk.lock();
+        }
+    }
+}
+
+bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
+    // One attempt walks the uris in order, one server list of one uri at a time: the same
+    // failover as handing Paho the whole list, but we know (and log) which uri answered.
+    for (std::size_t i = 0; i < settings_.uris.size(); ++i) {
+        const auto& uri = settings_.uris[i];
+        const bool last = i + 1 == settings_.uris.size();
+        const auto begin = steady::now();
+        try {
+            auto opts = conn_opts_;
+            opts.set_servers(
+                std::make_shared<mqtt::string_collection>(std::vector<std::string>{uri}));
+            auto tok = client_->connect(opts);
+            // Paho enforces the connect timeout; poll so that stop() is not held up by it.
+            while (!tok->wait_for(50ms)) {
+                std::lock_guard lk(mu_);
+                if (stop_requested_ && steady::now() >= deadline_) {
+                    log::warn(k_component, "connect abandoned",
+                              {{"uri", uri}, {"why", "stopping"}});
+                    return false;
+                }
+            }
+            bool session_present = false;
+            try {
+                session_present = tok->get_connect_response().is_session_present();
+            } catch (const std::exception&) {
+            }
+            {
+                std::lock_guard lk(mu_);
+                ++gen_;
+                outstanding_.clear();
+                lost_ = false;
+                publish_failed_ = false;
+            }
+            m_inflight_.Set(0);
+            acks_this_connection_ = 0;
+            connected_at_ = steady::now();
+            connected_ = true;
+            m_connected_.Set(1);
+            m_connects_ok_.Increment();
+            log::info(k_component, "connected",
+                      {{"uri", uri},
+                       {"client_id", settings_.client_id},
+                       {"version", settings_.version == 5 ? "5" : "3.1.1"},
+                       {"session_present", session_present ? "true" : "false"},
+                       {"attempt", std::to_string(attempt)},
+                       {"took_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       steady::now() - begin))}});
+            try {
+                client_->publish(status_topic_, std::string("online"), 1, true);
+            } catch (const mqtt::exception& e) {
+                m_err_status_.Increment();
+                log::warn(k_component, "status publish failed",
+                          {{"topic", status_topic_}, {"error", e.what()}});
+            }
+            return true;
+        } catch (const mqtt::exception& e) {
+            m_connects_error_.Increment();
+            m_err_connect_.Increment();
+            log::warn(k_component, "connect failed",
+                      {{"uri", uri},
+                       {"attempt", std::to_string(attempt)},
+                       {"error", e.what()},
+                       {"next", last ? "retry in " + ms_string(backoff_) + "ms" : "next uri"}});
+        }
+        std::lock_guard lk(mu_);
+        if (stop_requested_ && steady::now() >= deadline_) return false;
+    }
+    return false;
+}
+
+void mqtt_publisher::impl::reset_connection(const std::string& why) {
+    std::size_t forgotten = 0;
+    {
+        std::lock_guard lk(mu_);
+        forgotten = outstanding_.size();
+        outstanding_.clear();
+        ++gen_;
+        lost_ = false;
+        publish_failed_ = false;
+    }
+    connected_ = false;
+    m_connected_.Set(0);
+    m_inflight_.Set(0);
+    m_err_lost_.Increment();
+    if (client_->is_connected()) {
+        // A publish failed on a live connection: drop it so that the resend starts clean.
+        try {
+            client_->disconnect(k_disconnect_timeout)->wait_for(k_disconnect_timeout * 2);
+        } catch (const mqtt::exception&) {
+        }
+    }
+    log::warn(k_component, "disconnected",
+              {{"cause", why},
+               {"unacked", std::to_string(forgotten)},
+               {"action", "resend_from_oldest"},
+               {"retry_in_ms", ms_string(backoff_)}});
+}
+
+bool mqtt_publisher::impl::publish_one(spooled_message& m) {
+    std::uint64_t pub = 0;
+    {
+        std::lock_guard lk(mu_);
+        pub = next_pub_++;
+        outstanding_[pub] = pending{gen_, m.id, m.created_ms};
+        m_inflight_.Set(static_cast<double>(outstanding_.size()));
+    }
+    if (m.id > highest_taken_) {
+        highest_taken_ = m.id;
+        m_received_.Increment();
+    }
+    try {
+        auto msg =
+            mqtt::make_message(m.topic, mqtt::binary_ref(std::move(m.payload)), m.qos, m.retain);
+        client_->publish(msg, reinterpret_cast<void*>(static_cast<std::uintptr_t>(pub)), listener_);
+        return true;
+    } catch (const mqtt::exception& e) {
+        bool live = false;
+        {
+            std::lock_guard lk(mu_);
+            outstanding_.erase(pub);
+            if (cancelled(e.get_return_code())) {
+                // The connection dropped under us; Paho's lost callback may still be coming.
+                if (!lost_) lost_cause_ = "client disconnected";
+                lost_ = true;
+            } else {
+                live = !lost_;
+                publish_failed_ = true;
+            }
+        }
+        if (live) {
+            m_published_error_.Increment();
+            m_err_publish_.Increment();
+            log::warn(k_component, "publish failed",
+                      {{"id", std::to_string(m.id)}, {"error", e.what()}});
+        }
+        cv_.notify_all();
+        return false;
+    }
+}
+
+void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
+    std::size_t room = 0;
+    {
+        std::unique_lock lk(mu_);
+        room = inflight_max_ - std::min(inflight_max_, outstanding_.size());
+        if (room == 0) {
+            // Window full: wait for an ack (or loss, or stop).
+            cv_.wait_for(lk, k_idle_wait, [&] {
+                return outstanding_.size() < inflight_max_ || lost_ || publish_failed_ ||
+                       stop_requested_;
+            });
+            return;
+        }
+    }
+    auto msgs = spool_.peek(cursor, room);
+    if (msgs.empty()) {
+        spool_.wait_for_messages(cursor, k_idle_wait);
+        return;
+    }
+    for (auto& m : msgs) {
+        if (!publish_one(m)) return;
+        cursor = m.id;
+    }
+}
+
+void mqtt_publisher::impl::run() {
+    std::int64_t cursor = 0;
+    std::uint64_t attempt = 0;
+    bool first = true;
+    while (!should_exit()) {
+        std::string why;
+        {
+            std::lock_guard lk(mu_);
+            if (lost_)
+                why = "connection lost: " + lost_cause_;
+            else if (publish_failed_)
+                why = "publish failed";
+        }
+        if (!why.empty()) {
+            reset_connection(why);
+            continue;
+        }
+        if (!connected_) {
+            if (!first) {
+                std::uniform_real_distribution<double> jitter(1.0 - k_jitter, 1.0 + k_jitter);
+                wait_backoff(std::chrono::milliseconds(static_cast<std::int64_t>(
+                    static_cast<double>(backoff_.count()) * jitter(rng_))));
+                backoff_ = std::min(backoff_ * 2, k_backoff_max);
+                if (should_exit()) break;
+            }
+            first = false;
+            ++attempt;
+            if (try_connect(attempt)) {
+                attempt = 0;
+                cursor = 0;  // resend everything still in the spool, oldest first
+            }
+            continue;
+        }
+
+        // The backoff goes back to the minimum only once a connection proves useful, so a
+        // broker that accepts and then drops us at once is not hammered.
+        if (backoff_ != k_backoff_min &&
+            (acks_this_connection_ > 0 || steady::now() - connected_at_ >= k_healthy_after)) {
+            backoff_ = k_backoff_min;
+        }
+        fill_window(cursor);
+    }
+    shutdown();
+}
+
+void mqtt_publisher::impl::shutdown() {
+    const bool was_connected = connected_ && client_->is_connected();
+    if (was_connected) {
+        // A clean DISCONNECT does not fire the will, so say "offline" ourselves.
+        try {
+            auto tok = client_->publish(status_topic_, std::string("offline"), 1, true);
+            if (!tok->wait_for(k_status_timeout)) m_err_status_.Increment();
+        } catch (const mqtt::exception& e) {
+            m_err_status_.Increment();
+            log::warn(k_component, "status publish failed",
+                      {{"topic", status_topic_}, {"error", e.what()}});
+        }
+    }
+    try {
+        // Also aborts a connect still in progress.
+        client_->disconnect(k_disconnect_timeout)->wait_for(k_disconnect_timeout * 2);
+    } catch (const mqtt::exception&) {
+    }
+    std::size_t unacked = 0;
+    {
+        std::lock_guard lk(mu_);
+        unacked = outstanding_.size();
+        outstanding_.clear();
+    }
+    connected_ = false;
+    m_connected_.Set(0);
+    m_inflight_.Set(0);
+    log::info(k_component, "stopped",
+              {{"was_connected", was_connected ? "true" : "false"},
+               {"unacked", std::to_string(unacked)},
+               {"left_in_spool", std::to_string(spool_.messages())}});
+}
+
+mqtt_publisher::mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id,
+                               spool& sp, prometheus::Registry& registry)
+    : impl_(std::make_unique<impl>(settings, std::move(gateway_id), sp, registry)) {}
+
+mqtt_publisher::~mqtt_publisher() = default;
+
+void mqtt_publisher::start() {
+    impl_->start();
+}
+
+void mqtt_publisher::stop(std::chrono::milliseconds drain) {
+    impl_->stop(drain);
+}
+
+bool mqtt_publisher::connected() const {
+    return impl_->connected_;
+}
+
+}  // namespace ferry::upstream

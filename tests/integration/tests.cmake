@@ -1,3 +1,5 @@
 # Integration tier: real mosquitto, real Modbus servers, pty pairs; loopback only.
 ferry_test(integration_harness integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/harness_test.cpp)
 target_link_libraries(integration_harness PRIVATE PkgConfig::MODBUS)
+ferry_test(integration_publisher integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/publisher_test.cpp)
+target_link_libraries(integration_publisher PRIVATE ferry_upstream)

@@ -1,0 +1,429 @@
+// Integration tests of the MQTT publisher against a real mosquitto on loopback.
+//
+// What a user would check: the messages that reached the broker, in spool order, with their
+// exact payloads; the retained status; the spool emptied; nothing lost across a broker
+// restart, duplicates only within the in-flight window; failover to the second uri.
+//
+// The recorder here is local on purpose: it uses a persistent session (clean_session=false,
+// fixed client id) on a broker with persistence on, so that messages the broker accepted while
+// the recorder was away (broker restart) are queued for it rather than lost. Without that, a
+// test could not tell a publisher loss from a recorder that reconnected later than the
+// publisher did.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <prometheus/registry.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gateway/config.hpp"
+#include "gateway/upstream/mqtt_publisher.hpp"
+#include "gateway/upstream/spool.hpp"
+#include "tests/support/harness.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using ferry::test::mosquitto;
+using ferry::test::temp_dir;
+using ferry::test::wait_until;
+using ferry::upstream::mqtt_publisher;
+using ferry::upstream::spool;
+
+const std::string k_gateway = "gw1";
+const std::string k_data_topic = "plant/gw1/boiler1";
+const std::string k_status_topic = "ferry/gw1/status";
+
+struct received {
+    std::string topic;
+    std::string payload;
+    bool retained = false;
+};
+
+// mosquitto_sub in its own process, recording every message in arrival order to a file. Out of
+// process on purpose: Paho C runs every client of a process on shared threads, and a second
+// Paho client in the test process would slow the publisher's connects (see DELIVERY.md).
+// With `persistent` it keeps a session (clean_session=false, fixed id), so on a broker with
+// persistence on, messages the broker accepted while it was away (a broker restart) are
+// queued for it: the test can then tell a publisher loss from a recorder that came back later
+// than the publisher. libmosquitto reconnects on its own.
+class sub_recorder {
+  public:
+    sub_recorder(std::uint16_t port, const std::string& id, std::vector<std::string> filters,
+                 bool persistent = true)
+        : port_(port), id_(id), out_(dir_.file("out.txt")) {
+        std::vector<std::string> argv{"/usr/bin/mosquitto_sub",
+                                      "-h",
+                                      "127.0.0.1",
+                                      "-p",
+                                      std::to_string(port),
+                                      "-i",
+                                      id,
+                                      "-q",
+                                      "1",
+                                      "-V",
+                                      "mqttv311",
+                                      "-F",
+                                      "%r %t %p"};
+        if (persistent) argv.push_back("-c");
+        filters.push_back("ferry-test/ready");
+        for (const auto& f : filters) {
+            argv.push_back("-t");
+            argv.push_back(f);
+        }
+        proc_ = std::make_unique<ferry::test::process>(argv, out_);
+        // Subscribed once a marker we publish comes back.
+        const bool ready = wait_until(
+            [&] {
+                ferry::test::process pub({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p",
+                                          std::to_string(port_), "-t", "ferry-test/ready", "-m",
+                                          id_});
+                pub.wait(2s);
+                return has("ferry-test/ready", id_);
+            },
+            10s);
+        REQUIRE_MESSAGE(ready, "recorder " << id_ << " did not subscribe");
+    }
+    std::vector<received> messages() const {
+        std::vector<received> out;
+        std::string text;
+        try {
+            text = ferry::test::read_file(out_);
+        } catch (const std::exception&) {
+            return out;
+        }
+        std::size_t pos = 0;
+        // Only complete lines: the last one may still be being written.
+        for (auto nl = text.find('\n', pos); nl != std::string::npos; nl = text.find('\n', pos)) {
+            const std::string line = text.substr(pos, nl - pos);
+            pos = nl + 1;
+            const auto sp1 = line.find(' ');
+            const auto sp2 = sp1 == std::string::npos ? sp1 : line.find(' ', sp1 + 1);
+            if (sp2 == std::string::npos) continue;  // not a message line
+            out.push_back({line.substr(sp1 + 1, sp2 - sp1 - 1), line.substr(sp2 + 1),
+                           line.substr(0, sp1) == "1"});
+        }
+        return out;
+    }
+    std::vector<std::string> payloads(const std::string& topic) const {
+        std::vector<std::string> out;
+        for (const auto& m : messages())
+            if (m.topic == topic) out.push_back(m.payload);
+        return out;
+    }
+    std::size_t count(const std::string& topic) const { return payloads(topic).size(); }
+    bool has(const std::string& topic, const std::string& payload) const {
+        for (const auto& p : payloads(topic))
+            if (p == payload) return true;
+        return false;
+    }
+
+  private:
+    std::uint16_t port_;
+    std::string id_;
+    temp_dir dir_;
+    std::string out_;
+    std::unique_ptr<ferry::test::process> proc_;
+};
+
+// The retained message of `topic`, read by a fresh clean session.
+std::optional<received> retained_of(std::uint16_t port, const std::string& topic) {
+    temp_dir d;
+    ferry::test::process sub(
+        {"/usr/bin/mosquitto_sub", "-h", "127.0.0.1", "-p", std::to_string(port), "-t", topic, "-C",
+         "1", "-W", "3", "--retained-only", "-F", "%r %p"},
+        d.file("out.txt"));
+    sub.wait(5s);
+    std::string text;
+    try {
+        text = ferry::test::read_file(d.file("out.txt"));
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+    const auto nl = text.find('\n');
+    if (nl == std::string::npos || nl < 2) return std::nullopt;
+    return received{topic, text.substr(2, nl - 2), text[0] == '1'};
+}
+
+std::string payload_of(int i) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "m-%05d", i);
+    return buf;
+}
+
+int index_of(const std::string& payload) {
+    return std::stoi(payload.substr(2));
+}
+
+void append_range(spool& sp, int from, int to) {
+    for (int i = from; i < to; ++i) {
+        auto r = sp.append(k_data_topic, 1, false,
+                           [&](std::uint64_t, std::string& out) { out = payload_of(i); });
+        REQUIRE(r == ferry::upstream::append_result::ok);
+    }
+}
+
+ferry::config::spool_settings spool_config(const temp_dir& dir) {
+    ferry::config::spool_settings s;
+    s.path = dir.file("spool.db");
+    s.max_bytes = 64ull * 1024 * 1024;
+    s.fsync = ferry::config::fsync_mode::never;
+    return s;
+}
+
+ferry::config::mqtt_settings mqtt_config(std::vector<std::string> uris, int inflight = 16) {
+    ferry::config::mqtt_settings m;
+    m.uris = std::move(uris);
+    m.client_id = "ferry-" + k_gateway;
+    m.version = 5;
+    m.keepalive = 5s;
+    m.inflight = inflight;
+    return m;
+}
+
+// A broker whose sessions and queued messages survive a restart. mosquitto started as root
+// drops to the `mosquitto` user, so its persistence directory must be writable by anyone.
+// FERRY_MOSQ_LOG=FILE adds the broker's full log there, for diagnosis.
+std::string persistent_conf(const temp_dir& dir) {
+    std::filesystem::permissions(dir.path(), std::filesystem::perms::all);
+    std::string conf =
+        "persistence true\npersistence_location " + dir.path() + "/\nmax_queued_messages 0\n";
+    if (const char* log = std::getenv("FERRY_MOSQ_LOG"))
+        conf += "log_type all\nlog_dest file " + std::string(log) + "\n";
+    return conf;
+}
+
+double metric(prometheus::Registry& reg, const std::string& name,
+              const std::map<std::string, std::string>& labels = {}) {
+    for (const auto& fam : reg.Collect()) {
+        if (fam.name != name) continue;
+        for (const auto& m : fam.metric) {
+            std::map<std::string, std::string> have;
+            for (const auto& l : m.label)
+                have[l.name] = l.value;
+            bool match = true;
+            for (const auto& [k, v] : labels)
+                if (have[k] != v) match = false;
+            if (!match) continue;
+            if (fam.type == prometheus::MetricType::Counter) return m.counter.value;
+            if (fam.type == prometheus::MetricType::Gauge) return m.gauge.value;
+            if (fam.type == prometheus::MetricType::Histogram)
+                return static_cast<double>(m.histogram.sample_count);
+        }
+    }
+    return -1;
+}
+
+// After dropping repeats, the payloads must be exactly first..last-1 in order; each repeat
+// must lie within `window` of the newest message seen before it. Returns the repeat count.
+std::size_t check_ordered_with_window(const std::vector<std::string>& payloads, int first, int last,
+                                      int window) {
+    std::vector<int> unique;
+    int newest = first - 1;
+    std::size_t repeats = 0;
+    for (const auto& p : payloads) {
+        int i = index_of(p);
+        if (i <= newest) {
+            ++repeats;
+            CHECK_MESSAGE(newest - i < window, "repeat of " << i << " after " << newest);
+            continue;
+        }
+        unique.push_back(i);
+        newest = i;
+    }
+    if (unique.size() != static_cast<std::size_t>(last - first)) {
+        std::vector<bool> seen(static_cast<std::size_t>(last - first));
+        for (int i : unique)
+            seen[static_cast<std::size_t>(i - first)] = true;
+        for (int i = first; i < last; ++i)
+            if (!seen[static_cast<std::size_t>(i - first)]) MESSAGE("missing " << i);
+    }
+    REQUIRE(unique.size() == static_cast<std::size_t>(last - first));
+    for (int k = 0; k < last - first; ++k)
+        REQUIRE(unique[static_cast<std::size_t>(k)] == first + k);
+    return repeats;
+}
+
+}  // namespace
+
+TEST_CASE("delivers the spool in order, says online and offline, empties the spool") {
+    temp_dir dir;
+    mosquitto broker;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 200);
+
+    sub_recorder rec(broker.port(), "rec-1", {"plant/#", "ferry/#"});
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg);
+    const auto t0 = std::chrono::steady_clock::now();
+    pub.start();
+
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 200 && sp.messages() == 0; }, 10s));
+    const auto took = std::chrono::steady_clock::now() - t0;
+    MESSAGE("200 messages delivered and acked in "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    auto got = rec.payloads(k_data_topic);
+    REQUIRE(got.size() == 200);  // no broker trouble: no duplicates at all
+    for (int i = 0; i < 200; ++i)
+        CHECK(got[static_cast<std::size_t>(i)] == payload_of(i));
+    CHECK(pub.connected());
+
+    REQUIRE(wait_until([&] { return rec.has(k_status_topic, "online"); }, 2s));
+    auto online = retained_of(broker.port(), k_status_topic);
+    REQUIRE(online);
+    CHECK(online->payload == "online");
+    CHECK(online->retained);
+
+    CHECK(metric(reg, "ferry_mqtt_connected") == 1);
+    CHECK(metric(reg, "ferry_mqtt_sent_total") == 200);
+    CHECK(metric(reg, "ferry_mqtt_received_total") == 200);
+    CHECK(metric(reg, "ferry_mqtt_published_total", {{"result", "ok"}}) == 200);
+    CHECK(metric(reg, "ferry_mqtt_published_total", {{"result", "error"}}) == 0);
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
+    CHECK(metric(reg, "ferry_delivery_latency_seconds") == 200);
+
+    // Messages appended while running go out too.
+    append_range(sp, 200, 210);
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 210; }, 5s));
+    CHECK(rec.payloads(k_data_topic).back() == payload_of(209));
+
+    pub.stop(2000ms);
+    CHECK_FALSE(pub.connected());
+    CHECK(metric(reg, "ferry_mqtt_connected") == 0);
+    REQUIRE(wait_until([&] { return rec.has(k_status_topic, "offline"); }, 2s));
+    auto offline = retained_of(broker.port(), k_status_topic);
+    REQUIRE(offline);
+    CHECK(offline->payload == "offline");
+    CHECK(offline->retained);
+}
+
+TEST_CASE("MQTT 3.1.1 delivers too") {
+    temp_dir dir;
+    mosquitto broker;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 50);
+    sub_recorder rec(broker.port(), "rec-311", {"plant/#"});
+    auto cfg = mqtt_config({broker.uri()});
+    cfg.version = 4;
+    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    pub.start();
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 50 && sp.messages() == 0; }, 10s));
+    check_ordered_with_window(rec.payloads(k_data_topic), 0, 50, 1);
+    pub.stop(1000ms);
+}
+
+TEST_CASE("a broker restart mid-stream loses nothing; duplicates only within the window") {
+    constexpr int k_total = 3000;
+    constexpr int k_inflight = 16;
+    temp_dir dir;
+    temp_dir broker_dir;
+    mosquitto broker(0, persistent_conf(broker_dir));
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    sub_recorder rec(broker.port(), "rec-restart", {"plant/#"});
+
+    mqtt_publisher pub(mqtt_config({broker.uri()}, k_inflight), k_gateway, sp, reg);
+    pub.start();
+
+    // A steady producer, so the outage lands mid-stream and the spool grows during it.
+    std::atomic<bool> producing{true};
+    std::thread producer([&] {
+        for (int i = 0; i < k_total; ++i) {
+            append_range(sp, i, i + 1);
+            if (i % 10 == 9) std::this_thread::sleep_for(5ms);
+        }
+        producing = false;
+    });
+
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 300; }, 10s));
+    broker.stop();
+    const auto held = sp.messages();
+    std::this_thread::sleep_for(700ms);
+    CHECK_FALSE(pub.connected());
+    const auto grown = sp.messages();
+    MESSAGE("spool held " << held << " at broker stop, " << grown << " after 700 ms outage");
+    CHECK(grown > held);
+    const auto t_restart = std::chrono::steady_clock::now();
+    broker.start();
+    REQUIRE(wait_until([&] { return pub.connected(); }, 10s));
+    MESSAGE("reconnected " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::steady_clock::now() - t_restart)
+                                  .count()
+                           << " ms after the broker accepted connections again");
+
+    producer.join();
+    REQUIRE(wait_until([&] { return sp.messages() == 0; }, 30s));
+    // Everything acked by the broker is queued for the persistent recorder session.
+    REQUIRE(wait_until(
+        [&] {
+            auto p = rec.payloads(k_data_topic);
+            return !p.empty() && p.back() == payload_of(k_total - 1);
+        },
+        15s));
+    auto got = rec.payloads(k_data_topic);
+    const auto repeats = check_ordered_with_window(got, 0, k_total, k_inflight);
+    MESSAGE("received " << got.size() << " for " << k_total << " messages: " << repeats
+                        << " duplicates");
+    CHECK(repeats <= 2 * k_inflight);
+    CHECK(metric(reg, "ferry_mqtt_sent_total") >= k_total);
+    CHECK(metric(reg, "ferry_mqtt_received_total") == k_total);
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) >= 2);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connection_lost"}}) >= 1);
+    pub.stop(1000ms);
+}
+
+TEST_CASE("failover: the first uri stops, delivery continues on the second") {
+    temp_dir dir;
+    mosquitto b1;
+    mosquitto b2;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    sub_recorder rec1(b1.port(), "rec-b1", {"plant/#", "ferry/#"});
+    sub_recorder rec2(b2.port(), "rec-b2", {"plant/#", "ferry/#"});
+
+    mqtt_publisher pub(mqtt_config({b1.uri(), b2.uri()}), k_gateway, sp, reg);
+    append_range(sp, 0, 100);
+    pub.start();
+    REQUIRE(wait_until([&] { return rec1.count(k_data_topic) >= 100 && sp.messages() == 0; }, 10s));
+    CHECK(rec2.count(k_data_topic) == 0);  // the first uri is preferred
+
+    b1.stop();
+    append_range(sp, 100, 200);
+    REQUIRE(wait_until([&] { return rec2.count(k_data_topic) >= 100 && sp.messages() == 0; }, 15s));
+    check_ordered_with_window(rec2.payloads(k_data_topic), 100, 200, 1);
+    REQUIRE(wait_until([&] { return rec2.has(k_status_topic, "online"); }, 2s));
+    pub.stop(1000ms);
+    REQUIRE(wait_until([&] { return rec2.has(k_status_topic, "offline"); }, 2s));
+}
+
+TEST_CASE("stop() returns promptly when no broker is reachable") {
+    temp_dir dir;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 10);
+    const auto port = ferry::test::free_port();  // nothing listens here
+    mqtt_publisher pub(mqtt_config({"tcp://127.0.0.1:" + std::to_string(port)}), k_gateway, sp,
+                       reg);
+    pub.start();
+    std::this_thread::sleep_for(1500ms);  // several failed attempts, backoff growing
+    CHECK_FALSE(pub.connected());
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "error"}}) >= 3);
+    const auto t0 = std::chrono::steady_clock::now();
+    pub.stop(500ms);
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - t0);
+    MESSAGE("stop(500ms) with the broker down took " << took.count() << " ms");
+    CHECK(took < 1500ms);
+    CHECK(sp.messages() == 10);  // nothing is dropped
+}
