@@ -1360,7 +1360,8 @@ void loader::commands(const value_ref& v, config& c) {
         auto s = str(*r);
         if (!s) return;
         auto slash = s->find('/');
-        auto n = slash == std::string::npos ? std::nullopt : parse_integer(s->substr(0, slash));
+        std::optional<std::int64_t> n;
+        if (slash != std::string::npos) n = parse_integer(s->substr(0, slash));
         std::string unit = slash == std::string::npos ? "" : s->substr(slash + 1);
         std::optional<duration> per;
         if (unit == "s") per = duration{1000};

@@ -3,3 +3,4 @@ ferry_test(integration_harness integration ${CMAKE_CURRENT_SOURCE_DIR}/integrati
 target_link_libraries(integration_harness PRIVATE PkgConfig::MODBUS)
 ferry_test(integration_publisher integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/publisher_test.cpp)
 target_link_libraries(integration_publisher PRIVATE ferry_upstream)
+ferry_test(integration_pipeline integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/pipeline_test.cpp)
