@@ -1,1 +1,968 @@
-// (being written)
+// Spool design note (the durability boundary; read before changing anything here).
+//
+// File format. One SQLite database (docs/SPOOL.md has the details), page size 4096, WAL
+// journal, auto_vacuum=INCREMENTAL (set when the file is created; it cannot be changed later
+// without a full VACUUM), application_id 0x46455259 ("FERY"), user_version 1:
+//   messages(id INTEGER PRIMARY KEY AUTOINCREMENT, topic, payload BLOB, qos, retain,
+//            created_ms, bytes)        one row per MQTT message; AUTOINCREMENT so an id is
+//                                      never reused, even after the table was emptied (the
+//                                      publisher reads "id > last sent")
+//   topics(topic PRIMARY KEY, last_batch)   last batch number given out per topic
+//   state(key PRIMARY KEY, value)           small persistent key/value (seq high-water mark)
+// `bytes` = topic + payload length, the unit max_bytes is counted in. The connection runs in
+// locking_mode=EXCLUSIVE: a second process cannot open the same spool (it gets SQLITE_BUSY and
+// the constructor throws; a busy file is never mistaken for a corrupt one), and the WAL index
+// lives in heap memory, so there is no -shm file.
+//
+// What is fsynced when. Every append is one transaction (BEGIN IMMEDIATE ... COMMIT), which
+// also holds the batch-number update and any drop_oldest deletions, so a crash never leaves
+// a message without its batch number or a half-applied drop.
+//   always: synchronous=FULL   the WAL is fsynced at every COMMIT: once append() returned
+//                              ok, the message survives power loss.
+//   batch:  synchronous=NORMAL the WAL is written (write(2)) at every COMMIT and fsynced
+//                              only at checkpoints: survives kill -9 and process crashes
+//                              (the data is in the kernel), the last transactions before
+//                              a power cut may be lost (never a corrupt file).
+//   never:  synchronous=OFF    nothing is fsynced; power loss may lose or corrupt data.
+// store_state() is fsynced in `always` and `batch` (synchronous=FULL around that one
+// commit), because a lost seq high-water mark would make seq go backwards.
+// Checkpoints copy the WAL into the main file when the WAL exceeds wal_autocheckpoint pages
+// (sized from max_bytes); journal_size_limit truncates the WAL afterwards, so the WAL stays
+// small. acks free pages onto SQLite's freelist, which later appends reuse; beyond a slack
+// the free pages are given back with `PRAGMA incremental_vacuum`, so the file shrinks after
+// a drain and stays within max_bytes plus overhead while full (numbers in docs/SPOOL.md).
+//
+// Recovery. At open, SQLite replays the WAL (rolling back any transaction cut short by a
+// crash). Then `PRAGMA quick_check` checks the b-tree structure, and the schema is checked
+// to be ours (application_id, auto_vacuum, the three tables and their columns). A file that
+// fails (not a database, truncated, random bytes, a damaged page, a foreign database) is
+// closed and renamed aside with its -wal/-shm as "<path>.corrupt-<unix seconds>[.N]", logged
+// (warn) and counted (corrupt_recoveries(), ferry_spool_corrupt_total); a fresh spool starts
+// in its place. A zero-byte file is simply an empty database. quick_check does not see a
+// flipped bit inside a payload (SQLite pages carry no checksums). SQLITE_CORRUPT/NOTADB met
+// later is logged and counted as an error (reason "corrupt"); the calls return error/empty,
+// nothing crashes. Running totals (bytes, messages, last id, batch numbers) are kept in
+// memory and recomputed from the file at open.
+#include "gateway/upstream/spool.hpp"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+#include <string_view>
+#include <unordered_map>
+
+#include "gateway/log.hpp"
+
+namespace ferry::upstream {
+namespace {
+
+constexpr std::string_view component = "spool";
+constexpr int application_id = 0x46455259;  // "FERY"
+constexpr int schema_version = 1;
+constexpr std::int64_t page_size = 4096;
+
+// Owns one prepared statement; reset() after each use keeps it ready for the next.
+class statement {
+  public:
+    statement() = default;
+    statement(const statement&) = delete;
+    statement& operator=(const statement&) = delete;
+    ~statement() { sqlite3_finalize(stmt_); }
+
+    int prepare(sqlite3* db, std::string_view sql) {
+        return sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
+                                  SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+    }
+    sqlite3_stmt* get() const { return stmt_; }
+    void finalize() {
+        sqlite3_finalize(stmt_);
+        stmt_ = nullptr;
+    }
+
+  private:
+    sqlite3_stmt* stmt_ = nullptr;
+};
+
+// Resets a statement (and drops its bindings) when the scope ends, whatever happened.
+class use {
+  public:
+    explicit use(statement& s) : s_(s.get()) {}
+    use(const use&) = delete;
+    use& operator=(const use&) = delete;
+    ~use() {
+        sqlite3_reset(s_);
+        sqlite3_clear_bindings(s_);
+    }
+    sqlite3_stmt* operator*() const { return s_; }
+
+  private:
+    sqlite3_stmt* s_;
+};
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+std::int64_t now_s() {
+    return std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+const char* fsync_name(config::fsync_mode m) {
+    switch (m) {
+        case config::fsync_mode::always:
+            return "always";
+        case config::fsync_mode::batch:
+            return "batch";
+        case config::fsync_mode::never:
+            return "never";
+    }
+    return "always";
+}
+
+const char* when_full_name(config::when_full w) {
+    switch (w) {
+        case config::when_full::drop_oldest:
+            return "drop_oldest";
+        case config::when_full::drop_newest:
+            return "drop_newest";
+        case config::when_full::block:
+            return "block";
+    }
+    return "drop_oldest";
+}
+
+// The bounded set of reasons for ferry_spool_errors_total.
+enum class err_reason { disk_full, io, corrupt, other };
+constexpr const char* err_reason_names[] = {"disk_full", "io", "corrupt", "other"};
+
+err_reason classify(int rc) {
+    switch (rc & 0xff) {
+        case SQLITE_FULL:
+            return err_reason::disk_full;
+        case SQLITE_IOERR:
+            return err_reason::io;
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+            return err_reason::corrupt;
+        default:
+            return err_reason::other;
+    }
+}
+
+// Something found at open that means "this file is not a usable spool": move it aside.
+struct damaged : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Open-time errors that are not about the file's content (directory missing, no
+// permission, locked by another process): moving the file aside would be wrong.
+bool environmental(int rc) {
+    switch (rc & 0xff) {
+        case SQLITE_CANTOPEN:
+        case SQLITE_PERM:
+        case SQLITE_READONLY:
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+        case SQLITE_NOMEM:
+        case SQLITE_FULL:
+        case SQLITE_AUTH:
+            return true;
+        default:
+            return false;
+    }
+}
+
+bool path_exists(const std::string& p) {
+    std::error_code ec;
+    return std::filesystem::exists(std::filesystem::symlink_status(p, ec));
+}
+
+void fsync_parent_dir(const std::string& path) {
+    auto dir = std::filesystem::path(path).parent_path();
+    if (dir.empty()) dir = ".";
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    ::fsync(fd);
+    ::close(fd);
+}
+
+}  // namespace
+
+struct spool::impl {
+    impl(const config::spool_settings& s, prometheus::Registry& registry);
+    ~impl();
+
+    config::spool_settings settings_;
+    sqlite3* db_ = nullptr;
+
+    mutable std::mutex mu_;
+    std::condition_variable data_cv_;   // append, close -> wait_for_messages
+    std::condition_variable space_cv_;  // ack, close -> append blocked on a full spool
+    bool closed_ = false;
+
+    std::atomic<std::uint64_t> bytes_{0};
+    std::atomic<std::uint64_t> messages_{0};
+    std::atomic<std::uint64_t> corrupt_{0};
+    std::int64_t last_id_ = 0;  // highest id ever stored (held or not)
+    std::unordered_map<std::string, std::uint64_t> last_batch_;
+    std::uint64_t freed_since_vacuum_check_ = 0;
+    std::int64_t vacuum_slack_pages_ = 0;
+
+    // Error log lines are rate-limited (a full disk would otherwise log every append); the
+    // counter still counts every error.
+    std::chrono::steady_clock::time_point last_err_log_{};
+    std::uint64_t suppressed_errs_ = 0;
+
+    statement begin_, commit_, rollback_, insert_, upsert_topic_, oldest_, delete_upto_, peek_,
+        ack_, exists_after_, load_state_, store_state_, freelist_, sync_full_, sync_normal_;
+
+    prometheus::Gauge* g_bytes_;
+    prometheus::Gauge* g_messages_;
+    prometheus::Counter* c_received_;
+    prometheus::Counter* c_sent_;
+    prometheus::Counter* c_corrupt_;
+    prometheus::Counter* c_drop_oldest_;
+    prometheus::Counter* c_drop_newest_;
+    prometheus::Counter* c_too_large_;
+    prometheus::Counter* c_errors_[4];
+
+    // open
+    void open_or_recover();
+    void open_checked();
+    void setup_connection(bool fresh);
+    void prepare_all();
+    void load_totals();
+    void close_db();
+    std::string move_aside();
+    void exec(const char* sql);
+    int exec_rc(const char* sql);
+    [[noreturn]] void fail(int rc, std::string_view what);
+
+    // runtime
+    void record_error(int rc, std::string_view op);
+    void set_gauges() {
+        g_bytes_->Set(static_cast<double>(bytes_.load()));
+        g_messages_->Set(static_cast<double>(messages_.load()));
+    }
+    int step_done(statement& s);
+    void rollback() {
+        if (db_ != nullptr && sqlite3_get_autocommit(db_) == 0) {
+            use r(rollback_);
+            sqlite3_step(*r);
+        }
+    }
+    int consume_batch_number(const std::string& topic, std::uint64_t batch_no);
+    bool has_after(std::int64_t after_id);
+    void maybe_vacuum();
+    append_result append(const std::string& topic, int qos, bool retain, const encode_fn& encode);
+};
+
+spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registry) : settings_(s) {
+    auto& bytes = prometheus::BuildGauge()
+                      .Name("ferry_spool_bytes")
+                      .Help("Topic+payload bytes held in the spool")
+                      .Register(registry);
+    auto& msgs = prometheus::BuildGauge()
+                     .Name("ferry_spool_messages")
+                     .Help("Messages held in the spool")
+                     .Register(registry);
+    auto& received = prometheus::BuildCounter()
+                         .Name("ferry_spool_received_total")
+                         .Help("Messages stored in the spool")
+                         .Register(registry);
+    auto& sent = prometheus::BuildCounter()
+                     .Name("ferry_spool_sent_total")
+                     .Help("Messages removed from the spool after the broker acknowledged them")
+                     .Register(registry);
+    auto& dropped = prometheus::BuildCounter()
+                        .Name("ferry_spool_dropped_total")
+                        .Help("Messages dropped by the spool, by reason")
+                        .Register(registry);
+    auto& errors = prometheus::BuildCounter()
+                       .Name("ferry_spool_errors_total")
+                       .Help("Spool operations that failed, by reason")
+                       .Register(registry);
+    auto& corrupt = prometheus::BuildCounter()
+                        .Name("ferry_spool_corrupt_total")
+                        .Help("Damaged spool files moved aside at open")
+                        .Register(registry);
+    g_bytes_ = &bytes.Add({});
+    g_messages_ = &msgs.Add({});
+    c_received_ = &received.Add({});
+    c_sent_ = &sent.Add({});
+    c_corrupt_ = &corrupt.Add({});
+    c_drop_oldest_ = &dropped.Add({{"reason", "drop_oldest"}});
+    c_drop_newest_ = &dropped.Add({{"reason", "drop_newest"}});
+    c_too_large_ = &dropped.Add({{"reason", "too_large"}});
+    for (std::size_t i = 0; i < 4; ++i) {
+        c_errors_[i] = &errors.Add({{"reason", err_reason_names[i]}});
+    }
+
+    // Pages kept on the freelist for reuse when incremental_vacuum gives the rest back (which
+    // it does once twice this many are free): 1/16 of max_bytes, within [8 pages, 4 MiB].
+    vacuum_slack_pages_ = std::clamp<std::int64_t>(
+        static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 8, 1024);
+
+    open_or_recover();
+    set_gauges();
+    log::info(component, "spool opened",
+              {{"path", settings_.path},
+               {"messages", std::to_string(messages_.load())},
+               {"bytes", std::to_string(bytes_.load())},
+               {"max_bytes", std::to_string(settings_.max_bytes)},
+               {"when_full", when_full_name(settings_.full)},
+               {"fsync", fsync_name(settings_.fsync)}});
+}
+
+spool::impl::~impl() {
+    close_db();
+}
+
+void spool::impl::close_db() {
+    for (statement* s : {&begin_, &commit_, &rollback_, &insert_, &upsert_topic_, &oldest_,
+                         &delete_upto_, &peek_, &ack_, &exists_after_, &load_state_, &store_state_,
+                         &freelist_, &sync_full_, &sync_normal_}) {
+        s->finalize();
+    }
+    if (db_ != nullptr) {
+        // Checkpoints the WAL into the main file and removes it.
+        sqlite3_close_v2(db_);
+        db_ = nullptr;
+    }
+}
+
+[[noreturn]] void spool::impl::fail(int rc, std::string_view what) {
+    std::string msg(what);
+    msg += ": ";
+    msg += db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+    if (environmental(rc)) throw std::runtime_error(msg);
+    throw damaged(msg);
+}
+
+int spool::impl::exec_rc(const char* sql) {
+    return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
+}
+
+void spool::impl::exec(const char* sql) {
+    int rc = exec_rc(sql);
+    if (rc != SQLITE_OK) fail(rc, sql);
+}
+
+void spool::impl::open_or_recover() {
+    try {
+        open_checked();
+        return;
+    } catch (const damaged& e) {
+        close_db();
+        std::string moved = move_aside();
+        corrupt_.fetch_add(1);
+        c_corrupt_->Increment();
+        log::warn(component, "damaged spool moved aside, starting an empty spool",
+                  {{"path", settings_.path}, {"moved_to", moved}, {"error", e.what()}});
+    } catch (...) {
+        close_db();
+        throw;
+    }
+    try {
+        open_checked();
+    } catch (const damaged& e) {
+        close_db();
+        throw std::runtime_error("spool: cannot create a fresh spool at " + settings_.path + ": " +
+                                 e.what());
+    } catch (...) {
+        close_db();
+        throw;
+    }
+}
+
+std::string spool::impl::move_aside() {
+    const std::string& path = settings_.path;
+    std::string base = path + ".corrupt-" + std::to_string(now_s());
+    std::string target = base;
+    for (int n = 1;
+         path_exists(target) || path_exists(target + "-wal") || path_exists(target + "-shm"); ++n) {
+        target = base + "." + std::to_string(n);
+    }
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+        std::string from = path + suffix;
+        if (!path_exists(from)) continue;
+        if (::rename(from.c_str(), (target + suffix).c_str()) != 0) {
+            throw std::runtime_error("spool: cannot move damaged " + from +
+                                     " aside: " + std::strerror(errno));
+        }
+    }
+    fsync_parent_dir(path);
+    return target;
+}
+
+void spool::impl::open_checked() {
+    int rc =
+        sqlite3_open_v2(settings_.path.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    if (rc != SQLITE_OK) {
+        std::string msg = "spool: cannot open " + settings_.path + ": " +
+                          (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc));
+        if (environmental(rc)) {
+            close_db();
+            throw std::runtime_error(msg);
+        }
+        throw damaged(msg);
+    }
+    sqlite3_extended_result_codes(db_, 1);
+    // A previous ferry that is still shutting down holds the lock for a moment.
+    sqlite3_busy_timeout(db_, 500);
+    // Must come before the first read: the WAL index then lives in heap memory (no -shm) and
+    // the lock is held for the life of the connection.
+    exec("PRAGMA locking_mode=EXCLUSIVE");
+
+    // Structure first: a file that is not a database fails here (SQLITE_NOTADB), a damaged
+    // page shows up as a quick_check row other than "ok".
+    {
+        statement qc;
+        rc = qc.prepare(db_, "PRAGMA quick_check");
+        if (rc != SQLITE_OK) fail(rc, "quick_check");
+        std::string first;
+        int rows = 0;
+        while ((rc = sqlite3_step(qc.get())) == SQLITE_ROW) {
+            if (rows++ == 0) {
+                const unsigned char* t = sqlite3_column_text(qc.get(), 0);
+                first = t != nullptr ? reinterpret_cast<const char*>(t) : "";
+            }
+        }
+        if (rc != SQLITE_DONE) fail(rc, "quick_check");
+        if (rows != 1 || first != "ok") throw damaged("quick_check: " + first);
+    }
+
+    auto pragma_int = [&](const char* sql) -> std::int64_t {
+        statement st;
+        int prc = st.prepare(db_, sql);
+        if (prc != SQLITE_OK) fail(prc, sql);
+        prc = sqlite3_step(st.get());
+        if (prc != SQLITE_ROW) fail(prc, sql);
+        return sqlite3_column_int64(st.get(), 0);
+    };
+    std::int64_t objects = pragma_int("SELECT count(*) FROM sqlite_schema");
+    bool fresh = objects == 0;
+    if (!fresh) {
+        if (pragma_int("PRAGMA application_id") != application_id) {
+            throw damaged("not a ferry spool (application_id differs)");
+        }
+        if (pragma_int("PRAGMA user_version") != schema_version) {
+            throw damaged("unknown spool schema version");
+        }
+        if (pragma_int("PRAGMA auto_vacuum") != 2) throw damaged("auto_vacuum is not incremental");
+        for (const char* probe :
+             {"SELECT id, topic, payload, qos, retain, created_ms, bytes FROM messages LIMIT 0",
+              "SELECT topic, last_batch FROM topics LIMIT 0",
+              "SELECT key, value FROM state LIMIT 0"}) {
+            statement st;
+            if (st.prepare(db_, probe) != SQLITE_OK) {
+                throw damaged(std::string("schema differs: ") + sqlite3_errmsg(db_));
+            }
+        }
+    }
+    setup_connection(fresh);
+    prepare_all();
+    load_totals();
+}
+
+void spool::impl::setup_connection(bool fresh) {
+    if (fresh) {
+        // Only possible before the first table exists.
+        exec("PRAGMA page_size=4096");
+        exec("PRAGMA auto_vacuum=INCREMENTAL");
+    }
+    {
+        statement jm;
+        int rc = jm.prepare(db_, "PRAGMA journal_mode=WAL");
+        if (rc != SQLITE_OK) fail(rc, "journal_mode");
+        rc = sqlite3_step(jm.get());
+        if (rc != SQLITE_ROW) fail(rc, "journal_mode");
+        const unsigned char* mode = sqlite3_column_text(jm.get(), 0);
+        if (mode == nullptr || std::string_view(reinterpret_cast<const char*>(mode)) != "wal") {
+            throw std::runtime_error("spool: cannot switch " + settings_.path + " to WAL mode");
+        }
+    }
+    switch (settings_.fsync) {
+        case config::fsync_mode::always:
+            exec("PRAGMA synchronous=FULL");
+            break;
+        case config::fsync_mode::batch:
+            exec("PRAGMA synchronous=NORMAL");
+            break;
+        case config::fsync_mode::never:
+            exec("PRAGMA synchronous=OFF");
+            break;
+    }
+    // Checkpoint when the WAL holds max_bytes/16 (within [32 pages, 1000 pages = 4 MiB]) and
+    // truncate it to that size afterwards: the WAL is part of the on-disk bound.
+    std::int64_t ckpt = std::clamp<std::int64_t>(
+        static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 32, 1000);
+    std::string sql = "PRAGMA wal_autocheckpoint=";
+    sql += std::to_string(ckpt);
+    exec(sql.c_str());
+    sql = "PRAGMA journal_size_limit=";
+    sql += std::to_string(ckpt * (page_size + 24));
+    exec(sql.c_str());
+    exec("PRAGMA foreign_keys=OFF");
+
+    if (fresh) {
+        std::string ddl =
+            "BEGIN IMMEDIATE;"
+            "CREATE TABLE messages(id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
+            " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
+            " created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL);"
+            "CREATE TABLE topics(topic TEXT PRIMARY KEY, last_batch INTEGER NOT NULL)"
+            " WITHOUT ROWID;"
+            "CREATE TABLE state(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+            "PRAGMA application_id=" +
+            std::to_string(application_id) +
+            ";"
+            "PRAGMA user_version=" +
+            std::to_string(schema_version) +
+            ";"
+            "COMMIT;";
+        int rc = exec_rc(ddl.c_str());
+        if (rc != SQLITE_OK) {
+            exec_rc("ROLLBACK");
+            fail(rc, "create schema");
+        }
+    }
+}
+
+void spool::impl::prepare_all() {
+    struct item {
+        statement* s;
+        const char* sql;
+    };
+    const item items[] = {
+        {&begin_, "BEGIN IMMEDIATE"},
+        {&commit_, "COMMIT"},
+        {&rollback_, "ROLLBACK"},
+        {&insert_,
+         "INSERT INTO messages(topic, payload, qos, retain, created_ms, bytes)"
+         " VALUES(?1, ?2, ?3, ?4, ?5, ?6)"},
+        {&upsert_topic_,
+         "INSERT INTO topics(topic, last_batch) VALUES(?1, ?2)"
+         " ON CONFLICT(topic) DO UPDATE SET last_batch = excluded.last_batch"},
+        {&oldest_, "SELECT id, bytes FROM messages ORDER BY id"},
+        {&delete_upto_, "DELETE FROM messages WHERE id <= ?1"},
+        {&peek_,
+         "SELECT id, topic, payload, qos, retain, created_ms FROM messages"
+         " WHERE id > ?1 ORDER BY id LIMIT ?2"},
+        {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes"},
+        {&exists_after_, "SELECT 1 FROM messages WHERE id > ?1 LIMIT 1"},
+        {&load_state_, "SELECT value FROM state WHERE key = ?1"},
+        {&store_state_,
+         "INSERT INTO state(key, value) VALUES(?1, ?2)"
+         " ON CONFLICT(key) DO UPDATE SET value = excluded.value"},
+        {&freelist_, "PRAGMA freelist_count"},
+        {&sync_full_, "PRAGMA synchronous=FULL"},
+        {&sync_normal_, "PRAGMA synchronous=NORMAL"},
+    };
+    for (const auto& it : items) {
+        int rc = it.s->prepare(db_, it.sql);
+        if (rc != SQLITE_OK) fail(rc, it.sql);
+    }
+}
+
+void spool::impl::load_totals() {
+    {
+        statement st;
+        int rc = st.prepare(db_, "SELECT count(*), coalesce(sum(bytes), 0) FROM messages");
+        if (rc != SQLITE_OK) fail(rc, "totals");
+        rc = sqlite3_step(st.get());
+        if (rc != SQLITE_ROW) fail(rc, "totals");
+        messages_ = static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 0));
+        bytes_ = static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 1));
+    }
+    {
+        // The AUTOINCREMENT high-water mark, not max(id): ids of acked messages count too.
+        statement st;
+        int rc = st.prepare(db_,
+                            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence"
+                            " WHERE name = 'messages'");
+        if (rc != SQLITE_OK) fail(rc, "sequence");
+        rc = sqlite3_step(st.get());
+        if (rc != SQLITE_ROW) fail(rc, "sequence");
+        last_id_ = sqlite3_column_int64(st.get(), 0);
+    }
+    {
+        statement st;
+        int rc = st.prepare(db_, "SELECT topic, last_batch FROM topics");
+        if (rc != SQLITE_OK) fail(rc, "topics");
+        last_batch_.clear();
+        while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
+            const unsigned char* t = sqlite3_column_text(st.get(), 0);
+            int n = sqlite3_column_bytes(st.get(), 0);
+            last_batch_[std::string(reinterpret_cast<const char*>(t),
+                                    static_cast<std::size_t>(n))] =
+                static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 1));
+        }
+        if (rc != SQLITE_DONE) fail(rc, "topics");
+    }
+}
+
+void spool::impl::record_error(int rc, std::string_view op) {
+    err_reason r = classify(rc);
+    c_errors_[static_cast<int>(r)]->Increment();
+    auto now = std::chrono::steady_clock::now();
+    if (last_err_log_ != std::chrono::steady_clock::time_point{} &&
+        now - last_err_log_ < std::chrono::seconds(10)) {
+        ++suppressed_errs_;
+        return;
+    }
+    last_err_log_ = now;
+    std::string suppressed = std::to_string(suppressed_errs_);
+    suppressed_errs_ = 0;
+    log::error(component, "spool operation failed",
+               {{"op", std::string(op)},
+                {"reason", err_reason_names[static_cast<int>(r)]},
+                {"error", db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)},
+                {"code", std::to_string(rc)},
+                {"suppressed_since_last", suppressed}});
+}
+
+int spool::impl::step_done(statement& s) {
+    use u(s);
+    int rc = sqlite3_step(*u);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+// Gives out a batch number without storing a message, so the consumer sees the gap that
+// CONTRACT.md promises for a message the spool dropped by policy.
+int spool::impl::consume_batch_number(const std::string& topic, std::uint64_t batch_no) {
+    int rc = step_done(begin_);
+    if (rc != SQLITE_OK) return rc;
+    {
+        use u(upsert_topic_);
+        sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(batch_no));
+        rc = sqlite3_step(*u);
+        if (rc != SQLITE_DONE) {
+            rollback();
+            return rc;
+        }
+    }
+    rc = step_done(commit_);
+    if (rc != SQLITE_OK) {
+        rollback();
+        return rc;
+    }
+    last_batch_[topic] = batch_no;
+    return SQLITE_OK;
+}
+
+append_result spool::impl::append(const std::string& topic, int qos, bool retain,
+                                  const encode_fn& encode) {
+    // One buffer per thread, reused: no allocation per append once it has grown.
+    thread_local std::string payload;
+    std::unique_lock lock(mu_);
+    if (closed_) return append_result::closed;
+
+    std::uint64_t encoded_for = 0;  // batch number `payload` was encoded for (0: none yet)
+    for (;;) {
+        if (db_ == nullptr) return append_result::error;
+        auto it = last_batch_.find(topic);
+        std::uint64_t batch_no = (it == last_batch_.end() ? 0 : it->second) + 1;
+        if (encoded_for != batch_no) {
+            payload.clear();
+            try {
+                encode(batch_no, payload);
+            } catch (const std::exception& e) {
+                c_errors_[static_cast<int>(err_reason::other)]->Increment();
+                log::error(component, "encode failed", {{"topic", topic}, {"error", e.what()}});
+                return append_result::error;
+            } catch (...) {
+                c_errors_[static_cast<int>(err_reason::other)]->Increment();
+                log::error(component, "encode failed", {{"topic", topic}});
+                return append_result::error;
+            }
+            encoded_for = batch_no;
+        }
+        const std::uint64_t need = topic.size() + payload.size();
+        const std::uint64_t max = settings_.max_bytes;
+
+        if (need > max) {
+            int rc = consume_batch_number(topic, batch_no);
+            if (rc != SQLITE_OK) record_error(rc, "append");
+            c_too_large_->Increment();
+            log::warn(component, "message larger than the whole spool dropped",
+                      {{"topic", topic},
+                       {"batch", std::to_string(batch_no)},
+                       {"bytes", std::to_string(need)},
+                       {"max_bytes", std::to_string(max)}});
+            return append_result::dropped;
+        }
+        const bool fits = bytes_.load() + need <= max;
+        if (!fits && settings_.full == config::when_full::drop_newest) {
+            int rc = consume_batch_number(topic, batch_no);
+            if (rc != SQLITE_OK) record_error(rc, "append");
+            c_drop_newest_->Increment();
+            return append_result::dropped;
+        }
+        if (!fits && settings_.full == config::when_full::block) {
+            space_cv_.wait(lock, [&] { return closed_ || bytes_.load() + need <= max; });
+            if (closed_) return append_result::closed;
+            continue;  // another append may have taken this topic's batch number meanwhile
+        }
+
+        // One transaction: drop the oldest (if needed), the batch number, the message.
+        int rc = step_done(begin_);
+        if (rc != SQLITE_OK) {
+            record_error(rc, "append");
+            return append_result::error;
+        }
+        std::uint64_t freed_bytes = 0;
+        std::uint64_t freed_msgs = 0;
+        auto abort = [&](int code) {
+            rollback();
+            record_error(code, "append");
+            return append_result::error;
+        };
+        if (!fits) {
+            const std::uint64_t must_free = bytes_.load() + need - max;
+            std::int64_t upto = 0;
+            {
+                use u(oldest_);
+                while (freed_bytes < must_free && (rc = sqlite3_step(*u)) == SQLITE_ROW) {
+                    upto = sqlite3_column_int64(*u, 0);
+                    freed_bytes += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 1));
+                    ++freed_msgs;
+                }
+                if (rc != SQLITE_ROW && rc != SQLITE_DONE) return abort(rc);
+            }
+            {
+                use u(delete_upto_);
+                sqlite3_bind_int64(*u, 1, upto);
+                rc = sqlite3_step(*u);
+                if (rc != SQLITE_DONE) return abort(rc);
+            }
+        }
+        {
+            use u(upsert_topic_);
+            sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
+            sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(batch_no));
+            rc = sqlite3_step(*u);
+            if (rc != SQLITE_DONE) return abort(rc);
+        }
+        {
+            use u(insert_);
+            sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
+            sqlite3_bind_blob64(*u, 2, payload.data(), payload.size(), SQLITE_STATIC);
+            sqlite3_bind_int(*u, 3, qos);
+            sqlite3_bind_int(*u, 4, retain ? 1 : 0);
+            sqlite3_bind_int64(*u, 5, now_ms());
+            sqlite3_bind_int64(*u, 6, static_cast<std::int64_t>(need));
+            rc = sqlite3_step(*u);
+            if (rc != SQLITE_DONE) return abort(rc);
+        }
+        const std::int64_t id = sqlite3_last_insert_rowid(db_);
+        rc = step_done(commit_);
+        if (rc != SQLITE_OK) return abort(rc);
+
+        last_batch_[topic] = batch_no;
+        last_id_ = id;
+        bytes_ = bytes_.load() + need - freed_bytes;
+        messages_ = messages_.load() + 1 - freed_msgs;
+        c_received_->Increment();
+        set_gauges();
+        if (freed_msgs > 0) {
+            c_drop_oldest_->Increment(static_cast<double>(freed_msgs));
+            maybe_vacuum();
+        }
+        lock.unlock();
+        data_cv_.notify_all();
+        return freed_msgs > 0 ? append_result::ok_dropped : append_result::ok;
+    }
+}
+
+bool spool::impl::has_after(std::int64_t after_id) {
+    if (db_ == nullptr || messages_.load() == 0 || last_id_ <= after_id) return false;
+    use u(exists_after_);
+    sqlite3_bind_int64(*u, 1, after_id);
+    int rc = sqlite3_step(*u);
+    if (rc == SQLITE_ROW) return true;
+    if (rc != SQLITE_DONE) record_error(rc, "wait");
+    return false;
+}
+
+// Gives free pages beyond the slack back to the file system, now and then.
+void spool::impl::maybe_vacuum() {
+    std::int64_t free_pages = 0;
+    {
+        use u(freelist_);
+        if (sqlite3_step(*u) != SQLITE_ROW) return;
+        free_pages = sqlite3_column_int64(*u, 0);
+    }
+    // Keeping a slack avoids shrinking and regrowing the file on every append/ack cycle.
+    if (free_pages <= vacuum_slack_pages_ * 2) return;
+    std::int64_t release = free_pages - vacuum_slack_pages_;
+    std::string sql = "PRAGMA incremental_vacuum(";
+    sql += std::to_string(release);
+    sql += ")";
+    int rc = exec_rc(sql.c_str());
+    if (rc != SQLITE_OK) record_error(rc, "vacuum");
+}
+
+spool::spool(const config::spool_settings& settings, prometheus::Registry& registry)
+    : impl_(std::make_unique<impl>(settings, registry)) {}
+
+spool::~spool() {
+    close();
+}
+
+append_result spool::append(const std::string& topic, int qos, bool retain,
+                            const encode_fn& encode) {
+    try {
+        return impl_->append(topic, qos, retain, encode);
+    } catch (const std::exception& e) {
+        log::error(component, "append failed", {{"error", e.what()}});
+        return append_result::error;
+    } catch (...) {
+        return append_result::error;
+    }
+}
+
+std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max) {
+    std::vector<spooled_message> out;
+    try {
+        std::lock_guard lock(impl_->mu_);
+        if (impl_->db_ == nullptr || max == 0) return out;
+        use u(impl_->peek_);
+        sqlite3_bind_int64(*u, 1, after_id);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(std::min<std::size_t>(max, INT64_MAX)));
+        int rc;
+        while ((rc = sqlite3_step(*u)) == SQLITE_ROW) {
+            spooled_message m;
+            m.id = sqlite3_column_int64(*u, 0);
+            const unsigned char* t = sqlite3_column_text(*u, 1);
+            m.topic.assign(reinterpret_cast<const char*>(t),
+                           static_cast<std::size_t>(sqlite3_column_bytes(*u, 1)));
+            const void* p = sqlite3_column_blob(*u, 2);
+            auto n = static_cast<std::size_t>(sqlite3_column_bytes(*u, 2));
+            if (p != nullptr) m.payload.assign(static_cast<const char*>(p), n);
+            m.qos = sqlite3_column_int(*u, 3);
+            m.retain = sqlite3_column_int(*u, 4) != 0;
+            m.created_ms = sqlite3_column_int64(*u, 5);
+            out.push_back(std::move(m));
+        }
+        if (rc != SQLITE_DONE) impl_->record_error(rc, "peek");
+    } catch (const std::exception& e) {
+        log::error(component, "peek failed", {{"error", e.what()}});
+    }
+    return out;
+}
+
+void spool::ack(std::int64_t id) {
+    try {
+        std::unique_lock lock(impl_->mu_);
+        if (impl_->db_ == nullptr) return;
+        std::int64_t freed = -1;
+        int rc;
+        {
+            use u(impl_->ack_);
+            sqlite3_bind_int64(*u, 1, id);
+            rc = sqlite3_step(*u);
+            if (rc == SQLITE_ROW) {
+                freed = sqlite3_column_int64(*u, 0);
+                rc = sqlite3_step(*u);  // finish the statement so the delete commits
+            }
+        }
+        if (rc != SQLITE_DONE) {
+            impl_->rollback();
+            impl_->record_error(rc, "ack");
+            return;
+        }
+        if (freed < 0) return;  // unknown id
+        impl_->bytes_ = impl_->bytes_.load() - static_cast<std::uint64_t>(freed);
+        impl_->messages_ = impl_->messages_.load() - 1;
+        impl_->c_sent_->Increment();
+        impl_->set_gauges();
+        // Look at the freelist once enough was freed to matter, or when the spool is empty.
+        impl_->freed_since_vacuum_check_ += static_cast<std::uint64_t>(freed);
+        if (impl_->freed_since_vacuum_check_ >=
+                static_cast<std::uint64_t>(impl_->vacuum_slack_pages_ * page_size) / 2 ||
+            impl_->messages_.load() == 0) {
+            impl_->freed_since_vacuum_check_ = 0;
+            impl_->maybe_vacuum();
+        }
+        lock.unlock();
+        impl_->space_cv_.notify_all();
+    } catch (const std::exception& e) {
+        log::error(component, "ack failed", {{"error", e.what()}});
+    }
+}
+
+bool spool::wait_for_messages(std::int64_t after_id, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(impl_->mu_);
+    impl_->data_cv_.wait_for(lock, timeout,
+                             [&] { return impl_->closed_ || impl_->has_after(after_id); });
+    return impl_->has_after(after_id);
+}
+
+std::uint64_t spool::load_state(const std::string& key, std::uint64_t fallback) {
+    std::lock_guard lock(impl_->mu_);
+    if (impl_->db_ == nullptr) return fallback;
+    use u(impl_->load_state_);
+    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    int rc = sqlite3_step(*u);
+    if (rc == SQLITE_ROW) return static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0));
+    if (rc != SQLITE_DONE) impl_->record_error(rc, "load_state");
+    return fallback;
+}
+
+void spool::store_state(const std::string& key, std::uint64_t value) {
+    std::lock_guard lock(impl_->mu_);
+    if (impl_->db_ == nullptr) return;
+    // In `batch` mode this one commit is fsynced anyway (see the design note).
+    const bool sync = impl_->settings_.fsync == config::fsync_mode::batch;
+    if (sync) impl_->step_done(impl_->sync_full_);
+    int rc;
+    {
+        use u(impl_->store_state_);
+        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
+        rc = sqlite3_step(*u);
+    }
+    if (sync) impl_->step_done(impl_->sync_normal_);
+    if (rc != SQLITE_DONE) impl_->record_error(rc, "store_state");
+}
+
+std::uint64_t spool::bytes() const {
+    return impl_->bytes_.load();
+}
+std::uint64_t spool::messages() const {
+    return impl_->messages_.load();
+}
+std::uint64_t spool::corrupt_recoveries() const {
+    return impl_->corrupt_.load();
+}
+
+void spool::close() {
+    {
+        std::lock_guard lock(impl_->mu_);
+        impl_->closed_ = true;
+    }
+    impl_->data_cv_.notify_all();
+    impl_->space_cv_.notify_all();
+}
+
+}  // namespace ferry::upstream
