@@ -106,7 +106,7 @@ struct mqtt_publisher::impl {
     config::mqtt_settings settings_;
     std::string gateway_id_;
     std::string status_topic_;
-    std::size_t inflight_max_;
+    std::size_t inflight_max_;  // from the config
     spool& spool_;
     mqtt::connect_options conn_opts_;
 
@@ -131,7 +131,8 @@ struct mqtt_publisher::impl {
     std::unordered_map<std::uint64_t, pending> outstanding_;  // by publish sequence number
     std::uint64_t next_pub_ = 1;
     std::uint64_t gen_ = 0;
-    bool lost_ = false;  // Paho reported connection loss
+    std::size_t window_ = 1;  // inflight_max_, capped by the broker's v5 Receive Maximum
+    bool lost_ = false;       // Paho reported connection loss
     std::string lost_cause_;
     bool publish_failed_ = false;  // a publish failed on a live connection: resync
     bool stop_requested_ = false;
@@ -265,6 +266,9 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
 
     // No persistence (nullptr) and no offline buffering: publish fails fast when disconnected.
     mqtt::create_options create(version);
+    // Paho caps commands queued but not yet written (default 100) even while connected; a
+    // window larger than that would fail publishes.
+    create.set_max_buffered_messages(std::max(100, static_cast<int>(inflight_max_) + 16));
     client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
                                                    create, nullptr);
     client_->set_connection_lost_handler(
@@ -400,13 +404,24 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                 }
             }
             bool session_present = false;
+            std::size_t window = inflight_max_;
             try {
-                session_present = tok->get_connect_response().is_session_present();
+                const auto rsp = tok->get_connect_response();
+                session_present = rsp.is_session_present();
+                // More in flight than the broker's Receive Maximum only queues inside Paho,
+                // where it waits for Paho's timer tick: 400 msg/s instead of 14,000 in the test.
+                const auto& props = rsp.get_properties();
+                if (props.contains(mqtt::property::RECEIVE_MAXIMUM)) {
+                    const auto rm =
+                        mqtt::get<std::uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
+                    if (rm > 0) window = std::min<std::size_t>(window, rm);
+                }
             } catch (const std::exception&) {
             }
             {
                 std::lock_guard lk(mu_);
                 ++gen_;
+                window_ = window;
                 outstanding_.clear();
                 lost_ = false;
                 publish_failed_ = false;
@@ -422,6 +437,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                        {"client_id", settings_.client_id},
                        {"version", settings_.version == 5 ? "5" : "3.1.1"},
                        {"session_present", session_present ? "true" : "false"},
+                       {"window", std::to_string(window)},
                        {"attempt", std::to_string(attempt)},
                        {"took_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                        steady::now() - begin))}});
@@ -522,12 +538,11 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
     std::size_t room = 0;
     {
         std::unique_lock lk(mu_);
-        room = inflight_max_ - std::min(inflight_max_, outstanding_.size());
+        room = window_ - std::min(window_, outstanding_.size());
         if (room == 0) {
             // Window full: wait for an ack (or loss, or stop).
             cv_.wait_for(lk, k_idle_wait, [&] {
-                return outstanding_.size() < inflight_max_ || lost_ || publish_failed_ ||
-                       stop_requested_;
+                return outstanding_.size() < window_ || lost_ || publish_failed_ || stop_requested_;
             });
             return;
         }

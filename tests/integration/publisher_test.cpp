@@ -427,3 +427,145 @@ TEST_CASE("stop() returns promptly when no broker is reachable") {
     CHECK(took < 1500ms);
     CHECK(sp.messages() == 10);  // nothing is dropped
 }
+
+TEST_CASE("stop(drain) delivers what the spool holds, then says offline") {
+    temp_dir dir;
+    mosquitto broker;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    sub_recorder rec(broker.port(), "rec-drain", {"plant/#", "ferry/#"});
+    append_range(sp, 0, 500);
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg);
+    pub.start();
+    pub.stop(5000ms);  // at once: everything must still go out within the drain
+    CHECK(sp.messages() == 0);
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 500; }, 5s));
+    check_ordered_with_window(rec.payloads(k_data_topic), 0, 500, 1);
+    REQUIRE(wait_until([&] { return rec.has(k_status_topic, "offline"); }, 2s));
+    const auto status = rec.payloads(k_status_topic);
+    CHECK(status.back() == "offline");
+}
+
+namespace {
+
+// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, by openssl(1).
+struct test_pki {
+    temp_dir dir;
+    std::string ca, ca_key, server, server_key, client, client_key, other_ca;
+
+    test_pki() {
+        const auto d = dir.path();
+        ca = d + "/ca.pem";
+        ca_key = d + "/ca.key";
+        server = d + "/server.pem";
+        server_key = d + "/server.key";
+        client = d + "/client.pem";
+        client_key = d + "/client.key";
+        other_ca = d + "/other-ca.pem";
+        const std::string q = " >/dev/null 2>&1";
+        const std::string ext = d + "/san.ext";
+        ferry::test::write_file(ext, "subjectAltName=IP:127.0.0.1\n");
+        const std::vector<std::string> cmds{
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ferry-test-ca -keyout " +
+                ca_key + " -out " + ca,
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout " + d +
+                "/other.key -out " + other_ca,
+            "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout " + server_key +
+                " -out " + d + "/server.csr",
+            "openssl x509 -req -in " + d + "/server.csr -CA " + ca + " -CAkey " + ca_key +
+                " -CAcreateserial -days 2 -extfile " + ext + " -out " + server,
+            "openssl req -newkey rsa:2048 -nodes -subj /CN=gw1 -keyout " + client_key + " -out " +
+                d + "/client.csr",
+            "openssl x509 -req -in " + d + "/client.csr -CA " + ca + " -CAkey " + ca_key +
+                " -CAcreateserial -days 2 -out " + client,
+            // mosquitto drops root to its own user: let it read the files.
+            "chmod 755 " + d + " && chmod 644 " + d + "/*",
+        };
+        for (const auto& c : cmds)
+            REQUIRE_MESSAGE(std::system((c + q).c_str()) == 0, c);
+    }
+
+    // A TLS listener requiring client certificates, plus a plain listener on `plain_port`
+    // for the recorder.
+    std::string broker_conf(std::uint16_t plain_port) const {
+        return "cafile " + ca + "\ncertfile " + server + "\nkeyfile " + server_key +
+               "\nrequire_certificate true\nlistener " + std::to_string(plain_port) +
+               " 127.0.0.1\n";
+    }
+};
+
+}  // namespace
+
+TEST_CASE("TLS: verified server, client certificate; a wrong CA never connects") {
+    test_pki pki;
+    const auto plain = ferry::test::free_port();
+    mosquitto broker(0, pki.broker_conf(plain));
+    REQUIRE(ferry::test::wait_for_port(plain, 5s));
+    const std::string tls_uri = "ssl://127.0.0.1:" + std::to_string(broker.port());
+
+    SUBCASE("good CA and client certificate: delivers") {
+        temp_dir dir;
+        prometheus::Registry reg;
+        spool sp(spool_config(dir), reg);
+        sub_recorder rec(plain, "rec-tls", {"plant/#"});
+        append_range(sp, 0, 20);
+        auto cfg = mqtt_config({tls_uri});
+        cfg.tls = ferry::config::tls_settings{pki.ca, pki.client, pki.client_key, true};
+        mqtt_publisher pub(cfg, k_gateway, sp, reg);
+        pub.start();
+        REQUIRE(
+            wait_until([&] { return rec.count(k_data_topic) >= 20 && sp.messages() == 0; }, 10s));
+        check_ordered_with_window(rec.payloads(k_data_topic), 0, 20, 1);
+        pub.stop(1000ms);
+    }
+    SUBCASE("server certificate from another CA: refused, nothing leaves the spool") {
+        temp_dir dir;
+        prometheus::Registry reg;
+        spool sp(spool_config(dir), reg);
+        append_range(sp, 0, 5);
+        auto cfg = mqtt_config({tls_uri});
+        cfg.tls = ferry::config::tls_settings{pki.other_ca, pki.client, pki.client_key, true};
+        mqtt_publisher pub(cfg, k_gateway, sp, reg);
+        pub.start();
+        REQUIRE(wait_until(
+            [&] {
+                return metric(reg, "ferry_mqtt_connects_total", {{"result", "error"}}) >= 2;
+            },
+            10s));
+        CHECK_FALSE(pub.connected());
+        CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 0);
+        pub.stop(200ms);
+        CHECK(sp.messages() == 5);
+    }
+}
+
+TEST_CASE("throughput (informational): 5000 QoS 1 messages") {
+    using ferry::config::fsync_mode;
+    struct run {
+        fsync_mode mode;
+        int inflight;
+    };
+    for (const auto [mode, inflight] :
+         {run{fsync_mode::never, 16}, run{fsync_mode::always, 16}, run{fsync_mode::never, 256}}) {
+        temp_dir dir;
+        mosquitto broker;
+        prometheus::Registry reg;
+        auto scfg = spool_config(dir);
+        scfg.fsync = mode;
+        spool sp(scfg, reg);
+        append_range(sp, 0, 5000);
+        mqtt_publisher pub(mqtt_config({broker.uri()}, inflight), k_gateway, sp, reg);
+        pub.start();
+        REQUIRE(wait_until([&] { return pub.connected(); }, 10s));
+        const auto t0 = std::chrono::steady_clock::now();
+        REQUIRE(wait_until([&] { return sp.messages() == 0; }, 120s));
+        const long ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              std::chrono::steady_clock::now() - t0)
+                                              .count());
+        const std::string name = mode == fsync_mode::never ? "never" : "always";
+        CHECK(metric(reg, "ferry_mqtt_published_total", {{"result", "error"}}) == 0);
+        MESSAGE("spool fsync " << name << ", inflight " << inflight << ": 5000 acked in " << ms
+                               << " ms (" << 5000L * 1000 / std::max(ms, 1L) << " msg/s)");
+        pub.stop(1000ms);
+    }
+}
