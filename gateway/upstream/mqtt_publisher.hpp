@@ -27,7 +27,7 @@ namespace ferry::upstream {
 class spool;
 
 class mqtt_publisher {
-public:
+  public:
     mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
                    prometheus::Registry& registry);
     ~mqtt_publisher();
@@ -41,7 +41,7 @@ public:
 
     bool connected() const;
 
-private:
+  private:
     struct impl;
     std::unique_ptr<impl> impl_;
 };

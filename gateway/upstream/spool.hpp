@@ -29,7 +29,7 @@ class Registry;
 namespace ferry::upstream {
 
 struct spooled_message {
-    std::int64_t id = 0;      // spool order; strictly increasing
+    std::int64_t id = 0;  // spool order; strictly increasing
     std::string topic;
     std::string payload;
     int qos = 1;
@@ -38,18 +38,18 @@ struct spooled_message {
 };
 
 enum class append_result {
-    ok,             // stored
-    ok_dropped,     // stored, after dropping the oldest messages to make room (counted)
-    dropped,        // not stored: the spool is full and when_full is drop_newest (counted)
-    closed,         // not stored: close() was called while waiting for room
-    error,          // not stored: I/O error, disk full, ... (counted, logged)
+    ok,          // stored
+    ok_dropped,  // stored, after dropping the oldest messages to make room (counted)
+    dropped,     // not stored: the spool is full and when_full is drop_newest (counted)
+    closed,      // not stored: close() was called while waiting for room
+    error,       // not stored: I/O error, disk full, ... (counted, logged)
 };
 
 // Fills `out` with the payload for batch number `batch_no` on this topic.
 using encode_fn = std::function<void(std::uint64_t batch_no, std::string& out)>;
 
 class spool {
-public:
+  public:
     // Opens (creating if needed) the spool at settings.path, a file path. A damaged file is
     // moved aside as "<path>.corrupt-<unix time>", logged and counted, and an empty spool is
     // started in its place: never a crash loop. Throws std::runtime_error only when even a
@@ -84,7 +84,7 @@ public:
     // Wakes every waiter; later appends return `closed`. Reads and acks still work.
     void close();
 
-private:
+  private:
     struct impl;
     std::unique_ptr<impl> impl_;
 };
