@@ -14,6 +14,7 @@
 
 #include "drivers/modbus/modbus_driver.hpp"
 #include "gateway/bus.hpp"
+#include "gateway/http_server.hpp"
 #include "gateway/log.hpp"
 #include "gateway/seq.hpp"
 #include "gateway/upstream/mqtt_publisher.hpp"
@@ -53,6 +54,8 @@ struct daemon::impl {
     std::shared_ptr<subscription> rule_sub;
     std::unique_ptr<drivers::modbus::poller> poller;
     std::unique_ptr<upstream::mqtt_publisher> publisher;
+    std::unique_ptr<http_server> http;
+    std::atomic<bool> running{false};
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
 
@@ -122,6 +125,17 @@ struct daemon::impl {
             drivers::modbus::driver_context{*bus, *seq, points, registry});
         publisher = std::make_unique<upstream::mqtt_publisher>(cfg.upstream.mqtt, cfg.gateway.id,
                                                                *spool, registry);
+        if (cfg.http.enabled) {
+            http = std::make_unique<http_server>(cfg.http.host, cfg.http.port, registry,
+                                                 [this] { return ready(); });
+        }
+    }
+
+    // Ready once the spool is open and every component runs. A broker that is down is no
+    // reason to be unready: the spool takes the data meanwhile.
+    readiness ready() const {
+        if (!running.load()) return {false, "starting or stopping"};
+        return {true, {}};
     }
 
     void update_counters() {
@@ -187,9 +201,11 @@ struct daemon::impl {
 
     void start() {
         spool_started_log();
+        if (http) http->start();
         publisher->start();
         rule_thread = std::thread([this] { rule_loop(); });
         poller->start();
+        running = true;
     }
 
     void spool_started_log() {
@@ -203,6 +219,7 @@ struct daemon::impl {
     }
 
     void stop() {
+        running = false;
         auto began = steady::now();
         // If the pipeline is wedged (spool full with when_full: block), do not wait forever:
         // release blocked producers and the spool after a grace period.
@@ -230,6 +247,7 @@ struct daemon::impl {
         auto drain = std::max(std::chrono::milliseconds(100), k_stop_budget - spent);
         publisher->stop(drain);
         spool->close();
+        if (http) http->stop();
         log::info("ferry", "stopped",
                   {{"spooled_messages", std::to_string(spool->messages())},
                    {"lost_at_shutdown", std::to_string(lost_at_shutdown.load())}});

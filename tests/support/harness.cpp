@@ -546,3 +546,59 @@ int thread_count(pid_t pid) {
 }
 
 }  // namespace ferry::test
+
+namespace ferry::test {
+
+http_response http_get(std::uint16_t port, const std::string& path,
+                       std::chrono::milliseconds timeout) {
+    http_response out;
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return out;
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return out;
+    }
+    std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+        ::close(fd);
+        return out;
+    }
+    std::string raw;
+    char buf[16384];
+    for (;;) {
+        auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        raw.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    // "HTTP/1.1 200 OK\r\n...\r\n\r\nbody"
+    if (raw.rfind("HTTP/1.", 0) != 0 || raw.size() < 12) return out;
+    out.status = std::atoi(raw.c_str() + 9);
+    auto head_end = raw.find("\r\n\r\n");
+    if (head_end != std::string::npos) out.body = raw.substr(head_end + 4);
+    return out;
+}
+
+std::optional<double> metric(const std::string& text, const std::string& sample) {
+    std::size_t pos = 0;
+    while ((pos = text.find(sample, pos)) != std::string::npos) {
+        bool line_start = pos == 0 || text[pos - 1] == '\n';
+        std::size_t after = pos + sample.size();
+        if (line_start && after < text.size() && text[after] == ' ') {
+            return std::strtod(text.c_str() + after + 1, nullptr);
+        }
+        pos = after;
+    }
+    return std::nullopt;
+}
+
+}  // namespace ferry::test

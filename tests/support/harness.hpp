@@ -177,3 +177,21 @@ std::uint64_t rss_kib(pid_t pid);
 int thread_count(pid_t pid);
 
 }  // namespace ferry::test
+
+namespace ferry::test {
+
+struct http_response {
+    int status = 0;  // 0: no answer
+    std::string body;
+};
+
+// A plain HTTP/1.1 GET to 127.0.0.1:port (Connection: close), with a timeout.
+http_response http_get(std::uint16_t port, const std::string& path,
+                       std::chrono::milliseconds timeout = 5000ms);
+
+// The value of one sample in Prometheus text format, e.g.
+// metric(text, "ferry_spool_dropped_total{reason=\"drop_oldest\"}"); nullopt when absent.
+// Labels must be given in the order the exposition prints them.
+std::optional<double> metric(const std::string& text, const std::string& sample);
+
+}  // namespace ferry::test

@@ -1,0 +1,116 @@
+// The HTTP endpoints of a running `ferry`: what an operator and Prometheus see.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "tests/support/harness.hpp"
+
+using namespace ferry::test;
+
+namespace {
+
+std::string config_text(const std::string& dir, std::uint16_t modbus_port, std::uint16_t mqtt_port,
+                        std::uint16_t http_port) {
+    return "gateway: { id: http-gw, data_dir: " + dir +
+           " }\n"
+           "http: { listen: 127.0.0.1:" +
+           std::to_string(http_port) +
+           " }\n"
+           "devices:\n"
+           "  - id: boiler1\n"
+           "    driver: modbus_tcp\n"
+           "    host: 127.0.0.1\n"
+           "    port: " +
+           std::to_string(modbus_port) +
+           "\n"
+           "    poll_interval: 100ms\n"
+           "    points: [ { name: t, address: 0, type: uint16 } ]\n"
+           "rules: [ { name: all, match: \"#\", batch: { max_events: 10, max_age: 200ms } } ]\n"
+           "upstream: { mqtt: { uris: [\"tcp://127.0.0.1:" +
+           std::to_string(mqtt_port) + "\"] } }\n";
+}
+
+int open_idle_connection(std::uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "/metrics, /healthz, /readyz answer; unknown paths 404; the read API says it is not built") {
+    modbus_sim sim(0, {"holding:0=u16:5"});
+    mosquitto broker;
+    temp_dir dir;
+    auto http_port = free_port();
+    write_file(dir.file("ferry.yaml"),
+               config_text(dir.path(), sim.port(), broker.port(), http_port));
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+    CHECK(http_get(http_port, "/healthz").status == 200);
+    // Wait until some batches were delivered, then read the counters.
+    std::string m;
+    REQUIRE(wait_until(
+        [&] {
+            m = http_get(http_port, "/metrics").body;
+            return metric(m, "ferry_mqtt_published_total{result=\"ok\"}").value_or(0) >= 3;
+        },
+        10s));
+    CHECK(m.find("ferry_build_info{arch=\"") != std::string::npos);
+    CHECK(metric(m, "ferry_device_up{device=\"boiler1\"}") == 1.0);
+    CHECK(metric(m, "ferry_driver_polls_total{device=\"boiler1\",result=\"ok\"}").value_or(0) >= 3);
+    CHECK(metric(m, "ferry_mqtt_connected") == 1.0);
+    CHECK(metric(m, "ferry_rule_events_total{outcome=\"passed\",rule=\"all\"}").value_or(0) >= 3);
+    CHECK(metric(m, "ferry_spool_dropped_total{reason=\"drop_oldest\"}").value_or(-1) == 0.0);
+    CHECK(m.find("ferry_driver_poll_seconds_bucket{device=\"boiler1\",le=\"0.001\"}") !=
+          std::string::npos);
+    CHECK(http_get(http_port, "/nope").status == 404);
+    auto api = http_get(http_port, "/api/v1/values");
+    CHECK(api.status == 501);
+    CHECK(api.body.find("not built yet") != std::string::npos);
+    CHECK(ferry.stop() == 0);
+}
+
+TEST_CASE("idle connections and an oversized request do not stop /metrics") {
+    modbus_sim sim(0, {"holding:0=u16:5"});
+    mosquitto broker;
+    temp_dir dir;
+    auto http_port = free_port();
+    write_file(dir.file("ferry.yaml"),
+               config_text(dir.path(), sim.port(), broker.port(), http_port));
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+    std::vector<int> idle;
+    for (int i = 0; i < 200; ++i) {
+        int fd = open_idle_connection(http_port);
+        if (fd >= 0) idle.push_back(fd);
+    }
+    CHECK(idle.size() == 200);
+    CHECK(http_get(http_port, "/metrics").status == 200);
+    // A request head far over the limit is refused, and the server goes on.
+    int fd = open_idle_connection(http_port);
+    REQUIRE(fd >= 0);
+    std::string big = "GET /metrics HTTP/1.1\r\nX-Big: " + std::string(1 << 20, 'a') + "\r\n\r\n";
+    (void)::send(fd, big.data(), big.size(), MSG_NOSIGNAL);
+    char buf[256] = {};
+    auto n = ::recv(fd, buf, sizeof buf - 1, 0);
+    CHECK(n > 0);
+    CHECK(std::string(buf).rfind("HTTP/1.1 413", 0) == 0);
+    ::close(fd);
+    CHECK(http_get(http_port, "/metrics").status == 200);
+    for (int i : idle)
+        ::close(i);
+    CHECK(ferry.stop() == 0);
+}
