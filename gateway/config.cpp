@@ -25,6 +25,7 @@
 #include <utility>
 
 #include "gateway/topic.hpp"
+#include "rules/filter.hpp"
 
 namespace ferry::config {
 namespace {
@@ -41,10 +42,6 @@ struct not_built_row {
 };
 
 constexpr not_built_row k_not_built_yet[] = {
-    {"rules[].filter", "", "'filter'"},
-    {"rules[].transform", "", "'transform'"},
-    {"rules[].deadband", "", "'deadband'"},
-    {"rules[].heartbeat", "", "'heartbeat'"},
     {"commands.enabled", "true", "'commands' (downlink writes)"},
     {"devices[].driver", "modbus_rtu", "driver 'modbus_rtu'"},
     {"devices[].driver", "serial_line", "driver 'serial_line'"},
@@ -178,10 +175,13 @@ constexpr option k_rule_options[] = {
     {"name", "string [A-Za-z0-9_.-]+", "required", "Unique rule name. `{rule}` in templates."},
     {"match", "pattern or list of patterns", "required",
      "Over `device/tag`: MQTT `+` and `#`, and `*` inside a level (`meter*/#`)."},
-    {"filter", "expression", "none", "Events for which it is false are dropped."},
+    {"filter", "expression", "none",
+     "Events for which it is false are dropped (see rules/README.md for the language)."},
     {"transform", "map", "none", "Rescale values (see `rules[].transform`)."},
     {"deadband", "map", "none", "Drop small changes (see `rules[].deadband`)."},
-    {"heartbeat", "duration > 0", "none", "Send an unchanged value at least this often."},
+    {"heartbeat", "duration > 0", "none",
+     "Send an unchanged value at least this often: the next reading passes whatever the "
+     "deadband once this long has passed since the rule last sent that device/tag."},
     {"batch", "map", "", "When a batch is sent (see `rules[].batch`)."},
     {"publish", "map", "", "Where a batch is sent (see `rules[].publish`)."},
 };
@@ -1286,8 +1286,17 @@ void loader::rule_entry(const value_ref& v, rule& r) {
                 fail(where, "invalid pattern '" + text + "': " + why);
         }
     }
-    if (auto ref = m.get("filter"))
-        if (auto s = nonempty_str(*ref)) r.filter = *s;
+    if (auto ref = m.get("filter")) {
+        if (auto s = nonempty_str(*ref)) {
+            // Compiled here once to report errors with their place; the engine compiles again.
+            rules::filter_error err;
+            if (rules::filter::compile(*s, &err))
+                r.filter = *s;
+            else
+                fail(*ref, "at position " + std::to_string(err.position) +
+                               " of the expression: " + err.message);
+        }
+    }
     if (auto ref = m.get("transform")) {
         map_reader tm(*this, *ref, k_transform_options);
         if (tm.is_map()) {

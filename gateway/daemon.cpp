@@ -59,8 +59,9 @@ struct daemon::impl {
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
 
-    std::vector<prometheus::Counter*> rule_passed;
-    std::vector<std::uint64_t> rule_passed_seen;
+    // Per rule, per outcome (rules::k_outcomes): the counter and the engine's count last seen.
+    std::vector<std::array<prometheus::Counter*, rules::k_outcomes.size()>> rule_events;
+    std::vector<std::array<std::uint64_t, rules::k_outcomes.size()>> rule_events_seen;
     std::array<prometheus::Counter*, static_cast<std::size_t>(drop_reason::count_)> bus_dropped{};
     std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> bus_dropped_seen{};
 
@@ -89,19 +90,23 @@ struct daemon::impl {
             start, [this](std::uint64_t mark) { spool->store_state(k_seq_key, mark); });
 
         bus = std::make_unique<ferry::bus>(points);
-        engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id);
+        engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id,
+                                                 cfg.dead_letter.topic);
         // `block`: nothing is dropped between the drivers and the spool; when the spool
         // cannot take more (when_full: block), the drivers feel it and skip polls.
         rule_sub =
             bus->subscribe("rules", engine->patterns(), k_rule_queue, overflow_policy::block);
 
-        auto& rule_events = prometheus::BuildCounter()
+        auto& rule_family = prometheus::BuildCounter()
                                 .Name("ferry_rule_events_total")
                                 .Help("Events through each rule by outcome")
                                 .Register(registry);
         for (const auto& name : engine->rule_names()) {
-            rule_passed.push_back(&rule_events.Add({{"rule", name}, {"outcome", "passed"}}));
-            rule_passed_seen.push_back(0);
+            auto& row = rule_events.emplace_back();
+            for (std::size_t o = 0; o < row.size(); ++o)
+                row[o] = &rule_family.Add(
+                    {{"rule", name}, {"outcome", std::string(rules::k_outcomes[o])}});
+            rule_events_seen.emplace_back();
         }
         auto& dropped = prometheus::BuildCounter()
                             .Name("ferry_bus_dropped_total")
@@ -139,10 +144,18 @@ struct daemon::impl {
     }
 
     void update_counters() {
-        for (std::size_t r = 0; r < rule_passed.size(); ++r) {
-            auto now = engine->counters(r).passed;
-            rule_passed[r]->Increment(static_cast<double>(now - rule_passed_seen[r]));
-            rule_passed_seen[r] = now;
+        for (std::size_t r = 0; r < rule_events.size(); ++r) {
+            auto now = engine->counters(r).values();
+            auto& seen = rule_events_seen[r];
+            for (std::size_t o = 0; o < now.size(); ++o)
+                rule_events[r][o]->Increment(static_cast<double>(now[o] - seen[o]));
+            // One line per rule and pass of the loop (a batch of up to 4096 events), not per event.
+            if (auto dead = now[3] - seen[3]; dead > 0)
+                log::warn("rules", "events sent to dead-letter",
+                          {{"rule", engine->rule_names()[r]},
+                           {"events", std::to_string(dead)},
+                           {"topic", cfg.dead_letter.topic}});
+            seen = now;
         }
         for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
             auto now = bus->dropped(static_cast<drop_reason>(r));

@@ -1,63 +1,140 @@
 #include "rules/engine.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
+#include <set>
 #include <stdexcept>
 
 #include "gateway/json.hpp"
+#include "rules/match.hpp"
 
 namespace ferry::rules {
+namespace {
+
+std::int64_t unix_ms(const event& e) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(e.ts.time_since_epoch()).count();
+}
+
+// FNV-1a: enough to tell a changed string from an unchanged one without keeping a copy.
+std::uint64_t hash_of(std::string_view s) {
+    std::uint64_t h = 1469598103934665603ull;
+    for (char c : s) {
+        h ^= static_cast<unsigned char>(c);
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+}  // namespace
 
 engine::engine(const std::vector<config::rule>& rules, const point_table& points,
-               std::string gateway_id)
+               std::string gateway_id, const std::string& dead_letter_topic)
     : points_(points), gateway_(std::move(gateway_id)) {
-    std::vector<std::vector<topic_pattern>> rule_patterns;
+    std::string why;
+    auto dead_tmpl = topic_template::compile(dead_letter_topic, &why);
+    if (!dead_tmpl) throw std::invalid_argument("dead_letter.topic: " + why);
+
+    pattern_index index;
+    std::set<std::string> pattern_texts;
     for (const auto& r : rules) {
-        std::string why;
         auto tmpl = topic_template::compile(r.publish.topic, &why);
         if (!tmpl) throw std::invalid_argument("rule " + r.name + ": publish.topic: " + why);
-        rules_.push_back(rule_state{r.name, *tmpl, r.batch, r.publish.qos, r.publish.retain});
+        rule_state st{r.name,
+                      *tmpl,
+                      r.batch,
+                      r.publish.qos,
+                      r.publish.retain,
+                      {},
+                      false,
+                      1.0,
+                      0.0,
+                      {},
+                      false,
+                      config::deadband_kind::absolute,
+                      0.0,
+                      {}};
+        if (!r.filter.empty()) {
+            filter_error err;
+            st.filter = filter::compile(r.filter, &err);
+            if (!st.filter)
+                throw std::invalid_argument("rule " + r.name + ": filter: at position " +
+                                            std::to_string(err.position) + ": " + err.message);
+        }
+        if (r.transform) {
+            st.scale = r.transform->scale;
+            st.offset = r.transform->offset;
+            st.scales = st.scale != 1.0 || st.offset != 0.0;
+            st.unit = r.transform->unit;
+        }
+        if (r.deadband) {
+            st.deadband_kind = r.deadband->kind;
+            st.deadband = r.deadband->amount;
+        }
+        if (r.heartbeat) st.heartbeat = *r.heartbeat;
+        st.tracks = r.deadband.has_value() || r.heartbeat.has_value();
+        rules_.push_back(std::move(st));
         rule_names_.push_back(r.name);
-        auto& pats = rule_patterns.emplace_back();
         for (const auto& m : r.match) {
             auto p = topic_pattern::compile(m, &why);
             if (!p) throw std::invalid_argument("rule " + r.name + ": match '" + m + "': " + why);
-            pats.push_back(*p);
-            patterns_.push_back(*p);
+            index.add(m, static_cast<std::uint32_t>(rules_.size() - 1));
+            if (pattern_texts.insert(m).second) patterns_.push_back(*p);
         }
     }
     counters_.resize(rules_.size());
 
-    // Routes per point: which rules it feeds and into which batch slot (one per rule+topic).
+    // Routes per point: which rules it feeds, into which batch slot (one per resulting topic).
     routes_.resize(points.size());
     std::map<std::pair<std::size_t, std::string>, std::size_t> slot_of;
+    std::map<std::string, std::size_t> dead_slot_of;
+    std::vector<std::uint32_t> matched;
+    std::string topic;
     for (point_id id = 0; id < points.size(); ++id) {
         const auto& p = points.get(id);
-        for (std::size_t r = 0; r < rules_.size(); ++r) {
-            const auto& pats = rule_patterns[r];
-            if (!std::any_of(pats.begin(), pats.end(),
-                             [&](const topic_pattern& t) { return t.matches(p.address); }))
-                continue;
-            auto topic = rules_[r].topic.expand({gateway_, p.device, p.tag, rules_[r].name});
+        matched.clear();
+        index.match(p.address, matched);
+        routes_[id].reserve(matched.size());
+        for (auto r : matched) {
+            const auto& rs = rules_[r];
+            template_vars vars{gateway_, p.device, p.tag, rs.name};
+            rs.topic.expand(vars, topic);
             auto [it, added] = slot_of.try_emplace({r, topic}, slots_.size());
-            if (added) slots_.push_back(slot{r, topic, {}, 0, 0, {}, 0});
-            routes_[id].push_back(route{r, it->second});
+            if (added) slots_.push_back(slot{topic, &rs.limits, r, false, {}, 0, 0, {}, 0});
+            dead_tmpl->expand(vars, topic);
+            auto [dit, dadded] = dead_slot_of.try_emplace(topic, slots_.size());
+            if (dadded)
+                slots_.push_back(slot{topic, &k_dead_letter_batch, r, true, {}, 0, 0, {}, 0});
+            const point_info* info = &p;
+            if (!rs.unit.empty() && rs.unit != p.unit) {
+                unit_overrides_.push_back(p);
+                unit_overrides_.back().unit = rs.unit;
+                info = &unit_overrides_.back();
+            }
+            routes_[id].push_back(route{r,
+                                        static_cast<std::uint32_t>(it->second),
+                                        static_cast<std::uint32_t>(dit->second),
+                                        info,
+                                        {}});
         }
     }
 }
 
-std::size_t engine::header_size() const {
-    // {"gateway":"<id>","batch":<up to 20 digits>,"events":[ ... ]}
-    return 12 + gateway_.size() + 2 + 9 + 20 + 11 + 2;
+std::size_t engine::header_size(bool dead_letter) const {
+    // {"gateway":"<id>","batch":<up to 20 digits>,"events":[ ... ]}  ("dead_letters" is longer)
+    return 12 + gateway_.size() + 2 + 9 + 20 + 11 + 2 + (dead_letter ? 6 : 0);
 }
 
 void engine::emit(slot& s, std::vector<batch>& out) {
-    const auto& r = rules_[s.rule];
     batch b;
     b.topic = s.topic;
-    b.rule = r.name;
-    b.qos = r.qos;
-    b.retain = r.retain;
+    if (!s.dead_letter) {
+        const auto& r = rules_[s.rule];
+        b.rule = r.name;
+        b.qos = r.qos;
+        b.retain = r.retain;
+    }
+    b.dead_letter = s.dead_letter;
     b.events = s.events;
     b.body = std::move(s.body);
     b.first_ts_ms = s.first_ts_ms;
@@ -67,34 +144,157 @@ void engine::emit(slot& s, std::vector<batch>& out) {
     ++s.generation;
 }
 
+void engine::append(std::size_t slot_index, std::string_view item, std::int64_t ts_ms,
+                    steady_time now, std::vector<batch>& out) {
+    auto& s = slots_[slot_index];
+    const auto& limits = *s.limits;
+    // Would this item push the batch over max_bytes? Then the batch leaves first.
+    if (s.events > 0 &&
+        header_size(s.dead_letter) + s.body.size() + 1 + item.size() > limits.max_bytes)
+        emit(s, out);
+    if (s.events == 0) {
+        s.opened = now;
+        s.first_ts_ms = ts_ms;
+        s.body.reserve(
+            std::min<std::size_t>(limits.max_bytes, item.size() * limits.max_events + 16));
+        due_.push(due{now + limits.max_age, slot_index, s.generation});
+    } else {
+        s.body.push_back(',');
+    }
+    s.body += item;
+    ++s.events;
+    if (s.events >= limits.max_events) emit(s, out);
+}
+
+void engine::dead_letter(route& rt, const event& e, const point_info& p, std::string_view reason,
+                         steady_time now, std::vector<batch>& out) {
+    ++counters_[rt.rule].dead_letter;
+    std::string item;
+    item += "{\"rule\":";
+    json::append_string(item, rules_[rt.rule].name);
+    item += ",\"reason\":";
+    json::append_string(item, reason);
+    item += ",\"event\":";
+    json::append_event(item, e, p);
+    item += '}';
+    append(rt.dead_slot, item, unix_ms(e), now, out);
+}
+
+bool engine::deadband_passes(const rule_state& r, route& rt, const event& e,
+                             steady_time now) const {
+    auto& last = rt.last;
+    kind k = kind::absent;
+    double number = 0;
+    std::uint64_t hash = 0;
+    if (e.quality != quality::bad) {
+        switch (e.value.index()) {
+            case 1:
+                k = kind::boolean;
+                number = std::get<bool>(e.value) ? 1.0 : 0.0;
+                break;
+            case 2:
+            case 3:
+            case 4:
+                k = kind::number;
+                number = *as_double(e.value);
+                break;
+            case 5:
+                k = kind::string;
+                hash = hash_of(std::get<std::string>(e.value));
+                break;
+            default:
+                break;
+        }
+    }
+    bool pass = false;
+    if (last.k == kind::none || e.quality != last.quality || k != last.k ||
+        (r.heartbeat && now - last.when >= *r.heartbeat)) {
+        pass = true;
+    } else {
+        switch (k) {
+            case kind::number: {
+                if (std::isnan(number) || std::isnan(last.number)) {
+                    pass = std::isnan(number) != std::isnan(last.number);
+                    break;
+                }
+                double moved = std::fabs(number - last.number);
+                double threshold = r.deadband_kind == config::deadband_kind::absolute
+                                       ? r.deadband
+                                       : std::fabs(last.number) * r.deadband / 100.0;
+                pass = moved > 0 && moved >= threshold;
+                break;
+            }
+            case kind::boolean:
+                pass = number != last.number;
+                break;
+            case kind::string:
+                pass = hash != last.hash;
+                break;
+            default:
+                pass = false;  // absent again, same quality: unchanged
+                break;
+        }
+    }
+    if (pass) {
+        last.k = k;
+        last.number = number;
+        last.hash = hash;
+        last.quality = e.quality;
+        last.when = now;
+    }
+    return pass;
+}
+
 void engine::on_event(const event& e, steady_time now, std::vector<batch>& out) {
     if (e.point >= routes_.size()) return;
+    auto& routes = routes_[e.point];
+    if (routes.empty()) return;
     const auto& info = points_.get(e.point);
-    for (const auto& rt : routes_[e.point]) {
-        auto& s = slots_[rt.slot];
-        const auto& limits = rules_[rt.rule].limits;
-        ++counters_[rt.rule].passed;
-        scratch_.clear();
-        json::append_event(scratch_, e, info);
-        // Would this event push the batch over max_bytes? Then the batch leaves first.
-        if (s.events > 0 &&
-            header_size() + s.body.size() + 1 + scratch_.size() > limits.max_bytes) {
-            emit(s, out);
+    const auto ts_ms = unix_ms(e);
+    // Rules without a transform publish the same bytes: encode once per event.
+    const point_info* encoded_for = nullptr;
+    event scaled;
+    for (auto& rt : routes) {
+        const auto& r = rules_[rt.rule];
+        auto& counters = counters_[rt.rule];
+        if (r.filter) {
+            auto verdict = r.filter->evaluate(e, info, &reason_);
+            if (verdict == filter_outcome::drop) {
+                ++counters.filtered;
+                continue;
+            }
+            if (verdict == filter_outcome::error) {
+                dead_letter(rt, e, info, reason_, now, out);
+                continue;
+            }
         }
-        if (s.events == 0) {
-            s.opened = now;
-            s.first_ts_ms =
-                std::chrono::duration_cast<std::chrono::milliseconds>(e.ts.time_since_epoch())
-                    .count();
-            s.body.reserve(
-                std::min<std::size_t>(limits.max_bytes, scratch_.size() * limits.max_events + 16));
-            due_.push(due{now + limits.max_age, rt.slot, s.generation});
-        } else {
-            s.body.push_back(',');
+        const event* outgoing = &e;
+        if (r.scales && e.quality != quality::bad && e.value.index() != 0) {
+            if (e.value.index() == 1 || e.value.index() == 5) {
+                dead_letter(rt, e, info,
+                            e.value.index() == 1 ? "transform: cannot scale a bool value"
+                                                 : "transform: cannot scale a string value",
+                            now, out);
+                continue;
+            }
+            scaled.seq = e.seq;
+            scaled.point = e.point;
+            scaled.quality = e.quality;
+            scaled.ts = e.ts;
+            scaled.value = *as_double(e.value) * r.scale + r.offset;
+            outgoing = &scaled;
         }
-        s.body += scratch_;
-        ++s.events;
-        if (s.events >= limits.max_events) emit(s, out);
+        if (r.tracks && !deadband_passes(r, rt, *outgoing, now)) {
+            ++counters.deduped;
+            continue;
+        }
+        if (outgoing != &e || encoded_for != rt.info) {
+            scratch_.clear();
+            json::append_event(scratch_, *outgoing, *rt.info);
+            encoded_for = outgoing == &e ? rt.info : nullptr;
+        }
+        ++counters.passed;
+        append(rt.slot, scratch_, ts_ms, now, out);
     }
 }
 
@@ -120,14 +320,33 @@ void engine::flush_all(std::vector<batch>& out) {
 
 void engine::wrap(const batch& b, std::uint64_t batch_no, std::string& out) const {
     out.clear();
-    out.reserve(header_size() + b.body.size());
+    out.reserve(header_size(b.dead_letter) + b.body.size());
     out += "{\"gateway\":";
     json::append_string(out, gateway_);
     out += ",\"batch\":";
     out += std::to_string(batch_no);
-    out += ",\"events\":[";
+    out += b.dead_letter ? ",\"dead_letters\":[" : ",\"events\":[";
     out += b.body;
     out += "]}";
+}
+
+std::size_t engine::routes() const {
+    std::size_t n = 0;
+    for (const auto& r : routes_)
+        n += r.size();
+    return n;
+}
+
+std::size_t engine::state_bytes() const {
+    std::size_t bytes = routes_.capacity() * sizeof(std::vector<route>);
+    for (const auto& r : routes_)
+        bytes += r.capacity() * sizeof(route);
+    for (const auto& s : slots_)
+        bytes += sizeof(slot) + s.topic.capacity() + s.body.capacity();
+    for (const auto& p : unit_overrides_)
+        bytes += sizeof(point_info) + p.device.capacity() + p.tag.capacity() + p.unit.capacity() +
+                 p.address.capacity();
+    return bytes;
 }
 
 }  // namespace ferry::rules

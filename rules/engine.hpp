@@ -1,58 +1,96 @@
-// The rule engine's stages: match → batch → publish-topic. Pure: no threads, sockets,
-// clocks or sleeps; the caller passes `now` (a steady time point), so tests drive it with a
-// fake clock.
+// The rule engine: match → filter → transform → deadband/heartbeat → batch, and dead-letter.
+// Pure: no threads, sockets, clocks or sleeps; the caller passes `now` (a steady time point),
+// so tests drive it with a fake clock. rules/README.md documents every key and the payloads.
 //
-// Matching is decided per point when the engine is built (points are known from config):
-// each point carries the list of (rule, batch slot) pairs it feeds, so the cost of an event
-// grows with the number of rules it matches, not with the number of rules. An event that
-// matches several rules goes to each of them (fan-out), keeping its seq.
+// Matching is decided per point when the engine is built (points are known from config), by
+// one trie over every rule's patterns (rules/match.hpp): each point carries the list of
+// routes (rule, batch slot, deadband state) it feeds, so the cost of an event grows with the
+// number of rules it matches, not with the number of rules. An event that matches several
+// rules goes to each of them (fan-out), keeping its seq.
 //
-// Batching: one open batch per (rule, resulting topic). An event is encoded into its
-// batch's JSON body as it arrives (the payload is built once, sized exactly). A batch
-// leaves when it holds max_events, when the next event would push it over max_bytes, or
-// when max_age has passed since its first event.
+// Per route, in rule order:
+//   filter     compiled once (rules/filter.hpp) and run on the event as sampled; false drops
+//              the event (counted `filtered`); a type error sends it to dead-letter.
+//   transform  value * scale + offset for numbers (the result is a float); the rule's unit
+//              replaces the point's in the encoded event. Scaling a string or bool value is an
+//              error: dead-letter. Absent values (quality bad) stay absent.
+//   deadband   per device/tag per rule, on the transformed value, against the last value this
+//              rule published for it: a number passes when it moved at least `absolute` (or
+//              `percent` of the last published value) and moved at all; other values pass when
+//              they changed; a change of quality always passes. Dropped events count `deduped`.
+//   heartbeat  the first event that arrives once `heartbeat` has passed since the rule last
+//              published that device/tag passes whatever its value. It is the next *sampled*
+//              reading, with its own seq, never a re-send of an old one (a consumer dropping
+//              duplicates on (gateway, seq) would drop a re-send). A heartbeat without a
+//              deadband publishes on change only, plus the heartbeat.
+//   batch      one open batch per resulting topic. An event is JSON-encoded into its batch's
+//              body as it arrives. A batch leaves when it holds max_events, when the next event
+//              would push it over max_bytes, or when max_age has passed since its first event.
+//
+// Dead-letter: an event a rule could not handle goes, with the rule name and the reason, into
+// a batch on the dead-letter topic (counted `dead_letter`); the pipeline goes on.
 //
 // Not thread-safe: one thread drives an engine.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <deque>
+#include <optional>
 #include <queue>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gateway/config.hpp"
 #include "gateway/event.hpp"
 #include "gateway/topic.hpp"
+#include "rules/filter.hpp"
 
 namespace ferry::rules {
 
 using steady_time = std::chrono::steady_clock::time_point;
 
-// A finished batch, ready for the spool. `body` holds the comma-separated event objects;
-// the spool wraps it with the header once the batch number is known (see wrap()).
+// A finished batch, ready for the spool. `body` holds the comma-separated event objects (or
+// dead-letter objects); the spool wraps it with the header once the batch number is known
+// (see wrap()).
 struct batch {
     std::string topic;
-    std::string rule;
+    std::string rule;  // empty for dead-letter batches
     int qos = 1;
     bool retain = false;
+    bool dead_letter = false;
     std::size_t events = 0;
     std::string body;
     std::int64_t first_ts_ms = 0;  // sampling time of the oldest event in it
 };
 
+// The `outcome` label values of ferry_rule_events_total, in the order of rule_counters::values().
+inline constexpr std::array<std::string_view, 4> k_outcomes{"passed", "filtered", "deduped",
+                                                            "dead_letter"};
+
 struct rule_counters {
-    std::uint64_t passed = 0;
+    std::uint64_t passed = 0;       // went into a batch
+    std::uint64_t filtered = 0;     // the filter was false
+    std::uint64_t deduped = 0;      // within the deadband (or unchanged)
+    std::uint64_t dead_letter = 0;  // the rule could not handle it
+    std::array<std::uint64_t, 4> values() const { return {passed, filtered, deduped, dead_letter}; }
 };
+
+// Limits of dead-letter batches (the dead_letter section has only a topic).
+inline constexpr config::batch_settings k_dead_letter_batch{100, 256 * 1024,
+                                                            std::chrono::milliseconds(1000)};
 
 class engine {
   public:
-    // Throws std::invalid_argument if a rule's match pattern or topic does not compile (the
-    // config loader reports those with positions first; this is a second line of defence).
+    // Throws std::invalid_argument if a rule's match pattern, topic or filter does not compile
+    // (the config loader reports those with positions first; this is a second line of defence).
     engine(const std::vector<config::rule>& rules, const point_table& points,
-           std::string gateway_id);
+           std::string gateway_id,
+           const std::string& dead_letter_topic = "ferry/{gateway}/dead-letter");
 
-    // The union of every rule's patterns: what the engine subscribes to on the bus.
+    // The union of every rule's patterns (each text once): what the engine subscribes to.
     const std::vector<topic_pattern>& patterns() const { return patterns_; }
 
     // Feeds one event. Batches that became complete are appended to `out`.
@@ -70,6 +108,11 @@ class engine {
     // The full payload of `b` as batch number `batch_no` of its topic.
     void wrap(const batch& b, std::uint64_t batch_no, std::string& out) const;
 
+    // Routes (matched rule × device/tag pairs) and the bytes the engine holds for them while
+    // no batch is open: what each tracked device/tag costs.
+    std::size_t routes() const;
+    std::size_t state_bytes() const;
+
   private:
     struct rule_state {
         std::string name;
@@ -77,19 +120,42 @@ class engine {
         config::batch_settings limits;
         int qos;
         bool retain;
+        std::optional<rules::filter> filter;
+        bool scales = false;  // scale != 1 or offset != 0
+        double scale = 1.0;
+        double offset = 0.0;
+        std::string unit;     // replaces the point's when not empty
+        bool tracks = false;  // deadband or heartbeat: keeps state per device/tag
+        config::deadband_kind deadband_kind = config::deadband_kind::absolute;
+        double deadband = 0.0;  // 0: any change passes
+        std::optional<std::chrono::steady_clock::duration> heartbeat;
     };
     struct slot {
-        std::size_t rule;
         std::string topic;
+        const config::batch_settings* limits;
+        std::uint32_t rule;  // index into rules_; for dead-letter slots unused
+        bool dead_letter;
         std::string body;
         std::size_t events = 0;
         std::int64_t first_ts_ms = 0;
         steady_time opened;
         std::uint64_t generation = 0;  // bumps each time the slot is emitted
     };
+    enum class kind : std::uint8_t { none, absent, number, boolean, string };
+    // What a rule remembers per device/tag: the last value it published.
+    struct last_published {
+        double number = 0;       // numbers and bools
+        std::uint64_t hash = 0;  // strings (a hash of the text, not a copy)
+        steady_time when;        // for the heartbeat
+        kind k = kind::none;     // none: nothing published yet
+        ferry::quality quality = quality::good;
+    };
     struct route {
-        std::size_t rule;
-        std::size_t slot;
+        std::uint32_t rule;
+        std::uint32_t slot;
+        std::uint32_t dead_slot;
+        const point_info* info;  // the point, or its copy with the rule's unit
+        last_published last;
     };
     struct due {
         steady_time when;
@@ -98,8 +164,13 @@ class engine {
         bool operator>(const due& o) const { return when > o.when; }
     };
 
+    bool deadband_passes(const rule_state& r, route& rt, const event& e, steady_time now) const;
+    void dead_letter(route& rt, const event& e, const point_info& p, std::string_view reason,
+                     steady_time now, std::vector<batch>& out);
+    void append(std::size_t slot_index, std::string_view item, std::int64_t ts_ms, steady_time now,
+                std::vector<batch>& out);
     void emit(slot& s, std::vector<batch>& out);
-    std::size_t header_size() const;
+    std::size_t header_size(bool dead_letter) const;
 
     const point_table& points_;
     std::string gateway_;
@@ -109,8 +180,10 @@ class engine {
     std::vector<topic_pattern> patterns_;
     std::vector<slot> slots_;
     std::vector<std::vector<route>> routes_;  // per point id
+    std::deque<point_info> unit_overrides_;   // stable addresses for route::info
     std::priority_queue<due, std::vector<due>, std::greater<>> due_;
     std::string scratch_;
+    std::string reason_;
 };
 
 }  // namespace ferry::rules
