@@ -1,0 +1,155 @@
+// Golden cases of the rule engine, one folder per case under tests/testcases/rules/:
+//
+//   config.yaml  a whole Ferry config (loaded by the real loader): devices give the points,
+//                rules and dead_letter give the engine
+//   input        one line per step, on a fake steady clock in milliseconds:
+//                  at MS DEVICE/TAG VALUE [good|uncertain|bad]   an event (seq 1, 2, 3, ...;
+//                      sampled at 1764236400000 + MS); VALUE: 21.5 (float), -3 (integer),
+//                      true/false, "text", or - (no value)
+//                  tick MS                                         on_tick(MS)
+//                  flush                                           flush_all()
+//   expected     every message the engine sent, in order, as `TOPIC PAYLOAD` (batch numbers
+//                count from 1 per topic, as the spool numbers them), then one line per rule:
+//                `counters RULE passed=N filtered=N deduped=N dead_letter=N`
+//
+// FERRY_UPDATE_GOLDEN=1 rewrites `expected` from what the engine does now (review the diff!).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "gateway/config.hpp"
+#include "rules/engine.hpp"
+
+using namespace ferry;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path k_cases = fs::path(FERRY_SOURCE_DIR) / "tests/testcases/rules";
+constexpr std::int64_t k_epoch_ms = 1764236400000;
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+ferry::value parse_value(const std::string& text) {
+    if (text == "-") return std::monostate{};
+    if (text == "true") return true;
+    if (text == "false") return false;
+    if (text.size() >= 2 && text.front() == '"' && text.back() == '"')
+        return text.substr(1, text.size() - 2);
+    if (text.find_first_of(".eEn") != std::string::npos) return std::stod(text);
+    return static_cast<std::int64_t>(std::stoll(text));
+}
+
+quality parse_quality(const std::string& text) {
+    if (text.empty() || text == "good") return quality::good;
+    if (text == "uncertain") return quality::uncertain;
+    if (text == "bad") return quality::bad;
+    FAIL("unknown quality " << text);
+    return quality::bad;
+}
+
+std::string run_case(const fs::path& dir) {
+    auto cfg = config::load_config((dir / "config.yaml").string());
+    point_table points;
+    for (const auto& d : cfg.devices)
+        for (const auto& p : d.points)
+            points.intern(d.id, p.name, p.unit);
+    rules::engine eng(cfg.rules, points, cfg.gateway.id, cfg.dead_letter.topic);
+
+    std::string result;
+    std::map<std::string, std::uint64_t> batch_no;
+    std::vector<rules::batch> out;
+    std::string payload;
+    auto drain = [&] {
+        for (const auto& b : out) {
+            eng.wrap(b, ++batch_no[b.topic], payload);
+            result += b.topic + " " + payload + "\n";
+        }
+        out.clear();
+    };
+
+    std::istringstream input(slurp(dir / "input"));
+    std::uint64_t seq = 0;
+    std::string line;
+    int line_no = 0;
+    while (std::getline(input, line)) {
+        ++line_no;
+        CAPTURE(line_no);
+        if (line.empty() || line[0] == '#') continue;
+        std::istringstream words(line);
+        std::string verb;
+        words >> verb;
+        if (verb == "at" || verb == "tick") {
+            std::int64_t ms = 0;
+            words >> ms;
+            rules::steady_time now{std::chrono::milliseconds(ms)};
+            if (verb == "tick") {
+                eng.on_tick(now, out);
+            } else {
+                std::string address, value_text, quality_text;
+                words >> address;
+                words >> std::ws;
+                if (words.peek() == '"') {
+                    std::getline(words, value_text, '"');
+                    std::getline(words, value_text, '"');
+                    value_text = "\"" + value_text + "\"";
+                } else {
+                    words >> value_text;
+                }
+                words >> quality_text;
+                auto id = points.find(address);
+                REQUIRE_MESSAGE(id, "unknown point " << address);
+                event e;
+                e.seq = ++seq;
+                e.point = *id;
+                e.value = parse_value(value_text);
+                e.quality = parse_quality(quality_text);
+                e.ts = wall_clock::time_point(std::chrono::milliseconds(k_epoch_ms + ms));
+                eng.on_event(e, now, out);
+            }
+        } else if (verb == "flush") {
+            eng.flush_all(out);
+        } else {
+            FAIL("unknown step: " << line);
+        }
+        drain();
+    }
+    for (std::size_t r = 0; r < eng.rule_names().size(); ++r) {
+        const auto& c = eng.counters(r);
+        result += "counters " + eng.rule_names()[r] + " passed=" + std::to_string(c.passed) +
+                  " filtered=" + std::to_string(c.filtered) +
+                  " deduped=" + std::to_string(c.deduped) +
+                  " dead_letter=" + std::to_string(c.dead_letter) + "\n";
+    }
+    return result;
+}
+
+}  // namespace
+
+TEST_CASE("golden cases: events in, the exact messages and counters out") {
+    std::vector<fs::path> cases;
+    for (const auto& entry : fs::directory_iterator(k_cases))
+        if (entry.is_directory()) cases.push_back(entry.path());
+    std::sort(cases.begin(), cases.end());
+    REQUIRE(cases.size() >= 8);
+    const bool update = std::getenv("FERRY_UPDATE_GOLDEN") != nullptr;
+    for (const auto& dir : cases) {
+        CAPTURE(dir.filename().string());
+        auto actual = run_case(dir);
+        if (update) {
+            std::ofstream(dir / "expected", std::ios::binary) << actual;
+            continue;
+        }
+        CHECK(actual == slurp(dir / "expected"));
+    }
+}
