@@ -100,7 +100,8 @@ struct mqtt_publisher::impl {
     void wait_backoff(std::chrono::milliseconds delay);
     void shutdown();
     void on_delivered(const mqtt::token& tok, bool ok);
-    void on_connection_lost(const std::string& cause);
+    void on_connection_lost(std::uint64_t epoch, const std::string& cause);
+    void make_client();
 
     // Settings.
     config::mqtt_settings settings_;
@@ -109,6 +110,7 @@ struct mqtt_publisher::impl {
     std::size_t inflight_max_;  // from the config
     spool& spool_;
     mqtt::connect_options conn_opts_;
+    mqtt::create_options create_opts_;
 
     // Metrics.
     prometheus::Gauge& m_connected_;
@@ -131,8 +133,9 @@ struct mqtt_publisher::impl {
     std::unordered_map<std::uint64_t, pending> outstanding_;  // by publish sequence number
     std::uint64_t next_pub_ = 1;
     std::uint64_t gen_ = 0;
-    std::size_t window_ = 1;  // inflight_max_, capped by the broker's v5 Receive Maximum
-    bool lost_ = false;       // Paho reported connection loss
+    std::uint64_t client_epoch_ = 0;  // which async_client instance is current
+    std::size_t window_ = 1;          // inflight_max_, capped by the broker's v5 Receive Maximum
+    bool lost_ = false;               // Paho reported connection loss
     std::string lost_cause_;
     bool publish_failed_ = false;  // a publish failed on a live connection: resync
     bool stop_requested_ = false;
@@ -264,17 +267,28 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
     }
     conn_opts_.set_servers(std::make_shared<mqtt::string_collection>(settings_.uris));
 
-    // No persistence (nullptr) and no offline buffering: publish fails fast when disconnected.
-    mqtt::create_options create(version);
+    // No offline buffering: publish fails fast when disconnected.
+    create_opts_ = mqtt::create_options(version);
     // Paho caps commands queued but not yet written (default 100) even while connected; a
     // window larger than that would fail publishes.
-    create.set_max_buffered_messages(std::max(100, static_cast<int>(inflight_max_) + 16));
+    create_opts_.set_max_buffered_messages(std::max(100, static_cast<int>(inflight_max_) + 16));
+    make_client();
+}
+
+void mqtt_publisher::impl::make_client() {
+    std::uint64_t epoch = 0;
+    {
+        std::lock_guard lk(mu_);
+        epoch = ++client_epoch_;
+    }
+    // nullptr: no Paho persistence; the spool is the only store.
     client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
-                                                   create, nullptr);
+                                                   create_opts_, nullptr);
     client_->set_connection_lost_handler(
-        [this](const std::string& cause) { on_connection_lost(cause); });
-    client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
-        on_connection_lost("server disconnect, reason " + std::to_string(static_cast<int>(rc)));
+        [this, epoch](const std::string& cause) { on_connection_lost(epoch, cause); });
+    client_->set_disconnected_handler([this, epoch](const mqtt::properties&, mqtt::ReasonCode rc) {
+        on_connection_lost(epoch,
+                           "server disconnect, reason " + std::to_string(static_cast<int>(rc)));
     });
 }
 
@@ -304,13 +318,13 @@ void mqtt_publisher::impl::stop(std::chrono::milliseconds drain) {
     if (thread_.joinable()) thread_.join();
 }
 
-void mqtt_publisher::impl::on_connection_lost(const std::string& cause) {
-    // A late report about an earlier connection must not tear down a newer one.
-    if (client_ && client_->is_connected()) return;
-    connected_ = false;
-    m_connected_.Set(0);
+void mqtt_publisher::impl::on_connection_lost(std::uint64_t epoch, const std::string& cause) {
     {
         std::lock_guard lk(mu_);
+        // A late report from a client we already replaced must not tear down a newer one.
+        if (epoch != client_epoch_) return;
+        connected_ = false;
+        m_connected_.Set(0);
         lost_ = true;
         lost_cause_ = cause.empty() ? "unknown" : cause;
     }
@@ -339,6 +353,13 @@ void mqtt_publisher::impl::on_delivered(const mqtt::token& tok, bool ok) {
         // The broker has it: removing it from the spool is right even if the connection has
         // dropped since.
         spool_.ack(p.id);
+        if (log::enabled(config::log_level::debug)) {
+            log::debug(k_component, "acked",
+                       {{"id", std::to_string(p.id)},
+                        {"mid", std::to_string(tok.get_message_id())},
+                        {"generation", std::to_string(p.gen)},
+                        {"current", current ? "true" : "false"}});
+        }
         acks_this_connection_.fetch_add(1, std::memory_order_relaxed);
         m_published_ok_.Increment();
         m_sent_.Increment();
@@ -485,6 +506,16 @@ void mqtt_publisher::impl::reset_connection(const std::string& why) {
         } catch (const mqtt::exception&) {
         }
     }
+    // A fresh client: Paho keeps publishes that were queued but not yet written across a
+    // reconnect and sends them first on the new connection. Those would overtake the resend
+    // of older messages lost with the old socket, which broke the order in the restart test.
+    // Destroying the client discards its queue. Its late callbacks are ignored from here on.
+    {
+        std::lock_guard lk(mu_);
+        ++client_epoch_;
+    }
+    client_.reset();
+    make_client();
     log::warn(k_component, "disconnected",
               {{"cause", why},
                {"unacked", std::to_string(forgotten)},
