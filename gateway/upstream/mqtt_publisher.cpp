@@ -3,7 +3,8 @@
 // Design note. One sender thread owns the connection life cycle and the spool cursor:
 //   disconnected -> (backoff) -> connect over all uris -> publish "online" -> cursor = 0
 //   -> fill the in-flight window from spool.peek(cursor) -> ... -> connection lost -> forget
-//   every outstanding token, bump the generation -> disconnected.
+//   every outstanding token, bump the generation, replace the Paho client (its queue of
+//   unwritten publishes would otherwise overtake the resend) -> disconnected.
 // Paho's callback thread only completes deliveries: it removes the entry from `outstanding_`,
 // acks the spool and wakes the sender. Each publish carries a never-reused sequence number as
 // its user context, so a late callback from an earlier connection finds nothing and is ignored.
