@@ -16,6 +16,7 @@
 #include "gateway/bus.hpp"
 #include "gateway/http_server.hpp"
 #include "gateway/log.hpp"
+#include "gateway/read_model.hpp"
 #include "gateway/seq.hpp"
 #include "gateway/upstream/mqtt_publisher.hpp"
 #include "gateway/upstream/spool.hpp"
@@ -55,6 +56,9 @@ struct daemon::impl {
     std::unique_ptr<drivers::modbus::poller> poller;
     std::unique_ptr<upstream::mqtt_publisher> publisher;
     std::unique_ptr<http_server> http;
+    std::unique_ptr<read_model> reads;
+    std::shared_ptr<subscription> read_sub;
+    std::thread read_thread;
     std::atomic<bool> running{false};
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
@@ -119,7 +123,7 @@ struct daemon::impl {
 
         std::vector<config::device> modbus_devices;
         for (const auto& d : cfg.devices) {
-            if (d.driver == "modbus_tcp")
+            if (d.driver == "modbus_tcp" || d.driver == "modbus_rtu")
                 modbus_devices.push_back(d);
             else
                 throw std::runtime_error("device " + d.id + ": driver '" + d.driver +
@@ -133,6 +137,30 @@ struct daemon::impl {
         if (cfg.http.enabled) {
             http = std::make_unique<http_server>(cfg.http.host, cfg.http.port, registry,
                                                  [this] { return ready(); });
+            build_read_model();
+        }
+    }
+
+    // The query side: last values and device states, fed from the bus. drop_oldest: a
+    // read model that falls behind must never slow the pipeline (its drops are counted).
+    void build_read_model() {
+        std::vector<device_ref> refs;
+        for (const auto& d : cfg.devices)
+            refs.push_back({d.id, d.driver});
+        reads = std::make_unique<read_model>(points, std::move(refs));
+        std::vector<topic_pattern> all{*topic_pattern::compile("#")};
+        read_sub = bus->subscribe("read_model", all, k_rule_queue, overflow_policy::drop_oldest);
+        http->add_json("/api/v1/values", [this] { return reads->values_json(); });
+        http->add_json("/api/v1/devices", [this] { return reads->devices_json(); });
+    }
+
+    void read_loop() {
+        std::vector<event> events;
+        for (;;) {
+            events.clear();
+            read_sub->pop(events, 4096, steady::now() + std::chrono::milliseconds(500));
+            reads->apply(events);
+            if (events.empty() && read_sub->closed()) return;
         }
     }
 
@@ -215,6 +243,7 @@ struct daemon::impl {
     void start() {
         spool_started_log();
         if (http) http->start();
+        if (read_sub) read_thread = std::thread([this] { read_loop(); });
         publisher->start();
         rule_thread = std::thread([this] { rule_loop(); });
         poller->start();
@@ -250,6 +279,10 @@ struct daemon::impl {
         poller->stop();
         rule_sub->close();
         rule_thread.join();
+        if (read_sub) {
+            read_sub->close();
+            read_thread.join();
+        }
         {
             std::lock_guard lock(m);
             done = true;

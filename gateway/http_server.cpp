@@ -7,6 +7,8 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <list>
+#include <map>
 #include <stdexcept>
 #include <thread>
 
@@ -33,6 +35,7 @@ struct http_server::impl {
     prometheus::Registry& registry;
     std::function<readiness()> ready;
     std::atomic<int> connections{0};  // declared before io: sessions die with io's handlers
+    std::map<std::string, std::function<std::string()>, std::less<>> json_routes;
     asio::io_context io;
     tcp::acceptor acceptor{io};
     std::thread thread;
@@ -64,11 +67,10 @@ struct http_server::impl {
             auto r = ready();
             res.result(r.ready ? http::status::ok : http::status::service_unavailable);
             res.body() = r.ready ? "ready\n" : "not ready: " + r.reason + "\n";
-        } else if (target.rfind("/api/v1/", 0) == 0) {
-            res.result(http::status::not_implemented);
-            res.body() =
-                "the read API (/api/v1/values, /api/v1/devices) is not built yet in this version "
-                "of Ferry\n";
+        } else if (auto route = json_routes.find(target); route != json_routes.end()) {
+            res.result(http::status::ok);
+            res.set(http::field::content_type, "application/json");
+            res.body() = route->second();
         } else {
             res.result(http::status::not_found);
             res.body() = "not found\n";
@@ -87,6 +89,7 @@ struct http_server::impl {
         beast::flat_buffer buffer{k_header_limit + k_body_limit};
         std::optional<http::request_parser<http::string_body>> parser;
         http::response<http::string_body> res;
+        bool waiting = false;  // waiting for a request: may be evicted at the connection limit
 
         session(impl* s, tcp::socket sock) : server(s), stream(std::move(sock)) {
             ++server->connections;
@@ -94,6 +97,7 @@ struct http_server::impl {
         ~session() { --server->connections; }
 
         void read() {
+            waiting = true;
             parser.emplace();
             parser->header_limit(k_header_limit);
             parser->body_limit(k_body_limit);
@@ -105,6 +109,7 @@ struct http_server::impl {
         }
 
         void on_read(beast::error_code ec) {
+            waiting = false;
             if (ec == http::error::body_limit || ec == http::error::header_limit) {
                 res = {};
                 res.result(http::status::payload_too_large);
@@ -141,15 +146,38 @@ struct http_server::impl {
         }
     };
 
+    // Sessions in accept order (only touched on the server's thread).
+    std::list<std::weak_ptr<session>> sessions;
+
+    // At the limit, closes the oldest connection that is still waiting for its request.
+    bool evict_one() {
+        for (auto it = sessions.begin(); it != sessions.end();) {
+            auto s = it->lock();
+            if (!s) {
+                it = sessions.erase(it);
+                continue;
+            }
+            if (s->waiting) {
+                sessions.erase(it);
+                s->close();
+                return true;
+            }
+            ++it;
+        }
+        return false;
+    }
+
     void accept() {
         acceptor.async_accept([self = this](beast::error_code ec, tcp::socket sock) {
             if (!self->acceptor.is_open()) return;
             if (!ec) {
-                if (self->connections.load() >= k_max_connections) {
+                if (self->connections.load() >= k_max_connections && !self->evict_one()) {
                     beast::error_code ignored;
                     sock.close(ignored);
                 } else {
-                    std::make_shared<session>(self, std::move(sock))->read();
+                    auto s = std::make_shared<session>(self, std::move(sock));
+                    self->sessions.push_back(s);
+                    s->read();
                 }
             }
             self->accept();
@@ -192,6 +220,10 @@ void http_server::stop() {
     s.thread.join();
     beast::error_code ignored;
     s.acceptor.close(ignored);
+}
+
+void http_server::add_json(std::string path, std::function<std::string()> body) {
+    impl_->json_routes.emplace(std::move(path), std::move(body));
 }
 
 std::uint16_t http_server::port() const {

@@ -1,11 +1,12 @@
-// The HTTP server (Boost.Beast): /metrics, /healthz, /readyz; /api/v1/* answer 501 until
-// the read model is built.
+// The HTTP server (Boost.Beast): /metrics, /healthz, /readyz, and JSON routes added with
+// add_json() (the read API, /api/v1/*).
 //
 // It runs on its own io_context and thread, apart from the pipeline: a slow, idle or
 // hostile client can only cost this thread's time, never hold up polling or delivery.
 // Bounds: request head at most 8 KiB, body at most 1 KiB (larger → 413 and close), 10 s
-// to send a whole request (slowloris), at most 256 open connections (more are closed at
-// once), one request per read, keep-alive honoured.
+// to send a whole request (slowloris), at most 256 open connections: when a new one arrives
+// at the limit, the oldest connection still waiting for its request is closed to make room,
+// so idle or slow clients cannot lock out a scrape. Keep-alive honoured.
 //
 // Lifetime: start() binds (throws std::runtime_error naming the address if it cannot) and
 // spawns the thread; stop() closes everything and joins. Handlers run on that thread.
@@ -34,6 +35,10 @@ class http_server {
     ~http_server();
     http_server(const http_server&) = delete;
     http_server& operator=(const http_server&) = delete;
+
+    // Serves GET `path` with the JSON `body()` returns (called on the server's thread).
+    // Call before start().
+    void add_json(std::string path, std::function<std::string()> body);
 
     void start();
     void stop();

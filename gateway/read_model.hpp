@@ -1,0 +1,55 @@
+// The read model (the query side): the last value, quality, ts and seq of every point and
+// the state of every device, materialised from the bus and served by /api/v1/values and
+// /api/v1/devices.
+//
+// Device state is derived from the device's events: a device is `up` while the newest
+// sampling round (events sharing its newest ts) holds at least one good value, `down` when
+// it holds only bad ones or before its first event. `errors` counts its
+// bad-quality events; `last_ok_ts` is the newest ts of a good event.
+//
+// Thread-safe: apply() from one consumer thread, the JSON snapshots from any thread.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gateway/event.hpp"
+
+namespace ferry {
+
+struct device_ref {
+    std::string id;
+    std::string driver;
+};
+
+class read_model {
+  public:
+    read_model(const point_table& points, std::vector<device_ref> devices);
+
+    void apply(std::span<const event> events);
+
+    // [{"device","tag","value","quality","ts","seq"}], one per point that has been sampled.
+    std::string values_json() const;
+    // [{"id","driver","state","last_ok_ts","errors"}], one per configured device.
+    std::string devices_json() const;
+
+  private:
+    struct device_state {
+        device_ref ref;
+        std::int64_t newest_ts = -1;
+        bool newest_good = false;
+        std::int64_t last_ok_ts = -1;
+        std::uint64_t errors = 0;
+    };
+
+    const point_table& points_;
+    mutable std::mutex mu_;
+    std::vector<event> last_;             // per point id; seq 0 = never sampled
+    std::vector<std::size_t> device_of_;  // point id → index in devices_
+    std::vector<device_state> devices_;
+};
+
+}  // namespace ferry
