@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,7 +25,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -599,6 +602,231 @@ std::optional<double> metric(const std::string& text, const std::string& sample)
         pos = after;
     }
     return std::nullopt;
+}
+
+}  // namespace ferry::test
+
+// ---- Shared by the chaos tests -------------------------------------------------------------
+
+namespace ferry::test {
+
+std::string persistence_conf(const temp_dir& dir) {
+    ::chmod(dir.path().c_str(), 0777);
+    return "persistence true\npersistence_location " + dir.path() + "/\n";
+}
+
+test_pki::test_pki() {
+    const auto d = dir.path();
+    ca = d + "/ca.pem";
+    ca_key = d + "/ca.key";
+    server = d + "/server.pem";
+    server_key = d + "/server.key";
+    wrong_host_server = d + "/wrong-host.pem";
+    wrong_host_key = d + "/wrong-host.key";
+    untrusted_server = d + "/untrusted.pem";
+    untrusted_key = d + "/untrusted.key";
+    other_ca = d + "/other-ca.pem";
+    client = d + "/client.pem";
+    client_key = d + "/client.key";
+    write_file(d + "/ip.ext", "subjectAltName=IP:127.0.0.1\n");
+    write_file(d + "/dns.ext", "subjectAltName=DNS:elsewhere.invalid\n");
+    // One leaf: key + CSR, signed by `ca_file`/`ca_key_file`, with the SAN extension file.
+    auto leaf = [&](const std::string& cn, const std::string& cert, const std::string& key,
+                    const std::string& by, const std::string& by_key, const std::string& ext) {
+        std::vector<std::string> out{"openssl req -newkey rsa:2048 -nodes -subj /CN=" + cn +
+                                         " -keyout " + key + " -out " + cert + ".csr",
+                                     "openssl x509 -req -in " + cert + ".csr -CA " + by +
+                                         " -CAkey " + by_key + " -CAcreateserial -days 2" +
+                                         (ext.empty() ? "" : " -extfile " + ext) + " -out " + cert};
+        return out;
+    };
+    std::vector<std::string> cmds{
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ferry-test-ca -keyout " +
+            ca_key + " -out " + ca,
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout " + d +
+            "/other-ca.key -out " + other_ca,
+    };
+    for (auto& c : leaf("127.0.0.1", server, server_key, ca, ca_key, d + "/ip.ext"))
+        cmds.push_back(c);
+    for (auto& c :
+         leaf("elsewhere.invalid", wrong_host_server, wrong_host_key, ca, ca_key, d + "/dns.ext"))
+        cmds.push_back(c);
+    for (auto& c : leaf("127.0.0.1", untrusted_server, untrusted_key, other_ca, d + "/other-ca.key",
+                        d + "/ip.ext"))
+        cmds.push_back(c);
+    for (auto& c : leaf("gw1", client, client_key, ca, ca_key, ""))
+        cmds.push_back(c);
+    // mosquitto drops root to its own user: let it read the files.
+    cmds.push_back("chmod 755 " + d + " && chmod 644 " + d + "/*");
+    for (const auto& c : cmds) {
+        process p({"/bin/sh", "-c", c}, d + "/openssl.log");
+        auto rc = p.wait(30000ms);
+        if (!rc || *rc != 0) {
+            throw std::runtime_error("test_pki: failed: " + c + "\n" + tail_of(d + "/openssl.log"));
+        }
+    }
+}
+
+std::string test_pki::tls_listener(std::uint16_t port, const std::string& cert,
+                                   const std::string& key) const {
+    return "listener " + std::to_string(port) + " 127.0.0.1\ncafile " + ca + "\ncertfile " + cert +
+           "\nkeyfile " + key + "\nrequire_certificate true\n";
+}
+
+std::vector<std::string> holding_registers(int n) {
+    std::vector<std::string> out;
+    for (int i = 0; i < n; ++i)
+        out.push_back("holding:" + std::to_string(i) + "=u16:" + std::to_string(i));
+    return out;
+}
+
+std::string ferry_yaml(const ferry_options& o) {
+    std::string y = "gateway:\n  id: " + o.gateway + "\n  data_dir: " + o.data_dir +
+                    "\n  log_level: " + o.log_level + "\n";
+    if (o.http_port != 0) y += "http: { listen: 127.0.0.1:" + std::to_string(o.http_port) + " }\n";
+    y += "devices:\n  - id: d1\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " +
+         std::to_string(o.modbus_port) + "\n    poll_interval: " + o.poll +
+         "\n    timeout: 1s\n    points:\n";
+    for (int i = 0; i < o.registers; ++i) {
+        y += "      - { name: r" + std::to_string(i) +
+             ", table: holding, address: " + std::to_string(i) + ", type: uint16 }\n";
+    }
+    y += "rules:\n  - name: all\n    match: [\"#\"]\n    batch: { max_events: " +
+         std::to_string(o.max_events) + ", max_age: " + o.max_age +
+         " }\n    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n";
+    y += "upstream:\n  mqtt:\n    uris: [";
+    for (std::size_t i = 0; i < o.uris.size(); ++i)
+        y += (i ? ", \"" : "\"") + o.uris[i] + "\"";
+    y += "]\n    inflight: " + std::to_string(o.inflight) + "\n";
+    if (!o.tls.empty()) y += "    tls: " + o.tls + "\n";
+    y += "  spool:\n    path: \"{data_dir}/spool.db\"\n    max_bytes: " + o.max_bytes +
+         "\n    when_full: " + o.when_full + "\n    fsync: " + o.fsync + "\n";
+    return y;
+}
+
+std::string metrics_text(std::uint16_t port) {
+    auto r = http_get(port, "/metrics", 3000ms);
+    return r.status == 200 ? r.body : std::string();
+}
+
+double metric_value(std::uint16_t port, const std::string& sample, double fallback) {
+    return metric(metrics_text(port), sample).value_or(fallback);
+}
+
+std::vector<upstream_message> parse_upstream(const std::vector<mqtt_message>& msgs,
+                                             const std::string& prefix) {
+    std::vector<upstream_message> out;
+    for (const auto& m : msgs) {
+        if (m.topic.rfind(prefix, 0) != 0) continue;
+        auto j = nlohmann::json::parse(m.payload);
+        upstream_message u;
+        u.topic = m.topic;
+        u.payload = m.payload;
+        u.batch = j.at("batch").get<std::uint64_t>();
+        for (const auto& e : j.at("events")) {
+            upstream_event ev;
+            ev.seq = e.at("seq").get<std::uint64_t>();
+            ev.device = e.at("device").get<std::string>();
+            ev.tag = e.at("tag").get<std::string>();
+            ev.quality = e.at("quality").get<std::string>();
+            ev.ts = e.at("ts").get<std::int64_t>();
+            u.events.push_back(std::move(ev));
+        }
+        out.push_back(std::move(u));
+    }
+    return out;
+}
+
+std::string delivery_check::summary() const {
+    std::string s = "arrived=" + std::to_string(arrived) + " distinct=" + std::to_string(distinct) +
+                    " repeats=" + std::to_string(repeats) +
+                    " max_repeat_distance=" + std::to_string(max_repeat_distance) +
+                    " conflicting=" + std::to_string(conflicting) +
+                    " reordered=" + std::to_string(reordered) +
+                    " events=" + std::to_string(events) + " seq=" + std::to_string(first_seq) +
+                    ".." + std::to_string(last_seq);
+    for (const auto& [topic, first] : first_batch) {
+        s += " " + topic + ":batch=" + std::to_string(first) + ".." +
+             std::to_string(last_batch.at(topic));
+        auto g = batch_gaps.find(topic);
+        s += " batch_gaps=" + std::to_string(g == batch_gaps.end() ? 0 : g->second.size());
+        if (g != batch_gaps.end()) {
+            for (const auto& [a, b] : g->second)
+                s += " (" + std::to_string(a) + "->" + std::to_string(b) + ")";
+        }
+    }
+    s += " seq_gaps=" + std::to_string(seq_gaps.size());
+    for (const auto& g : seq_gaps) {
+        s += " (" + std::to_string(g.before) + "->" + std::to_string(g.after) + ", " +
+             std::to_string(g.ts_after - g.ts_before) + "ms)";
+    }
+    return s;
+}
+
+delivery_check check_delivery(const std::vector<upstream_message>& msgs) {
+    delivery_check c;
+    std::map<std::pair<std::string, std::uint64_t>, const upstream_message*> seen;
+    std::map<std::string, std::uint64_t> newest;  // highest batch seen per topic
+    std::map<std::pair<std::string, std::string>, std::uint64_t> last_seq_of;  // device/tag
+    std::map<std::uint64_t, std::int64_t> seqs;                                // seq -> ts
+    for (const auto& m : msgs) {
+        ++c.arrived;
+        auto key = std::make_pair(m.topic, m.batch);
+        if (auto it = seen.find(key); it != seen.end()) {
+            ++c.repeats;
+            if (it->second->payload != m.payload) ++c.conflicting;
+            c.max_repeat_distance = std::max(c.max_repeat_distance, newest[m.topic] - m.batch);
+            continue;
+        }
+        seen.emplace(key, &m);
+        ++c.distinct;
+        auto nw = newest.find(m.topic);
+        if (nw != newest.end() && m.batch < nw->second) ++c.reordered;
+        if (nw == newest.end() || m.batch > nw->second) newest[m.topic] = m.batch;
+        for (const auto& e : m.events) {
+            if (!seqs.emplace(e.seq, e.ts).second) continue;  // a seq seen before (dedupe)
+            auto& last = last_seq_of[{e.device, e.tag}];
+            if (e.seq <= last) ++c.reordered;
+            last = std::max(last, e.seq);
+        }
+    }
+    std::map<std::string, std::set<std::uint64_t>> batches;
+    for (const auto& [key, m] : seen)
+        batches[key.first].insert(key.second);
+    for (const auto& [topic, set] : batches) {
+        c.first_batch[topic] = *set.begin();
+        c.last_batch[topic] = *set.rbegin();
+        std::uint64_t prev = 0;
+        bool first = true;
+        for (auto b : set) {
+            if (!first && b != prev + 1) c.batch_gaps[topic].emplace_back(prev, b);
+            prev = b;
+            first = false;
+        }
+    }
+    c.events = seqs.size();
+    if (!seqs.empty()) {
+        c.first_seq = seqs.begin()->first;
+        c.last_seq = seqs.rbegin()->first;
+        auto prev = seqs.begin();
+        for (auto it = std::next(seqs.begin()); it != seqs.end(); prev = it++) {
+            if (it->first != prev->first + 1)
+                c.seq_gaps.push_back({prev->first, it->first, prev->second, it->second});
+        }
+    }
+    return c;
+}
+
+std::uint64_t file_size_or_zero(const std::string& path) {
+    std::error_code ec;
+    auto n = std::filesystem::file_size(path, ec);
+    return ec ? 0 : static_cast<std::uint64_t>(n);
+}
+
+std::int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
 }
 
 }  // namespace ferry::test

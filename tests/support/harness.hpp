@@ -195,3 +195,111 @@ http_response http_get(std::uint16_t port, const std::string& path,
 std::optional<double> metric(const std::string& text, const std::string& sample);
 
 }  // namespace ferry::test
+
+// ---- Shared by the chaos tests (and any test that drives `ferry run`) ----------------------
+
+namespace ferry::test {
+
+// mosquitto config lines that keep sessions across a clean broker restart (stop() then
+// start()): a persistent subscriber's subscription and the QoS 1 messages queued for it are
+// saved at stop and restored at start, so a recorder does not miss what a publisher sent to
+// the restarted broker before the recorder reconnected. `dir` holds the database (it is made
+// writable for mosquitto, which drops root).
+std::string persistence_conf(const temp_dir& dir);
+
+// A throwaway PKI made by openssl(1) in a temp dir (files readable by mosquitto): a CA; a
+// server certificate for IP 127.0.0.1 signed by it; one signed by it for another host only
+// (DNS:elsewhere.invalid); one for 127.0.0.1 signed by another CA; a client certificate
+// signed by the CA. Throws std::runtime_error if openssl fails.
+struct test_pki {
+    temp_dir dir;
+    std::string ca, ca_key, server, server_key, wrong_host_server, wrong_host_key, untrusted_server,
+        untrusted_key, other_ca, client, client_key;
+    test_pki();
+    // mosquitto lines for a TLS listener on 127.0.0.1:port with this certificate and key,
+    // requiring a client certificate signed by `ca`.
+    std::string tls_listener(std::uint16_t port, const std::string& cert,
+                             const std::string& key) const;
+};
+
+// `n` holding registers 0..n-1 for modbus_sim, register i holding the value i.
+std::vector<std::string> holding_registers(int n);
+
+// A config for `ferry run`: one Modbus TCP device "d1" reading holding registers 0..registers-1
+// (points r0, r1, ...), one rule "all" over every point publishing to
+// "plant/{gateway}/{device}" at QoS 1, the spool in data_dir.
+struct ferry_options {
+    std::string gateway = "chaos-gw";
+    std::string data_dir;
+    std::uint16_t http_port = 0;    // 0: no http section
+    std::uint16_t modbus_port = 0;  // required
+    int registers = 200;
+    std::string poll = "100ms";
+    std::size_t max_events = 100;
+    std::string max_age = "500ms";
+    std::vector<std::string> uris;
+    std::string tls;  // the value of upstream.mqtt.tls, e.g. "{ ca_file: x }", or empty
+    int inflight = 16;
+    std::string max_bytes = "64MiB";
+    std::string when_full = "drop_oldest";
+    std::string fsync = "batch";
+    std::string log_level = "info";
+};
+std::string ferry_yaml(const ferry_options& o);
+
+// GET /metrics of a ferry on 127.0.0.1:port (empty when it does not answer), and one sample.
+std::string metrics_text(std::uint16_t port);
+// The sample's value, or `fallback` when ferry does not answer or the sample is absent.
+double metric_value(std::uint16_t port, const std::string& sample, double fallback = -1);
+
+// One upstream message (CONTRACT.md: {"gateway","batch","events":[...]}) as it arrived.
+struct upstream_event {
+    std::uint64_t seq = 0;
+    std::string device;
+    std::string tag;
+    std::string quality;
+    std::int64_t ts = 0;  // Unix ms at sampling
+};
+struct upstream_message {
+    std::string topic;
+    std::string payload;
+    std::uint64_t batch = 0;
+    std::vector<upstream_event> events;
+};
+// The messages on topics starting with `prefix`, in arrival order (the status topic is left
+// out by choosing the prefix). Throws on a payload that is not the contract's JSON.
+std::vector<upstream_message> parse_upstream(const std::vector<mqtt_message>& msgs,
+                                             const std::string& prefix = "plant/");
+
+// What a consumer deduplicating on (gateway, seq) and watching `batch` sees in a stream.
+struct delivery_check {
+    std::size_t arrived = 0;   // messages, repeats included
+    std::size_t distinct = 0;  // distinct (topic, batch)
+    std::size_t repeats = 0;   // arrivals of a (topic, batch) seen before
+    // How many batches behind the newest one on its topic a repeat was (0 if no repeat): a
+    // repeat from within the in-flight window is at most `inflight` behind.
+    std::uint64_t max_repeat_distance = 0;
+    std::size_t conflicting = 0;  // a repeated batch number with different content
+    std::size_t reordered = 0;    // first arrivals out of batch order, or out of seq order per
+                                  // device/tag after dropping repeated seqs
+    std::map<std::string, std::uint64_t> first_batch, last_batch;  // per topic
+    // Per topic: (last batch before, first batch after) for every hole in the batch numbers.
+    std::map<std::string, std::vector<std::pair<std::uint64_t, std::uint64_t>>> batch_gaps;
+    std::size_t events = 0;  // distinct seq
+    std::uint64_t first_seq = 0, last_seq = 0;
+    struct seq_gap {
+        std::uint64_t before = 0, after = 0;  // the seqs on either side of the hole
+        std::int64_t ts_before = 0, ts_after = 0;
+    };
+    std::vector<seq_gap> seq_gaps;  // holes in the sorted distinct seqs
+    std::string summary() const;    // one line, for MESSAGE()
+};
+delivery_check check_delivery(const std::vector<upstream_message>& msgs);
+
+// Size of a file in bytes, 0 when it does not exist.
+std::uint64_t file_size_or_zero(const std::string& path);
+
+// Unix time in milliseconds.
+std::int64_t unix_ms();
+
+}  // namespace ferry::test
