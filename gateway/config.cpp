@@ -43,7 +43,6 @@ struct not_built_row {
 
 constexpr not_built_row k_not_built_yet[] = {
     {"commands.enabled", "true", "'commands' (downlink writes)"},
-    {"devices[].driver", "modbus_rtu", "driver 'modbus_rtu'"},
     {"devices[].driver", "serial_line", "driver 'serial_line'"},
 };
 
@@ -121,6 +120,8 @@ constexpr option k_device_options[] = {
     {"poll_interval", "duration > 0", "1s", "How often all points are read.", k_modbus},
     {"timeout", "duration > 0", "500ms", "Answer timeout of one request.", k_modbus},
     {"retries", "integer 0..100", "2", "Retries of a failed request within one poll.", k_modbus},
+    {"max_gap", "integer 0..124", "16",
+     "Unused registers a read may bridge to join two points into one request.", k_modbus},
     {"serial", "map", "required", "The serial line (see `devices[].serial`).", k_serial},
     {"framing", "map", "{ delimiter: \"\\n\" }", "How the byte stream is cut into frames.", k_line},
     {"parse", "map", "required", "How a frame becomes point values.", k_line},
@@ -1041,6 +1042,7 @@ void loader::device_entry(const value_ref& v, device& d) {
     set_dur(m, "poll_interval", d.poll_interval, true);
     set_dur(m, "timeout", d.timeout, true);
     set(m, "retries", d.retries, 0, 100);
+    set(m, "max_gap", d.max_gap, 0, 124);
     if ((bit & k_serial) && m.require("serial")) d.serial = serial(*m.get("serial"), bit);
     parse_refs refs;
     if (bit == k_line) serial_line(m, d, refs);

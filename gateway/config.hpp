@@ -126,6 +126,7 @@ struct device {
     duration poll_interval{1000};
     duration timeout{500};
     int retries = 2;
+    std::uint32_t max_gap = 16;  // Modbus: unused registers bridged to save a request
     std::optional<serial_settings> serial;
     std::vector<point> points;
     mark where;

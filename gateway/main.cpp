@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "drivers/modbus/probe.hpp"
 #include "gateway/config.hpp"
 #include "gateway/daemon.hpp"
 #include "gateway/log.hpp"
@@ -84,10 +85,7 @@ int main(int argc, char** argv) {
         std::fputs(k_usage_text, stdout);
         return k_ok;
     }
-    if (cmd == "probe") {
-        std::fprintf(stderr, "ferry: 'probe' is not built yet in this version of Ferry\n");
-        return k_runtime;
-    }
+    if (cmd == "probe") return ferry::drivers::modbus::probe_main(args, stdout, stderr);
     if (cmd != "run" && cmd != "check") return usage(("unknown command '" + cmd + "'").c_str());
 
     std::string file, why;

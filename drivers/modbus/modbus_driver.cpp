@@ -1,7 +1,5 @@
 #include "drivers/modbus/modbus_driver.hpp"
 
-#include <modbus.h>
-
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
@@ -9,119 +7,38 @@
 #include <prometheus/registry.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <condition_variable>
-#include <cstring>
+#include <map>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <thread>
 
 #include "drivers/modbus/codec.hpp"
+#include "drivers/modbus/link.hpp"
+#include "drivers/modbus/plan.hpp"
 #include "gateway/log.hpp"
 
 namespace ferry::drivers::modbus {
 namespace {
 
 using steady = std::chrono::steady_clock;
-
-constexpr std::uint32_t k_max_registers = 125;  // per read request (FC 3/4)
-constexpr std::uint32_t k_max_bits = 2000;      // per read request (FC 1/2)
-constexpr std::uint32_t k_max_gap = 16;         // unused registers bridged to save a request
 constexpr auto k_max_backoff = std::chrono::seconds(30);
 
-bool is_bit_table(config::table t) {
-    return t == config::table::coil || t == config::table::discrete;
-}
-
-// Errors after which the TCP stream can no longer be trusted: reopen the connection.
-bool connection_lost(int err) {
-    return err == ETIMEDOUT || err == ECONNRESET || err == EPIPE || err == EBADF ||
-           err == ENOTCONN || err == ECONNREFUSED || err == EMBBADDATA || err == EMBBADCRC;
-}
-
-std::string error_reason(int err) {
-    switch (err) {
-        case ETIMEDOUT:
-            return "timeout";
-        case EMBXILFUN:
-            return "illegal_function";
-        case EMBXILADD:
-            return "illegal_address";
-        case EMBXILVAL:
-            return "illegal_value";
-        case EMBXSFAIL:
-            return "device_failure";
-        case EMBXSBUSY:
-            return "device_busy";
-        case EMBXGPATH:
-        case EMBXGTAR:
-            return "gateway_error";
-        case EMBBADCRC:
-            return "bad_crc";
-        case EMBBADDATA:
-            return "bad_data";
-        case EMBBADEXC:
-            return "bad_exception";
-        case EMBMDATA:
-            return "too_many_data";
-        case EMBBADSLAVE:
-            return "bad_slave";
-        default:
-            return "io";
-    }
-}
-
-struct read_block {
-    config::table tbl;
-    std::uint32_t start = 0;
-    std::uint32_t count = 0;
-    std::vector<std::size_t> points;  // indexes into device points
-};
-
-// Groups points of one table into the fewest requests within the protocol limits.
-std::vector<read_block> plan_blocks(const std::vector<config::point>& points) {
-    std::vector<std::size_t> order(points.size());
-    for (std::size_t i = 0; i < order.size(); ++i)
-        order[i] = i;
-    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-        if (points[a].tbl != points[b].tbl) return points[a].tbl < points[b].tbl;
-        return points[a].address < points[b].address;
-    });
-    std::vector<read_block> blocks;
-    for (auto i : order) {
-        const auto& p = points[i];
-        std::uint32_t n = config::register_count(p);
-        std::uint32_t limit = is_bit_table(p.tbl) ? k_max_bits : k_max_registers;
-        if (!blocks.empty()) {
-            auto& b = blocks.back();
-            std::uint32_t end = std::max(b.start + b.count, p.address + n);
-            if (b.tbl == p.tbl && p.address <= b.start + b.count + k_max_gap &&
-                end - b.start <= limit) {
-                b.count = end - b.start;
-                b.points.push_back(i);
-                continue;
-            }
-        }
-        blocks.push_back(read_block{p.tbl, p.address, n, {i}});
-    }
-    return blocks;
-}
-
-}  // namespace
+struct line;
 
 struct device_rt {
     config::device cfg;
+    std::size_t index = 0;  // in the constructor's order
+    line* ln = nullptr;
     std::vector<point_id> ids;
     std::vector<read_block> blocks;
-    modbus_t* ctx = nullptr;
     bool up = false;
-    bool busy = false;
     steady::time_point next_due;
     steady::time_point retry_at;
     std::chrono::milliseconds backoff{0};
-    device_status status;
-    std::vector<std::uint16_t> regs;
-    std::vector<std::uint8_t> bits;
+    device_status status;  // written by the polling worker under the poller's lock
+    std::vector<std::uint16_t> regs = std::vector<std::uint16_t>(k_max_bits);
     std::vector<event> out;
 
     prometheus::Counter* polls_ok = nullptr;
@@ -132,20 +49,29 @@ struct device_rt {
     prometheus::Gauge* up_gauge = nullptr;
     prometheus::Histogram* poll_seconds = nullptr;
     prometheus::Family<prometheus::Counter>* errors_family = nullptr;
-
-    void close() {
-        if (ctx) {
-            modbus_close(ctx);
-            modbus_free(ctx);
-            ctx = nullptr;
-        }
-    }
+    std::map<std::string, prometheus::Counter*> errors;
 };
+
+// One TCP device, or one serial port with every unit on it: served by one worker at a time.
+struct line {
+    std::unique_ptr<link> lnk;
+    std::vector<device_rt*> devices;
+    bool busy = false;
+};
+
+// What one poll changes in a device's status, applied under the poller's lock.
+struct poll_outcome {
+    bool ok = false;
+    std::uint64_t requests = 0;
+};
+
+}  // namespace
 
 struct poller::impl {
     driver_context ctx;
     std::size_t max_workers;
     std::vector<std::unique_ptr<device_rt>> devices;
+    std::vector<std::unique_ptr<line>> lines;
     mutable std::mutex mu;
     std::condition_variable cv;
     bool stopping = false;
@@ -185,14 +111,18 @@ struct poller::impl {
                             .Register(ctx.registry);
         prometheus::Histogram::BucketBoundaries bounds{
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+
+        std::map<std::string, line*> serial_lines;
+        std::map<std::string, const config::device*> serial_owner;
         for (auto& d : devs) {
             auto rt = std::make_unique<device_rt>();
+            rt->index = devices.size();
             for (const auto& p : d.points) {
                 auto id = ctx.points.find(d.id + "/" + p.name);
                 if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
                 rt->ids.push_back(*id);
             }
-            rt->blocks = plan_blocks(d.points);
+            rt->blocks = plan_blocks(d.points, d.max_gap);
             rt->polls_ok = &polls.Add({{"device", d.id}, {"result", "ok"}});
             rt->polls_error = &polls.Add({{"device", d.id}, {"result", "error"}});
             rt->overruns = &overrun.Add({{"device", d.id}});
@@ -202,13 +132,49 @@ struct poller::impl {
             rt->poll_seconds = &seconds.Add({{"device", d.id}}, bounds);
             rt->errors_family = &errors;
             rt->cfg = std::move(d);
+            rt->ln = line_for(*rt, serial_lines, serial_owner);
+            rt->ln->devices.push_back(rt.get());
             devices.push_back(std::move(rt));
         }
     }
 
+    line* line_for(const device_rt& d, std::map<std::string, line*>& serial_lines,
+                   std::map<std::string, const config::device*>& owner) {
+        if (d.cfg.driver == "modbus_tcp") {
+            lines.push_back(std::make_unique<line>());
+            lines.back()->lnk = make_tcp_link(d.cfg.host, d.cfg.port);
+            return lines.back().get();
+        }
+        if (d.cfg.driver != "modbus_rtu" || !d.cfg.serial)
+            throw std::invalid_argument("device " + d.cfg.id + ": not a Modbus device");
+        const auto& s = *d.cfg.serial;
+        auto it = serial_lines.find(s.port);
+        if (it == serial_lines.end()) {
+            lines.push_back(std::make_unique<line>());
+            lines.back()->lnk = make_rtu_link(s);
+            serial_lines[s.port] = lines.back().get();
+            owner[s.port] = &d.cfg;
+            return lines.back().get();
+        }
+        const auto& first = *owner[s.port];
+        const auto& fs = *first.serial;
+        if (fs.baud != s.baud || fs.par != s.par || fs.data_bits != s.data_bits ||
+            fs.stop_bits != s.stop_bits)
+            throw std::invalid_argument("device " + d.cfg.id + ": serial port " + s.port +
+                                        " is shared with device " + first.id +
+                                        " but with other settings");
+        for (const auto* other : it->second->devices) {
+            if (other->cfg.unit_id == d.cfg.unit_id)
+                throw std::invalid_argument("device " + d.cfg.id + ": unit_id " +
+                                            std::to_string(d.cfg.unit_id) + " on " + s.port +
+                                            " is already device " + other->cfg.id);
+        }
+        return it->second;
+    }
+
     ~impl() {
-        for (auto& d : devices)
-            d->close();
+        for (auto& l : lines)
+            l->lnk->close();
     }
 
     void set_up(device_rt& d, bool up) {
@@ -221,127 +187,115 @@ struct poller::impl {
             log::warn("modbus", "device down", {{"device", d.cfg.id}});
     }
 
-    void count_error(device_rt& d, const std::string& reason) {
-        d.errors_family->Add({{"device", d.cfg.id}, {"reason", reason}}).Increment();
+    void count_error(device_rt& d, const read_result& r, const read_block& b) {
+        auto why = reason(r);
+        auto it = d.errors.find(why);
+        if (it == d.errors.end())
+            it = d.errors
+                     .emplace(why, &d.errors_family->Add({{"device", d.cfg.id}, {"reason", why}}))
+                     .first;
+        it->second->Increment();
+        log::debug("modbus", "request failed",
+                   {{"device", d.cfg.id},
+                    {"reason", why},
+                    {"address", std::to_string(b.start)},
+                    {"count", std::to_string(b.count)}});
     }
 
-    bool connect(device_rt& d) {
-        if (d.ctx) return true;
-        auto port = std::to_string(d.cfg.port);
-        d.ctx = modbus_new_tcp_pi(d.cfg.host.c_str(), port.c_str());
-        if (!d.ctx) {
-            count_error(d, "io");
-            return false;
+    // One block, with retries for a device that is up. A protocol exception is the device's
+    // definite answer and is not retried.
+    read_result read_block_once(device_rt& d, const read_block& b, poll_outcome& o) {
+        const int attempts = d.up ? 1 + d.cfg.retries : 1;
+        read_result r;
+        for (int a = 0; a < attempts; ++a) {
+            ++o.requests;
+            r = d.ln->lnk->read(d.cfg.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
+                                static_cast<std::uint16_t>(b.count), d.cfg.timeout, d.regs.data());
+            if (r.ok()) return r;
+            count_error(d, r, b);
+            if (r.err == fault::exception) return r;
         }
-        auto ms = d.cfg.timeout.count();
-        modbus_set_response_timeout(d.ctx, static_cast<std::uint32_t>(ms / 1000),
-                                    static_cast<std::uint32_t>((ms % 1000) * 1000));
-        modbus_set_slave(d.ctx, d.cfg.unit_id);
-        if (modbus_connect(d.ctx) == -1) {
-            int err = errno;
-            log::warn("modbus", "connect failed",
-                      {{"device", d.cfg.id},
-                       {"host", d.cfg.host},
-                       {"port", port},
-                       {"error", modbus_strerror(err)}});
-            count_error(d, "connect");
-            d.close();
-            return false;
-        }
-        return true;
+        return r;
     }
 
-    // Reads one block, with retries. Returns 0 or the errno of the last failure.
-    int read_block_regs(device_rt& d, const read_block& b) {
-        int err = 0;
-        for (int attempt = 0; attempt <= d.cfg.retries; ++attempt) {
-            if (!connect(d)) return ECONNREFUSED;
-            int rc;
-            auto addr = static_cast<int>(b.start);
-            auto n = static_cast<int>(b.count);
-            switch (b.tbl) {
-                case config::table::holding:
-                    d.regs.resize(b.count);
-                    rc = modbus_read_registers(d.ctx, addr, n, d.regs.data());
-                    break;
-                case config::table::input:
-                    d.regs.resize(b.count);
-                    rc = modbus_read_input_registers(d.ctx, addr, n, d.regs.data());
-                    break;
-                case config::table::coil:
-                    d.bits.resize(b.count);
-                    rc = modbus_read_bits(d.ctx, addr, n, d.bits.data());
-                    break;
-                case config::table::discrete:
-                default:
-                    d.bits.resize(b.count);
-                    rc = modbus_read_input_bits(d.ctx, addr, n, d.bits.data());
-                    break;
+    void emit(device_rt& d, const read_block& b, bool ok, wall_clock::time_point ts) {
+        for (auto i : b.points) {
+            event e;
+            e.point = d.ids[i];
+            e.ts = ts;
+            const auto& p = d.cfg.points[i];
+            if (!ok) {
+                e.quality = quality::bad;
+            } else if (is_bit_table(b.tbl)) {
+                e.value = decode_bit(p, static_cast<std::uint8_t>(d.regs[p.address - b.start]));
+            } else {
+                const auto n = config::register_count(p);
+                e.value = decode_registers(
+                    p, std::span<const std::uint16_t>(d.regs.data() + (p.address - b.start), n));
+                if (std::holds_alternative<std::monostate>(e.value)) e.quality = quality::bad;
             }
-            if (rc == n) return 0;
-            err = rc == -1 ? errno : EMBMDATA;
-            count_error(d, error_reason(err));
-            // A protocol exception is the device's definite answer: retrying will not help.
-            if (err >= EMBXILFUN && err <= EMBXGTAR) return err;
-            if (connection_lost(err)) d.close();
+            d.out.push_back(std::move(e));
         }
-        return err;
     }
 
-    void poll(device_rt& d) {
-        auto started = steady::now();
+    poll_outcome poll(device_rt& d) {
+        const auto started = steady::now();
+        poll_outcome o;
         d.out.clear();
         bool all_ok = true;
+        bool answered = false;
         bool reachable = true;
-        for (const auto& b : d.blocks) {
-            int err = reachable ? read_block_regs(d, b) : ECONNREFUSED;
-            auto ts = wall_clock::now();
-            if (err != 0) {
-                all_ok = false;
-                if (!d.ctx) reachable = false;  // no connection left: the rest would fail too
+        // d.blocks may grow while we go: a block split on an illegal address is replaced by
+        // its two halves, and the first half is read next.
+        for (std::size_t k = 0; k < d.blocks.size(); ++k) {
+            read_result r{fault::timeout};
+            if (reachable) r = read_block_once(d, d.blocks[k], o);
+            if (!r.unanswered()) answered = true;
+            if (r.err == fault::exception && r.exception == k_illegal_address &&
+                d.blocks[k].points.size() > 1) {
+                auto halves = split_block(d.blocks[k], d.cfg.points);
+                log::info("modbus", "illegal address: splitting a block",
+                          {{"device", d.cfg.id},
+                           {"address", std::to_string(d.blocks[k].start)},
+                           {"count", std::to_string(d.blocks[k].count)}});
+                d.blocks[k] = std::move(halves.first);
+                d.blocks.insert(d.blocks.begin() + static_cast<std::ptrdiff_t>(k) + 1,
+                                std::move(halves.second));
+                --k;
+                continue;
             }
-            for (auto i : b.points) {
-                event e;
-                e.point = d.ids[i];
-                e.ts = ts;
-                const auto& p = d.cfg.points[i];
-                if (err != 0) {
-                    e.quality = quality::bad;
-                } else if (is_bit_table(b.tbl)) {
-                    e.value = decode_bit(p, d.bits[p.address - b.start]);
-                } else {
-                    auto n = config::register_count(p);
-                    e.value = decode_registers(p, std::span<const std::uint16_t>(
-                                                      d.regs.data() + (p.address - b.start), n));
-                    if (std::holds_alternative<std::monostate>(e.value)) e.quality = quality::bad;
-                }
-                d.out.push_back(std::move(e));
-            }
+            if (!r.ok()) all_ok = false;
+            // No answer at all: the device (or the connection) is gone; the rest would only
+            // cost more timeouts, on a serial line at the other units' expense.
+            if (r.unanswered()) reachable = false;
+            emit(d, d.blocks[k], r.ok(), wall_clock::now());
         }
         if (!d.out.empty()) {
-            auto first = ctx.seq.next_n(d.out.size());
+            const auto first = ctx.seq.next_n(d.out.size());
             for (std::size_t i = 0; i < d.out.size(); ++i)
                 d.out[i].seq = first + i;
         }
         d.poll_seconds->Observe(std::chrono::duration<double>(steady::now() - started).count());
+        o.ok = all_ok;
         if (all_ok) {
             d.polls_ok->Increment();
-            ++d.status.polls_ok;
             d.backoff = std::chrono::milliseconds(0);
-            set_up(d, true);
+            d.retry_at = {};
         } else {
             d.polls_error->Increment();
-            ++d.status.polls_failed;
-            if (!reachable) {
-                set_up(d, false);
-                // Exponential backoff with jitter for a device that does not answer at all.
-                auto base = d.backoff.count() == 0 ? d.cfg.poll_interval : d.backoff * 2;
-                d.backoff = std::min<std::chrono::milliseconds>(base, k_max_backoff);
-                std::uniform_real_distribution<double> jitter(0.8, 1.2);
-                d.retry_at =
-                    steady::now() + std::chrono::milliseconds(static_cast<std::int64_t>(
-                                        static_cast<double>(d.backoff.count()) * jitter(rng)));
-            }
+        }
+        if (answered) {
+            set_up(d, true);
+            d.backoff = std::chrono::milliseconds(0);
+            d.retry_at = {};
+        } else {
+            set_up(d, false);
+            // Exponential backoff with jitter for a device that does not answer at all.
+            const auto base = d.backoff.count() == 0 ? d.cfg.poll_interval : d.backoff * 2;
+            d.backoff = std::min<std::chrono::milliseconds>(base, k_max_backoff);
+            std::uniform_real_distribution<double> jitter(0.8, 1.2);
+            d.retry_at = steady::now() + std::chrono::milliseconds(static_cast<std::int64_t>(
+                                             static_cast<double>(d.backoff.count()) * jitter(rng)));
         }
         std::uint64_t good = 0;
         for (const auto& e : d.out)
@@ -350,12 +304,13 @@ struct poller::impl {
         // May block when the pipeline applies backpressure (spool full, when_full: block).
         ctx.bus.publish(d.out);
         d.events_sent->Increment(static_cast<double>(d.out.size()));
+        return o;
     }
 
     void reschedule(device_rt& d, steady::time_point now) {
         d.next_due += d.cfg.poll_interval;
         if (d.next_due <= now) {
-            auto missed = (now - d.next_due) / d.cfg.poll_interval + 1;
+            const auto missed = (now - d.next_due) / d.cfg.poll_interval + 1;
             d.next_due += d.cfg.poll_interval * missed;
             d.overruns->Increment(static_cast<double>(missed));
             d.status.overruns += static_cast<std::uint64_t>(missed);
@@ -370,7 +325,7 @@ struct poller::impl {
         while (!stopping) {
             device_rt* next = nullptr;
             for (auto& d : devices) {
-                if (!d->busy && (!next || d->next_due < next->next_due)) next = d.get();
+                if (!d->ln->busy && (!next || d->next_due < next->next_due)) next = d.get();
             }
             if (!next) {
                 cv.wait(lock);
@@ -380,11 +335,14 @@ struct poller::impl {
                 cv.wait_until(lock, next->next_due);
                 continue;  // re-evaluate: another worker may have taken it, or we stop
             }
-            next->busy = true;
+            next->ln->busy = true;
             lock.unlock();
-            poll(*next);
+            const auto o = poll(*next);
             lock.lock();
-            next->busy = false;
+            next->ln->busy = false;
+            next->status.up = next->up;
+            next->status.requests += o.requests;
+            ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
             reschedule(*next, steady::now());
             cv.notify_all();
         }
@@ -402,10 +360,10 @@ poller::~poller() {
 void poller::start() {
     std::lock_guard lock(impl_->mu);
     if (!impl_->workers.empty()) return;
-    auto now = steady::now();
+    const auto now = steady::now();
     for (auto& d : impl_->devices)
         d->next_due = now;
-    std::size_t n = std::min(impl_->max_workers, impl_->devices.size());
+    const std::size_t n = std::min(impl_->max_workers, impl_->lines.size());
     for (std::size_t i = 0; i < n; ++i)
         impl_->workers.emplace_back([this] { impl_->worker(); });
 }
@@ -419,19 +377,21 @@ void poller::stop() {
     for (auto& t : impl_->workers)
         t.join();
     impl_->workers.clear();
-    for (auto& d : impl_->devices)
-        d->close();
+    for (auto& l : impl_->lines)
+        l->lnk->close();
 }
 
 std::vector<device_status> poller::status() const {
     std::lock_guard lock(impl_->mu);
     std::vector<device_status> out;
-    for (const auto& d : impl_->devices) {
-        auto s = d->status;
-        s.up = d->up;
-        out.push_back(s);
-    }
+    for (const auto& d : impl_->devices)
+        out.push_back(d->status);
     return out;
+}
+
+std::size_t poller::workers() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->workers.size();
 }
 
 }  // namespace ferry::drivers::modbus

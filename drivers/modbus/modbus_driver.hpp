@@ -1,21 +1,29 @@
-// The Modbus driver: polls Modbus TCP devices with libmodbus and publishes one event per
+// The Modbus driver: polls modbus_tcp and modbus_rtu devices and publishes one event per
 // point and poll on the bus.
+//
+// Lines: a TCP device is a line of its own (one connection); all modbus_rtu devices on one
+// serial port form one line (one libmodbus context, every unit id on it). A line is served by
+// one worker at a time, so a serial bus is one scheduler: a silent unit costs the others its
+// timeout and nothing more (a device that is down gets one attempt per poll, no retries, and
+// polls on its backoff schedule).
 //
 // Scheduling: every device polls at a fixed rate without drift (next = previous + interval);
 // a poll that overruns its slot skips the missed slots and counts them as overruns — missed
-// polls are never queued up. A bounded pool of worker threads serves all devices: the thread
-// count does not grow with the device count. One device is polled by one worker at a time.
+// polls are never queued up. A bounded pool of worker threads serves all lines: the thread
+// count does not grow with the device count.
 //
-// Reads are coalesced: points of one table are read in as few requests as Modbus allows (at
-// most 125 registers or 2000 bits per request, bridging gaps of up to `max_gap` registers).
-// A failed request turns its points `bad` (value null) and is counted by reason; a device
-// that fails is reconnected with exponential backoff.
+// Reads are coalesced (plan.hpp). A block answered with an illegal-address exception is
+// split at once, down to the offending points, which alone turn `bad`; the split plan is kept
+// for the device's lifetime. Every failed request is counted by reason (link.hpp); retries
+// apply to devices that are up. A device that gives no answer at all in a poll goes down
+// (`ferry_device_up` 0, every point `bad`) and is retried with exponential backoff and jitter.
 //
 // Backpressure: publishing to the bus may block (a full spool with when_full: block); while
-// it does, the worker does not poll, and the missed slots are counted as skipped.
+// it does, the worker does not poll, and the missed slots are counted as overruns.
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
-// finishes or times out first, at most `timeout`).
+// finishes or times out first, at most `timeout`). Building checks the configuration
+// (conflicting serial settings, a unit id twice on one port) and touches no device.
 #pragma once
 
 #include <memory>
@@ -45,11 +53,13 @@ struct device_status {
     std::uint64_t polls_ok = 0;
     std::uint64_t polls_failed = 0;
     std::uint64_t overruns = 0;
+    std::uint64_t requests = 0;  // requests sent, retries included
 };
 
 class poller {
   public:
-    // `devices` are modbus_tcp devices; their points must already be interned in ctx.points.
+    // `devices` are modbus_tcp and modbus_rtu devices; their points must already be interned
+    // in ctx.points. Throws std::invalid_argument for devices that cannot share a serial port.
     poller(std::vector<config::device> devices, driver_context ctx, std::size_t max_workers = 4);
     ~poller();
     poller(const poller&) = delete;
@@ -58,7 +68,10 @@ class poller {
     void start();
     void stop();
 
+    // In the order of the devices given to the constructor.
     std::vector<device_status> status() const;
+    // Worker threads the poller runs (at most max_workers, at most one per line).
+    std::size_t workers() const;
 
   private:
     struct impl;

@@ -1,9 +1,15 @@
 // ferry_modbus_sim: a Modbus TCP server on libmodbus for tests and the demo.
 //
-// Usage: ferry_modbus_sim --port P [options]
-//   --port P           TCP port on 127.0.0.1 (required; the server never binds elsewhere)
-//   --unit U           answer only unit id U; other unit ids get exception 0x0B
-//                      (gateway target device failed to respond). Default: answer any unit.
+// Usage: ferry_modbus_sim --port P [options]          (Modbus TCP)
+//        ferry_modbus_sim --rtu DEVICE [--baud B] [--parity N|E|O] [options]   (Modbus RTU)
+//   --port P           TCP port on 127.0.0.1 (the server never binds elsewhere)
+//   --rtu DEVICE       serve Modbus RTU on a serial device instead (e.g. one end of a socat
+//                      pty pair); --baud (default 9600) and --parity (default N), 8 data bits,
+//                      1 stop bit
+//   --unit U           repeatable (or U1,U2,...): answer only these unit ids. Over TCP other
+//                      unit ids get exception 0x0B (gateway target device failed to respond);
+//                      over RTU they get no answer, as on a bus where no such slave exists.
+//                      Default: answer any unit.
 //   --set SPEC         repeatable; SPEC = TABLE:ADDR=TYPE[:ORDER]:VALUE
 //                        TABLE  holding | input | coil | discrete
 //                        TYPE   bool u16 i16 u32 i32 u64 i64 f32 f64 str
@@ -11,9 +17,15 @@
 //                      e.g. holding:100=f32:cdab:21.5  input:0=u16:7  coil:3=bool:1
 //                           holding:200=str:PUMP-1 (two chars per register, high byte first)
 //   --stats FILE       after every request, atomically rewrite FILE with
-//                        requests=N  accepted=N  connections=N  fc<code>=N (one per line)
+//                        requests=N  accepted=N  connections=N  fc<code>=N  unit<id>=N
+//                      (one per line). Costs a file rewrite per request: leave it out when
+//                      measuring speed.
 //   --fail FROM-TO     repeatable; requests (reads and writes) touching protocol addresses
 //                      FROM..TO (inclusive, any table) get ILLEGAL_DATA_ADDRESS
+//   --corrupt MODE:FROM-TO  repeatable; reads (FC 1-4) touching FROM..TO get a malformed
+//                      answer: MODE crc (RTU: CRC wrong), short (one register or byte fewer
+//                      than asked, framed consistently), tid (TCP: another transaction id),
+//                      unit (the answer names another unit id)
 //   --silent           accept connections and read requests, but never answer
 //   --delay MS         wait MS milliseconds before each answer (blocks all clients)
 //   --wave             demo data: holding 0 = u16 counter, +1 every second;
@@ -24,6 +36,9 @@
 #include <modbus/modbus.h>
 #include <sys/select.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <array>
 
 #include <atomic>
 #include <bit>
@@ -50,12 +65,24 @@ void on_signal(int) {
     g_stop = 1;
 }
 
+enum class corruption { crc, short_frame, tid, unit };
+
+struct corrupt_range {
+    corruption mode;
+    int from;
+    int to;
+};
+
 struct options {
     int port = -1;
-    int unit = -1;
+    std::string rtu;
+    int baud = 9600;
+    char parity = 'N';
+    std::set<int> units;  // empty: any
     std::string stats;
     std::vector<std::string> sets;
     std::vector<std::pair<int, int>> fail;
+    std::vector<corrupt_range> corrupt;
     bool silent = false;
     bool wave = false;
     int delay_ms = 0;
@@ -64,8 +91,10 @@ struct options {
 [[noreturn]] void usage(const std::string& msg) {
     std::fprintf(stderr, "ferry_modbus_sim: %s\n", msg.c_str());
     std::fprintf(stderr,
-                 "usage: ferry_modbus_sim --port P [--unit U] [--stats FILE] [--set SPEC]... "
-                 "[--fail FROM-TO]... [--silent] [--delay MS] [--wave]\n");
+                 "usage: ferry_modbus_sim (--port P | --rtu DEVICE [--baud B] [--parity N|E|O])\n"
+                 "       [--unit U]... [--stats FILE] [--set SPEC]... [--fail FROM-TO]...\n"
+                 "       [--corrupt crc|short|tid|unit:FROM-TO]... [--silent] [--delay MS] "
+                 "[--wave]\n");
     std::exit(2);
 }
 
@@ -87,7 +116,42 @@ options parse_args(int argc, char** argv) {
         if (a == "--port") {
             o.port = parse_int(next(), 1, 65535, "--port");
         } else if (a == "--unit") {
-            o.unit = parse_int(next(), 0, 255, "--unit");
+            const std::string list = next();
+            std::size_t pos = 0;
+            while (pos <= list.size()) {
+                const auto comma = std::min(list.find(',', pos), list.size());
+                o.units.insert(parse_int(list.substr(pos, comma - pos), 0, 255, "--unit"));
+                pos = comma + 1;
+            }
+        } else if (a == "--rtu") {
+            o.rtu = next();
+        } else if (a == "--baud") {
+            o.baud = parse_int(next(), 1, 4000000, "--baud");
+        } else if (a == "--parity") {
+            const std::string p = next();
+            if (p != "N" && p != "E" && p != "O") usage("--parity takes N, E or O");
+            o.parity = p[0];
+        } else if (a == "--corrupt") {
+            const std::string c = next();
+            const auto colon = c.find(':');
+            const auto dash = c.find('-', colon == std::string::npos ? 0 : colon);
+            if (colon == std::string::npos || dash == std::string::npos)
+                usage("--corrupt takes MODE:FROM-TO");
+            const std::string mode = c.substr(0, colon);
+            corrupt_range r{};
+            if (mode == "crc")
+                r.mode = corruption::crc;
+            else if (mode == "short")
+                r.mode = corruption::short_frame;
+            else if (mode == "tid")
+                r.mode = corruption::tid;
+            else if (mode == "unit")
+                r.mode = corruption::unit;
+            else
+                usage("unknown --corrupt mode " + mode);
+            r.from = parse_int(c.substr(colon + 1, dash - colon - 1), 0, 65535, "--corrupt");
+            r.to = parse_int(c.substr(dash + 1), 0, 65535, "--corrupt");
+            o.corrupt.push_back(r);
         } else if (a == "--stats") {
             o.stats = next();
         } else if (a == "--set") {
@@ -110,7 +174,7 @@ options parse_args(int argc, char** argv) {
             usage("unknown argument " + a);
         }
     }
-    if (o.port < 0) usage("--port is required");
+    if ((o.port < 0) == o.rtu.empty()) usage("give exactly one of --port and --rtu");
     return o;
 }
 
@@ -138,9 +202,10 @@ void apply_set(modbus_mapping_t* map, const ferry::tools::sim_set& s) {
 class stats_file {
   public:
     explicit stats_file(std::string path) : path_(std::move(path)) {}
-    void request(int fc) {
+    void request(int fc, int unit) {
         ++requests_;
         ++by_fc_[fc];
+        ++by_unit_[unit];
         write();
     }
     void accepted() {
@@ -160,6 +225,9 @@ class stats_file {
         for (const auto& [fc, n] : by_fc_) {
             std::fprintf(f, "fc%d=%llu\n", fc, static_cast<unsigned long long>(n));
         }
+        for (const auto& [unit, n] : by_unit_) {
+            std::fprintf(f, "unit%d=%llu\n", unit, static_cast<unsigned long long>(n));
+        }
         std::fclose(f);
         std::rename(tmp.c_str(), path_.c_str());
     }
@@ -170,6 +238,7 @@ class stats_file {
     std::uint64_t accepted_ = 0;
     std::size_t connections_ = 0;
     std::map<int, std::uint64_t> by_fc_;
+    std::map<int, std::uint64_t> by_unit_;
 };
 
 // The address range a request touches; nullopt-like {-1,-1} for other function codes.
@@ -208,6 +277,183 @@ void update_wave(modbus_mapping_t* map, std::chrono::steady_clock::time_point st
     map->tab_registers[4] = static_cast<std::uint16_t>(-(counter % 100));
 }
 
+std::uint16_t crc16(const std::uint8_t* data, std::size_t n) {
+    std::uint16_t crc = 0xffff;
+    for (std::size_t i = 0; i < n; ++i) {
+        crc = static_cast<std::uint16_t>(crc ^ data[i]);
+        for (int b = 0; b < 8; ++b)
+            crc = static_cast<std::uint16_t>((crc & 1) ? (crc >> 1) ^ 0xa001 : crc >> 1);
+    }
+    return crc;
+}
+
+// The answer PDU (function code onwards) to a read request PDU (FC 1-4), built by hand so
+// that it can be corrupted; `drop` values fewer than asked for.
+std::vector<std::uint8_t> read_answer(const modbus_mapping_t* map, const std::uint8_t* pdu,
+                                      int drop) {
+    const int fc = pdu[0];
+    const int addr = (pdu[1] << 8) | pdu[2];
+    const int asked = (pdu[3] << 8) | pdu[4];
+    std::vector<std::uint8_t> out{static_cast<std::uint8_t>(fc), 0};
+    if (fc == 1 || fc == 2) {
+        const std::uint8_t* bits = fc == 1 ? map->tab_bits : map->tab_input_bits;
+        const int bytes = std::max((asked + 7) / 8 - drop, 0);
+        const int count = std::min(asked, bytes * 8);
+        out.resize(2 + static_cast<std::size_t>(bytes), 0);
+        for (int i = 0; i < count && addr + i < 65536; ++i) {
+            if (bits[addr + i])
+                out[2 + static_cast<std::size_t>(i / 8)] |= std::uint8_t(1u << (i % 8));
+        }
+    } else {
+        const std::uint16_t* regs = fc == 3 ? map->tab_registers : map->tab_input_registers;
+        const int count = std::max(asked - drop, 0);
+        for (int i = 0; i < count && addr + i < 65536; ++i) {
+            out.push_back(static_cast<std::uint8_t>(regs[addr + i] >> 8));
+            out.push_back(static_cast<std::uint8_t>(regs[addr + i] & 0xff));
+        }
+    }
+    out[1] = static_cast<std::uint8_t>(out.size() - 2);
+    return out;
+}
+
+bool write_all(int fd, const std::vector<std::uint8_t>& data) {
+    std::size_t done = 0;
+    while (done < data.size()) {
+        const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        done += static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+// Serves one request. `frame` is the whole ADU as received (TCP: MBAP header first; RTU: the
+// unit id first, CRC last); `header` the length before the function code. Returns false when
+// the connection should be closed.
+bool serve(modbus_t* ctx, int fd, bool rtu, const std::uint8_t* frame, int len, int header,
+           const options& opt, modbus_mapping_t* map, stats_file& stats,
+           std::chrono::steady_clock::time_point start) {
+    const int unit = frame[header - 1];
+    const int fc = frame[header];
+    stats.request(fc, unit);
+    const bool known_unit = opt.units.empty() || opt.units.count(unit) > 0;
+    if (opt.silent || (rtu && !known_unit)) return true;
+    if (opt.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt.delay_ms));
+    if (opt.wave) update_wave(map, start);
+    if (rtu) modbus_set_slave(ctx, unit);
+
+    const auto [lo, hi] = request_range(frame, header);
+    bool failing = false;
+    for (const auto& [from, to] : opt.fail) {
+        if (lo >= 0 && lo <= to && hi >= from) failing = true;
+    }
+    const corrupt_range* corrupt = nullptr;
+    for (const auto& c : opt.corrupt) {
+        if (fc >= 1 && fc <= 4 && lo >= 0 && lo <= c.to && hi >= c.from) corrupt = &c;
+    }
+    if (!known_unit)
+        return modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_GATEWAY_TARGET) >= 0;
+    if (failing)
+        return modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS) >= 0;
+    if (!corrupt) return modbus_reply(ctx, frame, len, map) >= 0;
+
+    auto pdu = read_answer(map, frame + header, corrupt->mode == corruption::short_frame ? 1 : 0);
+    const auto answer_unit =
+        static_cast<std::uint8_t>(corrupt->mode == corruption::unit ? unit + 1 : unit);
+    std::vector<std::uint8_t> adu;
+    if (rtu) {
+        adu.push_back(answer_unit);
+        adu.insert(adu.end(), pdu.begin(), pdu.end());
+        std::uint16_t crc = crc16(adu.data(), adu.size());
+        if (corrupt->mode == corruption::crc) crc ^= 0x5a5a;
+        adu.push_back(static_cast<std::uint8_t>(crc & 0xff));
+        adu.push_back(static_cast<std::uint8_t>(crc >> 8));
+    } else {
+        std::uint16_t tid = static_cast<std::uint16_t>((frame[0] << 8) | frame[1]);
+        if (corrupt->mode == corruption::tid) tid = static_cast<std::uint16_t>(tid + 1);
+        const auto length = static_cast<std::uint16_t>(pdu.size() + 1);
+        adu = {static_cast<std::uint8_t>(tid >> 8),
+               static_cast<std::uint8_t>(tid & 0xff),
+               0,
+               0,
+               static_cast<std::uint8_t>(length >> 8),
+               static_cast<std::uint8_t>(length & 0xff),
+               answer_unit};
+        adu.insert(adu.end(), pdu.begin(), pdu.end());
+    }
+    return write_all(fd, adu);
+}
+
+// Modbus RTU: requests are cut from the byte stream by their function code's length and
+// checked by CRC; a frame for a unit we do not serve is read and left unanswered.
+int run_rtu(const options& opt, modbus_mapping_t* map, stats_file& stats) {
+    modbus_t* ctx = modbus_new_rtu(opt.rtu.c_str(), opt.baud, opt.parity, 8, 1);
+    if (!ctx || modbus_connect(ctx) == -1) {
+        std::fprintf(stderr, "ferry_modbus_sim: open %s: %s\n", opt.rtu.c_str(),
+                     modbus_strerror(errno));
+        if (ctx) modbus_free(ctx);
+        return 3;
+    }
+    const int fd = modbus_get_socket(ctx);
+    std::fprintf(stderr, "ferry_modbus_sim: serving RTU on %s\n", opt.rtu.c_str());
+    stats.write();
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::uint8_t> buf;
+    auto last_byte = start;
+    while (!g_stop) {
+        if (opt.wave) update_wave(map, start);
+        fd_set rd;
+        FD_ZERO(&rd);
+        FD_SET(fd, &rd);
+        timeval tv{0, 20 * 1000};
+        const int n = select(fd + 1, &rd, nullptr, nullptr, &tv);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            std::perror("ferry_modbus_sim: select");
+            break;
+        }
+        const auto now = std::chrono::steady_clock::now();
+        if (n == 0) {
+            // A silence ends a frame: drop an incomplete one.
+            if (!buf.empty() && now - last_byte > std::chrono::milliseconds(50)) buf.clear();
+            continue;
+        }
+        std::array<std::uint8_t, 512> chunk{};
+        const ssize_t got = ::read(fd, chunk.data(), chunk.size());
+        if (got <= 0) {
+            if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));  // pty peer not open yet
+            continue;
+        }
+        last_byte = now;
+        buf.insert(buf.end(), chunk.begin(), chunk.begin() + got);
+        while (buf.size() >= 2) {
+            const int fc = buf[1];
+            std::size_t need = 0;
+            if (fc >= 1 && fc <= 6) {
+                need = 8;
+            } else if (fc == 15 || fc == 16) {
+                if (buf.size() < 7) break;
+                need = 9u + buf[6];
+            } else {
+                buf.clear();  // not a request we know: resynchronise on the next frame
+                break;
+            }
+            if (buf.size() < need) break;
+            const std::uint16_t crc = crc16(buf.data(), need - 2);
+            if (buf[need - 2] != (crc & 0xff) || buf[need - 1] != (crc >> 8)) {
+                buf.clear();
+                break;
+            }
+            serve(ctx, fd, true, buf.data(), static_cast<int>(need), 1, opt, map, stats, start);
+            buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(need));
+        }
+    }
+    modbus_close(ctx);
+    modbus_free(ctx);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,6 +479,14 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &sa, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
+    stats_file stats(opt.stats);
+    if (!opt.rtu.empty()) {
+        const int rc = run_rtu(opt, map, stats);
+        modbus_mapping_free(map);
+        std::fprintf(stderr, "ferry_modbus_sim: stopped\n");
+        return rc;
+    }
+
     modbus_t* ctx = modbus_new_tcp("127.0.0.1", opt.port);
     if (!ctx) {
         std::fprintf(stderr, "ferry_modbus_sim: modbus_new_tcp: %s\n", modbus_strerror(errno));
@@ -248,7 +502,6 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "ferry_modbus_sim: listening on 127.0.0.1:%d\n", opt.port);
 
-    stats_file stats(opt.stats);
     stats.write();
     const int header = modbus_get_header_length(ctx);
     const auto start = std::chrono::steady_clock::now();
@@ -297,27 +550,8 @@ int main(int argc, char** argv) {
                 continue;
             }
             if (len == 0) continue;  // a request not for us (libmodbus filtered it)
-            stats.request(query[header]);
-            if (opt.silent) continue;
-            if (opt.delay_ms > 0)
-                std::this_thread::sleep_for(std::chrono::milliseconds(opt.delay_ms));
-            if (opt.wave) update_wave(map, start);
-
-            int rc;
-            const int unit = query[header - 1];
-            const auto [lo, hi] = request_range(query, header);
-            bool failing = false;
-            for (const auto& [from, to] : opt.fail) {
-                if (lo >= 0 && lo <= to && hi >= from) failing = true;
-            }
-            if (opt.unit >= 0 && unit != opt.unit) {
-                rc = modbus_reply_exception(ctx, query, MODBUS_EXCEPTION_GATEWAY_TARGET);
-            } else if (failing) {
-                rc = modbus_reply_exception(ctx, query, MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS);
-            } else {
-                rc = modbus_reply(ctx, query, len, map);
-            }
-            if (rc < 0) closed.push_back(fd);
+            if (!serve(ctx, fd, false, query, len, header, opt, map, stats, start))
+                closed.push_back(fd);
         }
         for (int fd : closed) {
             close(fd);

@@ -4,6 +4,11 @@
 Run with Debian's interpreter (/usr/bin/python3), which has python3-pymodbus (3.0.x):
 
     /usr/bin/python3 pymodbus_server.py --port P [--set SPEC]...
+    /usr/bin/python3 pymodbus_server.py --serial DEVICE [--baud B] [--parity N|E|O] [--set SPEC]...
+
+--serial serves Modbus RTU on a serial device (e.g. one end of a socat pty pair; python3-serial
+and python3-serial-asyncio) instead of TCP: 8 data bits, 1 stop bit, --baud 9600 and --parity N
+by default.
 
 SPEC is the same as for ferry_modbus_sim (tests/tools/modbus_sim.cpp):
 
@@ -40,7 +45,8 @@ from pymodbus.datastore import (
     ModbusServerContext,
     ModbusSlaveContext,
 )
-from pymodbus.server.async_io import ModbusTcpServer
+from pymodbus.server.async_io import ModbusSerialServer, ModbusTcpServer
+from pymodbus.transaction import ModbusRtuFramer
 
 SIZE = 65536  # every table covers the whole protocol address space
 
@@ -113,7 +119,11 @@ def parse_set(spec: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int)
+    where.add_argument("--serial")
+    parser.add_argument("--baud", type=int, default=9600)
+    parser.add_argument("--parity", choices=("N", "E", "O"), default="N")
     parser.add_argument("--set", action="append", default=[], dest="sets")
     args = parser.parse_args()
 
@@ -138,6 +148,27 @@ def main() -> int:
     )
     context = ModbusServerContext(slaves=slave, single=True)  # answers any unit id
 
+    async def run_serial() -> None:
+        server = ModbusSerialServer(
+            context,
+            framer=ModbusRtuFramer,
+            port=args.serial,
+            baudrate=args.baud,
+            parity=args.parity,
+            bytesize=8,
+            stopbits=1,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        if server.transport is None:
+            raise OSError(f"cannot open {args.serial}")
+        print(f"pymodbus_server: serving RTU on {args.serial}", file=sys.stderr, flush=True)
+        await stop.wait()
+        await server.shutdown()
+
     async def run() -> None:
         server = ModbusTcpServer(
             context, address=("127.0.0.1", args.port), allow_reuse_address=True
@@ -161,7 +192,7 @@ def main() -> int:
         except asyncio.CancelledError:
             pass
 
-    asyncio.run(run())
+    asyncio.run(run_serial() if args.serial else run())
     print("pymodbus_server: stopped", file=sys.stderr, flush=True)
     return 0
 

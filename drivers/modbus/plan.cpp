@@ -1,0 +1,81 @@
+#include "drivers/modbus/plan.hpp"
+
+#include <algorithm>
+
+#include "drivers/modbus/link.hpp"
+
+namespace ferry::drivers::modbus {
+namespace {
+
+read_block block_of(const std::vector<config::point>& points,
+                    std::vector<std::size_t>::const_iterator first,
+                    std::vector<std::size_t>::const_iterator last) {
+    read_block b;
+    b.tbl = points[*first].tbl;
+    b.start = points[*first].address;
+    std::uint32_t end = b.start;
+    for (auto it = first; it != last; ++it) {
+        const auto& p = points[*it];
+        b.start = std::min(b.start, p.address);
+        end = std::max(end, p.address + config::register_count(p));
+        b.points.push_back(*it);
+    }
+    b.count = end - b.start;
+    return b;
+}
+
+}  // namespace
+
+std::vector<read_block> plan_blocks(const std::vector<config::point>& points,
+                                    std::uint32_t max_gap) {
+    std::vector<std::size_t> order(points.size());
+    for (std::size_t i = 0; i < order.size(); ++i)
+        order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        if (points[a].tbl != points[b].tbl) return points[a].tbl < points[b].tbl;
+        return points[a].address < points[b].address;
+    });
+    std::vector<read_block> blocks;
+    for (auto i : order) {
+        const auto& p = points[i];
+        const std::uint32_t n = config::register_count(p);
+        const std::uint32_t limit = is_bit_table(p.tbl) ? k_max_bits : k_max_registers;
+        if (!blocks.empty()) {
+            auto& b = blocks.back();
+            const std::uint32_t end = std::max(b.start + b.count, p.address + n);
+            if (b.tbl == p.tbl && p.address <= b.start + b.count + max_gap &&
+                end - b.start <= limit) {
+                b.count = end - b.start;
+                b.points.push_back(i);
+                continue;
+            }
+        }
+        blocks.push_back(read_block{p.tbl, p.address, n, {i}});
+    }
+    return blocks;
+}
+
+std::pair<read_block, read_block> split_block(const read_block& b,
+                                              const std::vector<config::point>& points) {
+    // b.points is in address order; cut after the point followed by the widest gap.
+    std::size_t cut = 1;
+    std::int64_t widest = -1;
+    for (std::size_t k = 1; k < b.points.size(); ++k) {
+        const auto& prev = points[b.points[k - 1]];
+        const std::int64_t gap =
+            static_cast<std::int64_t>(points[b.points[k]].address) -
+            static_cast<std::int64_t>(prev.address + config::register_count(prev));
+        // Ties: the cut nearest the middle, so a run of equal gaps is bisected.
+        const auto mid = static_cast<std::int64_t>(b.points.size() / 2);
+        const auto dist = std::abs(static_cast<std::int64_t>(k) - mid);
+        const auto best_dist = std::abs(static_cast<std::int64_t>(cut) - mid);
+        if (gap > widest || (gap == widest && dist < best_dist)) {
+            widest = gap;
+            cut = k;
+        }
+    }
+    const auto mid = b.points.begin() + static_cast<std::ptrdiff_t>(cut);
+    return {block_of(points, b.points.begin(), mid), block_of(points, mid, b.points.end())};
+}
+
+}  // namespace ferry::drivers::modbus
