@@ -66,6 +66,8 @@ struct daemon::impl {
     // Per rule, per outcome (rules::k_outcomes): the counter and the engine's count last seen.
     std::vector<std::array<prometheus::Counter*, rules::k_outcomes.size()>> rule_events;
     std::vector<std::array<std::uint64_t, rules::k_outcomes.size()>> rule_events_seen;
+    // Per rule: when the last dead-letter log line was written, and the count it covered.
+    std::vector<std::pair<steady::time_point, std::uint64_t>> dead_letter_logged;
     std::array<prometheus::Counter*, static_cast<std::size_t>(drop_reason::count_)> bus_dropped{};
     std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> bus_dropped_seen{};
 
@@ -111,6 +113,7 @@ struct daemon::impl {
                 row[o] = &rule_family.Add(
                     {{"rule", name}, {"outcome", std::string(rules::k_outcomes[o])}});
             rule_events_seen.emplace_back();
+            dead_letter_logged.emplace_back();
         }
         auto& dropped = prometheus::BuildCounter()
                             .Name("ferry_bus_dropped_total")
@@ -177,13 +180,17 @@ struct daemon::impl {
             auto& seen = rule_events_seen[r];
             for (std::size_t o = 0; o < now.size(); ++o)
                 rule_events[r][o]->Increment(static_cast<double>(now[o] - seen[o]));
-            // One line per rule and pass of the loop (a batch of up to 4096 events), not per event.
-            if (auto dead = now[3] - seen[3]; dead > 0)
+            seen = now;
+            // A broken filter fails on every event: one line per rule at most every 10 s,
+            // with the count since the last line (the counter has every one).
+            auto& [logged_at, logged_count] = dead_letter_logged[r];
+            if (now[3] > logged_count && steady::now() - logged_at >= std::chrono::seconds(10)) {
                 log::warn("rules", "events sent to dead-letter",
                           {{"rule", engine->rule_names()[r]},
-                           {"events", std::to_string(dead)},
-                           {"topic", cfg.dead_letter.topic}});
-            seen = now;
+                           {"events", std::to_string(now[3] - logged_count)}});
+                logged_at = steady::now();
+                logged_count = now[3];
+            }
         }
         for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
             auto now = bus->dropped(static_cast<drop_reason>(r));

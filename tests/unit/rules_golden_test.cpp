@@ -153,3 +153,51 @@ TEST_CASE("golden cases: events in, the exact messages and counters out") {
         CHECK(actual == slurp(dir / "expected"));
     }
 }
+
+TEST_CASE("rules/example.yaml loads, and its rules do what rules/README.md says") {
+    auto cfg = config::load_config(std::string(FERRY_SOURCE_DIR) + "/rules/example.yaml");
+    REQUIRE(cfg.rules.size() == 3);
+    point_table points;
+    for (const auto& d : cfg.devices)
+        for (const auto& p : d.points)
+            points.intern(d.id, p.name, p.unit);
+    rules::engine eng(cfg.rules, points, cfg.gateway.id, cfg.dead_letter.topic);
+    std::vector<rules::batch> out;
+    auto send = [&](const char* address, ferry::value v, std::uint64_t seq) {
+        event e;
+        e.seq = seq;
+        e.point = *points.find(address);
+        e.value = std::move(v);
+        e.ts = wall_clock::time_point(std::chrono::milliseconds(k_epoch_ms));
+        eng.on_event(e, rules::steady_time{}, out);
+    };
+    send("boiler1/temperature", 100.0, 1);              // temps: 212 degF
+    send("boiler1/temperature", 100.2, 2);              // temps: 212.36, within 0.5 degF: deduped
+    send("boiler1/temperature", 900.0, 3);              // temps: filtered; boiler: abs(value) > 2.5
+    send("boiler1/pressure", 1.0, 4);                   // boiler: filtered
+    send("boiler1/burner_on", true, 5);                 // boiler: passes
+    send("boiler1/serial_no", std::string("SN-1"), 6);  // boiler: filtered before abs()
+    send("meter7/energy", std::int64_t{1000}, 7);       // energy: first value passes
+    send("meter7/energy", std::int64_t{1009}, 8);       // energy: 0.9 %: deduped
+    eng.flush_all(out);
+    std::map<std::string, std::vector<std::uint64_t>> seqs;
+    std::string text;
+    for (const auto& b : out) {
+        eng.wrap(b, 1, text);
+        for (std::size_t at = text.find("\"seq\":"); at != std::string::npos;
+             at = text.find("\"seq\":", at + 1))
+            seqs[b.topic].push_back(std::stoull(text.substr(at + 6)));
+        if (b.topic == "plant/plant-a-gw1/boiler1/temperature")
+            CHECK(text.find("\"value\":212,\"quality\":\"good\",\"unit\":\"degF\"") !=
+                  std::string::npos);
+    }
+    CHECK(seqs == std::map<std::string, std::vector<std::uint64_t>>{
+                      {"plant/plant-a-gw1/boiler1/temperature", {1}},
+                      {"plant/plant-a-gw1/boiler1", {1, 2, 3, 5}},
+                      {"plant/plant-a-gw1/energy/meter7/energy", {7}}});
+    CHECK(eng.counters(0).deduped == 1);
+    CHECK(eng.counters(0).filtered == 1);
+    CHECK(eng.counters(1).filtered == 2);
+    CHECK(eng.counters(2).deduped == 1);
+    CHECK(eng.counters(1).dead_letter == 0);
+}
