@@ -60,6 +60,10 @@ struct daemon::impl {
     std::shared_ptr<subscription> read_sub;
     std::thread read_thread;
     std::atomic<bool> running{false};
+    // Liveness of the rule thread, for the systemd watchdog: the time of its last loop pass,
+    // and whether it is waiting on purpose (a full spool with when_full: block).
+    std::atomic<std::int64_t> rule_pulse_ms{0};
+    std::atomic<bool> rule_waiting_for_room{false};
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
 
@@ -70,6 +74,9 @@ struct daemon::impl {
     std::vector<std::pair<steady::time_point, std::uint64_t>> dead_letter_logged;
     std::array<prometheus::Counter*, static_cast<std::size_t>(drop_reason::count_)> bus_dropped{};
     std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> bus_dropped_seen{};
+
+    std::string status_line() const;
+    bool making_progress() const;
 
     explicit impl(config::config c) : cfg(std::move(c)) {}
 
@@ -208,7 +215,9 @@ struct daemon::impl {
         };
         auto backoff = std::chrono::milliseconds(50);
         for (;;) {
+            rule_waiting_for_room = cfg.upstream.spool.full == config::when_full::block;
             auto r = spool->append(b.topic, b.qos, b.retain, encode);
+            rule_waiting_for_room = false;
             if (r != upstream::append_result::error) {
                 if (r == upstream::append_result::closed) lost_at_shutdown += b.events;
                 return;
@@ -232,6 +241,9 @@ struct daemon::impl {
             events.clear();
             rule_sub->pop(events, 4096, deadline);
             now = steady::now();
+            rule_pulse_ms =
+                std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
+                    .count();
             for (const auto& e : events)
                 engine->on_event(e, now, out);
             engine->on_tick(now, out);
@@ -313,17 +325,45 @@ daemon::daemon(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg)
 
 daemon::~daemon() = default;
 
+std::string daemon::impl::status_line() const {
+    return "STATUS=devices " + std::to_string(cfg.devices.size()) + ", spool " +
+           std::to_string(spool->messages()) + " messages, mqtt " +
+           (publisher->connected() ? "connected" : "disconnected");
+}
+
+bool daemon::impl::making_progress() const {
+    auto now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(steady::now().time_since_epoch())
+            .count();
+    // The rule thread passes its loop at least every 250 ms when healthy.
+    return rule_waiting_for_room.load() || now - rule_pulse_ms.load() < 5000;
+}
+
 int daemon::run() {
     impl_->start();
-    sd_notify(0, "READY=1\nSTATUS=running");
+    sd_notify(0, ("READY=1\n" + impl_->status_line()).c_str());
+    // WATCHDOG=1 at half the interval systemd asks for, and only while the pipeline makes
+    // progress: a wedged rule thread lets systemd restart us.
+    std::uint64_t watchdog_usec = 0;
+    bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
+    auto tick = watchdog ? std::chrono::microseconds(watchdog_usec / 2)
+                         : std::chrono::microseconds(std::chrono::seconds(5));
+    tick = std::min<std::chrono::microseconds>(tick, std::chrono::seconds(5));
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0) continue;
+        timespec timeout{};
+        timeout.tv_sec = static_cast<time_t>(tick.count() / 1000000);
+        timeout.tv_nsec = static_cast<long>((tick.count() % 1000000) * 1000);
+        int sig = sigtimedwait(&set, nullptr, &timeout);
+        if (sig < 0) {
+            if (watchdog && impl_->making_progress()) sd_notify(0, "WATCHDOG=1");
+            sd_notify(0, impl_->status_line().c_str());
+            continue;
+        }
         if (sig == SIGHUP) {
             log::error("ferry",
                        "config reload on SIGHUP is not built yet in this version; restart ferry to "

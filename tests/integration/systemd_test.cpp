@@ -1,0 +1,82 @@
+// sd_notify as systemd sees it: NOTIFY_SOCKET points at a datagram socket the test reads.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "tests/support/harness.hpp"
+
+using namespace ferry::test;
+
+namespace {
+
+class notify_socket {
+  public:
+    explicit notify_socket(std::string path) : path_(std::move(path)) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path_.c_str());
+        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        timeval tv{0, 100000};
+        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    ~notify_socket() { ::close(fd_); }
+
+    // Collects datagrams until `pred` holds for the collected list or `timeout` passes.
+    bool collect_until(const std::function<bool(const std::vector<std::string>&)>& pred,
+                       std::chrono::milliseconds timeout) {
+        auto end = std::chrono::steady_clock::now() + timeout;
+        while (std::chrono::steady_clock::now() < end) {
+            char buf[4096];
+            auto n = ::recv(fd_, buf, sizeof buf, 0);
+            if (n > 0) messages.emplace_back(buf, static_cast<std::size_t>(n));
+            if (pred(messages)) return true;
+        }
+        return pred(messages);
+    }
+
+    std::vector<std::string> messages;
+
+  private:
+    std::string path_;
+    int fd_ = -1;
+};
+
+std::size_t count_with(const std::vector<std::string>& msgs, const std::string& part) {
+    std::size_t n = 0;
+    for (const auto& m : msgs)
+        n += m.find(part) != std::string::npos ? 1 : 0;
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("READY=1 once running, WATCHDOG=1 while healthy, STATUS= lines, STOPPING=1 on SIGTERM") {
+    modbus_sim sim(0, {"holding:0=u16:1"});
+    mosquitto broker;
+    temp_dir dir;
+    notify_socket sock(dir.file("notify.sock"));
+    write_file(dir.file("ferry.yaml"),
+               "gateway: { id: sd-gw, data_dir: " + dir.path() +
+                   " }\n"
+                   "devices: [ { id: d1, driver: modbus_tcp, host: 127.0.0.1, port: " +
+                   std::to_string(sim.port()) +
+                   ", poll_interval: 200ms, points: [ { name: a, address: 0 } ] } ]\n"
+                   "rules: [ { name: all, match: \"#\" } ]\n"
+                   "upstream: { mqtt: { uris: [\"" +
+                   broker.uri() + "\"] } }\n");
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"),
+                  {{"NOTIFY_SOCKET", dir.file("notify.sock")}, {"WATCHDOG_USEC", "600000"}});
+    REQUIRE(sock.collect_until([](auto& m) { return count_with(m, "READY=1") == 1; }, 10s));
+    CHECK(sock.messages.front().rfind("READY=1\nSTATUS=devices 1, spool ", 0) == 0);
+    // Half the watchdog interval: 300 ms; expect several pings within 2 s.
+    REQUIRE(sock.collect_until([](auto& m) { return count_with(m, "WATCHDOG=1") >= 4; }, 3s));
+    CHECK(count_with(sock.messages, "STATUS=devices 1, spool ") >= 2);
+    CHECK(sock.collect_until([](auto& m) { return count_with(m, "mqtt connected") >= 1; }, 5s));
+    CHECK(count_with(sock.messages, "STOPPING=1") == 0);
+    CHECK(ferry.stop() == 0);
+    CHECK(sock.collect_until([](auto& m) { return count_with(m, "STOPPING=1") == 1; }, 2s));
+}
