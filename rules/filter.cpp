@@ -66,8 +66,7 @@ class filter_compiler {
     }
 
     void next();
-    type parse_or();
-    type parse_and();
+    type parse_logic(bool is_or);
     type parse_not();
     type parse_comparison();
     type parse_additive();
@@ -236,7 +235,7 @@ std::optional<filter> filter_compiler::run(filter_error* err) {
         out_.text_ = std::string(text_);
         next();
         if (cur_.kind == tok::end) fail(1, "empty expression");
-        auto t = parse_or();
+        auto t = parse_logic(true);
         if (cur_.kind != tok::end) {
             if (cur_.kind == tok::rparen) fail(cur_.position, "unbalanced ')'");
             fail(cur_.position,
@@ -253,37 +252,23 @@ std::optional<filter> filter_compiler::run(filter_error* err) {
     }
 }
 
-filter_compiler::type filter_compiler::parse_or() {
-    auto t = parse_and();
-    while (cur_.kind == tok::name && cur_.text == "or") {
+// `or` over `and` over `not`: one loop for both. The jump keeps the left value on the stack
+// when it decides the result (short-circuit); otherwise it is popped and the right side runs.
+filter_compiler::type filter_compiler::parse_logic(bool is_or) {
+    auto operand = [&] { return is_or ? parse_logic(false) : parse_not(); };
+    const std::string_view word = is_or ? "or" : "and";
+    auto t = operand();
+    while (cur_.kind == tok::name && cur_.text == word) {
         auto pos = cur_.position;
-        need_condition(t, pos, "'or'");
+        const std::string what = "'" + std::string(word) + "'";
+        need_condition(t, pos, what);
         auto jump = out_.code_.size();
-        emit(filter::op::jump_if_true, pos);
+        emit(is_or ? filter::op::jump_if_true : filter::op::jump_if_false, pos);
         emit(filter::op::pop, pos);
         pop_n(1);
         next();
-        auto r = parse_and();
-        need_condition(r, pos, "'or'");
-        if (r == type::any) emit(filter::op::to_bool, pos);
-        out_.code_[jump].arg = static_cast<std::uint32_t>(out_.code_.size());
-        t = type::boolean;
-    }
-    return t;
-}
-
-filter_compiler::type filter_compiler::parse_and() {
-    auto t = parse_not();
-    while (cur_.kind == tok::name && cur_.text == "and") {
-        auto pos = cur_.position;
-        need_condition(t, pos, "'and'");
-        auto jump = out_.code_.size();
-        emit(filter::op::jump_if_false, pos);
-        emit(filter::op::pop, pos);
-        pop_n(1);
-        next();
-        auto r = parse_not();
-        need_condition(r, pos, "'and'");
+        auto r = operand();
+        need_condition(r, pos, what);
         if (r == type::any) emit(filter::op::to_bool, pos);
         out_.code_[jump].arg = static_cast<std::uint32_t>(out_.code_.size());
         t = type::boolean;
@@ -428,7 +413,7 @@ filter_compiler::type filter_compiler::parse_primary() {
         case tok::lparen: {
             if (++nesting_ > 64) fail(pos, "expression is nested too deeply");
             next();
-            auto t = parse_or();
+            auto t = parse_logic(true);
             if (cur_.kind != tok::rparen)
                 fail(cur_.position,
                      cur_.kind == tok::end
@@ -468,7 +453,7 @@ filter_compiler::type filter_compiler::parse_primary() {
         if (cur_.kind != tok::lparen) fail(cur_.position, "expected '(' after 'abs'");
         if (++nesting_ > 64) fail(pos, "expression is nested too deeply");
         next();
-        auto t = parse_or();
+        auto t = parse_logic(true);
         need_number(t, pos, "'abs'");
         if (cur_.kind != tok::rparen) fail(cur_.position, "expected ')' to close 'abs('");
         --nesting_;
