@@ -7,6 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "tests/support/harness.hpp"
@@ -161,5 +164,46 @@ TEST_CASE("idle connections and an oversized request do not stop /metrics") {
     CHECK(http_get(http_port, "/metrics").status == 200);
     for (int i : idle)
         ::close(i);
+    CHECK(ferry.stop() == 0);
+}
+
+TEST_CASE(
+    "slowloris: partial requests are cut off after the request timeout; /metrics answers "
+    "meanwhile") {
+    modbus_sim sim(0, {"holding:0=u16:5"});
+    mosquitto broker;
+    temp_dir dir;
+    auto http_port = free_port();
+    write_file(dir.file("ferry.yaml"),
+               config_text(dir.path(), sim.port(), broker.port(), http_port));
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+    std::vector<int> slow;
+    for (int i = 0; i < 50; ++i) {
+        int fd = open_idle_connection(http_port);
+        REQUIRE(fd >= 0);
+        std::string part = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        (void)::send(fd, part.data(), part.size(), MSG_NOSIGNAL);
+        slow.push_back(fd);
+    }
+    auto began = std::chrono::steady_clock::now();
+    // Trickle one byte per second on each: the request never completes.
+    bool all_closed = false;
+    while (std::chrono::steady_clock::now() - began < 15s && !all_closed) {
+        CHECK(http_get(http_port, "/metrics").status == 200);
+        all_closed = true;
+        for (int fd : slow) {
+            (void)::send(fd, "a", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            char c;
+            auto n = ::recv(fd, &c, 1, MSG_DONTWAIT);
+            if (!(n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))) all_closed = false;
+        }
+        std::this_thread::sleep_for(1s);
+    }
+    auto took = std::chrono::steady_clock::now() - began;
+    CHECK(all_closed);  // the server gave up on every one of them
+    CHECK(took >= 9s);  // not before the 10 s request timeout (less the setup time)
+    for (int fd : slow)
+        ::close(fd);
     CHECK(ferry.stop() == 0);
 }
