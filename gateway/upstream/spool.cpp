@@ -38,7 +38,8 @@
 // fails (not a database, truncated, random bytes, a damaged page, a foreign database) is
 // closed and renamed aside with its -wal/-shm as "<path>.corrupt-<unix seconds>[.N]", logged
 // (warn) and counted (corrupt_recoveries(), ferry_spool_corrupt_total); a fresh spool starts
-// in its place. A zero-byte file is simply an empty database. quick_check does not see a
+// in its place. A zero-byte file without a WAL is damaged too (ferry writes the schema at
+// creation, so only a lost write or a truncation leaves one). quick_check does not see a
 // flipped bit inside a payload (SQLite pages carry no checksums). SQLITE_CORRUPT/NOTADB met
 // later is logged and counted as an error (reason "corrupt"); the calls return error/empty,
 // nothing crashes. Running totals (bytes, messages, last id, batch numbers) are kept in
@@ -413,6 +414,19 @@ std::string spool::impl::move_aside() {
 }
 
 void spool::impl::open_checked() {
+    // SQLite would open an empty file as a new database. A spool is never empty on disk: its
+    // schema is written when it is created (into the WAL first, so a zero-byte main file
+    // with a non-empty WAL is a spool that was never checkpointed, and is fine). An empty
+    // file alone means its content was lost (a truncation, a write lost in a power cut):
+    // say so and count it, as for any other damage.
+    std::error_code size_ec;
+    if (path_exists(settings_.path) && std::filesystem::file_size(settings_.path, size_ec) == 0 &&
+        !size_ec) {
+        const auto wal = settings_.path + "-wal";
+        std::error_code wal_ec;
+        if (!path_exists(wal) || std::filesystem::file_size(wal, wal_ec) == 0 || wal_ec)
+            throw damaged("zero-byte file");
+    }
     int rc =
         sqlite3_open_v2(settings_.path.c_str(), &db_,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);

@@ -531,16 +531,17 @@ TEST_CASE("corrupt spool files are moved aside and a fresh spool starts") {
     }
 }
 
-TEST_CASE("a zero-byte file is an empty spool, not a corrupt one") {
+TEST_CASE("a zero-byte file is damaged: moved aside and counted (issue 3)") {
     tmp_dir dir;
     const auto path = dir.file("spool.db");
     write_file(path, "");
     REQUIRE(fs::file_size(path) == 0);
     prometheus::Registry reg;
+    quiet_logs q;
     spool sp(settings(path), reg);
-    CHECK(sp.corrupt_recoveries() == 0);
-    CHECK(metric(reg, "ferry_spool_corrupt_total") == 0);
-    CHECK(files_starting(dir.path, "spool.db.corrupt-").empty());
+    CHECK(sp.corrupt_recoveries() == 1);
+    CHECK(metric(reg, "ferry_spool_corrupt_total") == 1);
+    CHECK(files_starting(dir.path, "spool.db.corrupt-").size() == 1);
     REQUIRE(sp.append("t", 1, false, body("x")) == append_result::ok);
     CHECK(payloads(sp) == std::vector<std::string>{"x#1"});
 }
