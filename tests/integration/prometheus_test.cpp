@@ -20,6 +20,11 @@ std::string ferry_config(const std::string& dir, std::uint16_t modbus_port, std:
            std::to_string(modbus_port) +
            ", poll_interval: 100ms,\n"
            "      points: [ { name: t, address: 0, type: uint16 } ] }\n"
+           // Nothing listens here: its errors make the error series exist.
+           "  - { id: ghost, driver: modbus_tcp, host: 127.0.0.1, port: " +
+           std::to_string(free_port()) +
+           ", poll_interval: 100ms,\n"
+           "      points: [ { name: t, address: 0, type: uint16 } ] }\n"
            "rules: [ { name: all, match: \"#\", batch: { max_events: 5, max_age: 200ms } } ]\n"
            "upstream: { mqtt: { uris: [\"tcp://127.0.0.1:" +
            std::to_string(mqtt_port) + "\"] } }\n";
@@ -43,6 +48,23 @@ std::optional<double> query(std::uint16_t prom_port, const std::string& promql) 
     if (j.is_discarded() || j["status"] != "success" || j["data"]["result"].empty())
         return std::nullopt;
     return std::stod(j["data"]["result"][0]["value"][1].get<std::string>());
+}
+
+// True when Prometheus accepts the PromQL (the result may be empty).
+bool valid_query(std::uint16_t prom_port, const std::string& promql) {
+    std::string q;
+    for (char c : promql) {
+        if (std::isalnum(static_cast<unsigned char>(c)) || c == '_')
+            q += c;
+        else {
+            char buf[4];
+            std::snprintf(buf, sizeof buf, "%%%02X", static_cast<unsigned char>(c));
+            q += buf;
+        }
+    }
+    auto r = http_get(prom_port, "/api/v1/query?query=" + q);
+    auto j = json::parse(r.body, nullptr, false);
+    return r.status == 200 && !j.is_discarded() && j["status"] == "success";
 }
 
 }  // namespace
@@ -84,6 +106,27 @@ TEST_CASE("Prometheus scrapes ferry; the series carry the values ferry reports")
               .value_or(0) >= 1);
     CHECK(query(prom_port, "ferry_spool_messages").has_value());
     CHECK(query(prom_port, "ferry_driver_poll_seconds_count{device=\"boiler1\"}").value_or(0) >= 1);
+
+    // The Grafana dashboard in config/ only uses series ferry exports, in valid PromQL.
+    auto dash =
+        json::parse(read_file(std::string(FERRY_SOURCE_DIR) + "/config/grafana-dashboard.json"));
+    auto exposition = http_get(http_port, "/metrics").body;
+    std::size_t exprs = 0;
+    for (const auto& panel : dash["panels"]) {
+        for (const auto& target : panel["targets"]) {
+            auto expr = target["expr"].get<std::string>();
+            CAPTURE(expr);
+            auto name_at = expr.find("ferry_");
+            REQUIRE(name_at != std::string::npos);
+            auto end = expr.find_first_not_of("abcdefghijklmnopqrstuvwxyz_", name_at);
+            auto name = expr.substr(name_at, end - name_at);
+            if (name.size() > 7 && name.ends_with("_bucket")) name.resize(name.size() - 7);
+            CHECK(exposition.find("# TYPE " + name + " ") != std::string::npos);
+            CHECK(valid_query(prom_port, expr));
+            ++exprs;
+        }
+    }
+    CHECK(exprs >= 12);
 
     // promtool lints the exposition format and names.
     write_file(dir.file("metrics.txt"), http_get(http_port, "/metrics").body);
