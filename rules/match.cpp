@@ -26,18 +26,23 @@ void pattern_index::add(std::string_view pattern, std::uint32_t rule) {
                 nodes_[n].plus = child;
                 nodes_.emplace_back();
             }
-        } else if (level.find('*') != std::string_view::npos) {
-            auto& globs = nodes_[n].globs;
-            auto it = std::find_if(globs.begin(), globs.end(),
+        } else if (auto star = level.find('*'); star != std::string_view::npos) {
+            auto& bucket = nodes_[n].globs[std::string(level.substr(0, star))];
+            auto it = std::find_if(bucket.begin(), bucket.end(),
                                    [&](const auto& g) { return g.first.text() == level; });
-            if (it != globs.end()) {
+            if (it != bucket.end()) {
                 child = it->second;
             } else {
                 auto compiled = topic_pattern::compile(level);
                 if (!compiled) throw std::invalid_argument("invalid pattern level");
                 child = static_cast<std::uint32_t>(nodes_.size());
-                nodes_[n].globs.emplace_back(std::move(*compiled), child);
-                nodes_.emplace_back();
+                bucket.emplace_back(std::move(*compiled), child);
+                auto& lengths = nodes_[n].glob_prefix_lengths;
+                if (std::find(lengths.begin(), lengths.end(), star) == lengths.end()) {
+                    lengths.push_back(star);
+                    std::sort(lengths.begin(), lengths.end());
+                }
+                nodes_.emplace_back();  // invalidates `bucket`: last
             }
         } else {
             auto [it, added] = nodes_[n].literal.try_emplace(
@@ -74,8 +79,13 @@ void pattern_index::walk(std::uint32_t n, std::string_view rest, bool exhausted,
         if (it != nd.literal.end()) walk(it->second, tail, last, out);
     }
     if (nd.plus != none) walk(nd.plus, tail, last, out);
-    for (const auto& [glob, child] : nd.globs)
-        if (glob.matches(level)) walk(child, tail, last, out);
+    for (auto len : nd.glob_prefix_lengths) {
+        if (len > level.size()) break;
+        auto it = nd.globs.find(std::string(level.substr(0, len)));
+        if (it == nd.globs.end()) continue;
+        for (const auto& [glob, child] : it->second)
+            if (glob.matches(level)) walk(child, tail, last, out);
+    }
 }
 
 void pattern_index::match(std::string_view address, std::vector<std::uint32_t>& out) const {

@@ -1,9 +1,10 @@
 // Which rules an address matches: every rule's `match` patterns in one trie over levels.
 //
 // A lookup walks the address level by level: literal levels by hash, `+` and `#` by one
-// child each, and only the levels with `*` are tried one by one. Its cost grows with the
-// number of levels and of `*` patterns at the levels walked, not with the number of rules,
-// so an engine with 10,000 rules is built in about the time one with 10 takes.
+// child each, and levels with `*` by the literal prefix before their first `*` (then tried
+// one by one among those with the same prefix). Its cost grows with the number of levels and
+// of `*` patterns sharing a prefix at the levels walked, not with the number of rules, so an
+// engine with 10,000 rules is built in milliseconds.
 // Semantics are exactly those of topic_pattern::matches.
 //
 // Built once, then read-only: match() is safe from many threads.
@@ -13,6 +14,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "gateway/topic.hpp"
@@ -34,9 +36,12 @@ class pattern_index {
     struct node {
         std::unordered_map<std::string, std::uint32_t> literal;
         std::uint32_t plus = none;
-        std::vector<std::pair<topic_pattern, std::uint32_t>> globs;  // one-level `*` patterns
-        std::vector<std::uint32_t> end_rules;                        // patterns that end here
-        std::vector<std::uint32_t> hash_rules;  // patterns with `#` here: the rest matches
+        // One-level `*` patterns, by their literal prefix (the text before the first `*`):
+        // a level is tried only against the globs whose prefix it starts with.
+        std::unordered_map<std::string, std::vector<std::pair<topic_pattern, std::uint32_t>>> globs;
+        std::vector<std::size_t> glob_prefix_lengths;  // the distinct prefix lengths, sorted
+        std::vector<std::uint32_t> end_rules;          // patterns that end here
+        std::vector<std::uint32_t> hash_rules;         // patterns with `#` here: the rest matches
     };
     void walk(std::uint32_t n, std::string_view rest, bool exhausted,
               std::vector<std::uint32_t>& out) const;
