@@ -69,8 +69,7 @@ class filter_compiler {
     type parse_logic(bool is_or);
     type parse_not();
     type parse_comparison();
-    type parse_additive();
-    type parse_multiplicative();
+    type parse_arithmetic(bool additive);
     type parse_unary();
     type parse_primary();
 
@@ -291,7 +290,7 @@ filter_compiler::type filter_compiler::parse_not() {
 }
 
 filter_compiler::type filter_compiler::parse_comparison() {
-    auto t = parse_additive();
+    auto t = parse_arithmetic(true);
     filter::op code;
     switch (cur_.kind) {
         case tok::eq:
@@ -318,7 +317,7 @@ filter_compiler::type filter_compiler::parse_comparison() {
     auto pos = cur_.position;
     auto name = std::string(cur_.text);
     next();
-    auto r = parse_additive();
+    auto r = parse_arithmetic(true);
     const bool ordering = code != filter::op::eq && code != filter::op::ne;
     auto known = [](type x) { return x != type::any; };
     if (known(t) && known(r) && t != r) {
@@ -345,32 +344,20 @@ filter_compiler::type filter_compiler::parse_comparison() {
     return type::boolean;
 }
 
-filter_compiler::type filter_compiler::parse_additive() {
-    auto t = parse_multiplicative();
-    while (cur_.kind == tok::plus || cur_.kind == tok::minus) {
+// `+ -` over `* /` over unary minus: one loop for both levels.
+filter_compiler::type filter_compiler::parse_arithmetic(bool additive) {
+    auto operand = [&] { return additive ? parse_arithmetic(false) : parse_unary(); };
+    const tok first = additive ? tok::plus : tok::star;
+    const tok second = additive ? tok::minus : tok::slash;
+    auto t = operand();
+    while (cur_.kind == first || cur_.kind == second) {
         auto pos = cur_.position;
         auto name = "'" + std::string(cur_.text) + "'";
-        auto code = cur_.kind == tok::plus ? filter::op::add : filter::op::sub;
+        auto code = cur_.kind == first ? (additive ? filter::op::add : filter::op::mul)
+                                       : (additive ? filter::op::sub : filter::op::div);
         need_number(t, pos, name);
         next();
-        auto r = parse_multiplicative();
-        need_number(r, pos, name);
-        emit(code, pos);
-        pop_n(1);
-        t = type::number;
-    }
-    return t;
-}
-
-filter_compiler::type filter_compiler::parse_multiplicative() {
-    auto t = parse_unary();
-    while (cur_.kind == tok::star || cur_.kind == tok::slash) {
-        auto pos = cur_.position;
-        auto name = "'" + std::string(cur_.text) + "'";
-        auto code = cur_.kind == tok::star ? filter::op::mul : filter::op::div;
-        need_number(t, pos, name);
-        next();
-        auto r = parse_unary();
+        auto r = operand();
         need_number(r, pos, name);
         emit(code, pos);
         pop_n(1);
