@@ -1,0 +1,143 @@
+// Request planning: coalescing within the protocol limits and max_gap, the fewest requests
+// (checked against an exhaustive search on random layouts), and splitting at the widest gap.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <random>
+
+#include "drivers/modbus/plan.hpp"
+
+using namespace ferry::config;
+using ferry::drivers::modbus::plan_blocks;
+using ferry::drivers::modbus::read_block;
+using ferry::drivers::modbus::split_block;
+
+namespace {
+
+point make(table t, std::uint32_t address, point_type type = point_type::uint16,
+           std::uint32_t length = 0) {
+    point p;
+    p.name = "p" + std::to_string(address);
+    p.tbl = t;
+    p.address = address;
+    p.type = t == table::coil || t == table::discrete ? point_type::boolean : type;
+    p.length = length;
+    return p;
+}
+
+// Every point is inside exactly one block of its table, and each block respects the limits.
+void check_cover(const std::vector<point>& pts, const std::vector<read_block>& blocks) {
+    std::vector<int> seen(pts.size(), 0);
+    for (const auto& b : blocks) {
+        const bool bits = b.tbl == table::coil || b.tbl == table::discrete;
+        CHECK(b.count >= 1);
+        CHECK(b.count <= (bits ? 2000u : 125u));
+        for (auto i : b.points) {
+            ++seen[i];
+            CHECK(pts[i].tbl == b.tbl);
+            CHECK(pts[i].address >= b.start);
+            CHECK(pts[i].address + register_count(pts[i]) <= b.start + b.count);
+        }
+    }
+    for (auto n : seen)
+        CHECK(n == 1);
+}
+
+// The fewest requests by dynamic programming over the sorted points of one table: a request
+// may cover points i..j when they span at most `limit` registers and no gap exceeds max_gap.
+std::size_t fewest(std::vector<point> pts, std::uint32_t max_gap, std::uint32_t limit) {
+    std::sort(pts.begin(), pts.end(),
+              [](const point& a, const point& b) { return a.address < b.address; });
+    const std::size_t n = pts.size();
+    std::vector<std::size_t> best(n + 1, SIZE_MAX);
+    best[0] = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (best[i] == SIZE_MAX) continue;
+        std::uint32_t end = 0;
+        for (std::size_t j = i; j < n; ++j) {
+            if (j > i && pts[j].address > end + max_gap) break;
+            end = std::max(end, pts[j].address + register_count(pts[j]));
+            if (end - pts[i].address > limit) break;
+            best[j + 1] = std::min(best[j + 1], best[i] + 1);
+        }
+    }
+    return best[n];
+}
+
+}  // namespace
+
+TEST_CASE("50 points over 300 registers: three requests, the protocol minimum") {
+    std::vector<point> pts;
+    for (std::uint32_t a = 0; a < 300; a += 6)
+        pts.push_back(
+            make(table::holding, a, a % 12 == 0 ? point_type::float32 : point_type::uint16));
+    REQUIRE(pts.size() == 50);
+    const auto blocks = plan_blocks(pts, 16);
+    check_cover(pts, blocks);
+    CHECK(blocks.size() == 3);  // ceil(296 / 125)
+    // max_gap 0: every gap of 4 or 5 unused registers needs its own request.
+    CHECK(plan_blocks(pts, 0).size() == 50);
+    // max_gap 4 bridges float32 (a, a+1) to the uint16 at a+6, not the gap of 5 after it.
+    CHECK(plan_blocks(pts, 4).size() == 25);
+}
+
+TEST_CASE("tables never share a request; bits coalesce up to 2000") {
+    std::vector<point> pts{make(table::coil, 0),    make(table::coil, 1999),
+                           make(table::coil, 2000), make(table::discrete, 5),
+                           make(table::holding, 5), make(table::input, 5)};
+    const auto blocks = plan_blocks(pts, 3000);
+    check_cover(pts, blocks);
+    CHECK(blocks.size() == 5);  // coils 0..1999, coil 2000, discrete, holding, input
+}
+
+TEST_CASE("a multi-register point never straddles two requests") {
+    std::vector<point> pts{make(table::holding, 0), make(table::holding, 122, point_type::float64)};
+    const auto blocks = plan_blocks(pts, 200);
+    check_cover(pts, blocks);
+    CHECK(blocks.size() == 2);  // 0..125 would be 126 registers
+    std::vector<point> strings{make(table::holding, 10, point_type::string, 8),
+                               make(table::holding, 12)};  // inside the string: shared registers
+    const auto b2 = plan_blocks(strings, 0);
+    check_cover(strings, b2);
+    CHECK(b2.size() == 1);
+    CHECK(b2[0].count == 8);
+}
+
+TEST_CASE("greedy coalescing uses the fewest requests (random layouts, exhaustive check)") {
+    std::mt19937 rng(42);
+    const point_type types[] = {point_type::uint16, point_type::int32, point_type::float32,
+                                point_type::float64, point_type::int64};
+    for (int round = 0; round < 300; ++round) {
+        std::vector<point> pts;
+        const int n = 1 + static_cast<int>(rng() % 60);
+        for (int i = 0; i < n; ++i)
+            pts.push_back(
+                make(table::holding, static_cast<std::uint32_t>(rng() % 600), types[rng() % 5]));
+        const auto gap = static_cast<std::uint32_t>(rng() % 40);
+        const auto blocks = plan_blocks(pts, gap);
+        check_cover(pts, blocks);
+        CHECK(blocks.size() == fewest(pts, gap, 125));
+    }
+}
+
+TEST_CASE("split_block cuts at the widest gap, bisecting runs of equal gaps") {
+    std::vector<point> pts{make(table::holding, 0), make(table::holding, 1),
+                           make(table::holding, 2), make(table::holding, 20),
+                           make(table::holding, 21)};
+    const auto blocks = plan_blocks(pts, 30);
+    REQUIRE(blocks.size() == 1);
+    auto [a, b] = split_block(blocks[0], pts);
+    CHECK(a.start == 0);
+    CHECK(a.count == 3);
+    CHECK(a.points.size() == 3);
+    CHECK(b.start == 20);
+    CHECK(b.count == 2);
+    std::vector<point> even;
+    for (std::uint32_t i = 0; i < 8; ++i)
+        even.push_back(make(table::holding, i));
+    auto [c, d] = split_block(plan_blocks(even, 0)[0], even);
+    CHECK(c.points.size() == 4);
+    CHECK(d.points.size() == 4);
+    CHECK(d.start == 4);
+}
