@@ -297,6 +297,10 @@ bool mosquitto::running() {
     return proc_ && proc_->running();
 }
 
+pid_t mosquitto::pid() const {
+    return proc_ ? proc_->pid() : -1;
+}
+
 // ---- mqtt_recorder -------------------------------------------------------------------------
 
 struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt::iaction_listener {

@@ -83,6 +83,7 @@ class mosquitto {
     void start();  // (re)start on the same port; waits until it accepts connections
     bool running();
     std::string log_file() const;  // the broker's stdout+stderr (removed with the object)
+    pid_t pid() const;             // -1 when not started
 
   private:
     std::uint16_t port_;
