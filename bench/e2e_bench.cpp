@@ -1,0 +1,138 @@
+// End to end: Modbus TCP devices → ferry (bus, rules, JSON, spool, MQTT QoS 1) → mosquitto →
+// a subscriber. The figure of merit from ARCHITECTURE.md: ferry's CPU time per delivered
+// value (user + system, from /proc/PID/stat), whether every value is delivered, and RSS.
+//
+// usage: bench_e2e [devices=50] [registers=100] [poll_ms=100] [seconds=20] [fsync=batch]
+// Not a test: ./scripts/bench runs it and prints the numbers.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/support/harness.hpp"
+
+using namespace ferry::test;
+
+namespace {
+
+// utime + stime of a process, in seconds.
+double cpu_seconds(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string all((std::istreambuf_iterator<char>(in)), {});
+    auto close = all.rfind(')');
+    std::istringstream rest(all.substr(close + 2));
+    std::string field;
+    unsigned long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+        if (i == 14) utime = std::stoul(field);
+        if (i == 15) stime = std::stoul(field);
+    }
+    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int devices = argc > 1 ? std::atoi(argv[1]) : 50;
+    int registers = argc > 2 ? std::atoi(argv[2]) : 100;
+    int poll_ms = argc > 3 ? std::atoi(argv[3]) : 100;
+    int seconds = argc > 4 ? std::atoi(argv[4]) : 20;
+    std::string fsync = argc > 5 ? argv[5] : "batch";
+
+    temp_dir dir;
+    mosquitto broker;
+    auto sim_port = free_port();
+    std::vector<std::string> sim_args{FERRY_MODBUS_SIM, "--port", std::to_string(sim_port)};
+    for (int r = 0; r < registers; ++r) {
+        sim_args.push_back("--set");
+        sim_args.push_back("holding:" + std::to_string(r) + "=u16:" + std::to_string(r * 3));
+    }
+    process sim(sim_args, dir.file("sim.log"));
+    if (!wait_for_port(sim_port, 10s)) {
+        std::fprintf(stderr, "simulator did not start\n");
+        return 3;
+    }
+
+    std::string cfg = "gateway: { id: bench, data_dir: " + dir.path() +
+                      " }\n"
+                      "devices:\n";
+    for (int d = 0; d < devices; ++d) {
+        cfg +=
+            "  - id: dev" + std::to_string(d) +
+            "\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " + std::to_string(sim_port) +
+            "\n    poll_interval: " + std::to_string(poll_ms) + "ms\n    points:\n";
+        for (int r = 0; r < registers; ++r) {
+            cfg += "      - { name: r" + std::to_string(r) + ", address: " + std::to_string(r) +
+                   ", type: uint16, unit: u }\n";
+        }
+    }
+    cfg +=
+        "rules: [ { name: all, match: \"#\", batch: { max_events: 500, max_age: 1s },\n"
+        "          publish: { topic: \"bench/{gateway}/{device}\", qos: 1 } } ]\n"
+        "upstream:\n"
+        "  mqtt: { uris: [\"" +
+        broker.uri() +
+        "\"], inflight: 64 }\n"
+        "  spool: { fsync: " +
+        fsync + " }\n";
+    write_file(dir.file("ferry.yaml"), cfg);
+
+    mqtt_recorder rec(broker.uri(), {"bench/#"});
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    // Warm-up: let connections open and the first batches flow.
+    if (!wait_until([&] { return rec.count() > 0; }, 20s)) {
+        std::fprintf(stderr, "nothing arrived; see %s\n", dir.file("ferry.log").c_str());
+        return 3;
+    }
+    std::this_thread::sleep_for(2s);
+    auto count_events = [&] {
+        std::size_t n = 0;
+        for (const auto& m : rec.messages()) {
+            auto j = nlohmann::json::parse(m.payload, nullptr, false);
+            if (!j.is_discarded()) n += j["events"].size();
+        }
+        return n;
+    };
+    auto cpu0 = cpu_seconds(ferry.pid());
+    auto events0 = count_events();
+    auto t0 = std::chrono::steady_clock::now();
+    std::uint64_t rss_max = 0;
+    for (int s = 0; s < seconds; ++s) {
+        std::this_thread::sleep_for(1s);
+        rss_max = std::max(rss_max, rss_kib(ferry.pid()));
+    }
+    auto cpu1 = cpu_seconds(ferry.pid());
+    auto wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto events1 = count_events();
+    // Every value delivered? Stop ferry (it flushes what it batched), let the last messages
+    // land, then look for gaps in seq over everything that arrived.
+    ferry.stop();
+    std::this_thread::sleep_for(2s);
+    std::set<std::uint64_t> seqs;
+    std::size_t duplicates = 0;
+    for (const auto& m : rec.messages()) {
+        auto j = nlohmann::json::parse(m.payload, nullptr, false);
+        if (j.is_discarded()) continue;
+        for (const auto& e : j["events"]) {
+            if (!seqs.insert(e["seq"].get<std::uint64_t>()).second) ++duplicates;
+        }
+    }
+    auto span = seqs.empty() ? 0 : *seqs.rbegin() - *seqs.begin() + 1;
+    auto delivered = static_cast<double>(events1 - events0);
+    double offered = devices * registers * (1000.0 / poll_ms) * wall;
+    std::printf("e2e: %d devices x %d registers every %d ms, fsync %s, %.1f s measured\n", devices,
+                registers, poll_ms, fsync.c_str(), wall);
+    std::printf("  offered           %10.0f values/s\n", offered / wall);
+    std::printf("  delivered         %10.0f values/s in the measured window\n", delivered / wall);
+    std::printf("  complete          %10zu of %llu seq delivered, %zu duplicates\n", seqs.size(),
+                static_cast<unsigned long long>(span), duplicates);
+    std::printf("  ferry CPU         %10.3f s (%.1f %% of one core)\n", cpu1 - cpu0,
+                100.0 * (cpu1 - cpu0) / wall);
+    std::printf("  CPU per value     %10.3f us\n", 1e6 * (cpu1 - cpu0) / delivered);
+    std::printf("  RSS (max)         %10.1f MiB\n", static_cast<double>(rss_max) / 1024.0);
+    return 0;
+}
