@@ -31,6 +31,9 @@
 // small. acks free pages onto SQLite's freelist, which later appends reuse; beyond a slack
 // the free pages are given back with `PRAGMA incremental_vacuum`, so the file shrinks after
 // a drain and stays within max_bytes plus overhead while full (numbers in docs/SPOOL.md).
+// Appends stop while the file system's free space (plus the file's free pages) is below a
+// reserve of two WAL checkpoints: an ack is a DELETE that needs WAL space, and a spool that
+// filled the disk itself could otherwise never ack, checkpoint or drain again.
 //
 // Recovery. At open, SQLite replays the WAL (rolling back any transaction cut short by a
 // crash). Then `PRAGMA quick_check` checks the b-tree structure, and the schema is checked
@@ -48,6 +51,7 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <prometheus/counter.h>
@@ -225,6 +229,8 @@ struct spool::impl {
     std::unordered_map<std::string, std::uint64_t> last_batch_;
     std::uint64_t freed_since_vacuum_check_ = 0;
     std::int64_t vacuum_slack_pages_ = 0;
+    // Free space on the file system that appends leave for acks and checkpoints.
+    std::uint64_t disk_reserve_ = 0;
 
     // Error log lines are rate-limited (a full disk would otherwise log every append); the
     // counter still counts every error.
@@ -257,7 +263,8 @@ struct spool::impl {
     [[noreturn]] void fail(int rc, std::string_view what);
 
     // runtime
-    void record_error(int rc, std::string_view op);
+    void record_error(int rc, std::string_view op, std::string_view detail = {});
+    bool below_disk_reserve(std::uint64_t need);
     void set_gauges() {
         g_bytes_->Set(static_cast<double>(bytes_.load()));
         g_messages_->Set(static_cast<double>(messages_.load()));
@@ -320,6 +327,14 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
     // it does once twice this many are free): 1/16 of max_bytes, within [8 pages, 4 MiB].
     vacuum_slack_pages_ = std::clamp<std::int64_t>(
         static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 8, 1024);
+    // Room for the WAL to reach its checkpoint size and for the checkpoint to grow the main
+    // file by as much (the WAL size as in setup_connection), plus a margin.
+    disk_reserve_ =
+        2 *
+            static_cast<std::uint64_t>(std::clamp<std::int64_t>(
+                static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 32, 1000)) *
+            static_cast<std::uint64_t>(page_size) +
+        64 * 1024;
 
     open_or_recover();
     set_gauges();
@@ -634,7 +649,7 @@ void spool::impl::load_totals() {
     }
 }
 
-void spool::impl::record_error(int rc, std::string_view op) {
+void spool::impl::record_error(int rc, std::string_view op, std::string_view detail) {
     err_reason r = classify(rc);
     c_errors_[static_cast<int>(r)]->Increment();
     auto now = std::chrono::steady_clock::now();
@@ -649,7 +664,9 @@ void spool::impl::record_error(int rc, std::string_view op) {
     log::error(component, "spool operation failed",
                {{"op", std::string(op)},
                 {"reason", err_reason_names[static_cast<int>(r)]},
-                {"error", db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc)},
+                {"error", !detail.empty()  ? std::string(detail)
+                          : db_ != nullptr ? sqlite3_errmsg(db_)
+                                           : sqlite3_errstr(rc)},
                 {"code", std::to_string(rc)},
                 {"suppressed_since_last", suppressed}});
 }
@@ -738,6 +755,14 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
             continue;  // another append may have taken this topic's batch number meanwhile
         }
 
+        // A spool that filled the disk itself could no longer ack (a DELETE writes to the WAL)
+        // nor checkpoint: it would never drain. Appends stop short of that.
+        if (below_disk_reserve(need)) {
+            record_error(SQLITE_FULL, "append",
+                         "free disk space below the reserve kept for acks and checkpoints");
+            return append_result::error;
+        }
+
         // One transaction: drop the oldest (if needed), the batch number, the message.
         int rc = step_done(begin_);
         if (rc != SQLITE_OK) {
@@ -816,6 +841,22 @@ bool spool::impl::has_after(std::int64_t after_id) {
     if (rc == SQLITE_ROW) return true;
     if (rc != SQLITE_DONE) record_error(rc, "wait");
     return false;
+}
+
+// True when the file system would keep less than disk_reserve_ free after storing `need`
+// bytes. Free pages inside the file count as free: appends reuse them without growing it.
+bool spool::impl::below_disk_reserve(std::uint64_t need) {
+    auto dir = std::filesystem::path(settings_.path).parent_path();
+    if (dir.empty()) dir = ".";
+    struct statvfs v {};
+    if (::statvfs(dir.c_str(), &v) != 0) return false;  // cannot tell: let SQLite find out
+    std::uint64_t free = static_cast<std::uint64_t>(v.f_bavail) * v.f_frsize;
+    if (free >= disk_reserve_ + need * 2) return false;  // the common case: no query
+    use u(freelist_);
+    if (sqlite3_step(*u) == SQLITE_ROW)
+        free += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0)) *
+                static_cast<std::uint64_t>(page_size);
+    return free < disk_reserve_ + need * 2;
 }
 
 // Gives free pages beyond the slack back to the file system, now and then.
