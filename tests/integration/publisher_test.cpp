@@ -457,58 +457,20 @@ TEST_CASE("stop(drain) delivers what the spool holds, then says offline") {
 
 namespace {
 
-// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, by openssl(1).
-struct test_pki {
-    temp_dir dir;
-    std::string ca, ca_key, server, server_key, client, client_key, other_ca;
-
-    test_pki() {
-        const auto d = dir.path();
-        ca = d + "/ca.pem";
-        ca_key = d + "/ca.key";
-        server = d + "/server.pem";
-        server_key = d + "/server.key";
-        client = d + "/client.pem";
-        client_key = d + "/client.key";
-        other_ca = d + "/other-ca.pem";
-        const std::string q = " >/dev/null 2>&1";
-        const std::string ext = d + "/san.ext";
-        ferry::test::write_file(ext, "subjectAltName=IP:127.0.0.1\n");
-        const std::vector<std::string> cmds{
-            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ferry-test-ca -keyout " +
-                ca_key + " -out " + ca,
-            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout " + d +
-                "/other.key -out " + other_ca,
-            "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout " + server_key +
-                " -out " + d + "/server.csr",
-            "openssl x509 -req -in " + d + "/server.csr -CA " + ca + " -CAkey " + ca_key +
-                " -CAcreateserial -days 2 -extfile " + ext + " -out " + server,
-            "openssl req -newkey rsa:2048 -nodes -subj /CN=gw1 -keyout " + client_key + " -out " +
-                d + "/client.csr",
-            "openssl x509 -req -in " + d + "/client.csr -CA " + ca + " -CAkey " + ca_key +
-                " -CAcreateserial -days 2 -out " + client,
-            // mosquitto drops root to its own user: let it read the files.
-            "chmod 755 " + d + " && chmod 644 " + d + "/*",
-        };
-        for (const auto& c : cmds)
-            REQUIRE_MESSAGE(std::system((c + q).c_str()) == 0, c);
-    }
-
-    // A TLS listener requiring client certificates, plus a plain listener on `plain_port`
-    // for the recorder.
-    std::string broker_conf(std::uint16_t plain_port) const {
-        return "cafile " + ca + "\ncertfile " + server + "\nkeyfile " + server_key +
-               "\nrequire_certificate true\nlistener " + std::to_string(plain_port) +
-               " 127.0.0.1\n";
-    }
-};
+// A TLS listener on the broker's port with the harness's test PKI (a server certificate for
+// 127.0.0.1, client certificates required), plus a plain listener on `plain_port` for the
+// recorder.
+std::string broker_conf(const ferry::test::test_pki& pki, std::uint16_t plain_port) {
+    return "cafile " + pki.ca + "\ncertfile " + pki.server + "\nkeyfile " + pki.server_key +
+           "\nrequire_certificate true\nlistener " + std::to_string(plain_port) + " 127.0.0.1\n";
+}
 
 }  // namespace
 
 TEST_CASE("TLS: verified server, client certificate; a wrong CA never connects") {
-    test_pki pki;
+    ferry::test::test_pki pki;
     const auto plain = ferry::test::free_port();
-    mosquitto broker(0, pki.broker_conf(plain));
+    mosquitto broker(0, broker_conf(pki, plain));
     REQUIRE(ferry::test::wait_for_port(plain, 5s));
     const std::string tls_uri = "ssl://127.0.0.1:" + std::to_string(broker.port());
 
