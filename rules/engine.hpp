@@ -161,7 +161,11 @@ class engine {
         steady_time when;
         std::size_t slot;
         std::uint64_t generation;
-        bool operator>(const due& o) const { return when > o.when; }
+        // Batches due at the same time leave in slot order: the output does not depend on
+        // the heap's handling of ties.
+        bool operator>(const due& o) const {
+            return when != o.when ? when > o.when : slot > o.slot;
+        }
     };
 
     bool deadband_passes(const rule_state& r, route& rt, const event& e, steady_time now) const;
