@@ -10,3 +10,5 @@ ferry_test(integration_http integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/
 ferry_test(integration_rules integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/rules_pipeline_test.cpp)
 ferry_test(integration_prometheus integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/prometheus_test.cpp)
 ferry_test(integration_systemd integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/systemd_test.cpp)
+ferry_test(integration_modbus integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/modbus_driver_test.cpp)
+target_link_libraries(integration_modbus PRIVATE ferry_drivers)
