@@ -903,7 +903,8 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
         if (impl_->db_ == nullptr || max == 0) return out;
         use u(impl_->peek_);
         sqlite3_bind_int64(*u, 1, after_id);
-        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(std::min<std::size_t>(max, INT64_MAX)));
+        sqlite3_bind_int64(*u, 2,
+                           static_cast<std::int64_t>(std::min<std::uint64_t>(max, INT64_MAX)));
         int rc;
         while ((rc = sqlite3_step(*u)) == SQLITE_ROW) {
             spooled_message m;
