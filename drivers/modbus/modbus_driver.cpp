@@ -24,6 +24,7 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 constexpr auto k_max_backoff = std::chrono::seconds(30);
+constexpr auto k_start_spread = std::chrono::milliseconds(100);
 
 struct line;
 
@@ -75,6 +76,7 @@ struct poller::impl {
     mutable std::mutex mu;
     std::condition_variable cv;
     bool stopping = false;
+    steady::time_point timer_at = steady::time_point::max();  // a worker sleeps until then
     std::vector<std::thread> workers;
     std::mt19937 rng{std::random_device{}()};
 
@@ -332,10 +334,20 @@ struct poller::impl {
                 continue;
             }
             if (next->next_due > steady::now()) {
-                cv.wait_until(lock, next->next_due);
+                // One worker sleeps until the next due time, the others until notified: no
+                // herd of workers waking at every due time to find the device taken.
+                if (next->next_due < timer_at) {
+                    const auto mine = next->next_due;
+                    timer_at = mine;
+                    cv.wait_until(lock, mine);
+                    if (timer_at == mine) timer_at = steady::time_point::max();
+                } else {
+                    cv.wait(lock);
+                }
                 continue;  // re-evaluate: another worker may have taken it, or we stop
             }
             next->ln->busy = true;
+            cv.notify_one();  // someone else watches the clock while we poll
             lock.unlock();
             const auto o = poll(*next);
             lock.lock();
@@ -344,7 +356,7 @@ struct poller::impl {
             next->status.requests += o.requests;
             ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
             reschedule(*next, steady::now());
-            cv.notify_all();
+            cv.notify_one();  // the line is free again
         }
     }
 };
@@ -360,9 +372,14 @@ poller::~poller() {
 void poller::start() {
     std::lock_guard lock(impl_->mu);
     if (!impl_->workers.empty()) return;
+    // First polls are spread over the first interval (at most 100 ms), so that many devices
+    // with one interval do not all fall due at the same instant, poll after poll.
     const auto now = steady::now();
-    for (auto& d : impl_->devices)
-        d->next_due = now;
+    const auto count = static_cast<std::int64_t>(impl_->devices.size());
+    for (auto& d : impl_->devices) {
+        const auto spread = std::min<steady::duration>(d->cfg.poll_interval, k_start_spread);
+        d->next_due = now + spread * static_cast<std::int64_t>(d->index) / count;
+    }
     const std::size_t n = std::min(impl_->max_workers, impl_->lines.size());
     for (std::size_t i = 0; i < n; ++i)
         impl_->workers.emplace_back([this] { impl_->worker(); });
