@@ -60,6 +60,7 @@ struct daemon::impl {
     std::shared_ptr<subscription> read_sub;
     std::thread read_thread;
     std::atomic<bool> running{false};
+    prometheus::Family<prometheus::Counter>* reloads = nullptr;
     // Liveness of the rule thread, for the systemd watchdog: the time of its last loop pass,
     // and whether it is waiting on purpose (a full spool with when_full: block).
     std::atomic<std::int64_t> rule_pulse_ms{0};
@@ -76,6 +77,7 @@ struct daemon::impl {
     std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> bus_dropped_seen{};
 
     std::string status_line() const;
+    void reload();
     bool making_progress() const;
 
     explicit impl(config::config c) : cfg(std::move(c)) {}
@@ -88,6 +90,10 @@ struct daemon::impl {
             .Register(registry)
             .Add({{"version", build_info::version()}, {"arch", build_info::arch()}})
             .Set(1);
+        reloads = &prometheus::BuildCounter()
+                       .Name("ferry_config_reloads_total")
+                       .Help("SIGHUP config reloads by result (invalid, not_applied)")
+                       .Register(registry);
 
         for (const auto& d : cfg.devices) {
             for (const auto& p : d.points)
@@ -331,6 +337,27 @@ std::string daemon::impl::status_line() const {
            (publisher->connected() ? "connected" : "disconnected");
 }
 
+// SIGHUP: the new file is validated; an invalid one is rejected with every error logged and
+// the running config goes on. Applying a valid one live is not built yet: it is reported as
+// such (restart to apply), never half-applied.
+void daemon::impl::reload() {
+    try {
+        config::load_config(cfg.file);
+    } catch (const config::errors& e) {
+        for (const auto& err : e.list()) {
+            log::error("config", "reload rejected; the running config stays",
+                       {{"error", err.to_string()}});
+        }
+        reloads->Add({{"result", "invalid"}}).Increment();
+        return;
+    }
+    log::error("config",
+               "the new config is valid, but applying it live is not built yet in this version "
+               "of Ferry; restart ferry to apply it",
+               {{"file", cfg.file}});
+    reloads->Add({{"result", "not_applied"}}).Increment();
+}
+
 bool daemon::impl::making_progress() const {
     auto now =
         std::chrono::duration_cast<std::chrono::milliseconds>(steady::now().time_since_epoch())
@@ -365,9 +392,7 @@ int daemon::run() {
             continue;
         }
         if (sig == SIGHUP) {
-            log::error("ferry",
-                       "config reload on SIGHUP is not built yet in this version; restart ferry to "
-                       "apply changes");
+            impl_->reload();
             continue;
         }
         log::info("ferry", "stopping", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});

@@ -12,3 +12,4 @@ ferry_test(integration_prometheus integration ${CMAKE_CURRENT_SOURCE_DIR}/integr
 ferry_test(integration_systemd integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/systemd_test.cpp)
 ferry_test(integration_modbus integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/modbus_driver_test.cpp)
 target_link_libraries(integration_modbus PRIVATE ferry_drivers)
+ferry_test(integration_reload integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/reload_test.cpp)
