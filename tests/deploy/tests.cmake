@@ -9,3 +9,7 @@ set_tests_properties(deploy_systemd_unit PROPERTIES LABELS integration SKIP_RETU
 add_test(NAME deploy_package COMMAND ${D}/package_test.sh ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
 set_tests_properties(deploy_package PROPERTIES LABELS integration SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
                      TIMEOUT 300)
+# The package's default /etc/ferry/ferry.yaml is valid (without root, in every run).
+add_test(NAME deploy_default_config
+         COMMAND $<TARGET_FILE:ferry> check -c ${PROJECT_SOURCE_DIR}/packaging/ferry.yaml)
+set_tests_properties(deploy_default_config PROPERTIES LABELS integration)
