@@ -3,6 +3,8 @@
 #include <cinttypes>
 #include <cstdlib>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "drivers/modbus/codec.hpp"
 #include "drivers/modbus/link.hpp"
@@ -146,15 +148,27 @@ const char* table_name(config::table t) {
     }
 }
 
+// Prints `first` and then the columns, 24 characters apart, without trailing blanks.
+void print_columns(std::FILE* out, const std::string& first, const std::vector<std::string>& cols) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "  %-8s", first.c_str());
+    std::string line = buf;
+    for (const auto& c : cols) {
+        std::snprintf(buf, sizeof buf, " %-24s", c.c_str());
+        line += buf;
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    std::fprintf(out, "%s\n", line.c_str());
+}
+
 template <class T, class F>
 void row(std::FILE* out, const char* type, const decodings::per_order<T>& values, F format) {
-    std::fprintf(out, "  %-8s", type);
+    std::vector<std::string> cols;
     for (auto o : decodings::orders) {
         const auto& v = values[decodings::order_index(o)];
-        const std::string text = v ? format(*v) : std::string("-");
-        std::fprintf(out, " %-24s", text.c_str());
+        cols.push_back(v ? format(*v) : std::string("-"));
     }
-    std::fputc('\n', out);
+    print_columns(out, type, cols);
 }
 
 std::string fmt_u(std::uint64_t v) {
@@ -185,10 +199,11 @@ void print_registers(std::FILE* out, const probe_args& a, const std::vector<std:
     }
     for (std::size_t i = 0; i < regs.size(); ++i) {
         const auto d = decode_all(std::span<const std::uint16_t>(regs).subspan(i));
-        std::fprintf(out, "\nstarting at register %zu:\n  %-8s", *a.address + i, "type");
+        std::fprintf(out, "\nstarting at register %zu:\n", *a.address + i);
+        std::vector<std::string> names;
         for (auto o : decodings::orders)
-            std::fprintf(out, " %-24s", std::string(order_name(o)).c_str());
-        std::fputc('\n', out);
+            names.emplace_back(order_name(o));
+        print_columns(out, "type", names);
         row(out, "uint16", d.u16, [](std::uint16_t v) { return fmt_u(v); });
         row(out, "int16", d.i16, [](std::int16_t v) { return fmt_i(v); });
         if (i + 2 > regs.size()) continue;
