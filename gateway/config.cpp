@@ -24,6 +24,7 @@
 #include <span>
 #include <utility>
 
+#include "drivers/serial/regex.hpp"
 #include "gateway/topic.hpp"
 #include "rules/filter.hpp"
 
@@ -43,7 +44,6 @@ struct not_built_row {
 
 constexpr not_built_row k_not_built_yet[] = {
     {"commands.enabled", "true", "'commands' (downlink writes)"},
-    {"devices[].driver", "serial_line", "driver 'serial_line'"},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -125,6 +125,8 @@ constexpr option k_device_options[] = {
     {"serial", "map", "required", "The serial line (see `devices[].serial`).", k_serial},
     {"framing", "map", "{ delimiter: \"\\n\" }", "How the byte stream is cut into frames.", k_line},
     {"parse", "map", "required", "How a frame becomes point values.", k_line},
+    {"poll", "map", "none: the sensor sends on its own",
+     "Write a request at an interval (see `devices[].poll`).", k_line},
     {"points", "list of maps", "required", "The values read from the device; at least one."},
 };
 
@@ -139,6 +141,14 @@ constexpr option k_serial_options[] = {
 constexpr option k_framing_options[] = {
     {"delimiter", "string", "\"\\n\"", "Frames end with this string (stripped)."},
     {"length", "integer 1..65535", "", "Fixed-size frames of this many bytes instead."},
+    {"max_frame", "size 1..1MiB", "4KiB",
+     "With delimiter: a longer frame is counted (reason too_long) and dropped up to the next "
+     "delimiter."},
+};
+
+constexpr option k_line_poll_options[] = {
+    {"request", "string", "required", "Written to the port at every interval, e.g. \"R\\r\\n\"."},
+    {"interval", "duration > 0", "1s", "How often the request is written (fixed rate)."},
 };
 
 constexpr option k_parse_options[] = {
@@ -272,8 +282,9 @@ constexpr section_decl k_sections[] = {
     {"devices[]", "Keys a driver does not take are errors (e.g. `host` on modbus_rtu).",
      k_device_options},
     {"devices[].serial", "modbus_rtu and serial_line.", k_serial_options},
-    {"devices[].framing", "serial_line; at most one of the two keys.", k_framing_options},
+    {"devices[].framing", "serial_line; at most one of delimiter and length.", k_framing_options},
     {"devices[].parse", "serial_line; exactly one of regex, csv, json, kv.", k_parse_options},
+    {"devices[].poll", "serial_line, for sensors that answer on demand.", k_line_poll_options},
     {"devices[].points[]", "", k_point_options},
     {"rules[]", "", k_rule_options},
     {"rules[].transform", "", k_transform_options},
@@ -1068,14 +1079,7 @@ void loader::device_entry(const value_ref& v, device& d) {
                                [&](const point& p) { return p.name == n; });
         };
         if (refs.regex) {
-            const std::string& re = d.parse->regex;
-            for (auto pos = re.find("(?<"); pos != std::string::npos;
-                 pos = re.find("(?<", pos + 3)) {
-                if (pos + 3 < re.size() && (re[pos + 3] == '=' || re[pos + 3] == '!'))
-                    continue;  // lookbehind
-                auto close = re.find('>', pos);
-                if (close == std::string::npos) break;
-                std::string name = re.substr(pos + 3, close - pos - 3);
+            for (const auto& name : drivers::serial::check_regex(d.parse->regex).names) {
                 if (!known(name))
                     fail(*refs.regex,
                          "named group '" + name + "' is not a point of device '" + d.id + "'");
@@ -1116,9 +1120,27 @@ void loader::serial_line(const map_reader& m, device& d, parse_refs& refs) {
             if (auto x = fm.get("delimiter"))
                 if (auto s = nonempty_str(*x)) f.delimiter = *s;
             set(fm, "length", f.length, 1, 65535);
+            if (auto x = fm.get("max_frame")) {
+                if (fm.has("length"))
+                    fail(fm.key_ref("max_frame"), "'max_frame' applies only to delimiter framing");
+                else if (auto n = size(*x, 1, 1024 * 1024))
+                    f.max_frame = static_cast<std::uint32_t>(*n);
+            }
         }
     }
     d.framing = f;
+
+    if (auto r = m.get("poll")) {
+        map_reader qm(*this, *r, k_line_poll_options);
+        if (qm.is_map()) {
+            qm.check_keys();
+            line_poll_settings q;
+            if (qm.require("request"))
+                if (auto s = nonempty_str(*qm.get("request"))) q.request = *s;
+            set_dur(qm, "interval", q.interval, true);
+            d.poll = std::move(q);
+        }
+    }
 
     if (!m.require("parse")) return;
     map_reader pm(*this, *m.get("parse"), k_parse_options);
@@ -1132,6 +1154,8 @@ void loader::serial_line(const map_reader& m, device& d, parse_refs& refs) {
         if (auto s = nonempty_str(*r)) {
             p.regex = *s;
             refs.regex = *r;
+            if (auto e = drivers::serial::check_regex(*s).error; !e.empty())
+                fail(*r, "invalid regex: " + e);
         }
     }
     if (auto r = pm.get("csv")) {

@@ -104,6 +104,14 @@ struct serial_settings {
 struct framing_settings {
     std::string delimiter = "\n";  // frames end with this (stripped); used when length == 0
     std::uint32_t length = 0;      // > 0: fixed-size frames of this many bytes
+    // Delimiter framing: a longer frame is counted (reason too_long) and dropped.
+    std::uint32_t max_frame = 4096;
+};
+
+// serial_line: a request written at a fixed interval, for sensors that answer on demand.
+struct line_poll_settings {
+    std::string request;
+    duration interval{1000};
 };
 
 enum class parse_format { regex, csv, json, kv };
@@ -132,6 +140,7 @@ struct device {
     mark where;
     std::optional<framing_settings> framing;  // serial_line only
     std::optional<parse_settings> parse;      // serial_line only
+    std::optional<line_poll_settings> poll;   // serial_line only
 };
 
 struct batch_settings {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/serial/serial_driver.hpp"
 #include "gateway/bus.hpp"
 #include "gateway/http_server.hpp"
 #include "gateway/log.hpp"
@@ -54,6 +55,7 @@ struct daemon::impl {
     std::unique_ptr<rules::engine> engine;
     std::shared_ptr<subscription> rule_sub;
     std::unique_ptr<drivers::modbus::poller> poller;
+    std::unique_ptr<drivers::serial::reader> serial_reader;
     std::unique_ptr<upstream::mqtt_publisher> publisher;
     std::unique_ptr<http_server> http;
     std::unique_ptr<read_model> reads;
@@ -138,9 +140,12 @@ struct daemon::impl {
         }
 
         std::vector<config::device> modbus_devices;
+        std::vector<config::device> serial_devices;
         for (const auto& d : cfg.devices) {
             if (d.driver == "modbus_tcp" || d.driver == "modbus_rtu")
                 modbus_devices.push_back(d);
+            else if (d.driver == "serial_line")
+                serial_devices.push_back(d);
             else
                 throw std::runtime_error("device " + d.id + ": driver '" + d.driver +
                                          "' is not built yet");
@@ -148,6 +153,9 @@ struct daemon::impl {
         poller = std::make_unique<drivers::modbus::poller>(
             std::move(modbus_devices),
             drivers::modbus::driver_context{*bus, *seq, points, registry});
+        serial_reader = std::make_unique<drivers::serial::reader>(
+            std::move(serial_devices),
+            drivers::serial::driver_context{*bus, *seq, points, registry});
         publisher = std::make_unique<upstream::mqtt_publisher>(cfg.upstream.mqtt, cfg.gateway.id,
                                                                *spool, registry);
         if (cfg.http.enabled) {
@@ -272,6 +280,7 @@ struct daemon::impl {
         publisher->start();
         rule_thread = std::thread([this] { rule_loop(); });
         poller->start();
+        serial_reader->start();
         running = true;
     }
 
@@ -302,6 +311,7 @@ struct daemon::impl {
             }
         });
         poller->stop();
+        serial_reader->stop();
         rule_sub->close();
         rule_thread.join();
         if (read_sub) {

@@ -13,3 +13,4 @@ ferry_test(integration_systemd integration ${CMAKE_CURRENT_SOURCE_DIR}/integrati
 ferry_test(integration_modbus integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/modbus_driver_test.cpp)
 target_link_libraries(integration_modbus PRIVATE ferry_drivers)
 ferry_test(integration_reload integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/reload_test.cpp)
+ferry_test(integration_serial integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/serial_line_test.cpp)

@@ -367,8 +367,6 @@ TEST_CASE("features not built yet are refused, after being parsed fully") {
     CHECK(errors_of("not_built.yaml") ==
           lines{f + ":5:13: devices[0].driver: driver 'modbus_rtu' is not built yet in this "
                     "version of Ferry",
-                f + ":11:13: devices[1].driver: driver 'serial_line' is not built yet in this "
-                    "version of Ferry",
                 f + ":22:5: rules[0].filter: 'filter' is not built yet in this version of Ferry",
                 f + ":23:5: rules[0].transform: 'transform' is not built yet in this version of "
                     "Ferry",
@@ -406,9 +404,7 @@ devices:
       - { name: temperature, address: 3 }
 )");
     CHECK(e ==
-          lines{"t.yaml:4:13: devices[0].driver: driver 'serial_line' is not built yet in this "
-                "version of Ferry",
-                "t.yaml:6:14: devices[0].framing: set either 'delimiter' or 'length', not both",
+          lines{"t.yaml:6:14: devices[0].framing: set either 'delimiter' or 'length', not both",
                 "t.yaml:7:12: devices[0].parse: set exactly one of regex, csv, json: true, kv: "
                 "true",
                 "t.yaml:7:21: devices[0].parse.regex: named group 'temp' is not a point of "

@@ -1,0 +1,419 @@
+#include "drivers/serial/serial_driver.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/serial_port.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <thread>
+
+#include "drivers/serial/framer.hpp"
+#include "drivers/serial/parser.hpp"
+#include "gateway/log.hpp"
+
+namespace ferry::drivers::serial {
+namespace {
+
+namespace asio = boost::asio;
+using steady = std::chrono::steady_clock;
+using boost::system::error_code;
+
+constexpr auto k_first_backoff = std::chrono::milliseconds(250);
+constexpr auto k_max_backoff = std::chrono::milliseconds(10000);
+constexpr std::size_t k_read_chunk = 4096;
+const char* const k_component = "serial";
+
+// Every reason a serial_line device counts, created at 0 so a dashboard sees them all.
+constexpr std::array<std::string_view, 5> k_reasons = {"parse", "checksum", "too_long", "open",
+                                                       "io"};
+enum reason_index : std::size_t { r_parse, r_checksum, r_too_long, r_open, r_io };
+
+std::size_t reason_of(frame_error e) {
+    switch (e) {
+        case frame_error::checksum:
+            return r_checksum;
+        case frame_error::too_long:
+            return r_too_long;
+        default:
+            return r_parse;
+    }
+}
+
+// A frame as it may appear in a log line: at most 80 bytes, non-printable bytes as \xNN.
+std::string excerpt(std::string_view f) {
+    static const char* const hex = "0123456789abcdef";
+    std::string out;
+    for (std::size_t i = 0; i < f.size() && i < 80; ++i) {
+        const auto c = static_cast<unsigned char>(f[i]);
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            out += static_cast<char>(c);
+        } else {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        }
+    }
+    if (f.size() > 80) out += "...";
+    return out;
+}
+
+enum class port_state { unknown, up, down };
+
+struct port_rt {
+    port_rt(config::device c, asio::io_context& io)
+        : cfg(std::move(c)),
+          parser(*cfg.parse, cfg.points),
+          frm(cfg.framing.value_or(config::framing_settings{})),
+          port(io),
+          reopen_timer(io),
+          poll_timer(io) {}
+
+    config::device cfg;
+    std::size_t index = 0;
+    std::vector<point_id> ids;
+    line_parser parser;
+    framer frm;
+    asio::serial_port port;
+    asio::steady_timer reopen_timer;
+    asio::steady_timer poll_timer;
+    std::array<char, k_read_chunk> rbuf{};
+    std::vector<field> fields;
+    std::vector<event> out;
+    port_state state = port_state::unknown;
+    std::chrono::milliseconds backoff{0};
+    steady::time_point next_poll;
+    bool writing = false;
+    std::array<bool, k_reasons.size()> warned{};  // first error of each reason logged at warn
+
+    prometheus::Gauge* up_gauge = nullptr;
+    std::array<prometheus::Counter*, k_reasons.size()> errors{};
+    prometheus::Counter* frames_ok = nullptr;
+    prometheus::Counter* frames_bad = nullptr;
+    prometheus::Counter* values_read = nullptr;
+    prometheus::Counter* events_sent = nullptr;
+};
+
+}  // namespace
+
+struct reader::impl {
+    driver_context ctx;
+    asio::io_context io;
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+    std::vector<std::unique_ptr<port_rt>> ports;
+    std::thread thread;
+    std::atomic<bool> stopping{false};
+    mutable std::mutex mu;  // guards status
+    std::vector<device_status> status;
+    std::mt19937 rng{std::random_device{}()};
+
+    impl(std::vector<config::device> devs, driver_context c) : ctx(c) {
+        auto& up = prometheus::BuildGauge()
+                       .Name("ferry_device_up")
+                       .Help("1 while the device answers")
+                       .Register(ctx.registry);
+        auto& errors = prometheus::BuildCounter()
+                           .Name("ferry_driver_errors_total")
+                           .Help("Failed device requests by reason")
+                           .Register(ctx.registry);
+        auto& frames = prometheus::BuildCounter()
+                           .Name("ferry_serial_frames_total")
+                           .Help("Frames read from serial_line devices, by result (ok, error)")
+                           .Register(ctx.registry);
+        auto& received = prometheus::BuildCounter()
+                             .Name("ferry_driver_received_total")
+                             .Help("Point values read from devices")
+                             .Register(ctx.registry);
+        auto& sent = prometheus::BuildCounter()
+                         .Name("ferry_driver_sent_total")
+                         .Help("Events published on the bus")
+                         .Register(ctx.registry);
+        for (auto& d : devs) {
+            if (d.driver != "serial_line" || !d.serial || !d.parse)
+                throw std::invalid_argument("device " + d.id + ": not a serial_line device");
+            const std::string id = d.id;
+            std::unique_ptr<port_rt> rt;
+            try {
+                rt = std::make_unique<port_rt>(std::move(d), io);
+            } catch (const std::invalid_argument& e) {
+                throw std::invalid_argument("device " + id + ": " + e.what());
+            }
+            rt->index = ports.size();
+            for (const auto& p : rt->cfg.points) {
+                auto pid = ctx.points.find(id + "/" + p.name);
+                if (!pid) throw std::logic_error("point not interned: " + id + "/" + p.name);
+                rt->ids.push_back(*pid);
+            }
+            rt->up_gauge = &up.Add({{"device", id}});
+            for (std::size_t r = 0; r < k_reasons.size(); ++r)
+                rt->errors[r] =
+                    &errors.Add({{"device", id}, {"reason", std::string(k_reasons[r])}});
+            rt->frames_ok = &frames.Add({{"device", id}, {"result", "ok"}});
+            rt->frames_bad = &frames.Add({{"device", id}, {"result", "error"}});
+            rt->values_read = &received.Add({{"device", id}});
+            rt->events_sent = &sent.Add({{"device", id}});
+            ports.push_back(std::move(rt));
+        }
+        status.resize(ports.size());
+    }
+
+    // ---- port state ---------------------------------------------------------------------
+
+    void open(port_rt& d) {
+        if (stopping) return;
+        const auto& s = *d.cfg.serial;
+        error_code ec;
+        d.port.open(s.port, ec);
+        std::string setting;
+        if (!ec) setting = configure(d, ec);
+        if (ec) {
+            error_code ignored;
+            if (d.port.is_open()) d.port.close(ignored);
+            d.errors[r_open]->Increment();
+            log::write(
+                d.state != port_state::down ? config::log_level::warn : config::log_level::debug,
+                k_component, "cannot open port",
+                {{"device", d.cfg.id},
+                 {"port", s.port},
+                 {"setting", setting.empty() ? std::string("-") : setting},
+                 {"error", ec.message()}});
+            go_down(d);
+            schedule_reopen(d);
+            return;
+        }
+        d.frm.reset();  // a partial frame from before is gone
+        d.state = port_state::up;
+        d.backoff = std::chrono::milliseconds(0);
+        d.up_gauge->Set(1);
+        {
+            std::lock_guard lock(mu);
+            status[d.index].up = true;
+            ++status[d.index].opens;
+        }
+        log::info(k_component, "port open",
+                  {{"device", d.cfg.id}, {"port", s.port}, {"baud", std::to_string(s.baud)}});
+        read(d);
+        if (d.cfg.poll) {
+            d.writing = false;
+            d.next_poll = steady::now();
+            poll_tick(d);
+        }
+    }
+
+    // Applies the line settings; on failure says which one the port refused (a pty, for
+    // one, takes only 8 data bits).
+    static std::string configure(port_rt& d, error_code& ec) {
+        const auto& s = *d.cfg.serial;
+        using base = asio::serial_port_base;
+        base::parity::type par = base::parity::none;
+        if (s.par == config::parity::even) par = base::parity::even;
+        if (s.par == config::parity::odd) par = base::parity::odd;
+        d.port.set_option(base::baud_rate(s.baud), ec);
+        if (ec) return "baud";
+        d.port.set_option(base::character_size(static_cast<unsigned>(s.data_bits)), ec);
+        if (ec) return "data_bits";
+        d.port.set_option(base::parity(par), ec);
+        if (ec) return "parity";
+        d.port.set_option(
+            base::stop_bits(s.stop_bits == 2 ? base::stop_bits::two : base::stop_bits::one), ec);
+        if (ec) return "stop_bits";
+        d.port.set_option(base::flow_control(base::flow_control::none), ec);
+        return ec ? "flow_control" : "";
+    }
+
+    // The port went away (EOF, I/O error): close it, go down, try again later.
+    void lost(port_rt& d, const error_code& ec) {
+        d.errors[r_io]->Increment();
+        log::warn(k_component, "port lost",
+                  {{"device", d.cfg.id}, {"port", d.cfg.serial->port}, {"error", ec.message()}});
+        error_code ignored;
+        d.poll_timer.cancel();
+        d.port.close(ignored);
+        go_down(d);
+        schedule_reopen(d);
+    }
+
+    // Once per outage: the gauge drops and every point gets one `bad` event, so consumers see
+    // that the values they hold are stale.
+    void go_down(port_rt& d) {
+        if (d.state == port_state::down) return;
+        d.state = port_state::down;
+        d.up_gauge->Set(0);
+        {
+            std::lock_guard lock(mu);
+            status[d.index].up = false;
+        }
+        log::warn(k_component, "device down", {{"device", d.cfg.id}});
+        const auto ts = wall_clock::now();
+        d.out.clear();
+        for (auto id : d.ids) {
+            event e;
+            e.point = id;
+            e.quality = quality::bad;
+            e.ts = ts;
+            d.out.push_back(std::move(e));
+        }
+        publish(d);
+    }
+
+    void schedule_reopen(port_rt& d) {
+        if (stopping) return;
+        d.backoff =
+            d.backoff.count() == 0 ? k_first_backoff : std::min(d.backoff * 2, k_max_backoff);
+        std::uniform_real_distribution<double> jitter(0.8, 1.2);
+        const auto wait = std::chrono::milliseconds(
+            static_cast<std::int64_t>(static_cast<double>(d.backoff.count()) * jitter(rng)));
+        d.reopen_timer.expires_after(wait);
+        d.reopen_timer.async_wait([this, &d](const error_code& ec) {
+            if (!ec) open(d);
+        });
+    }
+
+    // ---- reading ------------------------------------------------------------------------
+
+    void read(port_rt& d) {
+        d.port.async_read_some(asio::buffer(d.rbuf),
+                               [this, &d](const error_code& ec, std::size_t n) {
+                                   if (ec == asio::error::operation_aborted || stopping) return;
+                                   if (ec) return lost(d, ec);
+                                   on_bytes(d, std::string_view(d.rbuf.data(), n));
+                                   read(d);
+                               });
+    }
+
+    void count_error(port_rt& d, std::size_t reason, std::string_view frame) {
+        d.errors[reason]->Increment();
+        d.frames_bad->Increment();
+        {
+            std::lock_guard lock(mu);
+            ++status[d.index].frames_bad;
+        }
+        const bool first = !d.warned[reason];
+        d.warned[reason] = true;
+        if (first || log::enabled(config::log_level::debug))
+            log::write(
+                first ? config::log_level::warn : config::log_level::debug, k_component,
+                first ? "frame skipped (further ones are logged at debug level)" : "frame skipped",
+                {{"device", d.cfg.id},
+                 {"reason", std::string(k_reasons[reason])},
+                 {"frame", excerpt(frame)}});
+    }
+
+    void on_bytes(port_rt& d, std::string_view bytes) {
+        const auto ts = wall_clock::now();
+        d.out.clear();
+        std::uint64_t ok = 0;
+        d.frm.feed(
+            bytes,
+            [&](std::string_view frame) {
+                const auto r = d.parser.parse(frame, d.fields);
+                if (r != frame_error::none) return count_error(d, reason_of(r), frame);
+                ++ok;
+                for (auto& f : d.fields) {
+                    event e;
+                    e.point = d.ids[f.point];
+                    e.value = std::move(f.value);
+                    e.ts = ts;
+                    d.out.push_back(std::move(e));
+                }
+            },
+            [&] { count_error(d, r_too_long, {}); });
+        if (ok > 0) {
+            d.frames_ok->Increment(static_cast<double>(ok));
+            std::lock_guard lock(mu);
+            status[d.index].frames_ok += ok;
+        }
+        if (d.out.empty()) return;
+        d.values_read->Increment(static_cast<double>(d.out.size()));
+        publish(d);
+    }
+
+    void publish(port_rt& d) {
+        if (d.out.empty()) return;
+        const auto first = ctx.seq.next_n(d.out.size());
+        for (std::size_t i = 0; i < d.out.size(); ++i)
+            d.out[i].seq = first + i;
+        // May block under backpressure (spool full, when_full: block): no port is read then.
+        ctx.bus.publish(d.out);
+        d.events_sent->Increment(static_cast<double>(d.out.size()));
+        d.out.clear();
+    }
+
+    // ---- poll requests ------------------------------------------------------------------
+
+    void poll_tick(port_rt& d) {
+        if (stopping || !d.port.is_open()) return;
+        if (!d.writing) {
+            d.writing = true;
+            asio::async_write(d.port, asio::buffer(d.cfg.poll->request),
+                              [&d](const error_code& ec, std::size_t) {
+                                  d.writing = false;
+                                  // A failed write means the port is going; the read side
+                                  // sees it too and handles the loss once.
+                                  if (ec && ec != asio::error::operation_aborted)
+                                      log::debug(k_component, "poll request not written",
+                                                 {{"device", d.cfg.id}, {"error", ec.message()}});
+                              });
+        }
+        // Fixed rate without drift; slots missed (the thread was blocked) are skipped.
+        const auto now = steady::now();
+        d.next_poll += d.cfg.poll->interval;
+        if (d.next_poll <= now) d.next_poll = now + d.cfg.poll->interval;
+        d.poll_timer.expires_at(d.next_poll);
+        d.poll_timer.async_wait([this, &d](const error_code& ec) {
+            if (!ec) poll_tick(d);
+        });
+    }
+};
+
+reader::reader(std::vector<config::device> devices, driver_context ctx)
+    : impl_(std::make_unique<impl>(std::move(devices), ctx)) {}
+
+reader::~reader() {
+    stop();
+}
+
+void reader::start() {
+    if (impl_->thread.joinable() || impl_->ports.empty()) return;
+    impl_->stopping = false;
+    impl_->work.emplace(impl_->io.get_executor());
+    for (auto& d : impl_->ports)
+        asio::post(impl_->io, [this, p = d.get()] { impl_->open(*p); });
+    impl_->thread = std::thread([this] { impl_->io.run(); });
+}
+
+void reader::stop() {
+    if (!impl_->thread.joinable()) return;
+    impl_->stopping = true;
+    asio::post(impl_->io, [this] {
+        for (auto& d : impl_->ports) {
+            error_code ignored;
+            d->reopen_timer.cancel();
+            d->poll_timer.cancel();
+            d->port.close(ignored);
+        }
+    });
+    impl_->work.reset();
+    impl_->thread.join();
+    impl_->io.restart();
+}
+
+std::vector<device_status> reader::status() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->status;
+}
+
+}  // namespace ferry::drivers::serial

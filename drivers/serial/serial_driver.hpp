@@ -1,0 +1,73 @@
+// The serial_line driver: reads lines (frames) of text from serial ports and publishes one
+// event per value found, on the bus as `device/point`.
+//
+// Threads: one thread runs a Boost.Asio io_context for every serial_line device of the
+// gateway (reads, poll requests, reopen timers); the thread count does not grow with the
+// device count. Publishing to the bus may block under backpressure (a full spool with
+// when_full: block); while it does, no port is read and the kernel's tty buffer holds what
+// arrives (a real UART drops bytes once that overflows; the framer then resynchronises at
+// the next delimiter).
+//
+// Errors: a frame that does not parse, fails its checksum or is too long is counted in
+// ferry_driver_errors_total{device,reason} (parse, checksum, too_long) and skipped; the next
+// frame parses normally. A port that cannot be opened or stops working (a USB adapter
+// pulled: EOF or an I/O error) marks the device down (ferry_device_up 0, one `bad` event per
+// point) and is reopened with exponential backoff (250 ms doubling to 10 s, ±20 % jitter),
+// counted as reasons `open` and `io`. Data resumes when the port returns.
+//
+// Lifetime: building checks the parse settings and touches no port; start() opens the ports
+// and starts the thread; stop() closes them and joins it (at most one publish in flight
+// finishes first). Not copyable; start/stop from one thread.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "gateway/bus.hpp"
+#include "gateway/config.hpp"
+#include "gateway/event.hpp"
+#include "gateway/seq.hpp"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace ferry::drivers::serial {
+
+// What the driver needs from the daemon (the same four things as the Modbus driver's).
+struct driver_context {
+    ferry::bus& bus;
+    seq_source& seq;
+    const point_table& points;
+    prometheus::Registry& registry;
+};
+
+// Per device, for tests and operators.
+struct device_status {
+    bool up = false;
+    std::uint64_t frames_ok = 0;
+    std::uint64_t frames_bad = 0;
+    std::uint64_t opens = 0;  // successful opens of the port
+};
+
+class reader {
+  public:
+    // `devices` are serial_line devices whose points are interned in ctx.points. Throws
+    // std::invalid_argument (naming the device) for parse settings it cannot use.
+    reader(std::vector<config::device> devices, driver_context ctx);
+    ~reader();
+    reader(const reader&) = delete;
+    reader& operator=(const reader&) = delete;
+
+    void start();
+    void stop();
+
+    // In the order of the devices given to the constructor.
+    std::vector<device_status> status() const;
+
+  private:
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace ferry::drivers::serial

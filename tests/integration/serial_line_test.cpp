@@ -1,0 +1,412 @@
+// The serial_line driver end to end: a socat pty pair stands in for the serial cable; the test
+// writes what a sensor would send to one end, `ferry run` reads the other, and the values are
+// checked where a user sees them: at the MQTT broker and on /metrics.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "tests/support/harness.hpp"
+
+using namespace ferry::test;
+using nlohmann::json;
+
+namespace {
+
+// A socat pty pair: `dev` is what Ferry opens (the device), `sensor` is the test's end. The
+// test keeps `sensor` open while the pair lives (socat ends the pair when its last user
+// closes it).
+class pty_pair {
+  public:
+    pty_pair(std::string dev, std::string sensor)
+        : dev_(std::move(dev)), sensor_(std::move(sensor)) {
+        start();
+    }
+    ~pty_pair() { stop(); }
+
+    void start() {
+        proc_ = std::make_unique<process>(std::vector<std::string>{
+            "socat", "-d", "-d", "pty,raw,echo=0,link=" + dev_, "pty,raw,echo=0,link=" + sensor_});
+        REQUIRE(wait_until(
+            [&] {
+                struct stat st {};
+                return ::stat(dev_.c_str(), &st) == 0 && ::stat(sensor_.c_str(), &st) == 0;
+            },
+            5s));
+        fd_ = ::open(sensor_.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+        REQUIRE(fd_ >= 0);
+    }
+    // Unplug: socat goes (SIGTERM, by pid), and with it both ptys and links.
+    void stop() {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+        if (proc_) proc_->stop();
+        proc_.reset();
+        std::error_code ec;
+        std::filesystem::remove(dev_, ec);  // in case socat could not
+        std::filesystem::remove(sensor_, ec);
+    }
+    void send(const std::string& bytes) {
+        std::size_t done = 0;
+        while (done < bytes.size()) {
+            auto n = ::write(fd_, bytes.data() + done, bytes.size() - done);
+            REQUIRE(n > 0);
+            done += static_cast<std::size_t>(n);
+        }
+    }
+    // What Ferry wrote to the sensor within `timeout` (for poll requests).
+    std::string receive(std::chrono::milliseconds timeout) {
+        std::string out;
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) > 0 && (p.revents & POLLIN)) {
+            char buf[256];
+            auto n = ::read(fd_, buf, sizeof buf);
+            if (n > 0) out.assign(buf, static_cast<std::size_t>(n));
+        }
+        return out;
+    }
+    const std::string& dev() const { return dev_; }
+
+  private:
+    std::string dev_, sensor_;
+    std::unique_ptr<process> proc_;
+    int fd_ = -1;
+};
+
+struct reading {
+    std::string device, tag, quality;
+    json value;
+    std::uint64_t seq = 0;
+};
+
+std::vector<reading> readings(const mqtt_recorder& rec) {
+    std::vector<reading> out;
+    for (const auto& m : rec.messages()) {
+        if (m.topic.rfind("plant/", 0) != 0) continue;
+        const auto doc =
+            json::parse(m.payload);  // kept: a range-for over a temporary's member dangles
+        for (const auto& e : doc["events"])
+            out.push_back({e["device"], e["tag"], e["quality"], e["value"], e["seq"]});
+    }
+    return out;
+}
+
+std::vector<reading> of(const std::vector<reading>& all, const std::string& device,
+                        const std::string& tag = {}) {
+    std::vector<reading> out;
+    for (const auto& r : all)
+        if (r.device == device && (tag.empty() || r.tag == tag)) out.push_back(r);
+    return out;
+}
+
+std::string head(const std::string& dir, std::uint16_t mqtt, std::uint16_t http) {
+    return "gateway: { id: serial-gw, data_dir: " + dir +
+           " }\n"
+           "http: { listen: 127.0.0.1:" +
+           std::to_string(http) +
+           " }\n"
+           "rules: [ { name: all, match: \"#\", batch: { max_events: 100, max_age: 100ms }, "
+           "publish: { topic: \"plant/{gateway}/{device}\" } } ]\n"
+           "upstream: { mqtt: { uris: [\"tcp://127.0.0.1:" +
+           std::to_string(mqtt) + "\"] }, spool: { fsync: never } }\n";
+}
+
+double sample(std::uint16_t http, const std::string& name, const std::string& device,
+              const std::string& extra = {}) {
+    std::string s = name + "{device=\"" + device + "\"" + extra + "}";
+    return metric_value(http, s, -1);
+}
+double errors(std::uint16_t http, const std::string& device, const std::string& reason) {
+    return sample(http, "ferry_driver_errors_total", device, ",reason=\"" + reason + "\"");
+}
+
+bool wait_up(std::uint16_t http, const std::string& device, double want = 1) {
+    return wait_until([&] { return sample(http, "ferry_device_up", device) == want; }, 10s);
+}
+
+}  // namespace
+
+TEST_CASE("each parser (regex, csv, json, kv, fixed length): values arrive at the broker") {
+    mosquitto broker;
+    temp_dir dir;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    pty_pair weather(dir.file("weather"), dir.file("weather.s"));
+    pty_pair station(dir.file("station"), dir.file("station.s"));
+    pty_pair analyser(dir.file("analyser"), dir.file("analyser.s"));
+    pty_pair scale(dir.file("scale"), dir.file("scale.s"));
+    pty_pair balance(dir.file("balance"), dir.file("balance.s"));
+    const auto http = free_port();
+    write_file(
+        dir.file("ferry.yaml"),
+        head(dir.path(), broker.port(), http) +
+            "devices:\n"
+            "  - id: weather\n"
+            "    driver: serial_line\n"
+            "    serial: { port: " +
+            weather.dev() +
+            ", baud: 9600 }\n"
+            "    parse: { regex: '^T=(?<temperature>-?[0-9.]+);H=(?<humidity>[0-9.]+)$' }\n"
+            "    points: [ { name: temperature, type: float64, unit: degC }, "
+            "{ name: humidity, type: float64, unit: \"%\" } ]\n"
+            "  - id: station\n"
+            "    driver: serial_line\n"
+            "    serial: { port: " +
+            station.dev() +
+            ", baud: 19200, parity: E, stop_bits: 2 }\n"
+            "    framing: { delimiter: \"\\r\\n\" }\n"
+            "    parse: { csv: [wind, \"\", gust], separator: \";\" }\n"
+            "    points: [ { name: wind, type: int32, scale: 0.1, unit: m/s }, "
+            "{ name: gust, type: uint16 } ]\n"
+            "  - id: analyser\n"
+            "    driver: serial_line\n"
+            "    serial: { port: " +
+            analyser.dev() +
+            ", baud: 115200 }\n"
+            "    parse: { json: true }\n"
+            "    points: [ { name: co2, type: uint16, unit: ppm }, { name: ok, type: bool }, "
+            "{ name: id, type: string } ]\n"
+            "  - id: scale\n"
+            "    driver: serial_line\n"
+            "    serial: { port: " +
+            scale.dev() +
+            " }\n"
+            "    parse: { kv: true, checksum: nmea }\n"
+            "    points: [ { name: weight, type: float64, unit: kg } ]\n"
+            "  - id: balance\n"
+            "    driver: serial_line\n"
+            "    serial: { port: " +
+            balance.dev() +
+            " }\n"
+            "    framing: { length: 8 }\n"
+            "    parse: { regex: '^W(?<weight>[+-][0-9.]+)$' }\n"
+            "    points: [ { name: weight, type: float64, unit: g } ]\n");
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    for (const char* d : {"weather", "station", "analyser", "scale", "balance"})
+        REQUIRE_MESSAGE(wait_up(http, d), std::string(d) << "\n"
+                                                         << read_file(dir.file("ferry.log")));
+
+    weather.send("T=21.5;H=40.25\nT=-3;H=99\n");
+    station.send("215;x;31\r\n");
+    analyser.send("{\"co2\":415,\"ok\":true,\"id\":\"A-7\",\"fw\":\"1.2\"}\n");
+    scale.send("weight=12.5*25\n");  // 25: the XOR of the bytes of "weight=12.5"
+    balance.send("W+0012.5W-0001.0");
+    REQUIRE_MESSAGE(wait_until([&] { return readings(rec).size() >= 12; }, 10s),
+                    read_file(dir.file("ferry.log")));
+    const auto all = readings(rec);
+    CHECK(all.size() == 12);
+    auto t = of(all, "weather", "temperature");
+    REQUIRE(t.size() == 2);
+    CHECK(t[0].value == 21.5);
+    CHECK(t[1].value == -3.0);
+    CHECK(of(all, "weather", "humidity")[0].value == 40.25);
+    CHECK(of(all, "station", "wind")[0].value == 21.5);
+    CHECK(of(all, "station", "gust")[0].value == 31);
+    CHECK(of(all, "analyser", "co2")[0].value == 415);
+    CHECK(of(all, "analyser", "ok")[0].value == true);
+    CHECK(of(all, "analyser", "id")[0].value == "A-7");
+    CHECK(of(all, "scale", "weight")[0].value == 12.5);
+    auto w = of(all, "balance", "weight");
+    REQUIRE(w.size() == 2);
+    CHECK(w[0].value == 12.5);
+    CHECK(w[1].value == -1.0);
+    for (const auto& r : all)
+        CHECK(r.quality == "good");
+    for (std::size_t i = 1; i < t.size(); ++i)
+        CHECK(t[i].seq > t[i - 1].seq);
+    CHECK(ferry.stop() == 0);
+}
+
+TEST_CASE("garbage, overlong, bad-checksum and bad-value lines between good ones") {
+    mosquitto broker;
+    temp_dir dir;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    pty_pair gps(dir.file("gps"), dir.file("gps.s"));
+    const auto http = free_port();
+    write_file(dir.file("ferry.yaml"),
+               head(dir.path(), broker.port(), http) +
+                   "devices:\n"
+                   "  - id: gps\n"
+                   "    driver: serial_line\n"
+                   "    serial: { port: " +
+                   gps.dev() +
+                   ", baud: 4800 }\n"
+                   "    framing: { delimiter: \"\\n\", max_frame: 64 }\n"
+                   "    parse: { regex: '^\\$FIX,(?<n>-?\\d+),(?<alt>[0-9.]+)$', checksum: nmea }\n"
+                   "    points: [ { name: n, type: int32 }, { name: alt, type: float64, unit: m } "
+                   "]\n");
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    REQUIRE_MESSAGE(wait_up(http, "gps"), read_file(dir.file("ferry.log")));
+
+    auto nmea = [](const std::string& body) {
+        unsigned x = 0;
+        for (char c : body.substr(1))
+            x ^= static_cast<unsigned char>(c);
+        char hh[4];
+        std::snprintf(hh, sizeof hh, "*%02X", x);
+        return body + hh;
+    };
+    const int good = 60;
+    int parse = 0, too_long = 0, checksum = 0;
+    std::string stream;
+    for (int i = 0; i < good; ++i) {
+        stream += nmea("$FIX," + std::to_string(i) + ",12.5") + "\r\n";
+        switch (i % 5) {
+            case 0:  // line noise: bytes of a wrong baud rate, with a valid-looking checksum
+                stream += nmea("$\x01\xfe\x13garbage") + "\r\n";
+                ++parse;
+                break;
+            case 1:  // a stream without delimiter for a while
+                stream += std::string(300, 'x') + "\r\n";
+                ++too_long;
+                break;
+            case 2:  // one bit flipped in transit
+                stream += nmea("$FIX,1,12.5").substr(0, 12) + "*00\r\n";
+                ++checksum;
+                break;
+            case 3:  // parses, but the value is not a number
+                stream += nmea("$FIX,1,12.5.5") + "\r\n";
+                ++parse;
+                break;
+            default:
+                break;
+        }
+    }
+    // In pieces of uneven size, as a UART delivers.
+    for (std::size_t i = 0; i < stream.size(); i += 97)
+        gps.send(stream.substr(i, 97));
+    REQUIRE_MESSAGE(wait_until([&] { return of(readings(rec), "gps", "n").size() >= good; }, 10s),
+                    read_file(dir.file("ferry.log")));
+    const auto n = of(readings(rec), "gps", "n");
+    REQUIRE(n.size() == good);
+    for (int i = 0; i < good; ++i)
+        CHECK(n[static_cast<std::size_t>(i)].value == i);  // all of them, in order
+    CHECK(errors(http, "gps", "parse") == parse);
+    CHECK(errors(http, "gps", "too_long") == too_long);
+    CHECK(errors(http, "gps", "checksum") == checksum);
+    CHECK(sample(http, "ferry_serial_frames_total", "gps", ",result=\"ok\"") == good);
+    CHECK(sample(http, "ferry_serial_frames_total", "gps", ",result=\"error\"") ==
+          parse + too_long + checksum);
+    CHECK(sample(http, "ferry_device_up", "gps") == 1);
+    CHECK(ferry.stop() == 0);
+}
+
+TEST_CASE("unplug and replug: the device goes down with bad values, then resumes") {
+    mosquitto broker;
+    temp_dir dir;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    auto cable = std::make_unique<pty_pair>(dir.file("usb0"), dir.file("usb0.s"));
+    const auto http = free_port();
+    write_file(dir.file("ferry.yaml"), head(dir.path(), broker.port(), http) +
+                                           "devices:\n"
+                                           "  - id: probe\n"
+                                           "    driver: serial_line\n"
+                                           "    serial: { port: " +
+                                           cable->dev() +
+                                           " }\n"
+                                           "    parse: { kv: true }\n"
+                                           "    points: [ { name: t, type: float64 } ]\n");
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    REQUIRE_MESSAGE(wait_up(http, "probe"), read_file(dir.file("ferry.log")));
+    cable->send("t=1\n");
+    REQUIRE_MESSAGE(wait_until([&] { return of(readings(rec), "probe").size() >= 1; }, 10s),
+                    read_file(dir.file("ferry.log")));
+
+    cable->stop();  // the USB adapter is pulled
+    REQUIRE_MESSAGE(wait_up(http, "probe", 0), read_file(dir.file("ferry.log")));
+    REQUIRE(wait_until([&] { return of(readings(rec), "probe").size() >= 2; }, 10s));
+    auto r = of(readings(rec), "probe");
+    CHECK(r[1].quality == "bad");
+    CHECK(r[1].value.is_null());
+    CHECK(errors(http, "probe", "io") >= 1);
+    CHECK(ferry.running());
+
+    cable->start();  // plugged in again: same link name, a new pty behind it
+    REQUIRE_MESSAGE(wait_up(http, "probe"), read_file(dir.file("ferry.log")));
+    cable->send("t=2\n");
+    REQUIRE_MESSAGE(wait_until([&] { return of(readings(rec), "probe").size() >= 3; }, 10s),
+                    read_file(dir.file("ferry.log")));
+    r = of(readings(rec), "probe");
+    CHECK(r.size() == 3);  // one bad event for the outage, not one per retry
+    CHECK(r[2].quality == "good");
+    CHECK(r[2].value == 2.0);
+    CHECK(ferry.stop() == 0);
+}
+
+TEST_CASE("poll: the request is written at the interval and the answers arrive") {
+    mosquitto broker;
+    temp_dir dir;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    pty_pair meter(dir.file("meter"), dir.file("meter.s"));
+    const auto http = free_port();
+    write_file(dir.file("ferry.yaml"),
+               head(dir.path(), broker.port(), http) +
+                   "devices:\n"
+                   "  - id: meter\n"
+                   "    driver: serial_line\n"
+                   "    serial: { port: " +
+                   meter.dev() +
+                   " }\n"
+                   "    poll: { request: \"READ?\\r\\n\", interval: 100ms }\n"
+                   "    parse: { csv: [v] }\n"
+                   "    points: [ { name: v, type: uint32 } ]\n");
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    std::string asked;
+    int answered = 0;
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    // A sensor that answers each request it sees with an increasing count.
+    while (answered < 5 && std::chrono::steady_clock::now() < until) {
+        asked += meter.receive(200ms);
+        for (auto pos = asked.find("READ?\r\n"); pos != std::string::npos;
+             pos = asked.find("READ?\r\n")) {
+            asked.erase(0, pos + 7);
+            meter.send(std::to_string(++answered) + "\n");
+        }
+    }
+    REQUIRE_MESSAGE(answered == 5, read_file(dir.file("ferry.log")));
+    REQUIRE(wait_until([&] { return of(readings(rec), "meter").size() >= 5; }, 10s));
+    const auto v = of(readings(rec), "meter");
+    for (std::size_t i = 0; i < 5; ++i)
+        CHECK(v[i].value == i + 1);
+    CHECK(ferry.stop() == 0);
+}
+
+TEST_CASE("ferry check: the driver's example is valid; a bad regex names file:line:column") {
+    const std::string example = std::string(FERRY_SOURCE_DIR) + "/drivers/serial/example.yaml";
+    temp_dir dir;
+    auto run_check = [&](const std::string& file) {
+        process p({FERRY_BINARY, "check", "-c", file}, dir.file("check.log"));
+        auto code = p.wait(10s);
+        std::string out = read_file(dir.file("check.log"));
+        std::filesystem::remove(dir.file("check.log"));
+        return std::make_pair(code.value_or(-1), out);
+    };
+    auto [code, out] = run_check(example);
+    CHECK(code == 0);
+    CHECK(out == example + ": ok\n");
+    write_file(dir.file("bad.yaml"),
+               "gateway: { id: g }\n"
+               "devices:\n"
+               "  - id: w\n"
+               "    driver: serial_line\n"
+               "    serial: { port: /dev/ttyUSB0 }\n"
+               "    framing: { length: 8, max_frame: 64 }\n"
+               "    parse: { regex: '(?<t>[0-9]+' }\n"
+               "    poll: { interval: 0s }\n"
+               "    points: [ { name: t } ]\n");
+    std::tie(code, out) = run_check(dir.file("bad.yaml"));
+    CHECK(code == 1);
+    const auto f = dir.file("bad.yaml");
+    CHECK(out == f +
+                     ":6:27: devices[0].framing.max_frame: 'max_frame' applies only to delimiter "
+                     "framing\n" +
+                     f + ":7:21: devices[0].parse.regex: invalid regex: missing ): (?<t>[0-9]+\n" +
+                     f + ":8:11: devices[0].poll: missing required key 'request'\n" + f +
+                     ":8:23: devices[0].poll.interval: must be greater than 0\n");
+}

@@ -1,0 +1,102 @@
+// Golden cases of the serial_line framer and parsers, one folder per case under
+// tests/testcases/serial/:
+//
+//   config.yaml  a whole Ferry config (loaded by the real loader) with one serial_line device
+//   input        the bytes the sensor sends, exactly as in the file
+//   expected     one line per frame, in order:
+//                  ok POINT=VALUE ...   values: 21.5 (float), -3 (int), 7u (unsigned),
+//                                       true/false, "text"
+//                  error REASON         parse | checksum | too_long
+//
+// The input is fed in reads of 1, 7 and all bytes: the outcome must not depend on how the
+// port delivers it. FERRY_UPDATE_GOLDEN=1 rewrites `expected` (review the diff!).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "drivers/serial/framer.hpp"
+#include "drivers/serial/parser.hpp"
+#include "gateway/config.hpp"
+
+using namespace ferry;
+using namespace ferry::drivers::serial;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path k_cases = fs::path(FERRY_SOURCE_DIR) / "tests/testcases/serial";
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+std::string show(const ferry::value& v) {
+    char buf[64];
+    if (auto* d = std::get_if<double>(&v)) {
+        std::snprintf(buf, sizeof buf, "%.17g", *d);
+        return buf;
+    }
+    if (auto* i = std::get_if<std::int64_t>(&v)) return std::to_string(*i);
+    if (auto* u = std::get_if<std::uint64_t>(&v)) return std::to_string(*u) + "u";
+    if (auto* b = std::get_if<bool>(&v)) return *b ? "true" : "false";
+    if (auto* s = std::get_if<std::string>(&v)) return "\"" + *s + "\"";
+    return "-";
+}
+
+std::string run(const config::device& d, const std::string& input, std::size_t chunk) {
+    framer f(*d.framing);
+    line_parser p(*d.parse, d.points);
+    std::vector<field> fields;
+    std::string out;
+    for (std::size_t i = 0; i < input.size(); i += chunk) {
+        f.feed(
+            std::string_view(input).substr(i, chunk),
+            [&](std::string_view frame) {
+                const auto r = p.parse(frame, fields);
+                if (r != frame_error::none) {
+                    out += "error " + std::string(to_string(r)) + "\n";
+                    return;
+                }
+                out += "ok";
+                for (const auto& fl : fields)
+                    out += " " + d.points[fl.point].name + "=" + show(fl.value);
+                out += "\n";
+            },
+            [&] { out += "error too_long\n"; });
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("serial golden cases") {
+    std::size_t cases = 0;
+    for (const auto& entry : fs::directory_iterator(k_cases)) {
+        if (!entry.is_directory()) continue;
+        const auto dir = entry.path();
+        CAPTURE(dir.filename().string());
+        ++cases;
+        const auto cfg = config::load_config((dir / "config.yaml").string());
+        REQUIRE(cfg.devices.size() == 1);
+        const auto& d = cfg.devices[0];
+        REQUIRE(d.driver == "serial_line");
+        const auto input = slurp(dir / "input");
+        const auto whole = run(d, input, input.size() + 1);
+        CHECK(run(d, input, 1) == whole);
+        CHECK(run(d, input, 7) == whole);
+        if (std::getenv("FERRY_UPDATE_GOLDEN")) {
+            std::ofstream(dir / "expected", std::ios::binary) << whole;
+            continue;
+        }
+        CHECK(whole == slurp(dir / "expected"));
+    }
+    CHECK(cases >= 5);
+}
