@@ -100,8 +100,8 @@ TEST_CASE("usage errors exit 2, a missing file exits 1, version answers") {
     CHECK(v.output.rfind("ferry 0.1.0 (", 0) == 0);
 }
 
-TEST_CASE("features not built yet fail with an error naming them") {
+TEST_CASE("probe without --address is a usage error naming what is missing") {
     auto probe = run_ferry({"probe", "modbus", "--host", "127.0.0.1", "--unit", "1"});
-    CHECK(probe.code == 3);
-    CHECK(probe.output.find("'probe' is not built yet") != std::string::npos);
+    CHECK(probe.code == 2);
+    CHECK(probe.output.find("missing --address") != std::string::npos);
 }
