@@ -118,6 +118,24 @@ std::string head(const std::string& dir, std::uint16_t mqtt, std::uint16_t http)
            std::to_string(mqtt) + "\"] }, spool: { fsync: never } }\n";
 }
 
+// One broker, a recorder on plant/#, a temp dir, and `ferry run` with the given devices.
+struct rig {
+    mosquitto broker;
+    temp_dir dir;
+    mqtt_recorder rec{broker.uri(), {"plant/#"}};
+    std::uint16_t http = free_port();
+    std::unique_ptr<process> ferry;
+
+    void run(const std::string& devices) {
+        write_file(dir.file("ferry.yaml"),
+                   head(dir.path(), broker.port(), http) + "devices:\n" + devices);
+        ferry = std::make_unique<process>(
+            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
+            dir.file("ferry.log"));
+    }
+    std::string log() const { return read_file(dir.file("ferry.log")); }
+};
+
 double sample(std::uint16_t http, const std::string& name, const std::string& device,
               const std::string& extra = {}) {
     std::string s = name + "{device=\"" + device + "\"" + extra + "}";
@@ -134,72 +152,63 @@ bool wait_up(std::uint16_t http, const std::string& device, double want = 1) {
 }  // namespace
 
 TEST_CASE("each parser (regex, csv, json, kv, fixed length): values arrive at the broker") {
-    mosquitto broker;
-    temp_dir dir;
-    mqtt_recorder rec(broker.uri(), {"plant/#"});
-    pty_pair weather(dir.file("weather"), dir.file("weather.s"));
-    pty_pair station(dir.file("station"), dir.file("station.s"));
-    pty_pair analyser(dir.file("analyser"), dir.file("analyser.s"));
-    pty_pair scale(dir.file("scale"), dir.file("scale.s"));
-    pty_pair balance(dir.file("balance"), dir.file("balance.s"));
-    const auto http = free_port();
-    write_file(
-        dir.file("ferry.yaml"),
-        head(dir.path(), broker.port(), http) +
-            "devices:\n"
-            "  - id: weather\n"
-            "    driver: serial_line\n"
-            "    serial: { port: " +
-            weather.dev() +
-            ", baud: 9600 }\n"
-            "    parse: { regex: '^T=(?<temperature>-?[0-9.]+);H=(?<humidity>[0-9.]+)$' }\n"
-            "    points: [ { name: temperature, type: float64, unit: degC }, "
-            "{ name: humidity, type: float64, unit: \"%\" } ]\n"
-            "  - id: station\n"
-            "    driver: serial_line\n"
-            "    serial: { port: " +
-            station.dev() +
-            ", baud: 19200, parity: E, stop_bits: 2 }\n"
-            "    framing: { delimiter: \"\\r\\n\" }\n"
-            "    parse: { csv: [wind, \"\", gust], separator: \";\" }\n"
-            "    points: [ { name: wind, type: int32, scale: 0.1, unit: m/s }, "
-            "{ name: gust, type: uint16 } ]\n"
-            "  - id: analyser\n"
-            "    driver: serial_line\n"
-            "    serial: { port: " +
-            analyser.dev() +
-            ", baud: 115200 }\n"
-            "    parse: { json: true }\n"
-            "    points: [ { name: co2, type: uint16, unit: ppm }, { name: ok, type: bool }, "
-            "{ name: id, type: string } ]\n"
-            "  - id: scale\n"
-            "    driver: serial_line\n"
-            "    serial: { port: " +
-            scale.dev() +
-            " }\n"
-            "    parse: { kv: true, checksum: nmea }\n"
-            "    points: [ { name: weight, type: float64, unit: kg } ]\n"
-            "  - id: balance\n"
-            "    driver: serial_line\n"
-            "    serial: { port: " +
-            balance.dev() +
-            " }\n"
-            "    framing: { length: 8 }\n"
-            "    parse: { regex: '^W(?<weight>[+-][0-9.]+)$' }\n"
-            "    points: [ { name: weight, type: float64, unit: g } ]\n");
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    rig env;
+    pty_pair weather(env.dir.file("weather"), env.dir.file("weather.s"));
+    pty_pair station(env.dir.file("station"), env.dir.file("station.s"));
+    pty_pair analyser(env.dir.file("analyser"), env.dir.file("analyser.s"));
+    pty_pair scale(env.dir.file("scale"), env.dir.file("scale.s"));
+    pty_pair balance(env.dir.file("balance"), env.dir.file("balance.s"));
+    env.run(
+        "  - id: weather\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        weather.dev() +
+        ", baud: 9600 }\n"
+        "    parse: { regex: '^T=(?<temperature>-?[0-9.]+);H=(?<humidity>[0-9.]+)$' }\n"
+        "    points: [ { name: temperature, type: float64, unit: degC }, "
+        "{ name: humidity, type: float64, unit: \"%\" } ]\n"
+        "  - id: station\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        station.dev() +
+        ", baud: 19200, parity: E, stop_bits: 2 }\n"
+        "    framing: { delimiter: \"\\r\\n\" }\n"
+        "    parse: { csv: [wind, \"\", gust], separator: \";\" }\n"
+        "    points: [ { name: wind, type: int32, scale: 0.1, unit: m/s }, "
+        "{ name: gust, type: uint16 } ]\n"
+        "  - id: analyser\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        analyser.dev() +
+        ", baud: 115200 }\n"
+        "    parse: { json: true }\n"
+        "    points: [ { name: co2, type: uint16, unit: ppm }, { name: ok, type: bool }, "
+        "{ name: id, type: string } ]\n"
+        "  - id: scale\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        scale.dev() +
+        " }\n"
+        "    parse: { kv: true, checksum: nmea }\n"
+        "    points: [ { name: weight, type: float64, unit: kg } ]\n"
+        "  - id: balance\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        balance.dev() +
+        " }\n"
+        "    framing: { length: 8 }\n"
+        "    parse: { regex: '^W(?<weight>[+-][0-9.]+)$' }\n"
+        "    points: [ { name: weight, type: float64, unit: g } ]\n");
     for (const char* d : {"weather", "station", "analyser", "scale", "balance"})
-        REQUIRE_MESSAGE(wait_up(http, d), std::string(d) << "\n"
-                                                         << read_file(dir.file("ferry.log")));
+        REQUIRE_MESSAGE(wait_up(env.http, d), std::string(d) << "\n" << env.log());
 
     weather.send("T=21.5;H=40.25\nT=-3;H=99\n");
     station.send("215;x;31\r\n");
     analyser.send("{\"co2\":415,\"ok\":true,\"id\":\"A-7\",\"fw\":\"1.2\"}\n");
     scale.send("weight=12.5*25\n");  // 25: the XOR of the bytes of "weight=12.5"
     balance.send("W+0012.5W-0001.0");
-    REQUIRE_MESSAGE(wait_until([&] { return readings(rec).size() >= 12; }, 10s),
-                    read_file(dir.file("ferry.log")));
-    const auto all = readings(rec);
+    REQUIRE_MESSAGE(wait_until([&] { return readings(env.rec).size() >= 12; }, 10s), env.log());
+    const auto all = readings(env.rec);
     CHECK(all.size() == 12);
     auto t = of(all, "weather", "temperature");
     REQUIRE(t.size() == 2);
@@ -220,29 +229,23 @@ TEST_CASE("each parser (regex, csv, json, kv, fixed length): values arrive at th
         CHECK(r.quality == "good");
     for (std::size_t i = 1; i < t.size(); ++i)
         CHECK(t[i].seq > t[i - 1].seq);
-    CHECK(ferry.stop() == 0);
+    CHECK(env.ferry->stop() == 0);
 }
 
 TEST_CASE("garbage, overlong, bad-checksum and bad-value lines between good ones") {
-    mosquitto broker;
-    temp_dir dir;
-    mqtt_recorder rec(broker.uri(), {"plant/#"});
-    pty_pair gps(dir.file("gps"), dir.file("gps.s"));
-    const auto http = free_port();
-    write_file(dir.file("ferry.yaml"),
-               head(dir.path(), broker.port(), http) +
-                   "devices:\n"
-                   "  - id: gps\n"
-                   "    driver: serial_line\n"
-                   "    serial: { port: " +
-                   gps.dev() +
-                   ", baud: 4800 }\n"
-                   "    framing: { delimiter: \"\\n\", max_frame: 64 }\n"
-                   "    parse: { regex: '^\\$FIX,(?<n>-?\\d+),(?<alt>[0-9.]+)$', checksum: nmea }\n"
-                   "    points: [ { name: n, type: int32 }, { name: alt, type: float64, unit: m } "
-                   "]\n");
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
-    REQUIRE_MESSAGE(wait_up(http, "gps"), read_file(dir.file("ferry.log")));
+    rig env;
+    pty_pair gps(env.dir.file("gps"), env.dir.file("gps.s"));
+    env.run(
+        "  - id: gps\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        gps.dev() +
+        ", baud: 4800 }\n"
+        "    framing: { delimiter: \"\\n\", max_frame: 64 }\n"
+        "    parse: { regex: '^\\$FIX,(?<n>-?\\d+),(?<alt>[0-9.]+)$', checksum: nmea }\n"
+        "    points: [ { name: n, type: int32 }, { name: alt, type: float64, unit: m } "
+        "]\n");
+    REQUIRE_MESSAGE(wait_up(env.http, "gps"), env.log());
 
     auto nmea = [](const std::string& body) {
         unsigned x = 0;
@@ -281,82 +284,72 @@ TEST_CASE("garbage, overlong, bad-checksum and bad-value lines between good ones
     // In pieces of uneven size, as a UART delivers.
     for (std::size_t i = 0; i < stream.size(); i += 97)
         gps.send(stream.substr(i, 97));
-    REQUIRE_MESSAGE(wait_until([&] { return of(readings(rec), "gps", "n").size() >= good; }, 10s),
-                    read_file(dir.file("ferry.log")));
-    const auto n = of(readings(rec), "gps", "n");
+    REQUIRE_MESSAGE(
+        wait_until([&] { return of(readings(env.rec), "gps", "n").size() >= good; }, 10s),
+        env.log());
+    const auto n = of(readings(env.rec), "gps", "n");
     REQUIRE(n.size() == good);
     for (int i = 0; i < good; ++i)
         CHECK(n[static_cast<std::size_t>(i)].value == i);  // all of them, in order
-    CHECK(errors(http, "gps", "parse") == parse);
-    CHECK(errors(http, "gps", "too_long") == too_long);
-    CHECK(errors(http, "gps", "checksum") == checksum);
-    CHECK(sample(http, "ferry_serial_frames_total", "gps", ",result=\"ok\"") == good);
-    CHECK(sample(http, "ferry_serial_frames_total", "gps", ",result=\"error\"") ==
+    CHECK(errors(env.http, "gps", "parse") == parse);
+    CHECK(errors(env.http, "gps", "too_long") == too_long);
+    CHECK(errors(env.http, "gps", "checksum") == checksum);
+    CHECK(sample(env.http, "ferry_serial_frames_total", "gps", ",result=\"ok\"") == good);
+    CHECK(sample(env.http, "ferry_serial_frames_total", "gps", ",result=\"error\"") ==
           parse + too_long + checksum);
-    CHECK(sample(http, "ferry_device_up", "gps") == 1);
-    CHECK(ferry.stop() == 0);
+    CHECK(sample(env.http, "ferry_device_up", "gps") == 1);
+    CHECK(env.ferry->stop() == 0);
 }
 
 TEST_CASE("unplug and replug: the device goes down with bad values, then resumes") {
-    mosquitto broker;
-    temp_dir dir;
-    mqtt_recorder rec(broker.uri(), {"plant/#"});
-    auto cable = std::make_unique<pty_pair>(dir.file("usb0"), dir.file("usb0.s"));
-    const auto http = free_port();
-    write_file(dir.file("ferry.yaml"), head(dir.path(), broker.port(), http) +
-                                           "devices:\n"
-                                           "  - id: probe\n"
-                                           "    driver: serial_line\n"
-                                           "    serial: { port: " +
-                                           cable->dev() +
-                                           " }\n"
-                                           "    parse: { kv: true }\n"
-                                           "    points: [ { name: t, type: float64 } ]\n");
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
-    REQUIRE_MESSAGE(wait_up(http, "probe"), read_file(dir.file("ferry.log")));
+    rig env;
+    auto cable = std::make_unique<pty_pair>(env.dir.file("usb0"), env.dir.file("usb0.s"));
+    env.run(
+        "  - id: probe\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        cable->dev() +
+        " }\n"
+        "    parse: { kv: true }\n"
+        "    points: [ { name: t, type: float64 } ]\n");
+    REQUIRE_MESSAGE(wait_up(env.http, "probe"), env.log());
     cable->send("t=1\n");
-    REQUIRE_MESSAGE(wait_until([&] { return of(readings(rec), "probe").size() >= 1; }, 10s),
-                    read_file(dir.file("ferry.log")));
+    REQUIRE_MESSAGE(wait_until([&] { return of(readings(env.rec), "probe").size() >= 1; }, 10s),
+                    env.log());
 
     cable->stop();  // the USB adapter is pulled
-    REQUIRE_MESSAGE(wait_up(http, "probe", 0), read_file(dir.file("ferry.log")));
-    REQUIRE(wait_until([&] { return of(readings(rec), "probe").size() >= 2; }, 10s));
-    auto r = of(readings(rec), "probe");
+    REQUIRE_MESSAGE(wait_up(env.http, "probe", 0), env.log());
+    REQUIRE(wait_until([&] { return of(readings(env.rec), "probe").size() >= 2; }, 10s));
+    auto r = of(readings(env.rec), "probe");
     CHECK(r[1].quality == "bad");
     CHECK(r[1].value.is_null());
-    CHECK(errors(http, "probe", "io") >= 1);
-    CHECK(ferry.running());
+    CHECK(errors(env.http, "probe", "io") >= 1);
+    CHECK(env.ferry->running());
 
     cable->start();  // plugged in again: same link name, a new pty behind it
-    REQUIRE_MESSAGE(wait_up(http, "probe"), read_file(dir.file("ferry.log")));
+    REQUIRE_MESSAGE(wait_up(env.http, "probe"), env.log());
     cable->send("t=2\n");
-    REQUIRE_MESSAGE(wait_until([&] { return of(readings(rec), "probe").size() >= 3; }, 10s),
-                    read_file(dir.file("ferry.log")));
-    r = of(readings(rec), "probe");
+    REQUIRE_MESSAGE(wait_until([&] { return of(readings(env.rec), "probe").size() >= 3; }, 10s),
+                    env.log());
+    r = of(readings(env.rec), "probe");
     CHECK(r.size() == 3);  // one bad event for the outage, not one per retry
     CHECK(r[2].quality == "good");
     CHECK(r[2].value == 2.0);
-    CHECK(ferry.stop() == 0);
+    CHECK(env.ferry->stop() == 0);
 }
 
 TEST_CASE("poll: the request is written at the interval and the answers arrive") {
-    mosquitto broker;
-    temp_dir dir;
-    mqtt_recorder rec(broker.uri(), {"plant/#"});
-    pty_pair meter(dir.file("meter"), dir.file("meter.s"));
-    const auto http = free_port();
-    write_file(dir.file("ferry.yaml"),
-               head(dir.path(), broker.port(), http) +
-                   "devices:\n"
-                   "  - id: meter\n"
-                   "    driver: serial_line\n"
-                   "    serial: { port: " +
-                   meter.dev() +
-                   " }\n"
-                   "    poll: { request: \"READ?\\r\\n\", interval: 100ms }\n"
-                   "    parse: { csv: [v] }\n"
-                   "    points: [ { name: v, type: uint32 } ]\n");
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    rig env;
+    pty_pair meter(env.dir.file("meter"), env.dir.file("meter.s"));
+    env.run(
+        "  - id: meter\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        meter.dev() +
+        " }\n"
+        "    poll: { request: \"READ?\\r\\n\", interval: 100ms }\n"
+        "    parse: { csv: [v] }\n"
+        "    points: [ { name: v, type: uint32 } ]\n");
     std::string asked;
     int answered = 0;
     const auto until = std::chrono::steady_clock::now() + 10s;
@@ -369,12 +362,12 @@ TEST_CASE("poll: the request is written at the interval and the answers arrive")
             meter.send(std::to_string(++answered) + "\n");
         }
     }
-    REQUIRE_MESSAGE(answered == 5, read_file(dir.file("ferry.log")));
-    REQUIRE(wait_until([&] { return of(readings(rec), "meter").size() >= 5; }, 10s));
-    const auto v = of(readings(rec), "meter");
+    REQUIRE_MESSAGE(answered == 5, env.log());
+    REQUIRE(wait_until([&] { return of(readings(env.rec), "meter").size() >= 5; }, 10s));
+    const auto v = of(readings(env.rec), "meter");
     for (std::size_t i = 0; i < 5; ++i)
         CHECK(v[i].value == i + 1);
-    CHECK(ferry.stop() == 0);
+    CHECK(env.ferry->stop() == 0);
 }
 
 TEST_CASE("ferry check: the driver's example is valid; a bad regex names file:line:column") {
