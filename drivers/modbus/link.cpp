@@ -140,8 +140,9 @@ class tcp_link final : public link {
                                                static_cast<std::uint8_t>(count >> 8),
                                                static_cast<std::uint8_t>(count)};
         if (!send_all(req.data(), req.size(), deadline)) {
+            const bool timed_out = errno == ETIMEDOUT;
             close();
-            return {errno == ETIMEDOUT ? fault::timeout : fault::io};
+            return {timed_out ? fault::timeout : fault::io};
         }
         std::size_t have = 0;
         std::size_t need = 7;  // the MBAP header first; then we know the frame's length
