@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cfloat>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -62,11 +63,24 @@ bool scaled(const config::point& p) {
     return p.scale != 1.0 || p.offset != 0.0;
 }
 
+// A float32 reading as the double a person reads: the shortest decimal that reads back as
+// the same float (3.14159f → 3.14159, not 3.141590118408203). Upstream consumers see the
+// value the device holds, not float32 rounding noise.
+double widen(float f) {
+    if (!std::isfinite(f)) return f;
+    char buf[32];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, f);
+    double d = f;
+    if (ec == std::errc()) std::from_chars(buf, end, d);
+    return d;
+}
+
 // raw integer/float -> the value of a numeric point (scale and offset applied).
 ferry::value numeric_value(const config::point& p, std::uint64_t raw) {
     switch (p.type) {
         case point_type::float32: {
-            const double d = std::bit_cast<float>(static_cast<std::uint32_t>(raw));
+            const double d = widen(std::bit_cast<float>(static_cast<std::uint32_t>(raw)));
+            if (!scaled(p)) return d;
             return d * p.scale + p.offset;
         }
         case point_type::float64:
