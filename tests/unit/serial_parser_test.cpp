@@ -244,3 +244,41 @@ TEST_CASE("framer: fixed length frames across reads; reset drops a partial frame
     r = feed_all(f, {"wxyz"});
     CHECK(r.frames == std::vector<std::string>{"wxyz"});
 }
+
+TEST_CASE("config: serial_line keys reach the driver's settings") {
+    const auto cfg = config::load_config_text(R"(gateway: { id: g }
+devices:
+  - id: m
+    driver: serial_line
+    serial: { port: /dev/ttyUSB0, baud: 19200, parity: O, data_bits: 7, stop_bits: 2 }
+    framing: { delimiter: "\r\n", max_frame: 1KiB }
+    poll: { request: "READ?\r\n", interval: 250ms }
+    parse: { csv: [a, "", b] }
+    points: [ { name: a, type: float64 }, { name: b, type: int16, scale: 0.1 } ]
+  - id: n
+    driver: serial_line
+    serial: { port: /dev/ttyUSB1 }
+    parse: { kv: true, checksum: nmea }
+    points: [ { name: a } ]
+)",
+                                              "t.yaml");
+    REQUIRE(cfg.devices.size() == 2);
+    const auto& m = cfg.devices[0];
+    CHECK(m.serial->baud == 19200);
+    CHECK(m.serial->par == config::parity::odd);
+    CHECK(m.serial->data_bits == 7);
+    CHECK(m.serial->stop_bits == 2);
+    CHECK(m.framing->delimiter == "\r\n");
+    CHECK(m.framing->max_frame == 1024);
+    REQUIRE(m.poll);
+    CHECK(m.poll->request == "READ?\r\n");
+    CHECK(m.poll->interval == std::chrono::milliseconds(250));
+    CHECK(m.parse->format == config::parse_format::csv);
+    CHECK(m.parse->separator == ",");
+    const auto& n = cfg.devices[1];
+    CHECK(n.framing->delimiter == "\n");
+    CHECK(n.framing->max_frame == 4096);
+    CHECK(!n.poll);
+    CHECK(n.parse->separator == " ");
+    CHECK(n.parse->checksum == "nmea");
+}
