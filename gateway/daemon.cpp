@@ -38,7 +38,10 @@ const char* build_info::build_type() {
 namespace {
 
 using steady = std::chrono::steady_clock;
-constexpr std::size_t k_rule_queue = 65536;  // events between the bus and the rule engine
+// Events between the bus and the rule engine (and the read model). Small enough that what
+// sits here at a shutdown with a full `block` spool is little (it is logged as
+// lost_at_shutdown), large enough for a burst of polls: 8,192 events ≈ 0.5 MiB.
+constexpr std::size_t k_rule_queue = 8192;
 constexpr auto k_stop_budget = std::chrono::milliseconds(1800);  // SIGTERM → exit
 
 const char* const k_seq_key = "seq_high_water";
