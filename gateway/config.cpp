@@ -34,7 +34,7 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Features the YAML accepts but this version of Ferry cannot do yet. Each present key (and,
 // when `value` is set, only with that value) is an error at its position:
-//   rules[0].filter: 'filter' is not built yet in this version of Ferry
+//   commands.enabled: 'commands' (downlink writes) is not built yet in this version of Ferry
 // `key` is a key path with the list indices removed.
 struct not_built_row {
     std::string_view key;

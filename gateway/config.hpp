@@ -174,8 +174,7 @@ struct rule {
     batch_settings batch;
     publish_settings publish;
     mark where;
-    // Parsed and validated, but refused while the stage is not built (see config.cpp,
-    // k_not_built_yet): a loaded config has these empty.
+    // The rule's stages (rules/README.md); empty or absent when not configured.
     std::string filter;
     std::optional<transform_settings> transform;
     std::optional<deadband_settings> deadband;

@@ -239,7 +239,11 @@ struct daemon::impl {
                 if (r == upstream::append_result::closed) lost_at_shutdown += b.events;
                 return;
             }
+            // A full disk is a wait on purpose too: the watchdog must not restart us for it
+            // (a restart would throw away what is held in memory).
+            rule_waiting_for_room = true;
             std::this_thread::sleep_for(backoff);
+            rule_waiting_for_room = false;
             backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
             if (rule_sub->closed()) {
                 lost_at_shutdown += b.events;

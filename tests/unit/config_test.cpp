@@ -116,7 +116,7 @@ TEST_CASE("the example config/ferry.yaml loads with the expected values") {
     CHECK(m.points[0].order == cfg::byte_order::cdab);
     CHECK(m.points[2].type == cfg::point_type::uint64);
 
-    REQUIRE(c.rules.size() == 2);
+    REQUIRE(c.rules.size() == 3);
     CHECK(c.rules[0].name == "boiler");
     CHECK(c.rules[0].match == lines{"boiler1/#"});
     CHECK(c.rules[0].batch.max_events == 500);
@@ -129,6 +129,16 @@ TEST_CASE("the example config/ferry.yaml loads with the expected values") {
     CHECK(c.rules[1].batch.max_events == 100);
     CHECK(c.rules[1].batch.max_bytes == 256 * 1024);  // default
     CHECK(c.rules[1].batch.max_age == 10s);
+    CHECK(c.rules[2].name == "boiler_temperature_f");
+    CHECK(c.rules[2].filter == "value > -40 and value < 200");
+    REQUIRE(c.rules[2].transform);
+    CHECK(c.rules[2].transform->scale == 1.8);
+    CHECK(c.rules[2].transform->offset == 32.0);
+    CHECK(c.rules[2].transform->unit == "degF");
+    REQUIRE(c.rules[2].deadband);
+    CHECK(c.rules[2].deadband->kind == cfg::deadband_kind::absolute);
+    CHECK(c.rules[2].deadband->amount == 0.5);
+    CHECK(c.rules[2].heartbeat == 60s);
 
     CHECK(c.dead_letter.topic == "ferry/{gateway}/dead-letter");
     CHECK_FALSE(c.commands.enabled);
