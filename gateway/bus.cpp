@@ -3,6 +3,14 @@
 #include <algorithm>
 
 namespace ferry {
+namespace {
+
+bool matches(const std::vector<topic_pattern>& patterns, std::string_view address) {
+    return std::any_of(patterns.begin(), patterns.end(),
+                       [&](const topic_pattern& p) { return p.matches(address); });
+}
+
+}  // namespace
 
 std::string_view to_string(drop_reason r) {
     switch (r) {
@@ -96,15 +104,48 @@ std::shared_ptr<subscription> bus::subscribe(std::string name,
                                              std::size_t capacity, overflow_policy policy) {
     auto sub = std::make_shared<subscription>(std::move(name), capacity, policy, *this);
     std::unique_lock lock(mu_);
-    routes_.resize(points_.size());
-    for (point_id id = 0; id < points_.size(); ++id) {
-        const auto& address = points_.get(id).address;
-        bool hit = std::any_of(patterns.begin(), patterns.end(),
-                               [&](const topic_pattern& p) { return p.matches(address); });
-        if (hit) routes_[id].push_back(sub.get());
+    sub->patterns_ = patterns;
+    const auto known = static_cast<point_id>(routes_.size());
+    for (point_id id = 0; id < known; ++id) {
+        if (matches(sub->patterns_, points_.get(id).address)) routes_[id].push_back(sub.get());
     }
     subs_.push_back(sub);
+    route_points(known);
     return sub;
+}
+
+void bus::route_points(point_id from) {
+    const auto n = points_.size();
+    routes_.resize(n);
+    for (auto id = from; id < n; ++id) {
+        const auto& address = points_.get(id).address;
+        for (const auto& s : subs_) {
+            if (matches(s->patterns_, address)) routes_[id].push_back(s.get());
+        }
+    }
+}
+
+void bus::add_points() {
+    std::unique_lock lock(mu_);
+    route_points(static_cast<point_id>(routes_.size()));
+}
+
+void bus::resubscribe(subscription& sub, const std::vector<topic_pattern>& patterns) {
+    std::unique_lock lock(mu_);
+    sub.patterns_ = patterns;
+    for (point_id id = 0; id < routes_.size(); ++id) {
+        auto& r = routes_[id];
+        r.erase(std::remove(r.begin(), r.end(), &sub), r.end());
+        if (matches(patterns, points_.get(id).address)) {
+            // Keep the subscription order of subscribe(): publish() compares routes.
+            auto pos = r.begin();
+            for (const auto& s : subs_) {
+                if (s.get() == &sub) break;
+                if (pos != r.end() && *pos == s.get()) ++pos;
+            }
+            r.insert(pos, &sub);
+        }
+    }
 }
 
 void bus::publish(std::span<const event> events) {

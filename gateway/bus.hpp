@@ -8,10 +8,12 @@
 //   drop_newest  the incoming event is discarded
 // Every discarded event is counted by reason (`dropped(reason)`).
 //
-// Routing is decided once per point: points are known before start, so each subscribe()
-// computes which points it matches, and publish() walks a precomputed list — no pattern
-// matching on the hot path. Subscribe before producers start; publish() is safe from many
-// threads at once; each subscription has one consumer thread.
+// Routing is decided once per point: each subscribe() computes which points it matches, and
+// publish() walks a precomputed list — no pattern matching on the hot path. Points interned
+// later (a config reload) get their routes from add_points(), and a subscription's patterns
+// can be replaced (resubscribe); both take the route lock for a moment, publishers wait
+// that long. Subscribe before producers start; publish() is safe from many threads at once;
+// each subscription has one consumer thread.
 #pragma once
 
 #include <array>
@@ -62,6 +64,7 @@ class subscription {
     void push(std::span<const event> events);
 
     std::string name_;
+    std::vector<topic_pattern> patterns_;  // guarded by the bus's route lock
     std::size_t capacity_;
     overflow_policy policy_;
     bus& owner_;
@@ -80,6 +83,12 @@ class bus {
     std::shared_ptr<subscription> subscribe(std::string name,
                                             const std::vector<topic_pattern>& patterns,
                                             std::size_t capacity, overflow_policy policy);
+
+    // Routes the points interned since the last call (or subscribe) to the subscriptions
+    // whose patterns match them. Call before a producer publishes events of a new point.
+    void add_points();
+    // Replaces the patterns of `sub` and recomputes its routes over every point.
+    void resubscribe(subscription& sub, const std::vector<topic_pattern>& patterns);
 
     // Delivers events to every matching subscription. With a `block` subscriber this may wait.
     void publish(std::span<const event> events);
@@ -100,7 +109,9 @@ class bus {
     }
 
     const point_table& points_;
-    std::shared_mutex mu_;  // guards routes_ and subs_ (written by subscribe only)
+    void route_points(point_id from);  // with mu_ held exclusively
+
+    std::shared_mutex mu_;  // guards routes_, subs_ and patterns (written by the route calls)
     std::vector<std::shared_ptr<subscription>> subs_;
     std::vector<std::vector<subscription*>> routes_;  // per point id
     std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(drop_reason::count_)>

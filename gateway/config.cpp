@@ -1688,4 +1688,18 @@ std::string reference_markdown() {
     return out;
 }
 
+bool same_settings(device a, device b) {
+    a.where = b.where = {};
+    for (auto* d : {&a, &b}) {
+        for (auto& p : d->points)
+            p.where = {};
+    }
+    return a == b;
+}
+
+bool same_settings(rule a, rule b) {
+    a.where = b.where = {};
+    return a == b;
+}
+
 }  // namespace ferry::config

@@ -43,6 +43,8 @@ class errors : public std::runtime_error {
 struct mark {
     int line = 0;
     int column = 0;
+
+    bool operator==(const mark&) const = default;
 };
 
 enum class log_level { debug, info, warn, error };
@@ -68,12 +70,16 @@ struct gateway_section {
     std::string id;
     std::string data_dir = "/var/lib/ferry";
     log_level level = log_level::info;
+
+    bool operator==(const gateway_section&) const = default;
 };
 
 struct http_section {
     bool enabled = false;  // true when the `http` section is present
     std::string host = "127.0.0.1";
     std::uint16_t port = 9108;
+
+    bool operator==(const http_section&) const = default;
 };
 
 struct point {
@@ -90,6 +96,8 @@ struct point {
     std::optional<double> min;
     std::optional<double> max;
     mark where;
+
+    bool operator==(const point&) const = default;
 };
 
 struct serial_settings {
@@ -98,6 +106,8 @@ struct serial_settings {
     parity par = parity::none;
     int data_bits = 8;
     int stop_bits = 1;
+
+    bool operator==(const serial_settings&) const = default;
 };
 
 // serial_line: how the byte stream is cut into frames. Exactly one of the two is set.
@@ -106,12 +116,16 @@ struct framing_settings {
     std::uint32_t length = 0;      // > 0: fixed-size frames of this many bytes
     // Delimiter framing: a longer frame is counted (reason too_long) and dropped.
     std::uint32_t max_frame = 4096;
+
+    bool operator==(const framing_settings&) const = default;
 };
 
 // serial_line: a request written at a fixed interval, for sensors that answer on demand.
 struct line_poll_settings {
     std::string request;
     duration interval{1000};
+
+    bool operator==(const line_poll_settings&) const = default;
 };
 
 enum class parse_format { regex, csv, json, kv };
@@ -123,6 +137,8 @@ struct parse_settings {
     std::vector<std::string> csv;  // format csv: column i -> point csv[i] ("" skips a column)
     std::string separator;         // csv: "," by default; kv: " " by default
     std::string checksum;          // "" or "nmea": verify and strip "*hh"
+
+    bool operator==(const parse_settings&) const = default;
 };
 
 struct device {
@@ -141,24 +157,32 @@ struct device {
     std::optional<framing_settings> framing;  // serial_line only
     std::optional<parse_settings> parse;      // serial_line only
     std::optional<line_poll_settings> poll;   // serial_line only
+
+    bool operator==(const device&) const = default;
 };
 
 struct batch_settings {
     std::size_t max_events = 500;
     std::size_t max_bytes = 256 * 1024;
     duration max_age{1000};
+
+    bool operator==(const batch_settings&) const = default;
 };
 
 struct publish_settings {
     std::string topic = "ferry/{gateway}/{device}";
     int qos = 1;
     bool retain = false;
+
+    bool operator==(const publish_settings&) const = default;
 };
 
 struct transform_settings {
     double scale = 1.0;  // value = value * scale + offset
     double offset = 0.0;
     std::string unit;  // replaces the point's unit when not empty
+
+    bool operator==(const transform_settings&) const = default;
 };
 
 enum class deadband_kind { absolute, percent };
@@ -166,6 +190,8 @@ enum class deadband_kind { absolute, percent };
 struct deadband_settings {
     deadband_kind kind = deadband_kind::absolute;
     double amount = 0.0;
+
+    bool operator==(const deadband_settings&) const = default;
 };
 
 struct rule {
@@ -179,6 +205,8 @@ struct rule {
     std::optional<transform_settings> transform;
     std::optional<deadband_settings> deadband;
     std::optional<duration> heartbeat;
+
+    bool operator==(const rule&) const = default;
 };
 
 struct tls_settings {
@@ -186,6 +214,8 @@ struct tls_settings {
     std::string cert_file;
     std::string key_file;
     bool verify_hostname = true;
+
+    bool operator==(const tls_settings&) const = default;
 };
 
 struct mqtt_settings {
@@ -197,6 +227,8 @@ struct mqtt_settings {
     std::string password;  // read from password_file; never logged
     std::optional<tls_settings> tls;
     int inflight = 16;
+
+    bool operator==(const mqtt_settings&) const = default;
 };
 
 struct spool_settings {
@@ -204,15 +236,21 @@ struct spool_settings {
     std::uint64_t max_bytes = 512ull * 1024 * 1024;
     ferry::config::when_full full = when_full::drop_oldest;
     fsync_mode fsync = fsync_mode::always;
+
+    bool operator==(const spool_settings&) const = default;
 };
 
 struct upstream_section {
     mqtt_settings mqtt;
     spool_settings spool;
+
+    bool operator==(const upstream_section&) const = default;
 };
 
 struct dead_letter_section {
     std::string topic = "ferry/{gateway}/dead-letter";
+
+    bool operator==(const dead_letter_section&) const = default;
 };
 
 // Downlink writes. `enabled: true` is refused while commands are not built (k_not_built_yet).
@@ -221,6 +259,8 @@ struct commands_section {
     duration max_age{30000};
     std::uint32_t rate_limit = 10;  // commands per rate_period, per device
     duration rate_period{1000};
+
+    bool operator==(const commands_section&) const = default;
 };
 
 struct config {
@@ -233,6 +273,11 @@ struct config {
     upstream_section upstream;
     commands_section commands;
 };
+
+// Equal settings, wherever they stand in the file (marks are not compared): what a reload
+// uses to tell a changed device or rule from one that only moved.
+bool same_settings(device a, device b);
+bool same_settings(rule a, rule b);
 
 // Loads and validates FILE. Throws `errors` (all of them) if anything is wrong.
 config load_config(const std::string& file);

@@ -7,6 +7,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
@@ -66,6 +67,11 @@ struct daemon::impl {
     std::thread read_thread;
     std::atomic<bool> running{false};
     prometheus::Family<prometheus::Counter>* reloads = nullptr;
+    prometheus::Family<prometheus::Counter>* rule_family = nullptr;
+    // A reload hands a new engine to the rule thread, which swaps it in between two passes.
+    std::mutex engine_mu;
+    std::condition_variable engine_cv;
+    std::unique_ptr<rules::engine> pending_engine;
     // Liveness of the rule thread, for the systemd watchdog: the time of its last loop pass,
     // and whether it is waiting on purpose (a full spool with when_full: block).
     std::atomic<std::int64_t> rule_pulse_ms{0};
@@ -83,6 +89,7 @@ struct daemon::impl {
 
     std::string status_line() const;
     void reload();
+    bool apply(config::config next);
     bool making_progress() const;
 
     explicit impl(config::config c) : cfg(std::move(c)) {}
@@ -97,7 +104,7 @@ struct daemon::impl {
             .Set(1);
         reloads = &prometheus::BuildCounter()
                        .Name("ferry_config_reloads_total")
-                       .Help("SIGHUP config reloads by result (invalid, not_applied)")
+                       .Help("SIGHUP config reloads by result (applied, invalid, restart_required)")
                        .Register(registry);
 
         for (const auto& d : cfg.devices) {
@@ -121,18 +128,15 @@ struct daemon::impl {
         rule_sub =
             bus->subscribe("rules", engine->patterns(), k_rule_queue, overflow_policy::block);
 
-        auto& rule_family = prometheus::BuildCounter()
-                                .Name("ferry_rule_events_total")
-                                .Help("Events through each rule by outcome")
-                                .Register(registry);
-        for (const auto& name : engine->rule_names()) {
-            auto& row = rule_events.emplace_back();
-            for (std::size_t o = 0; o < row.size(); ++o)
-                row[o] = &rule_family.Add(
-                    {{"rule", name}, {"outcome", std::string(rules::k_outcomes[o])}});
-            rule_events_seen.emplace_back();
-            dead_letter_logged.emplace_back();
-        }
+        rule_family = &prometheus::BuildCounter()
+                           .Name("ferry_rule_events_total")
+                           .Help("Events through each rule by outcome")
+                           .Register(registry);
+        for (auto* r :
+             {&reloads->Add({{"result", "applied"}}), &reloads->Add({{"result", "invalid"}}),
+              &reloads->Add({{"result", "restart_required"}})})
+            r->Increment(0);
+        count_rules();
         auto& dropped = prometheus::BuildCounter()
                             .Name("ferry_bus_dropped_total")
                             .Help("Events dropped by the bus, by reason")
@@ -252,11 +256,53 @@ struct daemon::impl {
         }
     }
 
+    // The counters of the engine's rules, from 0 (a new engine counts from 0).
+    void count_rules() {
+        rule_events.clear();
+        rule_events_seen.clear();
+        dead_letter_logged.clear();
+        for (const auto& name : engine->rule_names()) {
+            auto& row = rule_events.emplace_back();
+            for (std::size_t o = 0; o < row.size(); ++o)
+                row[o] = &rule_family->Add(
+                    {{"rule", name}, {"outcome", std::string(rules::k_outcomes[o])}});
+            rule_events_seen.emplace_back();
+            dead_letter_logged.emplace_back();
+        }
+    }
+
+    // On the rule thread: what the old engine holds goes to the spool, then the new one runs.
+    void swap_engine(std::vector<rules::batch>& out) {
+        std::unique_ptr<rules::engine> next;
+        {
+            std::lock_guard lock(engine_mu);
+            if (!pending_engine) return;
+            next = std::move(pending_engine);
+        }
+        engine->flush_all(out);
+        for (const auto& b : out)
+            to_spool(b);
+        out.clear();
+        update_counters();
+        const auto& keep = next->rule_names();
+        for (std::size_t r = 0; r < rule_events.size(); ++r) {
+            if (std::find(keep.begin(), keep.end(), engine->rule_names()[r]) != keep.end())
+                continue;
+            for (auto* c : rule_events[r])
+                rule_family->Remove(c);
+        }
+        engine = std::move(next);
+        count_rules();
+        { std::lock_guard lock(engine_mu); }
+        engine_cv.notify_all();
+    }
+
     void rule_loop() {
         std::vector<event> events;
         std::vector<rules::batch> out;
         events.reserve(4096);
         for (;;) {
+            swap_engine(out);
             auto now = steady::now();
             auto deadline = std::min(engine->next_deadline(), now + std::chrono::milliseconds(250));
             events.clear();
@@ -354,12 +400,15 @@ std::string daemon::impl::status_line() const {
            (publisher->connected() ? "connected" : "disconnected");
 }
 
-// SIGHUP: the new file is validated; an invalid one is rejected with every error logged and
-// the running config goes on. Applying a valid one live is not built yet: it is reported as
-// such (restart to apply), never half-applied.
+// SIGHUP: the file is read and validated. An invalid one is rejected with every error logged
+// and the running config goes on. A valid one is applied whole or not at all: devices, rules
+// and the log level change live; the other sections (gateway id and data_dir, http,
+// upstream, dead_letter, commands) only at a restart, so a file that changes them is not
+// applied (restart_required) and the running config goes on.
 void daemon::impl::reload() {
+    config::config next;
     try {
-        config::load_config(cfg.file);
+        next = config::load_config(cfg.file);
     } catch (const config::errors& e) {
         for (const auto& err : e.list()) {
             log::error("config", "reload rejected; the running config stays",
@@ -368,11 +417,127 @@ void daemon::impl::reload() {
         reloads->Add({{"result", "invalid"}}).Increment();
         return;
     }
-    log::error("config",
-               "the new config is valid, but applying it live is not built yet in this version "
-               "of Ferry; restart ferry to apply it",
-               {{"file", cfg.file}});
-    reloads->Add({{"result", "not_applied"}}).Increment();
+    std::string fixed;
+    auto differs = [&](bool changed, const char* section) {
+        if (changed) fixed += (fixed.empty() ? "" : ",") + std::string(section);
+    };
+    differs(next.gateway.id != cfg.gateway.id, "gateway.id");
+    differs(next.gateway.data_dir != cfg.gateway.data_dir, "gateway.data_dir");
+    differs(!(next.http == cfg.http), "http");
+    differs(!(next.upstream == cfg.upstream), "upstream");
+    differs(!(next.dead_letter == cfg.dead_letter), "dead_letter");
+    differs(!(next.commands == cfg.commands), "commands");
+    if (!fixed.empty()) {
+        log::error("config",
+                   "reload not applied: these settings change only at a restart; the running "
+                   "config stays",
+                   {{"sections", fixed}});
+        reloads->Add({{"result", "restart_required"}}).Increment();
+        return;
+    }
+    if (!apply(std::move(next))) reloads->Add({{"result", "invalid"}}).Increment();
+}
+
+// Applies the devices, rules and log level of a valid config. Everything that can fail is
+// checked first; past that point nothing fails halfway.
+bool daemon::impl::apply(config::config next) {
+    auto split = [](const std::vector<config::device>& all, bool modbus) {
+        std::vector<config::device> out;
+        for (const auto& d : all) {
+            const bool is_modbus = d.driver == "modbus_tcp" || d.driver == "modbus_rtu";
+            if (is_modbus == modbus) out.push_back(d);
+        }
+        return out;
+    };
+    auto modbus_next = split(next.devices, true);
+    auto serial_next = split(next.devices, false);
+    try {
+        drivers::modbus::poller::check(modbus_next);
+        drivers::serial::reader::check(serial_next);
+    } catch (const std::invalid_argument& e) {
+        log::error("config", "reload rejected; the running config stays", {{"error", e.what()}});
+        return false;
+    }
+
+    std::size_t added = 0, changed = 0, removed = 0;
+    for (const auto& d : next.devices) {
+        auto it = std::find_if(cfg.devices.begin(), cfg.devices.end(),
+                               [&](const config::device& o) { return o.id == d.id; });
+        if (it == cfg.devices.end())
+            ++added;
+        else if (!config::same_settings(*it, d))
+            ++changed;
+    }
+    for (const auto& d : cfg.devices) {
+        if (std::none_of(next.devices.begin(), next.devices.end(),
+                         [&](const config::device& n) { return n.id == d.id; }))
+            ++removed;
+    }
+    bool rules_changed = next.rules.size() != cfg.rules.size();
+    for (std::size_t i = 0; !rules_changed && i < next.rules.size(); ++i)
+        rules_changed = !config::same_settings(next.rules[i], cfg.rules[i]);
+
+    // New points first: interned, routed, known to the rules and the read model before any
+    // driver samples them.
+    const auto known = points.size();
+    std::vector<point_id> live;
+    for (const auto& d : next.devices) {
+        for (const auto& p : d.points)
+            live.push_back(points.intern(d.id, p.name, p.unit));
+    }
+    std::unique_ptr<rules::engine> eng;
+    if (rules_changed || points.size() != known) {
+        try {
+            eng = std::make_unique<rules::engine>(next.rules, points, cfg.gateway.id,
+                                                  cfg.dead_letter.topic);
+        } catch (const std::invalid_argument& e) {
+            log::error("config", "reload rejected; the running config stays",
+                       {{"error", e.what()}});
+            return false;
+        }
+    }
+    bus->add_points();
+    if (eng) {
+        bus->resubscribe(*rule_sub, eng->patterns());
+        std::unique_lock lock(engine_mu);
+        pending_engine = std::move(eng);
+        // The rule thread swaps within one pass (≤ 250 ms). If it waits on a full spool, it
+        // swaps before it takes the next event: nothing reaches the old engine after this.
+        engine_cv.wait_for(lock, std::chrono::seconds(5), [&] { return !pending_engine; });
+    }
+    if (reads) {
+        std::vector<device_ref> refs;
+        for (const auto& d : next.devices)
+            refs.push_back({d.id, d.driver});
+        reads->reconfigure(std::move(refs), live);
+    }
+    // A device that changed driver leaves the old one before it joins the new one (they
+    // share its series).
+    auto without_movers = [&](std::vector<config::device> list, bool modbus) {
+        std::erase_if(list, [&](const config::device& d) {
+            return std::any_of(cfg.devices.begin(), cfg.devices.end(), [&](const auto& o) {
+                const bool was_modbus = o.driver == "modbus_tcp" || o.driver == "modbus_rtu";
+                return o.id == d.id && was_modbus != modbus;
+            });
+        });
+        return list;
+    };
+    poller->update(without_movers(modbus_next, true));
+    serial_reader->update(without_movers(serial_next, false));
+    poller->update(std::move(modbus_next));
+    serial_reader->update(std::move(serial_next));
+
+    log::set_level(next.gateway.level);
+    cfg.devices = std::move(next.devices);
+    cfg.rules = std::move(next.rules);
+    cfg.gateway.level = next.gateway.level;
+    log::info("config", "reloaded",
+              {{"devices_added", std::to_string(added)},
+               {"devices_changed", std::to_string(changed)},
+               {"devices_removed", std::to_string(removed)},
+               {"rules", rules_changed ? "changed" : "unchanged"}});
+    reloads->Add({{"result", "applied"}}).Increment();
+    return true;
 }
 
 bool daemon::impl::making_progress() const {

@@ -1,19 +1,26 @@
 // The event: one sampled reading of one point, as it travels through Ferry.
 //
-// Points are known from config. `point_table` interns device/tag/unit once, before any
-// driver starts, and events carry a small `point_id`, so the hot path never allocates a
-// string per event. The table is append-only and must not be modified while drivers run;
-// reading it from many threads is safe.
+// Points are known from config. `point_table` interns device/tag/unit once, before the
+// device's driver starts, and events carry a small `point_id`, so the hot path never
+// allocates a string per event. The table is append-only: an id, once given, names the same
+// point_info for the life of the process. A config reload may intern more points while
+// drivers run (one thread interns at a time); get() is lock-free and safe from any thread
+// for any id that thread has received.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <deque>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <variant>
+#include <vector>
 
 namespace ferry {
 
@@ -46,14 +53,27 @@ struct point_info {
 
 class point_table {
   public:
-    // Returns the id of device/tag, adding it if new. Not thread-safe: call before start.
+    // Returns the id of device/tag, adding it if new. A known device/tag whose unit changed
+    // gets a new id (the old one keeps its point_info, for events still in flight); find()
+    // then answers the new one.
     point_id intern(std::string_view device, std::string_view tag, std::string_view unit);
+    // The current id of "device/tag".
     std::optional<point_id> find(std::string_view address) const;
-    const point_info& get(point_id id) const { return points_[id]; }
-    std::size_t size() const { return points_.size(); }
+    const point_info& get(point_id id) const {
+        return chunks_[id >> k_chunk_bits].load(std::memory_order_acquire)[id & k_chunk_mask];
+    }
+    std::size_t size() const { return size_.load(std::memory_order_acquire); }
 
   private:
-    std::deque<point_info> points_;  // deque: references stay valid as it grows
+    static constexpr unsigned k_chunk_bits = 12;  // 4,096 points per chunk
+    static constexpr point_id k_chunk_mask = (1u << k_chunk_bits) - 1;
+    static constexpr std::size_t k_chunks = 1024;  // at most 4,194,304 points
+
+    // Chunks never move, so a point_info's address is stable and get() needs no lock.
+    std::array<std::atomic<point_info*>, k_chunks> chunks_{};
+    std::vector<std::unique_ptr<point_info[]>> owned_;
+    std::atomic<std::size_t> size_{0};
+    mutable std::shared_mutex mu_;  // guards by_address_, owned_ and appends
     std::unordered_map<std::string, point_id> by_address_;
 };
 

@@ -1,6 +1,8 @@
 #include "gateway/read_model.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <unordered_map>
 
 #include "gateway/json.hpp"
 
@@ -20,14 +22,40 @@ void append_int(std::string& out, std::int64_t v) {
 }  // namespace
 
 read_model::read_model(const point_table& points, std::vector<device_ref> devices)
-    : points_(points), last_(points.size()), device_of_(points.size(), devices.size()) {
-    for (auto& d : devices)
-        devices_.push_back(device_state{std::move(d), -1, false, -1, 0});
-    for (point_id id = 0; id < points.size(); ++id) {
-        const auto& dev = points.get(id).device;
-        for (std::size_t i = 0; i < devices_.size(); ++i) {
-            if (devices_[i].ref.id == dev) device_of_[id] = i;
-        }
+    : points_(points) {
+    std::vector<point_id> all(points.size());
+    for (point_id id = 0; id < all.size(); ++id)
+        all[id] = id;
+    reconfigure(std::move(devices), all);
+}
+
+void read_model::reconfigure(std::vector<device_ref> devices, std::span<const point_id> live) {
+    std::lock_guard lock(mu_);
+    std::vector<device_state> next;
+    for (auto& d : devices) {
+        auto it = std::find_if(devices_.begin(), devices_.end(),
+                               [&](const device_state& s) { return s.ref.id == d.id; });
+        if (it != devices_.end() && it->ref.driver == d.driver)
+            next.push_back(std::move(*it));
+        else
+            next.push_back(device_state{std::move(d), -1, false, -1, 0});
+    }
+    devices_ = std::move(next);
+    std::unordered_map<std::string_view, std::size_t> index;
+    for (std::size_t i = 0; i < devices_.size(); ++i)
+        index.emplace(devices_[i].ref.id, i);
+    const auto n = points_.size();
+    last_.resize(n);
+    std::vector<bool> is_live(n, false);
+    for (auto id : live)
+        is_live[id] = true;
+    device_of_.assign(n, devices_.size());
+    for (point_id id = 0; id < n; ++id) {
+        auto it = index.find(points_.get(id).device);
+        if (is_live[id] && it != index.end())
+            device_of_[id] = it->second;
+        else
+            last_[id] = event{};  // no longer configured: no longer served
     }
 }
 
@@ -35,9 +63,9 @@ void read_model::apply(std::span<const event> events) {
     std::lock_guard lock(mu_);
     for (const auto& e : events) {
         if (e.point >= last_.size()) continue;
-        last_[e.point] = e;
         auto di = device_of_[e.point];
-        if (di >= devices_.size()) continue;
+        if (di >= devices_.size()) continue;  // a point a reload took out
+        last_[e.point] = e;
         auto& d = devices_[di];
         auto ts = ms_of(e.ts);
         bool good = e.quality != quality::bad;

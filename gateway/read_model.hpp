@@ -7,7 +7,8 @@
 // it holds only bad ones or before its first event. `errors` counts its
 // bad-quality events; `last_ok_ts` is the newest ts of a good event.
 //
-// Thread-safe: apply() from one consumer thread, the JSON snapshots from any thread.
+// Thread-safe: apply() from one consumer thread, reconfigure() and the JSON snapshots from
+// any thread.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,11 @@ struct device_ref {
 class read_model {
   public:
     read_model(const point_table& points, std::vector<device_ref> devices);
+
+    // A config reload: the devices and the ids of the points configured now. Kept devices
+    // keep their state; points no longer configured are no longer served. Call after new
+    // points are interned and before their events arrive.
+    void reconfigure(std::vector<device_ref> devices, std::span<const point_id> live);
 
     void apply(std::span<const event> events);
 

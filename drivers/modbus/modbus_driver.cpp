@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <span>
 #include <stdexcept>
 #include <thread>
 
@@ -30,7 +31,6 @@ struct line;
 
 struct device_rt {
     config::device cfg;
-    std::size_t index = 0;  // in the constructor's order
     line* ln = nullptr;
     std::vector<point_id> ids;
     std::vector<read_block> blocks;
@@ -41,6 +41,8 @@ struct device_rt {
     device_status status;  // written by the polling worker under the poller's lock
     std::vector<std::uint16_t> regs = std::vector<std::uint16_t>(k_max_bits);
     std::vector<event> out;
+    bool polling = false;   // a worker polls it now
+    bool retiring = false;  // a reload takes it out: no further polls
 
     prometheus::Counter* polls_ok = nullptr;
     prometheus::Counter* polls_error = nullptr;
@@ -56,6 +58,7 @@ struct device_rt {
 // One TCP device, or one serial port with every unit on it: served by one worker at a time.
 struct line {
     std::unique_ptr<link> lnk;
+    std::string port;  // modbus_rtu: the serial port; empty for a TCP device
     std::vector<device_rt*> devices;
     bool busy = false;
 };
@@ -71,107 +74,149 @@ struct poll_outcome {
 struct poller::impl {
     driver_context ctx;
     std::size_t max_workers;
-    std::vector<std::unique_ptr<device_rt>> devices;
+    std::vector<std::unique_ptr<device_rt>> devices;  // in config order
     std::vector<std::unique_ptr<line>> lines;
     mutable std::mutex mu;
     std::condition_variable cv;
+    std::condition_variable poll_done;  // a device's poll finished (update() waits for it)
+    bool started = false;
     bool stopping = false;
     steady::time_point timer_at = steady::time_point::max();  // a worker sleeps until then
     std::vector<std::thread> workers;
     std::mt19937 rng{std::random_device{}()};
 
+    prometheus::Family<prometheus::Counter>* polls = nullptr;
+    prometheus::Family<prometheus::Counter>* overrun = nullptr;
+    prometheus::Family<prometheus::Counter>* received = nullptr;
+    prometheus::Family<prometheus::Counter>* sent = nullptr;
+    prometheus::Family<prometheus::Counter>* errors = nullptr;
+    prometheus::Family<prometheus::Gauge>* up = nullptr;
+    prometheus::Family<prometheus::Histogram>* seconds = nullptr;
+
     impl(std::vector<config::device> devs, driver_context c, std::size_t w)
         : ctx(c), max_workers(w) {
-        auto& polls = prometheus::BuildCounter()
-                          .Name("ferry_driver_polls_total")
-                          .Help("Device polls by result")
-                          .Register(ctx.registry);
-        auto& overrun =
-            prometheus::BuildCounter()
-                .Name("ferry_driver_overruns_total")
-                .Help("Poll slots missed because a poll overran or the pipeline pushed back")
-                .Register(ctx.registry);
-        auto& received = prometheus::BuildCounter()
-                             .Name("ferry_driver_received_total")
-                             .Help("Point values read from devices")
-                             .Register(ctx.registry);
-        auto& sent = prometheus::BuildCounter()
-                         .Name("ferry_driver_sent_total")
-                         .Help("Events published on the bus")
-                         .Register(ctx.registry);
-        auto& errors = prometheus::BuildCounter()
-                           .Name("ferry_driver_errors_total")
-                           .Help("Failed device requests by reason")
-                           .Register(ctx.registry);
-        auto& up = prometheus::BuildGauge()
-                       .Name("ferry_device_up")
-                       .Help("1 while the device answers")
+        polls = &prometheus::BuildCounter()
+                     .Name("ferry_driver_polls_total")
+                     .Help("Device polls by result")
+                     .Register(ctx.registry);
+        overrun = &prometheus::BuildCounter()
+                       .Name("ferry_driver_overruns_total")
+                       .Help("Poll slots missed because a poll overran or the pipeline pushed back")
                        .Register(ctx.registry);
-        auto& seconds = prometheus::BuildHistogram()
-                            .Name("ferry_driver_poll_seconds")
-                            .Help("Duration of one poll of one device")
-                            .Register(ctx.registry);
-        prometheus::Histogram::BucketBoundaries bounds{
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+        driver_families shared(ctx.registry);
+        received = &shared.received;
+        sent = &shared.sent;
+        errors = &shared.errors;
+        up = &shared.up;
+        seconds = &prometheus::BuildHistogram()
+                       .Name("ferry_driver_poll_seconds")
+                       .Help("Duration of one poll of one device")
+                       .Register(ctx.registry);
+        check_lines(devs);
+        for (auto& d : devs)
+            add(std::move(d));
+    }
 
-        std::map<std::string, line*> serial_lines;
-        std::map<std::string, const config::device*> serial_owner;
-        for (auto& d : devs) {
-            auto rt = std::make_unique<device_rt>();
-            rt->index = devices.size();
-            for (const auto& p : d.points) {
-                auto id = ctx.points.find(d.id + "/" + p.name);
-                if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
-                rt->ids.push_back(*id);
-            }
-            rt->blocks = plan_blocks(d.points, d.max_gap);
-            rt->polls_ok = &polls.Add({{"device", d.id}, {"result", "ok"}});
-            rt->polls_error = &polls.Add({{"device", d.id}, {"result", "error"}});
-            rt->overruns = &overrun.Add({{"device", d.id}});
-            rt->values_read = &received.Add({{"device", d.id}});
-            rt->events_sent = &sent.Add({{"device", d.id}});
-            rt->up_gauge = &up.Add({{"device", d.id}});
-            rt->poll_seconds = &seconds.Add({{"device", d.id}}, bounds);
-            rt->errors_family = &errors;
-            rt->cfg = std::move(d);
-            rt->ln = line_for(*rt, serial_lines, serial_owner);
-            rt->ln->devices.push_back(rt.get());
-            devices.push_back(std::move(rt));
+    // Throws std::invalid_argument for a set of devices that cannot run together: a device
+    // that is not Modbus, devices sharing a serial port with other settings, a unit id twice
+    // on one port. Checked before anything changes.
+    static void check_lines(const std::vector<config::device>& devs) {
+        std::map<std::string, const config::device*> owner;
+        std::map<std::pair<std::string, int>, const config::device*> units;
+        for (const auto& d : devs) {
+            if (d.driver == "modbus_tcp") continue;
+            if (d.driver != "modbus_rtu" || !d.serial)
+                throw std::invalid_argument("device " + d.id + ": not a Modbus device");
+            const auto& s = *d.serial;
+            auto [it, first_on_port] = owner.try_emplace(s.port, &d);
+            const auto& fs = *it->second->serial;
+            if (!first_on_port && (fs.baud != s.baud || fs.par != s.par ||
+                                   fs.data_bits != s.data_bits || fs.stop_bits != s.stop_bits))
+                throw std::invalid_argument("device " + d.id + ": serial port " + s.port +
+                                            " is shared with device " + it->second->id +
+                                            " but with other settings");
+            auto [u, fresh] = units.try_emplace({s.port, d.unit_id}, &d);
+            if (!fresh)
+                throw std::invalid_argument("device " + d.id + ": unit_id " +
+                                            std::to_string(d.unit_id) + " on " + s.port +
+                                            " is already device " + u->second->id);
         }
     }
 
-    line* line_for(const device_rt& d, std::map<std::string, line*>& serial_lines,
-                   std::map<std::string, const config::device*>& owner) {
-        if (d.cfg.driver == "modbus_tcp") {
-            lines.push_back(std::make_unique<line>());
-            lines.back()->lnk = make_tcp_link(d.cfg.host, d.cfg.port);
-            return lines.back().get();
+    // A device joins its line (a new TCP connection, or the serial port's line). With the
+    // lock held once workers run.
+    device_rt* add(config::device d) {
+        prometheus::Histogram::BucketBoundaries bounds{
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+        auto rt = std::make_unique<device_rt>();
+        for (const auto& p : d.points) {
+            auto id = ctx.points.find(d.id + "/" + p.name);
+            if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
+            rt->ids.push_back(*id);
         }
-        if (d.cfg.driver != "modbus_rtu" || !d.cfg.serial)
-            throw std::invalid_argument("device " + d.cfg.id + ": not a Modbus device");
-        const auto& s = *d.cfg.serial;
-        auto it = serial_lines.find(s.port);
-        if (it == serial_lines.end()) {
-            lines.push_back(std::make_unique<line>());
-            lines.back()->lnk = make_rtu_link(s);
-            serial_lines[s.port] = lines.back().get();
-            owner[s.port] = &d.cfg;
-            return lines.back().get();
+        rt->blocks = plan_blocks(d.points, d.max_gap);
+        rt->polls_ok = &polls->Add({{"device", d.id}, {"result", "ok"}});
+        rt->polls_error = &polls->Add({{"device", d.id}, {"result", "error"}});
+        rt->overruns = &overrun->Add({{"device", d.id}});
+        rt->values_read = &received->Add({{"device", d.id}});
+        rt->events_sent = &sent->Add({{"device", d.id}});
+        rt->up_gauge = &up->Add({{"device", d.id}});
+        rt->poll_seconds = &seconds->Add({{"device", d.id}}, bounds);
+        rt->errors_family = errors;
+        rt->cfg = std::move(d);
+        rt->ln = line_for(rt->cfg);
+        rt->ln->devices.push_back(rt.get());
+        devices.push_back(std::move(rt));
+        return devices.back().get();
+    }
+
+    line* line_for(const config::device& d) {
+        if (d.driver == "modbus_rtu") {
+            for (auto& l : lines) {
+                if (l->port == d.serial->port) return l.get();
+            }
         }
-        const auto& first = *owner[s.port];
-        const auto& fs = *first.serial;
-        if (fs.baud != s.baud || fs.par != s.par || fs.data_bits != s.data_bits ||
-            fs.stop_bits != s.stop_bits)
-            throw std::invalid_argument("device " + d.cfg.id + ": serial port " + s.port +
-                                        " is shared with device " + first.id +
-                                        " but with other settings");
-        for (const auto* other : it->second->devices) {
-            if (other->cfg.unit_id == d.cfg.unit_id)
-                throw std::invalid_argument("device " + d.cfg.id + ": unit_id " +
-                                            std::to_string(d.cfg.unit_id) + " on " + s.port +
-                                            " is already device " + other->cfg.id);
+        lines.push_back(std::make_unique<line>());
+        auto& l = *lines.back();
+        if (d.driver == "modbus_tcp") {
+            l.lnk = make_tcp_link(d.host, d.port);
+        } else {
+            l.lnk = make_rtu_link(*d.serial);
+            l.port = d.serial->port;
         }
-        return it->second;
+        return &l;
+    }
+
+    // Takes a device out, with the lock held: waits for a poll of it in flight (the other
+    // devices go on meanwhile), closes its line if it was the last device on it, and drops
+    // its series unless the device stays under another configuration.
+    void remove(device_rt* d, bool keep_series, std::unique_lock<std::mutex>& lock) {
+        d->retiring = true;
+        poll_done.wait(lock, [&] { return !d->polling; });
+        auto& on_line = d->ln->devices;
+        on_line.erase(std::remove(on_line.begin(), on_line.end(), d), on_line.end());
+        if (on_line.empty()) {
+            d->ln->lnk->close();
+            std::erase_if(lines, [&](const auto& l) { return l.get() == d->ln; });
+        }
+        if (!keep_series) {
+            polls->Remove(d->polls_ok);
+            polls->Remove(d->polls_error);
+            overrun->Remove(d->overruns);
+            received->Remove(d->values_read);
+            sent->Remove(d->events_sent);
+            up->Remove(d->up_gauge);
+            seconds->Remove(d->poll_seconds);
+            for (auto& [why, c] : d->errors)
+                errors->Remove(c);
+        }
+        std::erase_if(devices, [&](const auto& p) { return p.get() == d; });
+    }
+
+    void spawn_workers() {
+        const std::size_t n = std::min(max_workers, lines.size());
+        while (workers.size() < n)
+            workers.emplace_back([this] { worker(); });
     }
 
     ~impl() {
@@ -179,11 +224,11 @@ struct poller::impl {
             l->lnk->close();
     }
 
-    void set_up(device_rt& d, bool up) {
-        if (d.up == up) return;
-        d.up = up;
-        d.up_gauge->Set(up ? 1 : 0);
-        if (up)
+    void set_up(device_rt& d, bool is_up) {
+        if (d.up == is_up) return;
+        d.up = is_up;
+        d.up_gauge->Set(is_up ? 1 : 0);
+        if (is_up)
             log::info("modbus", "device up", {{"device", d.cfg.id}});
         else
             log::warn("modbus", "device down", {{"device", d.cfg.id}});
@@ -241,7 +286,7 @@ struct poller::impl {
     }
 
     poll_outcome poll(device_rt& d) {
-        const auto started = steady::now();
+        const auto began = steady::now();
         poll_outcome o;
         d.out.clear();
         bool all_ok = true;
@@ -277,7 +322,7 @@ struct poller::impl {
             for (std::size_t i = 0; i < d.out.size(); ++i)
                 d.out[i].seq = first + i;
         }
-        d.poll_seconds->Observe(std::chrono::duration<double>(steady::now() - started).count());
+        d.poll_seconds->Observe(std::chrono::duration<double>(steady::now() - began).count());
         o.ok = all_ok;
         if (all_ok) {
             d.polls_ok->Increment();
@@ -327,7 +372,8 @@ struct poller::impl {
         while (!stopping) {
             device_rt* next = nullptr;
             for (auto& d : devices) {
-                if (!d->ln->busy && (!next || d->next_due < next->next_due)) next = d.get();
+                if (!d->ln->busy && !d->retiring && (!next || d->next_due < next->next_due))
+                    next = d.get();
             }
             if (!next) {
                 cv.wait(lock);
@@ -347,11 +393,14 @@ struct poller::impl {
                 continue;  // re-evaluate: another worker may have taken it, or we stop
             }
             next->ln->busy = true;
+            next->polling = true;
             cv.notify_one();  // someone else watches the clock while we poll
             lock.unlock();
             const auto o = poll(*next);
             lock.lock();
             next->ln->busy = false;
+            next->polling = false;
+            poll_done.notify_all();
             next->status.up = next->up;
             next->status.requests += o.requests;
             ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
@@ -369,20 +418,74 @@ poller::~poller() {
     stop();
 }
 
+namespace {
+
+// First polls are spread over the first interval (at most 100 ms), so that many devices
+// with one interval do not all fall due at the same instant, poll after poll.
+void spread_first_polls(std::span<device_rt* const> devs) {
+    const auto now = steady::now();
+    const auto count = static_cast<std::int64_t>(devs.size());
+    for (std::int64_t i = 0; i < count; ++i) {
+        auto& d = *devs[static_cast<std::size_t>(i)];
+        const auto spread = std::min<steady::duration>(d.cfg.poll_interval, k_start_spread);
+        d.next_due = now + spread * i / count;
+    }
+}
+
+}  // namespace
+
 void poller::start() {
     std::lock_guard lock(impl_->mu);
-    if (!impl_->workers.empty()) return;
-    // First polls are spread over the first interval (at most 100 ms), so that many devices
-    // with one interval do not all fall due at the same instant, poll after poll.
-    const auto now = steady::now();
-    const auto count = static_cast<std::int64_t>(impl_->devices.size());
+    if (impl_->started) return;
+    impl_->started = true;
+    std::vector<device_rt*> all;
+    for (auto& d : impl_->devices)
+        all.push_back(d.get());
+    spread_first_polls(all);
+    impl_->spawn_workers();
+}
+
+void poller::check(const std::vector<config::device>& devices) {
+    impl::check_lines(devices);
+}
+
+void poller::update(std::vector<config::device> devices) {
+    impl::check_lines(devices);
+    std::unique_lock lock(impl_->mu);
+    std::map<std::string, const config::device*> wanted;
+    for (const auto& d : devices)
+        wanted[d.id] = &d;
+    std::vector<device_rt*> gone;
+    std::map<std::string, bool> kept;  // id → unchanged
     for (auto& d : impl_->devices) {
-        const auto spread = std::min<steady::duration>(d->cfg.poll_interval, k_start_spread);
-        d->next_due = now + spread * static_cast<std::int64_t>(d->index) / count;
+        auto it = wanted.find(d->cfg.id);
+        const bool same = it != wanted.end() && config::same_settings(d->cfg, *it->second);
+        kept[d->cfg.id] = same;
+        if (!same) gone.push_back(d.get());
     }
-    const std::size_t n = std::min(impl_->max_workers, impl_->lines.size());
-    for (std::size_t i = 0; i < n; ++i)
-        impl_->workers.emplace_back([this] { impl_->worker(); });
+    for (auto* d : gone) {
+        const bool stays = wanted.contains(d->cfg.id);
+        log::info("modbus", stays ? "device changed; restarting it" : "device removed",
+                  {{"device", d->cfg.id}});
+        impl_->remove(d, stays, lock);
+    }
+    std::map<std::string, std::size_t> order;  // config order, for status()
+    for (std::size_t i = 0; i < devices.size(); ++i)
+        order[devices[i].id] = i;
+    std::vector<device_rt*> added;
+    for (auto& d : devices) {
+        auto k = kept.find(d.id);
+        if (k != kept.end() && k->second) continue;
+        if (k == kept.end()) log::info("modbus", "device added", {{"device", d.id}});
+        added.push_back(impl_->add(std::move(d)));
+    }
+    std::sort(impl_->devices.begin(), impl_->devices.end(),
+              [&](const auto& a, const auto& b) { return order[a->cfg.id] < order[b->cfg.id]; });
+    if (!impl_->started) return;
+    spread_first_polls(added);
+    impl_->spawn_workers();
+    lock.unlock();
+    impl_->cv.notify_all();
 }
 
 void poller::stop() {
@@ -391,6 +494,7 @@ void poller::stop() {
         impl_->stopping = true;
     }
     impl_->cv.notify_all();
+    impl_->poll_done.notify_all();
     for (auto& t : impl_->workers)
         t.join();
     impl_->workers.clear();

@@ -21,6 +21,8 @@
 // Backpressure: publishing to the bus may block (a full spool with when_full: block); while
 // it does, the worker does not poll, and the missed slots are counted as overruns.
 //
+// Reload: update() applies a new device set live (see there).
+//
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
 // finishes or times out first, at most `timeout`). Building checks the configuration
 // (conflicting serial settings, a unit id twice on one port) and touches no device.
@@ -29,23 +31,12 @@
 #include <memory>
 #include <vector>
 
-#include "gateway/bus.hpp"
+#include "drivers/driver.hpp"
 #include "gateway/config.hpp"
-#include "gateway/event.hpp"
-#include "gateway/seq.hpp"
-
-namespace prometheus {
-class Registry;
-}
 
 namespace ferry::drivers::modbus {
 
-struct driver_context {
-    ferry::bus& bus;
-    seq_source& seq;
-    const point_table& points;
-    prometheus::Registry& registry;
-};
+using drivers::driver_context;
 
 // Device state as seen by operators (and, later, the read API).
 struct device_status {
@@ -68,7 +59,16 @@ class poller {
     void start();
     void stop();
 
-    // In the order of the devices given to the constructor.
+    // A config reload: `devices` is the new set. Devices whose settings changed restart
+    // (their poll in flight finishes first), removed ones stop and lose their series, new
+    // ones start; the others are not touched and poll on. Throws std::invalid_argument, and
+    // changes nothing, for a set that cannot run (as the constructor). Points of new devices
+    // must be interned and routed on the bus first.
+    void update(std::vector<config::device> devices);
+    // Throws as the constructor would for these devices; touches nothing.
+    static void check(const std::vector<config::device>& devices);
+
+    // In config order.
     std::vector<device_status> status() const;
     // Worker threads the poller runs (at most max_workers, at most one per line).
     std::size_t workers() const;

@@ -12,8 +12,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -73,7 +75,7 @@ std::string excerpt(std::string_view f) {
 
 enum class port_state { unknown, up, down };
 
-struct port_rt {
+struct port_rt : std::enable_shared_from_this<port_rt> {
     port_rt(config::device c, asio::io_context& io)
         : cfg(std::move(c)),
           parser(*cfg.parse, cfg.points),
@@ -83,8 +85,9 @@ struct port_rt {
           poll_timer(io) {}
 
     config::device cfg;
-    std::size_t index = 0;
     std::vector<point_id> ids;
+    bool retired = false;  // a reload took it out: handlers still queued do nothing
+    device_status status;  // guarded by reader::impl::mu
     line_parser parser;
     framer frm;
     asio::serial_port port;
@@ -113,67 +116,88 @@ struct reader::impl {
     driver_context ctx;
     asio::io_context io;
     std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
-    std::vector<std::unique_ptr<port_rt>> ports;
+    std::vector<std::shared_ptr<port_rt>> ports;  // in config order; changed under mu
     std::thread thread;
     std::atomic<bool> stopping{false};
-    mutable std::mutex mu;  // guards status
-    std::vector<device_status> status;
+    mutable std::mutex mu;  // guards ports (the vector) and each port's status
     std::mt19937 rng{std::random_device{}()};
 
+    prometheus::Family<prometheus::Gauge>* up = nullptr;
+    prometheus::Family<prometheus::Counter>* errors = nullptr;
+    prometheus::Family<prometheus::Counter>* frames = nullptr;
+    prometheus::Family<prometheus::Counter>* received = nullptr;
+    prometheus::Family<prometheus::Counter>* sent = nullptr;
+
     impl(std::vector<config::device> devs, driver_context c) : ctx(c) {
-        auto& up = prometheus::BuildGauge()
-                       .Name("ferry_device_up")
-                       .Help("1 while the device answers")
-                       .Register(ctx.registry);
-        auto& errors = prometheus::BuildCounter()
-                           .Name("ferry_driver_errors_total")
-                           .Help("Failed device requests by reason")
-                           .Register(ctx.registry);
-        auto& frames = prometheus::BuildCounter()
-                           .Name("ferry_serial_frames_total")
-                           .Help("Frames read from serial_line devices, by result (ok, error)")
-                           .Register(ctx.registry);
-        auto& received = prometheus::BuildCounter()
-                             .Name("ferry_driver_received_total")
-                             .Help("Point values read from devices")
-                             .Register(ctx.registry);
-        auto& sent = prometheus::BuildCounter()
-                         .Name("ferry_driver_sent_total")
-                         .Help("Events published on the bus")
-                         .Register(ctx.registry);
-        for (auto& d : devs) {
-            if (d.driver != "serial_line" || !d.serial || !d.parse)
-                throw std::invalid_argument("device " + d.id + ": not a serial_line device");
-            const std::string id = d.id;
-            std::unique_ptr<port_rt> rt;
-            try {
-                rt = std::make_unique<port_rt>(std::move(d), io);
-            } catch (const std::invalid_argument& e) {
-                throw std::invalid_argument("device " + id + ": " + e.what());
-            }
-            rt->index = ports.size();
-            for (const auto& p : rt->cfg.points) {
-                auto pid = ctx.points.find(id + "/" + p.name);
-                if (!pid) throw std::logic_error("point not interned: " + id + "/" + p.name);
-                rt->ids.push_back(*pid);
-            }
-            rt->up_gauge = &up.Add({{"device", id}});
-            for (std::size_t r = 0; r < k_reasons.size(); ++r)
-                rt->errors[r] =
-                    &errors.Add({{"device", id}, {"reason", std::string(k_reasons[r])}});
-            rt->frames_ok = &frames.Add({{"device", id}, {"result", "ok"}});
-            rt->frames_bad = &frames.Add({{"device", id}, {"result", "error"}});
-            rt->values_read = &received.Add({{"device", id}});
-            rt->events_sent = &sent.Add({{"device", id}});
-            ports.push_back(std::move(rt));
+        driver_families shared(ctx.registry);
+        up = &shared.up;
+        errors = &shared.errors;
+        received = &shared.received;
+        sent = &shared.sent;
+        frames = &prometheus::BuildCounter()
+                      .Name("ferry_serial_frames_total")
+                      .Help("Frames read from serial_line devices, by result (ok, error)")
+                      .Register(ctx.registry);
+        for (auto& d : devs)
+            ports.push_back(make(std::move(d)));
+        for (auto& p : ports)
+            add_series(*p);
+    }
+
+    // Builds a port from its config without touching the port or any series. Throws
+    // std::invalid_argument (naming the device) for settings it cannot use.
+    std::shared_ptr<port_rt> make(config::device d) {
+        if (d.driver != "serial_line" || !d.serial || !d.parse)
+            throw std::invalid_argument("device " + d.id + ": not a serial_line device");
+        const std::string id = d.id;
+        std::shared_ptr<port_rt> rt;
+        try {
+            rt = std::make_shared<port_rt>(std::move(d), io);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument("device " + id + ": " + e.what());
         }
-        status.resize(ports.size());
+        for (const auto& p : rt->cfg.points) {
+            auto pid = ctx.points.find(id + "/" + p.name);
+            if (!pid) throw std::logic_error("point not interned: " + id + "/" + p.name);
+            rt->ids.push_back(*pid);
+        }
+        return rt;
+    }
+
+    void add_series(port_rt& rt) {
+        const auto& id = rt.cfg.id;
+        rt.up_gauge = &up->Add({{"device", id}});
+        for (std::size_t r = 0; r < k_reasons.size(); ++r)
+            rt.errors[r] = &errors->Add({{"device", id}, {"reason", std::string(k_reasons[r])}});
+        rt.frames_ok = &frames->Add({{"device", id}, {"result", "ok"}});
+        rt.frames_bad = &frames->Add({{"device", id}, {"result", "error"}});
+        rt.values_read = &received->Add({{"device", id}});
+        rt.events_sent = &sent->Add({{"device", id}});
+    }
+
+    void remove_series(port_rt& rt) {
+        up->Remove(rt.up_gauge);
+        for (auto* c : rt.errors)
+            errors->Remove(c);
+        frames->Remove(rt.frames_ok);
+        frames->Remove(rt.frames_bad);
+        received->Remove(rt.values_read);
+        sent->Remove(rt.events_sent);
+    }
+
+    // On the io thread: the port closes; handlers still queued see `retired` and return.
+    static void retire(port_rt& d) {
+        d.retired = true;
+        error_code ignored;
+        d.reopen_timer.cancel();
+        d.poll_timer.cancel();
+        d.port.close(ignored);
     }
 
     // ---- port state ---------------------------------------------------------------------
 
     void open(port_rt& d) {
-        if (stopping) return;
+        if (stopping || d.retired) return;
         const auto& s = *d.cfg.serial;
         error_code ec;
         d.port.open(s.port, ec);
@@ -200,8 +224,8 @@ struct reader::impl {
         d.up_gauge->Set(1);
         {
             std::lock_guard lock(mu);
-            status[d.index].up = true;
-            ++status[d.index].opens;
+            d.status.up = true;
+            ++d.status.opens;
         }
         log::info(k_component, "port open",
                   {{"device", d.cfg.id}, {"port", s.port}, {"baud", std::to_string(s.baud)}});
@@ -254,7 +278,7 @@ struct reader::impl {
         d.up_gauge->Set(0);
         {
             std::lock_guard lock(mu);
-            status[d.index].up = false;
+            d.status.up = false;
         }
         log::warn(k_component, "device down", {{"device", d.cfg.id}});
         const auto ts = wall_clock::now();
@@ -270,28 +294,29 @@ struct reader::impl {
     }
 
     void schedule_reopen(port_rt& d) {
-        if (stopping) return;
+        if (stopping || d.retired) return;
         d.backoff =
             d.backoff.count() == 0 ? k_first_backoff : std::min(d.backoff * 2, k_max_backoff);
         std::uniform_real_distribution<double> jitter(0.8, 1.2);
         const auto wait = std::chrono::milliseconds(
             static_cast<std::int64_t>(static_cast<double>(d.backoff.count()) * jitter(rng)));
         d.reopen_timer.expires_after(wait);
-        d.reopen_timer.async_wait([this, &d](const error_code& ec) {
-            if (!ec) open(d);
+        d.reopen_timer.async_wait([this, self = d.shared_from_this()](const error_code& ec) {
+            if (!ec) open(*self);
         });
     }
 
     // ---- reading ------------------------------------------------------------------------
 
     void read(port_rt& d) {
-        d.port.async_read_some(asio::buffer(d.rbuf),
-                               [this, &d](const error_code& ec, std::size_t n) {
-                                   if (ec == asio::error::operation_aborted || stopping) return;
-                                   if (ec) return lost(d, ec);
-                                   on_bytes(d, std::string_view(d.rbuf.data(), n));
-                                   read(d);
-                               });
+        d.port.async_read_some(asio::buffer(d.rbuf), [this, self = d.shared_from_this()](
+                                                         const error_code& ec, std::size_t n) {
+            auto& p = *self;
+            if (ec == asio::error::operation_aborted || stopping || p.retired) return;
+            if (ec) return lost(p, ec);
+            on_bytes(p, std::string_view(p.rbuf.data(), n));
+            read(p);
+        });
     }
 
     void count_error(port_rt& d, std::size_t reason, std::string_view frame) {
@@ -299,7 +324,7 @@ struct reader::impl {
         d.frames_bad->Increment();
         {
             std::lock_guard lock(mu);
-            ++status[d.index].frames_bad;
+            ++d.status.frames_bad;
         }
         const bool first = !d.warned[reason];
         d.warned[reason] = true;
@@ -334,7 +359,7 @@ struct reader::impl {
         if (ok > 0) {
             d.frames_ok->Increment(static_cast<double>(ok));
             std::lock_guard lock(mu);
-            status[d.index].frames_ok += ok;
+            d.status.frames_ok += ok;
         }
         if (d.out.empty()) return;
         d.values_read->Increment(static_cast<double>(d.out.size()));
@@ -355,17 +380,18 @@ struct reader::impl {
     // ---- poll requests ------------------------------------------------------------------
 
     void poll_tick(port_rt& d) {
-        if (stopping || !d.port.is_open()) return;
+        if (stopping || d.retired || !d.port.is_open()) return;
         if (!d.writing) {
             d.writing = true;
             asio::async_write(d.port, asio::buffer(d.cfg.poll->request),
-                              [&d](const error_code& ec, std::size_t) {
-                                  d.writing = false;
+                              [self = d.shared_from_this()](const error_code& ec, std::size_t) {
+                                  self->writing = false;
                                   // A failed write means the port is going; the read side
                                   // sees it too and handles the loss once.
                                   if (ec && ec != asio::error::operation_aborted)
-                                      log::debug(k_component, "poll request not written",
-                                                 {{"device", d.cfg.id}, {"error", ec.message()}});
+                                      log::debug(
+                                          k_component, "poll request not written",
+                                          {{"device", self->cfg.id}, {"error", ec.message()}});
                               });
         }
         // Fixed rate without drift; slots missed (the thread was blocked) are skipped.
@@ -373,8 +399,8 @@ struct reader::impl {
         d.next_poll += d.cfg.poll->interval;
         if (d.next_poll <= now) d.next_poll = now + d.cfg.poll->interval;
         d.poll_timer.expires_at(d.next_poll);
-        d.poll_timer.async_wait([this, &d](const error_code& ec) {
-            if (!ec) poll_tick(d);
+        d.poll_timer.async_wait([this, self = d.shared_from_this()](const error_code& ec) {
+            if (!ec) poll_tick(*self);
         });
     }
 };
@@ -387,7 +413,7 @@ reader::~reader() {
 }
 
 void reader::start() {
-    if (impl_->thread.joinable() || impl_->ports.empty()) return;
+    if (impl_->thread.joinable()) return;
     impl_->stopping = false;
     impl_->work.emplace(impl_->io.get_executor());
     for (auto& d : impl_->ports)
@@ -413,7 +439,81 @@ void reader::stop() {
 
 std::vector<device_status> reader::status() const {
     std::lock_guard lock(impl_->mu);
-    return impl_->status;
+    std::vector<device_status> out;
+    for (const auto& p : impl_->ports)
+        out.push_back(p->status);
+    return out;
+}
+
+void reader::check(const std::vector<config::device>& devices) {
+    for (const auto& d : devices) {
+        if (d.driver != "serial_line" || !d.serial || !d.parse)
+            throw std::invalid_argument("device " + d.id + ": not a serial_line device");
+        try {
+            line_parser(*d.parse, d.points);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument("device " + d.id + ": " + e.what());
+        }
+    }
+}
+
+void reader::update(std::vector<config::device> devices) {
+    auto& m = *impl_;
+    // Everything that can fail happens here, before anything changes.
+    std::map<std::string, std::shared_ptr<port_rt>> current;
+    {
+        std::lock_guard lock(m.mu);
+        for (const auto& p : m.ports)
+            current[p->cfg.id] = p;
+    }
+    std::vector<std::shared_ptr<port_rt>> next;
+    std::vector<std::shared_ptr<port_rt>> fresh;
+    std::map<std::string, bool> wanted;
+    for (auto& d : devices) {
+        wanted[d.id] = true;
+        auto it = current.find(d.id);
+        if (it != current.end() && config::same_settings(it->second->cfg, d)) {
+            next.push_back(it->second);
+            continue;
+        }
+        fresh.push_back(m.make(std::move(d)));
+        next.push_back(fresh.back());
+    }
+    std::vector<std::shared_ptr<port_rt>> gone;
+    for (auto& [id, p] : current) {
+        if (std::find(next.begin(), next.end(), p) == next.end()) gone.push_back(p);
+    }
+    // Applied on the io thread, between handlers: the other ports are read on before and
+    // after. Waits until it is done.
+    auto apply = [&] {
+        for (auto& p : gone) {
+            impl::retire(*p);
+            const bool stays = wanted.contains(p->cfg.id);
+            log::info(k_component, stays ? "device changed; restarting it" : "device removed",
+                      {{"device", p->cfg.id}});
+            if (!stays) m.remove_series(*p);
+        }
+        for (auto& p : fresh) {
+            if (!current.contains(p->cfg.id))
+                log::info(k_component, "device added", {{"device", p->cfg.id}});
+            m.add_series(*p);
+        }
+        {
+            std::lock_guard lock(m.mu);
+            m.ports = next;
+        }
+        if (m.thread.joinable()) {
+            for (auto& p : fresh)
+                m.open(*p);
+        }
+    };
+    if (!m.thread.joinable()) return apply();
+    std::promise<void> done;
+    asio::post(m.io, [&] {
+        apply();
+        done.set_value();
+    });
+    done.get_future().wait();
 }
 
 }  // namespace ferry::drivers::serial

@@ -16,31 +16,20 @@
 // counted as reasons `open` and `io`. Data resumes when the port returns.
 //
 // Lifetime: building checks the parse settings and touches no port; start() opens the ports
-// and starts the thread; stop() closes them and joins it (at most one publish in flight
+// and starts the thread (also with no port yet: a reload may add some); update() applies a
+// reload; stop() closes them and joins it (at most one publish in flight
 // finishes first). Not copyable; start/stop from one thread.
 #pragma once
 
 #include <memory>
 #include <vector>
 
-#include "gateway/bus.hpp"
+#include "drivers/driver.hpp"
 #include "gateway/config.hpp"
-#include "gateway/event.hpp"
-#include "gateway/seq.hpp"
-
-namespace prometheus {
-class Registry;
-}
 
 namespace ferry::drivers::serial {
 
-// What the driver needs from the daemon (the same four things as the Modbus driver's).
-struct driver_context {
-    ferry::bus& bus;
-    seq_source& seq;
-    const point_table& points;
-    prometheus::Registry& registry;
-};
+using drivers::driver_context;
 
 // Per device, for tests and operators.
 struct device_status {
@@ -62,7 +51,15 @@ class reader {
     void start();
     void stop();
 
-    // In the order of the devices given to the constructor.
+    // A config reload: `devices` is the new set. Ports of changed devices close and reopen
+    // with the new settings, removed ones close and lose their series, new ones open; the
+    // others are read on untouched. Throws std::invalid_argument, and changes nothing, for
+    // settings it cannot use. Points of new devices must be interned and routed first.
+    void update(std::vector<config::device> devices);
+    // Throws as the constructor would for these devices; touches nothing.
+    static void check(const std::vector<config::device>& devices);
+
+    // In config order.
     std::vector<device_status> status() const;
 
   private:

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -132,7 +133,7 @@ TEST_CASE(
     CHECK(ferry.stop() == 0);
 }
 
-TEST_CASE("idle connections and an oversized request do not stop /metrics") {
+TEST_CASE("idle connections, an oversized head and a 10 MB request do not stop /metrics") {
     modbus_sim sim(0, {"holding:0=u16:5"});
     mosquitto broker;
     temp_dir dir;
@@ -162,6 +163,42 @@ TEST_CASE("idle connections and an oversized request do not stop /metrics") {
     CHECK(std::string(buf).rfind("HTTP/1.1 413", 0) == 0);
     ::close(fd);
     CHECK(http_get(http_port, "/metrics").status == 200);
+    // A 10 MB request (a body far over the 1 KiB limit), pushed as fast as the socket takes
+    // it: refused (413 or the connection closed), while /metrics answers and polls go on.
+    const auto polls_before =
+        metric_value(http_port, "ferry_driver_polls_total{device=\"boiler1\",result=\"ok\"}", 0);
+    fd = open_idle_connection(http_port);
+    REQUIRE(fd >= 0);
+    const std::size_t ten_mb = 10u << 20;
+    std::string head =
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(ten_mb) +
+        "\r\n\r\n";
+    std::size_t pushed = 0;
+    std::thread pusher([&] {
+        std::string chunk(64 * 1024, 'b');
+        if (::send(fd, head.data(), head.size(), MSG_NOSIGNAL) < 0) return;
+        while (pushed < ten_mb) {
+            auto w = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+            if (w <= 0) return;  // the server closed it
+            pushed += static_cast<std::size_t>(w);
+        }
+    });
+    for (int i = 0; i < 5; ++i)
+        CHECK(http_get(http_port, "/metrics").status == 200);
+    pusher.join();
+    std::memset(buf, 0, sizeof buf);
+    n = ::recv(fd, buf, sizeof buf - 1, 0);
+    MESSAGE("10 MB request: " << pushed << " body bytes taken before the server refused it");
+    CHECK(pushed < ten_mb);  // refused before it was all read
+    if (n > 0) CHECK(std::string(buf).rfind("HTTP/1.1 413", 0) == 0);
+    ::close(fd);
+    CHECK(wait_until(
+        [&] {
+            return metric_value(http_port,
+                                "ferry_driver_polls_total{device=\"boiler1\",result=\"ok\"}",
+                                0) >= polls_before + 3;
+        },
+        5s));
     for (int i : idle)
         ::close(i);
     CHECK(ferry.stop() == 0);

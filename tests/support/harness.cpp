@@ -309,6 +309,7 @@ struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt:
     mutable std::condition_variable cv;
     std::vector<mqtt_message> messages;
     bool subscribed = false;
+    std::size_t acked = 0;  // SUBSCRIBEs acknowledged since the last connect
     std::string last_error;
     std::unique_ptr<mqtt::async_client> client;  // last: destroyed first, before what it calls
 
@@ -316,13 +317,18 @@ struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt:
     // be gone (a restarted broker without persistence), so subscribe again each time. MQTT 5
     // retain handling "send retained only for a new subscription" keeps a reconnect to a
     // broker that kept the session from delivering retained messages twice.
+    // One SUBSCRIBE per filter: Paho C++ 1.2.0 crashes in MQTTAsync_subscribeMany when
+    // several filters are given with subscribe options.
     void connected(const std::string&) override {
-        std::vector<mqtt::subscribe_options> opts(
-            filters.size(),
-            mqtt::subscribe_options(false, true, mqtt::subscribe_options::SEND_RETAINED_ON_NEW));
-        mqtt::iasync_client::qos_collection qos(filters.size(), 1);
+        {
+            std::lock_guard lk(mu);
+            acked = 0;
+        }
         try {
-            client->subscribe(mqtt::string_collection::create(filters), qos, nullptr, *this, opts);
+            for (const auto& f : filters)
+                client->subscribe(f, 1, nullptr, *this,
+                                  mqtt::subscribe_options(
+                                      false, true, mqtt::subscribe_options::SEND_RETAINED_ON_NEW));
         } catch (const std::exception& e) {
             std::lock_guard lk(mu);
             last_error = e.what();
@@ -345,7 +351,7 @@ struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt:
     void on_success(const mqtt::token&) override {
         {
             std::lock_guard lk(mu);
-            subscribed = true;
+            if (++acked >= filters.size()) subscribed = true;
         }
         cv.notify_all();
     }

@@ -171,3 +171,50 @@ TEST_CASE("close releases a blocked producer and counts what it could not delive
     CHECK(b.dropped(drop_reason::closed) == 3);
     CHECK(drain(*s) == std::vector<std::uint64_t>{1, 2});
 }
+
+TEST_CASE("points interned while running are routed by add_points") {
+    fixture f;
+    bus b(f.points);
+    auto boilers =
+        b.subscribe("boilers", fixture::pats({"boiler*/#"}), 100, overflow_policy::drop_newest);
+    auto all = b.subscribe("all", fixture::pats({"#"}), 100, overflow_policy::drop_newest);
+    auto added = f.points.intern("boiler2", "temperature", "degC");
+    CHECK(added == 3);
+    b.add_points();
+    b.publish(ev(added, 1));
+    b.publish(ev(f.hum, 2));
+    CHECK(drain(*boilers) == std::vector<std::uint64_t>{1});
+    CHECK(drain(*all) == std::vector<std::uint64_t>{1, 2});
+}
+
+TEST_CASE("resubscribe replaces a subscription's patterns and keeps the others' routes") {
+    fixture f;
+    bus b(f.points);
+    auto first = b.subscribe("first", fixture::pats({"#"}), 100, overflow_policy::drop_newest);
+    auto rules =
+        b.subscribe("rules", fixture::pats({"boiler1/#"}), 100, overflow_policy::drop_newest);
+    b.resubscribe(*rules, fixture::pats({"room1/#", "meter7/energy"}));
+    b.publish(ev(f.temp, 1));
+    b.publish(ev(f.hum, 2));
+    b.publish(ev(f.energy, 3));
+    CHECK(drain(*rules) == std::vector<std::uint64_t>{2, 3});
+    CHECK(drain(*first) == std::vector<std::uint64_t>{1, 2, 3});
+}
+
+TEST_CASE("a point whose unit changes gets a new id; the old one stays valid") {
+    point_table points;
+    auto old_id = points.intern("boiler1", "temperature", "degC");
+    CHECK(points.intern("boiler1", "temperature", "degC") == old_id);
+    auto new_id = points.intern("boiler1", "temperature", "degF");
+    CHECK(new_id != old_id);
+    CHECK(points.find("boiler1/temperature") == new_id);
+    CHECK(points.get(old_id).unit == "degC");
+    CHECK(points.get(new_id).unit == "degF");
+    // Past one chunk of 4,096 points, earlier references stay where they were.
+    const auto* first = &points.get(old_id);
+    for (int i = 0; i < 5000; ++i)
+        points.intern("d" + std::to_string(i), "t", "");
+    CHECK(&points.get(old_id) == first);
+    CHECK(points.get(*points.find("d4999/t")).device == "d4999");
+    CHECK(points.size() == 5002);
+}

@@ -1,0 +1,49 @@
+// What every driver gets from the daemon, and the per-device metric families every driver
+// shares (ferry_device_up and the received/sent/errors trio of CONVENTIONS.md).
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include "gateway/bus.hpp"
+#include "gateway/event.hpp"
+#include "gateway/seq.hpp"
+
+namespace ferry::drivers {
+
+struct driver_context {
+    ferry::bus& bus;
+    seq_source& seq;
+    const point_table& points;
+    prometheus::Registry& registry;
+};
+
+// Registering a family twice returns the same family, so each driver builds its own view.
+struct driver_families {
+    explicit driver_families(prometheus::Registry& r)
+        : up(prometheus::BuildGauge()
+                 .Name("ferry_device_up")
+                 .Help("1 while the device answers")
+                 .Register(r)),
+          errors(prometheus::BuildCounter()
+                     .Name("ferry_driver_errors_total")
+                     .Help("Failed device requests by reason")
+                     .Register(r)),
+          received(prometheus::BuildCounter()
+                       .Name("ferry_driver_received_total")
+                       .Help("Point values read from devices")
+                       .Register(r)),
+          sent(prometheus::BuildCounter()
+                   .Name("ferry_driver_sent_total")
+                   .Help("Events published on the bus")
+                   .Register(r)) {}
+
+    prometheus::Family<prometheus::Gauge>& up;          // {device}
+    prometheus::Family<prometheus::Counter>& errors;    // {device,reason}
+    prometheus::Family<prometheus::Counter>& received;  // {device}: values read
+    prometheus::Family<prometheus::Counter>& sent;      // {device}: events on the bus
+};
+
+}  // namespace ferry::drivers
