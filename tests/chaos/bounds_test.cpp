@@ -143,6 +143,10 @@ TEST_CASE("block: a full spool stops polling, RSS stays flat, nothing is lost") 
     CHECK(*hi - *lo <= 1024);  // flat: within 1 MiB over 10 s
     CHECK(s.metric("ferry_spool_dropped_total{reason=\"drop_oldest\"}") == 0.0);
     CHECK(s.metric("ferry_spool_dropped_total{reason=\"drop_newest\"}") == 0.0);
+    // Backpressure, not loss: the bus between the drivers and the rules blocked and dropped
+    // nothing (every reason is exported, at 0).
+    for (const char* reason : {"drop_oldest", "drop_newest", "closed"})
+        CHECK(s.metric(std::string("ferry_bus_dropped_total{reason=\"") + reason + "\"}") == 0.0);
 
     // The broker returns: the spool drains, polling resumes, the skipped polls are counted.
     s.broker.start();
