@@ -112,7 +112,7 @@ TEST_CASE("block: a fast producer waits for a slow consumer and nothing is lost"
     }
     producer.join();
     REQUIRE(got.size() == n);
-    for (std::uint64_t i = 0; i < n; ++i)
+    for (std::size_t i = 0; i < got.size(); ++i)
         REQUIRE(got[i] == i + 1);
     CHECK(max_depth.load() <= 8);
     CHECK(b.dropped(drop_reason::drop_newest) + b.dropped(drop_reason::drop_oldest) == 0);

@@ -20,6 +20,11 @@ using rules::steady_time;
 
 namespace {
 
+// A number in [0, n) as a size (std::mt19937_64 gives 64 bits; size_t is 32 on armhf).
+std::size_t roll(std::mt19937_64& rng, std::uint64_t n) {
+    return static_cast<std::size_t>(rng() % n);
+}
+
 // Fewer under the sanitizers (a Debug build), where one iteration costs ten times as much.
 #if defined(__SANITIZE_ADDRESS__)
 constexpr int k_iterations = 30;
@@ -100,15 +105,15 @@ TEST_CASE("deadband: consecutive published values differ by the deadband, unless
         plant p(3, 2);
         config::rule r = make_rule("r", {"#"}, "t/{device}/{tag}");
         r.batch.max_events = 50;
-        const bool percent = rng() % 2 == 0;
+        const bool percent = roll(rng, 2) == 0;
         const double amount =
             std::uniform_real_distribution<double>(0.0, percent ? 20.0 : 3.0)(rng);
         r.deadband = config::deadband_settings{
             percent ? config::deadband_kind::percent : config::deadband_kind::absolute, amount};
         std::optional<std::chrono::milliseconds> heartbeat;
-        if (rng() % 2) heartbeat = std::chrono::milliseconds(100 + rng() % 2000);
+        if (roll(rng, 2)) heartbeat = std::chrono::milliseconds(100 + roll(rng, 2000));
         r.heartbeat = heartbeat;
-        if (rng() % 3 == 0) r.transform = config::transform_settings{-1.5, 10.0, "x"};
+        if (roll(rng, 3) == 0) r.transform = config::transform_settings{-1.5, 10.0, "x"};
         rules::engine eng({r}, p.points, "gw");
         runner run{eng, {}, {}, {}, {}};
 
@@ -119,18 +124,18 @@ TEST_CASE("deadband: consecutive published values differ by the deadband, unless
         steady_time now{};
         std::normal_distribution<double> step(0.0, 0.8);
         for (int i = 0; i < 400; ++i) {
-            now += std::chrono::milliseconds(rng() % 60);
-            auto k = rng() % p.ids.size();
+            now += std::chrono::milliseconds(roll(rng, 60));
+            auto k = roll(rng, p.ids.size());
             event e;
             e.seq = static_cast<std::uint64_t>(i + 1);
             e.point = p.ids[k];
             e.ts = wall_clock::time_point(std::chrono::milliseconds(1764236400000 + i));
-            auto roll = rng() % 100;
-            if (roll < 5) {
+            const auto dice = roll(rng, 100);
+            if (dice < 5) {
                 e.quality = quality::bad;
             } else {
-                e.quality = roll < 10 ? quality::uncertain : quality::good;
-                level[k] += roll < 15 ? step(rng) * 20 : roll < 30 ? 0.0 : step(rng);
+                e.quality = dice < 10 ? quality::uncertain : quality::good;
+                level[k] += dice < 15 ? step(rng) * 20 : dice < 30 ? 0.0 : step(rng);
                 e.value = level[k];
             }
             input.push_back(e);
@@ -194,23 +199,23 @@ TEST_CASE("batches: never over max_events or max_bytes, never later than max_age
         CAPTURE(seed);
         std::mt19937_64 rng(seed);
         plant p(4, 3);
-        config::rule r = make_rule("r", {"#"}, rng() % 2 ? "t/{device}" : "t");
-        r.batch.max_events = 1 + rng() % 30;
-        r.batch.max_bytes = 1024 + rng() % 3000;
-        r.batch.max_age = std::chrono::milliseconds(rng() % 2000);
-        rules::engine eng({r}, p.points, "gateway-" + std::to_string(rng() % 1000));
+        config::rule r = make_rule("r", {"#"}, roll(rng, 2) ? "t/{device}" : "t");
+        r.batch.max_events = 1 + roll(rng, 30);
+        r.batch.max_bytes = 1024 + roll(rng, 3000);
+        r.batch.max_age = std::chrono::milliseconds(roll(rng, 2000));
+        rules::engine eng({r}, p.points, "gateway-" + std::to_string(roll(rng, 1000)));
         runner run{eng, {}, {}, {}, {}};
         std::map<std::uint64_t, steady_time> entered;
         steady_time now{};
         for (int i = 0; i < 300; ++i) {
-            now += std::chrono::milliseconds(rng() % 150);
+            now += std::chrono::milliseconds(roll(rng, 150));
             event e;
             e.seq = static_cast<std::uint64_t>(i + 1);
-            e.point = p.ids[rng() % p.ids.size()];
+            e.point = p.ids[roll(rng, p.ids.size())];
             e.ts = wall_clock::time_point(std::chrono::milliseconds(1764236400000 + i * 7));
             // Values of very different sizes, so max_bytes and max_events both bite.
-            if (rng() % 4 == 0)
-                e.value = std::string(rng() % 200, 'x');
+            if (roll(rng, 4) == 0)
+                e.value = std::string(roll(rng, 200), 'x');
             else
                 e.value = std::uniform_real_distribution<double>(-1e6, 1e6)(rng);
             entered[e.seq] = now;
@@ -245,20 +250,20 @@ namespace {
 // Random patterns over dev0..dev5 / tag0..tag5 using every kind of level.
 std::string random_pattern(std::mt19937_64& rng) {
     auto level = [&](const char* stem) -> std::string {
-        switch (rng() % 6) {
+        switch (roll(rng, 6)) {
             case 0:
                 return "+";
             case 1:
                 return std::string(stem) + "*";
             case 2:
-                return "*" + std::to_string(rng() % 6);
+                return "*" + std::to_string(roll(rng, 6));
             case 3:
-                return std::string(stem).substr(0, 1) + "*" + std::to_string(rng() % 6);
+                return std::string(stem).substr(0, 1) + "*" + std::to_string(roll(rng, 6));
             default:
-                return std::string(stem) + std::to_string(rng() % 6);
+                return std::string(stem) + std::to_string(roll(rng, 6));
         }
     };
-    switch (rng() % 8) {
+    switch (roll(rng, 8)) {
         case 0:
             return "#";
         case 1:
@@ -282,16 +287,16 @@ TEST_CASE("fan-out: every event reaches every rule that matches it, once, keepin
         plant p(6, 6);
         std::vector<config::rule> rules;
         std::vector<std::vector<topic_pattern>> compiled;
-        const auto n_rules = 1 + rng() % 12;
+        const auto n_rules = 1 + roll(rng, 12);
         for (std::size_t i = 0; i < n_rules; ++i) {
             std::vector<std::string> pats;
             auto& cp = compiled.emplace_back();
-            for (std::size_t k = 0, n = 1 + rng() % 3; k < n; ++k) {
+            for (std::size_t k = 0, n = 1 + roll(rng, 3); k < n; ++k) {
                 pats.push_back(random_pattern(rng));
                 cp.push_back(*topic_pattern::compile(pats.back()));
             }
             auto r = make_rule("r" + std::to_string(i), pats, "{rule}/{device}");
-            r.batch.max_events = 1 + rng() % 5;
+            r.batch.max_events = 1 + roll(rng, 5);
             rules.push_back(r);
         }
         rules::engine eng(rules, p.points, "gw");
@@ -300,9 +305,9 @@ TEST_CASE("fan-out: every event reaches every rule that matches it, once, keepin
         for (int i = 0; i < 200; ++i) {
             event e;
             e.seq = static_cast<std::uint64_t>(i + 1);
-            e.point = p.ids[rng() % p.ids.size()];
+            e.point = p.ids[roll(rng, p.ids.size())];
             e.value = static_cast<std::int64_t>(i);
-            point_of[e.seq] = e.point;
+            point_of[static_cast<std::size_t>(e.seq)] = e.point;
             run.feed(e, steady_time{} + std::chrono::milliseconds(i));
         }
         run.finish();
@@ -318,7 +323,7 @@ TEST_CASE("fan-out: every event reaches every rule that matches it, once, keepin
             // Brute force: every pattern of the rule against the event's address.
             std::multiset<std::uint64_t> want;
             for (std::uint64_t seq = 1; seq <= 200; ++seq) {
-                const auto& addr = p.points.get(point_of[seq]).address;
+                const auto& addr = p.points.get(point_of[static_cast<std::size_t>(seq)]).address;
                 if (std::any_of(compiled[r].begin(), compiled[r].end(),
                                 [&](const topic_pattern& t) { return t.matches(addr); }))
                     want.insert(seq);
@@ -340,10 +345,10 @@ TEST_CASE("the match trie agrees with topic_pattern::matches on random patterns 
             index.add(text, i);
         }
         for (int a = 0; a < 20; ++a) {
-            std::string addr = "dev" + std::to_string(rng() % 7);
-            auto levels = rng() % 4;
+            std::string addr = "dev" + std::to_string(roll(rng, 7));
+            auto levels = roll(rng, 4);
             for (std::uint64_t l = 0; l < levels; ++l)
-                addr += "/tag" + std::to_string(rng() % 7);
+                addr += "/tag" + std::to_string(roll(rng, 7));
             CAPTURE(addr);
             std::vector<std::uint32_t> want, got;
             for (std::uint32_t i = 0; i < pats.size(); ++i)
