@@ -54,6 +54,28 @@ constexpr auto k_status_timeout = 500ms;      // wait for the "offline" PUBACK o
 constexpr auto k_disconnect_timeout = 300ms;  // let Paho finish work before DISCONNECT
 constexpr const char* k_component = "mqtt";
 
+// A refused connect in words: Paho says "MQTT error [135]: CONNACK return code"; the broker's
+// MQTT 5 reason code (or the 3.1.1 CONNACK code) says why.
+std::string refusal(const mqtt::exception& e) {
+    // Paho puts a refusing CONNACK's MQTT 5 reason code in the return code.
+    const int reason = e.get_reason_code() >= 0x80 ? e.get_reason_code() : e.get_return_code();
+    if (reason >= 0x80 && reason <= 0xff) {
+        auto words = mqtt::exception::reason_code_str(reason);
+        if (!words.empty()) return words + " (reason code " + std::to_string(reason) + ")";
+    }
+    static const char* const v311[] = {nullptr,
+                                       "unacceptable protocol version",
+                                       "client identifier rejected",
+                                       "server unavailable",
+                                       "bad user name or password",
+                                       "not authorized"};
+    const int code = e.get_return_code();
+    if (code >= 1 && code <= 5 &&
+        std::string_view(e.what()).find("CONNACK") != std::string_view::npos)
+        return std::string(v311[code]) + " (CONNACK code " + std::to_string(code) + ")";
+    return e.what();
+}
+
 std::int64_t unix_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::system_clock::now().time_since_epoch())
@@ -477,7 +499,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
             log::warn(k_component, "connect failed",
                       {{"uri", uri},
                        {"attempt", std::to_string(attempt)},
-                       {"error", e.what()},
+                       {"error", refusal(e)},
                        {"next", last ? "retry in " + ms_string(backoff_) + "ms" : "next uri"}});
         }
         std::lock_guard lk(mu_);

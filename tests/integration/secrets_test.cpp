@@ -1,0 +1,93 @@
+// Secrets never reach the log: an MQTT password (from password_file) is not printed, at debug
+// level, whether the broker takes it or refuses it.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "tests/support/harness.hpp"
+
+using namespace ferry::test;
+
+namespace {
+
+std::string config_with_password(const temp_dir& dir, std::uint16_t sim_port,
+                                 std::uint16_t http_port, const std::string& uri,
+                                 const std::string& password_file) {
+    ferry_options o;
+    o.gateway = "secret-gw";
+    o.data_dir = dir.path();
+    o.http_port = http_port;
+    o.modbus_port = sim_port;
+    o.registers = 2;
+    o.uris = {uri};
+    o.log_level = "debug";
+    auto y = ferry_yaml(o);
+    const std::string inflight = "    inflight: 16\n";
+    auto at = y.find(inflight);
+    REQUIRE(at != std::string::npos);
+    y.insert(at + inflight.size(),
+             "    username: ferry\n    password_file: " + password_file + "\n");
+    return y;
+}
+
+}  // namespace
+
+TEST_CASE("the MQTT password is never logged, accepted or refused") {
+    temp_dir dir;
+    const std::string right = "Right-Pass-7391";
+    const std::string wrong = "Wrong-Pass-2648";
+    auto passwd = dir.file("mosquitto.passwd");
+    REQUIRE(
+        std::system(("mosquitto_passwd -c -b " + passwd + " ferry " + right + " >/dev/null 2>&1")
+                        .c_str()) == 0);
+    // mosquitto started as root drops to its own user: it must be able to read the file.
+    REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);
+    REQUIRE(::chmod(passwd.c_str(), 0644) == 0);
+    mosquitto broker(0, "allow_anonymous false\npassword_file " + passwd + "\n");
+    modbus_sim sim(0, holding_registers(2));
+    auto http_port = free_port();
+
+    // Refused: ferry keeps trying (and logs why), the password is not in the log.
+    write_file(dir.file("wrong.pass"), wrong + "\n");
+    write_file(dir.file("ferry.yaml"), config_with_password(dir, sim.port(), http_port,
+                                                            broker.uri(), dir.file("wrong.pass")));
+    {
+        process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("wrong.log"));
+        REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+        CHECK(wait_until(
+            [&] {
+                return read_file(dir.file("wrong.log")).find("component=mqtt") != std::string::npos;
+            },
+            10s));
+        std::this_thread::sleep_for(2s);
+        CHECK(metric_value(http_port, "ferry_mqtt_connected") == 0.0);
+        CHECK(ferry.stop() == 0);
+    }
+    auto log = read_file(dir.file("wrong.log"));
+    CHECK(log.find(wrong) == std::string::npos);
+    // ... and the reason is in words.
+    CHECK(log.find("error=\"Not authorized (reason code 135)\"") != std::string::npos);
+
+    // Accepted: connected, delivering, and still not in the log.
+    write_file(dir.file("right.pass"), right + "\n");
+    write_file(dir.file("ferry.yaml"), config_with_password(dir, sim.port(), http_port,
+                                                            broker.uri(), dir.file("right.pass")));
+    {
+        process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("right.log"));
+        CHECK(wait_until([&] { return metric_value(http_port, "ferry_mqtt_connected") == 1.0; },
+                         10s));
+        CHECK(wait_until(
+            [&] {
+                return metric_value(http_port, "ferry_mqtt_published_total{result=\"ok\"}", 0) >= 1;
+            },
+            10s));
+        CHECK(ferry.stop() == 0);
+    }
+    log = read_file(dir.file("right.log"));
+    CHECK(log.find(right) == std::string::npos);
+    CHECK(log.find("Right-Pass") == std::string::npos);
+}
