@@ -1638,6 +1638,10 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
     return n * mult;
 }
 
+std::string_view type_name(point_type t) {
+    return k_type_names[static_cast<int>(t)];
+}
+
 std::uint32_t register_count(const point& p) {
     if (p.tbl == table::coil || p.tbl == table::discrete) return 1;
     switch (p.type) {

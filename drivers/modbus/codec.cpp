@@ -203,10 +203,7 @@ bool encode_registers(const config::point& p, double v, std::vector<std::uint16_
         const double half = std::ldexp(1.0, width - 1);  // 2^(width-1)
         const bool fits = is_signed(p.type) ? (r >= -half && r < half) : (r >= 0 && r < span);
         if (!fits) {
-            static constexpr const char* names[] = {"bool",    "int16", "uint16", "int32",
-                                                    "uint32",  "int64", "uint64", "float32",
-                                                    "float64", "string"};
-            return set_why(why, fmt(v) + " does not fit " + names[static_cast<int>(p.type)] +
+            return set_why(why, fmt(v) + " does not fit " + std::string(config::type_name(p.type)) +
                                     (scaled(p) ? " (raw " + fmt(r) + " after scale/offset)" : "")),
                    false;
         }
