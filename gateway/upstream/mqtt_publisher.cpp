@@ -103,6 +103,7 @@ struct mqtt_publisher::impl {
     void on_delivered(const mqtt::token& tok, bool ok);
     void on_connection_lost(std::uint64_t epoch, const std::string& cause);
     void make_client();
+    bool publish_result(const std::string& topic, const std::string& payload);
 
     // Settings.
     config::mqtt_settings settings_;
@@ -126,6 +127,8 @@ struct mqtt_publisher::impl {
     prometheus::Counter& m_err_publish_;
     prometheus::Counter& m_err_lost_;
     prometheus::Counter& m_err_status_;
+    prometheus::Counter& m_err_subscribe_;
+    prometheus::Counter& m_err_result_;
     prometheus::Histogram& m_latency_;
 
     // Shared between the sender thread, Paho's threads and stop(); guarded by mu_.
@@ -154,6 +157,14 @@ struct mqtt_publisher::impl {
     std::thread thread_;
     bool started_ = false;
     bool stopped_ = false;
+
+    // Downlink (commands). The filter and handler are set before start(). client_mu_ guards
+    // replacing client_ (sender thread) against publish_result() from other threads; the
+    // sender thread itself reads client_ without it, being its only writer.
+    std::string sub_filter_;
+    mqtt_publisher::message_handler sub_handler_;
+    std::mutex client_mu_;
+    void subscribe_after_connect();
 
     // Declared after everything its callbacks touch, so it is destroyed first.
     delivery_listener listener_;
@@ -227,6 +238,16 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
                         .Help("Publisher errors by reason")
                         .Register(registry)
                         .Add({{"reason", "status"}})),
+      m_err_subscribe_(prometheus::BuildCounter()
+                           .Name("ferry_mqtt_errors_total")
+                           .Help("Publisher errors by reason")
+                           .Register(registry)
+                           .Add({{"reason", "subscribe"}})),
+      m_err_result_(prometheus::BuildCounter()
+                        .Name("ferry_mqtt_errors_total")
+                        .Help("Publisher errors by reason")
+                        .Register(registry)
+                        .Add({{"reason", "command_result"}})),
       m_latency_(prometheus::BuildHistogram()
                      .Name("ferry_delivery_latency_seconds")
                      .Help("From entering the spool to broker acknowledgement")
@@ -285,6 +306,11 @@ void mqtt_publisher::impl::make_client() {
     // nullptr: no Paho persistence; the spool is the only store.
     client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
                                                    create_opts_, nullptr);
+    if (sub_handler_) {
+        client_->set_message_callback([this](mqtt::const_message_ptr msg) {
+            if (msg) sub_handler_(msg->get_topic(), msg->get_payload_str());
+        });
+    }
     client_->set_connection_lost_handler(
         [this, epoch](const std::string& cause) { on_connection_lost(epoch, cause); });
     client_->set_disconnected_handler([this, epoch](const mqtt::properties&, mqtt::ReasonCode rc) {
@@ -470,6 +496,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                 log::warn(k_component, "status publish failed",
                           {{"topic", status_topic_}, {"error", e.what()}});
             }
+            subscribe_after_connect();
             return true;
         } catch (const mqtt::exception& e) {
             m_connects_error_.Increment();
@@ -515,8 +542,11 @@ void mqtt_publisher::impl::reset_connection(const std::string& why) {
         std::lock_guard lk(mu_);
         ++client_epoch_;
     }
-    client_.reset();
-    make_client();
+    {
+        std::lock_guard ck(client_mu_);
+        client_.reset();
+        make_client();
+    }
     log::warn(k_component, "disconnected",
               {{"cause", why},
                {"unacked", std::to_string(forgotten)},
@@ -668,6 +698,54 @@ void mqtt_publisher::impl::shutdown() {
                {"left_in_spool", std::to_string(spool_.messages())}});
 }
 
+// The session starts clean on every connect, so the command subscription is made again each
+// time. A refused subscription is logged and counted; telemetry goes on without commands.
+void mqtt_publisher::impl::subscribe_after_connect() {
+    if (sub_filter_.empty()) return;
+    std::string error;
+    try {
+        auto tok = client_->subscribe(sub_filter_, 1);
+        if (!tok->wait_for(k_connect_timeout)) {
+            error = "no SUBACK within " + ms_string(k_connect_timeout);
+        } else {
+            const auto rsp = tok->get_subscribe_response();
+            for (auto rc : rsp.get_reason_codes()) {
+                const auto code = static_cast<int>(rc);
+                if (code >= 0x80) error = "refused by the broker, reason " + std::to_string(code);
+            }
+        }
+    } catch (const mqtt::exception& e) {
+        error = e.what();
+    }
+    if (error.empty()) {
+        log::info(k_component, "subscribed", {{"filter", sub_filter_}, {"qos", "1"}});
+        return;
+    }
+    m_err_subscribe_.Increment();
+    log::error(k_component, "subscribe failed; downlink commands will not arrive",
+               {{"filter", sub_filter_}, {"error", error}});
+}
+
+bool mqtt_publisher::impl::publish_result(const std::string& topic, const std::string& payload) {
+    std::string error;
+    {
+        std::lock_guard ck(client_mu_);
+        if (!connected_ || !client_) {
+            error = "not connected";
+        } else {
+            try {
+                client_->publish(topic, payload.data(), payload.size(), 1, false);
+            } catch (const mqtt::exception& e) {
+                error = e.what();
+            }
+        }
+    }
+    if (error.empty()) return true;
+    m_err_result_.Increment();
+    log::warn(k_component, "command result not published", {{"topic", topic}, {"error", error}});
+    return false;
+}
+
 mqtt_publisher::mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id,
                                spool& sp, prometheus::Registry& registry)
     : impl_(std::make_unique<impl>(settings, std::move(gateway_id), sp, registry)) {}
@@ -684,6 +762,16 @@ void mqtt_publisher::stop(std::chrono::milliseconds drain) {
 
 bool mqtt_publisher::connected() const {
     return impl_->connected_;
+}
+
+void mqtt_publisher::set_subscription(std::string filter, message_handler handler) {
+    impl_->sub_filter_ = std::move(filter);
+    impl_->sub_handler_ = std::move(handler);
+    impl_->make_client();  // the current client gets the message callback too
+}
+
+bool mqtt_publisher::publish_result(const std::string& topic, const std::string& payload) {
+    return impl_->publish_result(topic, payload);
 }
 
 }  // namespace ferry::upstream
