@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 namespace ferry::drivers::modbus {
 
@@ -102,9 +103,13 @@ void set_why(std::string* why, std::string text) {
     if (why) *why = std::move(text);
 }
 
+// The shortest text that reads back as v: "-100.1", not "-100.09999999999999".
 std::string fmt(double v) {
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%.17g", v);
+    for (int precision = 15; precision <= 17; ++precision) {
+        std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+        if (std::strtod(buf, nullptr) == v) break;
+    }
     return buf;
 }
 
