@@ -215,7 +215,7 @@ struct dead_letter_section {
     std::string topic = "ferry/{gateway}/dead-letter";
 };
 
-// Downlink writes. `enabled: true` is refused while commands are not built (k_not_built_yet).
+// Downlink writes (gateway/commands.hpp). Off unless enabled.
 struct commands_section {
     bool enabled = false;
     duration max_age{30000};

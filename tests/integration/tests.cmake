@@ -14,3 +14,4 @@ ferry_test(integration_modbus integration ${CMAKE_CURRENT_SOURCE_DIR}/integratio
 target_link_libraries(integration_modbus PRIVATE ferry_drivers)
 ferry_test(integration_reload integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/reload_test.cpp)
 ferry_test(integration_serial integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/serial_line_test.cpp)
+ferry_test(integration_commands integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/commands_test.cpp)
