@@ -70,6 +70,7 @@ struct line {
     std::vector<device_rt*> devices;
     bool busy = false;
     std::deque<pending_write> writes;  // downlink commands waiting for the line
+    bool wrote_last = false;           // a write was the line's last request: a due poll goes next
 };
 
 // ---- Writes: encoding (no I/O) ----
@@ -426,6 +427,7 @@ struct poller::impl {
             const auto o = poll(*next);
             lock.lock();
             next->ln->busy = false;
+            next->ln->wrote_last = false;  // a write waiting for this line may go now
             next->status.up = next->up;
             next->status.requests += o.requests;
             ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
@@ -466,12 +468,17 @@ std::string poller::impl::prepare_write(std::string_view device, std::string_vie
 // Serves one queued write on a free line, if there is one. Called by a worker with the lock
 // held; returns with it held.
 bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
+    // Writes and polls alternate on a line while polls are due, so a burst of writes delays
+    // a poll by at most one write and is never starved by polls either.
+    const auto now = steady::now();
     line* ln = nullptr;
     for (auto& l : lines) {
-        if (!l->busy && !l->writes.empty()) {
-            ln = l.get();
-            break;
-        }
+        if (l->busy || l->writes.empty()) continue;
+        const bool poll_due = std::any_of(l->devices.begin(), l->devices.end(),
+                                          [&](const device_rt* d) { return d->next_due <= now; });
+        if (l->wrote_last && poll_due) continue;
+        ln = l.get();
+        break;
     }
     if (!ln) return false;
     auto w = std::move(ln->writes.front());
@@ -495,6 +502,7 @@ bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
     w.done(std::move(out));
     lock.lock();
     ln->busy = false;
+    ln->wrote_last = true;
     cv.notify_one();  // the line is free again
     return true;
 }

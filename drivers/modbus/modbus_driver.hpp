@@ -23,8 +23,9 @@
 //
 // Writes (downlink commands): write() queues a write on the device's line; a worker serves a
 // line's queued writes before its next poll, when the line is free, so a write never runs
-// beside a poll (or another write) on the same connection or serial bus. Writes are never
-// retried: a write that timed out may have happened.
+// beside a poll (or another write) on the same connection or serial bus. While a poll on the
+// line is due, writes and polls alternate: a burst of writes delays a poll by one write. Writes are
+// never retried: a write that timed out may have happened.
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
 // finishes or times out first, at most `timeout`). Building checks the configuration
