@@ -9,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include <bit>
-#include <cstdio>
 #include <sstream>
 #include <thread>
 
@@ -70,52 +69,21 @@ bool subscribed(const std::string& log) {
     return ok;
 }
 
-// The independent client: prints registers (or bits) separated by spaces.
-std::string modbus_client(std::uint16_t port, const std::string& args) {
-    const std::string cmd = "/usr/bin/python3 " + std::string(FERRY_SOURCE_DIR) +
-                            "/tests/tools/modbus_client.py --port " + std::to_string(port) + " " +
-                            args + " 2>&1";
-    std::FILE* p = ::popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    std::string out;
-    char buf[256];
-    while (std::fgets(buf, sizeof buf, p))
-        out += buf;
-    const int rc = ::pclose(p);
-    INFO(cmd << " -> " << out);
-    REQUIRE(rc == 0);
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
-        out.pop_back();
-    return out;
-}
-
-std::vector<unsigned> registers_at(std::uint16_t port, const std::string& table, int address,
-                                   int count) {
-    std::istringstream in(modbus_client(
-        port, "read " + table + " " + std::to_string(address) + " " + std::to_string(count)));
-    std::vector<unsigned> out;
-    unsigned v = 0;
-    while (in >> v)
-        out.push_back(v);
-    REQUIRE(out.size() == static_cast<std::size_t>(count));
-    return out;
-}
-
 // float32 in CDAB: the low word first. Decoded here, not with Ferry's codec.
 float setpoint(std::uint16_t port) {
-    const auto r = registers_at(port, "holding", 100, 2);
+    const auto r = pymodbus_read(port, "holding", 100, 2);
     return std::bit_cast<float>(static_cast<std::uint32_t>((r[1] << 16) | r[0]));
 }
 void set_setpoint(std::uint16_t port, float v) {
     const auto bits = std::bit_cast<std::uint32_t>(v);
-    CHECK(modbus_client(port, "write holding 100 " + std::to_string(bits & 0xFFFF) + " " +
-                                  std::to_string(bits >> 16)) == "ok");
+    CHECK(pymodbus_client(port, "write holding 100 " + std::to_string(bits & 0xFFFF) + " " +
+                                    std::to_string(bits >> 16)) == "ok");
 }
 unsigned pump(std::uint16_t port) {
-    return registers_at(port, "coil", 5, 1)[0];
+    return pymodbus_read(port, "coil", 5, 1)[0];
 }
 std::int16_t valve_raw(std::uint16_t port) {
-    return static_cast<std::int16_t>(registers_at(port, "holding", 200, 1)[0]);
+    return static_cast<std::int16_t>(pymodbus_read(port, "holding", 200, 1)[0]);
 }
 
 // Publishes commands at QoS 1 (MQTT 5, its own client id).
@@ -255,7 +223,7 @@ TEST_CASE("refused commands: each error is named and nothing is written") {
         CHECK(setpoint(r.sim.port()) == 20.0f);
         CHECK(pump(r.sim.port()) == 0);
         CHECK(valve_raw(r.sim.port()) == 0);
-        CHECK(registers_at(r.sim.port(), "holding", 300, 1)[0] == 215);
+        CHECK(pymodbus_read(r.sim.port(), "holding", 300, 1)[0] == 215);
     };
 
     c.send("boiler9", "setpoint", R"({"id":"r-1","value":30})");
