@@ -405,7 +405,12 @@ struct service::impl {
 
     std::mutex qmu;
     std::condition_variable qcv;
-    std::deque<std::pair<std::string, std::string>> queue;
+    struct message {
+        std::string topic;
+        std::string payload;
+        bool retained = false;
+    };
+    std::deque<message> queue;
     bool stopping = false;
     std::thread thread;
 
@@ -439,13 +444,13 @@ struct service::impl {
         return nullptr;
     }
 
-    void handle(const std::string& topic, const std::string& text);
+    void handle(const std::string& topic, const std::string& text, bool retained);
     void finish(const std::string& id, const std::string& device, const std::string& point,
                 const std::string& value, const std::string& topic, const write_outcome& o);
     void loop();
 };
 
-void service::impl::handle(const std::string& topic, const std::string& text) {
+void service::impl::handle(const std::string& topic, const std::string& text, bool retained) {
     // ferry/{gateway}/cmd/{device}/{tag}/set
     constexpr std::string_view suffix = "/set";
     if (topic.size() <= prefix.size() + suffix.size() || topic.compare(0, prefix.size(), prefix) ||
@@ -465,6 +470,11 @@ void service::impl::handle(const std::string& topic, const std::string& text) {
     };
     if (!p.error.empty()) return refuse(result::rejected, p.error);
     if (!settings.enabled) return refuse(result::disabled, k_disabled);
+    if (retained) {
+        return refuse(result::rejected,
+                      "a retained command is not executed (the broker would replay it at every "
+                      "reconnect); publish commands with retain false");
+    }
     const auto& id = *p.id;
     const auto now_ms = unix_ms();
 
@@ -564,11 +574,11 @@ void service::impl::loop() {
     for (;;) {
         qcv.wait(lock, [&] { return stopping || !queue.empty(); });
         if (stopping) break;
-        auto [topic, text] = std::move(queue.front());
+        auto [topic, text, retained] = std::move(queue.front());
         queue.pop_front();
         lock.unlock();
         try {
-            handle(topic, text);
+            handle(topic, text, retained);
         } catch (const std::exception& e) {
             log::error(k_component, "command failed", {{"topic", topic}, {"error", e.what()}});
         }
@@ -634,7 +644,7 @@ void service::stop() {
     if (impl_->thread.joinable()) impl_->thread.join();
 }
 
-void service::on_message(const std::string& topic, const std::string& payload) {
+void service::on_message(const std::string& topic, const std::string& payload, bool retained) {
     {
         std::lock_guard lock(impl_->qmu);
         if (impl_->stopping) return;
@@ -646,13 +656,13 @@ void service::on_message(const std::string& topic, const std::string& payload) {
             impl_->count(result::rate_limited);
             return;
         }
-        impl_->queue.emplace_back(topic, payload);
+        impl_->queue.push_back({topic, payload, retained});
     }
     impl_->qcv.notify_one();
 }
 
-void service::handle(const std::string& topic, const std::string& payload) {
-    impl_->handle(topic, payload);
+void service::handle(const std::string& topic, const std::string& payload, bool retained) {
+    impl_->handle(topic, payload, retained);
 }
 
 std::array<std::uint64_t, k_results> service::counts() const {

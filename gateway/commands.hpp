@@ -17,6 +17,9 @@
 // before the write are not kept: nothing was written, so the same id may be sent again. The
 // store is bounded (max_ids, oldest evicted) and forgets ids after a TTL.
 //
+// A retained set message is refused (rejected, nothing written): the broker would replay it
+// at every reconnect, and once its id had left the store it would be written again.
+//
 // Drivers are reached through `writer` (the daemon wires the Modbus poller to it).
 //
 // Threading: on_message() may be called from any thread (Paho's callback thread) and only
@@ -180,9 +183,10 @@ class service {
     void start();
     void stop();
     // Queues one message (any thread, never blocks; a full queue drops it, logged).
-    void on_message(const std::string& topic, const std::string& payload);
+    // `retained`: delivered from the broker's retained store.
+    void on_message(const std::string& topic, const std::string& payload, bool retained = false);
     // Handles one message on the caller's thread (the service thread; tests call it).
-    void handle(const std::string& topic, const std::string& payload);
+    void handle(const std::string& topic, const std::string& payload, bool retained = false);
     // Commands counted per result, in enum order (for tests).
     std::array<std::uint64_t, k_results> counts() const;
 

@@ -204,10 +204,11 @@ struct daemon::impl {
                 return publisher->publish_result(topic, payload);
             },
             registry);
-        publisher->set_subscription(commands->filter(),
-                                    [this](const std::string& topic, const std::string& payload) {
-                                        commands->on_message(topic, payload);
-                                    });
+        publisher->set_subscription(
+            commands->filter(),
+            [this](const std::string& topic, const std::string& payload, bool retained) {
+                commands->on_message(topic, payload, retained);
+            });
     }
     // ---- end of downlink commands ------------------------------------------------------------
 

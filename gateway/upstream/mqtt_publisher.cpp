@@ -308,7 +308,7 @@ void mqtt_publisher::impl::make_client() {
                                                    create_opts_, nullptr);
     if (sub_handler_) {
         client_->set_message_callback([this](mqtt::const_message_ptr msg) {
-            if (msg) sub_handler_(msg->get_topic(), msg->get_payload_str());
+            if (msg) sub_handler_(msg->get_topic(), msg->get_payload_str(), msg->is_retained());
         });
     }
     client_->set_connection_lost_handler(

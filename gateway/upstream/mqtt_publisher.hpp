@@ -48,8 +48,9 @@ class mqtt_publisher {
     bool connected() const;
 
     // ---- Downlink (commands) ----
+    // `retained`: the broker delivered a retained message (a replay at subscribe time).
     using message_handler =
-        std::function<void(const std::string& topic, const std::string& payload)>;
+        std::function<void(const std::string& topic, const std::string& payload, bool retained)>;
     // Call before start(). `handler` runs on Paho's callback thread: it must return quickly
     // and must not call back into the publisher.
     void set_subscription(std::string filter, message_handler handler);

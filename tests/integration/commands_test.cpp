@@ -30,7 +30,8 @@ std::vector<std::string> registers() {
 }
 
 std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint16_t mqtt,
-                        std::uint16_t http, bool enabled, const std::string& timeout = "500ms") {
+                        std::uint16_t http, bool enabled, const std::string& timeout = "500ms",
+                        const std::string& rate = "100/s") {
     std::ostringstream y;
     y << "gateway:\n  id: " << k_gw << "\n  data_dir: " << dir << "\n  log_level: debug\n"
       << "http: { listen: 127.0.0.1:" << http << " }\n"
@@ -46,7 +47,7 @@ std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint1
       << "rules:\n  - name: all\n    match: [\"#\"]\n"
       << "    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n"
       << "commands: { enabled: " << (enabled ? "true" : "false")
-      << ", max_age: 30s, rate_limit: 100/s }\n"
+      << ", max_age: 30s, rate_limit: " << rate << " }\n"
       << "upstream:\n  mqtt:\n    uris: [\"tcp://127.0.0.1:" << mqtt << "\"]\n"
       << "  spool:\n    path: \"{data_dir}/spool.db\"\n";
     return y.str();
@@ -105,8 +106,9 @@ class commander {
         } catch (const mqtt::exception&) {
         }
     }
-    void send(const std::string& device, const std::string& tag, const std::string& payload) {
-        client_.publish(k_cmd + device + "/" + tag + "/set", payload, 1, false)->wait();
+    void send(const std::string& device, const std::string& tag, const std::string& payload,
+              bool retain = false) {
+        client_.publish(k_cmd + device + "/" + tag + "/set", payload, 1, retain)->wait();
     }
 
   private:
@@ -120,6 +122,7 @@ template <class Server = pymodbus_sim>
 struct rig {
     Server sim;
     std::string timeout = "500ms";  // the device's
+    std::string rate = "100/s";     // commands.rate_limit
     mosquitto broker;
     temp_dir dir;
     std::uint16_t http = free_port();
@@ -132,8 +135,8 @@ struct rig {
     explicit rig(Args&&... args) : sim(std::forward<Args>(args)...) {}
 
     void start(bool enabled = true) {
-        write_file(dir.file("ferry.yaml"),
-                   config_text(dir.path(), sim.port(), broker.port(), http, enabled, timeout));
+        write_file(dir.file("ferry.yaml"), config_text(dir.path(), sim.port(), broker.port(), http,
+                                                       enabled, timeout, rate));
         const auto log = dir.file("ferry" + std::to_string(++starts) + ".log");
         ferry = std::make_unique<process>(
             std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log);
@@ -406,4 +409,33 @@ TEST_CASE("kill -9 during a write: the id is answered 'outcome unknown' and neve
     CHECK(r.commands_total("duplicate") == 1);
     r.sim.stop();  // else a poll waiting 2 s for its answer holds up the stop
     CHECK(r.ferry->stop(15, 10s) == 0);
+}
+
+TEST_CASE("rate limit per device, and retained commands are refused") {
+    rig<> r;
+    r.rate = "2/m";
+    r.start();
+    commander c(r.broker.uri());
+    c.send("boiler1", "setpoint", R"({"id":"q-1","value":21})");
+    CHECK(r.answer("q-1") == json::parse(R"({"id":"q-1","ok":true})"));
+    c.send("boiler1", "pump", R"({"id":"q-2","value":true})");
+    CHECK(r.answer("q-2") == json::parse(R"({"id":"q-2","ok":true})"));
+    c.send("boiler1", "setpoint", R"({"id":"q-3","value":22})");
+    check_refused(r.answer("q-3"),
+                  "rate limited: device 'boiler1' takes at most 2 commands per "
+                  "60000 ms (commands.rate_limit)");
+    CHECK(setpoint(r.sim.port()) == 21.0f);
+    CHECK(wait_until([&] { return r.commands_total("rate_limited") == 1; }, 5s));
+
+    // A retained set reaches Ferry as retained only when it subscribes after it was
+    // published: restart Ferry with the command waiting on the broker.
+    CHECK(r.ferry->stop() == 0);
+    c.send("boiler1", "valve", R"({"id":"q-4","value":5})", true);
+    r.start();
+    check_refused(r.answer("q-4"),
+                  "a retained command is not executed (the broker would replay "
+                  "it at every reconnect); publish commands with retain false");
+    CHECK(valve_raw(r.sim.port()) == 0);
+    c.send("boiler1", "valve", "", true);  // clear the retained message
+    CHECK(r.ferry->stop() == 0);
 }

@@ -347,13 +347,18 @@ TEST_CASE("service: checks before the write, answers, counts; a repeated id is n
           R"({"id":"c-11","ok":false,"error":"rate limited: device 'boiler1' takes at most 3 )"
           R"j(commands per 3600000 ms (commands.rate_limit)"})j");
     CHECK(r.writer.written.size() == 3);
+    // A retained set (replayed by the broker at every subscribe) is refused.
+    r.svc->handle("ferry/gw/cmd/boiler1/setpoint/set", R"({"id":"c-12","value":1})", true);
+    CHECK(r.published.back().second ==
+          R"({"id":"c-12","ok":false,"error":"a retained command is not executed (the broker )"
+          R"(would replay it at every reconnect); publish commands with retain false"})");
     // Topics outside the filter's shape are ignored.
     r.svc->handle("ferry/gw/cmd/boiler1/setpoint/extra/set", R"({"id":"x","value":1})");
     r.svc->handle("ferry/other/cmd/boiler1/setpoint/set", R"({"id":"x","value":1})");
 
     using cmd::result;
     CHECK(r.count(result::ok) == 3);
-    CHECK(r.count(result::rejected) == 7);
+    CHECK(r.count(result::rejected) == 8);
     CHECK(r.count(result::stale) == 1);
     CHECK(r.count(result::rate_limited) == 1);
     CHECK(r.count(result::duplicate) == 1);
