@@ -52,6 +52,7 @@ constexpr auto k_healthy_after = 5s;          // a connection this old resets th
 constexpr auto k_idle_wait = 100ms;           // longest sleep without re-checking state
 constexpr auto k_status_timeout = 500ms;      // wait for the "offline" PUBACK on stop
 constexpr auto k_disconnect_timeout = 300ms;  // let Paho finish work before DISCONNECT
+constexpr int k_result_room = 16;             // command results in flight beside the window
 constexpr const char* k_component = "mqtt";
 
 std::int64_t unix_ms() {
@@ -273,8 +274,9 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
         std::chrono::duration_cast<std::chrono::seconds>(settings_.keepalive));
     conn_opts_.set_connect_timeout(k_connect_timeout);
     conn_opts_.set_automatic_reconnect(false);
-    // Room for the window plus the status message.
-    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2);
+    // Room for the window plus the status message, plus answers to downlink commands
+    // (publish_result), which do not count against the spool's window.
+    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2 + k_result_room);
     if (!settings_.username.empty()) conn_opts_.set_user_name(settings_.username);
     if (!settings_.password.empty()) conn_opts_.set_password(settings_.password);
     conn_opts_.set_will(mqtt::will_options(status_topic_, std::string("offline"), 1, true));
