@@ -159,14 +159,14 @@ TEST_CASE("golden: every type and byte order arrives upstream (pymodbus, TCP)") 
 }
 
 TEST_CASE("golden: every type and byte order arrives upstream (our simulator, RTU over a pty)") {
-    pty_pair pty;
+    socat_pair pty;
     rtu_server sim(pty, false, lines_of(k_golden + "input"), {"--parity", "E", "--unit", "7"});
     golden_through_ferry(
         rtu_device("gold", pty.a(), 7, "E", "    poll_interval: 10s\n", golden_points()), "gold");
 }
 
 TEST_CASE("golden: every type and byte order arrives upstream (pymodbus, RTU over a pty)") {
-    pty_pair pty;
+    socat_pair pty;
     // Parity N: pyserial cannot reconfigure a pty that is set to even parity.
     rtu_server sim(pty, true, lines_of(k_golden + "input"));
     golden_through_ferry(
@@ -212,7 +212,7 @@ TEST_CASE("coalescing: 50 points over 300 registers in 3 requests; max_gap 0 in 
 // ---- 3. fairness on a serial bus ------------------------------------------------------------
 
 TEST_CASE("fairness: a silent unit on an RTU bus costs the others at most its timeout") {
-    pty_pair pty;
+    socat_pair pty;
     // Units 1 and 2 answer; nobody answers unit 3.
     rtu_server sim(pty, false, {"holding:0=u16:42"}, {"--parity", "E", "--unit", "1,2"});
     mosquitto broker;
@@ -431,7 +431,7 @@ TEST_CASE("bad data: a timeout turns the device down, then backoff; it comes bac
 }
 
 TEST_CASE("bad data over RTU: CRC errors, short frames and silence give bad events") {
-    pty_pair pty;
+    socat_pair pty;
     rtu_server sim(pty, false, {},
                    {"--unit", "1,2,3", "--corrupt", "crc:10-10", "--corrupt", "short:20-20"});
     auto crc = rtu_dev("crc", pty.a(), {pt("bad", 10), pt("good", k_far)});
@@ -528,7 +528,7 @@ TEST_CASE("ferry probe modbus prints every decoding; exit codes 0, 2, 3") {
     CHECK(ok.out.find("0x0FD0") != std::string::npos);
     CHECK(ok.out.find("float64") != std::string::npos);
 
-    pty_pair pty;
+    socat_pair pty;
     rtu_server rtu(pty, false, {"holding:5=i16:-2"}, {"--parity", "E", "--unit", "4"});
     const auto serial =
         run_ferry({"probe", "modbus", "--serial", pty.a(), "--baud", "19200", "--parity", "E",

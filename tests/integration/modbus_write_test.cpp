@@ -150,7 +150,7 @@ TEST_CASE("writes and continuous polls share one TCP connection without overlapp
 }
 
 TEST_CASE("writes on an RS-485 line: two units on one bus, polled while written") {
-    pty_pair pty;
+    socat_pair pty;
     rtu_server sim(pty, false, {"holding:0=u16:7"}, {"--unit", "1,2"});
     std::vector<cfg::device> devices;
     for (int unit : {1, 2}) {

@@ -542,9 +542,9 @@ std::vector<unsigned> pymodbus_read(std::uint16_t port, const std::string& table
     return out;
 }
 
-// ---- pty_pair, rtu_server ------------------------------------------------------------------
+// ---- socat_pair, rtu_server ------------------------------------------------------------------
 
-pty_pair::pty_pair() {
+socat_pair::socat_pair() {
     socat_ = std::make_unique<process>(
         std::vector<std::string>{"socat", "-d", "-d", "pty,raw,echo=0,link=" + a(),
                                  "pty,raw,echo=0,link=" + b()},
@@ -554,11 +554,11 @@ pty_pair::pty_pair() {
         throw std::runtime_error("socat did not create the pty pair");
 }
 
-pty_pair::~pty_pair() {
+socat_pair::~socat_pair() {
     socat_->stop();
 }
 
-rtu_server::rtu_server(const pty_pair& pty, bool pymodbus, std::vector<std::string> sets,
+rtu_server::rtu_server(const socat_pair& pty, bool pymodbus, std::vector<std::string> sets,
                        std::vector<std::string> extra)
     : stats_(pty.dir().file("stats")), log_(pty.dir().file(pymodbus ? "py.log" : "sim.log")) {
     std::vector<std::string> argv;

@@ -179,12 +179,12 @@ std::vector<unsigned> pymodbus_read(std::uint16_t port, const std::string& table
                                     int count);
 
 // A socat pty pair: the driver opens a(), a simulator serves b(). Stopped by pid.
-class pty_pair {
+class socat_pair {
   public:
-    pty_pair();  // throws if socat does not create both ends within 5 s
-    ~pty_pair();
-    pty_pair(const pty_pair&) = delete;
-    pty_pair& operator=(const pty_pair&) = delete;
+    socat_pair();  // throws if socat does not create both ends within 5 s
+    ~socat_pair();
+    socat_pair(const socat_pair&) = delete;
+    socat_pair& operator=(const socat_pair&) = delete;
     std::string a() const { return dir_.file("a"); }
     std::string b() const { return dir_.file("b"); }
     const temp_dir& dir() const { return dir_; }
@@ -199,7 +199,7 @@ class pty_pair {
 // The constructor returns once it serves (throws otherwise).
 class rtu_server {
   public:
-    rtu_server(const pty_pair& pty, bool pymodbus, std::vector<std::string> sets,
+    rtu_server(const socat_pair& pty, bool pymodbus, std::vector<std::string> sets,
                std::vector<std::string> extra = {});
     // As modbus_sim::stats() (our simulator only).
     std::map<std::string, std::uint64_t> stats() const;
