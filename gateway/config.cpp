@@ -12,6 +12,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -33,18 +34,17 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Features the YAML accepts but this version of Ferry cannot do yet. Each present key (and,
-// when `value` is set, only with that value) is an error at its position:
+// when `value` is set, only with that value) is an error at its position, e.g.
+//   {"commands.enabled", "true", "'commands' (downlink writes)"} gives
 //   commands.enabled: 'commands' (downlink writes) is not built yet in this version of Ferry
-// `key` is a key path with the list indices removed.
+// `key` is a key path with the list indices removed. Empty now: every key is built.
 struct not_built_row {
     std::string_view key;
     std::string_view value;  // empty: any value
     std::string_view what;
 };
 
-constexpr not_built_row k_not_built_yet[] = {
-    {"commands.enabled", "true", "'commands' (downlink writes)"},
-};
+constexpr std::array<not_built_row, 0> k_not_built_yet{};
 
 // ---------------------------------------------------------------------------------------------
 // Drivers, as a bit mask so that keys can say which drivers take them.
@@ -227,9 +227,12 @@ constexpr option k_dead_letter_options[] = {
 };
 
 constexpr option k_commands_options[] = {
-    {"enabled", "bool", "false", "Accept downlink writes."},
+    {"enabled", "bool", "false",
+     "Accept downlink writes. When false, every command is still answered: ok false, "
+     "\"commands are disabled ...\"."},
     {"max_age", "duration > 0", "30s", "A command whose `ts` is older is refused as stale."},
-    {"rate_limit", "N/s \\| N/m \\| N/h", "10/s", "Most commands per device in that time."},
+    {"rate_limit", "N/s \\| N/m \\| N/h", "10/s",
+     "Most commands per device in that time (a token bucket: bursts up to N)."},
 };
 
 constexpr option k_upstream_options[] = {
@@ -1638,6 +1641,10 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
     return n * mult;
 }
 
+std::string_view type_name(point_type t) {
+    return k_type_names[static_cast<int>(t)];
+}
+
 std::uint32_t register_count(const point& p) {
     if (p.tbl == table::coil || p.tbl == table::discrete) return 1;
     switch (p.type) {
@@ -1680,6 +1687,7 @@ std::string reference_markdown() {
         out += "\n";
     }
     out += "### Not built yet\n\nAccepted by the parser but refused with an error until built:\n\n";
+    if (k_not_built_yet.empty()) out += "Nothing: every key above is built.\n";
     for (const auto& row : k_not_built_yet) {
         out += "- `" + std::string(row.key);
         if (!row.value.empty()) out += ": " + std::string(row.value);

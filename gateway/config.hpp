@@ -253,7 +253,7 @@ struct dead_letter_section {
     bool operator==(const dead_letter_section&) const = default;
 };
 
-// Downlink writes. `enabled: true` is refused while commands are not built (k_not_built_yet).
+// Downlink writes (gateway/commands.hpp). Off unless enabled.
 struct commands_section {
     bool enabled = false;
     duration max_age{30000};
@@ -292,6 +292,9 @@ std::optional<std::uint64_t> parse_size(std::string_view text);
 
 // Number of registers a point of this type occupies (bits count 1 for coil/discrete).
 std::uint32_t register_count(const point& p);
+
+// The type's name as written in YAML: "bool", "int16", ... "string".
+std::string_view type_name(point_type t);
 
 // Markdown tables of every key the loader accepts (type, default, meaning), generated from
 // the same declarations the loader checks keys against; config/REFERENCE.md embeds it.

@@ -16,6 +16,7 @@
 #include "drivers/modbus/modbus_driver.hpp"
 #include "drivers/serial/serial_driver.hpp"
 #include "gateway/bus.hpp"
+#include "gateway/commands.hpp"
 #include "gateway/http_server.hpp"
 #include "gateway/log.hpp"
 #include "gateway/read_model.hpp"
@@ -62,6 +63,8 @@ struct daemon::impl {
     std::unique_ptr<drivers::serial::reader> serial_reader;
     std::unique_ptr<upstream::mqtt_publisher> publisher;
     std::unique_ptr<http_server> http;
+    std::unique_ptr<commands::writer> modbus_writer;  // downlink commands (build_commands)
+    std::unique_ptr<commands::service> commands;
     std::unique_ptr<read_model> reads;
     std::shared_ptr<subscription> read_sub;
     std::thread read_thread;
@@ -170,7 +173,48 @@ struct daemon::impl {
                                                  [this] { return ready(); });
             build_read_model();
         }
+        build_commands();
     }
+
+    // ---- Downlink commands (issue 9): the write side, apart from telemetry ------------------
+    // MQTT set messages -> commands::service (checks, idempotency store beside the spool)
+    // -> the Modbus poller's line scheduler -> result straight back over MQTT (not the spool).
+    // Disabled commands are still subscribed to, and answered "disabled".
+    struct poller_writer final : commands::writer {
+        drivers::modbus::poller& poller;
+        explicit poller_writer(drivers::modbus::poller& p) : poller(p) {}
+        std::string check(const config::device& d, const config::point& p,
+                          const ferry::value& v) const override {
+            return poller.check_write(d.id, p.name, v);
+        }
+        void write(const config::device& d, const config::point& p, const ferry::value& v,
+                   std::function<void(commands::write_outcome)> done) override {
+            poller.write(d.id, p.name, v, [done = std::move(done)](auto r) {
+                done({r.ok, r.attempted, std::move(r.error)});
+            });
+        }
+    };
+
+    void build_commands() {
+        modbus_writer = std::make_unique<poller_writer>(*poller);
+        auto dir = std::filesystem::path(cfg.upstream.spool.path).parent_path();
+        commands = std::make_unique<commands::service>(
+            cfg, (dir / "commands.db").string(),
+            [this](const config::device& d) -> commands::writer* {
+                const bool modbus = d.driver == "modbus_tcp" || d.driver == "modbus_rtu";
+                return modbus ? modbus_writer.get() : nullptr;
+            },
+            [this](const std::string& topic, const std::string& payload) {
+                return publisher->publish_result(topic, payload);
+            },
+            registry);
+        publisher->set_subscription(
+            commands->filter(),
+            [this](const std::string& topic, const std::string& payload, bool retained) {
+                commands->on_message(topic, payload, retained);
+            });
+    }
+    // ---- end of downlink commands ------------------------------------------------------------
 
     // The query side: last values and device states, fed from the bus. drop_oldest: a
     // read model that falls behind must never slow the pipeline (its drops are counted).
@@ -330,6 +374,7 @@ struct daemon::impl {
         spool_started_log();
         if (http) http->start();
         if (read_sub) read_thread = std::thread([this] { read_loop(); });
+        commands->start();
         publisher->start();
         rule_thread = std::thread([this] { rule_loop(); });
         poller->start();
@@ -363,7 +408,8 @@ struct daemon::impl {
                 spool->close();
             }
         });
-        poller->stop();
+        poller->stop();  // answers writes still queued: nothing was written
+        commands->stop();
         serial_reader->stop();
         rule_sub->close();
         rule_thread.join();
@@ -527,6 +573,7 @@ bool daemon::impl::apply(config::config next) {
     poller->update(std::move(modbus_next));
     serial_reader->update(std::move(serial_next));
 
+    commands->update_devices(next.devices);
     log::set_level(next.gateway.level);
     cfg.devices = std::move(next.devices);
     cfg.rules = std::move(next.rules);

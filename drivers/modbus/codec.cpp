@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 namespace ferry::drivers::modbus {
 
@@ -102,9 +103,13 @@ void set_why(std::string* why, std::string text) {
     if (why) *why = std::move(text);
 }
 
+// The shortest text that reads back as v: "-100.1", not "-100.09999999999999".
 std::string fmt(double v) {
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%.17g", v);
+    for (int precision = 15; precision <= 17; ++precision) {
+        std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+        if (std::strtod(buf, nullptr) == v) break;
+    }
     return buf;
 }
 
@@ -203,10 +208,7 @@ bool encode_registers(const config::point& p, double v, std::vector<std::uint16_
         const double half = std::ldexp(1.0, width - 1);  // 2^(width-1)
         const bool fits = is_signed(p.type) ? (r >= -half && r < half) : (r >= 0 && r < span);
         if (!fits) {
-            static constexpr const char* names[] = {"bool",    "int16", "uint16", "int32",
-                                                    "uint32",  "int64", "uint64", "float32",
-                                                    "float64", "string"};
-            return set_why(why, fmt(v) + " does not fit " + names[static_cast<int>(p.type)] +
+            return set_why(why, fmt(v) + " does not fit " + std::string(config::type_name(p.type)) +
                                     (scaled(p) ? " (raw " + fmt(r) + " after scale/offset)" : "")),
                    false;
         }

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -102,6 +103,45 @@ read_result parse_read_response(std::span<const std::uint8_t> pdu, config::table
     return {};
 }
 
+std::vector<std::uint8_t> write_request(std::uint8_t function, std::uint16_t address,
+                                        std::span<const std::uint16_t> values) {
+    auto be16 = [](std::vector<std::uint8_t>& out, std::uint32_t v) {
+        out.push_back(static_cast<std::uint8_t>(v >> 8));
+        out.push_back(static_cast<std::uint8_t>(v));
+    };
+    std::vector<std::uint8_t> pdu{function};
+    be16(pdu, address);
+    if (function == k_write_coil || function == k_write_register) {
+        if (values.size() != 1) return {};
+        if (function == k_write_coil && values[0] > 1) return {};
+        be16(pdu, function == k_write_coil ? (values[0] ? 0xFF00u : 0x0000u) : values[0]);
+        return pdu;
+    }
+    if (function != k_write_registers || values.empty() || values.size() > k_max_write_registers)
+        return {};
+    be16(pdu, static_cast<std::uint32_t>(values.size()));
+    pdu.push_back(static_cast<std::uint8_t>(2 * values.size()));
+    for (auto v : values)
+        be16(pdu, v);
+    return pdu;
+}
+
+read_result parse_write_response(std::span<const std::uint8_t> pdu,
+                                 std::span<const std::uint8_t> request) {
+    if (pdu.empty() || request.size() < 5) return {fault::short_frame};
+    const std::uint8_t fc = request[0];
+    if (pdu[0] == (fc | 0x80)) {
+        if (pdu.size() != 2) return {fault::bad_data};
+        return {fault::exception, pdu[1]};
+    }
+    if (pdu[0] != fc) return {fault::bad_data};
+    if (pdu.size() < 5) return {fault::short_frame};
+    if (pdu.size() > 5) return {fault::bad_data};
+    // FC 5/6: the whole request echoed; FC 16: function, address and quantity.
+    if (!std::equal(pdu.begin(), pdu.end(), request.begin())) return {fault::bad_data};
+    return {};
+}
+
 namespace {
 
 int ms_until(steady::time_point deadline) {
@@ -124,22 +164,44 @@ class tcp_link final : public link {
 
     read_result read(int unit, config::table t, std::uint16_t address, std::uint16_t count,
                      std::chrono::milliseconds timeout, std::uint16_t* out) override {
+        const std::array<std::uint8_t, 5> pdu{
+            function_code(t), static_cast<std::uint8_t>(address >> 8),
+            static_cast<std::uint8_t>(address), static_cast<std::uint8_t>(count >> 8),
+            static_cast<std::uint8_t>(count)};
+        std::span<const std::uint8_t> answer;
+        const auto r = exchange(unit, pdu, timeout, answer);
+        if (!r.ok()) return r;
+        return parse_read_response(answer, t, count, out);
+    }
+
+    read_result write(int unit, std::uint8_t function, std::uint16_t address,
+                      std::span<const std::uint16_t> values,
+                      std::chrono::milliseconds timeout) override {
+        const auto pdu = write_request(function, address, values);
+        if (pdu.empty()) return {fault::bad_data};
+        std::span<const std::uint8_t> answer;
+        const auto r = exchange(unit, pdu, timeout, answer);
+        if (!r.ok()) return r;
+        return parse_write_response(answer, pdu);
+    }
+
+  private:
+    // Sends one request PDU to `unit` under a fresh transaction id and receives its answer;
+    // on success `answer` is the answer's PDU (inside buf_, valid until the next exchange).
+    read_result exchange(int unit, std::span<const std::uint8_t> pdu,
+                         std::chrono::milliseconds timeout, std::span<const std::uint8_t>& answer) {
         const auto deadline = steady::now() + timeout;
         if (fd_ < 0 && !open(deadline)) return {fault::connect};
         ++tid_;
-        const std::array<std::uint8_t, 12> req{static_cast<std::uint8_t>(tid_ >> 8),
-                                               static_cast<std::uint8_t>(tid_),
-                                               0,
-                                               0,
-                                               0,
-                                               6,
-                                               static_cast<std::uint8_t>(unit),
-                                               function_code(t),
-                                               static_cast<std::uint8_t>(address >> 8),
-                                               static_cast<std::uint8_t>(address),
-                                               static_cast<std::uint8_t>(count >> 8),
-                                               static_cast<std::uint8_t>(count)};
-        if (!send_all(req.data(), req.size(), deadline)) {
+        std::array<std::uint8_t, 7 + 253> req{};
+        const std::size_t length = 1 + pdu.size();
+        req[0] = static_cast<std::uint8_t>(tid_ >> 8);
+        req[1] = static_cast<std::uint8_t>(tid_);
+        req[4] = static_cast<std::uint8_t>(length >> 8);
+        req[5] = static_cast<std::uint8_t>(length);
+        req[6] = static_cast<std::uint8_t>(unit);
+        std::copy(pdu.begin(), pdu.end(), req.begin() + 7);
+        if (!send_all(req.data(), 6 + length, deadline)) {
             const bool timed_out = errno == ETIMEDOUT;
             close();
             return {timed_out ? fault::timeout : fault::io};
@@ -152,9 +214,9 @@ class tcp_link final : public link {
                 have += static_cast<std::size_t>(n);
                 if (need == 7 && have >= 7) {
                     const unsigned protocol = (buf_[2] << 8) | buf_[3];
-                    const unsigned length = (buf_[4] << 8) | buf_[5];
-                    if (protocol != 0 || length < 2 || length > 254) return desync(fault::bad_data);
-                    need = 6 + length;
+                    const unsigned len = (buf_[4] << 8) | buf_[5];
+                    if (protocol != 0 || len < 2 || len > 254) return desync(fault::bad_data);
+                    need = 6 + len;
                 }
                 continue;
             }
@@ -179,11 +241,10 @@ class tcp_link final : public link {
         const std::uint16_t got_tid = static_cast<std::uint16_t>((buf_[0] << 8) | buf_[1]);
         if (got_tid != tid_) return desync(fault::transaction_id);
         if (buf_[6] != static_cast<std::uint8_t>(unit)) return {fault::bad_slave};
-        return parse_read_response(std::span<const std::uint8_t>(buf_.data() + 7, need - 7), t,
-                                   count, out);
+        answer = std::span<const std::uint8_t>(buf_.data() + 7, need - 7);
+        return {};
     }
 
-  private:
     read_result desync(fault f) {
         close();
         return {f};
@@ -268,13 +329,7 @@ class rtu_link final : public link {
     read_result read(int unit, config::table t, std::uint16_t address, std::uint16_t count,
                      std::chrono::milliseconds timeout, std::uint16_t* out) override {
         if (!ctx_ && !open()) return {fault::connect};
-        const auto ms = timeout.count();
-        const auto sec = static_cast<std::uint32_t>(ms / 1000);
-        const auto usec = static_cast<std::uint32_t>((ms % 1000) * 1000);
-        modbus_set_response_timeout(ctx_, sec, usec);
-        modbus_set_byte_timeout(ctx_, sec, usec);
-        modbus_set_slave(ctx_, unit);
-        modbus_flush(ctx_);  // whatever a late answer left on the line
+        prepare(unit, timeout);
         const std::uint8_t req[6] = {
             static_cast<std::uint8_t>(unit),         function_code(t),
             static_cast<std::uint8_t>(address >> 8), static_cast<std::uint8_t>(address),
@@ -284,15 +339,7 @@ class rtu_link final : public link {
             return {fault::io};
         }
         const int n = modbus_receive_confirmation(ctx_, rsp_.data());
-        if (n == -1) {
-            const int err = errno;
-            modbus_flush(ctx_);
-            if (err == ETIMEDOUT) return {fault::timeout};
-            if (err == EMBBADCRC) return {fault::bad_crc};
-            if (err == EMBBADDATA || err == EMBMDATA) return {fault::bad_data};
-            close();
-            return {fault::io};
-        }
+        if (n == -1) return failed(errno);
         // libmodbus answers 0 for a frame addressed from another unit id.
         if (n == 0 || rsp_[0] != static_cast<std::uint8_t>(unit)) {
             modbus_flush(ctx_);
@@ -304,7 +351,50 @@ class rtu_link final : public link {
             count, out);
     }
 
+    // libmodbus checks the echo of a write itself (EMBBADDATA when it differs) and turns an
+    // exception answer into errno MODBUS_ENOBASE + code.
+    read_result write(int unit, std::uint8_t function, std::uint16_t address,
+                      std::span<const std::uint16_t> values,
+                      std::chrono::milliseconds timeout) override {
+        if (write_request(function, address, values).empty()) return {fault::bad_data};
+        if (!ctx_ && !open()) return {fault::connect};
+        prepare(unit, timeout);
+        int rc = -1;
+        if (function == k_write_coil)
+            rc = modbus_write_bit(ctx_, address, values[0] ? TRUE : FALSE);
+        else if (function == k_write_register)
+            rc = modbus_write_register(ctx_, address, values[0]);
+        else
+            rc = modbus_write_registers(ctx_, address, static_cast<int>(values.size()),
+                                        values.data());
+        if (rc == -1) return failed(errno);
+        return {};
+    }
+
   private:
+    void prepare(int unit, std::chrono::milliseconds timeout) {
+        const auto ms = timeout.count();
+        const auto sec = static_cast<std::uint32_t>(ms / 1000);
+        const auto usec = static_cast<std::uint32_t>((ms % 1000) * 1000);
+        modbus_set_response_timeout(ctx_, sec, usec);
+        modbus_set_byte_timeout(ctx_, sec, usec);
+        modbus_set_slave(ctx_, unit);
+        modbus_flush(ctx_);  // whatever a late answer left on the line
+    }
+
+    // The same classification for reads and writes.
+    read_result failed(int err) {
+        modbus_flush(ctx_);
+        if (err == ETIMEDOUT) return {fault::timeout};
+        if (err == EMBBADCRC) return {fault::bad_crc};
+        if (err == EMBBADDATA || err == EMBMDATA) return {fault::bad_data};
+        if (err == EMBBADSLAVE) return {fault::bad_slave};
+        if (err > MODBUS_ENOBASE && err < EMBBADCRC)
+            return {fault::exception, static_cast<std::uint8_t>(err - MODBUS_ENOBASE)};
+        close();
+        return {fault::io};
+    }
+
     bool open() {
         const char parity = s_.par == config::parity::even  ? 'E'
                             : s_.par == config::parity::odd ? 'O'

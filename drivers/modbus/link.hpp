@@ -1,4 +1,4 @@
-// The wire side of the Modbus driver: one read request and its checked answer.
+// The wire side of the Modbus driver: one read (or write) request and its checked answer.
 //
 // `parse_read_response` checks a response PDU against the read it answers (pure, no I/O).
 // A `link` carries requests to devices:
@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "gateway/config.hpp"
 
@@ -66,6 +67,22 @@ inline bool is_bit_table(config::table t) {
 read_result parse_read_response(std::span<const std::uint8_t> pdu, config::table t,
                                 std::uint16_t count, std::uint16_t* out);
 
+// ---- Writes (downlink commands) ----------------------------------------------------------
+// FC 5 writes one coil (values[0]: 0 or 1), FC 6 one holding register, FC 16 several.
+constexpr std::uint8_t k_write_coil = 0x05;
+constexpr std::uint8_t k_write_register = 0x06;
+constexpr std::uint8_t k_write_registers = 0x10;
+constexpr std::uint32_t k_max_write_registers = 123;  // per FC 16 request
+
+// The request PDU (function code onwards) of a write; empty when `values` does not suit the
+// function (FC 5/6: exactly one value; FC 16: 1..123 values).
+std::vector<std::uint8_t> write_request(std::uint8_t function, std::uint16_t address,
+                                        std::span<const std::uint16_t> values);
+// Checks the PDU answering the write `request`: FC 5 and 6 echo the request, FC 16 echoes its
+// address and quantity; an exception answer carries its code.
+read_result parse_write_response(std::span<const std::uint8_t> pdu,
+                                 std::span<const std::uint8_t> request);
+
 class link {
   public:
     virtual ~link() = default;
@@ -73,6 +90,11 @@ class link {
     // into out[0..count). Opens the connection first when needed.
     virtual read_result read(int unit, config::table t, std::uint16_t address, std::uint16_t count,
                              std::chrono::milliseconds timeout, std::uint16_t* out) = 0;
+    // Writes `values` at `address` of unit `unit` with FC 5, 6 or 16 (k_write_*). Never
+    // retried here: the caller decides (a write that timed out may have happened).
+    virtual read_result write(int unit, std::uint8_t function, std::uint16_t address,
+                              std::span<const std::uint16_t> values,
+                              std::chrono::milliseconds timeout) = 0;
     virtual void close() = 0;
     // "127.0.0.1:502" or "/dev/ttyUSB0", for logs.
     virtual std::string name() const = 0;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <random>
@@ -55,13 +56,79 @@ struct device_rt {
     std::map<std::string, prometheus::Counter*> errors;
 };
 
+// A write queued on a line (downlink commands), served before the line's next poll.
+struct pending_write {
+    device_rt* device = nullptr;
+    std::string point;
+    std::uint8_t function = 0;  // k_write_coil, k_write_register or k_write_registers
+    std::uint16_t address = 0;
+    std::vector<std::uint16_t> values;
+    write_done done;
+};
+
 // One TCP device, or one serial port with every unit on it: served by one worker at a time.
 struct line {
     std::unique_ptr<link> lnk;
     std::string port;  // modbus_rtu: the serial port; empty for a TCP device
     std::vector<device_rt*> devices;
     bool busy = false;
+    std::deque<pending_write> writes;  // downlink commands waiting for the line
+    bool wrote_last = false;           // a write was the line's last request: a due poll goes next
 };
+
+// ---- Writes: encoding (no I/O) ----
+
+// The function code and registers (or the one bit) that write `v` to point `p`; 0 with the
+// reason in `why` when the value does not suit the point.
+std::uint8_t encode_write(const config::point& p, const ferry::value& v,
+                          std::vector<std::uint16_t>& values, std::string& why) {
+    if (p.tbl != config::table::holding && p.tbl != config::table::coil) {
+        why = "input registers and discrete inputs are read-only";
+        return 0;
+    }
+    const bool* flag = std::get_if<bool>(&v);
+    if (p.tbl == config::table::coil || p.type == config::point_type::boolean) {
+        if (!flag) {
+            why = "value must be true or false";
+            return 0;
+        }
+        values.assign(1, *flag ? 1 : 0);
+        return p.tbl == config::table::coil ? k_write_coil : k_write_register;
+    }
+    if (p.type == config::point_type::string) {
+        const auto* text = std::get_if<std::string>(&v);
+        if (!text) {
+            why = "value must be a string";
+            return 0;
+        }
+        return encode_string(p, *text, values, &why) ? k_write_registers : 0;
+    }
+    const auto number = flag ? std::nullopt : as_double(v);
+    if (!number) {
+        why = "value must be a number";
+        return 0;
+    }
+    if (!encode_registers(p, *number, values, &why)) return 0;
+    return values.size() == 1 ? k_write_register : k_write_registers;
+}
+
+// What an operator reads in the command's result when the device did not take the write.
+std::string describe_write_error(const read_result& r, const config::device& d, const link& lnk) {
+    switch (r.err) {
+        case fault::exception:
+            return "the device answered with Modbus exception " + std::to_string(r.exception) +
+                   " (" + reason(r) + ")";
+        case fault::timeout:
+            return "timeout: no answer within " + std::to_string(d.timeout.count()) +
+                   "ms; the write may or may not have happened";
+        case fault::connect:
+            return "connect: cannot reach " + lnk.name() + "; nothing was written";
+        default:
+            return reason(r) +
+                   ": the answer was not a valid confirmation; the write may or may "
+                   "not have happened";
+    }
+}
 
 // What one poll changes in a device's status, applied under the poller's lock.
 struct poll_outcome {
@@ -92,6 +159,13 @@ struct poller::impl {
     prometheus::Family<prometheus::Counter>* errors = nullptr;
     prometheus::Family<prometheus::Gauge>* up = nullptr;
     prometheus::Family<prometheus::Histogram>* seconds = nullptr;
+
+    // Writes (downlink commands); defined after the poller's reads, below.
+    device_rt* find_device(std::string_view id) const;
+    std::string prepare_write(std::string_view device, std::string_view point,
+                              const ferry::value& v, pending_write& w) const;
+    bool serve_write(std::unique_lock<std::mutex>& lock);
+    void fail_queued_writes();
 
     impl(std::vector<config::device> devs, driver_context c, std::size_t w)
         : ctx(c), max_workers(w) {
@@ -190,9 +264,20 @@ struct poller::impl {
     // Takes a device out, with the lock held: waits for a poll of it in flight (the other
     // devices go on meanwhile), closes its line if it was the last device on it, and drops
     // its series unless the device stays under another configuration.
-    void remove(device_rt* d, bool keep_series, std::unique_lock<std::mutex>& lock) {
+    // Writes queued for it are moved to `unsent`, to be answered once the lock is released.
+    void remove(device_rt* d, bool keep_series, std::unique_lock<std::mutex>& lock,
+                std::vector<pending_write>& unsent) {
         d->retiring = true;
         poll_done.wait(lock, [&] { return !d->polling; });
+        auto& queued = d->ln->writes;
+        for (auto it = queued.begin(); it != queued.end();) {
+            if (it->device != d) {
+                ++it;
+                continue;
+            }
+            unsent.push_back(std::move(*it));
+            it = queued.erase(it);
+        }
         auto& on_line = d->ln->devices;
         on_line.erase(std::remove(on_line.begin(), on_line.end(), d), on_line.end());
         if (on_line.empty()) {
@@ -370,6 +455,7 @@ struct poller::impl {
     void worker() {
         std::unique_lock lock(mu);
         while (!stopping) {
+            if (serve_write(lock)) continue;  // writes go first, each when its line is free
             device_rt* next = nullptr;
             for (auto& d : devices) {
                 if (!d->ln->busy && !d->retiring && (!next || d->next_due < next->next_due))
@@ -401,6 +487,7 @@ struct poller::impl {
             next->ln->busy = false;
             next->polling = false;
             poll_done.notify_all();
+            next->ln->wrote_last = false;  // a write waiting for this line may go now
             next->status.up = next->up;
             next->status.requests += o.requests;
             ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
@@ -409,6 +496,125 @@ struct poller::impl {
         }
     }
 };
+
+// ---- Writes (downlink commands): the poller's side ------------------------------------------
+
+device_rt* poller::impl::find_device(std::string_view id) const {
+    for (const auto& d : devices) {
+        if (d->cfg.id == id) return d.get();
+    }
+    return nullptr;
+}
+
+// Finds the device and point and encodes the value; fills `w` and returns "" when it can be
+// written, else the reason.
+std::string poller::impl::prepare_write(std::string_view device, std::string_view point,
+                                        const ferry::value& v, pending_write& w) const {
+    auto* d = find_device(device);
+    if (!d) return "no Modbus device '" + std::string(device) + "'";
+    const auto it = std::find_if(d->cfg.points.begin(), d->cfg.points.end(),
+                                 [&](const config::point& p) { return p.name == point; });
+    if (it == d->cfg.points.end())
+        return "device '" + d->cfg.id + "' has no point '" + std::string(point) + "'";
+    std::string why;
+    w.function = encode_write(*it, v, w.values, why);
+    if (w.function == 0) return why;
+    w.device = d;
+    w.point = it->name;
+    w.address = static_cast<std::uint16_t>(it->address);
+    return {};
+}
+
+// Serves one queued write on a free line, if there is one. Called by a worker with the lock
+// held; returns with it held.
+bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
+    // Writes and polls alternate on a line while polls are due, so a burst of writes delays
+    // a poll by at most one write and is never starved by polls either.
+    const auto now = steady::now();
+    line* ln = nullptr;
+    for (auto& l : lines) {
+        if (l->busy || l->writes.empty()) continue;
+        const bool poll_due = std::any_of(l->devices.begin(), l->devices.end(),
+                                          [&](const device_rt* d) { return d->next_due <= now; });
+        if (l->wrote_last && poll_due) continue;
+        ln = l.get();
+        break;
+    }
+    if (!ln) return false;
+    auto w = std::move(ln->writes.front());
+    ln->writes.pop_front();
+    ln->busy = true;
+    w.device->polling = true;  // a reload taking the device out waits for this write
+    cv.notify_one();           // someone else watches the clock meanwhile
+    lock.unlock();
+    const auto& cfg = w.device->cfg;
+    const auto r = ln->lnk->write(cfg.unit_id, w.function, w.address, w.values, cfg.timeout);
+    write_result out;
+    out.ok = r.ok();
+    out.attempted = r.err != fault::connect;
+    if (!r.ok()) out.error = describe_write_error(r, cfg, *ln->lnk);
+    log::debug("modbus", "write",
+               {{"device", cfg.id},
+                {"point", w.point},
+                {"function", std::to_string(w.function)},
+                {"address", std::to_string(w.address)},
+                {"registers", std::to_string(w.values.size())},
+                {"result", r.ok() ? "ok" : reason(r)}});
+    w.done(std::move(out));
+    lock.lock();
+    ln->busy = false;
+    ln->wrote_last = true;
+    w.device->polling = false;
+    poll_done.notify_all();
+    cv.notify_one();  // the line is free again
+    return true;
+}
+
+// At stop: every write still queued is answered as not sent.
+void poller::impl::fail_queued_writes() {
+    std::vector<pending_write> left;
+    {
+        std::lock_guard lock(mu);
+        for (auto& l : lines) {
+            for (auto& w : l->writes)
+                left.push_back(std::move(w));
+            l->writes.clear();
+        }
+    }
+    for (auto& w : left)
+        w.done({false, false, "ferry is stopping; nothing was written"});
+}
+
+std::string poller::check_write(std::string_view device, std::string_view point,
+                                const ferry::value& v) const {
+    pending_write w;
+    std::lock_guard lock(impl_->mu);  // a reload may change the devices
+    return impl_->prepare_write(device, point, v, w);
+}
+
+void poller::write(std::string_view device, std::string_view point, const ferry::value& v,
+                   write_done done) {
+    pending_write w;
+    std::string why;
+    {
+        std::lock_guard lock(impl_->mu);  // a reload may change the devices
+        why = impl_->prepare_write(device, point, v, w);
+        if (why.empty() && !impl_->stopping) {
+            w.done = std::move(done);
+            w.device->ln->writes.push_back(std::move(w));
+            done = nullptr;
+        }
+    }
+    if (!why.empty()) {
+        done({false, false, std::move(why)});
+        return;
+    }
+    if (done) {  // not queued: the poller stops
+        done({false, false, "ferry is stopping; nothing was written"});
+        return;
+    }
+    impl_->cv.notify_all();  // wake a sleeping worker: the write goes before the next poll
+}
 
 poller::poller(std::vector<config::device> devices, driver_context ctx, std::size_t max_workers)
     : impl_(
@@ -456,6 +662,7 @@ void poller::update(std::vector<config::device> devices) {
     for (const auto& d : devices)
         wanted[d.id] = &d;
     std::vector<device_rt*> gone;
+    std::vector<pending_write> unsent;
     std::map<std::string, bool> kept;  // id → unchanged
     for (auto& d : impl_->devices) {
         auto it = wanted.find(d->cfg.id);
@@ -467,7 +674,7 @@ void poller::update(std::vector<config::device> devices) {
         const bool stays = wanted.contains(d->cfg.id);
         log::info("modbus", stays ? "device changed; restarting it" : "device removed",
                   {{"device", d->cfg.id}});
-        impl_->remove(d, stays, lock);
+        impl_->remove(d, stays, lock, unsent);
     }
     std::map<std::string, std::size_t> order;  // config order, for status()
     for (std::size_t i = 0; i < devices.size(); ++i)
@@ -481,11 +688,15 @@ void poller::update(std::vector<config::device> devices) {
     }
     std::sort(impl_->devices.begin(), impl_->devices.end(),
               [&](const auto& a, const auto& b) { return order[a->cfg.id] < order[b->cfg.id]; });
-    if (!impl_->started) return;
-    spread_first_polls(added);
-    impl_->spawn_workers();
+    if (impl_->started) {
+        spread_first_polls(added);
+        impl_->spawn_workers();
+    }
     lock.unlock();
     impl_->cv.notify_all();
+    for (auto& w : unsent)
+        w.done({false, false,
+                "the device was changed or removed by a config reload; nothing was written"});
 }
 
 void poller::stop() {
@@ -498,6 +709,7 @@ void poller::stop() {
     for (auto& t : impl_->workers)
         t.join();
     impl_->workers.clear();
+    impl_->fail_queued_writes();
     for (auto& l : impl_->lines)
         l->lnk->close();
 }

@@ -23,12 +23,21 @@
 //
 // Reload: update() applies a new device set live (see there).
 //
+// Writes (downlink commands): write() queues a write on the device's line; a worker serves a
+// line's queued writes before its next poll, when the line is free, so a write never runs
+// beside a poll (or another write) on the same connection or serial bus. While a poll on the
+// line is due, writes and polls alternate: a burst of writes delays a poll by one write. Writes are
+// never retried: a write that timed out may have happened.
+//
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
 // finishes or times out first, at most `timeout`). Building checks the configuration
 // (conflicting serial settings, a unit id twice on one port) and touches no device.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "drivers/driver.hpp"
@@ -46,6 +55,14 @@ struct device_status {
     std::uint64_t overruns = 0;
     std::uint64_t requests = 0;  // requests sent, retries included
 };
+
+// The outcome of one write.
+struct write_result {
+    bool ok = false;
+    bool attempted = false;  // false: nothing was sent (unknown point, bad value, stopping)
+    std::string error;       // empty when ok: the device's answer (exception name), timeout...
+};
+using write_done = std::function<void(write_result)>;
 
 class poller {
   public:
@@ -72,6 +89,19 @@ class poller {
     std::vector<device_status> status() const;
     // Worker threads the poller runs (at most max_workers, at most one per line).
     std::size_t workers() const;
+
+    // ---- Writes (downlink commands) ----
+    // What write() would refuse without I/O: an unknown device or point, or a value the point
+    // cannot take (codec.hpp: encode_registers/encode_string; a coil takes a bool). Empty
+    // when the value can be written. Thread-safe.
+    std::string check_write(std::string_view device, std::string_view point,
+                            const ferry::value& v) const;
+    // Queues the write of `v` to device/point. `done` is called exactly once: from a worker
+    // thread after the write, or from this call (or from stop()) when nothing is sent.
+    // FC 5 for a coil, FC 6 for a one-register point, FC 16 for multi-register types and
+    // strings. Thread-safe.
+    void write(std::string_view device, std::string_view point, const ferry::value& v,
+               write_done done);
 
   private:
     struct impl;

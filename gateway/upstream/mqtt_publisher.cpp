@@ -52,6 +52,7 @@ constexpr auto k_healthy_after = 5s;          // a connection this old resets th
 constexpr auto k_idle_wait = 100ms;           // longest sleep without re-checking state
 constexpr auto k_status_timeout = 500ms;      // wait for the "offline" PUBACK on stop
 constexpr auto k_disconnect_timeout = 300ms;  // let Paho finish work before DISCONNECT
+constexpr int k_result_room = 16;             // command results in flight beside the window
 constexpr const char* k_component = "mqtt";
 
 // A refused connect in words: Paho says "MQTT error [135]: CONNACK return code"; the broker's
@@ -125,6 +126,7 @@ struct mqtt_publisher::impl {
     void on_delivered(const mqtt::token& tok, bool ok);
     void on_connection_lost(std::uint64_t epoch, const std::string& cause);
     void make_client();
+    bool publish_result(const std::string& topic, const std::string& payload);
 
     // Settings.
     config::mqtt_settings settings_;
@@ -148,6 +150,8 @@ struct mqtt_publisher::impl {
     prometheus::Counter& m_err_publish_;
     prometheus::Counter& m_err_lost_;
     prometheus::Counter& m_err_status_;
+    prometheus::Counter& m_err_subscribe_;
+    prometheus::Counter& m_err_result_;
     prometheus::Histogram& m_latency_;
 
     // Shared between the sender thread, Paho's threads and stop(); guarded by mu_.
@@ -176,6 +180,14 @@ struct mqtt_publisher::impl {
     std::thread thread_;
     bool started_ = false;
     bool stopped_ = false;
+
+    // Downlink (commands). The filter and handler are set before start(). client_mu_ guards
+    // replacing client_ (sender thread) against publish_result() from other threads; the
+    // sender thread itself reads client_ without it, being its only writer.
+    std::string sub_filter_;
+    mqtt_publisher::message_handler sub_handler_;
+    std::mutex client_mu_;
+    void subscribe_after_connect();
 
     // Declared after everything its callbacks touch, so it is destroyed first.
     delivery_listener listener_;
@@ -249,6 +261,16 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
                         .Help("Publisher errors by reason")
                         .Register(registry)
                         .Add({{"reason", "status"}})),
+      m_err_subscribe_(prometheus::BuildCounter()
+                           .Name("ferry_mqtt_errors_total")
+                           .Help("Publisher errors by reason")
+                           .Register(registry)
+                           .Add({{"reason", "subscribe"}})),
+      m_err_result_(prometheus::BuildCounter()
+                        .Name("ferry_mqtt_errors_total")
+                        .Help("Publisher errors by reason")
+                        .Register(registry)
+                        .Add({{"reason", "command_result"}})),
       m_latency_(prometheus::BuildHistogram()
                      .Name("ferry_delivery_latency_seconds")
                      .Help("From entering the spool to broker acknowledgement")
@@ -274,8 +296,9 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
         std::chrono::duration_cast<std::chrono::seconds>(settings_.keepalive));
     conn_opts_.set_connect_timeout(k_connect_timeout);
     conn_opts_.set_automatic_reconnect(false);
-    // Room for the window plus the status message.
-    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2);
+    // Room for the window plus the status message, plus answers to downlink commands
+    // (publish_result), which do not count against the spool's window.
+    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2 + k_result_room);
     if (!settings_.username.empty()) conn_opts_.set_user_name(settings_.username);
     if (!settings_.password.empty()) conn_opts_.set_password(settings_.password);
     conn_opts_.set_will(mqtt::will_options(status_topic_, std::string("offline"), 1, true));
@@ -307,6 +330,11 @@ void mqtt_publisher::impl::make_client() {
     // nullptr: no Paho persistence; the spool is the only store.
     client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
                                                    create_opts_, nullptr);
+    if (sub_handler_) {
+        client_->set_message_callback([this](mqtt::const_message_ptr msg) {
+            if (msg) sub_handler_(msg->get_topic(), msg->get_payload_str(), msg->is_retained());
+        });
+    }
     client_->set_connection_lost_handler(
         [this, epoch](const std::string& cause) { on_connection_lost(epoch, cause); });
     client_->set_disconnected_handler([this, epoch](const mqtt::properties&, mqtt::ReasonCode rc) {
@@ -492,6 +520,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                 log::warn(k_component, "status publish failed",
                           {{"topic", status_topic_}, {"error", e.what()}});
             }
+            subscribe_after_connect();
             return true;
         } catch (const mqtt::exception& e) {
             m_connects_error_.Increment();
@@ -537,8 +566,11 @@ void mqtt_publisher::impl::reset_connection(const std::string& why) {
         std::lock_guard lk(mu_);
         ++client_epoch_;
     }
-    client_.reset();
-    make_client();
+    {
+        std::lock_guard ck(client_mu_);
+        client_.reset();
+        make_client();
+    }
     log::warn(k_component, "disconnected",
               {{"cause", why},
                {"unacked", std::to_string(forgotten)},
@@ -690,6 +722,54 @@ void mqtt_publisher::impl::shutdown() {
                {"left_in_spool", std::to_string(spool_.messages())}});
 }
 
+// The session starts clean on every connect, so the command subscription is made again each
+// time. A refused subscription is logged and counted; telemetry goes on without commands.
+void mqtt_publisher::impl::subscribe_after_connect() {
+    if (sub_filter_.empty()) return;
+    std::string error;
+    try {
+        auto tok = client_->subscribe(sub_filter_, 1);
+        if (!tok->wait_for(k_connect_timeout)) {
+            error = "no SUBACK within " + ms_string(k_connect_timeout);
+        } else {
+            const auto rsp = tok->get_subscribe_response();
+            for (auto rc : rsp.get_reason_codes()) {
+                const auto code = static_cast<int>(rc);
+                if (code >= 0x80) error = "refused by the broker, reason " + std::to_string(code);
+            }
+        }
+    } catch (const mqtt::exception& e) {
+        error = e.what();
+    }
+    if (error.empty()) {
+        log::info(k_component, "subscribed", {{"filter", sub_filter_}, {"qos", "1"}});
+        return;
+    }
+    m_err_subscribe_.Increment();
+    log::error(k_component, "subscribe failed; downlink commands will not arrive",
+               {{"filter", sub_filter_}, {"error", error}});
+}
+
+bool mqtt_publisher::impl::publish_result(const std::string& topic, const std::string& payload) {
+    std::string error;
+    {
+        std::lock_guard ck(client_mu_);
+        if (!connected_ || !client_) {
+            error = "not connected";
+        } else {
+            try {
+                client_->publish(topic, payload.data(), payload.size(), 1, false);
+            } catch (const mqtt::exception& e) {
+                error = e.what();
+            }
+        }
+    }
+    if (error.empty()) return true;
+    m_err_result_.Increment();
+    log::warn(k_component, "command result not published", {{"topic", topic}, {"error", error}});
+    return false;
+}
+
 mqtt_publisher::mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id,
                                spool& sp, prometheus::Registry& registry)
     : impl_(std::make_unique<impl>(settings, std::move(gateway_id), sp, registry)) {}
@@ -706,6 +786,16 @@ void mqtt_publisher::stop(std::chrono::milliseconds drain) {
 
 bool mqtt_publisher::connected() const {
     return impl_->connected_;
+}
+
+void mqtt_publisher::set_subscription(std::string filter, message_handler handler) {
+    impl_->sub_filter_ = std::move(filter);
+    impl_->sub_handler_ = std::move(handler);
+    impl_->make_client();  // the current client gets the message callback too
+}
+
+bool mqtt_publisher::publish_result(const std::string& topic, const std::string& payload) {
+    return impl_->publish_result(topic, payload);
 }
 
 }  // namespace ferry::upstream

@@ -9,10 +9,16 @@
 // Publishes a retained "online" on ferry/{gateway}/status after each connect, with a retained
 // last will "offline".
 //
+// Downlink (commands): with set_subscription(), the publisher subscribes to one topic filter
+// at QoS 1 after every connect (sessions start clean, so also after every reconnect) and
+// hands each message to the handler. publish_result() sends a message straight to the broker
+// at QoS 1, apart from the spool and its ordering: answers to commands are not telemetry.
+//
 // Threading: start() spawns one sender thread; Paho runs its own. stop() is idempotent.
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -40,6 +46,17 @@ class mqtt_publisher {
     void stop(std::chrono::milliseconds drain);
 
     bool connected() const;
+
+    // ---- Downlink (commands) ----
+    // `retained`: the broker delivered a retained message (a replay at subscribe time).
+    using message_handler =
+        std::function<void(const std::string& topic, const std::string& payload, bool retained)>;
+    // Call before start(). `handler` runs on Paho's callback thread: it must return quickly
+    // and must not call back into the publisher.
+    void set_subscription(std::string filter, message_handler handler);
+    // Publishes at QoS 1, not retained, without the spool. Thread-safe. False (and logged)
+    // when not connected or Paho refuses it: the message is then dropped.
+    bool publish_result(const std::string& topic, const std::string& payload);
 
   private:
     struct impl;

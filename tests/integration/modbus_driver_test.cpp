@@ -24,6 +24,7 @@
 #include "gateway/config.hpp"
 #include "gateway/topic.hpp"
 #include "tests/support/harness.hpp"
+#include "tests/support/poller_rig.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;
@@ -41,79 +42,6 @@ std::vector<std::string> lines_of(const std::string& path) {
     }
     return out;
 }
-
-bool log_has(const std::string& path, const std::string& text) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str().find(text) != std::string::npos;
-}
-
-// A socat pty pair: the driver opens a(), a simulator serves b(). Stopped by pid.
-class pty_pair {
-  public:
-    pty_pair() {
-        socat_ = std::make_unique<process>(
-            std::vector<std::string>{"socat", "-d", "-d", "pty,raw,echo=0,link=" + a(),
-                                     "pty,raw,echo=0,link=" + b()},
-            dir_.file("socat.log"));
-        if (!wait_until(
-                [&] { return std::filesystem::exists(a()) && std::filesystem::exists(b()); },
-                5000ms))
-            throw std::runtime_error("socat did not create the pty pair");
-    }
-    ~pty_pair() { socat_->stop(); }
-    std::string a() const { return dir_.file("a"); }
-    std::string b() const { return dir_.file("b"); }
-    const temp_dir& dir() const { return dir_; }
-
-  private:
-    temp_dir dir_;
-    std::unique_ptr<process> socat_;
-};
-
-// An RTU server on the b() end of a pty pair: our simulator or pymodbus.
-class rtu_server {
-  public:
-    rtu_server(const pty_pair& pty, bool pymodbus, std::vector<std::string> sets,
-               std::vector<std::string> extra = {})
-        : stats_(pty.dir().file("stats")), log_(pty.dir().file(pymodbus ? "py.log" : "sim.log")) {
-        std::vector<std::string> argv;
-        if (pymodbus) {
-            argv = {"/usr/bin/python3",
-                    std::string(FERRY_SOURCE_DIR) + "/tests/tools/pymodbus_server.py",
-                    "--serial",
-                    pty.b(),
-                    "--baud",
-                    "19200"};
-        } else {
-            argv = {FERRY_MODBUS_SIM, "--rtu", pty.b(), "--baud", "19200", "--stats", stats_};
-        }
-        for (auto& s : sets) {
-            argv.push_back("--set");
-            argv.push_back(std::move(s));
-        }
-        for (auto& e : extra)
-            argv.push_back(std::move(e));
-        proc_ = std::make_unique<process>(argv, log_);
-        if (!wait_until([&] { return log_has(log_, "serving RTU"); }, 20000ms))
-            throw std::runtime_error("RTU server did not start:\n" + read_file(log_));
-    }
-    std::map<std::string, std::uint64_t> stats() const {
-        std::map<std::string, std::uint64_t> out;
-        std::istringstream in(read_file(stats_));
-        for (std::string line; std::getline(in, line);) {
-            const auto eq = line.find('=');
-            if (eq != std::string::npos) out[line.substr(0, eq)] = std::stoull(line.substr(eq + 1));
-        }
-        return out;
-    }
-
-  private:
-    std::string stats_;
-    std::string log_;
-    std::unique_ptr<process> proc_;
-};
 
 std::string indent(const std::vector<std::string>& lines, const std::string& pad) {
     std::string out;
@@ -231,14 +159,14 @@ TEST_CASE("golden: every type and byte order arrives upstream (pymodbus, TCP)") 
 }
 
 TEST_CASE("golden: every type and byte order arrives upstream (our simulator, RTU over a pty)") {
-    pty_pair pty;
+    socat_pair pty;
     rtu_server sim(pty, false, lines_of(k_golden + "input"), {"--parity", "E", "--unit", "7"});
     golden_through_ferry(
         rtu_device("gold", pty.a(), 7, "E", "    poll_interval: 10s\n", golden_points()), "gold");
 }
 
 TEST_CASE("golden: every type and byte order arrives upstream (pymodbus, RTU over a pty)") {
-    pty_pair pty;
+    socat_pair pty;
     // Parity N: pyserial cannot reconfigure a pty that is set to even parity.
     rtu_server sim(pty, true, lines_of(k_golden + "input"));
     golden_through_ferry(
@@ -284,7 +212,7 @@ TEST_CASE("coalescing: 50 points over 300 registers in 3 requests; max_gap 0 in 
 // ---- 3. fairness on a serial bus ------------------------------------------------------------
 
 TEST_CASE("fairness: a silent unit on an RTU bus costs the others at most its timeout") {
-    pty_pair pty;
+    socat_pair pty;
     // Units 1 and 2 answer; nobody answers unit 3.
     rtu_server sim(pty, false, {"holding:0=u16:42"}, {"--parity", "E", "--unit", "1,2"});
     mosquitto broker;
@@ -387,32 +315,9 @@ TEST_CASE("scale: 200 TCP devices polled every second on as many threads as 4 de
 // ---- 5. bad data, in process ------------------------------------------------------------------
 
 // The poller with a bus and a registry of its own.
-struct rig {
-    ferry::point_table points;
-    std::unique_ptr<ferry::bus> bus;
-    ferry::seq_source seq{0, nullptr};
-    prometheus::Registry registry;
-    std::shared_ptr<ferry::subscription> sub;
-    std::unique_ptr<modbus::poller> poller;
-    std::vector<ferry::event> seen;
+struct rig : ferry::test::poller_rig {
+    using poller_rig::poller_rig;
 
-    explicit rig(std::vector<ferry::config::device> devices) {
-        for (const auto& d : devices)
-            for (const auto& p : d.points)
-                points.intern(d.id, p.name, p.unit);
-        bus = std::make_unique<ferry::bus>(points);
-        sub = bus->subscribe("test", {*ferry::topic_pattern::compile("#")}, 1 << 20,
-                             ferry::overflow_policy::drop_oldest);
-        poller = std::make_unique<modbus::poller>(
-            std::move(devices), modbus::driver_context{*bus, seq, points, registry});
-        poller->start();
-    }
-    ~rig() { poller->stop(); }
-
-    const std::vector<ferry::event>& events() {
-        sub->pop(seen, 1 << 20, std::chrono::steady_clock::now());
-        return seen;
-    }
     // Events of one tag, in order.
     std::vector<ferry::event> of(const std::string& tag) {
         std::vector<ferry::event> out;
@@ -526,7 +431,7 @@ TEST_CASE("bad data: a timeout turns the device down, then backoff; it comes bac
 }
 
 TEST_CASE("bad data over RTU: CRC errors, short frames and silence give bad events") {
-    pty_pair pty;
+    socat_pair pty;
     rtu_server sim(pty, false, {},
                    {"--unit", "1,2,3", "--corrupt", "crc:10-10", "--corrupt", "short:20-20"});
     auto crc = rtu_dev("crc", pty.a(), {pt("bad", 10), pt("good", k_far)});
@@ -623,7 +528,7 @@ TEST_CASE("ferry probe modbus prints every decoding; exit codes 0, 2, 3") {
     CHECK(ok.out.find("0x0FD0") != std::string::npos);
     CHECK(ok.out.find("float64") != std::string::npos);
 
-    pty_pair pty;
+    socat_pair pty;
     rtu_server rtu(pty, false, {"holding:5=i16:-2"}, {"--parity", "E", "--unit", "4"});
     const auto serial =
         run_ferry({"probe", "modbus", "--serial", pty.a(), "--baud", "19200", "--parity", "E",

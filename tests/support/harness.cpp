@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -496,9 +497,11 @@ std::uint64_t modbus_sim::requests() const {
     return 0;
 }
 
-std::map<std::string, std::uint64_t> modbus_sim::stats() const {
+namespace {
+// A simulator's stats file: name=value lines.
+std::map<std::string, std::uint64_t> read_stats(const std::string& path) {
     std::map<std::string, std::uint64_t> out;
-    std::ifstream in(dir_->file("stats"));
+    std::ifstream in(path);
     std::string line;
     while (std::getline(in, line)) {
         const auto eq = line.find('=');
@@ -506,6 +509,92 @@ std::map<std::string, std::uint64_t> modbus_sim::stats() const {
         out[line.substr(0, eq)] = std::stoull(line.substr(eq + 1));
     }
     return out;
+}
+}  // namespace
+
+std::map<std::string, std::uint64_t> modbus_sim::stats() const {
+    return read_stats(dir_->file("stats"));
+}
+
+// ---- pymodbus_client ------------------------------------------------------------------------
+
+std::string pymodbus_client(std::uint16_t port, const std::string& args) {
+    const std::string cmd = "/usr/bin/python3 " + std::string(FERRY_SOURCE_DIR) +
+                            "/tests/tools/modbus_client.py --port " + std::to_string(port) + " " +
+                            args + " 2>&1";
+    std::FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) throw std::runtime_error("cannot run " + cmd);
+    std::string out;
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, p))
+        out += buf;
+    if (::pclose(p) != 0) throw std::runtime_error(cmd + " failed: " + out);
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+        out.pop_back();
+    return out;
+}
+
+std::vector<unsigned> pymodbus_read(std::uint16_t port, const std::string& table, int address,
+                                    int count) {
+    const auto text = pymodbus_client(
+        port, "read " + table + " " + std::to_string(address) + " " + std::to_string(count));
+    std::istringstream in(text);
+    std::vector<unsigned> out;
+    unsigned v = 0;
+    while (in >> v)
+        out.push_back(v);
+    if (out.size() != static_cast<std::size_t>(count))
+        throw std::runtime_error("modbus_client.py printed '" + text + "'");
+    return out;
+}
+
+// ---- socat_pair, rtu_server ------------------------------------------------------------------
+
+socat_pair::socat_pair() {
+    socat_ = std::make_unique<process>(
+        std::vector<std::string>{"socat", "-d", "-d", "pty,raw,echo=0,link=" + a(),
+                                 "pty,raw,echo=0,link=" + b()},
+        dir_.file("socat.log"));
+    if (!wait_until([&] { return std::filesystem::exists(a()) && std::filesystem::exists(b()); },
+                    5000ms))
+        throw std::runtime_error("socat did not create the pty pair");
+}
+
+socat_pair::~socat_pair() {
+    socat_->stop();
+}
+
+rtu_server::rtu_server(const socat_pair& pty, bool pymodbus, std::vector<std::string> sets,
+                       std::vector<std::string> extra)
+    : stats_(pty.dir().file("stats")), log_(pty.dir().file(pymodbus ? "py.log" : "sim.log")) {
+    std::vector<std::string> argv;
+    if (pymodbus) {
+        argv = {
+            "/usr/bin/python3", std::string(FERRY_SOURCE_DIR) + "/tests/tools/pymodbus_server.py",
+            "--serial",         pty.b(),
+            "--baud",           "19200"};
+    } else {
+        argv = {FERRY_MODBUS_SIM, "--rtu", pty.b(), "--baud", "19200", "--stats", stats_};
+    }
+    for (auto& s : sets) {
+        argv.push_back("--set");
+        argv.push_back(std::move(s));
+    }
+    for (auto& e : extra)
+        argv.push_back(std::move(e));
+    proc_ = std::make_unique<process>(argv, log_);
+    auto serving = [&] {
+        std::ifstream in(log_);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        return ss.str().find("serving RTU") != std::string::npos;
+    };
+    if (!wait_until(serving, 20000ms))
+        throw std::runtime_error("RTU server did not start:\n" + read_file(log_));
+}
+
+std::map<std::string, std::uint64_t> rtu_server::stats() const {
+    return read_stats(stats_);
 }
 
 // ---- pymodbus_sim --------------------------------------------------------------------------

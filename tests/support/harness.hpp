@@ -169,6 +169,47 @@ class pymodbus_sim {
     std::unique_ptr<process> proc_;
 };
 
+// Runs tests/tools/modbus_client.py (pymodbus's client, independent of Ferry's code) against
+// 127.0.0.1:port with `args` (e.g. "read holding 100 2", "write coil 5 1"), and returns what
+// it printed, trailing white space trimmed. Throws std::runtime_error with its output when
+// it fails.
+std::string pymodbus_client(std::uint16_t port, const std::string& args);
+// "read TABLE ADDRESS COUNT" through pymodbus_client: the registers (bits as 0/1).
+std::vector<unsigned> pymodbus_read(std::uint16_t port, const std::string& table, int address,
+                                    int count);
+
+// A socat pty pair: the driver opens a(), a simulator serves b(). Stopped by pid.
+class socat_pair {
+  public:
+    socat_pair();  // throws if socat does not create both ends within 5 s
+    ~socat_pair();
+    socat_pair(const socat_pair&) = delete;
+    socat_pair& operator=(const socat_pair&) = delete;
+    std::string a() const { return dir_.file("a"); }
+    std::string b() const { return dir_.file("b"); }
+    const temp_dir& dir() const { return dir_; }
+
+  private:
+    temp_dir dir_;
+    std::unique_ptr<process> socat_;
+};
+
+// An RTU server on the b() end of a pty pair at 19200 baud: our simulator (with a stats file)
+// or pymodbus. `extra` goes to the simulator as it is (e.g. {"--parity", "E", "--unit", "7"}).
+// The constructor returns once it serves (throws otherwise).
+class rtu_server {
+  public:
+    rtu_server(const socat_pair& pty, bool pymodbus, std::vector<std::string> sets,
+               std::vector<std::string> extra = {});
+    // As modbus_sim::stats() (our simulator only).
+    std::map<std::string, std::uint64_t> stats() const;
+
+  private:
+    std::string stats_;
+    std::string log_;
+    std::unique_ptr<process> proc_;
+};
+
 // Waits until something accepts TCP connections on 127.0.0.1:port.
 bool wait_for_port(std::uint16_t port, std::chrono::milliseconds timeout);
 

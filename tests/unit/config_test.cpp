@@ -370,13 +370,13 @@ TEST_CASE("an unreadable file is one error without a position") {
     }
 }
 
-TEST_CASE("features not built yet are refused, after being parsed fully") {
-    // Everything else in this file (modbus_rtu, serial_line, filter, transform, deadband,
-    // heartbeat) is built now and loads; only downlink commands are still refused.
-    auto f = k_dir + "not_built.yaml";
-    CHECK(errors_of("not_built.yaml") ==
-          lines{f + ":27:12: commands.enabled: 'commands' (downlink writes) is not built yet in "
-                    "this version of Ferry"});
+TEST_CASE("every feature of the contract loads, downlink commands included") {
+    // Nothing is refused as not built any more (k_not_built_yet is empty).
+    auto c = cfg::load_config(k_dir + "every_feature.yaml");
+    CHECK(c.commands.enabled);
+    CHECK(c.commands.max_age == 30s);
+    CHECK(c.commands.rate_limit == 10);
+    CHECK(c.commands.rate_period == 1s);
     // Built features have their values checked.
     CHECK(errors_of_text("gateway: { id: g }\nrules:\n  - name: r\n    match: '#'\n"
                          "    deadband: { absolute: 1, percent: 2 }\n"
@@ -384,8 +384,8 @@ TEST_CASE("features not built yet are refused, after being parsed fully") {
           lines{"t.yaml:5:15: rules[0].deadband: set exactly one of 'absolute' or 'percent'",
                 "t.yaml:6:16: rules[0].heartbeat: invalid duration 'soon' (use e.g. 250ms, 2s, 5m, "
                 "1h)"});
-    // commands: false is fine.
     CHECK_NOTHROW(cfg::load_config_text("gateway: { id: g }\ncommands: { enabled: false }\n", "t"));
+    CHECK_NOTHROW(cfg::load_config_text("gateway: { id: g }\ncommands: { enabled: true }\n", "t"));
 }
 
 TEST_CASE("serial drivers are parsed strictly") {

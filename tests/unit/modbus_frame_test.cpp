@@ -71,3 +71,41 @@ TEST_CASE("unanswered faults are the ones that may mean a device is down") {
     CHECK_FALSE(read_result{fault::bad_crc}.unanswered());
     CHECK_FALSE(read_result{fault::transaction_id}.unanswered());
 }
+
+TEST_CASE("write requests: FC 5, FC 6 and FC 16 frames, and what does not fit") {
+    const std::uint16_t one[] = {1};
+    const std::uint16_t word[] = {0x1234};
+    const std::uint16_t two[] = {0x4148, 0x0000};
+    CHECK(write_request(k_write_coil, 7, one) == bytes{0x05, 0x00, 0x07, 0xFF, 0x00});
+    const std::uint16_t zero[] = {0};
+    CHECK(write_request(k_write_coil, 7, zero) == bytes{0x05, 0x00, 0x07, 0x00, 0x00});
+    CHECK(write_request(k_write_register, 0x0102, word) == bytes{0x06, 0x01, 0x02, 0x12, 0x34});
+    CHECK(write_request(k_write_registers, 100, two) ==
+          bytes{0x10, 0x00, 0x64, 0x00, 0x02, 0x04, 0x41, 0x48, 0x00, 0x00});
+    // A coil is 0 or 1; FC 5/6 take one value; FC 16 at most 123.
+    const std::uint16_t bad_bit[] = {2};
+    CHECK(write_request(k_write_coil, 0, bad_bit).empty());
+    CHECK(write_request(k_write_register, 0, two).empty());
+    CHECK(write_request(k_write_registers, 0, std::vector<std::uint16_t>(124)).empty());
+    CHECK(write_request(k_write_registers, 0, std::vector<std::uint16_t>{}).empty());
+    CHECK(write_request(0x03, 0, word).empty());
+}
+
+TEST_CASE("write answers: the echo must match; exceptions carry their code") {
+    const std::uint16_t word[] = {0x1234};
+    const auto req6 = write_request(k_write_register, 0x0102, word);
+    CHECK(parse_write_response(bytes{0x06, 0x01, 0x02, 0x12, 0x34}, req6).ok());
+    CHECK(parse_write_response(bytes{0x06, 0x01, 0x02, 0x12, 0x35}, req6).err == fault::bad_data);
+    CHECK(parse_write_response(bytes{0x06, 0x01, 0x02}, req6).err == fault::short_frame);
+    CHECK(parse_write_response(bytes{0x06, 0x01, 0x02, 0x12, 0x34, 0}, req6).err ==
+          fault::bad_data);
+    auto ex = parse_write_response(bytes{0x86, 0x02}, req6);
+    CHECK(ex.err == fault::exception);
+    CHECK(reason(ex) == "illegal_address");
+    CHECK(parse_write_response(bytes{0x03, 0x02}, req6).err == fault::bad_data);
+    const std::uint16_t two[] = {1, 2};
+    const auto req16 = write_request(k_write_registers, 100, two);
+    CHECK(parse_write_response(bytes{0x10, 0x00, 0x64, 0x00, 0x02}, req16).ok());
+    CHECK(parse_write_response(bytes{0x10, 0x00, 0x64, 0x00, 0x03}, req16).err == fault::bad_data);
+    CHECK(parse_write_response(bytes{}, req16).err == fault::short_frame);
+}

@@ -22,6 +22,7 @@
 
 #include "gateway/log.hpp"
 #include "gateway/upstream/spool.hpp"
+#include "tests/unit/unit_support.hpp"
 
 using namespace std::chrono_literals;
 using ferry::config::fsync_mode;
@@ -39,22 +40,7 @@ std::string cat(std::string_view a, std::string_view b) {
     return out;
 }
 
-struct tmp_dir {
-    std::string path;
-    tmp_dir() {
-        char tmpl[] = "/tmp/ferry-spool-test-XXXXXX";
-        char* p = ::mkdtemp(tmpl);
-        REQUIRE(p != nullptr);
-        path = p;
-    }
-    ~tmp_dir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    tmp_dir(const tmp_dir&) = delete;
-    tmp_dir& operator=(const tmp_dir&) = delete;
-    std::string file(const std::string& name) const { return path + "/" + name; }
-};
+using ferry::unit::tmp_dir;
 
 ferry::config::spool_settings settings(const std::string& path, std::uint64_t max_bytes = 1 << 20,
                                        when_full full = when_full::drop_oldest,

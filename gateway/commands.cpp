@@ -1,0 +1,683 @@
+// Downlink commands (see commands.hpp for what is promised).
+//
+// Design note: the order of the checks. A malformed payload is answered first (with the id
+// when there is one); then a gateway with commands disabled says so; then a repeated id is
+// answered from the store before anything else is looked at, so a retry of a command that
+// was written gets its original answer even if the config or the clock changed since. Only
+// then device, point, writable, age, value, and last the rate limit, so that refused commands
+// do not use up the device's budget. The id is recorded (fsynced) before the write is queued:
+// a crash after that point can leave the id "in progress", never a second write.
+#include "gateway/commands.hpp"
+
+#include <sqlite3.h>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/registry.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "gateway/json.hpp"
+#include "gateway/log.hpp"
+
+namespace ferry::commands {
+
+namespace {
+
+constexpr std::string_view k_component = "commands";
+constexpr std::size_t k_max_id = 256;       // bytes
+constexpr std::size_t k_queue = 1024;       // messages waiting for the service thread
+constexpr std::size_t k_logged_value = 64;  // bytes of a value shown in a log line
+constexpr const char* k_disabled =
+    "commands are disabled in this gateway's config (commands.enabled: false)";
+
+std::int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+std::string text_of(const ferry::value& v) {
+    std::string out;
+    json::append_value(out, v);
+    return out;
+}
+
+std::string number_text(double d) {
+    return text_of(ferry::value(d));
+}
+
+bool is_integer_type(config::point_type t) {
+    switch (t) {
+        case config::point_type::int16:
+        case config::point_type::uint16:
+        case config::point_type::int32:
+        case config::point_type::uint32:
+        case config::point_type::int64:
+        case config::point_type::uint64:
+            return true;
+        default:
+            return false;
+    }
+}
+
+}  // namespace
+
+std::string_view to_string(result r) {
+    static constexpr std::string_view names[] = {
+        "ok", "rejected", "stale", "rate_limited", "duplicate", "device_error", "disabled"};
+    return names[static_cast<std::size_t>(r)];
+}
+
+std::string result_json(const std::optional<std::string>& id, bool ok, std::string_view error) {
+    std::string out = "{\"id\":";
+    if (id)
+        json::append_string(out, *id);
+    else
+        out += "null";
+    out += ok ? ",\"ok\":true" : ",\"ok\":false";
+    if (!ok) {
+        out += ",\"error\":";
+        json::append_string(out, error);
+    }
+    out += '}';
+    return out;
+}
+
+// ---- Checks ------------------------------------------------------------------------------
+
+payload parse_payload(std::string_view text) {
+    payload p;
+    const auto doc = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+    if (doc.is_discarded()) {
+        p.error = "malformed payload: not valid JSON";
+        return p;
+    }
+    if (!doc.is_object()) {
+        p.error = "malformed payload: not a JSON object";
+        return p;
+    }
+    if (auto it = doc.find("id"); it != doc.end() && it->is_string()) p.id = it->get<std::string>();
+    if (!p.id || p.id->empty()) {
+        p.error = "malformed payload: \"id\" must be a non-empty string";
+        return p;
+    }
+    if (p.id->size() > k_max_id) {
+        p.error = "malformed payload: \"id\" is longer than " + std::to_string(k_max_id) + " bytes";
+        return p;
+    }
+    for (const auto& [key, _] : doc.items()) {
+        if (key != "id" && key != "value" && key != "ts") {
+            p.error = "malformed payload: unknown key \"" + key + "\" (allowed: id, value, ts)";
+            return p;
+        }
+    }
+    const auto v = doc.find("value");
+    if (v == doc.end()) {
+        p.error = "malformed payload: \"value\" is missing";
+        return p;
+    }
+    switch (v->type()) {
+        case nlohmann::json::value_t::boolean:
+            p.value = v->get<bool>();
+            break;
+        case nlohmann::json::value_t::number_integer:
+            p.value = v->get<std::int64_t>();
+            break;
+        case nlohmann::json::value_t::number_unsigned:
+            p.value = v->get<std::uint64_t>();
+            break;
+        case nlohmann::json::value_t::number_float:
+            p.value = v->get<double>();
+            break;
+        case nlohmann::json::value_t::string:
+            p.value = v->get<std::string>();
+            break;
+        default:
+            p.error = "malformed payload: \"value\" must be a number, true/false or a string";
+            return p;
+    }
+    if (auto ts = doc.find("ts"); ts != doc.end()) {
+        if (ts->is_number_unsigned() || ts->is_number_integer()) {
+            p.ts = ts->get<std::int64_t>();
+        } else {
+            p.error = "malformed payload: \"ts\" must be an integer (Unix time in milliseconds)";
+            return p;
+        }
+    }
+    return p;
+}
+
+std::string check_value(const config::point& p, const ferry::value& v) {
+    const bool is_bool = std::holds_alternative<bool>(v);
+    const bool is_text = std::holds_alternative<std::string>(v);
+    const std::string type(config::type_name(p.type));
+    if (p.tbl == config::table::coil || p.type == config::point_type::boolean) {
+        if (is_bool) return {};
+        return std::string("value must be true or false (") +
+               (p.tbl == config::table::coil ? "a coil" : "type bool") + ")";
+    }
+    if (p.type == config::point_type::string) {
+        if (is_text) return {};
+        return "value must be a string (type string)";
+    }
+    if (is_bool || is_text) return "value must be a number (type " + type + ")";
+    if (!is_integer_type(p.type)) return {};
+    // A double holds every integer only up to 2^53.
+    constexpr double exact = 9007199254740992.0;
+    constexpr std::int64_t exact_int = std::int64_t{1} << 53;
+    const auto* i = std::get_if<std::int64_t>(&v);
+    const auto* u = std::get_if<std::uint64_t>(&v);
+    const double d = *as_double(v);
+    if ((i && (*i > exact_int || *i < -exact_int)) ||
+        (u && *u > static_cast<std::uint64_t>(exact_int)) || std::fabs(d) > exact)
+        return text_of(v) + " cannot be written exactly (beyond 2^53 in magnitude)";
+    const double raw = (d - p.offset) / p.scale;
+    if (!std::isfinite(raw)) return {};  // the writer's range check names it
+    // Decimal values and scales are inexact in binary (12.3 / 0.1 = 122.99999999999999), so
+    // "whole" allows a relative error far below one raw step.
+    const double whole = std::nearbyint(raw);
+    if (std::fabs(raw - whole) > 1e-9 * std::max(1.0, std::fabs(raw))) {
+        return number_text(d) + " is not a whole number of raw steps for type " + type +
+               ": (value - offset) / scale = " + number_text(raw) + " (scale " +
+               number_text(p.scale) + ", offset " + number_text(p.offset) + ")";
+    }
+    return {};
+}
+
+std::string check_age(std::optional<std::int64_t> ts, std::int64_t now_ms,
+                      std::chrono::milliseconds max_age) {
+    if (!ts || now_ms - *ts <= max_age.count()) return {};
+    return "stale: \"ts\" is " + std::to_string(now_ms - *ts) +
+           " ms old, more than commands.max_age (" + std::to_string(max_age.count()) + " ms)";
+}
+
+token_bucket::token_bucket(std::uint32_t capacity, std::chrono::milliseconds period)
+    : capacity_(static_cast<double>(std::max<std::uint32_t>(capacity, 1))),
+      per_ms_(capacity_ / static_cast<double>(std::max<std::int64_t>(period.count(), 1))),
+      tokens_(capacity_) {}
+
+bool token_bucket::take(std::chrono::steady_clock::time_point now) {
+    if (last_ && now > *last_) {
+        const auto ms = std::chrono::duration<double, std::milli>(now - *last_).count();
+        tokens_ = std::min(capacity_, tokens_ + ms * per_ms_);
+    }
+    if (!last_ || now > *last_) last_ = now;
+    if (tokens_ < 1.0) return false;
+    tokens_ -= 1.0;
+    return true;
+}
+
+// ---- The store ---------------------------------------------------------------------------
+//
+// commands(id TEXT PRIMARY KEY, device, point, state, error, at_ms): state 0 = in progress,
+// 1 = ok, 2 = failed. WAL with synchronous=FULL: every commit is fsynced, so an id recorded
+// "in progress" is on disk before its write is queued.
+
+namespace {
+
+struct statement {
+    sqlite3_stmt* s = nullptr;
+    statement() = default;
+    statement(const statement&) = delete;
+    statement& operator=(const statement&) = delete;
+    ~statement() { sqlite3_finalize(s); }
+};
+
+enum class state : int { in_progress = 0, ok = 1, failed = 2 };
+
+}  // namespace
+
+struct store::impl {
+    std::string path;
+    options opt;
+    sqlite3* db = nullptr;
+    statement find_st, insert_st, finish_st, forget_st, evict_age_st, evict_count_st, count_st;
+
+    [[noreturn]] void fail(const std::string& what) const {
+        throw std::runtime_error(path + ": " + what + ": " + (db ? sqlite3_errmsg(db) : "?"));
+    }
+    void exec(const char* sql) {
+        if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(sql);
+    }
+    void prepare(statement& st, const char* sql) {
+        if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st.s, nullptr) != SQLITE_OK)
+            fail("not a Ferry command store");
+    }
+    // Runs a statement to completion; the caller bound its parameters.
+    void run(statement& st, const char* what) {
+        const int rc = sqlite3_step(st.s);
+        sqlite3_reset(st.s);
+        sqlite3_clear_bindings(st.s);
+        if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail(what);
+    }
+    void bind(statement& st, int i, const std::string& text) {
+        sqlite3_bind_text(st.s, i, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+    }
+
+    impl(std::string p, options o) : path(std::move(p)), opt(o) {
+        if (sqlite3_open_v2(path.c_str(), &db,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                            nullptr) != SQLITE_OK) {
+            const std::string why = db ? sqlite3_errmsg(db) : "out of memory";
+            sqlite3_close(db);
+            db = nullptr;
+            throw std::runtime_error(path + ": cannot open: " + why);
+        }
+        try {
+            sqlite3_busy_timeout(db, 1000);
+            exec("PRAGMA journal_mode=WAL");
+            exec("PRAGMA synchronous=FULL");
+            exec(
+                "CREATE TABLE IF NOT EXISTS commands(id TEXT PRIMARY KEY, device TEXT NOT NULL, "
+                "point TEXT NOT NULL, state INTEGER NOT NULL, error TEXT NOT NULL DEFAULT '', "
+                "at_ms INTEGER NOT NULL)");
+            exec("CREATE INDEX IF NOT EXISTS commands_at ON commands(at_ms)");
+            prepare(find_st, "SELECT state, error, at_ms FROM commands WHERE id = ?1");
+            prepare(insert_st,
+                    "INSERT OR REPLACE INTO commands(id, device, point, state, error, at_ms) "
+                    "VALUES (?1, ?2, ?3, 0, '', ?4)");
+            prepare(finish_st, "UPDATE commands SET state = ?2, error = ?3 WHERE id = ?1");
+            prepare(forget_st, "DELETE FROM commands WHERE id = ?1");
+            prepare(evict_age_st, "DELETE FROM commands WHERE at_ms < ?1");
+            // Keeps the newest ?1 ids.
+            prepare(evict_count_st,
+                    "DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands ORDER BY "
+                    "at_ms DESC, rowid DESC LIMIT -1 OFFSET ?1)");
+            prepare(count_st, "SELECT count(*) FROM commands");
+            // Ids a previous run left in progress: ferry stopped between recording and
+            // answering; whether the device took the write is unknown.
+            statement recover;
+            prepare(recover, "UPDATE commands SET state = 2, error = ?1 WHERE state = 0");
+            bind(recover, 1, std::string(k_unknown_outcome));
+            run(recover, "recovering ids in progress");
+            const int n = sqlite3_changes(db);
+            if (n > 0) {
+                log::warn(
+                    k_component, "commands were in progress when ferry stopped",
+                    {{"count", std::to_string(n)}, {"answer", std::string(k_unknown_outcome)}});
+            }
+        } catch (...) {
+            close();
+            throw;
+        }
+    }
+    void close() {
+        for (auto* st : {&find_st, &insert_st, &finish_st, &forget_st, &evict_age_st,
+                         &evict_count_st, &count_st}) {
+            sqlite3_finalize(st->s);
+            st->s = nullptr;
+        }
+        sqlite3_close(db);
+        db = nullptr;
+    }
+    ~impl() { close(); }
+};
+
+store::store(const std::string& path, options opt) : impl_(std::make_unique<impl>(path, opt)) {}
+store::~store() = default;
+
+std::optional<store::entry> store::find(const std::string& id, std::int64_t now_ms) {
+    auto& st = impl_->find_st;
+    impl_->bind(st, 1, id);
+    std::optional<entry> out;
+    const int rc = sqlite3_step(st.s);
+    if (rc == SQLITE_ROW && sqlite3_column_int64(st.s, 2) >= now_ms - impl_->opt.ttl.count()) {
+        const auto s = static_cast<state>(sqlite3_column_int(st.s, 0));
+        const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st.s, 1));
+        out = entry{s == state::in_progress, s == state::ok, text ? text : ""};
+    }
+    sqlite3_reset(st.s);
+    sqlite3_clear_bindings(st.s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) impl_->fail("looking up a command id");
+    return out;
+}
+
+void store::begin(const std::string& id, const std::string& device, const std::string& point,
+                  std::int64_t now_ms) {
+    impl_->exec("BEGIN IMMEDIATE");
+    try {
+        sqlite3_bind_int64(impl_->evict_age_st.s, 1, now_ms - impl_->opt.ttl.count());
+        impl_->run(impl_->evict_age_st, "evicting expired ids");
+        const auto keep = static_cast<std::int64_t>(std::max<std::size_t>(impl_->opt.max_ids, 1));
+        sqlite3_bind_int64(impl_->evict_count_st.s, 1, keep - 1);  // room for this one
+        impl_->run(impl_->evict_count_st, "evicting the oldest ids");
+        impl_->bind(impl_->insert_st, 1, id);
+        impl_->bind(impl_->insert_st, 2, device);
+        impl_->bind(impl_->insert_st, 3, point);
+        sqlite3_bind_int64(impl_->insert_st.s, 4, now_ms);
+        impl_->run(impl_->insert_st, "recording a command id");
+        impl_->exec("COMMIT");
+    } catch (...) {
+        sqlite3_exec(impl_->db, "ROLLBACK", nullptr, nullptr, nullptr);
+        throw;
+    }
+}
+
+void store::finish(const std::string& id, bool ok, const std::string& error) {
+    impl_->bind(impl_->finish_st, 1, id);
+    sqlite3_bind_int(impl_->finish_st.s, 2, static_cast<int>(ok ? state::ok : state::failed));
+    impl_->bind(impl_->finish_st, 3, error);
+    impl_->run(impl_->finish_st, "recording a command's result");
+}
+
+void store::forget(const std::string& id) {
+    impl_->bind(impl_->forget_st, 1, id);
+    impl_->run(impl_->forget_st, "forgetting a command id");
+}
+
+std::size_t store::size() {
+    auto& st = impl_->count_st;
+    std::size_t n = 0;
+    if (sqlite3_step(st.s) == SQLITE_ROW)
+        n = static_cast<std::size_t>(sqlite3_column_int64(st.s, 0));
+    sqlite3_reset(st.s);
+    return n;
+}
+
+// ---- The service -------------------------------------------------------------------------
+
+struct service::impl {
+    config::commands_section settings;
+    std::string prefix;  // ferry/{gateway}/cmd/
+    std::string filter;
+    std::string store_path;
+    mutable std::mutex dmu;  // guards devices (a config reload replaces them)
+    std::vector<config::device> devices;
+    writer_for writers;
+    publish_fn publish;
+    std::array<prometheus::Counter*, k_results> counters{};
+    std::array<std::atomic<std::uint64_t>, k_results> counted{};
+
+    std::mutex mu;  // guards db, buckets, in_flight
+    std::unique_ptr<store> db;
+    std::string store_error;
+    std::map<std::string, token_bucket> buckets;
+    // Ids being written, with the result topics of repeats that arrived meanwhile.
+    std::map<std::string, std::vector<std::string>> in_flight;
+
+    std::mutex qmu;
+    std::condition_variable qcv;
+    struct message {
+        std::string topic;
+        std::string payload;
+        bool retained = false;
+    };
+    std::deque<message> queue;
+    bool stopping = false;
+    std::thread thread;
+
+    void count(result r) {
+        counters[static_cast<std::size_t>(r)]->Increment();
+        ++counted[static_cast<std::size_t>(r)];
+    }
+
+    // One log line and one count per answer.
+    void answer(const std::string& topic, const std::optional<std::string>& id, result r, bool ok,
+                const std::string& error, const std::string& device, const std::string& point,
+                const std::string& value) {
+        publish(topic, result_json(id, ok, error));
+        count(r);
+        const bool wrote = r == result::ok || r == result::device_error;
+        auto level =
+            ok || r == result::duplicate ? config::log_level::info : config::log_level::warn;
+        log::write(level, k_component, wrote ? "write" : "command answered without a write",
+                   {{"id", id ? id->substr(0, k_max_id) : std::string("null")},
+                    {"device", device},
+                    {"point", point},
+                    {"value", value.substr(0, k_logged_value)},
+                    {"result", std::string(to_string(r))},
+                    {"error", error}});
+    }
+
+    // A copy: a reload may replace the devices while this command is checked and written.
+    std::optional<config::device> find_device(const std::string& id) const {
+        std::lock_guard lock(dmu);
+        for (const auto& d : devices) {
+            if (d.id == id) return d;
+        }
+        return std::nullopt;
+    }
+
+    void handle(const std::string& topic, const std::string& text, bool retained);
+    void finish(const std::string& id, const std::string& device, const std::string& point,
+                const std::string& value, const std::string& topic, const write_outcome& o);
+    void loop();
+};
+
+void service::impl::handle(const std::string& topic, const std::string& text, bool retained) {
+    // ferry/{gateway}/cmd/{device}/{tag}/set
+    constexpr std::string_view suffix = "/set";
+    if (topic.size() <= prefix.size() + suffix.size() || topic.compare(0, prefix.size(), prefix) ||
+        topic.compare(topic.size() - suffix.size(), suffix.size(), suffix))
+        return;
+    const auto middle = topic.substr(prefix.size(), topic.size() - prefix.size() - suffix.size());
+    const auto slash = middle.find('/');
+    if (slash == std::string::npos || middle.find('/', slash + 1) != std::string::npos) return;
+    const auto device = middle.substr(0, slash);
+    const auto point = middle.substr(slash + 1);
+    const auto reply_to = prefix + middle + "/result";
+
+    auto p = parse_payload(text);
+    const auto value = p.error.empty() ? text_of(p.value) : std::string();
+    auto refuse = [&](result r, const std::string& error) {
+        answer(reply_to, p.id, r, false, error, device, point, value);
+    };
+    if (!p.error.empty()) return refuse(result::rejected, p.error);
+    if (!settings.enabled) return refuse(result::disabled, k_disabled);
+    if (retained) {
+        return refuse(result::rejected,
+                      "a retained command is not executed (the broker would replay it at every "
+                      "reconnect); publish commands with retain false");
+    }
+    const auto& id = *p.id;
+    const auto now_ms = unix_ms();
+
+    std::unique_lock lock(mu);
+    if (!db) return refuse(result::rejected, store_error);
+    if (auto it = in_flight.find(id); it != in_flight.end()) {
+        // Answered together with the first when its write completes.
+        it->second.push_back(reply_to);
+        count(result::duplicate);
+        return;
+    }
+    std::optional<store::entry> seen;
+    try {
+        seen = db->find(id, now_ms);
+    } catch (const std::exception& e) {
+        return refuse(
+            result::rejected,
+            std::string("cannot read the command-id store; nothing was written: ") + e.what());
+    }
+    if (seen) {
+        // Still "in progress" here means the result could not be stored: unknown as well.
+        const auto error = seen->in_progress ? std::string(store::k_unknown_outcome) : seen->error;
+        answer(reply_to, p.id, result::duplicate, seen->ok, error, device, point, value);
+        return;
+    }
+
+    const auto dev = find_device(device);
+    if (!dev) return refuse(result::rejected, "unknown device '" + device + "'");
+    const auto pt = std::find_if(dev->points.begin(), dev->points.end(),
+                                 [&](const config::point& q) { return q.name == point; });
+    if (pt == dev->points.end())
+        return refuse(result::rejected, "device '" + device + "' has no point '" + point + "'");
+    if (!pt->writable)
+        return refuse(result::rejected, "point '" + device + "/" + point +
+                                            "' is not writable (writable: false in the config)");
+    auto* w = writers(*dev);
+    if (!w)
+        return refuse(result::rejected,
+                      "device '" + device + "' (driver " + dev->driver + ") does not take writes");
+    if (auto why = check_age(p.ts, now_ms, settings.max_age); !why.empty())
+        return refuse(result::stale, why);
+    if (auto why = check_value(*pt, p.value); !why.empty()) return refuse(result::rejected, why);
+    if (auto why = w->check(*dev, *pt, p.value); !why.empty()) return refuse(result::rejected, why);
+    auto bucket = buckets.try_emplace(device, settings.rate_limit, settings.rate_period).first;
+    if (!bucket->second.take(std::chrono::steady_clock::now())) {
+        return refuse(result::rate_limited, "rate limited: device '" + device + "' takes at most " +
+                                                std::to_string(settings.rate_limit) +
+                                                " commands per " +
+                                                std::to_string(settings.rate_period.count()) +
+                                                " ms (commands.rate_limit)");
+    }
+    try {
+        db->begin(id, device, point, now_ms);
+    } catch (const std::exception& e) {
+        return refuse(
+            result::rejected,
+            std::string("cannot record the command id; nothing was written: ") + e.what());
+    }
+    in_flight[id];
+    lock.unlock();
+    log::debug(k_component, "writing",
+               {{"id", id}, {"device", device}, {"point", point}, {"value", value}});
+    w->write(*dev, *pt, p.value, [this, id, device, point, value, reply_to](write_outcome o) {
+        finish(id, device, point, value, reply_to, o);
+    });
+}
+
+void service::impl::finish(const std::string& id, const std::string& device,
+                           const std::string& point, const std::string& value,
+                           const std::string& topic, const write_outcome& o) {
+    std::vector<std::string> repeats;
+    {
+        std::lock_guard lock(mu);
+        try {
+            // Nothing reached the device: the id may be sent again.
+            if (o.attempted)
+                db->finish(id, o.ok, o.error);
+            else
+                db->forget(id);
+        } catch (const std::exception& e) {
+            log::error(k_component, "cannot store a command's result",
+                       {{"id", id}, {"error", e.what()}});
+        }
+        if (auto it = in_flight.find(id); it != in_flight.end()) {
+            repeats = std::move(it->second);
+            in_flight.erase(it);
+        }
+    }
+    answer(topic, id, o.ok ? result::ok : result::device_error, o.ok, o.error, device, point,
+           value);
+    for (const auto& t : repeats)
+        publish(t, result_json(id, o.ok, o.error));
+}
+
+void service::impl::loop() {
+    std::unique_lock lock(qmu);
+    for (;;) {
+        qcv.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (stopping) break;
+        auto [topic, text, retained] = std::move(queue.front());
+        queue.pop_front();
+        lock.unlock();
+        try {
+            handle(topic, text, retained);
+        } catch (const std::exception& e) {
+            log::error(k_component, "command failed", {{"topic", topic}, {"error", e.what()}});
+        }
+        lock.lock();
+    }
+    if (!queue.empty()) {
+        log::warn(k_component, "commands not handled at shutdown (no answer sent)",
+                  {{"count", std::to_string(queue.size())}});
+    }
+}
+
+service::service(const config::config& cfg, std::string store_path, writer_for writers,
+                 publish_fn publish, prometheus::Registry& registry)
+    : impl_(std::make_unique<impl>()) {
+    auto& m = *impl_;
+    m.settings = cfg.commands;
+    m.prefix = "ferry/" + cfg.gateway.id + "/cmd/";
+    m.filter = m.prefix + "+/+/set";
+    m.store_path = std::move(store_path);
+    m.devices = cfg.devices;
+    m.writers = std::move(writers);
+    m.publish = std::move(publish);
+    auto& family = prometheus::BuildCounter()
+                       .Name("ferry_commands_total")
+                       .Help("Downlink commands by result")
+                       .Register(registry);
+    for (std::size_t r = 0; r < k_results; ++r)
+        m.counters[r] = &family.Add({{"result", std::string(to_string(static_cast<result>(r)))}});
+    if (!m.settings.enabled) return;
+    try {
+        m.db = std::make_unique<store>(m.store_path, store::options{});
+    } catch (const std::exception& e) {
+        m.store_error = std::string("commands are refused: the command-id store cannot be used (") +
+                        e.what() + ")";
+        log::error(k_component, "command-id store unusable; every command will be refused",
+                   {{"path", m.store_path}, {"error", e.what()}});
+    }
+}
+
+service::~service() {
+    stop();
+}
+
+const std::string& service::filter() const {
+    return impl_->filter;
+}
+
+void service::start() {
+    std::lock_guard lock(impl_->qmu);
+    if (impl_->thread.joinable() || impl_->stopping) return;
+    impl_->thread = std::thread([this] { impl_->loop(); });
+    log::info(k_component, impl_->settings.enabled ? "commands enabled" : "commands disabled",
+              {{"filter", impl_->filter},
+               {"store", impl_->settings.enabled ? impl_->store_path : std::string("-")}});
+}
+
+void service::stop() {
+    {
+        std::lock_guard lock(impl_->qmu);
+        impl_->stopping = true;
+    }
+    impl_->qcv.notify_all();
+    if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+void service::on_message(const std::string& topic, const std::string& payload, bool retained) {
+    {
+        std::lock_guard lock(impl_->qmu);
+        if (impl_->stopping) return;
+        if (impl_->queue.size() >= k_queue) {
+            // Answering here would publish from Paho's callback thread; the sender is told by
+            // the missing answer and the log.
+            log::warn(k_component, "command queue full; command dropped without an answer",
+                      {{"topic", topic}});
+            impl_->count(result::rate_limited);
+            return;
+        }
+        impl_->queue.push_back({topic, payload, retained});
+    }
+    impl_->qcv.notify_one();
+}
+
+void service::handle(const std::string& topic, const std::string& payload, bool retained) {
+    impl_->handle(topic, payload, retained);
+}
+
+void service::update_devices(std::vector<config::device> devices) {
+    std::lock_guard lock(impl_->dmu);
+    impl_->devices = std::move(devices);
+}
+
+std::array<std::uint64_t, k_results> service::counts() const {
+    std::array<std::uint64_t, k_results> out{};
+    for (std::size_t r = 0; r < k_results; ++r)
+        out[r] = impl_->counted[r].load();
+    return out;
+}
+
+}  // namespace ferry::commands

@@ -1,0 +1,476 @@
+// Downlink commands end to end: MQTT set → `ferry run` → pymodbus's server, checked with an
+// independent Modbus client (tests/tools/modbus_client.py on pymodbus), never with Ferry's
+// own code. Results on .../result, ferry_commands_total{result} on /metrics.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <signal.h>
+
+#include <mqtt/async_client.h>
+
+#include <nlohmann/json.hpp>
+
+#include <bit>
+#include <sstream>
+#include <thread>
+
+#include "tests/support/harness.hpp"
+
+using namespace ferry::test;
+using nlohmann::json;
+
+namespace {
+
+const std::string k_gw = "test-gw";
+const std::string k_cmd = "ferry/" + k_gw + "/cmd/";
+
+// Initial registers: setpoint 20.0 (float32 CDAB at 100), pump off (coil 5), valve raw 0
+// (int16, scale 0.1, at 200), temperature 215 (uint16, read-only, at 300).
+std::vector<std::string> registers() {
+    return {"holding:100=f32:cdab:20.0", "coil:5=bool:0", "holding:200=i16:0",
+            "holding:300=u16:215"};
+}
+
+std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint16_t mqtt,
+                        std::uint16_t http, bool enabled, const std::string& timeout = "500ms",
+                        const std::string& rate = "100/s") {
+    std::ostringstream y;
+    y << "gateway:\n  id: " << k_gw << "\n  data_dir: " << dir << "\n  log_level: debug\n"
+      << "http: { listen: 127.0.0.1:" << http << " }\n"
+      << "devices:\n"
+      << "  - id: boiler1\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " << modbus
+      << "\n    unit_id: 1\n    poll_interval: 200ms\n    timeout: " << timeout << "\n    points:\n"
+      << "      - { name: setpoint, table: holding, address: 100, type: float32, "
+         "byte_order: CDAB, unit: degC, writable: true, min: 0, max: 90 }\n"
+      << "      - { name: pump, table: coil, address: 5, type: bool, writable: true }\n"
+      << "      - { name: valve, table: holding, address: 200, type: int16, scale: 0.1, "
+         "writable: true, min: -100, max: 100 }\n"
+      << "      - { name: temperature, table: holding, address: 300, type: uint16 }\n"
+      << "rules:\n  - name: all\n    match: [\"#\"]\n"
+      << "    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n"
+      << "commands: { enabled: " << (enabled ? "true" : "false")
+      << ", max_age: 30s, rate_limit: " << rate << " }\n"
+      << "upstream:\n  mqtt:\n    uris: [\"tcp://127.0.0.1:" << mqtt << "\"]\n"
+      << "  spool:\n    path: \"{data_dir}/spool.db\"\n";
+    return y.str();
+}
+
+// The file's text, "" while it does not exist yet.
+std::string text_of(const std::string& path) {
+    try {
+        return read_file(path);
+    } catch (const std::exception&) {
+        return {};
+    }
+}
+
+// Commands sent before Ferry's subscription would never arrive: wait for it.
+bool subscribed(const std::string& log) {
+    const bool ok =
+        wait_until([&] { return text_of(log).find("msg=subscribed") != std::string::npos; }, 15s);
+    if (!ok) MESSAGE(text_of(log));
+    return ok;
+}
+
+// float32 in CDAB: the low word first. Decoded here, not with Ferry's codec.
+float setpoint(std::uint16_t port) {
+    const auto r = pymodbus_read(port, "holding", 100, 2);
+    return std::bit_cast<float>(static_cast<std::uint32_t>((r[1] << 16) | r[0]));
+}
+void set_setpoint(std::uint16_t port, float v) {
+    const auto bits = std::bit_cast<std::uint32_t>(v);
+    CHECK(pymodbus_client(port, "write holding 100 " + std::to_string(bits & 0xFFFF) + " " +
+                                    std::to_string(bits >> 16)) == "ok");
+}
+unsigned pump(std::uint16_t port) {
+    return pymodbus_read(port, "coil", 5, 1)[0];
+}
+std::int16_t valve_raw(std::uint16_t port) {
+    return static_cast<std::int16_t>(pymodbus_read(port, "holding", 200, 1)[0]);
+}
+
+// Publishes commands at QoS 1 (MQTT 5, its own client id).
+class commander {
+  public:
+    explicit commander(const std::string& uri)
+        : client_(uri, "commander-" + std::to_string(free_port()),
+                  mqtt::create_options(MQTTVERSION_5)) {
+        auto opts = mqtt::connect_options_builder()
+                        .mqtt_version(MQTTVERSION_5)
+                        .clean_start(true)
+                        .connect_timeout(std::chrono::seconds(5))
+                        .finalize();
+        client_.connect(opts)->wait();
+    }
+    ~commander() {
+        try {
+            client_.disconnect()->wait_for(std::chrono::seconds(2));
+        } catch (const mqtt::exception&) {
+        }
+    }
+    void send(const std::string& device, const std::string& tag, const std::string& payload,
+              bool retain = false) {
+        client_.publish(k_cmd + device + "/" + tag + "/set", payload, 1, retain)->wait();
+    }
+
+  private:
+    mqtt::async_client client_;
+};
+
+// The running pieces of one test.
+// Server: pymodbus_sim (the default, an independent implementation) or modbus_sim (for
+// --fail and --delay); its constructor arguments are passed through.
+template <class Server = pymodbus_sim>
+struct rig {
+    Server sim;
+    std::string timeout = "500ms";  // the device's
+    std::string rate = "100/s";     // commands.rate_limit
+    mosquitto broker;
+    temp_dir dir;
+    std::uint16_t http = free_port();
+    mqtt_recorder results{broker.uri(), {k_cmd + "+/+/result"}};
+    std::unique_ptr<process> ferry;
+    int starts = 0;
+
+    rig() : sim(0, registers()) {}
+    template <class... Args>
+    explicit rig(Args&&... args) : sim(std::forward<Args>(args)...) {}
+
+    void start(bool enabled = true) {
+        write_file(dir.file("ferry.yaml"), config_text(dir.path(), sim.port(), broker.port(), http,
+                                                       enabled, timeout, rate));
+        const auto log = dir.file("ferry" + std::to_string(++starts) + ".log");
+        ferry = std::make_unique<process>(
+            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log);
+        REQUIRE(subscribed(log));
+    }
+    std::string log() const { return text_of(dir.file("ferry" + std::to_string(starts) + ".log")); }
+
+    // The n-th answer (1-based) carrying this id, parsed; null JSON when none came in time.
+    json answer(const std::string& id, std::size_t n = 1) {
+        json found;
+        wait_until(
+            [&] {
+                std::size_t seen = 0;
+                for (const auto& m : results.messages()) {
+                    auto j = json::parse(m.payload, nullptr, false);
+                    if (j.is_object() && j.value("id", json()) == id && ++seen == n) {
+                        found = j;
+                        return true;
+                    }
+                }
+                return false;
+            },
+            10s);
+        if (found.is_null()) MESSAGE(log());
+        return found;
+    }
+    double commands_total(const std::string& result) {
+        return metric_value(http, "ferry_commands_total{result=\"" + result + "\"}");
+    }
+};
+
+void check_refused(const json& a, const std::string& error) {
+    REQUIRE(a.is_object());
+    CHECK(a["ok"] == false);
+    CHECK(a["error"] == error);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "setpoint (float32 CDAB), coil and scaled int16 written over MQTT, read back "
+    "independently") {
+    rig<> r;
+    r.start();
+    // Every label exists from the start, at 0.
+    for (const char* label :
+         {"ok", "rejected", "stale", "rate_limited", "duplicate", "device_error", "disabled"})
+        CHECK(r.commands_total(label) == 0);
+    commander c(r.broker.uri());
+
+    c.send("boiler1", "setpoint", R"({"id":"c-1","value":42.75})");
+    auto a = r.answer("c-1");
+    REQUIRE(a.is_object());
+    CHECK(a == json::parse(R"({"id":"c-1","ok":true})"));
+    CHECK(r.results.messages_on(k_cmd + "boiler1/setpoint/result").size() == 1);
+    CHECK(setpoint(r.sim.port()) == 42.75f);
+
+    c.send("boiler1", "pump", R"({"id":"c-2","value":true})");
+    CHECK(r.answer("c-2") == json::parse(R"({"id":"c-2","ok":true})"));
+    CHECK(pump(r.sim.port()) == 1);
+
+    // value = raw * 0.1: -12.3 is raw -123.
+    c.send("boiler1", "valve",
+           R"({"id":"c-3","value":-12.3,"ts":)" + std::to_string(unix_ms()) + "}");
+    CHECK(r.answer("c-3") == json::parse(R"({"id":"c-3","ok":true})"));
+    CHECK(valve_raw(r.sim.port()) == -123);
+
+    c.send("boiler1", "pump", R"({"id":"c-4","value":false})");
+    CHECK(r.answer("c-4") == json::parse(R"({"id":"c-4","ok":true})"));
+    CHECK(pump(r.sim.port()) == 0);
+
+    CHECK(wait_until([&] { return r.commands_total("ok") == 4; }, 5s));
+    // One log line per write, with id, device, point, value and result.
+    const auto log = r.log();
+    CHECK(log.find("msg=write id=c-1 device=boiler1 point=setpoint value=42.75 result=ok") !=
+          std::string::npos);
+    CHECK(log.find("msg=write id=c-3 device=boiler1 point=valve value=-12.3 result=ok") !=
+          std::string::npos);
+    CHECK(r.ferry->stop() == 0);
+}
+
+TEST_CASE("refused commands: each error is named and nothing is written") {
+    rig<> r;
+    r.start();
+    commander c(r.broker.uri());
+    const auto unchanged = [&] {
+        CHECK(setpoint(r.sim.port()) == 20.0f);
+        CHECK(pump(r.sim.port()) == 0);
+        CHECK(valve_raw(r.sim.port()) == 0);
+        CHECK(pymodbus_read(r.sim.port(), "holding", 300, 1)[0] == 215);
+    };
+
+    c.send("boiler9", "setpoint", R"({"id":"r-1","value":30})");
+    check_refused(r.answer("r-1"), "unknown device 'boiler9'");
+    c.send("boiler1", "flow", R"({"id":"r-2","value":30})");
+    check_refused(r.answer("r-2"), "device 'boiler1' has no point 'flow'");
+    c.send("boiler1", "temperature", R"({"id":"r-3","value":30})");
+    check_refused(r.answer("r-3"),
+                  "point 'boiler1/temperature' is not writable (writable: false in the config)");
+    c.send("boiler1", "setpoint", R"({"id":"r-4","value":90.5})");
+    check_refused(r.answer("r-4"), "90.5 is above max 90");
+    c.send("boiler1", "valve", R"({"id":"r-5","value":-100.1})");
+    check_refused(r.answer("r-5"), "-100.1 is below min -100");
+    c.send("boiler1", "setpoint", R"({"id":"r-6","value":"warm"})");
+    check_refused(r.answer("r-6"), "value must be a number (type float32)");
+    c.send("boiler1", "pump", R"({"id":"r-7","value":1})");
+    check_refused(r.answer("r-7"), "value must be true or false (a coil)");
+    c.send("boiler1", "valve", R"({"id":"r-8","value":1.25})");
+    check_refused(r.answer("r-8"),
+                  "1.25 is not a whole number of raw steps for type int16: (value - offset) / "
+                  "scale = 12.5 (scale 0.1, offset 0)");
+    c.send("boiler1", "setpoint",
+           R"({"id":"r-9","value":30,"ts":)" + std::to_string(unix_ms() - 45000) + "}");
+    const auto stale = r.answer("r-9");
+    REQUIRE(stale.is_object());
+    CHECK(stale["ok"] == false);
+    CHECK(stale["error"].get<std::string>().rfind("stale: \"ts\" is ", 0) == 0);
+    CHECK(stale["error"].get<std::string>().find("more than commands.max_age (30000 ms)") !=
+          std::string::npos);
+    c.send("boiler1", "setpoint", R"({"value":30})");
+    c.send("boiler1", "setpoint", R"({"id":"r-10","value":30,"force":1})");
+    check_refused(r.answer("r-10"),
+                  "malformed payload: unknown key \"force\" (allowed: id, value, ts)");
+    const auto no_id = r.results.messages_on(k_cmd + "boiler1/setpoint/result");
+    CHECK(std::any_of(no_id.begin(), no_id.end(), [](const mqtt_message& m) {
+        return m.payload ==
+               R"({"id":null,"ok":false,"error":"malformed payload: \"id\" must be a non-empty string"})";
+    }));
+    unchanged();
+    CHECK(wait_until([&] { return r.commands_total("rejected") == 10; }, 5s));
+    CHECK(r.commands_total("stale") == 1);
+    CHECK(r.commands_total("ok") == 0);
+    CHECK(r.ferry->stop() == 0);
+
+    // Commands disabled: still answered, with the reason, and counted as such.
+    r.start(false);
+    commander c2(r.broker.uri());
+    c2.send("boiler1", "setpoint", R"({"id":"d-1","value":30})");
+    check_refused(r.answer("d-1"),
+                  "commands are disabled in this gateway's config (commands.enabled: false)");
+    unchanged();
+    CHECK(wait_until([&] { return r.commands_total("disabled") == 1; }, 5s));
+    CHECK(r.commands_total("ok") == 0);
+    CHECK(r.ferry->stop() == 0);
+}
+
+TEST_CASE("the same id twice writes once, also after a restart") {
+    rig<> r;
+    r.start();
+    {
+        commander c(r.broker.uri());
+        c.send("boiler1", "setpoint", R"({"id":"i-1","value":55.5})");
+        CHECK(r.answer("i-1") == json::parse(R"({"id":"i-1","ok":true})"));
+        CHECK(setpoint(r.sim.port()) == 55.5f);
+        // The test changes the register; a repeat of i-1 must not write it back.
+        set_setpoint(r.sim.port(), 33.25f);
+        c.send("boiler1", "setpoint", R"({"id":"i-1","value":55.5})");
+        CHECK(r.answer("i-1", 2) == json::parse(R"({"id":"i-1","ok":true})"));
+        CHECK(setpoint(r.sim.port()) == 33.25f);
+        CHECK(wait_until([&] { return r.commands_total("duplicate") == 1; }, 5s));
+        CHECK(r.commands_total("ok") == 1);
+        // A refused id is not remembered: fixed, it is written.
+        c.send("boiler1", "setpoint", R"({"id":"i-2","value":95})");
+        check_refused(r.answer("i-2"), "95 is above max 90");
+        c.send("boiler1", "setpoint", R"({"id":"i-2","value":60})");
+        CHECK(r.answer("i-2", 2) == json::parse(R"({"id":"i-2","ok":true})"));
+        CHECK(setpoint(r.sim.port()) == 60.0f);
+        set_setpoint(r.sim.port(), 33.25f);
+    }
+    CHECK(r.ferry->stop() == 0);
+    CHECK(std::filesystem::exists(r.dir.file("commands.db")));
+
+    // Same data_dir: the ids are remembered.
+    r.start();
+    commander c(r.broker.uri());
+    c.send("boiler1", "setpoint", R"({"id":"i-1","value":55.5})");
+    CHECK(r.answer("i-1", 3) == json::parse(R"({"id":"i-1","ok":true})"));
+    c.send("boiler1", "setpoint", R"({"id":"i-2","value":60})");
+    CHECK(r.answer("i-2", 3) == json::parse(R"({"id":"i-2","ok":true})"));
+    CHECK(setpoint(r.sim.port()) == 33.25f);
+    CHECK(wait_until([&] { return r.commands_total("duplicate") == 2; }, 5s));
+    CHECK(r.commands_total("ok") == 0);  // counters start again with the process
+    // A new id is written.
+    c.send("boiler1", "setpoint", R"({"id":"i-3","value":12.5})");
+    CHECK(r.answer("i-3") == json::parse(R"({"id":"i-3","ok":true})"));
+    CHECK(setpoint(r.sim.port()) == 12.5f);
+    CHECK(wait_until([&] { return r.commands_total("ok") == 1; }, 5s));
+    CHECK(r.ferry->stop() == 0);
+}
+
+TEST_CASE("a device error is answered with the exception's name and kept for the id") {
+    // ferry_modbus_sim answers ILLEGAL_DATA_ADDRESS for addresses 100..101 (--fail).
+    rig<modbus_sim> r(std::uint16_t{0}, std::vector<std::string>{"holding:300=u16:1"},
+                      std::string(), std::vector<std::string>{"--fail", "100-101"});
+    r.start();
+    commander c(r.broker.uri());
+    c.send("boiler1", "setpoint", R"({"id":"e-1","value":10})");
+    c.send("boiler1", "setpoint", R"({"id":"e-1","value":10})");
+    const std::string error = "the device answered with Modbus exception 2 (illegal_address)";
+    check_refused(r.answer("e-1"), error);
+    check_refused(r.answer("e-1", 2), error);
+    CHECK(wait_until([&] { return r.commands_total("duplicate") == 1; }, 5s));
+    CHECK(r.commands_total("device_error") == 1);
+    CHECK(r.sim.stats()["fc16"] == 1);  // written once
+    CHECK(r.ferry->stop() == 0);
+}
+
+TEST_CASE("the command subscription is made again after the broker restarts") {
+    rig<> r;
+    r.start();
+    {
+        commander c(r.broker.uri());
+        c.send("boiler1", "setpoint", R"({"id":"s-1","value":11})");
+        CHECK(r.answer("s-1") == json::parse(R"({"id":"s-1","ok":true})"));
+    }
+    r.broker.stop();
+    r.broker.start();
+    auto subscriptions = [&] {
+        const auto log = r.log();
+        std::size_t n = 0;
+        for (auto at = log.find("msg=subscribed"); at != std::string::npos;
+             at = log.find("msg=subscribed", at + 1))
+            ++n;
+        return n;
+    };
+    REQUIRE(wait_until([&] { return subscriptions() == 2; }, 20s));
+    REQUIRE(wait_until([&] { return r.results.connected(); }, 10s));
+    // The recorder subscribes again on its own schedule: try fresh ids until one's answer
+    // is recorded.
+    commander c(r.broker.uri());
+    bool answered = false;
+    for (int k = 0; k < 5 && !answered; ++k) {
+        const auto id = "s-2-" + std::to_string(k);
+        c.send("boiler1", "setpoint", R"({"id":")" + id + R"(","value":12})");
+        answered = wait_until(
+            [&] {
+                for (const auto& m : r.results.messages())
+                    if (m.payload == R"({"id":")" + id + R"(","ok":true})") return true;
+                return false;
+            },
+            3s);
+    }
+    CHECK(answered);
+    CHECK(setpoint(r.sim.port()) == 12.0f);
+    CHECK(r.ferry->stop() == 0);
+}
+
+TEST_CASE("kill -9 during a write: the id is answered 'outcome unknown' and never written again") {
+    // Every answer takes 2 s, so the write is still queued or on the wire when ferry dies.
+    rig<modbus_sim> r(std::uint16_t{0}, std::vector<std::string>{"holding:100=f32:cdab:20.0"},
+                      std::string(), std::vector<std::string>{"--delay", "2000"});
+    r.timeout = "5s";
+    r.start();
+    commander c(r.broker.uri());
+    c.send("boiler1", "setpoint", R"({"id":"k-1","value":10})");
+    // The id is recorded (fsynced) before the write is queued; this line follows it.
+    REQUIRE(
+        wait_until([&] { return r.log().find("msg=writing id=k-1") != std::string::npos; }, 10s));
+    r.ferry->kill9();
+    CHECK(r.results.count() == 0);
+    const auto written_before = r.sim.stats()["fc16"];
+    CHECK(written_before <= 1);
+
+    r.start();
+    c.send("boiler1", "setpoint", R"({"id":"k-1","value":10})");
+    check_refused(r.answer("k-1"), "outcome unknown: ferry stopped during the write");
+    CHECK(r.log().find("commands were in progress when ferry stopped") != std::string::npos);
+    std::this_thread::sleep_for(3s);  // a second write would reach the simulator by now
+    CHECK(r.sim.stats()["fc16"] == written_before);
+    CHECK(r.commands_total("duplicate") == 1);
+    r.sim.stop();  // else a poll waiting 2 s for its answer holds up the stop
+    CHECK(r.ferry->stop(15, 10s) == 0);
+}
+
+TEST_CASE("rate limit per device, and retained commands are refused") {
+    rig<> r;
+    r.rate = "2/m";
+    r.start();
+    commander c(r.broker.uri());
+    c.send("boiler1", "setpoint", R"({"id":"q-1","value":21})");
+    CHECK(r.answer("q-1") == json::parse(R"({"id":"q-1","ok":true})"));
+    c.send("boiler1", "pump", R"({"id":"q-2","value":true})");
+    CHECK(r.answer("q-2") == json::parse(R"({"id":"q-2","ok":true})"));
+    c.send("boiler1", "setpoint", R"({"id":"q-3","value":22})");
+    check_refused(r.answer("q-3"),
+                  "rate limited: device 'boiler1' takes at most 2 commands per "
+                  "60000 ms (commands.rate_limit)");
+    CHECK(setpoint(r.sim.port()) == 21.0f);
+    CHECK(wait_until([&] { return r.commands_total("rate_limited") == 1; }, 5s));
+
+    // A retained set reaches Ferry as retained only when it subscribes after it was
+    // published: restart Ferry with the command waiting on the broker.
+    CHECK(r.ferry->stop() == 0);
+    c.send("boiler1", "valve", R"({"id":"q-4","value":5})", true);
+    r.start();
+    check_refused(r.answer("q-4"),
+                  "a retained command is not executed (the broker would replay "
+                  "it at every reconnect); publish commands with retain false");
+    CHECK(valve_raw(r.sim.port()) == 0);
+    c.send("boiler1", "valve", "", true);  // clear the retained message
+    CHECK(r.ferry->stop() == 0);
+}
+
+TEST_CASE("a reload that makes a point writable: commands follow the running config") {
+    rig<> r;
+    r.start();
+    commander c(r.broker.uri());
+    c.send("boiler1", "temperature", R"({"id":"h-1","value":300})");
+    check_refused(r.answer("h-1"),
+                  "point 'boiler1/temperature' is not writable (writable: false in the config)");
+    CHECK(pymodbus_read(r.sim.port(), "holding", 300, 1)[0] == 215);
+
+    // SIGHUP with temperature writable (boiler1 restarts; MQTT and the store stay).
+    auto text = read_file(r.dir.file("ferry.yaml"));
+    const std::string from = "{ name: temperature, table: holding, address: 300, type: uint16 }";
+    const auto at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, from.size(),
+                 "{ name: temperature, table: holding, address: 300, type: uint16, "
+                 "writable: true, max: 400 }");
+    write_file(r.dir.file("ferry.yaml"), text);
+    REQUIRE(::kill(r.ferry->pid(), SIGHUP) == 0);
+    REQUIRE(wait_until(
+        [&] { return metric_value(r.http, "ferry_config_reloads_total{result=\"applied\"}") == 1; },
+        10s));
+
+    c.send("boiler1", "temperature", R"({"id":"h-2","value":300})");
+    CHECK(r.answer("h-2") == json::parse(R"({"id":"h-2","ok":true})"));
+    CHECK(pymodbus_read(r.sim.port(), "holding", 300, 1)[0] == 300);
+    // The new max applies too.
+    c.send("boiler1", "temperature", R"({"id":"h-3","value":401})");
+    check_refused(r.answer("h-3"), "401 is above max 400");
+    CHECK(pymodbus_read(r.sim.port(), "holding", 300, 1)[0] == 300);
+    CHECK(r.ferry->stop() == 0);
+}
