@@ -45,6 +45,10 @@ std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint1
       << "      - { name: valve, table: holding, address: 200, type: int16, scale: 0.1, "
          "writable: true, min: -100, max: 100 }\n"
       << "      - { name: temperature, table: holding, address: 300, type: uint16 }\n"
+      // A text-protocol device (its port does not exist: it is simply down); takes no writes.
+      << "  - id: weather\n    driver: serial_line\n    serial: { port: " << dir
+      << "/no-such-tty, baud: 9600 }\n    parse: { csv: [humidity] }\n"
+      << "    points: [ { name: humidity, type: float64 } ]\n"
       << "rules:\n  - name: all\n    match: [\"#\"]\n"
       << "    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n"
       << "commands: { enabled: " << (enabled ? "true" : "false")
@@ -250,6 +254,8 @@ TEST_CASE("refused commands: each error is named and nothing is written") {
 
     c.send("boiler9", "setpoint", R"({"id":"r-1","value":30})");
     check_refused(r.answer("r-1"), "unknown device 'boiler9'");
+    c.send("weather", "humidity", R"({"id":"r-11","value":30})");
+    check_refused(r.answer("r-11"), "device 'weather' (driver serial_line) does not take writes");
     c.send("boiler1", "flow", R"({"id":"r-2","value":30})");
     check_refused(r.answer("r-2"), "device 'boiler1' has no point 'flow'");
     c.send("boiler1", "temperature", R"({"id":"r-3","value":30})");
@@ -285,7 +291,7 @@ TEST_CASE("refused commands: each error is named and nothing is written") {
                R"({"id":null,"ok":false,"error":"malformed payload: \"id\" must be a non-empty string"})";
     }));
     unchanged();
-    CHECK(wait_until([&] { return r.commands_total("rejected") == 10; }, 5s));
+    CHECK(wait_until([&] { return r.commands_total("rejected") == 11; }, 5s));
     CHECK(r.commands_total("stale") == 1);
     CHECK(r.commands_total("ok") == 0);
     CHECK(r.ferry->stop() == 0);
