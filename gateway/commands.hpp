@@ -22,6 +22,10 @@
 //
 // Drivers are reached through `writer` (the daemon wires the Modbus poller to it).
 //
+// Config: the service copies the devices and the commands section when it is built. A live
+// reload that changes devices must build a new service (stop the old one first; the store
+// file carries the ids over) or the checks keep using the old devices.
+//
 // Threading: on_message() may be called from any thread (Paho's callback thread) and only
 // queues; one service thread checks commands and hands writes to the writer, whose `done`
 // callback (any thread) stores and publishes the result. stop() joins the thread; commands
