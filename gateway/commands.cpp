@@ -4,9 +4,9 @@
 // when there is one); then a gateway with commands disabled says so; then a repeated id is
 // answered from the store before anything else is looked at, so a retry of a command that
 // was written gets its original answer even if the config or the clock changed since. Only
-// then device, point, writable, age, value, and last the rate limit, so that refused commands
-// do not use up the device's budget. The id is recorded (fsynced) before the write is queued:
-// a crash after that point can leave the id "in progress", never a second write.
+// then device, its driver, point, writable, age, value, and last the rate limit, so that refused
+// commands do not use up the device's budget. The id is recorded (fsynced) before the write is
+// queued: a crash after that point can leave the id "in progress", never a second write.
 #include "gateway/commands.hpp"
 
 #include <sqlite3.h>
@@ -506,6 +506,10 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
 
     const auto dev = find_device(device);
     if (!dev) return refuse(result::rejected, "unknown device '" + device + "'");
+    auto* w = writers(*dev);
+    if (!w)
+        return refuse(result::rejected,
+                      "device '" + device + "' (driver " + dev->driver + ") does not take writes");
     const auto pt = std::find_if(dev->points.begin(), dev->points.end(),
                                  [&](const config::point& q) { return q.name == point; });
     if (pt == dev->points.end())
@@ -513,10 +517,6 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
     if (!pt->writable)
         return refuse(result::rejected, "point '" + device + "/" + point +
                                             "' is not writable (writable: false in the config)");
-    auto* w = writers(*dev);
-    if (!w)
-        return refuse(result::rejected,
-                      "device '" + device + "' (driver " + dev->driver + ") does not take writes");
     if (auto why = check_age(p.ts, now_ms, settings.max_age); !why.empty())
         return refuse(result::stale, why);
     if (auto why = check_value(*pt, p.value); !why.empty()) return refuse(result::rejected, why);

@@ -22,6 +22,10 @@
 //
 // Drivers are reached through `writer` (the daemon wires the Modbus poller to it).
 //
+// Config: the service copies the devices and the commands section when it is built; a live
+// reload hands it the new devices (update_devices). The commands section changes only at a
+// restart.
+//
 // Threading: on_message() may be called from any thread (Paho's callback thread) and only
 // queues; one service thread checks commands and hands writes to the writer, whose `done`
 // callback (any thread) stores and publishes the result. stop() joins the thread; commands

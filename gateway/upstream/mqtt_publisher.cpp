@@ -87,6 +87,15 @@ std::string ms_string(std::chrono::milliseconds d) {
     return std::to_string(d.count());
 }
 
+// ferry_mqtt_errors_total{reason}.
+prometheus::Counter& mqtt_error(prometheus::Registry& registry, const char* reason) {
+    return prometheus::BuildCounter()
+        .Name("ferry_mqtt_errors_total")
+        .Help("Publisher errors by reason")
+        .Register(registry)
+        .Add({{"reason", reason}});
+}
+
 // Return codes with which Paho fails a publish because the connection is (being) closed.
 bool cancelled(int rc) {
     return rc == MQTTASYNC_DISCONNECTED || rc == MQTTASYNC_OPERATION_INCOMPLETE;
@@ -241,36 +250,12 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
                   .Help("Spool messages acknowledged by the broker and removed from the spool")
                   .Register(registry)
                   .Add({})),
-      m_err_connect_(prometheus::BuildCounter()
-                         .Name("ferry_mqtt_errors_total")
-                         .Help("Publisher errors by reason")
-                         .Register(registry)
-                         .Add({{"reason", "connect"}})),
-      m_err_publish_(prometheus::BuildCounter()
-                         .Name("ferry_mqtt_errors_total")
-                         .Help("Publisher errors by reason")
-                         .Register(registry)
-                         .Add({{"reason", "publish"}})),
-      m_err_lost_(prometheus::BuildCounter()
-                      .Name("ferry_mqtt_errors_total")
-                      .Help("Publisher errors by reason")
-                      .Register(registry)
-                      .Add({{"reason", "connection_lost"}})),
-      m_err_status_(prometheus::BuildCounter()
-                        .Name("ferry_mqtt_errors_total")
-                        .Help("Publisher errors by reason")
-                        .Register(registry)
-                        .Add({{"reason", "status"}})),
-      m_err_subscribe_(prometheus::BuildCounter()
-                           .Name("ferry_mqtt_errors_total")
-                           .Help("Publisher errors by reason")
-                           .Register(registry)
-                           .Add({{"reason", "subscribe"}})),
-      m_err_result_(prometheus::BuildCounter()
-                        .Name("ferry_mqtt_errors_total")
-                        .Help("Publisher errors by reason")
-                        .Register(registry)
-                        .Add({{"reason", "command_result"}})),
+      m_err_connect_(mqtt_error(registry, "connect")),
+      m_err_publish_(mqtt_error(registry, "publish")),
+      m_err_lost_(mqtt_error(registry, "connection_lost")),
+      m_err_status_(mqtt_error(registry, "status")),
+      m_err_subscribe_(mqtt_error(registry, "subscribe")),
+      m_err_result_(mqtt_error(registry, "command_result")),
       m_latency_(prometheus::BuildHistogram()
                      .Name("ferry_delivery_latency_seconds")
                      .Help("From entering the spool to broker acknowledgement")

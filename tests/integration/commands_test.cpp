@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <sstream>
 #include <thread>
@@ -46,6 +47,10 @@ std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint1
       << "      - { name: valve, table: holding, address: 200, type: int16, scale: 0.1, "
          "writable: true, min: -100, max: 100 }\n"
       << "      - { name: temperature, table: holding, address: 300, type: uint16 }\n"
+      // A text-protocol device (its port does not exist: it is simply down); takes no writes.
+      << "  - id: weather\n    driver: serial_line\n    serial: { port: " << dir
+      << "/no-such-tty, baud: 9600 }\n    parse: { csv: [humidity] }\n"
+      << "    points: [ { name: humidity, type: float64 } ]\n"
       << "rules:\n  - name: all\n    match: [\"#\"]\n"
       << "    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n"
       << "commands: { enabled: " << (enabled ? "true" : "false")
@@ -210,7 +215,25 @@ TEST_CASE(
     CHECK(r.answer("c-4") == json::parse(R"({"id":"c-4","ok":true})"));
     CHECK(pump(r.sim.port()) == 0);
 
-    CHECK(wait_until([&] { return r.commands_total("ok") == 4; }, 5s));
+    // Round trips, set published to result recorded (20 ms polling resolution): measured, and
+    // bounded loosely so that a slow CI box does not fail.
+    std::vector<double> ms;
+    for (int i = 0; i < 10; ++i) {
+        const auto id = "t-" + std::to_string(i);
+        const auto began = std::chrono::steady_clock::now();
+        c.send("boiler1", "valve", R"({"id":")" + id + R"(","value":)" + std::to_string(i) + "}");
+        REQUIRE(r.answer(id).is_object());
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began)
+                .count());
+    }
+    std::sort(ms.begin(), ms.end());
+    MESSAGE("command round trip (MQTT set -> Modbus write -> result), ms: median "
+            << ms[5] << ", max " << ms.back());
+    CHECK(ms[5] < 1000);
+    CHECK(valve_raw(r.sim.port()) == 90);  // 9 / 0.1
+
+    CHECK(wait_until([&] { return r.commands_total("ok") == 14; }, 5s));
     // One log line per write, with id, device, point, value and result.
     const auto log = r.log();
     CHECK(log.find("msg=write id=c-1 device=boiler1 point=setpoint value=42.75 result=ok") !=
@@ -233,6 +256,8 @@ TEST_CASE("refused commands: each error is named and nothing is written") {
 
     c.send("boiler9", "setpoint", R"({"id":"r-1","value":30})");
     check_refused(r.answer("r-1"), "unknown device 'boiler9'");
+    c.send("weather", "humidity", R"({"id":"r-11","value":30})");
+    check_refused(r.answer("r-11"), "device 'weather' (driver serial_line) does not take writes");
     c.send("boiler1", "flow", R"({"id":"r-2","value":30})");
     check_refused(r.answer("r-2"), "device 'boiler1' has no point 'flow'");
     c.send("boiler1", "temperature", R"({"id":"r-3","value":30})");
@@ -268,7 +293,7 @@ TEST_CASE("refused commands: each error is named and nothing is written") {
                R"({"id":null,"ok":false,"error":"malformed payload: \"id\" must be a non-empty string"})";
     }));
     unchanged();
-    CHECK(wait_until([&] { return r.commands_total("rejected") == 10; }, 5s));
+    CHECK(wait_until([&] { return r.commands_total("rejected") == 11; }, 5s));
     CHECK(r.commands_total("stale") == 1);
     CHECK(r.commands_total("ok") == 0);
     CHECK(r.ferry->stop() == 0);
