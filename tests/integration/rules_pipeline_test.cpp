@@ -47,6 +47,10 @@ rules:
     deadband: { absolute: 1 }
     batch: { max_events: 100, max_age: 300ms }
     publish: { topic: "plant/{gateway}/{rule}/{tag}" }
+  - name: frost
+    match: "+/counter"
+    filter: "value < 0"
+    publish: { topic: "plant/{gateway}/{rule}/{tag}" }
 dead_letter:
   topic: "ferry/{gateway}/dead-letter"
 upstream:
@@ -154,5 +158,9 @@ TEST_CASE("two rules over one plant: filter, transform, deadband, fan-out and de
     CHECK(sample("changes", "deduped") >= 10);  // the counter repeats ~10 times per value
     CHECK(sample("fahrenheit", "passed") >= 1);
     CHECK(sample("fahrenheit", "filtered") == 0);
+    // Rule "frost": a counter is never below 0: every reading filtered, nothing published.
+    CHECK(sample("frost", "filtered") >= 10);
+    CHECK(sample("frost", "passed") == 0);
+    CHECK(rec.messages_on("plant/rules-gw/frost/counter").empty());
     CHECK(sample("fahrenheit", "dead_letter") == 0);
 }
