@@ -76,25 +76,42 @@ double widen(float f) {
     return d;
 }
 
+// value = raw * scale + offset, without binary noise for decimal scales: 0.1 has no exact
+// binary form, so -3 * 0.1 is -0.30000000000000004, while -3 / 10 is the double nearest -0.3
+// (what a person reads). A scale of 1/k (k whole) divides by k; an offset that is a whole
+// number of those steps joins the raw value before the one rounding.
+double apply_scale(double raw, const config::point& p) {
+    if (p.scale != 0.0 && std::fabs(p.scale) < 1.0) {
+        const double k = std::round(1.0 / p.scale);
+        if (k != 0.0 && std::fabs(1.0 / p.scale - k) < 1e-9 * std::fabs(k)) {
+            const double steps = p.offset * k;
+            if (std::fabs(steps - std::round(steps)) < 1e-9 * std::max(1.0, std::fabs(steps)))
+                return (raw + std::round(steps)) / k;
+            return raw / k + p.offset;
+        }
+    }
+    return raw * p.scale + p.offset;
+}
+
 // raw integer/float -> the value of a numeric point (scale and offset applied).
 ferry::value numeric_value(const config::point& p, std::uint64_t raw) {
     switch (p.type) {
         case point_type::float32: {
             const double d = widen(std::bit_cast<float>(static_cast<std::uint32_t>(raw)));
             if (!scaled(p)) return d;
-            return d * p.scale + p.offset;
+            return apply_scale(d, p);
         }
         case point_type::float64:
-            return std::bit_cast<double>(raw) * p.scale + p.offset;
+            return apply_scale(std::bit_cast<double>(raw), p);
         case point_type::int16:
         case point_type::int32:
         case point_type::int64: {
             const std::int64_t v = sign_extend(raw, bits_of(p.type));
-            if (scaled(p)) return static_cast<double>(v) * p.scale + p.offset;
+            if (scaled(p)) return apply_scale(static_cast<double>(v), p);
             return v;
         }
         default:
-            if (scaled(p)) return static_cast<double>(raw) * p.scale + p.offset;
+            if (scaled(p)) return apply_scale(static_cast<double>(raw), p);
             return raw;
     }
 }

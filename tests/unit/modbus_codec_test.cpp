@@ -243,6 +243,20 @@ TEST_CASE("scale and offset") {
         CHECK(std::get<double>(decode(p, {0x41a0, 0x0000})) == doctest::Approx(68.0));  // 20.0f
         CHECK(encode(p, 68.0) == regs{0x41a0, 0x0000});
     }
+    SUBCASE("decimal scales give the decimal a person reads, not binary noise") {
+        // -3 * 0.1 is -0.30000000000000004 in binary floating point; the codec gives the
+        // double of the literal -0.3, which JSON prints as -0.3.
+        CHECK(std::get<double>(decode(make(point_type::int16, A, 0.1), {0xfffd})) == -0.3);
+        CHECK(std::get<double>(decode(make(point_type::uint32, C, 0.01), {12345, 0})) == 123.45);
+        CHECK(std::get<double>(decode(make(point_type::uint16, A, 0.1, 0.5), {7})) == 1.2);
+        CHECK(std::get<double>(decode(make(point_type::uint16, A, 0.001, -40.0), {65535})) ==
+              25.535);
+        // An offset that is not a whole number of steps still applies.
+        CHECK(std::get<double>(decode(make(point_type::uint16, A, 0.5, 0.25), {3})) == 1.75);
+        // Scales that are not 1/k multiply as before.
+        CHECK(std::get<double>(decode(make(point_type::uint16, A, 0.3), {10})) ==
+              doctest::Approx(3.0));
+    }
     SUBCASE("no scale: integers stay integers") {
         CHECK(std::holds_alternative<std::int64_t>(decode(make(point_type::int32), {0, 1})));
         CHECK(std::holds_alternative<std::uint64_t>(decode(make(point_type::uint32), {0, 1})));
