@@ -225,7 +225,11 @@ struct daemon::impl {
             refs.push_back({d.id, d.driver});
         reads = std::make_unique<read_model>(points, std::move(refs));
         std::vector<topic_pattern> all{*topic_pattern::compile("#")};
-        read_sub = bus->subscribe("read_model", all, k_rule_queue, overflow_policy::drop_oldest);
+        // Room for a few polls of every point: one poll of a large device is published in one
+        // piece, and the consumer cannot pop while it lands (the queue grows only as needed).
+        // Sized at start: points a reload adds share that room.
+        read_sub = bus->subscribe("read_model", all, std::max(k_rule_queue, 4 * points.size()),
+                                  overflow_policy::drop_oldest);
         http->add_json("/api/v1/values", [this] { return reads->values_json(); });
         http->add_json("/api/v1/devices", [this] { return reads->devices_json(); });
     }

@@ -244,3 +244,49 @@ TEST_CASE(
         ::close(fd);
     CHECK(ferry.stop() == 0);
 }
+
+TEST_CASE("/api/v1/values holds every point of a 10,000-point device, none dropped") {
+    // One poll of this device is one publish of 10,000 events on the bus: the read model's
+    // queue must take it whole (it used to hold 8,192 and dropped the oldest of each poll).
+    modbus_sim sim(0, {"coil:9999=bool:1", "coil:0=bool:1"});
+    mosquitto broker;
+    temp_dir dir;
+    auto http_port = free_port();
+    std::string points;
+    for (int i = 0; i < 10000; ++i)
+        points += "      - { name: c" + std::to_string(i) +
+                  ", table: coil, address: " + std::to_string(i) + ", type: bool }\n";
+    write_file(dir.file("ferry.yaml"),
+               "gateway: { id: big-gw, data_dir: " + dir.path() +
+                   " }\nhttp: { listen: 127.0.0.1:" + std::to_string(http_port) +
+                   " }\ndevices:\n  - id: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n"
+                   "    port: " +
+                   std::to_string(sim.port()) + "\n    poll_interval: 500ms\n    points:\n" +
+                   points +
+                   "rules: [ { name: all, match: \"#\" } ]\n"
+                   "upstream: { mqtt: { uris: [\"" +
+                   broker.uri() + "\"] }, spool: { fsync: never } }\n");
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    nlohmann::json values;
+    const bool all = wait_until(
+        [&] {
+            auto r = http_get(http_port, "/api/v1/values", 5000ms);
+            if (r.status != 200) return false;
+            values = nlohmann::json::parse(r.body, nullptr, false);
+            return values.is_array() && values.size() == 10000;
+        },
+        20s);
+    CHECK_MESSAGE(all, "values: " << (values.is_array() ? values.size() : 0));
+    REQUIRE(wait_until(
+        [&] {
+            return metric_value(http_port, "ferry_driver_polls_total{device=\"plc\",result=\"ok\"}",
+                                0) >= 3;
+        },
+        20s));
+    for (const auto& v : values) {
+        if (v["tag"] == "c0" || v["tag"] == "c9999") CHECK(v["value"] == true);
+        if (v["tag"] == "c5000") CHECK(v["value"] == false);
+    }
+    CHECK(metric_value(http_port, "ferry_bus_dropped_total{reason=\"drop_oldest\"}") == 0);
+    CHECK(ferry.stop() == 0);
+}
