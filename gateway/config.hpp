@@ -274,6 +274,11 @@ struct config {
     commands_section commands;
 };
 
+// modbus_tcp or modbus_rtu: a device the Modbus poller serves.
+inline bool is_modbus(const device& d) {
+    return d.driver == "modbus_tcp" || d.driver == "modbus_rtu";
+}
+
 // Equal settings, wherever they stand in the file (marks are not compared): what a reload
 // uses to tell a changed device or rule from one that only moved.
 bool same_settings(device a, device b);

@@ -153,7 +153,7 @@ struct daemon::impl {
         std::vector<config::device> modbus_devices;
         std::vector<config::device> serial_devices;
         for (const auto& d : cfg.devices) {
-            if (d.driver == "modbus_tcp" || d.driver == "modbus_rtu")
+            if (config::is_modbus(d))
                 modbus_devices.push_back(d);
             else if (d.driver == "serial_line")
                 serial_devices.push_back(d);
@@ -202,8 +202,7 @@ struct daemon::impl {
         commands = std::make_unique<commands::service>(
             cfg, (dir / "commands.db").string(),
             [this](const config::device& d) -> commands::writer* {
-                const bool modbus = d.driver == "modbus_tcp" || d.driver == "modbus_rtu";
-                return modbus ? modbus_writer.get() : nullptr;
+                return config::is_modbus(d) ? modbus_writer.get() : nullptr;
             },
             [this](const std::string& topic, const std::string& payload) {
                 return publisher->publish_result(topic, payload);
@@ -495,8 +494,7 @@ bool daemon::impl::apply(config::config next) {
     auto split = [](const std::vector<config::device>& all, bool modbus) {
         std::vector<config::device> out;
         for (const auto& d : all) {
-            const bool is_modbus = d.driver == "modbus_tcp" || d.driver == "modbus_rtu";
-            if (is_modbus == modbus) out.push_back(d);
+            if (config::is_modbus(d) == modbus) out.push_back(d);
         }
         return out;
     };
@@ -567,8 +565,7 @@ bool daemon::impl::apply(config::config next) {
     auto without_movers = [&](std::vector<config::device> list, bool modbus) {
         std::erase_if(list, [&](const config::device& d) {
             return std::any_of(cfg.devices.begin(), cfg.devices.end(), [&](const auto& o) {
-                const bool was_modbus = o.driver == "modbus_tcp" || o.driver == "modbus_rtu";
-                return o.id == d.id && was_modbus != modbus;
+                return o.id == d.id && config::is_modbus(o) != modbus;
             });
         });
         return list;

@@ -140,6 +140,7 @@ struct poll_outcome {
 
 struct poller::impl {
     driver_context ctx;
+    driver_families shared;  // ferry_device_up and the received/sent/errors trio
     std::size_t max_workers;
     std::vector<std::unique_ptr<device_rt>> devices;  // in config order
     std::vector<std::unique_ptr<line>> lines;
@@ -154,10 +155,6 @@ struct poller::impl {
 
     prometheus::Family<prometheus::Counter>* polls = nullptr;
     prometheus::Family<prometheus::Counter>* overrun = nullptr;
-    prometheus::Family<prometheus::Counter>* received = nullptr;
-    prometheus::Family<prometheus::Counter>* sent = nullptr;
-    prometheus::Family<prometheus::Counter>* errors = nullptr;
-    prometheus::Family<prometheus::Gauge>* up = nullptr;
     prometheus::Family<prometheus::Histogram>* seconds = nullptr;
 
     // Writes (downlink commands); defined after the poller's reads, below.
@@ -168,7 +165,7 @@ struct poller::impl {
     void fail_queued_writes();
 
     impl(std::vector<config::device> devs, driver_context c, std::size_t w)
-        : ctx(c), max_workers(w) {
+        : ctx(c), shared(c.registry), max_workers(w) {
         polls = &prometheus::BuildCounter()
                      .Name("ferry_driver_polls_total")
                      .Help("Device polls by result")
@@ -177,11 +174,6 @@ struct poller::impl {
                        .Name("ferry_driver_overruns_total")
                        .Help("Poll slots missed because a poll overran or the pipeline pushed back")
                        .Register(ctx.registry);
-        driver_families shared(ctx.registry);
-        received = &shared.received;
-        sent = &shared.sent;
-        errors = &shared.errors;
-        up = &shared.up;
         seconds = &prometheus::BuildHistogram()
                        .Name("ferry_driver_poll_seconds")
                        .Help("Duration of one poll of one device")
@@ -232,11 +224,11 @@ struct poller::impl {
         rt->polls_ok = &polls->Add({{"device", d.id}, {"result", "ok"}});
         rt->polls_error = &polls->Add({{"device", d.id}, {"result", "error"}});
         rt->overruns = &overrun->Add({{"device", d.id}});
-        rt->values_read = &received->Add({{"device", d.id}});
-        rt->events_sent = &sent->Add({{"device", d.id}});
-        rt->up_gauge = &up->Add({{"device", d.id}});
+        rt->values_read = &shared.received.Add({{"device", d.id}});
+        rt->events_sent = &shared.sent.Add({{"device", d.id}});
+        rt->up_gauge = &shared.up.Add({{"device", d.id}});
         rt->poll_seconds = &seconds->Add({{"device", d.id}}, bounds);
-        rt->errors_family = errors;
+        rt->errors_family = &shared.errors;
         rt->cfg = std::move(d);
         rt->ln = line_for(rt->cfg);
         rt->ln->devices.push_back(rt.get());
@@ -288,12 +280,12 @@ struct poller::impl {
             polls->Remove(d->polls_ok);
             polls->Remove(d->polls_error);
             overrun->Remove(d->overruns);
-            received->Remove(d->values_read);
-            sent->Remove(d->events_sent);
-            up->Remove(d->up_gauge);
+            shared.received.Remove(d->values_read);
+            shared.sent.Remove(d->events_sent);
+            shared.up.Remove(d->up_gauge);
             seconds->Remove(d->poll_seconds);
             for (auto& [why, c] : d->errors)
-                errors->Remove(c);
+                shared.errors.Remove(c);
         }
         std::erase_if(devices, [&](const auto& p) { return p.get() == d; });
     }

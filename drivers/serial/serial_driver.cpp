@@ -122,18 +122,10 @@ struct reader::impl {
     mutable std::mutex mu;  // guards ports (the vector) and each port's status
     std::mt19937 rng{std::random_device{}()};
 
-    prometheus::Family<prometheus::Gauge>* up = nullptr;
-    prometheus::Family<prometheus::Counter>* errors = nullptr;
+    driver_families shared;  // ferry_device_up and the received/sent/errors trio
     prometheus::Family<prometheus::Counter>* frames = nullptr;
-    prometheus::Family<prometheus::Counter>* received = nullptr;
-    prometheus::Family<prometheus::Counter>* sent = nullptr;
 
-    impl(std::vector<config::device> devs, driver_context c) : ctx(c) {
-        driver_families shared(ctx.registry);
-        up = &shared.up;
-        errors = &shared.errors;
-        received = &shared.received;
-        sent = &shared.sent;
+    impl(std::vector<config::device> devs, driver_context c) : ctx(c), shared(c.registry) {
         frames = &prometheus::BuildCounter()
                       .Name("ferry_serial_frames_total")
                       .Help("Frames read from serial_line devices, by result (ok, error)")
@@ -166,23 +158,24 @@ struct reader::impl {
 
     void add_series(port_rt& rt) {
         const auto& id = rt.cfg.id;
-        rt.up_gauge = &up->Add({{"device", id}});
+        rt.up_gauge = &shared.up.Add({{"device", id}});
         for (std::size_t r = 0; r < k_reasons.size(); ++r)
-            rt.errors[r] = &errors->Add({{"device", id}, {"reason", std::string(k_reasons[r])}});
+            rt.errors[r] =
+                &shared.errors.Add({{"device", id}, {"reason", std::string(k_reasons[r])}});
         rt.frames_ok = &frames->Add({{"device", id}, {"result", "ok"}});
         rt.frames_bad = &frames->Add({{"device", id}, {"result", "error"}});
-        rt.values_read = &received->Add({{"device", id}});
-        rt.events_sent = &sent->Add({{"device", id}});
+        rt.values_read = &shared.received.Add({{"device", id}});
+        rt.events_sent = &shared.sent.Add({{"device", id}});
     }
 
     void remove_series(port_rt& rt) {
-        up->Remove(rt.up_gauge);
+        shared.up.Remove(rt.up_gauge);
         for (auto* c : rt.errors)
-            errors->Remove(c);
+            shared.errors.Remove(c);
         frames->Remove(rt.frames_ok);
         frames->Remove(rt.frames_bad);
-        received->Remove(rt.values_read);
-        sent->Remove(rt.events_sent);
+        shared.received.Remove(rt.values_read);
+        shared.sent.Remove(rt.events_sent);
     }
 
     // On the io thread: the port closes; handlers still queued see `retired` and return.
