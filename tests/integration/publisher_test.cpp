@@ -175,7 +175,7 @@ int index_of(const std::string& payload) {
 
 void append_range(spool& sp, int from, int to) {
     for (int i = from; i < to; ++i) {
-        auto r = sp.append(k_data_topic, 1, false,
+        auto r = sp.append(k_data_topic, 1, false, 1,
                            [&](std::uint64_t, std::string& out) { out = payload_of(i); });
         REQUIRE(r == ferry::upstream::append_result::ok);
     }
