@@ -241,7 +241,7 @@ struct spool::impl {
     std::uint64_t suppressed_errs_ = 0;
 
     statement begin_, commit_, rollback_, insert_, upsert_topic_, oldest_, delete_upto_, peek_,
-        ack_, exists_after_, load_state_, store_state_, freelist_, sync_full_, sync_normal_;
+        ack_, exists_after_, load_state_, store_state_, freelist_;
 
     prometheus::Gauge* g_bytes_;
     prometheus::Gauge* g_messages_;
@@ -363,7 +363,7 @@ spool::impl::~impl() {
 void spool::impl::close_db() {
     for (statement* s : {&begin_, &commit_, &rollback_, &insert_, &upsert_topic_, &oldest_,
                          &delete_upto_, &peek_, &ack_, &exists_after_, &load_state_, &store_state_,
-                         &freelist_, &sync_full_, &sync_normal_}) {
+                         &freelist_}) {
         s->finalize();
     }
     if (db_ != nullptr) {
@@ -632,8 +632,6 @@ void spool::impl::prepare_all() {
          "INSERT INTO state(key, value) VALUES(?1, ?2)"
          " ON CONFLICT(key) DO UPDATE SET value = excluded.value"},
         {&freelist_, "PRAGMA freelist_count"},
-        {&sync_full_, "PRAGMA synchronous=FULL"},
-        {&sync_normal_, "PRAGMA synchronous=NORMAL"},
     };
     for (const auto& it : items) {
         int rc = it.s->prepare(db_, it.sql);
@@ -1030,7 +1028,10 @@ void spool::store_state(const std::string& key, std::uint64_t value) {
     if (impl_->db_ == nullptr) return;
     // In `batch` mode this one commit is fsynced anyway (see the design note).
     const bool sync = impl_->settings_.fsync == config::fsync_mode::batch;
-    if (sync) impl_->step_done(impl_->sync_full_);
+    // Not prepared statements: SQLite applies `PRAGMA synchronous` when it compiles the
+    // statement, so merely preparing "=NORMAL" at open switched every mode to NORMAL (found
+    // with faultvfs: `fsync: always` did not fsync at commit).
+    if (sync) impl_->exec_rc("PRAGMA synchronous=FULL");
     int rc;
     {
         use u(impl_->store_state_);
@@ -1038,7 +1039,7 @@ void spool::store_state(const std::string& key, std::uint64_t value) {
         sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
         rc = sqlite3_step(*u);
     }
-    if (sync) impl_->step_done(impl_->sync_normal_);
+    if (sync) impl_->exec_rc("PRAGMA synchronous=NORMAL");
     if (rc != SQLITE_DONE) impl_->record_error(rc, "store_state");
 }
 

@@ -28,3 +28,7 @@ ferry_test(unit_serial_golden unit ${U}/serial_golden_test.cpp)
 target_link_libraries(unit_serial_golden PRIVATE ferry_serial)
 ferry_test(unit_commands unit ${U}/commands_test.cpp)
 target_link_libraries(unit_commands PRIVATE ferry_commands ferry_drivers)
+# The spool under injected SQLite I/O faults (faultvfs linked in: its constructor installs it).
+ferry_test(unit_spool_faults unit ${U}/spool_faults_test.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/tools/faultvfs.cpp)
+target_link_libraries(unit_spool_faults PRIVATE ferry_upstream)
