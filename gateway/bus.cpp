@@ -33,11 +33,16 @@ subscription::subscription(std::string name, std::size_t capacity, overflow_poli
       policy_(policy),
       owner_(owner) {}
 
+void subscription::count_drop(drop_reason r, std::uint64_t n) {
+    dropped_[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);
+    owner_.count_drop(r, n);
+}
+
 void subscription::push(std::span<const event> events) {
     std::unique_lock lock(mu_);
     for (const auto& e : events) {
         if (closed_) {
-            owner_.count_drop(drop_reason::closed, 1);
+            count_drop(drop_reason::closed, 1);
             continue;
         }
         if (queue_.size() >= capacity_) {
@@ -45,16 +50,16 @@ void subscription::push(std::span<const event> events) {
                 case overflow_policy::block:
                     not_full_.wait(lock, [&] { return closed_ || queue_.size() < capacity_; });
                     if (closed_) {
-                        owner_.count_drop(drop_reason::closed, 1);
+                        count_drop(drop_reason::closed, 1);
                         continue;
                     }
                     break;
                 case overflow_policy::drop_oldest:
                     queue_.pop_front();
-                    owner_.count_drop(drop_reason::drop_oldest, 1);
+                    count_drop(drop_reason::drop_oldest, 1);
                     break;
                 case overflow_policy::drop_newest:
-                    owner_.count_drop(drop_reason::drop_newest, 1);
+                    count_drop(drop_reason::drop_newest, 1);
                     continue;
             }
         }
@@ -165,6 +170,12 @@ void bus::publish(std::span<const event> events) {
         if (route) {
             for (auto* sub : *route)
                 sub->push(events.subspan(i, j - i));
+        }
+        // Subscriptions outside the route count the run as unmatched: a few subscriptions,
+        // each route a short list, once per run of events (not per event).
+        for (const auto& s : subs_) {
+            if (!route || std::find(route->begin(), route->end(), s.get()) == route->end())
+                s->unmatched_.fetch_add(j - i, std::memory_order_relaxed);
         }
         i = j;
     }

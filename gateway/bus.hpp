@@ -6,7 +6,10 @@
 //                skips polls and counts them); released by close() or bus::close()
 //   drop_oldest  the oldest queued event is discarded to make room
 //   drop_newest  the incoming event is discarded
-// Every discarded event is counted by reason (`dropped(reason)`).
+// Every discarded event is counted by reason, bus-wide (`bus::dropped(reason)`) and per
+// subscription (`subscription::dropped(reason)`); events of points a subscription does not
+// match are counted per subscription too (`unmatched()`), so a consumer's owner can account
+// for every event published (gateway/conservation.hpp: `unrouted` for the rule engine).
 //
 // Routing is decided once per point: each subscribe() computes which points it matches, and
 // publish() walks a precomputed list — no pattern matching on the hot path. Points interned
@@ -56,12 +59,19 @@ class subscription {
 
     const std::string& name() const { return name_; }
     std::size_t depth() const;
+    // Events this subscription discarded, by reason (also in bus::dropped).
+    std::uint64_t dropped(drop_reason r) const {
+        return dropped_[static_cast<std::size_t>(r)].load(std::memory_order_relaxed);
+    }
+    // Events published on the bus whose point this subscription does not match (no route).
+    std::uint64_t unmatched() const { return unmatched_.load(std::memory_order_relaxed); }
     std::size_t capacity() const { return capacity_; }
 
   private:
     friend class bus;
     // Called by bus::publish with the subscription's lock not held.
     void push(std::span<const event> events);
+    void count_drop(drop_reason r, std::uint64_t n);
 
     std::string name_;
     std::vector<topic_pattern> patterns_;  // guarded by the bus's route lock
@@ -73,6 +83,9 @@ class subscription {
     std::condition_variable not_full_;
     std::deque<event> queue_;
     bool closed_ = false;
+    std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(drop_reason::count_)>
+        dropped_{};
+    std::atomic<std::uint64_t> unmatched_{0};
 };
 
 class bus {

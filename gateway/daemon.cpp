@@ -18,6 +18,7 @@
 #include "drivers/serial/serial_driver.hpp"
 #include "gateway/bus.hpp"
 #include "gateway/commands.hpp"
+#include "gateway/conservation.hpp"
 #include "gateway/http_server.hpp"
 #include "gateway/log.hpp"
 #include "gateway/read_model.hpp"
@@ -48,6 +49,23 @@ constexpr std::size_t k_rule_queue = 8192;
 constexpr auto k_stop_budget = std::chrono::milliseconds(1800);  // SIGTERM → exit
 
 const char* const k_seq_key = "seq_high_water";
+
+// A Prometheus counter that follows a count kept elsewhere (an atomic of the bus, the
+// shutdown loss), synced from any thread (the rule thread, a scrape, stop): each increase is
+// added exactly once.
+struct counter_mirror {
+    prometheus::Counter* counter = nullptr;
+    std::atomic<std::uint64_t> seen{0};
+    void sync(std::uint64_t now) {
+        auto prev = seen.load();
+        while (now > prev) {
+            if (seen.compare_exchange_weak(prev, now)) {
+                counter->Increment(static_cast<double>(now - prev));
+                return;
+            }
+        }
+    }
+};
 
 }  // namespace
 
@@ -88,8 +106,19 @@ struct daemon::impl {
     std::vector<std::array<std::uint64_t, rules::k_outcomes.size()>> rule_events_seen;
     // Per rule: when the last dead-letter log line was written, and the count it covered.
     std::vector<std::pair<steady::time_point, std::uint64_t>> dead_letter_logged;
-    std::array<prometheus::Counter*, static_cast<std::size_t>(drop_reason::count_)> bus_dropped{};
-    std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> bus_dropped_seen{};
+    std::array<counter_mirror, static_cast<std::size_t>(drop_reason::count_)> bus_dropped;
+
+    // Conservation (gateway/conservation.hpp): every event the drivers publish is delivered or
+    // counted in ferry_events_dropped_total with a reason. Ours: produced, and the drops of
+    // the rule path: filtered, deduped, unrouted, bus_overflow, shutdown.
+    prometheus::Counter* produced_events = nullptr;
+    std::array<prometheus::Counter*, static_cast<std::size_t>(drop::count_)> events_dropped_by{};
+    counter_mirror produced_mirror;     // bus::published()
+    counter_mirror unmatched_mirror;    // unrouted: points the rule subscription does not match
+    counter_mirror overflow_mirror;     // bus_overflow: the rule subscription's queue drops
+    counter_mirror closed_mirror;       // shutdown: published after the rule queue closed
+    counter_mirror lost_mirror;         // shutdown: batches the spool could not take at stop
+    std::uint64_t engine_unrouted_seen = 0;  // of the current engine (rule thread only)
 
     std::string status_line() const;
     void reload();
@@ -146,9 +175,21 @@ struct daemon::impl {
                             .Help("Events dropped by the bus, by reason")
                             .Register(registry);
         for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
-            bus_dropped[r] =
+            bus_dropped[r].counter =
                 &dropped.Add({{"reason", std::string(to_string(static_cast<drop_reason>(r)))}});
         }
+        produced_events = &prometheus::BuildCounter()
+                               .Name("ferry_events_produced_total")
+                               .Help("Events the drivers published onto the bus")
+                               .Register(registry)
+                               .Add({});
+        for (std::size_t r = 0; r < events_dropped_by.size(); ++r)
+            events_dropped_by[r] = &events_dropped(registry, static_cast<drop>(r));
+        produced_mirror.counter = produced_events;
+        unmatched_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::unrouted)];
+        overflow_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::bus_overflow)];
+        closed_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::shutdown)];
+        lost_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::shutdown)];
 
         std::vector<config::device> modbus_devices;
         std::vector<config::device> serial_devices;
@@ -172,6 +213,7 @@ struct daemon::impl {
         if (cfg.http.enabled) {
             http = std::make_unique<http_server>(cfg.http.host, cfg.http.port, registry,
                                                  [this] { return ready(); });
+            http->on_scrape([this] { sync_bus_counters(); });
             build_read_model();
         }
         build_commands();
@@ -256,6 +298,9 @@ struct daemon::impl {
             auto& seen = rule_events_seen[r];
             for (std::size_t o = 0; o < now.size(); ++o)
                 rule_events[r][o]->Increment(static_cast<double>(now[o] - seen[o]));
+            // Outcomes that end an event's way are conservation drops (one per route).
+            dropped(drop::filtered).Increment(static_cast<double>(now[1] - seen[1]));
+            dropped(drop::deduped).Increment(static_cast<double>(now[2] - seen[2]));
             seen = now;
             // A broken filter fails on every event: one line per rule at most every 10 s,
             // with the count since the last line (the counter has every one).
@@ -268,11 +313,38 @@ struct daemon::impl {
                 logged_count = now[3];
             }
         }
-        for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
-            auto now = bus->dropped(static_cast<drop_reason>(r));
-            bus_dropped[r]->Increment(static_cast<double>(now - bus_dropped_seen[r]));
-            bus_dropped_seen[r] = now;
+        const auto unrouted = engine->unrouted();
+        dropped(drop::unrouted).Increment(static_cast<double>(unrouted - engine_unrouted_seen));
+        engine_unrouted_seen = unrouted;
+        sync_bus_counters();
+    }
+
+    static std::uint64_t count(const prometheus::Counter& c) {
+        return static_cast<std::uint64_t>(c.Value());
+    }
+    // "filtered:3,deduped:0,..." over every reason (those other components count too).
+    std::string dropped_summary() const {
+        std::string out;
+        for (std::size_t r = 0; r < events_dropped_by.size(); ++r) {
+            if (!out.empty()) out += ',';
+            out += std::string(to_string(static_cast<drop>(r))) + ":" +
+                   std::to_string(count(*events_dropped_by[r]));
         }
+        return out;
+    }
+
+    prometheus::Counter& dropped(drop d) { return *events_dropped_by[static_cast<std::size_t>(d)]; }
+
+    // The counts the bus (and stop) keep in atomics, into their metrics. Any thread.
+    void sync_bus_counters() {
+        for (std::size_t r = 0; r < bus_dropped.size(); ++r)
+            bus_dropped[r].sync(bus->dropped(static_cast<drop_reason>(r)));
+        produced_mirror.sync(bus->published());
+        unmatched_mirror.sync(rule_sub->unmatched());
+        overflow_mirror.sync(rule_sub->dropped(drop_reason::drop_oldest) +
+                             rule_sub->dropped(drop_reason::drop_newest));
+        closed_mirror.sync(rule_sub->dropped(drop_reason::closed));
+        lost_mirror.sync(lost_at_shutdown.load());
     }
 
     // Hands a finished batch to the spool. On an I/O error (disk full) it keeps the batch
@@ -340,6 +412,7 @@ struct daemon::impl {
                 rule_family->Remove(c);
         }
         engine = std::move(next);
+        engine_unrouted_seen = 0;
         count_rules();
         { std::lock_guard lock(engine_mu); }
         engine_cv.notify_all();
@@ -362,10 +435,12 @@ struct daemon::impl {
             for (const auto& e : events)
                 engine->on_event(e, now, out);
             engine->on_tick(now, out);
+            // Counted before the spool is asked: a spool that makes us wait (when_full: block)
+            // must not hide what the rules already decided.
+            update_counters();
             for (const auto& b : out)
                 to_spool(b);
             out.clear();
-            update_counters();
             if (events.empty() && rule_sub->closed()) break;
         }
         engine->flush_all(out);
@@ -432,9 +507,14 @@ struct daemon::impl {
         publisher->stop(drain);
         spool->close();
         if (http) http->stop();
+        sync_bus_counters();
+        // The conservation counts as they stand at exit, for whoever checks a stop (the metrics
+        // die with the process): produced, and each reason's drops.
         log::info("ferry", "stopped",
                   {{"spooled_messages", std::to_string(spool->messages())},
-                   {"lost_at_shutdown", std::to_string(lost_at_shutdown.load())}});
+                   {"lost_at_shutdown", std::to_string(lost_at_shutdown.load())},
+                   {"events_produced", std::to_string(count(*produced_events))},
+                   {"events_dropped", dropped_summary()}});
     }
 };
 
