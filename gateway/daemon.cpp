@@ -94,6 +94,9 @@ struct daemon::impl {
     std::mutex engine_mu;
     std::condition_variable engine_cv;
     std::unique_ptr<rules::engine> pending_engine;
+    // True while the rule thread is between its check for a pending engine and the end of
+    // its pop (guarded by engine_mu): only events popped then could still reach the old engine.
+    bool rule_popping = false;
     // Liveness of the rule thread, for the systemd watchdog: the time of its last loop pass,
     // and whether it is waiting on purpose (a full spool with when_full: block).
     std::atomic<std::int64_t> rule_pulse_ms{0};
@@ -396,7 +399,10 @@ struct daemon::impl {
         std::unique_ptr<rules::engine> next;
         {
             std::lock_guard lock(engine_mu);
-            if (!pending_engine) return;
+            if (!pending_engine) {
+                rule_popping = true;
+                return;
+            }
             next = std::move(pending_engine);
         }
         engine->flush_all(out);
@@ -414,7 +420,10 @@ struct daemon::impl {
         engine = std::move(next);
         engine_unrouted_seen = 0;
         count_rules();
-        { std::lock_guard lock(engine_mu); }
+        {
+            std::lock_guard lock(engine_mu);
+            rule_popping = true;
+        }
         engine_cv.notify_all();
     }
 
@@ -428,6 +437,11 @@ struct daemon::impl {
             auto deadline = std::min(engine->next_deadline(), now + std::chrono::milliseconds(250));
             events.clear();
             rule_sub->pop(events, 4096, deadline);
+            {
+                std::lock_guard lock(engine_mu);
+                rule_popping = false;
+            }
+            engine_cv.notify_all();
             now = steady::now();
             rule_pulse_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
@@ -630,9 +644,12 @@ bool daemon::impl::apply(config::config next) {
         bus->resubscribe(*rule_sub, eng->patterns());
         std::unique_lock lock(engine_mu);
         pending_engine = std::move(eng);
-        // The rule thread swaps within one pass (≤ 250 ms). If it waits on a full spool, it
-        // swaps before it takes the next event: nothing reaches the old engine after this.
-        engine_cv.wait_for(lock, std::chrono::seconds(5), [&] { return !pending_engine; });
+        // Nothing may reach the old engine once the drivers run the new devices. The rule
+        // thread checks for a new engine before each pop, so only a pop already under way
+        // could: wait for that pop to end (≤ 250 ms), not for the swap itself, which first
+        // writes the old engine's batches and may wait as long as a full `block` spool does.
+        engine_cv.wait_for(lock, std::chrono::seconds(5),
+                           [&] { return !pending_engine || !rule_popping; });
     }
     if (reads) {
         std::vector<device_ref> refs;
