@@ -43,10 +43,17 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 // Events between the bus and the rule engine (and the read model). Small enough that what
-// sits here at a shutdown with a full `block` spool is little (it is logged as
-// lost_at_shutdown), large enough for a burst of polls: 8,192 events ≈ 0.5 MiB.
+// sits here at a shutdown with a full `block` spool is little (it is counted as
+// dropped{shutdown}), large enough for a burst of polls: 8,192 events ≈ 0.5 MiB.
 constexpr std::size_t k_rule_queue = 8192;
-constexpr auto k_stop_budget = std::chrono::milliseconds(1800);  // SIGTERM → exit
+// SIGTERM → exit when nothing is slow: what is left of it after the pipeline stopped is the
+// publisher's time to deliver (at least 100 ms).
+constexpr auto k_stop_budget = std::chrono::milliseconds(1800);
+// The pipeline's part of a stop waits for progress (a slow device's poll, a draining spool)
+// up to this; with the publisher's ≤ 1.9 s after it, within systemd's TimeoutStopSec (20 s).
+constexpr auto k_stop_limit = std::chrono::seconds(15);
+// No progress for this long while the rule thread waits for spool room: wedged.
+constexpr auto k_wedged_after = std::chrono::seconds(2);
 
 const char* const k_seq_key = "seq_high_water";
 
@@ -101,6 +108,8 @@ struct daemon::impl {
     // and whether it is waiting on purpose (a full spool with when_full: block).
     std::atomic<std::int64_t> rule_pulse_ms{0};
     std::atomic<bool> rule_waiting_for_room{false};
+    // Bumped by every pass of the rule thread and every append: evidence of progress at stop.
+    std::atomic<std::uint64_t> rule_progress{0};
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
 
@@ -363,6 +372,7 @@ struct daemon::impl {
             auto r = spool->append(b.topic, b.qos, b.retain, encode);
             rule_waiting_for_room = false;
             if (r != upstream::append_result::error) {
+                ++rule_progress;
                 if (r == upstream::append_result::closed) lost_at_shutdown += b.events;
                 return;
             }
@@ -437,6 +447,7 @@ struct daemon::impl {
             auto deadline = std::min(engine->next_deadline(), now + std::chrono::milliseconds(250));
             events.clear();
             rule_sub->pop(events, 4096, deadline);
+            ++rule_progress;
             {
                 std::lock_guard lock(engine_mu);
                 rule_popping = false;
@@ -488,17 +499,40 @@ struct daemon::impl {
     void stop() {
         running = false;
         auto began = steady::now();
-        // If the pipeline is wedged (spool full with when_full: block), do not wait forever:
-        // release blocked producers and the spool after a grace period.
+        // The pipeline is released (bus and spool closed, what they hold counted as dropped,
+        // reason shutdown) only on evidence that it is wedged: the rule thread has waited for
+        // room in the spool for k_wedged_after while the spool did not change (a full `block`
+        // spool with the broker down). A slow device finishing its poll, a spool taking its
+        // time or a broker draining it are progress, and the stop waits for them, up to
+        // k_stop_limit. (Before issue 13 a 1 s timer released it, losing a slow device's poll
+        // and every open batch.)
         std::mutex m;
         std::condition_variable cv;
         bool done = false;
         std::thread guard([&] {
             std::unique_lock lock(m);
-            if (!cv.wait_for(lock, std::chrono::milliseconds(1000), [&] { return done; })) {
-                log::warn("ferry", "pipeline still blocked at shutdown; releasing it");
+            auto progress_at = steady::now();
+            auto seen = std::make_pair(rule_progress.load(), spool->messages());
+            while (!cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return done; })) {
+                const auto now = steady::now();
+                const auto state = std::make_pair(rule_progress.load(), spool->messages());
+                if (state != seen || !rule_waiting_for_room.load()) {
+                    seen = state;
+                    progress_at = now;
+                }
+                const bool wedged = now - progress_at >= k_wedged_after;
+                if (!wedged && now - began < k_stop_limit) continue;
+                const auto waited =
+                    std::chrono::duration_cast<std::chrono::milliseconds>(now - began);
+                log::warn("ferry",
+                          wedged ? "pipeline wedged at shutdown (no room in the spool, no "
+                                   "progress); releasing it"
+                                 : "stop budget spent; releasing the pipeline",
+                          {{"waited_ms", std::to_string(waited.count())},
+                           {"spooled_messages", std::to_string(spool->messages())}});
                 bus->close();
                 spool->close();
+                return;
             }
         });
         poller->stop();  // answers writes still queued: nothing was written
@@ -522,6 +556,12 @@ struct daemon::impl {
         spool->close();
         if (http) http->stop();
         sync_bus_counters();
+        const auto lost = rule_sub->dropped(drop_reason::closed) + lost_at_shutdown.load();
+        if (lost > 0) {
+            log::warn("ferry", "events lost at shutdown: they could not be spooled in time",
+                      {{"events", std::to_string(lost)},
+                       {"metric", "ferry_events_dropped_total{reason=\"shutdown\"}"}});
+        }
         // The conservation counts as they stand at exit, for whoever checks a stop (the metrics
         // die with the process): produced, and each reason's drops.
         log::info("ferry", "stopped",
