@@ -33,11 +33,16 @@ subscription::subscription(std::string name, std::size_t capacity, overflow_poli
       policy_(policy),
       owner_(owner) {}
 
+void subscription::count_drop(drop_reason r, std::uint64_t n) {
+    dropped_[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);
+    owner_.count_drop(r, n);
+}
+
 void subscription::push(std::span<const event> events) {
     std::unique_lock lock(mu_);
     for (const auto& e : events) {
         if (closed_) {
-            owner_.count_drop(drop_reason::closed, 1);
+            count_drop(drop_reason::closed, 1);
             continue;
         }
         if (queue_.size() >= capacity_) {
@@ -45,16 +50,16 @@ void subscription::push(std::span<const event> events) {
                 case overflow_policy::block:
                     not_full_.wait(lock, [&] { return closed_ || queue_.size() < capacity_; });
                     if (closed_) {
-                        owner_.count_drop(drop_reason::closed, 1);
+                        count_drop(drop_reason::closed, 1);
                         continue;
                     }
                     break;
                 case overflow_policy::drop_oldest:
                     queue_.pop_front();
-                    owner_.count_drop(drop_reason::drop_oldest, 1);
+                    count_drop(drop_reason::drop_oldest, 1);
                     break;
                 case overflow_policy::drop_newest:
-                    owner_.count_drop(drop_reason::drop_newest, 1);
+                    count_drop(drop_reason::drop_newest, 1);
                     continue;
             }
         }
@@ -97,82 +102,97 @@ std::size_t subscription::depth() const {
     return queue_.size();
 }
 
-bus::bus(const point_table& points) : points_(points) {}
+bus::bus(const point_table& points)
+    : points_(points), table_(std::make_shared<const route_table>()) {}
 
 std::shared_ptr<subscription> bus::subscribe(std::string name,
                                              const std::vector<topic_pattern>& patterns,
                                              std::size_t capacity, overflow_policy policy) {
     auto sub = std::make_shared<subscription>(std::move(name), capacity, policy, *this);
-    std::unique_lock lock(mu_);
+    std::lock_guard lock(write_mu_);
     sub->patterns_ = patterns;
-    const auto known = static_cast<point_id>(routes_.size());
+    auto next = std::make_shared<route_table>(*table_.load());
+    const auto known = static_cast<point_id>(next->routes.size());
     for (point_id id = 0; id < known; ++id) {
-        if (matches(sub->patterns_, points_.get(id).address)) routes_[id].push_back(sub.get());
+        if (matches(sub->patterns_, points_.get(id).address))
+            next->routes[id].push_back(sub.get());
     }
-    subs_.push_back(sub);
-    route_points(known);
+    next->subs.push_back(sub);
+    route_points(*next, known);
+    table_.store(std::move(next));
     return sub;
 }
 
-void bus::route_points(point_id from) {
+void bus::route_points(route_table& t, point_id from) const {
     const auto n = points_.size();
-    routes_.resize(n);
+    t.routes.resize(n);
     for (auto id = from; id < n; ++id) {
         const auto& address = points_.get(id).address;
-        for (const auto& s : subs_) {
-            if (matches(s->patterns_, address)) routes_[id].push_back(s.get());
+        for (const auto& s : t.subs) {
+            if (matches(s->patterns_, address)) t.routes[id].push_back(s.get());
         }
     }
 }
 
 void bus::add_points() {
-    std::unique_lock lock(mu_);
-    route_points(static_cast<point_id>(routes_.size()));
+    std::lock_guard lock(write_mu_);
+    auto next = std::make_shared<route_table>(*table_.load());
+    route_points(*next, static_cast<point_id>(next->routes.size()));
+    table_.store(std::move(next));
 }
 
 void bus::resubscribe(subscription& sub, const std::vector<topic_pattern>& patterns) {
-    std::unique_lock lock(mu_);
+    std::lock_guard lock(write_mu_);
     sub.patterns_ = patterns;
-    for (point_id id = 0; id < routes_.size(); ++id) {
-        auto& r = routes_[id];
+    auto next = std::make_shared<route_table>(*table_.load());
+    for (point_id id = 0; id < next->routes.size(); ++id) {
+        auto& r = next->routes[id];
         r.erase(std::remove(r.begin(), r.end(), &sub), r.end());
         if (matches(patterns, points_.get(id).address)) {
             // Keep the subscription order of subscribe(): publish() compares routes.
             auto pos = r.begin();
-            for (const auto& s : subs_) {
+            for (const auto& s : next->subs) {
                 if (s.get() == &sub) break;
                 if (pos != r.end() && *pos == s.get()) ++pos;
             }
             r.insert(pos, &sub);
         }
     }
+    table_.store(std::move(next));
 }
 
 void bus::publish(std::span<const event> events) {
-    std::shared_lock lock(mu_);
+    // The table is kept alive by this reference while we push, however long a push waits.
+    const auto table = table_.load();
+    const auto& routes = table->routes;
     published_.fetch_add(events.size(), std::memory_order_relaxed);
     // Fast path: every event of one poll usually routes to the same subscribers; push runs
     // per subscriber to take each queue lock once per run of events with the same route.
     std::size_t i = 0;
     while (i < events.size()) {
         point_id id = events[i].point;
-        const auto* route = id < routes_.size() ? &routes_[id] : nullptr;
+        const auto* route = id < routes.size() ? &routes[id] : nullptr;
         std::size_t j = i + 1;
-        while (j < events.size() && events[j].point < routes_.size() &&
-               (route ? routes_[events[j].point] == *route : false)) {
+        while (j < events.size() && events[j].point < routes.size() &&
+               (route ? routes[events[j].point] == *route : false)) {
             ++j;
         }
         if (route) {
             for (auto* sub : *route)
                 sub->push(events.subspan(i, j - i));
         }
+        // Subscriptions outside the route count the run as unmatched: a few subscriptions,
+        // each route a short list, once per run of events (not per event).
+        for (const auto& s : table->subs) {
+            if (!route || std::find(route->begin(), route->end(), s.get()) == route->end())
+                s->unmatched_.fetch_add(j - i, std::memory_order_relaxed);
+        }
         i = j;
     }
 }
 
 void bus::close() {
-    std::shared_lock lock(mu_);
-    for (auto& s : subs_)
+    for (auto& s : table_.load()->subs)
         s->close();
 }
 

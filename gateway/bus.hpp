@@ -6,14 +6,21 @@
 //                skips polls and counts them); released by close() or bus::close()
 //   drop_oldest  the oldest queued event is discarded to make room
 //   drop_newest  the incoming event is discarded
-// Every discarded event is counted by reason (`dropped(reason)`).
+// Every discarded event is counted by reason, bus-wide (`bus::dropped(reason)`) and per
+// subscription (`subscription::dropped(reason)`); events of points a subscription does not
+// match are counted per subscription too (`unmatched()`), so a consumer's owner can account
+// for every event published (gateway/conservation.hpp: `unrouted` for the rule engine).
 //
 // Routing is decided once per point: each subscribe() computes which points it matches, and
 // publish() walks a precomputed list — no pattern matching on the hot path. Points interned
 // later (a config reload) get their routes from add_points(), and a subscription's patterns
-// can be replaced (resubscribe); both take the route lock for a moment, publishers wait
-// that long. Subscribe before producers start; publish() is safe from many threads at once;
-// each subscription has one consumer thread.
+// can be replaced (resubscribe). The routes are an immutable table that those calls replace
+// as a whole: publish() takes the current table and holds no lock while it pushes, so a
+// producer blocked by a full `block` queue never holds up a reload (issue 13: a SIGHUP used
+// to wait forever for the route lock such a producer held). The price: a publish that began
+// before a route change may still deliver by the old routes (the rule engine counts events
+// it has no rule for as unrouted). Subscribe before producers start; publish() is safe from
+// many threads at once; each subscription has one consumer thread.
 #pragma once
 
 #include <array>
@@ -24,7 +31,6 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <shared_mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -56,15 +62,22 @@ class subscription {
 
     const std::string& name() const { return name_; }
     std::size_t depth() const;
+    // Events this subscription discarded, by reason (also in bus::dropped).
+    std::uint64_t dropped(drop_reason r) const {
+        return dropped_[static_cast<std::size_t>(r)].load(std::memory_order_relaxed);
+    }
+    // Events published on the bus whose point this subscription does not match (no route).
+    std::uint64_t unmatched() const { return unmatched_.load(std::memory_order_relaxed); }
     std::size_t capacity() const { return capacity_; }
 
   private:
     friend class bus;
     // Called by bus::publish with the subscription's lock not held.
     void push(std::span<const event> events);
+    void count_drop(drop_reason r, std::uint64_t n);
 
     std::string name_;
-    std::vector<topic_pattern> patterns_;  // guarded by the bus's route lock
+    std::vector<topic_pattern> patterns_;  // guarded by the bus's write_mu_
     std::size_t capacity_;
     overflow_policy policy_;
     bus& owner_;
@@ -73,6 +86,9 @@ class subscription {
     std::condition_variable not_full_;
     std::deque<event> queue_;
     bool closed_ = false;
+    std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(drop_reason::count_)>
+        dropped_{};
+    std::atomic<std::uint64_t> unmatched_{0};
 };
 
 class bus {
@@ -108,12 +124,17 @@ class bus {
         dropped_[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);
     }
 
-    const point_table& points_;
-    void route_points(point_id from);  // with mu_ held exclusively
+    // What publish() reads: never changed once stored (a route change stores a new one).
+    struct route_table {
+        std::vector<std::shared_ptr<subscription>> subs;
+        std::vector<std::vector<subscription*>> routes;  // per point id
+    };
+    // Routes points [from, points_.size()) of `t` over its subscriptions.
+    void route_points(route_table& t, point_id from) const;
 
-    std::shared_mutex mu_;  // guards routes_, subs_ and patterns (written by the route calls)
-    std::vector<std::shared_ptr<subscription>> subs_;
-    std::vector<std::vector<subscription*>> routes_;  // per point id
+    const point_table& points_;
+    std::mutex write_mu_;  // serialises subscribe, add_points, resubscribe (and patterns_)
+    std::atomic<std::shared_ptr<const route_table>> table_;
     std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(drop_reason::count_)>
         dropped_{};
     std::atomic<std::uint64_t> published_{0};

@@ -18,6 +18,7 @@
 #include "drivers/serial/serial_driver.hpp"
 #include "gateway/bus.hpp"
 #include "gateway/commands.hpp"
+#include "gateway/conservation.hpp"
 #include "gateway/http_server.hpp"
 #include "gateway/log.hpp"
 #include "gateway/read_model.hpp"
@@ -42,12 +43,36 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 // Events between the bus and the rule engine (and the read model). Small enough that what
-// sits here at a shutdown with a full `block` spool is little (it is logged as
-// lost_at_shutdown), large enough for a burst of polls: 8,192 events ≈ 0.5 MiB.
+// sits here at a shutdown with a full `block` spool is little (it is counted as
+// dropped{shutdown}), large enough for a burst of polls: 8,192 events ≈ 0.5 MiB.
 constexpr std::size_t k_rule_queue = 8192;
-constexpr auto k_stop_budget = std::chrono::milliseconds(1800);  // SIGTERM → exit
+// SIGTERM → exit when nothing is slow: what is left of it after the pipeline stopped is the
+// publisher's time to deliver (at least 100 ms).
+constexpr auto k_stop_budget = std::chrono::milliseconds(1800);
+// The pipeline's part of a stop waits for progress (a slow device's poll, a draining spool)
+// up to this; with the publisher's ≤ 1.9 s after it, within systemd's TimeoutStopSec (20 s).
+constexpr auto k_stop_limit = std::chrono::seconds(15);
+// No progress for this long while the rule thread waits for spool room: wedged.
+constexpr auto k_wedged_after = std::chrono::seconds(2);
 
 const char* const k_seq_key = "seq_high_water";
+
+// A Prometheus counter that follows a count kept elsewhere (an atomic of the bus, the
+// shutdown loss), synced from any thread (the rule thread, a scrape, stop): each increase is
+// added exactly once.
+struct counter_mirror {
+    prometheus::Counter* counter = nullptr;
+    std::atomic<std::uint64_t> seen{0};
+    void sync(std::uint64_t now) {
+        auto prev = seen.load();
+        while (now > prev) {
+            if (seen.compare_exchange_weak(prev, now)) {
+                counter->Increment(static_cast<double>(now - prev));
+                return;
+            }
+        }
+    }
+};
 
 }  // namespace
 
@@ -76,10 +101,15 @@ struct daemon::impl {
     std::mutex engine_mu;
     std::condition_variable engine_cv;
     std::unique_ptr<rules::engine> pending_engine;
+    // True while the rule thread is between its check for a pending engine and the end of
+    // its pop (guarded by engine_mu): only events popped then could still reach the old engine.
+    bool rule_popping = false;
     // Liveness of the rule thread, for the systemd watchdog: the time of its last loop pass,
     // and whether it is waiting on purpose (a full spool with when_full: block).
     std::atomic<std::int64_t> rule_pulse_ms{0};
     std::atomic<bool> rule_waiting_for_room{false};
+    // Bumped by every pass of the rule thread and every append: evidence of progress at stop.
+    std::atomic<std::uint64_t> rule_progress{0};
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
 
@@ -88,8 +118,19 @@ struct daemon::impl {
     std::vector<std::array<std::uint64_t, rules::k_outcomes.size()>> rule_events_seen;
     // Per rule: when the last dead-letter log line was written, and the count it covered.
     std::vector<std::pair<steady::time_point, std::uint64_t>> dead_letter_logged;
-    std::array<prometheus::Counter*, static_cast<std::size_t>(drop_reason::count_)> bus_dropped{};
-    std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> bus_dropped_seen{};
+    std::array<counter_mirror, static_cast<std::size_t>(drop_reason::count_)> bus_dropped;
+
+    // Conservation (gateway/conservation.hpp): every event the drivers publish is delivered or
+    // counted in ferry_events_dropped_total with a reason. Ours: produced, and the drops of
+    // the rule path: filtered, deduped, unrouted, bus_overflow, shutdown.
+    prometheus::Counter* produced_events = nullptr;
+    std::array<prometheus::Counter*, static_cast<std::size_t>(drop::count_)> events_dropped_by{};
+    counter_mirror produced_mirror;     // bus::published()
+    counter_mirror unmatched_mirror;    // unrouted: points the rule subscription does not match
+    counter_mirror overflow_mirror;     // bus_overflow: the rule subscription's queue drops
+    counter_mirror closed_mirror;       // shutdown: published after the rule queue closed
+    counter_mirror lost_mirror;         // shutdown: batches the spool could not take at stop
+    std::uint64_t engine_unrouted_seen = 0;  // of the current engine (rule thread only)
 
     std::string status_line() const;
     void reload();
@@ -146,9 +187,21 @@ struct daemon::impl {
                             .Help("Events dropped by the bus, by reason")
                             .Register(registry);
         for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
-            bus_dropped[r] =
+            bus_dropped[r].counter =
                 &dropped.Add({{"reason", std::string(to_string(static_cast<drop_reason>(r)))}});
         }
+        produced_events = &prometheus::BuildCounter()
+                               .Name("ferry_events_produced_total")
+                               .Help("Events the drivers published onto the bus")
+                               .Register(registry)
+                               .Add({});
+        for (std::size_t r = 0; r < events_dropped_by.size(); ++r)
+            events_dropped_by[r] = &events_dropped(registry, static_cast<drop>(r));
+        produced_mirror.counter = produced_events;
+        unmatched_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::unrouted)];
+        overflow_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::bus_overflow)];
+        closed_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::shutdown)];
+        lost_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::shutdown)];
 
         std::vector<config::device> modbus_devices;
         std::vector<config::device> serial_devices;
@@ -172,6 +225,7 @@ struct daemon::impl {
         if (cfg.http.enabled) {
             http = std::make_unique<http_server>(cfg.http.host, cfg.http.port, registry,
                                                  [this] { return ready(); });
+            http->on_scrape([this] { sync_bus_counters(); });
             build_read_model();
         }
         build_commands();
@@ -256,6 +310,9 @@ struct daemon::impl {
             auto& seen = rule_events_seen[r];
             for (std::size_t o = 0; o < now.size(); ++o)
                 rule_events[r][o]->Increment(static_cast<double>(now[o] - seen[o]));
+            // Outcomes that end an event's way are conservation drops (one per route).
+            dropped(drop::filtered).Increment(static_cast<double>(now[1] - seen[1]));
+            dropped(drop::deduped).Increment(static_cast<double>(now[2] - seen[2]));
             seen = now;
             // A broken filter fails on every event: one line per rule at most every 10 s,
             // with the count since the last line (the counter has every one).
@@ -268,11 +325,38 @@ struct daemon::impl {
                 logged_count = now[3];
             }
         }
-        for (std::size_t r = 0; r < bus_dropped.size(); ++r) {
-            auto now = bus->dropped(static_cast<drop_reason>(r));
-            bus_dropped[r]->Increment(static_cast<double>(now - bus_dropped_seen[r]));
-            bus_dropped_seen[r] = now;
+        const auto unrouted = engine->unrouted();
+        dropped(drop::unrouted).Increment(static_cast<double>(unrouted - engine_unrouted_seen));
+        engine_unrouted_seen = unrouted;
+        sync_bus_counters();
+    }
+
+    static std::uint64_t count(const prometheus::Counter& c) {
+        return static_cast<std::uint64_t>(c.Value());
+    }
+    // "filtered:3,deduped:0,..." over every reason (those other components count too).
+    std::string dropped_summary() const {
+        std::string out;
+        for (std::size_t r = 0; r < events_dropped_by.size(); ++r) {
+            if (!out.empty()) out += ',';
+            out += std::string(to_string(static_cast<drop>(r))) + ":" +
+                   std::to_string(count(*events_dropped_by[r]));
         }
+        return out;
+    }
+
+    prometheus::Counter& dropped(drop d) { return *events_dropped_by[static_cast<std::size_t>(d)]; }
+
+    // The counts the bus (and stop) keep in atomics, into their metrics. Any thread.
+    void sync_bus_counters() {
+        for (std::size_t r = 0; r < bus_dropped.size(); ++r)
+            bus_dropped[r].sync(bus->dropped(static_cast<drop_reason>(r)));
+        produced_mirror.sync(bus->published());
+        unmatched_mirror.sync(rule_sub->unmatched());
+        overflow_mirror.sync(rule_sub->dropped(drop_reason::drop_oldest) +
+                             rule_sub->dropped(drop_reason::drop_newest));
+        closed_mirror.sync(rule_sub->dropped(drop_reason::closed));
+        lost_mirror.sync(lost_at_shutdown.load());
     }
 
     // Hands a finished batch to the spool. On an I/O error (disk full) it keeps the batch
@@ -289,6 +373,7 @@ struct daemon::impl {
                                    encode);
             rule_waiting_for_room = false;
             if (r != upstream::append_result::error) {
+                ++rule_progress;
                 if (r == upstream::append_result::closed) lost_at_shutdown += b.events;
                 return;
             }
@@ -325,7 +410,10 @@ struct daemon::impl {
         std::unique_ptr<rules::engine> next;
         {
             std::lock_guard lock(engine_mu);
-            if (!pending_engine) return;
+            if (!pending_engine) {
+                rule_popping = true;
+                return;
+            }
             next = std::move(pending_engine);
         }
         engine->flush_all(out);
@@ -341,8 +429,12 @@ struct daemon::impl {
                 rule_family->Remove(c);
         }
         engine = std::move(next);
+        engine_unrouted_seen = 0;
         count_rules();
-        { std::lock_guard lock(engine_mu); }
+        {
+            std::lock_guard lock(engine_mu);
+            rule_popping = true;
+        }
         engine_cv.notify_all();
     }
 
@@ -356,6 +448,12 @@ struct daemon::impl {
             auto deadline = std::min(engine->next_deadline(), now + std::chrono::milliseconds(250));
             events.clear();
             rule_sub->pop(events, 4096, deadline);
+            ++rule_progress;
+            {
+                std::lock_guard lock(engine_mu);
+                rule_popping = false;
+            }
+            engine_cv.notify_all();
             now = steady::now();
             rule_pulse_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
@@ -363,10 +461,12 @@ struct daemon::impl {
             for (const auto& e : events)
                 engine->on_event(e, now, out);
             engine->on_tick(now, out);
+            // Counted before the spool is asked: a spool that makes us wait (when_full: block)
+            // must not hide what the rules already decided.
+            update_counters();
             for (const auto& b : out)
                 to_spool(b);
             out.clear();
-            update_counters();
             if (events.empty() && rule_sub->closed()) break;
         }
         engine->flush_all(out);
@@ -400,17 +500,40 @@ struct daemon::impl {
     void stop() {
         running = false;
         auto began = steady::now();
-        // If the pipeline is wedged (spool full with when_full: block), do not wait forever:
-        // release blocked producers and the spool after a grace period.
+        // The pipeline is released (bus and spool closed, what they hold counted as dropped,
+        // reason shutdown) only on evidence that it is wedged: the rule thread has waited for
+        // room in the spool for k_wedged_after while the spool did not change (a full `block`
+        // spool with the broker down). A slow device finishing its poll, a spool taking its
+        // time or a broker draining it are progress, and the stop waits for them, up to
+        // k_stop_limit. (Before issue 13 a 1 s timer released it, losing a slow device's poll
+        // and every open batch.)
         std::mutex m;
         std::condition_variable cv;
         bool done = false;
         std::thread guard([&] {
             std::unique_lock lock(m);
-            if (!cv.wait_for(lock, std::chrono::milliseconds(1000), [&] { return done; })) {
-                log::warn("ferry", "pipeline still blocked at shutdown; releasing it");
+            auto progress_at = steady::now();
+            auto seen = std::make_pair(rule_progress.load(), spool->messages());
+            while (!cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return done; })) {
+                const auto now = steady::now();
+                const auto state = std::make_pair(rule_progress.load(), spool->messages());
+                if (state != seen || !rule_waiting_for_room.load()) {
+                    seen = state;
+                    progress_at = now;
+                }
+                const bool wedged = now - progress_at >= k_wedged_after;
+                if (!wedged && now - began < k_stop_limit) continue;
+                const auto waited =
+                    std::chrono::duration_cast<std::chrono::milliseconds>(now - began);
+                log::warn("ferry",
+                          wedged ? "pipeline wedged at shutdown (no room in the spool, no "
+                                   "progress); releasing it"
+                                 : "stop budget spent; releasing the pipeline",
+                          {{"waited_ms", std::to_string(waited.count())},
+                           {"spooled_messages", std::to_string(spool->messages())}});
                 bus->close();
                 spool->close();
+                return;
             }
         });
         poller->stop();  // answers writes still queued: nothing was written
@@ -433,9 +556,20 @@ struct daemon::impl {
         publisher->stop(drain);
         spool->close();
         if (http) http->stop();
+        sync_bus_counters();
+        const auto lost = rule_sub->dropped(drop_reason::closed) + lost_at_shutdown.load();
+        if (lost > 0) {
+            log::warn("ferry", "events lost at shutdown: they could not be spooled in time",
+                      {{"events", std::to_string(lost)},
+                       {"metric", "ferry_events_dropped_total{reason=\"shutdown\"}"}});
+        }
+        // The conservation counts as they stand at exit, for whoever checks a stop (the metrics
+        // die with the process): produced, and each reason's drops.
         log::info("ferry", "stopped",
                   {{"spooled_messages", std::to_string(spool->messages())},
-                   {"lost_at_shutdown", std::to_string(lost_at_shutdown.load())}});
+                   {"lost_at_shutdown", std::to_string(lost_at_shutdown.load())},
+                   {"events_produced", std::to_string(count(*produced_events))},
+                   {"events_dropped", dropped_summary()}});
     }
 };
 
@@ -551,9 +685,12 @@ bool daemon::impl::apply(config::config next) {
         bus->resubscribe(*rule_sub, eng->patterns());
         std::unique_lock lock(engine_mu);
         pending_engine = std::move(eng);
-        // The rule thread swaps within one pass (≤ 250 ms). If it waits on a full spool, it
-        // swaps before it takes the next event: nothing reaches the old engine after this.
-        engine_cv.wait_for(lock, std::chrono::seconds(5), [&] { return !pending_engine; });
+        // Nothing may reach the old engine once the drivers run the new devices. The rule
+        // thread checks for a new engine before each pop, so only a pop already under way
+        // could: wait for that pop to end (≤ 250 ms), not for the swap itself, which first
+        // writes the old engine's batches and may wait as long as a full `block` spool does.
+        engine_cv.wait_for(lock, std::chrono::seconds(5),
+                           [&] { return !pending_engine || !rule_popping; });
     }
     if (reads) {
         std::vector<device_ref> refs;

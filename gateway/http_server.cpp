@@ -36,6 +36,7 @@ struct http_server::impl {
     std::function<readiness()> ready;
     std::atomic<int> connections{0};  // declared before io: sessions die with io's handlers
     std::map<std::string, std::function<std::string()>, std::less<>> json_routes;
+    std::function<void()> before_scrape;
     asio::io_context io;
     tcp::acceptor acceptor{io};
     std::thread thread;
@@ -59,6 +60,7 @@ struct http_server::impl {
         } else if (target == "/metrics") {
             res.result(http::status::ok);
             res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+            if (before_scrape) before_scrape();
             res.body() = prometheus::TextSerializer().Serialize(registry.Collect());
         } else if (target == "/healthz") {
             res.result(http::status::ok);
@@ -220,6 +222,10 @@ void http_server::stop() {
     s.thread.join();
     beast::error_code ignored;
     s.acceptor.close(ignored);
+}
+
+void http_server::on_scrape(std::function<void()> f) {
+    impl_->before_scrape = std::move(f);
 }
 
 void http_server::add_json(std::string path, std::function<std::string()> body) {

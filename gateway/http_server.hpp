@@ -40,6 +40,10 @@ class http_server {
     // Call before start().
     void add_json(std::string path, std::function<std::string()> body);
 
+    // Called on the server's thread before each /metrics collection, so counters that mirror
+    // counts kept elsewhere (the bus's atomics) are exact at every scrape. Call before start().
+    void on_scrape(std::function<void()> f);
+
     void start();
     void stop();
     std::uint16_t port() const;  // the bound port (useful with port 0)

@@ -246,9 +246,11 @@ bool engine::deadband_passes(const rule_state& r, route& rt, const event& e,
 }
 
 void engine::on_event(const event& e, steady_time now, std::vector<batch>& out) {
-    if (e.point >= routes_.size()) return;
+    if (e.point >= routes_.size() || routes_[e.point].empty()) {
+        ++unrouted_;
+        return;
+    }
     auto& routes = routes_[e.point];
-    if (routes.empty()) return;
     const auto& info = points_.get(e.point);
     const auto ts_ms = unix_ms(e);
     // Rules without a transform publish the same bytes: encode once per event.

@@ -104,6 +104,9 @@ class engine {
 
     const std::vector<std::string>& rule_names() const { return rule_names_; }
     const rule_counters& counters(std::size_t rule) const { return counters_[rule]; }
+    // Events that reached the engine but match no rule (a point it does not know, e.g. one
+    // routed by the bus just before a reload gave the engine other patterns): dropped, counted.
+    std::uint64_t unrouted() const { return unrouted_; }
 
     // The full payload of `b` as batch number `batch_no` of its topic.
     void wrap(const batch& b, std::uint64_t batch_no, std::string& out) const;
@@ -181,6 +184,7 @@ class engine {
     std::vector<rule_state> rules_;
     std::vector<std::string> rule_names_;
     std::vector<rule_counters> counters_;
+    std::uint64_t unrouted_ = 0;
     std::vector<topic_pattern> patterns_;
     std::vector<slot> slots_;
     std::vector<std::vector<route>> routes_;  // per point id

@@ -44,6 +44,11 @@ struct device_rt {
     std::vector<event> out;
     bool polling = false;   // a worker polls it now
     bool retiring = false;  // a reload takes it out: no further polls
+    // The poll's requests are done and its events wait for the bus (backpressure, which can
+    // last as long as a full `block` spool): a reload does not wait for that.
+    bool publishing = false;
+    bool remove_after_poll = false;  // taken out by the worker once its publish returns
+    bool keep_series_after = false;
 
     prometheus::Counter* polls_ok = nullptr;
     prometheus::Counter* polls_error = nullptr;
@@ -257,10 +262,13 @@ struct poller::impl {
     // devices go on meanwhile), closes its line if it was the last device on it, and drops
     // its series unless the device stays under another configuration.
     // Writes queued for it are moved to `unsent`, to be answered once the lock is released.
+    // A poll whose events wait for room on the bus is not waited for: the worker takes the
+    // device out once the bus took them (finish_remove), so a reload in a stalled pipeline
+    // still finishes (issue 13).
     void remove(device_rt* d, bool keep_series, std::unique_lock<std::mutex>& lock,
                 std::vector<pending_write>& unsent) {
         d->retiring = true;
-        poll_done.wait(lock, [&] { return !d->polling; });
+        poll_done.wait(lock, [&] { return !d->polling || d->publishing; });
         auto& queued = d->ln->writes;
         for (auto it = queued.begin(); it != queued.end();) {
             if (it->device != d) {
@@ -270,6 +278,18 @@ struct poller::impl {
             unsent.push_back(std::move(*it));
             it = queued.erase(it);
         }
+        if (d->polling) {
+            d->remove_after_poll = true;
+            d->keep_series_after = keep_series;
+            log::info("modbus", "device waits for the pipeline; taken out once its poll is in",
+                      {{"device", d->cfg.id}});
+            return;
+        }
+        finish_remove(d, keep_series);
+    }
+
+    // The rest of remove(), once no poll of `d` is in flight. With the lock held.
+    void finish_remove(device_rt* d, bool keep_series) {
         auto& on_line = d->ln->devices;
         on_line.erase(std::remove(on_line.begin(), on_line.end(), d), on_line.end());
         if (on_line.empty()) {
@@ -426,6 +446,11 @@ struct poller::impl {
             good += e.quality == quality::good ? 1 : 0;
         d.values_read->Increment(static_cast<double>(good));
         // May block when the pipeline applies backpressure (spool full, when_full: block).
+        {
+            std::lock_guard lock(mu);
+            d.publishing = true;
+        }
+        poll_done.notify_all();  // a reload taking the device out need not wait for this
         ctx.bus.publish(d.out);
         d.events_sent->Increment(static_cast<double>(d.out.size()));
         return o;
@@ -478,12 +503,14 @@ struct poller::impl {
             lock.lock();
             next->ln->busy = false;
             next->polling = false;
+            next->publishing = false;
             poll_done.notify_all();
             next->ln->wrote_last = false;  // a write waiting for this line may go now
             next->status.up = next->up;
             next->status.requests += o.requests;
             ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
             reschedule(*next, steady::now());
+            if (next->remove_after_poll) finish_remove(next, next->keep_series_after);
             cv.notify_one();  // the line is free again
         }
     }
@@ -493,7 +520,7 @@ struct poller::impl {
 
 device_rt* poller::impl::find_device(std::string_view id) const {
     for (const auto& d : devices) {
-        if (d->cfg.id == id) return d.get();
+        if (d->cfg.id == id && !d->retiring) return d.get();
     }
     return nullptr;
 }
@@ -657,6 +684,7 @@ void poller::update(std::vector<config::device> devices) {
     std::vector<pending_write> unsent;
     std::map<std::string, bool> kept;  // id → unchanged
     for (auto& d : impl_->devices) {
+        if (d->retiring) continue;  // on its way out since an earlier reload
         auto it = wanted.find(d->cfg.id);
         const bool same = it != wanted.end() && config::same_settings(d->cfg, *it->second);
         kept[d->cfg.id] = same;
@@ -709,8 +737,9 @@ void poller::stop() {
 std::vector<device_status> poller::status() const {
     std::lock_guard lock(impl_->mu);
     std::vector<device_status> out;
-    for (const auto& d : impl_->devices)
-        out.push_back(d->status);
+    for (const auto& d : impl_->devices) {
+        if (!d->retiring) out.push_back(d->status);
+    }
     return out;
 }
 

@@ -38,6 +38,8 @@ constexpr auto k_first_backoff = std::chrono::milliseconds(250);
 constexpr auto k_max_backoff = std::chrono::milliseconds(10000);
 constexpr std::size_t k_read_chunk = 4096;
 const char* const k_component = "serial";
+// How long update() waits for the io thread to apply a reload (it may be held in the bus).
+constexpr auto k_update_wait = std::chrono::seconds(2);
 
 // Every reason a serial_line device counts, created at 0 so a dashboard sees them all.
 constexpr std::array<std::string_view, 5> k_reasons = {"parse", "checksum", "too_long", "open",
@@ -476,9 +478,13 @@ void reader::update(std::vector<config::device> devices) {
     for (auto& [id, p] : current) {
         if (std::find(next.begin(), next.end(), p) == next.end()) gone.push_back(p);
     }
+    if (gone.empty() && fresh.empty()) return;  // the same ports: nothing to hand over
     // Applied on the io thread, between handlers: the other ports are read on before and
-    // after. Waits until it is done.
-    auto apply = [&] {
+    // after. Waits until it is done, but not longer than k_update_wait: the io thread may be
+    // inside a publish that waits for room on the bus (a full `block` spool), and a reload
+    // must finish anyway (issue 13); the change then applies once that publish returns.
+    auto apply = [&m, gone = std::move(gone), fresh = std::move(fresh), next = std::move(next),
+                  wanted = std::move(wanted), current = std::move(current)] {
         for (auto& p : gone) {
             impl::retire(*p);
             const bool stays = wanted.contains(p->cfg.id);
@@ -501,12 +507,15 @@ void reader::update(std::vector<config::device> devices) {
         }
     };
     if (!m.thread.joinable()) return apply();
-    std::promise<void> done;
-    asio::post(m.io, [&] {
+    auto done = std::make_shared<std::promise<void>>();
+    auto applied = done->get_future();
+    asio::post(m.io, [apply = std::move(apply), done] {
         apply();
-        done.set_value();
+        done->set_value();
     });
-    done.get_future().wait();
+    if (applied.wait_for(k_update_wait) != std::future_status::ready)
+        log::warn(k_component,
+                  "reload waits for the pipeline; the serial devices change once it has room");
 }
 
 }  // namespace ferry::drivers::serial

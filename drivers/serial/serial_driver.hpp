@@ -55,6 +55,8 @@ class reader {
     // with the new settings, removed ones close and lose their series, new ones open; the
     // others are read on untouched. Throws std::invalid_argument, and changes nothing, for
     // settings it cannot use. Points of new devices must be interned and routed first.
+    // Waits at most 2 s for the io thread: while a publish holds it (a full `block` spool),
+    // the change applies once that publish returns.
     void update(std::vector<config::device> devices);
     // Throws as the constructor would for these devices; touches nothing.
     static void check(const std::vector<config::device>& devices);

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <random>
+#include <set>
 #include <thread>
 
 #include "tests/chaos/chaos_support.hpp"
@@ -53,6 +54,9 @@ TEST_CASE(
     auto ferry = start_ferry(o, dir.file("ferry.yaml"), dir.file("ferry.log"));
     std::this_thread::sleep_for(2s);
     CHECK(ferry->stop(15, 10s) == 0);
+    // The last run stopped cleanly: its "stopped" line (the killed runs wrote none).
+    const auto last_run = stop_counts(dir.file("ferry.log"));
+    REQUIRE(last_run.count("produced") == 1);
 
     const auto st = read_spool_file(dir.file("spool.db"));
     CHECK(st.messages == 0);
@@ -94,4 +98,16 @@ TEST_CASE(
         CHECK(g.ts_after >= killed_at[k]);
         CHECK(lost_ms <= allowed_ms);
     }
+
+    // The SIGTERM of the last run loses nothing: every seq it produced arrived (its seqs are
+    // those after the last hole).
+    REQUIRE(!c.seq_gaps.empty());
+    std::set<std::uint64_t> last_seqs;
+    for (const auto& m : parse_upstream(rec.messages()))
+        for (const auto& e : m.events)
+            if (e.seq >= c.seq_gaps.back().after) last_seqs.insert(e.seq);
+    MESSAGE("last run: produced " << last_run.at("produced") << ", arrived " << last_seqs.size()
+                                  << ", dropped " << last_run.at("dropped"));
+    CHECK(last_run.at("dropped") == 0);
+    CHECK(last_run.at("produced") == last_seqs.size());
 }

@@ -785,7 +785,7 @@ std::string ferry_yaml(const ferry_options& o) {
     if (o.http_port != 0) y += "http: { listen: 127.0.0.1:" + std::to_string(o.http_port) + " }\n";
     y += "devices:\n  - id: d1\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " +
          std::to_string(o.modbus_port) + "\n    poll_interval: " + o.poll +
-         "\n    timeout: 1s\n    points:\n";
+         "\n    timeout: " + o.timeout + "\n    points:\n";
     for (int i = 0; i < o.registers; ++i) {
         y += "      - { name: r" + std::to_string(i) +
              ", table: holding, address: " + std::to_string(i) + ", type: uint16 }\n";
@@ -810,6 +810,37 @@ std::string metrics_text(std::uint16_t port) {
 
 double metric_value(std::uint16_t port, const std::string& sample, double fallback) {
     return metric(metrics_text(port), sample).value_or(fallback);
+}
+
+std::map<std::string, std::uint64_t> stop_counts(const std::string& log_file) {
+    std::map<std::string, std::uint64_t> out;
+    std::string line, last;
+    std::istringstream in(read_file(log_file));
+    while (std::getline(in, line)) {
+        if (line.find("msg=stopped") != std::string::npos &&
+            line.find("events_produced=") != std::string::npos)
+            last = line;
+    }
+    if (last.empty()) return out;
+    auto field = [&](const std::string& key) {
+        auto at = last.find(" " + key + "=");
+        if (at == std::string::npos) return std::string();
+        at += key.size() + 2;
+        return last.substr(at, last.find(' ', at) - at);
+    };
+    out["produced"] = std::stoull(field("events_produced"));
+    // events_dropped=filtered:1,deduped:2,...
+    std::istringstream reasons(field("events_dropped"));
+    std::string item;
+    std::uint64_t sum = 0;
+    while (std::getline(reasons, item, ',')) {
+        const auto colon = item.find(':');
+        const auto n = std::stoull(item.substr(colon + 1));
+        out[item.substr(0, colon)] = n;
+        sum += n;
+    }
+    out["dropped"] = sum;
+    return out;
 }
 
 std::vector<upstream_message> parse_upstream(const std::vector<mqtt_message>& msgs,

@@ -143,8 +143,8 @@ class modbus_sim {
     void kill9();
     // Number of requests received so far (read from its stats file).
     std::uint64_t requests() const;
-    // Everything in the stats file: requests, accepted (connections), connections (open
-    // now), fc<N> (requests per function code).
+    // Everything in the stats file: requests (on arrival), answered (answers written),
+    // accepted (connections), connections (open now), fc<N> (requests per function code).
     std::map<std::string, std::uint64_t> stats() const;
 
   private:
@@ -277,6 +277,7 @@ struct ferry_options {
     std::uint16_t modbus_port = 0;  // required
     int registers = 200;
     std::string poll = "100ms";
+    std::string timeout = "1s";  // the device's
     std::size_t max_events = 100;
     std::string max_age = "500ms";
     std::vector<std::string> uris;
@@ -293,6 +294,11 @@ std::string ferry_yaml(const ferry_options& o);
 std::string metrics_text(std::uint16_t port);
 // The sample's value, or `fallback` when ferry does not answer or the sample is absent.
 double metric_value(std::uint16_t port, const std::string& sample, double fallback = -1);
+
+// The conservation counts ferry logs on its last "stopped" line (gateway/daemon.cpp):
+// "produced" and one entry per drop reason ("filtered", "shutdown", ...), plus "dropped", their
+// sum. Empty when the log has no such line (ferry did not stop cleanly).
+std::map<std::string, std::uint64_t> stop_counts(const std::string& log_file);
 
 // One upstream message (CONTRACT.md: {"gateway","batch","events":[...]}) as it arrived.
 struct upstream_event {

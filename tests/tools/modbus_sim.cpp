@@ -17,8 +17,10 @@
 //                      e.g. holding:100=f32:cdab:21.5  input:0=u16:7  coil:3=bool:1
 //                           holding:200=str:PUMP-1 (two chars per register, high byte first)
 //   --stats FILE       after every request, atomically rewrite FILE with
-//                        requests=N  accepted=N  connections=N  fc<code>=N  unit<id>=N
-//                      (one per line). Costs a file rewrite per request: leave it out when
+//                        requests=N  answered=N  accepted=N  connections=N  fc<code>=N
+//                        unit<id>=N
+//                      (one per line). requests counts on arrival (before --delay), answered
+//                      once an answer (data or exception) was written whole. Costs a file rewrite per request: leave it out when
 //                      measuring speed.
 //   --fail FROM-TO     repeatable; requests (reads and writes) touching protocol addresses
 //                      FROM..TO (inclusive, any table) get ILLEGAL_DATA_ADDRESS
@@ -212,6 +214,13 @@ class stats_file {
         ++accepted_;
         write();
     }
+    bool answered(bool written) {
+        if (written) {
+            ++answered_;
+            write();
+        }
+        return written;
+    }
     void set_connections(std::size_t n) { connections_ = n; }
     // Write to a temporary file and rename, so a reader never sees a half-written file.
     void write() const {
@@ -219,8 +228,9 @@ class stats_file {
         const std::string tmp = path_ + ".tmp";
         std::FILE* f = std::fopen(tmp.c_str(), "w");
         if (!f) return;
-        std::fprintf(f, "requests=%llu\naccepted=%llu\nconnections=%zu\n",
+        std::fprintf(f, "requests=%llu\nanswered=%llu\naccepted=%llu\nconnections=%zu\n",
                      static_cast<unsigned long long>(requests_),
+                     static_cast<unsigned long long>(answered_),
                      static_cast<unsigned long long>(accepted_), connections_);
         for (const auto& [fc, n] : by_fc_) {
             std::fprintf(f, "fc%d=%llu\n", fc, static_cast<unsigned long long>(n));
@@ -235,6 +245,7 @@ class stats_file {
   private:
     std::string path_;
     std::uint64_t requests_ = 0;
+    std::uint64_t answered_ = 0;
     std::uint64_t accepted_ = 0;
     std::size_t connections_ = 0;
     std::map<int, std::uint64_t> by_fc_;
@@ -352,10 +363,12 @@ bool serve(modbus_t* ctx, int fd, bool rtu, const std::uint8_t* frame, int len, 
         if (fc >= 1 && fc <= 4 && lo >= 0 && lo <= c.to && hi >= c.from) corrupt = &c;
     }
     if (!known_unit)
-        return modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_GATEWAY_TARGET) >= 0;
+        return stats.answered(
+            modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_GATEWAY_TARGET) >= 0);
     if (failing)
-        return modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS) >= 0;
-    if (!corrupt) return modbus_reply(ctx, frame, len, map) >= 0;
+        return stats.answered(
+            modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS) >= 0);
+    if (!corrupt) return stats.answered(modbus_reply(ctx, frame, len, map) >= 0);
 
     auto pdu = read_answer(map, frame + header, corrupt->mode == corruption::short_frame ? 1 : 0);
     const auto answer_unit =
@@ -381,7 +394,7 @@ bool serve(modbus_t* ctx, int fd, bool rtu, const std::uint8_t* frame, int len, 
                answer_unit};
         adu.insert(adu.end(), pdu.begin(), pdu.end());
     }
-    return write_all(fd, adu);
+    return stats.answered(write_all(fd, adu));
 }
 
 // Modbus RTU: requests are cut from the byte stream by their function code's length and
