@@ -82,6 +82,7 @@ struct daemon::impl {
     point_table points;
     std::unique_ptr<upstream::spool> spool;
     std::unique_ptr<seq_source> seq;
+    std::uint64_t seq_start = 0;  // the first seq this run hands out (logged at start)
     std::unique_ptr<ferry::bus> bus;
     std::unique_ptr<rules::engine> engine;
     std::shared_ptr<subscription> rule_sub;
@@ -162,6 +163,7 @@ struct daemon::impl {
         spool = std::make_unique<upstream::spool>(cfg.upstream.spool, registry);
 
         auto start = spool->load_state(k_seq_key, 0);
+        seq_start = start + 1;
         seq = std::make_unique<seq_source>(
             start, [this](std::uint64_t mark) { spool->store_state(k_seq_key, mark); });
 
@@ -490,6 +492,7 @@ struct daemon::impl {
     void spool_started_log() {
         log::info("ferry", "starting",
                   {{"gateway", cfg.gateway.id},
+                   {"seq_start", std::to_string(seq_start)},
                    {"version", build_info::version()},
                    {"devices", std::to_string(cfg.devices.size())},
                    {"rules", std::to_string(cfg.rules.size())},

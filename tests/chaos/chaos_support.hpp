@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "tests/support/harness.hpp"
@@ -80,6 +81,53 @@ inline std::unique_ptr<process> start_ferry(const ferry_options& o, const std::s
         FAIL("ferry did not become ready; log:\n" << text);
     }
     return p;
+}
+
+// The fields of ferry's last log line with msg="<msg>" (key=value, values maybe quoted), e.g.
+// the `stopped` line's produced=N and dropped_<reason>=N; empty when there is none.
+inline std::map<std::string, std::string> log_fields(const std::string& log,
+                                                     const std::string& msg) {
+    std::map<std::string, std::string> out;
+    std::string text;
+    try {
+        text = read_file(log);
+    } catch (...) {
+        return out;
+    }
+    std::istringstream in(text);
+    std::string line, last;
+    const std::string needle = "msg=\"" + msg + "\"";
+    const std::string bare = "msg=" + msg + " ";
+    while (std::getline(in, line)) {
+        if (line.find(needle) != std::string::npos || line.find(bare) != std::string::npos)
+            last = line;
+    }
+    std::size_t i = 0;
+    while (i < last.size()) {
+        auto eq = last.find('=', i);
+        if (eq == std::string::npos) break;
+        std::string key = last.substr(i, eq - i);
+        std::string value;
+        std::size_t j = eq + 1;
+        if (j < last.size() && last[j] == '"') {
+            auto end = last.find('"', j + 1);
+            value = last.substr(j + 1, end - j - 1);
+            j = end == std::string::npos ? last.size() : end + 1;
+        } else {
+            auto end = last.find(' ', j);
+            value = last.substr(j, end == std::string::npos ? std::string::npos : end - j);
+            j = end == std::string::npos ? last.size() : end;
+        }
+        out[key] = value;
+        i = j + 1;
+    }
+    return out;
+}
+
+inline std::uint64_t field_u64(const std::map<std::string, std::string>& f,
+                               const std::string& key) {
+    auto it = f.find(key);
+    return it == f.end() || it->second.empty() ? 0 : std::stoull(it->second);
 }
 
 }  // namespace ferry::test

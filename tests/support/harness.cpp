@@ -797,6 +797,7 @@ std::string ferry_yaml(const ferry_options& o) {
     for (std::size_t i = 0; i < o.uris.size(); ++i)
         y += (i ? ", \"" : "\"") + o.uris[i] + "\"";
     y += "]\n    inflight: " + std::to_string(o.inflight) + "\n";
+    if (!o.keepalive.empty()) y += "    keepalive: " + o.keepalive + "\n";
     if (!o.tls.empty()) y += "    tls: " + o.tls + "\n";
     y += "  spool:\n    path: \"{data_dir}/spool.db\"\n    max_bytes: " + o.max_bytes +
          "\n    when_full: " + o.when_full + "\n    fsync: " + o.fsync + "\n";

@@ -287,6 +287,7 @@ struct ferry_options {
     std::string when_full = "drop_oldest";
     std::string fsync = "batch";
     std::string log_level = "info";
+    std::string keepalive;  // upstream.mqtt.keepalive, e.g. "2s"; empty: the default
 };
 std::string ferry_yaml(const ferry_options& o);
 
