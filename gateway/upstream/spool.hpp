@@ -68,6 +68,10 @@ class spool {
     std::vector<spooled_message> peek(std::int64_t after_id, std::size_t max);
     // Removes a delivered message. Unknown ids are ignored.
     void ack(std::int64_t id);
+    // (publisher, issue 13) Removes a message that will never be delivered (the broker refused
+    // it), without counting it as sent. Returns the number of events it held (0 for an unknown
+    // id); the caller counts them as dropped with its reason.
+    std::uint32_t drop(std::int64_t id);
 
     // Blocks until a message with id > after_id exists, close() is called, or the timeout
     // passes. Returns true when there is something to peek.

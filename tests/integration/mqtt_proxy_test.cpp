@@ -19,8 +19,9 @@ namespace {
 struct client {
     mqtt::async_client c;
     std::atomic<bool> lost{false};
-    explicit client(const std::string& uri) : c(uri, "proxy-test-" + std::to_string(free_port()),
-                                                mqtt::create_options(MQTTVERSION_5), nullptr) {
+    explicit client(const std::string& uri)
+        : c(uri, "proxy-test-" + std::to_string(free_port()), mqtt::create_options(MQTTVERSION_5),
+            nullptr) {
         c.set_connection_lost_handler([this](const std::string&) { lost = true; });
     }
     void connect() {
@@ -84,10 +85,11 @@ TEST_CASE("mqtt_proxy: pass, withhold_puback, slow_ack, cut, refuse and stats") 
     // refuse: a new connection is closed at once.
     proxy.refuse();
     client other(proxy.uri());
-    CHECK_THROWS(other.c.connect(mqtt::connect_options_builder()
-                                     .mqtt_version(MQTTVERSION_5)
-                                     .connect_timeout(std::chrono::seconds(3))
-                                     .finalize())
+    CHECK_THROWS(other.c
+                     .connect(mqtt::connect_options_builder()
+                                  .mqtt_version(MQTTVERSION_5)
+                                  .connect_timeout(std::chrono::seconds(3))
+                                  .finalize())
                      ->wait());
 
     // A bad command is an error, not a silent no-op.

@@ -60,11 +60,10 @@ mqtt_proxy::mqtt_proxy(std::uint16_t upstream_port, std::string log_file)
       dir_(std::make_unique<temp_dir>()),
       log_(log_file.empty() ? dir_->file("mqtt_proxy.log") : std::move(log_file)) {
     proc_ = std::make_unique<process>(
-        std::vector<std::string>{"/usr/bin/python3",
-                                 std::string(FERRY_SOURCE_DIR) + "/tests/tools/mqtt_proxy.py",
-                                 "--listen", std::to_string(port_), "--upstream",
-                                 std::to_string(upstream_), "--control",
-                                 std::to_string(control_port_)},
+        std::vector<std::string>{
+            "/usr/bin/python3", std::string(FERRY_SOURCE_DIR) + "/tests/tools/mqtt_proxy.py",
+            "--listen", std::to_string(port_), "--upstream", std::to_string(upstream_), "--control",
+            std::to_string(control_port_)},
         log_);
     // The control port opens after the listening one. Probing the listening port would count
     // as a client connection in `stats`.

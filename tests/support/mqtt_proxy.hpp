@@ -26,8 +26,8 @@ struct mqtt_proxy_stats {
     std::map<std::string, std::uint64_t> to_broker, to_client;  // packets by type name
     std::uint64_t pubacks_withheld = 0;
     std::uint64_t pubacks_refused = 0;  // PUBACK/PUBREC with reason >= 0x80 seen from the broker
-    std::uint64_t inflight = 0;      // QoS>0 publishes not yet acked to the client (open conns)
-    std::uint64_t inflight_max = 0;  // the largest `inflight` seen
+    std::uint64_t inflight = 0;         // QoS>0 publishes not yet acked to the client (open conns)
+    std::uint64_t inflight_max = 0;     // the largest `inflight` seen
     std::uint64_t cuts = 0;
     std::string json;  // the line as answered
 };
