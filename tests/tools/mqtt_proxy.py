@@ -267,28 +267,30 @@ class Connection:
                         if pid is not None:
                             self.outstanding.add(pid)
                             proxy.inflight_max = max(proxy.inflight_max, proxy.inflight())
-                    self.to_broker_q.put_nowait((now + proxy.delay_s, p))
+                    self.to_broker_q.put_nowait((now + proxy.delay_s, p, None))
                     continue
+                acked = None  # the publish this packet acks, once it reaches the client
                 if ptype in (4, 5):
-                    pid, reason = ack_id_and_reason(p)
+                    acked, reason = ack_id_and_reason(p)
                     if reason >= 0x80:
                         proxy.refused_acks += 1
                     if proxy.mode == "withhold_puback":
                         proxy.withheld += 1
                         continue
-                    self.outstanding.discard(pid)
                     if ptype == 4 and proxy.mode == "slow_ack":
-                        self.ack_q.put_nowait((now + proxy.ack_delay_s, p))
+                        self.ack_q.put_nowait((now + proxy.ack_delay_s, p, acked))
                         continue
-                self.to_client_q.put_nowait((now + proxy.delay_s, p))
+                self.to_client_q.put_nowait((now + proxy.delay_s, p, acked))
 
     async def write(self, queue, writer):
         while True:
-            due, p = await queue.get()
+            due, p, acked = await queue.get()
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             writer.write(p)
+            if acked is not None:
+                self.outstanding.discard(acked)
             await writer.drain()
 
 
