@@ -285,7 +285,8 @@ struct daemon::impl {
         auto backoff = std::chrono::milliseconds(50);
         for (;;) {
             rule_waiting_for_room = cfg.upstream.spool.full == config::when_full::block;
-            auto r = spool->append(b.topic, b.qos, b.retain, encode);
+            auto r = spool->append(b.topic, b.qos, b.retain, static_cast<std::uint32_t>(b.events),
+                                   encode);
             rule_waiting_for_room = false;
             if (r != upstream::append_result::error) {
                 if (r == upstream::append_result::closed) lost_at_shutdown += b.events;

@@ -187,7 +187,8 @@ struct mqtt_publisher::impl {
     prometheus::Counter& m_err_result_;
     prometheus::Counter& m_err_ack_timeout_;
     prometheus::Counter& m_err_refused_;
-    prometheus::Counter& m_dropped_refused_;  // ferry_events_dropped_total{reason="refused"}
+    prometheus::Counter& m_dropped_refused_;   // ferry_events_dropped_total{reason="refused"}
+    prometheus::Counter& m_events_delivered_;  // ferry_events_delivered_total
     prometheus::Histogram& m_latency_;
 
     // Shared between the sender thread, Paho's threads and stop(); guarded by mu_.
@@ -294,6 +295,13 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
       m_err_ack_timeout_(mqtt_error(registry, "ack_timeout")),
       m_err_refused_(mqtt_error(registry, "refused")),
       m_dropped_refused_(events_dropped(registry, drop::refused)),
+      m_events_delivered_(
+          prometheus::BuildCounter()
+              .Name("ferry_events_delivered_total")
+              .Help("Events in spool messages the broker acknowledged, counted once "
+                    "per message removed from the spool")
+              .Register(registry)
+              .Add({})),
       m_latency_(prometheus::BuildHistogram()
                      .Name("ferry_delivery_latency_seconds")
                      .Help("From entering the spool to broker acknowledgement")
@@ -450,8 +458,9 @@ void mqtt_publisher::impl::on_delivered(const mqtt::token& tok, bool ok) {
              {"policy", settings_.refused == config::refused_policy::block ? "block" : "drop"}});
     } else if (ok) {
         // The broker has it: removing it from the spool is right even if the connection has
-        // dropped since.
-        spool_.ack(p.id);
+        // dropped since. A resent duplicate acked again finds no row and counts 0 events, so
+        // each event is counted as delivered once.
+        m_events_delivered_.Increment(static_cast<double>(spool_.ack(p.id)));
         if (log::enabled(config::log_level::debug)) {
             log::debug(k_component, "acked",
                        {{"id", std::to_string(p.id)},

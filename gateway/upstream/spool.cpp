@@ -2,17 +2,19 @@
 //
 // File format. One SQLite database (docs/SPOOL.md has the details), page size 4096, WAL
 // journal, auto_vacuum=INCREMENTAL (set when the file is created; it cannot be changed later
-// without a full VACUUM), application_id 0x46455259 ("FERY"), user_version 1:
+// without a full VACUUM), application_id 0x46455259 ("FERY"), user_version 2:
 //   messages(id INTEGER PRIMARY KEY AUTOINCREMENT, topic, payload BLOB, qos, retain,
-//            created_ms, bytes)        one row per MQTT message; AUTOINCREMENT so an id is
+//            created_ms, bytes, events) one row per MQTT message; AUTOINCREMENT so an id is
 //                                      never reused, even after the table was emptied (the
-//                                      publisher reads "id > last sent")
+//                                      publisher reads "id > last sent"); `events` = the
+//                                      readings it carries (conservation metrics)
 //   topics(topic PRIMARY KEY, last_batch)   last batch number given out per topic
 //   state(key PRIMARY KEY, value)           small persistent key/value (seq high-water mark)
-// `bytes` = topic + payload length, the unit max_bytes is counted in. The connection runs in
-// locking_mode=EXCLUSIVE: a second process cannot open the same spool (it gets SQLITE_BUSY and
-// the constructor throws; a busy file is never mistaken for a corrupt one), and the WAL index
-// lives in heap memory, so there is no -shm file.
+// `bytes` = topic + payload length, the unit max_bytes is counted in. A version-1 file
+// (no `events` column) is migrated at open by one ALTER TABLE (its rows count 0 events). The
+// connection runs in locking_mode=EXCLUSIVE: a second process cannot open the same spool (it gets
+// SQLITE_BUSY and the constructor throws; a busy file is never mistaken for a corrupt one), and the
+// WAL index lives in heap memory, so there is no -shm file.
 //
 // What is fsynced when. Every append is one transaction (BEGIN IMMEDIATE ... COMMIT), which
 // also holds the batch-number update and any drop_oldest deletions, so a crash never leaves
@@ -69,6 +71,7 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "gateway/conservation.hpp"
 #include "gateway/log.hpp"
 
 namespace ferry::upstream {
@@ -76,7 +79,7 @@ namespace {
 
 constexpr std::string_view component = "spool";
 constexpr int application_id = 0x46455259;  // "FERY"
-constexpr int schema_version = 1;
+constexpr int schema_version = 2;
 constexpr std::int64_t page_size = 4096;
 
 // Owns one prepared statement; reset() after each use keeps it ready for the next.
@@ -249,6 +252,9 @@ struct spool::impl {
     prometheus::Counter* c_drop_newest_;
     prometheus::Counter* c_too_large_;
     prometheus::Counter* c_errors_[4];
+    // Events (readings) inside the messages dropped above: ferry_events_dropped_total.
+    prometheus::Counter* c_ev_spool_full_;
+    prometheus::Counter* c_ev_too_large_;
 
     // open
     void open_or_recover();
@@ -279,7 +285,8 @@ struct spool::impl {
     int consume_batch_number(const std::string& topic, std::uint64_t batch_no);
     bool has_after(std::int64_t after_id);
     void maybe_vacuum();
-    append_result append(const std::string& topic, int qos, bool retain, const encode_fn& encode);
+    append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
+                         const encode_fn& encode);
 };
 
 spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registry) : settings_(s) {
@@ -322,6 +329,8 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
     for (std::size_t i = 0; i < 4; ++i) {
         c_errors_[i] = &errors.Add({{"reason", err_reason_names[i]}});
     }
+    c_ev_spool_full_ = &events_dropped(registry, drop::spool_full);
+    c_ev_too_large_ = &events_dropped(registry, drop::too_large);
 
     // Pages kept on the freelist for reuse when incremental_vacuum gives the rest back (which
     // it does once twice this many are free): 1/16 of max_bytes, within [8 pages, 4 MiB].
@@ -489,16 +498,21 @@ void spool::impl::open_checked() {
     };
     std::int64_t objects = pragma_int("SELECT count(*) FROM sqlite_schema");
     bool fresh = objects == 0;
+    std::int64_t version = schema_version;
     if (!fresh) {
         if (pragma_int("PRAGMA application_id") != application_id) {
             throw damaged("not a ferry spool (application_id differs)");
         }
-        if (pragma_int("PRAGMA user_version") != schema_version) {
-            throw damaged("unknown spool schema version");
+        version = pragma_int("PRAGMA user_version");
+        if (version != 1 && version != schema_version) {
+            throw damaged("unknown spool schema version " + std::to_string(version));
         }
         if (pragma_int("PRAGMA auto_vacuum") != 2) throw damaged("auto_vacuum is not incremental");
         for (const char* probe :
-             {"SELECT id, topic, payload, qos, retain, created_ms, bytes FROM messages LIMIT 0",
+             {version == 1 ? "SELECT id, topic, payload, qos, retain, created_ms, bytes FROM "
+                             "messages LIMIT 0"
+                           : "SELECT id, topic, payload, qos, retain, created_ms, bytes, events"
+                             " FROM messages LIMIT 0",
               "SELECT topic, last_batch FROM topics LIMIT 0",
               "SELECT key, value FROM state LIMIT 0"}) {
             statement st;
@@ -508,6 +522,20 @@ void spool::impl::open_checked() {
         }
     }
     setup_connection(fresh);
+    if (version == 1) {
+        // Version 1 had no per-row event count: its rows count 0 (their events were produced
+        // by a Ferry that did not count them either).
+        rc = exec_rc(
+            "BEGIN IMMEDIATE;"
+            "ALTER TABLE messages ADD COLUMN events INTEGER NOT NULL DEFAULT 0;"
+            "PRAGMA user_version=2;"
+            "COMMIT;");
+        if (rc != SQLITE_OK) {
+            exec_rc("ROLLBACK");
+            fail(rc, "migrate schema 1 -> 2");
+        }
+        log::info(component, "spool schema migrated", {{"from", "1"}, {"to", "2"}});
+    }
     prepare_all();
     load_totals();
 }
@@ -557,7 +585,8 @@ void spool::impl::setup_connection(bool fresh) {
             "BEGIN IMMEDIATE;"
             "CREATE TABLE messages(id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
             " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
-            " created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL);"
+            " created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL,"
+            " events INTEGER NOT NULL DEFAULT 0);"
             "CREATE TABLE topics(topic TEXT PRIMARY KEY, last_batch INTEGER NOT NULL)"
             " WITHOUT ROWID;"
             "CREATE TABLE state(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
@@ -586,17 +615,17 @@ void spool::impl::prepare_all() {
         {&commit_, "COMMIT"},
         {&rollback_, "ROLLBACK"},
         {&insert_,
-         "INSERT INTO messages(topic, payload, qos, retain, created_ms, bytes)"
-         " VALUES(?1, ?2, ?3, ?4, ?5, ?6)"},
+         "INSERT INTO messages(topic, payload, qos, retain, created_ms, bytes, events)"
+         " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
         {&upsert_topic_,
          "INSERT INTO topics(topic, last_batch) VALUES(?1, ?2)"
          " ON CONFLICT(topic) DO UPDATE SET last_batch = excluded.last_batch"},
-        {&oldest_, "SELECT id, bytes FROM messages ORDER BY id"},
+        {&oldest_, "SELECT id, bytes, events FROM messages ORDER BY id"},
         {&delete_upto_, "DELETE FROM messages WHERE id <= ?1"},
         {&peek_,
-         "SELECT id, topic, payload, qos, retain, created_ms FROM messages"
+         "SELECT id, topic, payload, qos, retain, created_ms, events FROM messages"
          " WHERE id > ?1 ORDER BY id LIMIT ?2"},
-        {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes"},
+        {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes, events"},
         {&exists_after_, "SELECT 1 FROM messages WHERE id > ?1 LIMIT 1"},
         {&load_state_, "SELECT value FROM state WHERE key = ?1"},
         {&store_state_,
@@ -702,7 +731,7 @@ int spool::impl::consume_batch_number(const std::string& topic, std::uint64_t ba
 }
 
 append_result spool::impl::append(const std::string& topic, int qos, bool retain,
-                                  const encode_fn& encode) {
+                                  std::uint32_t events, const encode_fn& encode) {
     // One buffer per thread, reused: no allocation per append once it has grown.
     thread_local std::string payload;
     std::unique_lock lock(mu_);
@@ -735,6 +764,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
             int rc = consume_batch_number(topic, batch_no);
             if (rc != SQLITE_OK) record_error(rc, "append");
             c_too_large_->Increment();
+            c_ev_too_large_->Increment(events);
             log::warn(component, "message larger than the whole spool dropped",
                       {{"topic", topic},
                        {"batch", std::to_string(batch_no)},
@@ -747,6 +777,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
             int rc = consume_batch_number(topic, batch_no);
             if (rc != SQLITE_OK) record_error(rc, "append");
             c_drop_newest_->Increment();
+            c_ev_spool_full_->Increment(events);
             return append_result::dropped;
         }
         if (!fits && settings_.full == config::when_full::block) {
@@ -771,6 +802,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         }
         std::uint64_t freed_bytes = 0;
         std::uint64_t freed_msgs = 0;
+        std::uint64_t freed_events = 0;
         auto abort = [&](int code) {
             rollback();
             record_error(code, "append");
@@ -784,6 +816,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
                 while (freed_bytes < must_free && (rc = sqlite3_step(*u)) == SQLITE_ROW) {
                     upto = sqlite3_column_int64(*u, 0);
                     freed_bytes += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 1));
+                    freed_events += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 2));
                     ++freed_msgs;
                 }
                 if (rc != SQLITE_ROW && rc != SQLITE_DONE) return abort(rc);
@@ -810,6 +843,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
             sqlite3_bind_int(*u, 4, retain ? 1 : 0);
             sqlite3_bind_int64(*u, 5, now_ms());
             sqlite3_bind_int64(*u, 6, static_cast<std::int64_t>(need));
+            sqlite3_bind_int64(*u, 7, events);
             rc = sqlite3_step(*u);
             if (rc != SQLITE_DONE) return abort(rc);
         }
@@ -825,6 +859,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         set_gauges();
         if (freed_msgs > 0) {
             c_drop_oldest_->Increment(static_cast<double>(freed_msgs));
+            c_ev_spool_full_->Increment(static_cast<double>(freed_events));
             maybe_vacuum();
         }
         lock.unlock();
@@ -884,10 +919,10 @@ spool::~spool() {
     close();
 }
 
-append_result spool::append(const std::string& topic, int qos, bool retain,
+append_result spool::append(const std::string& topic, int qos, bool retain, std::uint32_t events,
                             const encode_fn& encode) {
     try {
-        return impl_->append(topic, qos, retain, encode);
+        return impl_->append(topic, qos, retain, events, encode);
     } catch (const std::exception& e) {
         log::error(component, "append failed", {{"error", e.what()}});
         return append_result::error;
@@ -918,6 +953,7 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
             m.qos = sqlite3_column_int(*u, 3);
             m.retain = sqlite3_column_int(*u, 4) != 0;
             m.created_ms = sqlite3_column_int64(*u, 5);
+            m.events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 6));
             out.push_back(std::move(m));
         }
         if (rc != SQLITE_DONE) impl_->record_error(rc, "peek");
@@ -927,11 +963,12 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
     return out;
 }
 
-void spool::ack(std::int64_t id) {
+std::uint32_t spool::ack(std::int64_t id) {
     try {
         std::unique_lock lock(impl_->mu_);
-        if (impl_->db_ == nullptr) return;
+        if (impl_->db_ == nullptr) return 0;
         std::int64_t freed = -1;
+        std::uint32_t events = 0;
         int rc;
         {
             use u(impl_->ack_);
@@ -939,15 +976,16 @@ void spool::ack(std::int64_t id) {
             rc = sqlite3_step(*u);
             if (rc == SQLITE_ROW) {
                 freed = sqlite3_column_int64(*u, 0);
+                events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 1));
                 rc = sqlite3_step(*u);  // finish the statement so the delete commits
             }
         }
         if (rc != SQLITE_DONE) {
             impl_->rollback();
             impl_->record_error(rc, "ack");
-            return;
+            return 0;
         }
-        if (freed < 0) return;  // unknown id
+        if (freed < 0) return 0;  // unknown id
         impl_->bytes_ = impl_->bytes_.load() - static_cast<std::uint64_t>(freed);
         impl_->messages_ = impl_->messages_.load() - 1;
         impl_->c_sent_->Increment();
@@ -962,9 +1000,11 @@ void spool::ack(std::int64_t id) {
         }
         lock.unlock();
         impl_->space_cv_.notify_all();
+        return events;
     } catch (const std::exception& e) {
         log::error(component, "ack failed", {{"error", e.what()}});
     }
+    return 0;
 }
 
 bool spool::wait_for_messages(std::int64_t after_id, std::chrono::milliseconds timeout) {
@@ -1032,7 +1072,7 @@ std::uint32_t spool::drop(std::int64_t id) {
     std::unique_lock lock(impl_->mu_);
     if (impl_->db_ == nullptr) return 0;
     statement st;
-    int rc = st.prepare(impl_->db_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes");
+    int rc = st.prepare(impl_->db_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes, events");
     std::int64_t freed = -1;
     std::uint32_t events = 0;
     if (rc == SQLITE_OK) {
@@ -1040,6 +1080,7 @@ std::uint32_t spool::drop(std::int64_t id) {
         rc = sqlite3_step(st.get());
         if (rc == SQLITE_ROW) {
             freed = sqlite3_column_int64(st.get(), 0);
+            events = static_cast<std::uint32_t>(sqlite3_column_int64(st.get(), 1));
             rc = sqlite3_step(st.get());
         }
     }

@@ -35,6 +35,7 @@ struct spooled_message {
     int qos = 1;
     bool retain = false;
     std::int64_t created_ms = 0;  // Unix ms when it entered the spool
+    std::uint32_t events = 0;     // readings the message carries (conservation metrics)
 };
 
 enum class append_result {
@@ -61,13 +62,17 @@ class spool {
 
     // Assigns the next batch number of `topic` (rising by one per message on each topic,
     // persisted), calls encode(batch_no, payload) and stores the message, all in one
-    // transaction. Applies when_full if the message does not fit in max_bytes.
-    append_result append(const std::string& topic, int qos, bool retain, const encode_fn& encode);
+    // transaction. Applies when_full if the message does not fit in max_bytes. `events` is
+    // the number of readings in the message: stored with it, and what the spool adds to
+    // ferry_events_dropped_total{reason="spool_full"|"too_large"} when it drops the message.
+    append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
+                         const encode_fn& encode);
 
     // Up to `max` messages with id > after_id, oldest first.
     std::vector<spooled_message> peek(std::int64_t after_id, std::size_t max);
-    // Removes a delivered message. Unknown ids are ignored.
-    void ack(std::int64_t id);
+    // Removes a delivered message and returns the events it carried: 0 for an unknown id or
+    // one already removed, so a caller that counts what this returns counts each row once.
+    std::uint32_t ack(std::int64_t id);
     // (publisher, issue 13) Removes a message that will never be delivered (the broker refused
     // it), without counting it as sent. Returns the number of events it held (0 for an unknown
     // id); the caller counts them as dropped with its reason.

@@ -54,6 +54,10 @@ struct rig {
         MESSAGE(c.summary() << "; proxy " << proxy.stats().json
                             << "; ferry_events_delivered_total before stop " << delivered);
         check_consumer_view(c, k_topic, last, allowed_repeats, k_inflight);
+        // Counted once per event, however often a message was acked: never more than the
+        // distinct seqs that arrived (read before the stop, so a little less).
+        CHECK(delivered > 0);
+        CHECK(delivered <= static_cast<double>(c.events));
         return c;
     }
 };

@@ -177,7 +177,7 @@ int index_of(const std::string& payload) {
 
 void append_range(spool& sp, int from, int to, const std::string& topic = k_data_topic) {
     for (int i = from; i < to; ++i) {
-        auto r = sp.append(topic, 1, false,
+        auto r = sp.append(topic, 1, false, 1,
                            [&](std::uint64_t, std::string& out) { out = payload_of(i); });
         REQUIRE(r == ferry::upstream::append_result::ok);
     }
@@ -301,6 +301,7 @@ TEST_CASE("delivers the spool in order, says online and offline, empties the spo
     CHECK(metric(reg, "ferry_mqtt_published_total", {{"result", "error"}}) == 0);
     CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
     CHECK(metric(reg, "ferry_delivery_latency_seconds") == 200);
+    CHECK(metric(reg, "ferry_events_delivered_total") == 200);  // one event per message here
 
     // Messages appended while running go out too.
     append_range(sp, 200, 210);
@@ -592,6 +593,9 @@ TEST_CASE("a PUBACK that never comes: reconnect after ack_timeout, resend from t
     const auto repeats = check_ordered_with_window(rec.payloads(k_data_topic), 0, 100, 16);
     MESSAGE(repeats << " repeats");
     CHECK(repeats <= 16);
+    // Conservation: each message's events count as delivered once, however often it was
+    // acked (a resent one the broker already had is acked again).
+    CHECK(metric(reg, "ferry_events_delivered_total") == 100);
     pub.stop(1000ms);
 }
 
@@ -668,6 +672,10 @@ TEST_CASE("refused publishes, policy drop: dropped after refused_attempts, order
     // Each denied message refused exactly refused_attempts times, then dropped.
     CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) ==
           static_cast<double>(2 * denied.size()));
+    // Conservation (one event per message): delivered + dropped = everything spooled.
+    CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) ==
+          static_cast<double>(denied.size()));
+    CHECK(metric(reg, "ferry_events_delivered_total") == static_cast<double>(ok.size()));
     // A refusal is an answer, not a broken connection: no reconnect.
     CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
     CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connection_lost"}}) == 0);
@@ -726,6 +734,7 @@ TEST_CASE(
     CHECK(indexes(rec.payloads(k_ok_topic)) == ok_expected);
     CHECK(indexes(rec.payloads(k_denied_topic)) == std::vector<int>{5, 30});
     CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 0);
+    CHECK(metric(reg, "ferry_events_delivered_total") == 60);
     pub.stop(1000ms);
 }
 
@@ -739,7 +748,7 @@ TEST_CASE(
     prometheus::Registry reg;
     spool sp(spool_config(dir), reg);
     append_range(sp, 0, 3);
-    REQUIRE(sp.append(k_data_topic, 1, false, [](std::uint64_t, std::string& out) {
+    REQUIRE(sp.append(k_data_topic, 1, false, 1, [](std::uint64_t, std::string& out) {
         out = payload_of(3) + std::string(2000, 'x');
     }) == ferry::upstream::append_result::ok);
     append_range(sp, 4, 10);
@@ -754,5 +763,7 @@ TEST_CASE(
     std::this_thread::sleep_for(300ms);
     CHECK(indexes(rec.payloads(k_data_topic)) == std::vector<int>{0, 1, 2, 4, 5, 6, 7, 8, 9});
     CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) == 1);
+    CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 1);
+    CHECK(metric(reg, "ferry_events_delivered_total") == 9);
     pub.stop(1000ms);
 }

@@ -1,6 +1,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -123,7 +124,7 @@ void make_real_spool(const std::string& path, int n) {
     prometheus::Registry reg;
     spool sp(settings(path), reg);
     for (int i = 0; i < n; ++i) {
-        REQUIRE(sp.append("dev/t", 1, false, body(cat("message-", std::to_string(i)))) ==
+        REQUIRE(sp.append("dev/t", 1, false, 1, body(cat("message-", std::to_string(i)))) ==
                 append_result::ok);
     }
 }
@@ -140,9 +141,9 @@ TEST_CASE("append, peek and ack keep spool order") {
     prometheus::Registry reg;
     spool sp(settings(dir.file("spool.db")), reg);
 
-    CHECK(sp.append("a", 1, false, body("one")) == append_result::ok);
-    CHECK(sp.append("b", 0, true, body("two")) == append_result::ok);
-    CHECK(sp.append("a", 1, false, body("three")) == append_result::ok);
+    CHECK(sp.append("a", 1, false, 1, body("one")) == append_result::ok);
+    CHECK(sp.append("b", 0, true, 1, body("two")) == append_result::ok);
+    CHECK(sp.append("a", 1, false, 1, body("three")) == append_result::ok);
 
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
@@ -194,11 +195,74 @@ TEST_CASE("append, peek and ack keep spool order") {
     CHECK(metric(reg, "ferry_spool_dropped_total", "drop_oldest") == 0);
 
     // Ids never go back, even after the table was emptied.
-    CHECK(sp.append("a", 1, false, body("four")) == append_result::ok);
+    CHECK(sp.append("a", 1, false, 1, body("four")) == append_result::ok);
     auto later = sp.peek(0, 10);
     REQUIRE(later.size() == 1);
     CHECK(later[0].id > all[2].id);
     CHECK(later[0].payload == "four#3");
+}
+
+TEST_CASE("rows carry their event count: ack returns it once, drops count it by reason") {
+    tmp_dir dir;
+    prometheus::Registry reg;
+    // Each message: topic "t" (1) + 29 payload bytes = 30 bytes; 3 fit in 100.
+    spool sp(settings(dir.file("spool.db"), 100, when_full::drop_oldest), reg);
+    REQUIRE(sp.append("t", 1, false, 7, sized(29)) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 11, sized(29)) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 13, sized(29)) == append_result::ok);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 3);
+    CHECK(all[0].events == 7);
+    CHECK(all[2].events == 13);
+    CHECK(sp.ack(all[1].id) == 11);
+    CHECK(sp.ack(all[1].id) == 0);  // already removed: not counted twice
+    CHECK(sp.ack(987654) == 0);
+    // drop_oldest: the 7 events of the oldest row are dropped to make room.
+    REQUIRE(sp.append("t", 1, false, 17, sized(29)) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 19, sized(29)) == append_result::ok_dropped);
+    CHECK(metric(reg, "ferry_events_dropped_total", "spool_full") == 7);
+    // Larger than the whole spool: its events count as too_large.
+    CHECK(sp.append("t", 1, false, 23, sized(200)) == append_result::dropped);
+    CHECK(metric(reg, "ferry_events_dropped_total", "too_large") == 23);
+    // Every reason is present from the start.
+    CHECK(metric(reg, "ferry_events_dropped_total", "corrupt") == 0);
+    CHECK(metric(reg, "ferry_events_dropped_total", "refused") == 0);
+}
+
+TEST_CASE("drop_newest counts the refused message's events as spool_full") {
+    tmp_dir dir;
+    prometheus::Registry reg;
+    spool sp(settings(dir.file("spool.db"), 100, when_full::drop_newest), reg);
+    for (int i = 0; i < 3; ++i)
+        REQUIRE(sp.append("t", 1, false, 5, sized(29)) == append_result::ok);
+    CHECK(sp.append("t", 1, false, 9, sized(29)) == append_result::dropped);
+    CHECK(metric(reg, "ferry_events_dropped_total", "spool_full") == 9);
+}
+
+TEST_CASE("a version-1 spool is migrated at open and keeps its messages") {
+    tmp_dir dir;
+    const auto path = dir.file("spool.db");
+    make_real_spool(path, 3);
+    {
+        // Turn the file back into what Ferry wrote before the events column existed.
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+        REQUIRE(sqlite3_exec(db, "ALTER TABLE messages DROP COLUMN events; PRAGMA user_version=1;",
+                             nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(db);
+    }
+    prometheus::Registry reg;
+    quiet_logs q;
+    spool sp(settings(path), reg);
+    CHECK(sp.corrupt_recoveries() == 0);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 3);
+    CHECK(all[0].events == 0);
+    REQUIRE(sp.append("dev/t", 1, false, 4, body("new")) == append_result::ok);
+    all = sp.peek(0, 10);
+    REQUIRE(all.size() == 4);
+    CHECK(all[3].events == 4);
+    CHECK(sp.ack(all[3].id) == 4);
 }
 
 TEST_CASE("batch numbers rise per topic and persist across reopen") {
@@ -209,8 +273,8 @@ TEST_CASE("batch numbers rise per topic and persist across reopen") {
         prometheus::Registry reg;
         spool sp(settings(path), reg);
         for (int i = 0; i < 3; ++i)
-            REQUIRE(sp.append("x", 1, false, body("x")) == append_result::ok);
-        REQUIRE(sp.append("y", 1, false, body("y")) == append_result::ok);
+            REQUIRE(sp.append("x", 1, false, 1, body("x")) == append_result::ok);
+        REQUIRE(sp.append("y", 1, false, 1, body("y")) == append_result::ok);
         auto all = sp.peek(0, 10);
         REQUIRE(all.size() == 4);
         // Deliver everything: the batch numbers must survive an empty spool too.
@@ -222,9 +286,9 @@ TEST_CASE("batch numbers rise per topic and persist across reopen") {
         prometheus::Registry reg;
         spool sp(settings(path), reg);
         CHECK(sp.messages() == 0);
-        REQUIRE(sp.append("x", 1, false, body("x")) == append_result::ok);
-        REQUIRE(sp.append("y", 1, false, body("y")) == append_result::ok);
-        REQUIRE(sp.append("z", 1, false, body("z")) == append_result::ok);
+        REQUIRE(sp.append("x", 1, false, 1, body("x")) == append_result::ok);
+        REQUIRE(sp.append("y", 1, false, 1, body("y")) == append_result::ok);
+        REQUIRE(sp.append("z", 1, false, 1, body("z")) == append_result::ok);
         auto all = sp.peek(0, 10);
         REQUIRE(all.size() == 3);
         CHECK(all[0].payload == "x#4");
@@ -263,7 +327,7 @@ TEST_CASE("bytes and messages are recomputed at open") {
         prometheus::Registry reg;
         spool sp(settings(path), reg);
         for (int i = 0; i < 10; ++i) {
-            REQUIRE(sp.append(cat("topic/", std::to_string(i)), 1, false, sized(100 + 10 * i)) ==
+            REQUIRE(sp.append(cat("topic/", std::to_string(i)), 1, false, 1, sized(100 + 10 * i)) ==
                     append_result::ok);
             expect_bytes += (i < 10 ? 7 : 8) + 100 + 10 * static_cast<std::uint64_t>(i);
         }
@@ -287,9 +351,9 @@ TEST_CASE("drop_oldest keeps the newest and counts the drops") {
     // Each message: topic "t" (1) + 29 payload bytes = 30 bytes; 3 fit in 100.
     spool sp(settings(dir.file("spool.db"), 100, when_full::drop_oldest), reg);
     for (int i = 0; i < 3; ++i)
-        REQUIRE(sp.append("t", 1, false, sized(29)) == append_result::ok);
+        REQUIRE(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
     CHECK(sp.bytes() == 90);
-    CHECK(sp.append("t", 1, false, sized(29)) == append_result::ok_dropped);
+    CHECK(sp.append("t", 1, false, 1, sized(29)) == append_result::ok_dropped);
     CHECK(sp.messages() == 3);
     CHECK(sp.bytes() == 90);
     auto all = sp.peek(0, 10);
@@ -300,7 +364,7 @@ TEST_CASE("drop_oldest keeps the newest and counts the drops") {
     CHECK(metric(reg, "ferry_spool_dropped_total", "drop_oldest") == 1);
 
     // A message needing the room of two drops two.
-    CHECK(sp.append("t", 1, false, sized(49)) == append_result::ok_dropped);
+    CHECK(sp.append("t", 1, false, 1, sized(49)) == append_result::ok_dropped);
     all = sp.peek(0, 10);
     REQUIRE(all.size() == 2);
     CHECK(all[0].payload.ends_with("#4"));
@@ -317,9 +381,9 @@ TEST_CASE("drop_newest keeps the oldest, counts, and leaves a batch gap") {
     prometheus::Registry reg;
     spool sp(settings(dir.file("spool.db"), 100, when_full::drop_newest), reg);
     for (int i = 0; i < 3; ++i)
-        REQUIRE(sp.append("t", 1, false, sized(29)) == append_result::ok);
-    CHECK(sp.append("t", 1, false, sized(29)) == append_result::dropped);
-    CHECK(sp.append("t", 1, false, sized(29)) == append_result::dropped);
+        REQUIRE(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
+    CHECK(sp.append("t", 1, false, 1, sized(29)) == append_result::dropped);
+    CHECK(sp.append("t", 1, false, 1, sized(29)) == append_result::dropped);
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
     CHECK(all[0].payload.ends_with("#1"));
@@ -328,7 +392,7 @@ TEST_CASE("drop_newest keeps the oldest, counts, and leaves a batch gap") {
     CHECK(metric(reg, "ferry_spool_dropped_total", "drop_newest") == 2);
 
     sp.ack(all[0].id);
-    CHECK(sp.append("t", 1, false, sized(29)) == append_result::ok);
+    CHECK(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
     all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
     // Batches 4 and 5 were dropped: the consumer sees the gap 3 -> 6.
@@ -340,10 +404,10 @@ TEST_CASE("block waits for an ack") {
     prometheus::Registry reg;
     spool sp(settings(dir.file("spool.db"), 100, when_full::block), reg);
     for (int i = 0; i < 3; ++i)
-        REQUIRE(sp.append("t", 1, false, sized(29)) == append_result::ok);
+        REQUIRE(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
 
     auto blocked =
-        std::async(std::launch::async, [&] { return sp.append("t", 1, false, sized(29)); });
+        std::async(std::launch::async, [&] { return sp.append("t", 1, false, 1, sized(29)); });
     CHECK(blocked.wait_for(100ms) == std::future_status::timeout);
     CHECK(sp.messages() == 3);
 
@@ -365,14 +429,14 @@ TEST_CASE("block is released by close") {
     prometheus::Registry reg;
     spool sp(settings(dir.file("spool.db"), 100, when_full::block), reg);
     for (int i = 0; i < 3; ++i)
-        REQUIRE(sp.append("t", 1, false, sized(29)) == append_result::ok);
+        REQUIRE(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
     auto blocked =
-        std::async(std::launch::async, [&] { return sp.append("t", 1, false, sized(29)); });
+        std::async(std::launch::async, [&] { return sp.append("t", 1, false, 1, sized(29)); });
     CHECK(blocked.wait_for(100ms) == std::future_status::timeout);
     sp.close();
     REQUIRE(blocked.wait_for(10s) == std::future_status::ready);
     CHECK(blocked.get() == append_result::closed);
-    CHECK(sp.append("t", 1, false, sized(10)) == append_result::closed);
+    CHECK(sp.append("t", 1, false, 1, sized(10)) == append_result::closed);
     // Reads and acks still work after close.
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
@@ -385,12 +449,12 @@ TEST_CASE("a message larger than the whole spool is dropped, never blocks") {
         tmp_dir dir;
         prometheus::Registry reg;
         spool sp(settings(dir.file("spool.db"), 100, full), reg);
-        REQUIRE(sp.append("t", 1, false, sized(50)) == append_result::ok);
-        CHECK(sp.append("t", 1, false, sized(100)) == append_result::dropped);
+        REQUIRE(sp.append("t", 1, false, 1, sized(50)) == append_result::ok);
+        CHECK(sp.append("t", 1, false, 1, sized(100)) == append_result::dropped);
         CHECK(metric(reg, "ferry_spool_dropped_total", "too_large") == 1);
         CHECK(metric(reg, "ferry_spool_dropped_total", "drop_oldest") == 0);
         CHECK(metric(reg, "ferry_spool_dropped_total", "drop_newest") == 0);
-        REQUIRE(sp.append("t", 1, false, sized(20)) == append_result::ok);
+        REQUIRE(sp.append("t", 1, false, 1, sized(20)) == append_result::ok);
         auto all = sp.peek(0, 10);
         REQUIRE(all.size() == 2);
         CHECK(all[0].payload.ends_with("#1"));
@@ -407,7 +471,7 @@ TEST_CASE("wait_for_messages") {
 
     auto waiter = std::async(std::launch::async, [&] { return sp.wait_for_messages(0, 10s); });
     CHECK(waiter.wait_for(50ms) == std::future_status::timeout);
-    REQUIRE(sp.append("t", 1, false, body("x")) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 1, body("x")) == append_result::ok);
     REQUIRE(waiter.wait_for(10s) == std::future_status::ready);
     CHECK(waiter.get());
 
@@ -428,8 +492,8 @@ TEST_CASE("an encoder that throws is an error, not a crash") {
     quiet_logs q;
     spool sp(settings(dir.file("spool.db")), reg);
     auto bad = [](std::uint64_t, std::string&) { throw std::runtime_error("boom"); };
-    CHECK(sp.append("t", 1, false, bad) == append_result::error);
-    CHECK(sp.append("t", 1, false, body("ok")) == append_result::ok);
+    CHECK(sp.append("t", 1, false, 1, bad) == append_result::error);
+    CHECK(sp.append("t", 1, false, 1, body("ok")) == append_result::ok);
     CHECK(payloads(sp) == std::vector<std::string>{"ok#1"});
     CHECK(metric(reg, "ferry_spool_errors_total", "other") == 1);
 }
@@ -454,7 +518,7 @@ void check_recovers(const tmp_dir& dir, const std::string& original) {
     CHECK(std::regex_match(moved[0], std::regex(R"(spool\.db\.corrupt-[0-9]{10})")));
     CHECK(read_file(dir.file(moved[0])) == original);
 
-    REQUIRE(sp.append("t", 1, false, body("fresh")) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 1, body("fresh")) == append_result::ok);
     CHECK(payloads(sp) == std::vector<std::string>{"fresh#1"});
     sp.store_state("k", 5);
     CHECK(sp.load_state("k", 0) == 5);
@@ -528,7 +592,7 @@ TEST_CASE("a zero-byte file is damaged: moved aside and counted (issue 3)") {
     CHECK(sp.corrupt_recoveries() == 1);
     CHECK(metric(reg, "ferry_spool_corrupt_total") == 1);
     CHECK(files_starting(dir.path, "spool.db.corrupt-").size() == 1);
-    REQUIRE(sp.append("t", 1, false, body("x")) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 1, body("x")) == append_result::ok);
     CHECK(payloads(sp) == std::vector<std::string>{"x#1"});
 }
 
@@ -555,7 +619,7 @@ TEST_CASE("a spool in use by another connection is not moved aside") {
     prometheus::Registry reg;
     quiet_logs q;
     spool first(settings(path), reg);
-    REQUIRE(first.append("t", 1, false, body("x")) == append_result::ok);
+    REQUIRE(first.append("t", 1, false, 1, body("x")) == append_result::ok);
     // The spool holds an exclusive lock; a second open must fail loudly, not "recover".
     CHECK_THROWS_AS(spool(settings(path), reg), std::runtime_error);
     CHECK(files_starting(dir.path, "spool.db.corrupt-").empty());
@@ -591,19 +655,19 @@ TEST_CASE("a write error fails one append and the spool keeps working") {
     quiet_logs q;
     // fsync always: the WAL is written at every commit, so the error shows at once.
     spool sp(settings(path, 64 << 20, when_full::drop_oldest, fsync_mode::always), reg);
-    REQUIRE(sp.append("t", 1, false, sized(100)) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 1, sized(100)) == append_result::ok);
     {
         // No file may grow past 256 KiB: a 1 MiB message cannot be written.
         fsize_limit lim(256 * 1024);
-        CHECK(sp.append("t", 1, false, sized(1 << 20)) == append_result::error);
-        CHECK(sp.append("t", 1, false, sized(1 << 20)) == append_result::error);
+        CHECK(sp.append("t", 1, false, 1, sized(1 << 20)) == append_result::error);
+        CHECK(sp.append("t", 1, false, 1, sized(1 << 20)) == append_result::error);
     }
     double full = metric(reg, "ferry_spool_errors_total", "disk_full");
     double io = metric(reg, "ferry_spool_errors_total", "io");
     CHECK(full + io == 2);
     CHECK(sp.messages() == 1);
     CHECK(sp.bytes() == 101);
-    REQUIRE(sp.append("t", 1, false, sized(100)) == append_result::ok);
+    REQUIRE(sp.append("t", 1, false, 1, sized(100)) == append_result::ok);
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 2);
     CHECK(all[0].payload.ends_with("#1"));
@@ -625,7 +689,8 @@ TEST_CASE("the file stays bounded over many append/ack cycles") {
     for (int round = 0; round < 3; ++round) {
         // Fill far past max_bytes (drop_oldest keeps it at the bound), then drain.
         for (int i = 0; i < 200; ++i) {
-            auto r = sp.append(cat("plant/gw/dev", std::to_string(i % 7)), 1, false, sized(batch));
+            auto r =
+                sp.append(cat("plant/gw/dev", std::to_string(i % 7)), 1, false, 1, sized(batch));
             REQUIRE((r == append_result::ok || r == append_result::ok_dropped));
             CHECK(sp.bytes() <= max_bytes);
             peak = std::max(peak, on_disk());
@@ -638,7 +703,7 @@ TEST_CASE("the file stays bounded over many append/ack cycles") {
         CHECK(sp.messages() == 0);
         // Steady trickle: one in, one out.
         for (int i = 0; i < 300; ++i) {
-            REQUIRE(sp.append("plant/gw/x", 1, false, sized(batch)) == append_result::ok);
+            REQUIRE(sp.append("plant/gw/x", 1, false, 1, sized(batch)) == append_result::ok);
             auto m = sp.peek(acked_upto, 1);
             REQUIRE(m.size() == 1);
             sp.ack(m[0].id);
@@ -666,7 +731,7 @@ TEST_CASE("bench: append of a 20 KB batch" * doctest::skip()) {
         std::int64_t after = 0;
         auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < n; ++i)
-            sp.append("plant/gw/dev", 1, false, enc);
+            sp.append("plant/gw/dev", 1, false, 1, enc);
         auto t1 = std::chrono::steady_clock::now();
         for (const auto& m : sp.peek(after, static_cast<std::size_t>(n))) {
             sp.ack(m.id);
@@ -692,7 +757,7 @@ TEST_CASE("measure: on-disk size of a full spool" * doctest::skip()) {
             const auto n = 3 * max_bytes / batch + 10;
             std::int64_t acked = 0;
             for (std::uint64_t i = 0; i < n; ++i) {
-                sp.append("plant/gw1/dev", 1, false, sized(batch));
+                sp.append("plant/gw1/dev", 1, false, 1, sized(batch));
                 auto db = file_size_or_zero(path);
                 auto wal = file_size_or_zero(path + "-wal");
                 peak_db = std::max(peak_db, db);
