@@ -10,6 +10,11 @@
 // its user context, so a late callback from an earlier connection finds nothing and is ignored.
 // Paho's own persistence, offline buffering and automatic reconnect are all off: the spool is
 // the only store, and our reconnect loop decides when and from where to resend.
+// Two answers that are not a lost connection (docs/DELIVERY.md): no PUBACK within ack_timeout
+// (the sender resets the connection, as if lost), and a refusal (MQTT 5 reason >= 0x80): the
+// sender stops filling the window until every publish in it has its answer, settles the
+// refused ones (drop or keep, never letting an older batch follow a newer one on its topic) and
+// goes on from the oldest message in the spool, one at a time until the broker accepts one.
 #include "gateway/upstream/mqtt_publisher.hpp"
 
 #include <mqtt/async_client.h>
