@@ -70,6 +70,7 @@ constexpr std::string_view k_type_names[] = {"bool",  "int16",  "uint16",  "int3
 constexpr std::string_view k_byte_order_names[] = {"ABCD", "DCBA", "BADC", "CDAB"};
 constexpr std::string_view k_when_full_names[] = {"drop_oldest", "drop_newest", "block"};
 constexpr std::string_view k_fsync_names[] = {"always", "batch", "never"};
+constexpr std::string_view k_refused_names[] = {"block", "drop"};
 constexpr std::string_view k_parity_names[] = {"N", "E", "O"};
 constexpr std::string_view k_checksum_names[] = {"nmea"};
 constexpr std::string_view k_driver_names[] = {"modbus_tcp", "modbus_rtu", "serial_line"};
@@ -253,6 +254,13 @@ constexpr option k_mqtt_options[] = {
      "file's directory."},
     {"tls", "map", "none: no TLS", "TLS settings (see `upstream.mqtt.tls`); needs ssl:// URIs."},
     {"inflight", "integer 1..65535", "16", "Unacknowledged QoS 1/2 messages at a time."},
+    {"ack_timeout", "duration 1s..1h", "30s",
+     "The oldest publish unacknowledged this long: reconnect and resend from it."},
+    {"refused", "", "block",
+     "A publish the broker refuses (MQTT 5 reason >= 0x80): retry it alone until accepted, or "
+     "drop it after `refused_attempts` (docs/DELIVERY.md).",
+     k_all, k_refused_names},
+    {"refused_attempts", "integer 1..1000", "3", "Refusals of one message before `drop` drops it."},
 };
 
 constexpr option k_tls_options[] = {
@@ -1518,6 +1526,16 @@ void loader::mqtt(const value_ref& v, config& c) {
         }
     }
     set(m, "inflight", q.inflight, 1, 65535);
+    if (auto r = m.get("ack_timeout")) {
+        if (auto d = dur(*r, true)) {
+            if (d->count() < 1000 || d->count() > 3600000)
+                fail(*r, "ack_timeout must be 1s..1h");
+            else
+                q.ack_timeout = *d;
+        }
+    }
+    set_enum(m, "refused", q.refused, k_refused_names);
+    set(m, "refused_attempts", q.refused_attempts, 1, 1000);
 }
 
 void loader::spool(const value_ref& v, config& c) {

@@ -64,6 +64,8 @@ enum class point_type {
 enum class byte_order { abcd, dcba, badc, cdab };
 enum class when_full { drop_oldest, drop_newest, block };
 enum class fsync_mode { always, batch, never };
+// What the publisher does with a publish the broker refuses (docs/DELIVERY.md).
+enum class refused_policy { block, drop };
 enum class parity { none, even, odd };
 
 struct gateway_section {
@@ -227,6 +229,9 @@ struct mqtt_settings {
     std::string password;  // read from password_file; never logged
     std::optional<tls_settings> tls;
     int inflight = 16;
+    duration ack_timeout{30000};  // oldest PUBACK overdue: reconnect and resend
+    refused_policy refused = refused_policy::block;
+    int refused_attempts = 3;  // refusals of one message before `drop` drops it
 
     bool operator==(const mqtt_settings&) const = default;
 };

@@ -10,6 +10,11 @@
 // its user context, so a late callback from an earlier connection finds nothing and is ignored.
 // Paho's own persistence, offline buffering and automatic reconnect are all off: the spool is
 // the only store, and our reconnect loop decides when and from where to resend.
+// Two answers that are not a lost connection (docs/DELIVERY.md): no PUBACK within ack_timeout
+// (the sender resets the connection, as if lost), and a refusal (MQTT 5 reason >= 0x80): the
+// sender stops filling the window until every publish in it has its answer, settles the
+// refused ones (drop or keep, never letting an older batch follow a newer one on its topic) and
+// goes on from the oldest message in the spool, one at a time until the broker accepts one.
 #include "gateway/upstream/mqtt_publisher.hpp"
 
 #include <mqtt/async_client.h>
@@ -29,11 +34,13 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
 #include <unordered_map>
 
+#include "gateway/conservation.hpp"
 #include "gateway/log.hpp"
 #include "gateway/upstream/spool.hpp"
 
@@ -101,6 +108,16 @@ bool cancelled(int rc) {
     return rc == MQTTASYNC_DISCONNECTED || rc == MQTTASYNC_OPERATION_INCOMPLETE;
 }
 
+// The "batch" of a payload in the contract's JSON, for log lines; 0 when it has none.
+std::uint64_t batch_of(std::string_view payload) {
+    const auto at = payload.find("\"batch\":");
+    if (at == std::string_view::npos) return 0;
+    std::uint64_t v = 0;
+    for (auto i = at + 8; i < payload.size() && payload[i] >= '0' && payload[i] <= '9'; ++i)
+        v = v * 10 + static_cast<std::uint64_t>(payload[i] - '0');
+    return v;
+}
+
 }  // namespace
 
 struct mqtt_publisher::impl {
@@ -115,6 +132,15 @@ struct mqtt_publisher::impl {
         std::uint64_t gen = 0;
         std::int64_t id = 0;
         std::int64_t created_ms = 0;
+        steady::time_point sent{};  // for ack_timeout
+        std::string topic;          // for the refusal rules (order per topic)
+        std::uint64_t batch = 0;    // for log lines
+    };
+    // A publish the broker refused (MQTT 5 reason >= 0x80), waiting for the rest of its window.
+    struct refused_publish {
+        std::string topic;
+        std::uint64_t batch = 0;
+        int reason = 0;
     };
 
     impl(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
@@ -127,8 +153,11 @@ struct mqtt_publisher::impl {
     void run();
     bool should_exit();
     bool try_connect(std::uint64_t attempt);
-    void reset_connection(const std::string& why);
+    void reset_connection(const std::string& why, bool lost = true);
     void fill_window(std::int64_t& cursor);
+    bool ack_overdue();
+    bool refusals_settled();
+    void settle_refusals(std::int64_t& cursor);
     bool publish_one(spooled_message& m);
     void wait_backoff(std::chrono::milliseconds delay);
     void shutdown();
@@ -161,6 +190,10 @@ struct mqtt_publisher::impl {
     prometheus::Counter& m_err_status_;
     prometheus::Counter& m_err_subscribe_;
     prometheus::Counter& m_err_result_;
+    prometheus::Counter& m_err_ack_timeout_;
+    prometheus::Counter& m_err_refused_;
+    prometheus::Counter& m_dropped_refused_;   // ferry_events_dropped_total{reason="refused"}
+    prometheus::Counter& m_events_delivered_;  // ferry_events_delivered_total
     prometheus::Histogram& m_latency_;
 
     // Shared between the sender thread, Paho's threads and stop(); guarded by mu_.
@@ -176,6 +209,14 @@ struct mqtt_publisher::impl {
     bool publish_failed_ = false;  // a publish failed on a live connection: resync
     bool stop_requested_ = false;
     steady::time_point deadline_{};
+    // Refusals (see settle_refusals): refused publishes not yet settled, the newest spool id
+    // the broker accepted per topic, and per topic the newest id whose outcome a lost
+    // connection hid while a refusal was pending (it may have been accepted).
+    std::map<std::int64_t, refused_publish> refused_;
+    std::unordered_map<std::string, std::int64_t> newest_acked_;
+    std::unordered_map<std::string, std::int64_t> maybe_acked_;
+    bool probe_ = false;  // after a refusal: one message at a time until one is accepted
+    std::unordered_map<std::int64_t, int> refusals_;  // spool id -> times refused so far
 
     std::atomic<bool> connected_{false};
     std::atomic<std::uint64_t> acks_this_connection_{0};
@@ -256,6 +297,16 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
       m_err_status_(mqtt_error(registry, "status")),
       m_err_subscribe_(mqtt_error(registry, "subscribe")),
       m_err_result_(mqtt_error(registry, "command_result")),
+      m_err_ack_timeout_(mqtt_error(registry, "ack_timeout")),
+      m_err_refused_(mqtt_error(registry, "refused")),
+      m_dropped_refused_(events_dropped(registry, drop::refused)),
+      m_events_delivered_(
+          prometheus::BuildCounter()
+              .Name("ferry_events_delivered_total")
+              .Help("Events in spool messages the broker acknowledged, counted once "
+                    "per message removed from the spool")
+              .Register(registry)
+              .Add({})),
       m_latency_(prometheus::BuildHistogram()
                      .Name("ferry_delivery_latency_seconds")
                      .Help("From entering the spool to broker acknowledgement")
@@ -372,23 +423,49 @@ void mqtt_publisher::impl::on_delivered(const mqtt::token& tok, bool ok) {
         static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(tok.get_user_context()));
     pending p;
     bool current = false;
+    // The broker said no (MQTT 5 PUBACK/PUBREC reason >= 0x80): not a broken connection but
+    // an answer about this message, settled by the refusal policy (settle_refusals).
+    const int reason = static_cast<int>(tok.get_reason_code());
+    const bool refused = !ok && reason >= 0x80 && !cancelled(tok.get_return_code());
     {
         std::lock_guard lk(mu_);
         auto it = outstanding_.find(pub);
         if (it == outstanding_.end()) return;  // from a connection we already gave up on
-        p = it->second;
+        p = std::move(it->second);
         outstanding_.erase(it);
         current = p.gen == gen_ && !lost_;
         // Paho cancels what was queued or in flight when the connection closes; the loss
         // itself is handled once, by the connection-lost path, and everything is resent.
         if (!ok && cancelled(tok.get_return_code())) current = false;
-        if (!ok && current) publish_failed_ = true;
+        if (refused) {
+            refused_[p.id] = refused_publish{p.topic, p.batch, reason};
+        } else if (!ok && current) {
+            publish_failed_ = true;
+        }
+        if (ok) {
+            auto& newest = newest_acked_[p.topic];
+            newest = std::max(newest, p.id);
+            probe_ = false;  // the broker takes messages again: open the window
+            refusals_.erase(p.id);
+        }
         m_inflight_.Set(static_cast<double>(outstanding_.size()));
     }
-    if (ok) {
+    if (refused) {
+        m_published_error_.Increment();
+        m_err_refused_.Increment();
+        log::warn(
+            k_component, "publish refused",
+            {{"id", std::to_string(p.id)},
+             {"topic", p.topic},
+             {"batch", std::to_string(p.batch)},
+             {"reason", std::to_string(reason)},
+             {"words", mqtt::exception::reason_code_str(reason)},
+             {"policy", settings_.refused == config::refused_policy::block ? "block" : "drop"}});
+    } else if (ok) {
         // The broker has it: removing it from the spool is right even if the connection has
-        // dropped since.
-        spool_.ack(p.id);
+        // dropped since. A resent duplicate acked again finds no row and counts 0 events, so
+        // each event is counted as delivered once.
+        m_events_delivered_.Increment(static_cast<double>(spool_.ack(p.id)));
         if (log::enabled(config::log_level::debug)) {
             log::debug(k_component, "acked",
                        {{"id", std::to_string(p.id)},
@@ -522,11 +599,19 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
     return false;
 }
 
-void mqtt_publisher::impl::reset_connection(const std::string& why) {
+void mqtt_publisher::impl::reset_connection(const std::string& why, bool lost) {
     std::size_t forgotten = 0;
     {
         std::lock_guard lk(mu_);
         forgotten = outstanding_.size();
+        // With a refusal pending, a forgotten publish may have been accepted before the loss:
+        // settle_refusals treats it as accepted, so the refused message never follows it.
+        if (!refused_.empty()) {
+            for (const auto& [pub, p] : outstanding_) {
+                auto& maybe = maybe_acked_[p.topic];
+                maybe = std::max(maybe, p.id);
+            }
+        }
         outstanding_.clear();
         ++gen_;
         lost_ = false;
@@ -535,7 +620,7 @@ void mqtt_publisher::impl::reset_connection(const std::string& why) {
     connected_ = false;
     m_connected_.Set(0);
     m_inflight_.Set(0);
-    m_err_lost_.Increment();
+    if (lost) m_err_lost_.Increment();
     if (client_->is_connected()) {
         // A publish failed on a live connection: drop it so that the resend starts clean.
         try {
@@ -568,7 +653,8 @@ bool mqtt_publisher::impl::publish_one(spooled_message& m) {
     {
         std::lock_guard lk(mu_);
         pub = next_pub_++;
-        outstanding_[pub] = pending{gen_, m.id, m.created_ms};
+        outstanding_[pub] =
+            pending{gen_, m.id, m.created_ms, steady::now(), m.topic, batch_of(m.payload)};
         m_inflight_.Set(static_cast<double>(outstanding_.size()));
     }
     if (m.id > highest_taken_) {
@@ -609,11 +695,16 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
     std::size_t room = 0;
     {
         std::unique_lock lk(mu_);
-        room = window_ - std::min(window_, outstanding_.size());
+        // After a refusal nothing new is taken until the window has settled, then one message
+        // at a time until the broker accepts one (see settle_refusals).
+        const std::size_t window = !refused_.empty() ? 0 : probe_ ? 1 : window_;
+        room = window - std::min(window, outstanding_.size());
         if (room == 0) {
             // Window full: wait for an ack (or loss, or stop).
             cv_.wait_for(lk, k_idle_wait, [&] {
-                return outstanding_.size() < window_ || lost_ || publish_failed_ || stop_requested_;
+                return (refused_.empty() && outstanding_.size() < window) ||
+                       (!refused_.empty() && outstanding_.empty()) || lost_ || publish_failed_ ||
+                       stop_requested_;
             });
             return;
         }
@@ -627,6 +718,109 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
         if (!publish_one(m)) return;
         cursor = m.id;
     }
+}
+
+// The oldest outstanding publish has waited longer than ack_timeout. A broker (or anything in
+// between) that keeps the connection alive, answering pings, but never acks would otherwise
+// hold the window full forever; a reconnect makes the resend from the oldest happen.
+bool mqtt_publisher::impl::ack_overdue() {
+    std::int64_t id = 0;
+    steady::duration waited{};
+    std::size_t unacked = 0;
+    {
+        std::lock_guard lk(mu_);
+        if (outstanding_.empty()) return false;
+        const auto oldest = std::min_element(
+            outstanding_.begin(), outstanding_.end(),
+            [](const auto& a, const auto& b) { return a.second.sent < b.second.sent; });
+        id = oldest->second.id;
+        waited = steady::now() - oldest->second.sent;
+        unacked = outstanding_.size();
+    }
+    if (waited < settings_.ack_timeout) return false;
+    m_err_ack_timeout_.Increment();
+    log::warn(
+        k_component, "no PUBACK in time",
+        {{"id", std::to_string(id)},
+         {"waited_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(waited))},
+         {"ack_timeout_ms", ms_string(settings_.ack_timeout)},
+         {"unacked", std::to_string(unacked)},
+         {"action", "reconnect_and_resend"}});
+    return true;
+}
+
+// Every publish of the window that held a refusal has its answer (or was forgotten with a
+// lost connection).
+bool mqtt_publisher::impl::refusals_settled() {
+    std::lock_guard lk(mu_);
+    return !refused_.empty() && outstanding_.empty();
+}
+
+// Settles the refused publishes of a window once nothing is outstanding (fill_window takes
+// nothing new meanwhile). Per refused message, oldest first:
+//  - a later message on its topic was accepted (or may have been: its answer was lost with
+//    the connection): delivering this one now would show a consumer an older batch after a
+//    newer one on that topic, so it is dropped, whatever the policy;
+//  - policy `drop` and refused `refused_attempts` times: dropped;
+//  - else it stays in the spool. The stream resumes from the oldest message in the spool, one
+//    message at a time until the broker accepts one, after a backoff that doubles with each
+//    refusal of the same message: nothing newer overtakes it, and `block` does not creep.
+// Messages the broker accepted in the window were acked as usual: the consumer has them.
+void mqtt_publisher::impl::settle_refusals(std::int64_t& cursor) {
+    struct verdict {
+        std::int64_t id;
+        refused_publish r;
+        int times;
+        bool overtaken;
+    };
+    std::vector<verdict> verdicts;
+    {
+        std::lock_guard lk(mu_);
+        for (auto& [id, r] : refused_) {
+            std::int64_t newer = 0;
+            if (auto it = newest_acked_.find(r.topic); it != newest_acked_.end())
+                newer = it->second;
+            if (auto it = maybe_acked_.find(r.topic); it != maybe_acked_.end())
+                newer = std::max(newer, it->second);
+            verdicts.push_back({id, std::move(r), ++refusals_[id], newer > id});
+        }
+        refused_.clear();
+        maybe_acked_.clear();
+    }
+    int kept_times = 0;  // refusals of the oldest message kept
+    for (auto& v : verdicts) {
+        const bool exhausted = settings_.refused == config::refused_policy::drop &&
+                               v.times >= settings_.refused_attempts;
+        if (!v.overtaken && !exhausted) {
+            if (kept_times == 0) kept_times = v.times;
+            continue;
+        }
+        {
+            std::lock_guard lk(mu_);
+            refusals_.erase(v.id);
+        }
+        const auto events = spool_.drop(v.id);
+        m_dropped_refused_.Increment(static_cast<double>(events));
+        log::error(k_component, "refused message dropped",
+                   {{"id", std::to_string(v.id)},
+                    {"topic", v.r.topic},
+                    {"batch", std::to_string(v.r.batch)},
+                    {"reason", std::to_string(v.r.reason)},
+                    {"refusals", std::to_string(v.times)},
+                    {"events", std::to_string(events)},
+                    {"why", v.overtaken ? "a later message on the topic was accepted"
+                                        : "refused_attempts reached"}});
+    }
+    cursor = 0;  // every publish has its answer: go on from the oldest message in the spool
+    if (kept_times == 0) return;
+    {
+        std::lock_guard lk(mu_);
+        probe_ = true;
+    }
+    auto delay = k_backoff_min;
+    for (int i = 1; i < kept_times && delay < k_backoff_max; ++i)
+        delay *= 2;
+    wait_backoff(std::min(delay, k_backoff_max));
 }
 
 void mqtt_publisher::impl::run() {
@@ -668,6 +862,14 @@ void mqtt_publisher::impl::run() {
         if (backoff_ != k_backoff_min &&
             (acks_this_connection_ > 0 || steady::now() - connected_at_ >= k_healthy_after)) {
             backoff_ = k_backoff_min;
+        }
+        if (ack_overdue()) {
+            reset_connection("no PUBACK within " + ms_string(settings_.ack_timeout) + "ms", false);
+            continue;
+        }
+        if (refusals_settled()) {
+            settle_refusals(cursor);
+            continue;
         }
         fill_window(cursor);
     }

@@ -6,6 +6,10 @@
 // At most `inflight` messages are outstanding; on reconnect every unacknowledged message is
 // sent again from the oldest, so duplicates appear only within the in-flight window.
 // Reconnects with exponential backoff and jitter, failing over across `uris` in order.
+// A publish not acknowledged within `ack_timeout` resets the connection (resend from the oldest).
+// A publish the broker refuses follows `refused` (block | drop after `refused_attempts`) and
+// never reorders a topic. Events of acknowledged messages count in ferry_events_delivered_total
+// once each; events of dropped refused ones in ferry_events_dropped_total{reason="refused"}.
 // Publishes a retained "online" on ferry/{gateway}/status after each connect, with a retained
 // last will "offline".
 //

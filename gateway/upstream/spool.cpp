@@ -1063,3 +1063,40 @@ void spool::close() {
 }
 
 }  // namespace ferry::upstream
+
+// ---- Publisher helper (issue 13): removing a message the broker refused -------------------
+// Kept apart from ack(): a dropped message is not "sent" and is rare (refused publishes), so
+// it prepares its statement on each call instead of holding one.
+namespace ferry::upstream {
+
+std::uint32_t spool::drop(std::int64_t id) {
+    std::unique_lock lock(impl_->mu_);
+    if (impl_->db_ == nullptr) return 0;
+    statement st;
+    int rc = st.prepare(impl_->db_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes, events");
+    std::int64_t freed = -1;
+    std::uint32_t events = 0;
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st.get(), 1, id);
+        rc = sqlite3_step(st.get());
+        if (rc == SQLITE_ROW) {
+            freed = sqlite3_column_int64(st.get(), 0);
+            events = static_cast<std::uint32_t>(sqlite3_column_int64(st.get(), 1));
+            rc = sqlite3_step(st.get());
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        impl_->rollback();
+        impl_->record_error(rc, "drop");
+        return 0;
+    }
+    if (freed < 0) return 0;
+    impl_->bytes_ = impl_->bytes_.load() - static_cast<std::uint64_t>(freed);
+    impl_->messages_ = impl_->messages_.load() - 1;
+    impl_->set_gauges();
+    lock.unlock();
+    impl_->space_cv_.notify_all();
+    return events;
+}
+
+}  // namespace ferry::upstream

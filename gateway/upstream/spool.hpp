@@ -73,6 +73,10 @@ class spool {
     // Removes a delivered message and returns the events it carried: 0 for an unknown id or
     // one already removed, so a caller that counts what this returns counts each row once.
     std::uint32_t ack(std::int64_t id);
+    // (publisher, issue 13) Removes a message that will never be delivered (the broker refused
+    // it), without counting it as sent. Returns the number of events it held (0 for an unknown
+    // id); the caller counts them as dropped with its reason.
+    std::uint32_t drop(std::int64_t id);
 
     // Blocks until a message with id > after_id exists, close() is called, or the timeout
     // passes. Returns true when there is something to peek.

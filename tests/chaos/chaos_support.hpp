@@ -130,4 +130,35 @@ inline std::uint64_t field_u64(const std::map<std::string, std::string>& f,
     return it == f.end() || it->second.empty() ? 0 : std::stoull(it->second);
 }
 
+// After ferry stopped: the spool file at `spool_path` is empty and knows `topic`, and that
+// topic's last batch number reached `rec` within `timeout`. Returns that batch number (0 when
+// the spool does not know the topic).
+inline std::uint64_t check_spool_drained(const std::string& spool_path, const mqtt_recorder& rec,
+                                         const std::string& topic,
+                                         std::chrono::milliseconds timeout = 20000ms) {
+    const auto st = read_spool_file(spool_path);
+    CHECK(st.messages == 0);
+    REQUIRE(st.last_batch.count(topic) == 1);
+    const auto last = st.last_batch.at(topic);
+    CHECK(wait_until(
+        [&] { return check_delivery(parse_upstream(rec.messages())).last_batch[topic] >= last; },
+        timeout));
+    return last;
+}
+
+// What a consumer deduplicating on (gateway, seq) must see on `topic` after a fault: every
+// batch up to `last` with no hole in batch or seq (consecutive from the first seen), nothing
+// out of order or conflicting, at most `allowed_repeats` repeats, each from within `window`.
+inline void check_consumer_view(delivery_check& c, const std::string& topic, std::uint64_t last,
+                                std::size_t allowed_repeats, std::uint64_t window) {
+    CHECK(c.last_batch[topic] == last);
+    CHECK(c.batch_gaps.empty());
+    CHECK(c.seq_gaps.empty());
+    CHECK(c.events == c.last_seq - c.first_seq + 1);
+    CHECK(c.reordered == 0);
+    CHECK(c.conflicting == 0);
+    CHECK(c.repeats <= allowed_repeats);
+    CHECK(c.max_repeat_distance <= window);
+}
+
 }  // namespace ferry::test

@@ -40,3 +40,5 @@ foreach(case partition slow_uplink netem)
   set_tests_properties(chaos_network_${case} PROPERTIES LABELS chaos RUN_SERIAL TRUE
     SKIP_RETURN_CODE 77)
 endforeach()
+ferry_test(chaos_broker_faults chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/broker_faults_test.cpp)
+target_link_libraries(chaos_broker_faults PRIVATE SQLite::SQLite3)

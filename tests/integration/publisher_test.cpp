@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -31,6 +32,7 @@
 #include "gateway/upstream/mqtt_publisher.hpp"
 #include "gateway/upstream/spool.hpp"
 #include "tests/support/harness.hpp"
+#include "tests/support/mqtt_proxy.hpp"
 
 namespace {
 
@@ -173,9 +175,9 @@ int index_of(const std::string& payload) {
     return std::stoi(payload.substr(2));
 }
 
-void append_range(spool& sp, int from, int to) {
+void append_range(spool& sp, int from, int to, const std::string& topic = k_data_topic) {
     for (int i = from; i < to; ++i) {
-        auto r = sp.append(k_data_topic, 1, false, 1,
+        auto r = sp.append(topic, 1, false, 1,
                            [&](std::uint64_t, std::string& out) { out = payload_of(i); });
         REQUIRE(r == ferry::upstream::append_result::ok);
     }
@@ -299,6 +301,7 @@ TEST_CASE("delivers the spool in order, says online and offline, empties the spo
     CHECK(metric(reg, "ferry_mqtt_published_total", {{"result", "error"}}) == 0);
     CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
     CHECK(metric(reg, "ferry_delivery_latency_seconds") == 200);
+    CHECK(metric(reg, "ferry_events_delivered_total") == 200);  // one event per message here
 
     // Messages appended while running go out too.
     append_range(sp, 200, 210);
@@ -539,4 +542,228 @@ TEST_CASE("throughput (informational): 5000 QoS 1 messages") {
                                << " ms (" << 5000L * 1000 / std::max(ms, 1L) << " msg/s)");
         pub.stop(1000ms);
     }
+}
+
+// ---- Broker faults (issue 13): a PUBACK that never comes, a publish the broker refuses ------
+
+TEST_CASE("a PUBACK that never comes: reconnect after ack_timeout, resend from the oldest") {
+    temp_dir dir;
+    mosquitto broker;
+    ferry::test::mqtt_proxy proxy(broker.port());
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 100);
+    sub_recorder rec(broker.port(), "rec-ack-timeout", {"plant/#"});
+
+    // The broker gets every publish; its PUBACKs never reach Ferry, pings still do.
+    proxy.withhold_puback();
+    auto cfg = mqtt_config({proxy.uri()});
+    cfg.ack_timeout = 2s;
+    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "ack_timeout"}}) == 0);
+    pub.start();
+
+    // The window fills and stays full: 16 at the broker, none acked (the proxy also counts the
+    // retained "online" status, whose ack it withholds too).
+    REQUIRE(wait_until([&] { return metric(reg, "ferry_mqtt_inflight") == 16; }, 10s));
+    std::this_thread::sleep_for(1000ms);
+    CHECK(proxy.stats().inflight == 17);
+    CHECK(sp.messages() == 100);
+    CHECK(rec.count(k_data_topic) == 16);
+
+    // The acks flow again, but the ones withheld never come: only a reconnect (and resend
+    // from the oldest) unblocks the window. Without ack_timeout the spool stays at 100 and the
+    // window full however long this waits.
+    proxy.pass();
+    const bool drained = wait_until([&] { return sp.messages() == 0; }, 20s);
+    const auto st = proxy.stats();
+    MESSAGE("spool " << sp.messages() << ", inflight metric " << metric(reg, "ferry_mqtt_inflight")
+                     << ", proxy: " << st.json);
+    REQUIRE(drained);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "ack_timeout"}}) >= 1);
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) >= 2);
+    CHECK(st.connections >= 2);
+    REQUIRE(wait_until(
+        [&] {
+            auto p = rec.payloads(k_data_topic);
+            return !p.empty() && p.back() == payload_of(99);
+        },
+        10s));
+    // The 16 the broker already had arrive twice: duplicates only within the window.
+    const auto repeats = check_ordered_with_window(rec.payloads(k_data_topic), 0, 100, 16);
+    MESSAGE(repeats << " repeats");
+    CHECK(repeats <= 16);
+    // Conservation: each message's events count as delivered once, however often it was
+    // acked (a resent one the broker already had is acked again).
+    CHECK(metric(reg, "ferry_events_delivered_total") == 100);
+    pub.stop(1000ms);
+}
+
+namespace {
+
+const std::string k_ok_topic = "plant/gw1/ok";
+const std::string k_denied_topic = "plant/gw1/denied";
+
+// A broker whose ACL lets anonymous clients write everything but k_denied_topic; it answers
+// a QoS 1 publish there with PUBACK 0x87 (not authorized) under MQTT 5. allow() rewrites the
+// ACL to allow it too and makes mosquitto reload it (SIGHUP).
+struct acl_broker {
+    temp_dir dir;
+    std::string acl = dir.file("acl");
+    std::unique_ptr<mosquitto> broker;
+    acl_broker() {
+        std::filesystem::permissions(dir.path(), std::filesystem::perms::all);
+        write(false);
+        broker = std::make_unique<mosquitto>(0, "acl_file " + acl + "\n");
+    }
+    void write(bool allow_denied) {
+        ferry::test::write_file(acl, std::string("topic readwrite plant/gw1/ok\n") +
+                                         (allow_denied ? "topic readwrite plant/gw1/denied\n"
+                                                       : "topic read plant/gw1/denied\n") +
+                                         "topic readwrite ferry/#\ntopic readwrite ferry-test/#\n");
+        std::filesystem::permissions(acl, std::filesystem::perms::all);
+    }
+    void allow() {
+        write(true);
+        ::kill(broker->pid(), SIGHUP);
+    }
+};
+
+// Payload indexes per topic in arrival order.
+std::vector<int> indexes(const std::vector<std::string>& payloads) {
+    std::vector<int> out;
+    for (const auto& p : payloads)
+        out.push_back(index_of(p));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("refused publishes, policy drop: dropped after refused_attempts, order kept") {
+    acl_broker b;
+    temp_dir dir;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    // 0..39, every 5th on the denied topic: refusals in the middle of full windows.
+    std::vector<int> ok, denied;
+    for (int i = 0; i < 40; ++i) {
+        const bool deny = i % 5 == 2;
+        append_range(sp, i, i + 1, deny ? k_denied_topic : k_ok_topic);
+        (deny ? denied : ok).push_back(i);
+    }
+    sub_recorder rec(b.broker->port(), "rec-refused-drop", {"plant/#"});
+    auto cfg = mqtt_config({b.broker->uri()});
+    cfg.refused = ferry::config::refused_policy::drop;
+    cfg.refused_attempts = 2;
+    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) == 0);
+    CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 0);
+    pub.start();
+
+    const bool drained = wait_until([&] { return sp.messages() == 0; }, 30s);
+    MESSAGE("spool " << sp.messages() << ", refused "
+                     << metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}));
+    REQUIRE(drained);
+    REQUIRE(wait_until([&] { return rec.count(k_ok_topic) >= ok.size(); }, 10s));
+    std::this_thread::sleep_for(300ms);
+    // Every accepted message once, in order; nothing on the denied topic.
+    CHECK(indexes(rec.payloads(k_ok_topic)) == ok);
+    CHECK(rec.count(k_denied_topic) == 0);
+    // Each denied message refused exactly refused_attempts times, then dropped.
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) ==
+          static_cast<double>(2 * denied.size()));
+    // Conservation (one event per message): delivered + dropped = everything spooled.
+    CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) ==
+          static_cast<double>(denied.size()));
+    CHECK(metric(reg, "ferry_events_delivered_total") == static_cast<double>(ok.size()));
+    // A refusal is an answer, not a broken connection: no reconnect.
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connection_lost"}}) == 0);
+    pub.stop(1000ms);
+}
+
+TEST_CASE(
+    "refused publishes, policy block: the stream stops at the refusal, no creep, resumes "
+    "in order once the broker accepts") {
+    acl_broker b;
+    temp_dir dir;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    // 0..4 ok, 5 denied, 6..29 ok, 30 denied, 31..59 ok.
+    for (int i = 0; i < 60; ++i)
+        append_range(sp, i, i + 1, i == 5 || i == 30 ? k_denied_topic : k_ok_topic);
+    sub_recorder rec(b.broker->port(), "rec-refused-block", {"plant/#"});
+    auto cfg = mqtt_config({b.broker->uri()});  // refused: block (the default)
+    REQUIRE(cfg.refused == ferry::config::refused_policy::block);
+    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    pub.start();
+
+    // The window that held 5 is answered: 5 refused, the others accepted (the window slides,
+    // so up to 15 messages behind 5 may have gone out before its refusal came back).
+    REQUIRE(wait_until(
+        [&] {
+            return metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) >= 2;
+        },
+        10s));
+    std::this_thread::sleep_for(200ms);
+    const auto first = rec.count(k_ok_topic);
+    // Then nothing newer goes out while 5 is refused again and again (a window per retry
+    // would have sent everything by now).
+    REQUIRE(wait_until(
+        [&] {
+            return metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) >= 5;
+        },
+        15s));
+    const auto held = rec.count(k_ok_topic);
+    MESSAGE("ok messages through while blocked: " << first << " after the 2nd refusal, " << held
+                                                  << " after the 5th; spool " << sp.messages());
+    CHECK(held == first);
+    CHECK(held >= 15);
+    CHECK(held <= 20);  // 0..20 but 5
+    CHECK(sp.messages() == 60 - held);
+
+    // The operator fixes the ACL: 5 goes through, then the rest, in order.
+    b.allow();
+    const bool drained = wait_until([&] { return sp.messages() == 0; }, 30s);
+    REQUIRE(drained);
+    REQUIRE(wait_until(
+        [&] { return rec.count(k_ok_topic) >= 58 && rec.count(k_denied_topic) >= 2; }, 10s));
+    std::vector<int> ok_expected;
+    for (int i = 0; i < 60; ++i)
+        if (i != 5 && i != 30) ok_expected.push_back(i);
+    CHECK(indexes(rec.payloads(k_ok_topic)) == ok_expected);
+    CHECK(indexes(rec.payloads(k_denied_topic)) == std::vector<int>{5, 30});
+    CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 0);
+    CHECK(metric(reg, "ferry_events_delivered_total") == 60);
+    pub.stop(1000ms);
+}
+
+TEST_CASE(
+    "a refused message that a later one on its topic overtook is dropped, never resent "
+    "after it") {
+    // mosquitto refuses a publish larger than message_size_limit (PUBACK 0x95) and takes the
+    // smaller ones behind it on the same topic: the refused one can never follow them in order.
+    temp_dir dir;
+    mosquitto broker(0, "message_size_limit 1000\n");
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 3);
+    REQUIRE(sp.append(k_data_topic, 1, false, 1, [](std::uint64_t, std::string& out) {
+        out = payload_of(3) + std::string(2000, 'x');
+    }) == ferry::upstream::append_result::ok);
+    append_range(sp, 4, 10);
+    sub_recorder rec(broker.port(), "rec-overtaken", {"plant/#"});
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg);  // block
+    pub.start();
+    const bool drained = wait_until([&] { return sp.messages() == 0; }, 15s);
+    MESSAGE("spool " << sp.messages() << ", refused "
+                     << metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}));
+    REQUIRE(drained);
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 9; }, 10s));
+    std::this_thread::sleep_for(300ms);
+    CHECK(indexes(rec.payloads(k_data_topic)) == std::vector<int>{0, 1, 2, 4, 5, 6, 7, 8, 9});
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) == 1);
+    CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 1);
+    CHECK(metric(reg, "ferry_events_delivered_total") == 9);
+    pub.stop(1000ms);
 }

@@ -19,3 +19,4 @@ ferry_test(integration_commands integration ${CMAKE_CURRENT_SOURCE_DIR}/integrat
 ferry_test(integration_modbus_write integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/modbus_write_test.cpp)
 target_link_libraries(integration_modbus_write PRIVATE ferry_drivers)
 ferry_test(integration_conservation integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/conservation_test.cpp)
+ferry_test(integration_mqtt_proxy integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/mqtt_proxy_test.cpp)

@@ -799,6 +799,8 @@ std::string ferry_yaml(const ferry_options& o) {
     y += "]\n    inflight: " + std::to_string(o.inflight) + "\n";
     if (!o.keepalive.empty()) y += "    keepalive: " + o.keepalive + "\n";
     if (!o.tls.empty()) y += "    tls: " + o.tls + "\n";
+    for (const auto& k : o.mqtt_keys)
+        y += "    " + k + "\n";
     y += "  spool:\n    path: \"{data_dir}/spool.db\"\n    max_bytes: " + o.max_bytes +
          "\n    when_full: " + o.when_full + "\n    fsync: " + o.fsync + "\n";
     return y;

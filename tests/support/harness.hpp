@@ -283,6 +283,7 @@ struct ferry_options {
     std::vector<std::string> uris;
     std::string tls;  // the value of upstream.mqtt.tls, e.g. "{ ca_file: x }", or empty
     int inflight = 16;
+    std::vector<std::string> mqtt_keys;  // more upstream.mqtt keys, e.g. "ack_timeout: 2s"
     std::string max_bytes = "64MiB";
     std::string when_full = "drop_oldest";
     std::string fsync = "batch";

@@ -616,3 +616,30 @@ TEST_CASE("config/REFERENCE.md documents every declared key") {
     }
     CHECK(doc.substr(b + begin.size(), e - b - begin.size()) == generated);
 }
+
+TEST_CASE("upstream.mqtt ack_timeout and refused policy (issue 13)") {
+    auto c = cfg::load_config_text("gateway: { id: g }\n", "t.yaml");
+    CHECK(c.upstream.mqtt.ack_timeout == 30s);
+    CHECK(c.upstream.mqtt.refused == cfg::refused_policy::block);
+    CHECK(c.upstream.mqtt.refused_attempts == 3);
+    c = cfg::load_config_text(
+        "gateway: { id: g }\nupstream:\n  mqtt: { ack_timeout: 5s, refused: drop, "
+        "refused_attempts: 1 }\n",
+        "t.yaml");
+    CHECK(c.upstream.mqtt.ack_timeout == 5s);
+    CHECK(c.upstream.mqtt.refused == cfg::refused_policy::drop);
+    CHECK(c.upstream.mqtt.refused_attempts == 1);
+    try {
+        cfg::load_config_text(
+            "gateway: { id: g }\nupstream:\n  mqtt:\n    ack_timeout: 500ms\n"
+            "    refused: skip\n    refused_attempts: 0\n",
+            "t.yaml");
+        FAIL("expected errors");
+    } catch (const cfg::errors& e) {
+        const auto got = to_lines(e);
+        REQUIRE(got.size() == 3);
+        CHECK(got[0] == "t.yaml:4:18: upstream.mqtt.ack_timeout: ack_timeout must be 1s..1h");
+        CHECK(got[1].find("upstream.mqtt.refused: ") != std::string::npos);
+        CHECK(got[2] == "t.yaml:6:23: upstream.mqtt.refused_attempts: 0 is out of range (1..1000)");
+    }
+}
