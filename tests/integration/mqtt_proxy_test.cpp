@@ -9,6 +9,7 @@
 #include <mqtt/async_client.h>
 
 #include <atomic>
+#include <thread>
 
 #include "tests/support/harness.hpp"
 
@@ -68,6 +69,18 @@ TEST_CASE("mqtt_proxy: pass, withhold_puback, slow_ack, cut, refuse and stats") 
     CHECK(s.inflight_max >= 1);
     CHECK(cl.c.is_connected());
 
+    // refuse_publish: the proxy answers PUBACK 0x97 itself; the broker never sees it.
+    proxy.pass();
+    proxy.refuse_publish(1);
+    auto refused = cl.publish("refused");
+    CHECK_THROWS(refused->wait_for(10s));
+    CHECK(static_cast<int>(refused->get_reason_code()) == 0x97);
+    CHECK(proxy.stats().publishes_refused == 1);
+    REQUIRE(cl.publish("after")->wait_for(10s));  // only one was refused
+    CHECK(rec.wait_for_count(3, 10000ms));
+    std::this_thread::sleep_for(300ms);
+    CHECK(rec.messages().back().payload == "after");
+
     // slow_ack: the ack comes, late.
     proxy.slow_ack(800ms);
     const auto t0 = std::chrono::steady_clock::now();
@@ -101,5 +114,6 @@ TEST_CASE("mqtt_proxy: pass, withhold_puback, slow_ack, cut, refuse and stats") 
     client again(proxy.uri());
     again.connect();
     REQUIRE(again.publish("four")->wait_for(10s));
-    CHECK(rec.wait_for_count(4, 10000ms));
+    CHECK(rec.wait_for_count(5, 10000ms));
+    CHECK(rec.count() == 5);  // one, two, after, three, four: never "refused"
 }

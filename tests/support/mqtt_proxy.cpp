@@ -113,6 +113,7 @@ mqtt_proxy_stats mqtt_proxy::stats() {
     s.inflight = j.value("inflight", 0ULL);
     s.inflight_max = j.value("inflight_max", 0ULL);
     s.cuts = j.value("cuts", 0ULL);
+    s.publishes_refused = j.value("publishes_refused", 0ULL);
     return s;
 }
 

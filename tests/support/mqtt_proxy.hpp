@@ -29,7 +29,8 @@ struct mqtt_proxy_stats {
     std::uint64_t inflight = 0;         // QoS>0 publishes not yet acked to the client (open conns)
     std::uint64_t inflight_max = 0;     // the largest `inflight` seen
     std::uint64_t cuts = 0;
-    std::string json;  // the line as answered
+    std::uint64_t publishes_refused = 0;  // by refuse_publish
+    std::string json;                     // the line as answered
 };
 
 class mqtt_proxy {
@@ -58,6 +59,8 @@ class mqtt_proxy {
     void slow_ack(std::chrono::milliseconds d) { command("slow_ack " + std::to_string(d.count())); }
     void cut() { command("cut"); }
     void refuse() { command("refuse"); }
+    // The next n QoS 1 publishes (MQTT 5) are answered PUBACK 0x97 by the proxy, not forwarded.
+    void refuse_publish(int n) { command("refuse_publish " + std::to_string(n)); }
     mqtt_proxy_stats stats();
 
     void stop();  // SIGTERM and wait (also done by the destructor)

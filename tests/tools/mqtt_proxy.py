@@ -20,9 +20,12 @@ answered with one line, `ok` or `error ...`:
     slow_ack MS       delay only PUBACKs from broker to client by MS ms (order among them kept)
     cut               close all current connections now; the mode stays as it is
     refuse            close new connections at once (open ones stay)
+    refuse_publish N  the next N QoS 1 publishes from MQTT 5 clients are not forwarded; the
+                      proxy answers each itself with PUBACK reason 0x97 (quota exceeded), as a
+                      broker refusing it would. Independent of the mode (a counter)
     stats             one JSON line: connections (accepted), open, mode, packets by type each
                       way (to_broker, to_client), pubacks_withheld, pubacks_refused (reason
-                      >= 0x80), inflight (QoS>0 publishes from clients whose PUBACK/PUBREC has
+                      >= 0x80 from the broker), publishes_refused (by refuse_publish), inflight (QoS>0 publishes from clients whose PUBACK/PUBREC has
                       not reached the client, open connections only), inflight_max (the
                       largest inflight seen), cuts
 
@@ -97,6 +100,13 @@ def publish_id(packet):
     return int.from_bytes(packet[p:p + 2], "big")
 
 
+def protocol_level(connect):
+    """The protocol level of a CONNECT packet (4: 3.1.1, 5: MQTT 5)."""
+    s = body_start(connect)
+    name_len = int.from_bytes(connect[s:s + 2], "big")
+    return connect[s + 2 + name_len]
+
+
 def ack_id_and_reason(packet):
     """(packet id, reason code) of a PUBACK/PUBREC; the reason is 0 when absent (3.1.1)."""
     s = body_start(packet)
@@ -114,6 +124,8 @@ class Proxy:
         self.conns = set()
         self.accepted = 0
         self.cuts = 0
+        self.refuse_left = 0
+        self.refused_publishes = 0
         self.to_broker = {}
         self.to_client = {}
         self.withheld = 0
@@ -128,7 +140,8 @@ class Proxy:
                 "to_broker": self.to_broker, "to_client": self.to_client,
                 "pubacks_withheld": self.withheld, "pubacks_refused": self.refused_acks,
                 "inflight": self.inflight(), "inflight_max": self.inflight_max,
-                "cuts": self.cuts}
+                "cuts": self.cuts, "publishes_refused": self.refused_publishes,
+                "refuse_left": self.refuse_left}
 
     async def on_client(self, creader, cwriter):
         self.accepted += 1
@@ -170,6 +183,11 @@ class Proxy:
             self.mode = cmd
             self.delay_s = ms / 1000.0 if cmd == "delay" else 0.0
             self.ack_delay_s = ms / 1000.0 if cmd == "slow_ack" else 0.0
+        elif cmd == "refuse_publish" and len(args) == 1:
+            try:
+                self.refuse_left = int(args[0])
+            except ValueError:
+                return "error refuse_publish takes a count"
         elif cmd == "cut" and not args:
             self.cuts += 1
             for c in list(self.conns):
@@ -216,6 +234,7 @@ class Connection:
         self.to_client_q = asyncio.Queue()
         self.ack_q = asyncio.Queue()
         self.outstanding = set()  # packet ids of QoS>0 publishes not yet acked to the client
+        self.v5 = False  # the client connected with MQTT 5 (refusals need reason codes)
         self.tasks = []
         self.closed = False
 
@@ -262,6 +281,21 @@ class Connection:
                 if proxy.mode == "blackhole":
                     continue
                 if from_client:
+                    if ptype == 1:
+                        self.v5 = protocol_level(p) == 5
+                    if (ptype == 3 and (p[0] >> 1) & 3 == 1 and self.v5
+                            and proxy.refuse_left > 0):
+                        proxy.refuse_left -= 1
+                        proxy.refused_publishes += 1
+                        pid = publish_id(p)
+                        # PUBACK, remaining length 3: packet id, reason 0x97 (quota exceeded).
+                        # It is an answer like the broker's, so slow_ack and delay apply to it.
+                        refusal = bytes([0x40, 3, pid >> 8, pid & 0xFF, 0x97])
+                        if proxy.mode == "slow_ack":
+                            self.ack_q.put_nowait((now + proxy.ack_delay_s, refusal, None))
+                        else:
+                            self.to_client_q.put_nowait((now + proxy.delay_s, refusal, None))
+                        continue
                     if ptype == 3:
                         pid = publish_id(p)
                         if pid is not None:
