@@ -107,6 +107,8 @@ TEST_CASE("stalled pipeline (block spool full, broker down): SIGHUP applies, SIG
     CHECK(reloaded);
     CHECK(ms_since(hup) < 5000 + 1000);  // the budget, plus the log poll's slack
     CHECK(metric_value(o.http_port, "ferry_config_reloads_total{result=\"applied\"}") == 1.0);
+    // The changed device's poll was waiting in the bus: it is taken out later, not waited for.
+    CHECK(log_has(log1, "device waits for the pipeline"));
 
     const auto term = steady::now();
     const int code = ferry->stop(SIGTERM, 20s);  // SIGKILL after 20 s, as systemd would
