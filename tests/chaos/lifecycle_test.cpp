@@ -57,6 +57,21 @@ arrived settle(const mqtt_recorder& rec, std::size_t expected) {
     return a;
 }
 
+// A device that answers slowly (the simulator's --delay), polled back to back, with a timeout
+// well above the delay; batches that stay in memory until the stop (max_age 60 s).
+ferry_options slow_device(const temp_dir& dir, const modbus_sim& sim, int registers) {
+    ferry_options o;
+    o.data_dir = dir.path();
+    o.http_port = free_port();
+    o.modbus_port = sim.port();
+    o.registers = registers;
+    o.poll = "100ms";
+    o.timeout = "5s";
+    o.max_events = 100000;
+    o.max_age = "60s";
+    return o;
+}
+
 }  // namespace
 
 // Budgets: a reload returns within 5 s (the rule engine's swap waits at most one pass of the
@@ -153,15 +168,7 @@ TEST_CASE("stalled pipeline (block spool full, broker down): SIGHUP applies, SIG
 TEST_CASE("SIGTERM while a slow device is mid-poll: every reading it served arrives") {
     modbus_sim sim(0, holding_registers(10), {}, {"--delay", "2000"});
     temp_dir dir;
-    ferry_options o;
-    o.data_dir = dir.path();
-    o.http_port = free_port();
-    o.modbus_port = sim.port();
-    o.registers = 10;
-    o.poll = "100ms";
-    o.timeout = "5s";
-    o.max_events = 100000;
-    o.max_age = "60s";  // everything is still in memory at the stop
+    auto o = slow_device(dir, sim, 10);
     const auto broker_port = free_port();  // run 1: no broker; the stop must spool it all
     o.uris = {"tcp://127.0.0.1:" + std::to_string(broker_port)};
 
@@ -204,4 +211,38 @@ TEST_CASE("SIGTERM while a slow device is mid-poll: every reading it served arri
     // Every reading the simulator served arrived, and nothing else was produced.
     CHECK(a.good == answered * 10);
     CHECK(a.distinct == run1.at("produced") + run2.at("produced"));
+}
+
+// A slow device with a long poll (4 requests of 125 registers, each answered after 2 s: 8 s a
+// poll): SIGTERM just after the first request of a poll reached it. The stop waits for that
+// request, publishes what it read and skips the rest of the poll (never sampled, so nothing
+// is lost); before, it waited out the whole poll. Budget: well under the 8 s poll.
+TEST_CASE("SIGTERM during a long poll of a slow device waits for one request, not the poll") {
+    modbus_sim sim(0, holding_registers(500), {}, {"--delay", "2000"});
+    mosquitto broker;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    temp_dir dir;
+    auto o = slow_device(dir, sim, 500);
+    o.uris = {broker.uri()};
+    const auto log = dir.file("ferry.log");
+    auto ferry = start_ferry(o, dir.file("ferry.yaml"), log);
+    // SIGTERM right after the first request of the second poll arrived (a poll is 4 requests,
+    // all answered: request 5).
+    REQUIRE(wait_until([&] { return sim.requests() >= 5; }, 30s));
+    REQUIRE(sim.requests() == 5);
+    const auto t = steady::now();
+    const int code = ferry->stop(SIGTERM, 20s);
+    const auto stop_ms = ms_since(t);
+    const auto answered = sim.stats()["answered"];
+    MESSAGE("SIGTERM during a poll: exit " << code << " after " << stop_ms
+                                           << " ms; requests answered " << answered);
+    CHECK(code == 0);
+    CHECK(stop_ms < 6000);  // one 2 s request and the publisher's drain, not 3 more requests
+    const auto counts = stop_counts(log);
+    REQUIRE(counts.count("produced") == 1);
+    CHECK(counts.at("dropped") == 0);
+    // Every request answered was a block of 125 readings, and each was produced and arrived.
+    CHECK(counts.at("produced") == answered * 125);
+    const auto a = settle(rec, answered * 125);
+    CHECK(a.good == answered * 125);
 }
