@@ -302,8 +302,7 @@ struct store::impl {
             if (!has_column("commands", "run_ms"))
                 exec("ALTER TABLE commands ADD COLUMN run_ms INTEGER NOT NULL DEFAULT 0");
             exec("CREATE INDEX IF NOT EXISTS commands_run ON commands(run_ms)");
-            exec(
-                "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
+            exec("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
             prepare(find_st, "SELECT state, error, run_ms FROM commands WHERE id = ?1");
             prepare(insert_st,
                     "INSERT OR REPLACE INTO commands(id, device, point, state, error, at_ms, "
@@ -321,9 +320,11 @@ struct store::impl {
                     "DO UPDATE SET value = max(value, excluded.value)");
             {
                 statement base;
-                prepare(base, "SELECT max(coalesce((SELECT value FROM meta WHERE key = "
-                              "'runtime_ms'), 0), coalesce((SELECT max(run_ms) FROM commands), 0))");
-                if (sqlite3_step(base.s) == SQLITE_ROW) runtime_base = sqlite3_column_int64(base.s, 0);
+                prepare(base,
+                        "SELECT max(coalesce((SELECT value FROM meta WHERE key = "
+                        "'runtime_ms'), 0), coalesce((SELECT max(run_ms) FROM commands), 0))");
+                if (sqlite3_step(base.s) == SQLITE_ROW)
+                    runtime_base = sqlite3_column_int64(base.s, 0);
             }
             prepare(count_st, "SELECT count(*) FROM commands");
             // Ids a previous run left in progress: ferry stopped between recording and

@@ -81,9 +81,9 @@ class poller {
     // A config reload: `devices` is the new set. Devices whose settings changed restart
     // (their requests in flight finish first; a poll whose events wait for room on the bus is
     // not waited for: that device is taken out once the bus took them), removed ones stop and
-    // lose their series, new ones start; the others are not touched and poll on. Throws std::invalid_argument, and
-    // changes nothing, for a set that cannot run (as the constructor). Points of new devices
-    // must be interned and routed on the bus first.
+    // lose their series, new ones start; the others are not touched and poll on. Throws
+    // std::invalid_argument, and changes nothing, for a set that cannot run (as the constructor).
+    // Points of new devices must be interned and routed on the bus first.
     void update(std::vector<config::device> devices);
     // Throws as the constructor would for these devices; touches nothing.
     static void check(const std::vector<config::device>& devices);

@@ -122,7 +122,7 @@ struct reader::impl {
     std::thread thread;
     std::atomic<bool> stopping{false};
     std::atomic<int> pending_updates{0};  // reloads posted to the io thread, not applied yet
-    mutable std::mutex mu;  // guards ports (the vector) and each port's status
+    mutable std::mutex mu;                // guards ports (the vector) and each port's status
     std::mt19937 rng{std::random_device{}()};
 
     driver_families shared;  // ferry_device_up and the received/sent/errors trio

@@ -217,7 +217,8 @@ TEST_CASE("store: bounded by count (oldest evicted) and by TTL") {
     CHECK(s.size() == 1);
 }
 
-TEST_CASE("store: ages by running time, persisted across a reopen; a version-1 file keeps its ids") {
+TEST_CASE(
+    "store: ages by running time, persisted across a reopen; a version-1 file keeps its ids") {
     tmp_dir dir;
     const auto path = dir.file("commands.db");
     std::int64_t at = 0;
