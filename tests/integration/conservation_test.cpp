@@ -19,13 +19,14 @@ namespace {
 
 // d1: r0..r9 hold 0..9. The rule takes r0..r7 (r8, r9: unrouted), passes value < 6 (r6, r7:
 // filtered), and a deadband with a heartbeat passes r0..r5 about every 300 ms (the polls in
-// between: deduped).
+// between: deduped). A generous device timeout: a poll that timed out would give `bad`
+// events, which the filter cannot compare (dead-letter), and the exact counts below assume none.
 std::string config_text(const std::string& dir, std::uint16_t modbus_port, std::uint16_t mqtt_port,
                         std::uint16_t http_port) {
     std::string y = "gateway: { id: cons-gw, data_dir: " + dir + " }\n";
     y += "http: { listen: 127.0.0.1:" + std::to_string(http_port) + " }\n";
     y += "devices:\n  - id: d1\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " +
-         std::to_string(modbus_port) + "\n    poll_interval: 100ms\n    points:\n";
+         std::to_string(modbus_port) + "\n    poll_interval: 100ms\n    timeout: 5s\n    points:\n";
     for (int i = 0; i < 10; ++i)
         y += "      - { name: r" + std::to_string(i) +
              ", table: holding, address: " + std::to_string(i) + ", type: uint16 }\n";
