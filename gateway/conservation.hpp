@@ -15,6 +15,7 @@
 #include <prometheus/registry.h>
 
 #include <cstddef>
+#include <iterator>
 #include <string>
 #include <string_view>
 
@@ -35,31 +36,13 @@ enum class drop {
 };
 
 inline std::string_view to_string(drop d) {
-    switch (d) {
-        case drop::filtered:
-            return "filtered";
-        case drop::deduped:
-            return "deduped";
-        case drop::unrouted:
-            return "unrouted";
-        case drop::bus_overflow:
-            return "bus_overflow";
-        case drop::spool_full:
-            return "spool_full";
-        case drop::too_large:
-            return "too_large";
-        case drop::refused:
-            return "refused";
-        case drop::corrupt:
-            return "corrupt";
-        case drop::shutdown:
-            return "shutdown";
-        case drop::encode:
-            return "encode";
-        case drop::count_:
-            break;
-    }
-    return "unknown";
+    // In the order of the enum.
+    constexpr std::string_view names[] = {"filtered",   "deduped",   "unrouted", "bus_overflow",
+                                          "spool_full", "too_large", "refused",  "corrupt",
+                                          "shutdown",   "encode"};
+    static_assert(std::size(names) == static_cast<std::size_t>(drop::count_));
+    const auto i = static_cast<std::size_t>(d);
+    return i < std::size(names) ? names[i] : "unknown";
 }
 
 // BuildCounter on a name the registry already holds returns that family (prometheus-cpp),
