@@ -114,8 +114,7 @@ std::shared_ptr<subscription> bus::subscribe(std::string name,
     auto next = std::make_shared<route_table>(*table_.load());
     const auto known = static_cast<point_id>(next->routes.size());
     for (point_id id = 0; id < known; ++id) {
-        if (matches(sub->patterns_, points_.get(id).address))
-            next->routes[id].push_back(sub.get());
+        if (matches(sub->patterns_, points_.get(id).address)) next->routes[id].push_back(sub.get());
     }
     next->subs.push_back(sub);
     route_points(*next, known);

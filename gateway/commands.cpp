@@ -236,11 +236,28 @@ enum class state : int { in_progress = 0, ok = 1, failed = 2 };
 
 }  // namespace
 
+// Ages are measured on the store's own clock: Ferry's accumulated running time in ms
+// (`meta.runtime_ms`, persisted with every recorded id and at close, plus the monotonic time
+// since this open), never the wall clock. A wall clock that NTP steps by hours (an RTC-less
+// box) therefore neither expires an id early (a step forward) nor keeps rows recorded while
+// it was behind from ageing (a step back): a retried id is never written twice (issue 13).
+// Time while Ferry is not running does not count, so an id may be kept longer than `ttl` in
+// wall time, never shorter; a kill -9 loses at most the running time since the last recorded
+// id (ids then live longer). `at_ms` keeps the wall-clock time of the write, for people.
 struct store::impl {
     std::string path;
     options opt;
     sqlite3* db = nullptr;
-    statement find_st, insert_st, finish_st, forget_st, evict_age_st, evict_count_st, count_st;
+    statement find_st, insert_st, finish_st, forget_st, evict_age_st, evict_count_st, count_st,
+        runtime_st;
+    std::int64_t runtime_base = 0;  // meta.runtime_ms at open
+    std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
+
+    std::int64_t now() const {
+        return runtime_base + std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::steady_clock::now() - opened)
+                                  .count();
+    }
 
     [[noreturn]] void fail(const std::string& what) const {
         throw std::runtime_error(path + ": " + what + ": " + (db ? sqlite3_errmsg(db) : "?"));
@@ -280,18 +297,35 @@ struct store::impl {
                 "CREATE TABLE IF NOT EXISTS commands(id TEXT PRIMARY KEY, device TEXT NOT NULL, "
                 "point TEXT NOT NULL, state INTEGER NOT NULL, error TEXT NOT NULL DEFAULT '', "
                 "at_ms INTEGER NOT NULL)");
-            exec("CREATE INDEX IF NOT EXISTS commands_at ON commands(at_ms)");
-            prepare(find_st, "SELECT state, error, at_ms FROM commands WHERE id = ?1");
+            // Version 1 files aged ids by at_ms (the wall clock); their ids start at running
+            // time 0 here, so they are kept for a full ttl of running time from now on.
+            if (!has_column("commands", "run_ms"))
+                exec("ALTER TABLE commands ADD COLUMN run_ms INTEGER NOT NULL DEFAULT 0");
+            exec("CREATE INDEX IF NOT EXISTS commands_run ON commands(run_ms)");
+            exec("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
+            prepare(find_st, "SELECT state, error, run_ms FROM commands WHERE id = ?1");
             prepare(insert_st,
-                    "INSERT OR REPLACE INTO commands(id, device, point, state, error, at_ms) "
-                    "VALUES (?1, ?2, ?3, 0, '', ?4)");
+                    "INSERT OR REPLACE INTO commands(id, device, point, state, error, at_ms, "
+                    "run_ms) VALUES (?1, ?2, ?3, 0, '', ?4, ?5)");
             prepare(finish_st, "UPDATE commands SET state = ?2, error = ?3 WHERE id = ?1");
             prepare(forget_st, "DELETE FROM commands WHERE id = ?1");
-            prepare(evict_age_st, "DELETE FROM commands WHERE at_ms < ?1");
+            prepare(evict_age_st, "DELETE FROM commands WHERE run_ms < ?1");
             // Keeps the newest ?1 ids.
             prepare(evict_count_st,
                     "DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands ORDER BY "
-                    "at_ms DESC, rowid DESC LIMIT -1 OFFSET ?1)");
+                    "run_ms DESC, rowid DESC LIMIT -1 OFFSET ?1)");
+            // Never backwards: a caller-supplied clock (tests) may be ahead of ours.
+            prepare(runtime_st,
+                    "INSERT INTO meta(key, value) VALUES ('runtime_ms', ?1) ON CONFLICT(key) "
+                    "DO UPDATE SET value = max(value, excluded.value)");
+            {
+                statement base;
+                prepare(base,
+                        "SELECT max(coalesce((SELECT value FROM meta WHERE key = "
+                        "'runtime_ms'), 0), coalesce((SELECT max(run_ms) FROM commands), 0))");
+                if (sqlite3_step(base.s) == SQLITE_ROW)
+                    runtime_base = sqlite3_column_int64(base.s, 0);
+            }
             prepare(count_st, "SELECT count(*) FROM commands");
             // Ids a previous run left in progress: ferry stopped between recording and
             // answering; whether the device took the write is unknown.
@@ -310,9 +344,27 @@ struct store::impl {
             throw;
         }
     }
+    bool has_column(const char* table, const char* column) {
+        statement st;
+        prepare(st, ("SELECT 1 FROM pragma_table_info('" + std::string(table) +
+                     "') WHERE name = '" + column + "'")
+                        .c_str());
+        return sqlite3_step(st.s) == SQLITE_ROW;
+    }
+    void store_runtime(std::int64_t ms) {
+        sqlite3_bind_int64(runtime_st.s, 1, ms);
+        run(runtime_st, "recording the running time");
+    }
     void close() {
+        if (db && runtime_st.s) {
+            try {
+                store_runtime(now());  // the running time of this run counts at the next
+            } catch (const std::exception&) {
+                // A store that cannot write any more: ids live longer, nothing worse.
+            }
+        }
         for (auto* st : {&find_st, &insert_st, &finish_st, &forget_st, &evict_age_st,
-                         &evict_count_st, &count_st}) {
+                         &evict_count_st, &count_st, &runtime_st}) {
             sqlite3_finalize(st->s);
             st->s = nullptr;
         }
@@ -353,8 +405,13 @@ void store::begin(const std::string& id, const std::string& device, const std::s
         impl_->bind(impl_->insert_st, 1, id);
         impl_->bind(impl_->insert_st, 2, device);
         impl_->bind(impl_->insert_st, 3, point);
-        sqlite3_bind_int64(impl_->insert_st.s, 4, now_ms);
+        sqlite3_bind_int64(impl_->insert_st.s, 4,
+                           std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count());
+        sqlite3_bind_int64(impl_->insert_st.s, 5, now_ms);
         impl_->run(impl_->insert_st, "recording a command id");
+        impl_->store_runtime(now_ms);
         impl_->exec("COMMIT");
     } catch (...) {
         sqlite3_exec(impl_->db, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -372,6 +429,10 @@ void store::finish(const std::string& id, bool ok, const std::string& error) {
 void store::forget(const std::string& id) {
     impl_->bind(impl_->forget_st, 1, id);
     impl_->run(impl_->forget_st, "forgetting a command id");
+}
+
+std::int64_t store::now() const {
+    return impl_->now();
 }
 
 std::size_t store::size() {
@@ -479,7 +540,7 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
                       "reconnect); publish commands with retain false");
     }
     const auto& id = *p.id;
-    const auto now_ms = unix_ms();
+    const auto now_ms = unix_ms();  // for "ts" (max_age): the operator's wall clock
 
     std::unique_lock lock(mu);
     if (!db) return refuse(result::rejected, store_error);
@@ -491,7 +552,7 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
     }
     std::optional<store::entry> seen;
     try {
-        seen = db->find(id, now_ms);
+        seen = db->find(id, db->now());
     } catch (const std::exception& e) {
         return refuse(
             result::rejected,
@@ -530,7 +591,7 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
                                                 " ms (commands.rate_limit)");
     }
     try {
-        db->begin(id, device, point, now_ms);
+        db->begin(id, device, point, db->now());
     } catch (const std::exception& e) {
         return refuse(
             result::rejected,

@@ -15,7 +15,9 @@
 // stored result and never written again, also after a restart; an id found "in progress" at
 // start (ferry stopped mid-write) is answered "outcome unknown". Ids of commands refused
 // before the write are not kept: nothing was written, so the same id may be sent again. The
-// store is bounded (max_ids, oldest evicted) and forgets ids after a TTL.
+// store is bounded (max_ids, oldest evicted) and forgets ids after a TTL of Ferry's running
+// time (persisted in commands.db), never by the wall clock: a clock step, forward or back,
+// cannot make an id write twice.
 //
 // A retained set message is refused (rejected, nothing written): the broker would replay it
 // at every reconnect, and once its id had left the store it would be written again.
@@ -154,10 +156,16 @@ class store {
     store(const store&) = delete;
     store& operator=(const store&) = delete;
 
+    // `now_ms` is a reading of the store's clock, now(): Ferry's accumulated running time,
+    // which wall-clock steps do not move (tests pass their own readings).
     std::optional<entry> find(const std::string& id, std::int64_t now_ms);
-    // Records `id` in progress, durably (fsynced) before returning; evicts by TTL and count.
+    // Records `id` in progress, durably (fsynced) before returning; evicts by TTL and count,
+    // and persists the running time.
     void begin(const std::string& id, const std::string& device, const std::string& point,
                std::int64_t now_ms);
+    // Ferry's running time in ms: what earlier runs persisted plus the monotonic time since
+    // this store was opened.
+    std::int64_t now() const;
     void finish(const std::string& id, bool ok, const std::string& error);
     void forget(const std::string& id);  // nothing was sent: the id may come again
     std::size_t size();

@@ -126,11 +126,11 @@ struct daemon::impl {
     // the rule path: filtered, deduped, unrouted, bus_overflow, shutdown.
     prometheus::Counter* produced_events = nullptr;
     std::array<prometheus::Counter*, static_cast<std::size_t>(drop::count_)> events_dropped_by{};
-    counter_mirror produced_mirror;     // bus::published()
-    counter_mirror unmatched_mirror;    // unrouted: points the rule subscription does not match
-    counter_mirror overflow_mirror;     // bus_overflow: the rule subscription's queue drops
-    counter_mirror closed_mirror;       // shutdown: published after the rule queue closed
-    counter_mirror lost_mirror;         // shutdown: batches the spool could not take at stop
+    counter_mirror produced_mirror;   // bus::published()
+    counter_mirror unmatched_mirror;  // unrouted: points the rule subscription does not match
+    counter_mirror overflow_mirror;   // bus_overflow: the rule subscription's queue drops
+    counter_mirror closed_mirror;     // shutdown: published after the rule queue closed
+    counter_mirror lost_mirror;       // shutdown: batches the spool could not take at stop
     std::uint64_t engine_unrouted_seen = 0;  // of the current engine (rule thread only)
 
     std::string status_line() const;

@@ -7,6 +7,7 @@
 #include <prometheus/registry.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -154,6 +155,9 @@ struct poller::impl {
     std::condition_variable poll_done;  // a device's poll finished (update() waits for it)
     bool started = false;
     bool stopping = false;
+    // Set by stop() before it waits: a poll in flight skips its retries and remaining blocks,
+    // so a stop waits for at most one request (≤ timeout) per worker, not a whole slow poll.
+    std::atomic<bool> halting{false};
     steady::time_point timer_at = steady::time_point::max();  // a worker sleeps until then
     std::vector<std::thread> workers;
     std::mt19937 rng{std::random_device{}()};
@@ -352,6 +356,7 @@ struct poller::impl {
         const int attempts = d.up ? 1 + d.cfg.retries : 1;
         read_result r;
         for (int a = 0; a < attempts; ++a) {
+            if (a > 0 && halting.load(std::memory_order_relaxed)) break;
             ++o.requests;
             r = d.ln->lnk->read(d.cfg.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
                                 static_cast<std::uint16_t>(b.count), d.cfg.timeout, d.regs.data());
@@ -392,6 +397,8 @@ struct poller::impl {
         // d.blocks may grow while we go: a block split on an illegal address is replaced by
         // its two halves, and the first half is read next.
         for (std::size_t k = 0; k < d.blocks.size(); ++k) {
+            // Stopping: what was read is published, the rest was never sampled (no loss).
+            if (k > 0 && halting.load(std::memory_order_relaxed)) break;
             read_result r{fault::timeout};
             if (reachable) r = read_block_once(d, d.blocks[k], o);
             if (!r.unanswered()) answered = true;
@@ -720,6 +727,7 @@ void poller::update(std::vector<config::device> devices) {
 }
 
 void poller::stop() {
+    impl_->halting = true;
     {
         std::lock_guard lock(impl_->mu);
         impl_->stopping = true;

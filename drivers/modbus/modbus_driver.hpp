@@ -30,7 +30,9 @@
 // never retried: a write that timed out may have happened.
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
-// finishes or times out first, at most `timeout`). Building checks the configuration
+// finishes or times out first, at most `timeout`; the poll it belongs to skips its retries
+// and remaining blocks and publishes what it read, so a slow device with many blocks does not
+// hold up a stop). Building checks the configuration
 // (conflicting serial settings, a unit id twice on one port) and touches no device.
 #pragma once
 
@@ -79,9 +81,9 @@ class poller {
     // A config reload: `devices` is the new set. Devices whose settings changed restart
     // (their requests in flight finish first; a poll whose events wait for room on the bus is
     // not waited for: that device is taken out once the bus took them), removed ones stop and
-    // lose their series, new ones start; the others are not touched and poll on. Throws std::invalid_argument, and
-    // changes nothing, for a set that cannot run (as the constructor). Points of new devices
-    // must be interned and routed on the bus first.
+    // lose their series, new ones start; the others are not touched and poll on. Throws
+    // std::invalid_argument, and changes nothing, for a set that cannot run (as the constructor).
+    // Points of new devices must be interned and routed on the bus first.
     void update(std::vector<config::device> devices);
     // Throws as the constructor would for these devices; touches nothing.
     static void check(const std::vector<config::device>& devices);

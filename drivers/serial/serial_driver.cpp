@@ -121,7 +121,8 @@ struct reader::impl {
     std::vector<std::shared_ptr<port_rt>> ports;  // in config order; changed under mu
     std::thread thread;
     std::atomic<bool> stopping{false};
-    mutable std::mutex mu;  // guards ports (the vector) and each port's status
+    std::atomic<int> pending_updates{0};  // reloads posted to the io thread, not applied yet
+    mutable std::mutex mu;                // guards ports (the vector) and each port's status
     std::mt19937 rng{std::random_device{}()};
 
     driver_families shared;  // ferry_device_up and the received/sent/errors trio
@@ -454,42 +455,52 @@ void reader::check(const std::vector<config::device>& devices) {
 
 void reader::update(std::vector<config::device> devices) {
     auto& m = *impl_;
-    // Everything that can fail happens here, before anything changes.
-    std::map<std::string, std::shared_ptr<port_rt>> current;
-    {
+    // Every device is built here, so a device that cannot be used throws before anything
+    // changes. Which of them replace a running port is decided on the io thread, against the
+    // ports running then: an earlier reload that could not wait for the io thread (see below)
+    // is applied first, in order.
+    std::vector<std::shared_ptr<port_rt>> built;
+    for (auto& d : devices)
+        built.push_back(m.make(std::move(d)));
+    if (m.pending_updates == 0) {
         std::lock_guard lock(m.mu);
-        for (const auto& p : m.ports)
-            current[p->cfg.id] = p;
+        const bool same =
+            built.size() == m.ports.size() &&
+            std::all_of(built.begin(), built.end(), [&](const std::shared_ptr<port_rt>& b) {
+                return std::any_of(m.ports.begin(), m.ports.end(), [&](const auto& p) {
+                    return p->cfg.id == b->cfg.id && config::same_settings(p->cfg, b->cfg);
+                });
+            });
+        if (same) return;  // the same ports: nothing to hand over
     }
-    std::vector<std::shared_ptr<port_rt>> next;
-    std::vector<std::shared_ptr<port_rt>> fresh;
-    std::map<std::string, bool> wanted;
-    for (auto& d : devices) {
-        wanted[d.id] = true;
-        auto it = current.find(d.id);
-        if (it != current.end() && config::same_settings(it->second->cfg, d)) {
-            next.push_back(it->second);
-            continue;
-        }
-        fresh.push_back(m.make(std::move(d)));
-        next.push_back(fresh.back());
-    }
-    std::vector<std::shared_ptr<port_rt>> gone;
-    for (auto& [id, p] : current) {
-        if (std::find(next.begin(), next.end(), p) == next.end()) gone.push_back(p);
-    }
-    if (gone.empty() && fresh.empty()) return;  // the same ports: nothing to hand over
     // Applied on the io thread, between handlers: the other ports are read on before and
     // after. Waits until it is done, but not longer than k_update_wait: the io thread may be
     // inside a publish that waits for room on the bus (a full `block` spool), and a reload
     // must finish anyway (issue 13); the change then applies once that publish returns.
-    auto apply = [&m, gone = std::move(gone), fresh = std::move(fresh), next = std::move(next),
-                  wanted = std::move(wanted), current = std::move(current)] {
-        for (auto& p : gone) {
+    auto apply = [&m, built = std::move(built)] {
+        std::map<std::string, std::shared_ptr<port_rt>> current;
+        {
+            std::lock_guard lock(m.mu);
+            for (const auto& p : m.ports)
+                current[p->cfg.id] = p;
+        }
+        std::vector<std::shared_ptr<port_rt>> next, fresh;
+        for (const auto& b : built) {
+            auto it = current.find(b->cfg.id);
+            if (it != current.end() && config::same_settings(it->second->cfg, b->cfg)) {
+                next.push_back(it->second);
+                continue;
+            }
+            fresh.push_back(b);
+            next.push_back(b);
+        }
+        for (auto& [id, p] : current) {
+            if (std::find(next.begin(), next.end(), p) != next.end()) continue;
             impl::retire(*p);
-            const bool stays = wanted.contains(p->cfg.id);
+            const bool stays = std::any_of(built.begin(), built.end(),
+                                           [&](const auto& b) { return b->cfg.id == id; });
             log::info(k_component, stays ? "device changed; restarting it" : "device removed",
-                      {{"device", p->cfg.id}});
+                      {{"device", id}});
             if (!stays) m.remove_series(*p);
         }
         for (auto& p : fresh) {
@@ -507,13 +518,16 @@ void reader::update(std::vector<config::device> devices) {
         }
     };
     if (!m.thread.joinable()) return apply();
+    // An earlier update still waiting means the io thread is held: queue this one behind it.
+    const bool held = m.pending_updates++ > 0;
     auto done = std::make_shared<std::promise<void>>();
     auto applied = done->get_future();
-    asio::post(m.io, [apply = std::move(apply), done] {
+    asio::post(m.io, [&m, apply = std::move(apply), done] {
         apply();
+        --m.pending_updates;
         done->set_value();
     });
-    if (applied.wait_for(k_update_wait) != std::future_status::ready)
+    if (held || applied.wait_for(k_update_wait) != std::future_status::ready)
         log::warn(k_component,
                   "reload waits for the pipeline; the serial devices change once it has room");
 }

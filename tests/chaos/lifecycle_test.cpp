@@ -9,8 +9,11 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <set>
 #include <thread>
 
@@ -57,12 +60,55 @@ arrived settle(const mqtt_recorder& rec, std::size_t expected) {
     return a;
 }
 
+// A device that answers slowly (the simulator's --delay), polled back to back, with a timeout
+// well above the delay; batches that stay in memory until the stop (max_age 60 s).
+ferry_options slow_device(const temp_dir& dir, const modbus_sim& sim, int registers) {
+    ferry_options o;
+    o.data_dir = dir.path();
+    o.http_port = free_port();
+    o.modbus_port = sim.port();
+    o.registers = registers;
+    o.poll = "100ms";
+    o.timeout = "5s";
+    o.max_events = 100000;
+    o.max_age = "60s";
+    return o;
+}
+
 }  // namespace
 
 // Budgets: a reload returns within 5 s (the rule engine's swap waits at most one pass of the
-// rule thread); a stop within systemd's TimeoutStopSec (20 s, systemd/ferry.service).
+// rule thread; the serial_line reader's hand-over at most 2 s); a stop within systemd's
+// TimeoutStopSec (20 s, systemd/ferry.service).
 TEST_CASE("stalled pipeline (block spool full, broker down): SIGHUP applies, SIGTERM stops") {
     modbus_sim sim{0, holding_registers(200)};
+    // A serial_line sensor sending a line every 5 ms: its reader's one thread ends up waiting in
+    // the bus too. Writes that find the pty full are skipped (a sensor does not wait either).
+    socat_pair pty;
+    std::atomic<bool> sending{true};
+    std::thread sensor([&] {
+        const int fd = ::open(pty.b().c_str(), O_WRONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+        for (int i = 0; sending && fd >= 0; ++i) {
+            const auto line = "T=" + std::to_string(i % 100) + "\n";
+            [[maybe_unused]] auto n = ::write(fd, line.data(), line.size());
+            std::this_thread::sleep_for(5ms);
+        }
+        if (fd >= 0) ::close(fd);
+    });
+    struct joiner {
+        std::atomic<bool>& flag;
+        std::thread& t;
+        ~joiner() {
+            flag = false;
+            t.join();
+        }
+    } join_sensor{sending, sensor};
+    auto weather = [&](int baud) {
+        return "  - id: weather\n    driver: serial_line\n    serial: { port: " + pty.a() +
+               ", baud: " + std::to_string(baud) +
+               " }\n    parse: { regex: '^T=(?<temperature>[0-9]+)$' }\n"
+               "    points: [ { name: temperature, type: int64 } ]\n";
+    };
     temp_dir broker_db;
     mosquitto broker{0, persistence_conf(broker_db)};
     mqtt_recorder rec(broker.uri(), {"plant/#"});
@@ -78,6 +124,7 @@ TEST_CASE("stalled pipeline (block spool full, broker down): SIGHUP applies, SIG
     o.max_age = "1s";
     o.max_bytes = "1MiB";
     o.when_full = "block";
+    o.extra_devices = weather(9600);
     const auto log1 = dir.file("ferry.log");
     auto ferry = start_ferry(o, dir.file("ferry.yaml"), log1);
 
@@ -95,9 +142,10 @@ TEST_CASE("stalled pipeline (block spool full, broker down): SIGHUP applies, SIG
         },
         60s));
 
-    // SIGHUP with a changed device (it restarts) and changed rules (a new engine): both used
-    // to wait for the driver blocked in the bus.
+    // SIGHUP with changed devices (they restart) and changed rules (a new engine): all used
+    // to wait for the drivers blocked in the bus.
     o.poll = "30ms";
+    o.extra_devices = weather(19200);
     o.max_age = "2s";
     write_file(dir.file("ferry.yaml"), ferry_yaml(o));
     const auto hup = steady::now();
@@ -107,6 +155,9 @@ TEST_CASE("stalled pipeline (block spool full, broker down): SIGHUP applies, SIG
     CHECK(reloaded);
     CHECK(ms_since(hup) < 5000 + 1000);  // the budget, plus the log poll's slack
     CHECK(metric_value(o.http_port, "ferry_config_reloads_total{result=\"applied\"}") == 1.0);
+    // The changed devices' events were waiting in the bus: not waited for; they change later.
+    CHECK(log_has(log1, "device waits for the pipeline"));
+    CHECK(log_has(log1, "the serial devices change once it has room"));
 
     const auto term = steady::now();
     const int code = ferry->stop(SIGTERM, 20s);  // SIGKILL after 20 s, as systemd would
@@ -151,15 +202,7 @@ TEST_CASE("stalled pipeline (block spool full, broker down): SIGHUP applies, SIG
 TEST_CASE("SIGTERM while a slow device is mid-poll: every reading it served arrives") {
     modbus_sim sim(0, holding_registers(10), {}, {"--delay", "2000"});
     temp_dir dir;
-    ferry_options o;
-    o.data_dir = dir.path();
-    o.http_port = free_port();
-    o.modbus_port = sim.port();
-    o.registers = 10;
-    o.poll = "100ms";
-    o.timeout = "5s";
-    o.max_events = 100000;
-    o.max_age = "60s";  // everything is still in memory at the stop
+    auto o = slow_device(dir, sim, 10);
     const auto broker_port = free_port();  // run 1: no broker; the stop must spool it all
     o.uris = {"tcp://127.0.0.1:" + std::to_string(broker_port)};
 
@@ -202,4 +245,38 @@ TEST_CASE("SIGTERM while a slow device is mid-poll: every reading it served arri
     // Every reading the simulator served arrived, and nothing else was produced.
     CHECK(a.good == answered * 10);
     CHECK(a.distinct == run1.at("produced") + run2.at("produced"));
+}
+
+// A slow device with a long poll (4 requests of 125 registers, each answered after 2 s: 8 s a
+// poll): SIGTERM just after the first request of a poll reached it. The stop waits for that
+// request, publishes what it read and skips the rest of the poll (never sampled, so nothing
+// is lost); before, it waited out the whole poll. Budget: well under the 8 s poll.
+TEST_CASE("SIGTERM during a long poll of a slow device waits for one request, not the poll") {
+    modbus_sim sim(0, holding_registers(500), {}, {"--delay", "2000"});
+    mosquitto broker;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    temp_dir dir;
+    auto o = slow_device(dir, sim, 500);
+    o.uris = {broker.uri()};
+    const auto log = dir.file("ferry.log");
+    auto ferry = start_ferry(o, dir.file("ferry.yaml"), log);
+    // SIGTERM right after the first request of the second poll arrived (a poll is 4 requests,
+    // all answered: request 5).
+    REQUIRE(wait_until([&] { return sim.requests() >= 5; }, 30s));
+    REQUIRE(sim.requests() == 5);
+    const auto t = steady::now();
+    const int code = ferry->stop(SIGTERM, 20s);
+    const auto stop_ms = ms_since(t);
+    const auto answered = sim.stats()["answered"];
+    MESSAGE("SIGTERM during a poll: exit " << code << " after " << stop_ms
+                                           << " ms; requests answered " << answered);
+    CHECK(code == 0);
+    CHECK(stop_ms < 6000);  // one 2 s request and the publisher's drain, not 3 more requests
+    const auto counts = stop_counts(log);
+    REQUIRE(counts.count("produced") == 1);
+    CHECK(counts.at("dropped") == 0);
+    // Every request answered was a block of 125 readings, and each was produced and arrived.
+    CHECK(counts.at("produced") == answered * 125);
+    const auto a = settle(rec, answered * 125);
+    CHECK(a.good == answered * 125);
 }

@@ -159,6 +159,6 @@ TEST_CASE("SIGTERM flushes the batches in memory to the spool; they arrive after
     CHECK(c.first_batch[k_topic] == 1);
     CHECK(c.first_seq == 1);
     CHECK(c.seq_gaps.size() == 1);  // only at the restart (a new seq block), none within a run
-    CHECK(c.events == served);  // every reading the simulator served, each once
+    CHECK(c.events == served);      // every reading the simulator served, each once
     CHECK(c.events == produced);
 }

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -136,6 +137,7 @@ struct rig {
     mqtt_recorder results{broker.uri(), {k_cmd + "+/+/result"}};
     std::unique_ptr<process> ferry;
     int starts = 0;
+    std::map<std::string, std::string> env;  // extra environment for ferry (libfaketime)
 
     rig() : sim(0, registers()) {}
     template <class... Args>
@@ -146,7 +148,7 @@ struct rig {
                                                        enabled, timeout, rate));
         const auto log = dir.file("ferry" + std::to_string(++starts) + ".log");
         ferry = std::make_unique<process>(
-            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log);
+            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log, env);
         REQUIRE(subscribed(log));
     }
     std::string log() const { return text_of(dir.file("ferry" + std::to_string(starts) + ".log")); }
@@ -497,5 +499,59 @@ TEST_CASE("a reload that makes a point writable: commands follow the running con
     c.send("boiler1", "temperature", R"({"id":"h-3","value":401})");
     check_refused(r.answer("h-3"), "401 is above max 400");
     CHECK(pymodbus_read(r.sim.port(), "holding", 300, 1)[0] == 300);
+    CHECK(r.ferry->stop() == 0);
+}
+
+// Clock steps (issue 13, item 7): the wall clock of ferry (libfaketime, FAKETIME_TIMESTAMP_FILE
+// re-read at every call; the monotonic clock untouched, as an NTP step leaves it) jumps by
+// ±25 h, more than the store's 24 h TTL. A repeated id is answered from commands.db and never
+// written twice: the store ages ids by Ferry's running time, not by the wall clock.
+TEST_CASE("clock steps of +25 h and -25 h never make a command id write twice") {
+    const std::string lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if (!std::filesystem::exists(lib)) {
+        MESSAGE("SKIPPED: libfaketime not installed (Debian package faketime)");
+        return;
+    }
+    rig<> r;
+    const auto clock_file = r.dir.file("faketime");
+    write_file(clock_file, "+0\n");
+    r.env = {{"LD_PRELOAD", lib},
+             {"FAKETIME_TIMESTAMP_FILE", clock_file},
+             {"FAKETIME_NO_CACHE", "1"},
+             {"FAKETIME_DONT_FAKE_MONOTONIC", "1"}};
+    r.start();
+    commander c(r.broker.uri());
+    // Written once; then the register is changed behind Ferry's back, so a second write of the
+    // same id would show.
+    auto write_once = [&](const std::string& id, float value) {
+        c.send("boiler1", "setpoint",
+               R"({"id":")" + id + R"(","value":)" + std::to_string(value) + "}");
+        CHECK(r.answer(id) == json::parse(R"({"id":")" + id + R"(","ok":true})"));
+        CHECK(setpoint(r.sim.port()) == value);
+        set_setpoint(r.sim.port(), 33.25f);
+    };
+    // The id again: answered ok from the store, the register untouched.
+    auto repeat = [&](const std::string& id, float value, std::size_t nth) {
+        c.send("boiler1", "setpoint",
+               R"({"id":")" + id + R"(","value":)" + std::to_string(value) + "}");
+        CHECK(r.answer(id, nth) == json::parse(R"({"id":")" + id + R"(","ok":true})"));
+        CHECK(setpoint(r.sim.port()) == 33.25f);
+    };
+    auto step_to = [&](const std::string& offset) {
+        write_file(clock_file, offset + "\n");
+        std::this_thread::sleep_for(300ms);  // a poll or two under the new clock
+    };
+
+    write_once("s-1", 55.5f);
+    step_to("+25h");  // forward 25 h
+    repeat("s-1", 55.5f, 2);
+    step_to("-25h");  // back 50 h
+    repeat("s-1", 55.5f, 3);
+    write_once("s-2", 60.0f);  // recorded while the clock is behind
+    step_to("+0");             // forward 25 h
+    repeat("s-2", 60.0f, 2);
+    repeat("s-1", 55.5f, 4);
+    CHECK(wait_until([&] { return r.commands_total("duplicate") == 4; }, 5s));
+    CHECK(r.commands_total("ok") == 2);
     CHECK(r.ferry->stop() == 0);
 }

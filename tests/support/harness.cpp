@@ -790,6 +790,7 @@ std::string ferry_yaml(const ferry_options& o) {
         y += "      - { name: r" + std::to_string(i) +
              ", table: holding, address: " + std::to_string(i) + ", type: uint16 }\n";
     }
+    y += o.extra_devices;
     y += "rules:\n  - name: all\n    match: [\"#\"]\n    batch: { max_events: " +
          std::to_string(o.max_events) + ", max_age: " + o.max_age +
          " }\n    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n";

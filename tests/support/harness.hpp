@@ -278,6 +278,7 @@ struct ferry_options {
     int registers = 200;
     std::string poll = "100ms";
     std::string timeout = "1s";  // the device's
+    std::string extra_devices;   // YAML list items appended to `devices:` (e.g. a serial_line)
     std::size_t max_events = 100;
     std::string max_age = "500ms";
     std::vector<std::string> uris;

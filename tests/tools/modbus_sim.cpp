@@ -20,8 +20,8 @@
 //                        requests=N  answered=N  accepted=N  connections=N  fc<code>=N
 //                        unit<id>=N
 //                      (one per line). requests counts on arrival (before --delay), answered
-//                      once an answer (data or exception) was written whole. Costs a file rewrite per request: leave it out when
-//                      measuring speed.
+//                      once an answer (data or exception) was written whole. Costs a file rewrite
+//                      per request: leave it out when measuring speed.
 //   --fail FROM-TO     repeatable; requests (reads and writes) touching protocol addresses
 //                      FROM..TO (inclusive, any table) get ILLEGAL_DATA_ADDRESS
 //   --corrupt MODE:FROM-TO  repeatable; reads (FC 1-4) touching FROM..TO get a malformed
@@ -363,8 +363,8 @@ bool serve(modbus_t* ctx, int fd, bool rtu, const std::uint8_t* frame, int len, 
         if (fc >= 1 && fc <= 4 && lo >= 0 && lo <= c.to && hi >= c.from) corrupt = &c;
     }
     if (!known_unit)
-        return stats.answered(
-            modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_GATEWAY_TARGET) >= 0);
+        return stats.answered(modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_GATEWAY_TARGET) >=
+                              0);
     if (failing)
         return stats.answered(
             modbus_reply_exception(ctx, frame, MODBUS_EXCEPTION_ILLEGAL_DATA_ADDRESS) >= 0);

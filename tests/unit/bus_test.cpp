@@ -218,3 +218,54 @@ TEST_CASE("a point whose unit changes gets a new id; the old one stays valid") {
     CHECK(points.get(*points.find("d4999/t")).device == "d4999");
     CHECK(points.size() == 5002);
 }
+
+// Issue 13: a reload while a producer waits for room (a full `block` queue: the spool is full
+// and the broker down) must not wait for that producer. Before, add_points and resubscribe
+// needed the route lock the blocked publish held, so a SIGHUP never finished.
+TEST_CASE("a producer blocked by a full queue does not hold up add_points or resubscribe") {
+    fixture f;
+    bus b(f.points);
+    auto sub = b.subscribe("rules", fixture::pats({"#"}), 1, overflow_policy::block);
+    b.publish(ev(f.temp, 1));  // the queue is full now
+    std::atomic<bool> published{false};
+    std::thread producer([&] {
+        b.publish(ev(f.temp, 2));  // waits for room
+        published = true;
+    });
+    std::this_thread::sleep_for(50ms);
+    CHECK_FALSE(published.load());
+    // Both return while the producer still waits (the test would hang here before).
+    const auto fresh = f.points.intern("boiler2", "pressure", "bar");
+    b.add_points();
+    b.resubscribe(*sub, fixture::pats({"boiler1/#", "boiler2/#"}));
+    CHECK_FALSE(published.load());
+    b.publish(std::vector<event>{});  // an empty publish never waits
+    std::vector<event> out;
+    CHECK(sub->pop(out, 10, soon()) == 1);
+    producer.join();
+    CHECK(published.load());
+    CHECK(sub->pop(out, 10, soon()) == 1);
+    // The new point is routed by the new patterns.
+    b.publish(ev(fresh, 3));
+    CHECK(sub->pop(out, 10, soon()) == 1);
+    CHECK(out.back().seq == 3);
+}
+
+TEST_CASE("events of points a subscription does not match are counted as unmatched") {
+    fixture f;
+    bus b(f.points);
+    auto temps = b.subscribe("temps", fixture::pats({"boiler1/#"}), 16, overflow_policy::block);
+    auto all = b.subscribe("all", fixture::pats({"#"}), 16, overflow_policy::drop_newest);
+    b.publish(std::vector<event>{ev(f.temp, 1), ev(f.hum, 2), ev(f.energy, 3), ev(f.temp, 4)});
+    CHECK(b.published() == 4);
+    CHECK(temps->unmatched() == 2);
+    CHECK(all->unmatched() == 0);
+    CHECK(drain(*temps) == std::vector<std::uint64_t>{1, 4});
+    // Per-subscription drops, also in the bus-wide count.
+    for (std::uint64_t s = 5; s < 25; ++s)
+        b.publish(ev(f.hum, s));
+    CHECK(all->dropped(drop_reason::drop_newest) == 4 + 20 - 16);
+    CHECK(temps->dropped(drop_reason::drop_newest) == 0);
+    CHECK(b.dropped(drop_reason::drop_newest) == all->dropped(drop_reason::drop_newest));
+    CHECK(temps->unmatched() == 22);
+}

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <prometheus/registry.h>
+#include <sqlite3.h>
 
 #include <filesystem>
 #include <map>
@@ -214,6 +215,45 @@ TEST_CASE("store: bounded by count (oldest evicted) and by TTL") {
     CHECK_FALSE(s.find("c-4", t + 4 + 1001));
     s.begin("c-9", "d", "p", t + 5000);
     CHECK(s.size() == 1);
+}
+
+TEST_CASE(
+    "store: ages by running time, persisted across a reopen; a version-1 file keeps its ids") {
+    tmp_dir dir;
+    const auto path = dir.file("commands.db");
+    std::int64_t at = 0;
+    {
+        cmd::store s(path, {10, 1000ms});
+        at = s.now();
+        s.begin("c-1", "d", "p", at);
+        s.finish("c-1", true, "");
+    }
+    {
+        // The running time goes on from where the last run left it, whatever the wall clock.
+        cmd::store s(path, {10, 1000ms});
+        CHECK(s.now() >= at);
+        CHECK(s.now() < at + 1000);  // not the wall clock: nothing like 1.7e12 ms
+        CHECK(s.find("c-1", s.now()));
+        CHECK_FALSE(s.find("c-1", at + 1001));
+    }
+    // A file of the first version: ids aged by the wall clock (at_ms), no run_ms column.
+    const auto old_path = dir.file("old.db");
+    {
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open(old_path.c_str(), &db) == SQLITE_OK);
+        REQUIRE(sqlite3_exec(db,
+                             "CREATE TABLE commands(id TEXT PRIMARY KEY, device TEXT NOT NULL, "
+                             "point TEXT NOT NULL, state INTEGER NOT NULL, error TEXT NOT NULL "
+                             "DEFAULT '', at_ms INTEGER NOT NULL);"
+                             "INSERT INTO commands VALUES ('old-1', 'd', 'p', 1, '', 1000);",
+                             nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(db);
+    }
+    cmd::store s(old_path, {10, 1000ms});
+    auto e = s.find("old-1", s.now());  // kept: it starts a full TTL of running time now
+    REQUIRE(e);
+    CHECK(e->ok);
+    CHECK_FALSE(s.find("old-1", s.now() + 1001));
 }
 
 TEST_CASE("store: a file that is not a database is refused with its path") {
