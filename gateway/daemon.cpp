@@ -22,6 +22,7 @@
 #include "gateway/log.hpp"
 #include "gateway/read_model.hpp"
 #include "gateway/seq.hpp"
+#include "gateway/upstream/identity.hpp"
 #include "gateway/upstream/mqtt_publisher.hpp"
 #include "gateway/upstream/spool.hpp"
 #include "rules/engine.hpp"
@@ -47,8 +48,6 @@ using steady = std::chrono::steady_clock;
 constexpr std::size_t k_rule_queue = 8192;
 constexpr auto k_stop_budget = std::chrono::milliseconds(1800);  // SIGTERM → exit
 
-const char* const k_seq_key = "seq_high_water";
-
 }  // namespace
 
 struct daemon::impl {
@@ -56,6 +55,7 @@ struct daemon::impl {
     prometheus::Registry registry;
     point_table points;
     std::unique_ptr<upstream::spool> spool;
+    std::unique_ptr<upstream::identity> ids;
     std::unique_ptr<seq_source> seq;
     std::unique_ptr<ferry::bus> bus;
     std::unique_ptr<rules::engine> engine;
@@ -120,9 +120,12 @@ struct daemon::impl {
         if (!spool_dir.empty()) std::filesystem::create_directories(spool_dir);
         spool = std::make_unique<upstream::spool>(cfg.upstream.spool, registry);
 
-        auto start = spool->load_state(k_seq_key, 0);
+        // seq never repeats: the start and both copies of its mark (gateway/upstream/identity.hpp).
+        std::filesystem::create_directories(cfg.gateway.data_dir);
+        ids = std::make_unique<upstream::identity>(
+            (std::filesystem::path(cfg.gateway.data_dir) / "identity").string(), *spool, registry);
         seq = std::make_unique<seq_source>(
-            start, [this](std::uint64_t mark) { spool->store_state(k_seq_key, mark); });
+            ids->seq_start(), [this](std::uint64_t mark) { return ids->persist(mark); });
 
         bus = std::make_unique<ferry::bus>(points);
         engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id,

@@ -28,6 +28,11 @@
 //   never:  synchronous=OFF    nothing is fsynced; power loss may lose or corrupt data.
 // store_state() is fsynced in `always` and `batch` (synchronous=FULL around that one
 // commit), because a lost seq high-water mark would make seq go backwards.
+// Power cut: the open writes clean_close=0 and the boot id (fsynced, every mode), a clean
+// close writes clean_close=1. Opening after an unclean close in another boot with fsync
+// batch/never makes every known topic jump to the wall clock in ms (appends lost with the
+// power must not have their batch numbers given to new content). A topic the spool does not
+// know starts at the wall clock in ms too.
 // Checkpoints copy the WAL into the main file when the WAL exceeds wal_autocheckpoint pages
 // (sized from max_bytes); journal_size_limit truncates the WAL afterwards, so the WAL stays
 // small. acks free pages onto SQLite's freelist, which later appends reuse; beyond a slack
@@ -65,8 +70,10 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
@@ -283,6 +290,12 @@ struct spool::impl {
         }
     }
     int consume_batch_number(const std::string& topic, std::uint64_t batch_no);
+    std::uint64_t next_batch(const std::string& topic) const;
+    std::uint64_t load_state(const std::string& key, std::uint64_t fallback);
+    bool store_state(const std::string& key, std::uint64_t value);
+    int set_synchronous(bool full);
+    void mark_open();
+    void mark_clean_close();
     bool has_after(std::int64_t after_id);
     void maybe_vacuum();
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
@@ -346,6 +359,7 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
         64 * 1024;
 
     open_or_recover();
+    mark_open();
     set_gauges();
     log::info(component, "spool opened",
               {{"path", settings_.path},
@@ -357,13 +371,14 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
 }
 
 spool::impl::~impl() {
+    mark_clean_close();
     close_db();
 }
 
 void spool::impl::close_db() {
-    for (statement* s : {&begin_, &commit_, &rollback_, &insert_, &upsert_topic_, &oldest_,
-                         &delete_upto_, &peek_, &ack_, &exists_after_, &load_state_, &store_state_,
-                         &freelist_}) {
+    for (statement* s :
+         {&begin_, &commit_, &rollback_, &insert_, &upsert_topic_, &oldest_, &delete_upto_, &peek_,
+          &ack_, &exists_after_, &load_state_, &store_state_, &freelist_}) {
         s->finalize();
     }
     if (db_ != nullptr) {
@@ -738,8 +753,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
     std::uint64_t encoded_for = 0;  // batch number `payload` was encoded for (0: none yet)
     for (;;) {
         if (db_ == nullptr) return append_result::error;
-        auto it = last_batch_.find(topic);
-        std::uint64_t batch_no = (it == last_batch_.end() ? 0 : it->second) + 1;
+        const std::uint64_t batch_no = next_batch(topic);
         if (encoded_for != batch_no) {
             payload.clear();
             try {
@@ -849,6 +863,11 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         rc = step_done(commit_);
         if (rc != SQLITE_OK) return abort(rc);
 
+        // Once per topic and spool: where its batch numbers start (tests check the first
+        // message that arrives against it).
+        if (last_batch_.find(topic) == last_batch_.end())
+            log::info(component, "new topic",
+                      {{"topic", topic}, {"first_batch", std::to_string(batch_no)}});
         last_batch_[topic] = batch_no;
         last_id_ = id;
         bytes_ = bytes_.load() + need - freed_bytes;
@@ -864,6 +883,143 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         data_cv_.notify_all();
         return freed_msgs > 0 ? append_result::ok_dropped : append_result::ok;
     }
+}
+
+// A topic the spool knows goes on +1. One it does not know (new, or its spool was lost or
+// moved aside) starts at the wall clock in milliseconds: a consumer sees a jump, never a
+// batch number that went back (holds while a topic averages < 1000 messages/s).
+std::uint64_t spool::impl::next_batch(const std::string& topic) const {
+    auto it = last_batch_.find(topic);
+    if (it != last_batch_.end()) return it->second + 1;
+    return static_cast<std::uint64_t>(std::max<std::int64_t>(now_ms(), 1));
+}
+
+std::uint64_t spool::impl::load_state(const std::string& key, std::uint64_t fallback) {
+    if (db_ == nullptr) return fallback;
+    use u(load_state_);
+    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    int rc = sqlite3_step(*u);
+    if (rc == SQLITE_ROW) return static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0));
+    if (rc != SQLITE_DONE) record_error(rc, "load_state");
+    return fallback;
+}
+
+// Not prepared statements: SQLite applies `PRAGMA synchronous` when it compiles the
+// statement, so merely preparing "=NORMAL" at open switched every mode to NORMAL (found with
+// faultvfs: `fsync: always` did not fsync at commit).
+int spool::impl::set_synchronous(bool full) {
+    if (full) return exec_rc("PRAGMA synchronous=FULL");
+    switch (settings_.fsync) {
+        case config::fsync_mode::always:
+            return exec_rc("PRAGMA synchronous=FULL");
+        case config::fsync_mode::batch:
+            return exec_rc("PRAGMA synchronous=NORMAL");
+        case config::fsync_mode::never:
+            return exec_rc("PRAGMA synchronous=OFF");
+    }
+    return SQLITE_OK;
+}
+
+bool spool::impl::store_state(const std::string& key, std::uint64_t value) {
+    if (db_ == nullptr) return false;
+    // In `batch` mode this one commit is fsynced anyway (see the design note).
+    const bool sync = settings_.fsync == config::fsync_mode::batch;
+    if (sync) set_synchronous(true);
+    int rc;
+    {
+        use u(store_state_);
+        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
+        rc = sqlite3_step(*u);
+    }
+    if (sync) set_synchronous(false);
+    if (rc != SQLITE_DONE) {
+        record_error(rc, "store_state");
+        return false;
+    }
+    return true;
+}
+
+// This boot's id (/proc/sys/kernel/random/boot_id) as a number for the state table. Test
+// hook: env FERRY_TEST_BOOT_ID, when set, replaces it, so a test can simulate a reboot.
+static std::uint64_t boot_id_hash() {
+    std::string id;
+    if (const char* fake = std::getenv("FERRY_TEST_BOOT_ID"); fake != nullptr && *fake != '\0') {
+        id = fake;
+    } else {
+        std::ifstream in("/proc/sys/kernel/random/boot_id");
+        std::getline(in, id);
+    }
+    if (id.empty()) return 0;
+    std::uint64_t h = 14695981039346656037ull;  // FNV-1a
+    for (unsigned char c : id) {
+        h ^= c;
+        h *= 1099511628211ull;
+    }
+    return (h >> 2) | 1;  // positive as an SQLite integer, never 0 ("unknown")
+}
+
+// Marks the spool open (clean_close = 0) with this boot's id, fsynced in every mode (one
+// fsync per start). Before that: if the last run did not close cleanly AND the machine
+// rebooted since AND fsync is not `always`, the last appends may have been lost with the
+// power, and their batch numbers with them; reusing those numbers for new content would hide
+// the loss, so every known topic jumps to the wall clock in ms (a visible gap). A kill -9 in
+// the same boot lost nothing (the kernel had the writes): batch numbers go on +1.
+void spool::impl::mark_open() {
+    if (db_ == nullptr) return;
+    const std::uint64_t boot = boot_id_hash();
+    const bool was_clean = load_state("clean_close", 1) != 0;
+    const std::uint64_t last_boot = load_state("boot_id", 0);
+    const bool bump = !was_clean && last_boot != 0 && boot != 0 && last_boot != boot &&
+                      settings_.fsync != config::fsync_mode::always;
+    const auto floor = static_cast<std::uint64_t>(now_ms());
+    set_synchronous(true);
+    int rc = step_done(begin_);
+    auto put = [&](statement& st, const std::string& key, std::uint64_t value) {
+        if (rc != SQLITE_OK) return;
+        use u(st);
+        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
+        int r = sqlite3_step(*u);
+        if (r != SQLITE_DONE) rc = r;
+    };
+    std::unordered_map<std::string, std::uint64_t> bumped = last_batch_;
+    if (bump) {
+        for (auto& [topic, last] : bumped) {
+            last = std::max(last, floor - 1);
+            put(upsert_topic_, topic, last);
+        }
+    }
+    put(store_state_, "clean_close", 0);
+    put(store_state_, "boot_id", boot);
+    if (rc == SQLITE_OK) rc = step_done(commit_);
+    if (rc != SQLITE_OK) {
+        rollback();
+        record_error(rc, "mark_open");
+    } else if (bump) {
+        last_batch_ = std::move(bumped);
+    }
+    set_synchronous(false);
+    if (bump) {
+        log::warn(component,
+                  "the last run did not close the spool and the machine rebooted since: "
+                  "appends not yet fsynced may be lost; batch numbers jump to show it",
+                  {{"fsync", fsync_name(settings_.fsync)},
+                   {"topics", std::to_string(last_batch_.size())},
+                   {"next_batch_at_least", std::to_string(floor)},
+                   {"stored", rc == SQLITE_OK ? "true" : "false"}});
+    }
+}
+
+void spool::impl::mark_clean_close() {
+    if (db_ == nullptr) return;
+    set_synchronous(true);
+    use u(store_state_);
+    static const std::string key = "clean_close";
+    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(*u, 2, 1);
+    int rc = sqlite3_step(*u);
+    if (rc != SQLITE_DONE) record_error(rc, "close");
 }
 
 bool spool::impl::has_after(std::int64_t after_id) {
@@ -1014,33 +1170,12 @@ bool spool::wait_for_messages(std::int64_t after_id, std::chrono::milliseconds t
 
 std::uint64_t spool::load_state(const std::string& key, std::uint64_t fallback) {
     std::lock_guard lock(impl_->mu_);
-    if (impl_->db_ == nullptr) return fallback;
-    use u(impl_->load_state_);
-    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-    int rc = sqlite3_step(*u);
-    if (rc == SQLITE_ROW) return static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0));
-    if (rc != SQLITE_DONE) impl_->record_error(rc, "load_state");
-    return fallback;
+    return impl_->load_state(key, fallback);
 }
 
-void spool::store_state(const std::string& key, std::uint64_t value) {
+bool spool::store_state(const std::string& key, std::uint64_t value) {
     std::lock_guard lock(impl_->mu_);
-    if (impl_->db_ == nullptr) return;
-    // In `batch` mode this one commit is fsynced anyway (see the design note).
-    const bool sync = impl_->settings_.fsync == config::fsync_mode::batch;
-    // Not prepared statements: SQLite applies `PRAGMA synchronous` when it compiles the
-    // statement, so merely preparing "=NORMAL" at open switched every mode to NORMAL (found
-    // with faultvfs: `fsync: always` did not fsync at commit).
-    if (sync) impl_->exec_rc("PRAGMA synchronous=FULL");
-    int rc;
-    {
-        use u(impl_->store_state_);
-        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
-        rc = sqlite3_step(*u);
-    }
-    if (sync) impl_->exec_rc("PRAGMA synchronous=NORMAL");
-    if (rc != SQLITE_DONE) impl_->record_error(rc, "store_state");
+    return impl_->store_state(key, value);
 }
 
 std::uint64_t spool::bytes() const {

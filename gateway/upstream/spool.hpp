@@ -80,7 +80,7 @@ class spool {
 
     // Small persistent key/value state (e.g. the seq high-water mark). Written durably.
     std::uint64_t load_state(const std::string& key, std::uint64_t fallback);
-    void store_state(const std::string& key, std::uint64_t value);
+    bool store_state(const std::string& key, std::uint64_t value);  // false: not stored (logged)
 
     std::uint64_t bytes() const;     // payload+topic bytes held
     std::uint64_t messages() const;  // messages held

@@ -1,6 +1,8 @@
 // Acceptance 4 of issue 3, through the real daemon: ferry starts on each damaged spool of
 // tests/fixtures/spool/ (made by make_fixtures.sh there): it moves the file aside as
-// spool.db.corrupt-<unix seconds>, counts it, says ready and delivers.
+// spool.db.corrupt-<unix seconds>, counts it, says ready and delivers. Issue 13: seq and batch
+// go on above what the damaged spool held (flipped_page.db holds seq_high_water 65536 and
+// batch 40), at this start and the next.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -47,12 +49,25 @@ TEST_CASE("a damaged spool is moved aside and counted; ferry starts, serves and 
         auto c = check_delivery(parse_upstream(rec.messages()));
         MESSAGE(name << " (" << original.size() << " bytes) moved to " << moved[0] << "; "
                      << c.summary());
-        CHECK(c.first_batch[topic] == 1);  // a fresh spool: batch numbers start again
+        // Before issue 13 a fresh spool started again at seq 1 and batch 1: a consumer that
+        // dedupes on (gateway, seq) dropped every new reading as a repeat.
+        CHECK(c.first_seq > 65536);
+        CHECK(c.first_batch[topic] > 40);
         CHECK(c.seq_gaps.empty());
         CHECK(ferry->stop(15, 10s) == 0);
-        // The next start finds a healthy spool: nothing more is moved aside.
+        const auto first_run = rec.messages().size();
+        // The next start finds a healthy spool: nothing more is moved aside, and both
+        // numbers go on from where this run left them.
         auto again = start_ferry(o, dir.file("ferry.yaml"), dir.file("ferry2.log"));
         CHECK(metric_value(o.http_port, "ferry_spool_corrupt_total") == 0.0);
+        REQUIRE(rec.wait_for_count(topic, first_run + 2, 10s));
         CHECK(again->stop(15, 10s) == 0);
+        // Across that restart (same spool): batch +1 without a hole, seq rising.
+        auto both = check_delivery(parse_upstream(rec.messages()));
+        MESSAGE("both runs: " << both.summary());
+        CHECK(both.batch_gaps.empty());
+        CHECK(both.conflicting == 0);
+        CHECK(both.reordered == 0);
+        CHECK(both.first_seq == c.first_seq);
     }
 }

@@ -12,3 +12,5 @@ ferry_test(chaos_failover chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/failover_test.
 target_link_libraries(chaos_failover PRIVATE SQLite::SQLite3)
 ferry_test(chaos_disk_full chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/disk_full_test.cpp)
 target_link_libraries(chaos_disk_full PRIVATE SQLite::SQLite3)
+ferry_test(chaos_spool_faults chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/spool_faults_test.cpp)
+target_link_libraries(chaos_spool_faults PRIVATE SQLite::SQLite3)
