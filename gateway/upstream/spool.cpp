@@ -74,6 +74,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
@@ -248,7 +249,14 @@ struct spool::impl {
     std::uint64_t suppressed_errs_ = 0;
 
     statement begin_, commit_, rollback_, insert_, upsert_topic_, oldest_, delete_upto_, peek_,
-        ack_, exists_after_, load_state_, store_state_, freelist_;
+        ack_, exists_after_, load_state_, store_state_, freelist_, events_of_, ids_after_;
+
+    // Acked by the broker, but their DELETE failed (disk full, I/O error): kept here, never
+    // handed out by peek again, and deleted again at most every 100 ms by retry_acks(), from
+    // whichever call comes next (the publisher calls wait_for_messages at least every 100 ms).
+    // Lost at a restart: those rows are then sent once more (duplicates, counted as sent).
+    std::set<std::int64_t> pending_acks_;
+    std::chrono::steady_clock::time_point pending_tried_{};
 
     prometheus::Gauge* g_bytes_;
     prometheus::Gauge* g_messages_;
@@ -297,6 +305,9 @@ struct spool::impl {
     void mark_open();
     void mark_clean_close();
     bool has_after(std::int64_t after_id);
+    int delete_row(std::int64_t id, std::int64_t& freed, std::uint32_t& events);
+    void on_removed(std::uint64_t freed_bytes, std::uint64_t rows);
+    void retry_acks(bool now = false);
     void maybe_vacuum();
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
                          const encode_fn& encode);
@@ -371,14 +382,15 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
 }
 
 spool::impl::~impl() {
+    retry_acks(true);
     mark_clean_close();
     close_db();
 }
 
 void spool::impl::close_db() {
-    for (statement* s :
-         {&begin_, &commit_, &rollback_, &insert_, &upsert_topic_, &oldest_, &delete_upto_, &peek_,
-          &ack_, &exists_after_, &load_state_, &store_state_, &freelist_}) {
+    for (statement* s : {&begin_, &commit_, &rollback_, &insert_, &upsert_topic_, &oldest_,
+                         &delete_upto_, &peek_, &ack_, &exists_after_, &load_state_, &store_state_,
+                         &freelist_, &events_of_, &ids_after_}) {
         s->finalize();
     }
     if (db_ != nullptr) {
@@ -642,6 +654,8 @@ void spool::impl::prepare_all() {
          " WHERE id > ?1 ORDER BY id LIMIT ?2"},
         {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes, events"},
         {&exists_after_, "SELECT 1 FROM messages WHERE id > ?1 LIMIT 1"},
+        {&events_of_, "SELECT events FROM messages WHERE id = ?1"},
+        {&ids_after_, "SELECT id FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2"},
         {&load_state_, "SELECT value FROM state WHERE key = ?1"},
         {&store_state_,
          "INSERT INTO state(key, value) VALUES(?1, ?2)"
@@ -750,6 +764,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
     std::unique_lock lock(mu_);
     if (closed_) return append_result::closed;
 
+    retry_acks();
     std::uint64_t encoded_for = 0;  // batch number `payload` was encoded for (0: none yet)
     for (;;) {
         if (db_ == nullptr) return append_result::error;
@@ -815,6 +830,8 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         std::uint64_t freed_bytes = 0;
         std::uint64_t freed_msgs = 0;
         std::uint64_t freed_events = 0;
+        std::uint64_t freed_delivered = 0;  // rows whose ack is pending: delivered, not dropped
+        std::int64_t dropped_upto = 0;
         auto abort = [&](int code) {
             rollback();
             record_error(code, "append");
@@ -822,14 +839,18 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         };
         if (!fits) {
             const std::uint64_t must_free = bytes_.load() + need - max;
-            std::int64_t upto = 0;
+            std::int64_t& upto = dropped_upto;
             {
                 use u(oldest_);
                 while (freed_bytes < must_free && (rc = sqlite3_step(*u)) == SQLITE_ROW) {
                     upto = sqlite3_column_int64(*u, 0);
                     freed_bytes += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 1));
-                    freed_events += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 2));
                     ++freed_msgs;
+                    if (pending_acks_.count(upto) != 0) {
+                        ++freed_delivered;
+                        continue;
+                    }
+                    freed_events += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 2));
                 }
                 if (rc != SQLITE_ROW && rc != SQLITE_DONE) return abort(rc);
             }
@@ -874,8 +895,12 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         messages_ = messages_.load() + 1 - freed_msgs;
         c_received_->Increment();
         set_gauges();
+        if (freed_delivered > 0) {
+            pending_acks_.erase(pending_acks_.begin(), pending_acks_.upper_bound(dropped_upto));
+            c_sent_->Increment(static_cast<double>(freed_delivered));
+        }
         if (freed_msgs > 0) {
-            c_drop_oldest_->Increment(static_cast<double>(freed_msgs));
+            c_drop_oldest_->Increment(static_cast<double>(freed_msgs - freed_delivered));
             c_ev_spool_full_->Increment(static_cast<double>(freed_events));
             maybe_vacuum();
         }
@@ -1022,8 +1047,80 @@ void spool::impl::mark_clean_close() {
     if (rc != SQLITE_DONE) record_error(rc, "close");
 }
 
+// One DELETE (its own transaction). freed = -1 when the row does not exist.
+int spool::impl::delete_row(std::int64_t id, std::int64_t& freed, std::uint32_t& events) {
+    freed = -1;
+    use u(ack_);
+    sqlite3_bind_int64(*u, 1, id);
+    int rc = sqlite3_step(*u);
+    if (rc == SQLITE_ROW) {
+        freed = sqlite3_column_int64(*u, 0);
+        events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 1));
+        rc = sqlite3_step(*u);  // finish the statement so the delete commits
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+// Accounting after delivered rows left the file.
+void spool::impl::on_removed(std::uint64_t freed_bytes, std::uint64_t rows) {
+    bytes_ = bytes_.load() - freed_bytes;
+    messages_ = messages_.load() - rows;
+    c_sent_->Increment(static_cast<double>(rows));
+    set_gauges();
+    // Look at the freelist once enough was freed to matter, or when the spool is empty.
+    freed_since_vacuum_check_ += freed_bytes;
+    if (freed_since_vacuum_check_ >=
+            static_cast<std::uint64_t>(vacuum_slack_pages_ * page_size) / 2 ||
+        messages_.load() == 0) {
+        freed_since_vacuum_check_ = 0;
+        maybe_vacuum();
+    }
+}
+
+// Deletes the rows whose ack failed, all in one transaction; at most every 100 ms unless `now`.
+void spool::impl::retry_acks(bool now) {
+    if (pending_acks_.empty() || db_ == nullptr) return;
+    const auto t = std::chrono::steady_clock::now();
+    if (!now && t - pending_tried_ < std::chrono::milliseconds(100)) return;
+    pending_tried_ = t;
+    int rc = step_done(begin_);
+    std::uint64_t freed_bytes = 0, rows = 0;
+    for (auto it = pending_acks_.begin(); rc == SQLITE_OK && it != pending_acks_.end(); ++it) {
+        std::int64_t freed = -1;
+        std::uint32_t events = 0;
+        rc = delete_row(*it, freed, events);
+        if (rc == SQLITE_OK && freed >= 0) {
+            freed_bytes += static_cast<std::uint64_t>(freed);
+            ++rows;
+        }
+    }
+    if (rc == SQLITE_OK) rc = step_done(commit_);
+    if (rc != SQLITE_OK) {
+        rollback();
+        record_error(rc, "ack");
+        return;
+    }
+    log::info(component, "failed acks retried: delivered messages removed",
+              {{"messages", std::to_string(pending_acks_.size())}});
+    pending_acks_.clear();
+    on_removed(freed_bytes, rows);
+    space_cv_.notify_all();
+}
+
 bool spool::impl::has_after(std::int64_t after_id) {
     if (db_ == nullptr || messages_.load() == 0 || last_id_ <= after_id) return false;
+    retry_acks();
+    if (!pending_acks_.empty()) {
+        // Agrees with peek: rows whose ack is pending do not count.
+        use u(ids_after_);
+        sqlite3_bind_int64(*u, 1, after_id);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(pending_acks_.size()) + 1);
+        int rc;
+        while ((rc = sqlite3_step(*u)) == SQLITE_ROW)
+            if (pending_acks_.count(sqlite3_column_int64(*u, 0)) == 0) return true;
+        if (rc != SQLITE_DONE) record_error(rc, "wait");
+        return false;
+    }
     use u(exists_after_);
     sqlite3_bind_int64(*u, 1, after_id);
     int rc = sqlite3_step(*u);
@@ -1090,14 +1187,18 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
     try {
         std::lock_guard lock(impl_->mu_);
         if (impl_->db_ == nullptr || max == 0) return out;
+        impl_->retry_acks();
+        const auto& pending = impl_->pending_acks_;
         use u(impl_->peek_);
         sqlite3_bind_int64(*u, 1, after_id);
-        sqlite3_bind_int64(*u, 2,
-                           static_cast<std::int64_t>(std::min<std::uint64_t>(max, INT64_MAX)));
+        sqlite3_bind_int64(
+            *u, 2,
+            static_cast<std::int64_t>(std::min<std::uint64_t>(max + pending.size(), INT64_MAX)));
         int rc;
-        while ((rc = sqlite3_step(*u)) == SQLITE_ROW) {
+        while (out.size() < max && (rc = sqlite3_step(*u)) == SQLITE_ROW) {
             spooled_message m;
             m.id = sqlite3_column_int64(*u, 0);
+            if (pending.count(m.id) != 0) continue;  // delivered; its delete is retried
             const unsigned char* t = sqlite3_column_text(*u, 1);
             m.topic.assign(reinterpret_cast<const char*>(t),
                            static_cast<std::size_t>(sqlite3_column_bytes(*u, 1)));
@@ -1110,7 +1211,7 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
             m.events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 6));
             out.push_back(std::move(m));
         }
-        if (rc != SQLITE_DONE) impl_->record_error(rc, "peek");
+        if (out.size() < max && rc != SQLITE_DONE) impl_->record_error(rc, "peek");
     } catch (const std::exception& e) {
         log::error(component, "peek failed", {{"error", e.what()}});
     }
@@ -1121,37 +1222,30 @@ std::uint32_t spool::ack(std::int64_t id) {
     try {
         std::unique_lock lock(impl_->mu_);
         if (impl_->db_ == nullptr) return 0;
+        // Its events were counted when its first ack failed.
+        if (impl_->pending_acks_.count(id) != 0) return 0;
+        impl_->retry_acks();
         std::int64_t freed = -1;
         std::uint32_t events = 0;
-        int rc;
-        {
-            use u(impl_->ack_);
-            sqlite3_bind_int64(*u, 1, id);
-            rc = sqlite3_step(*u);
-            if (rc == SQLITE_ROW) {
-                freed = sqlite3_column_int64(*u, 0);
-                events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 1));
-                rc = sqlite3_step(*u);  // finish the statement so the delete commits
-            }
-        }
-        if (rc != SQLITE_DONE) {
+        int rc = impl_->delete_row(id, freed, events);
+        if (rc != SQLITE_OK) {
             impl_->rollback();
             impl_->record_error(rc, "ack");
-            return 0;
+            // The broker has it: it must not be sent again, and it must go. Kept as pending
+            // (peek skips it) and deleted again soon; its events count as delivered now.
+            {
+                use u(impl_->events_of_);
+                sqlite3_bind_int64(*u, 1, id);
+                if (sqlite3_step(*u) != SQLITE_ROW) return 0;  // not there (or unreadable)
+                events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 0));
+            }
+            if (impl_->pending_acks_.empty())
+                impl_->pending_tried_ = std::chrono::steady_clock::now();
+            impl_->pending_acks_.insert(id);
+            return events;
         }
         if (freed < 0) return 0;  // unknown id
-        impl_->bytes_ = impl_->bytes_.load() - static_cast<std::uint64_t>(freed);
-        impl_->messages_ = impl_->messages_.load() - 1;
-        impl_->c_sent_->Increment();
-        impl_->set_gauges();
-        // Look at the freelist once enough was freed to matter, or when the spool is empty.
-        impl_->freed_since_vacuum_check_ += static_cast<std::uint64_t>(freed);
-        if (impl_->freed_since_vacuum_check_ >=
-                static_cast<std::uint64_t>(impl_->vacuum_slack_pages_ * page_size) / 2 ||
-            impl_->messages_.load() == 0) {
-            impl_->freed_since_vacuum_check_ = 0;
-            impl_->maybe_vacuum();
-        }
+        impl_->on_removed(static_cast<std::uint64_t>(freed), 1);
         lock.unlock();
         impl_->space_cv_.notify_all();
         return events;

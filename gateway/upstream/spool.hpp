@@ -72,6 +72,8 @@ class spool {
     std::vector<spooled_message> peek(std::int64_t after_id, std::size_t max);
     // Removes a delivered message and returns the events it carried: 0 for an unknown id or
     // one already removed, so a caller that counts what this returns counts each row once.
+    // When the delete fails, the row is kept as pending: peek/wait_for_messages skip it and
+    // the delete is retried at the next call 100 ms later or more (docs/SPOOL.md, Errors).
     std::uint32_t ack(std::int64_t id);
 
     // Blocks until a message with id > after_id exists, close() is called, or the timeout

@@ -283,3 +283,44 @@ TEST_CASE("power cut in fsync always: nothing acknowledged was lost, batch numbe
     const auto after_cut = next_batch_after(cut.file("spool.db"), fsync_mode::always, "boot-B");
     CHECK(after_cut == batches[4] + 1);
 }
+
+TEST_CASE("a failed ack is kept and retried: the spool empties, nothing is handed out again") {
+    faults f;
+    tmp_dir dir;
+    quiet_logs q;
+    prometheus::Registry reg;
+    spool sp(settings(dir.file("spool.db")), reg);
+    for (int i = 0; i < 5; ++i)
+        REQUIRE(sp.append("t", 1, false, 2, body("m")) == append_result::ok);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 5);
+
+    f.set("fail write all EIO\n");
+    // The broker acknowledged three; their DELETEs fail. They count as delivered at once.
+    for (int i = 0; i < 3; ++i)
+        CHECK(sp.ack(all[static_cast<std::size_t>(i)].id) == 2);
+    CHECK(sp.ack(all[0].id) == 0);  // a repeated ack does not count twice
+    // Before the fix a failed ack was logged and forgotten: peek handed all five out again
+    // and the spool held them until the next reconnect resent them.
+    auto rest = sp.peek(0, 10);
+    REQUIRE(rest.size() == 2);
+    CHECK(rest[0].id == all[3].id);
+    CHECK(sp.peek(0, 1).at(0).id == all[3].id);  // a small window skips them too
+    CHECK(sp.wait_for_messages(0, 0ms));
+    for (int i = 3; i < 5; ++i)
+        CHECK(sp.ack(all[static_cast<std::size_t>(i)].id) == 2);
+    // Nothing left to send: peek and wait agree (the publisher must not spin).
+    CHECK(sp.peek(0, 10).empty());
+    CHECK_FALSE(sp.wait_for_messages(0, 0ms));
+    CHECK(sp.messages() == 5);  // still in the file
+
+    // The disk heals: the next calls delete them, without any reconnect.
+    f.set("");
+    std::this_thread::sleep_for(150ms);
+    CHECK_FALSE(sp.wait_for_messages(0, 200ms));
+    CHECK(sp.messages() == 0);
+    CHECK(sp.bytes() == 0);
+    CHECK(metric(reg, "ferry_spool_sent_total") == 5);
+    REQUIRE(sp.append("t", 1, false, 2, body("after")) == append_result::ok);
+    CHECK(sp.peek(0, 10).size() == 1);
+}
