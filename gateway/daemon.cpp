@@ -80,6 +80,10 @@ struct daemon::impl {
     // and whether it is waiting on purpose (a full spool with when_full: block).
     std::atomic<std::int64_t> rule_pulse_ms{0};
     std::atomic<bool> rule_waiting_for_room{false};
+    // How long appends may keep failing for a reason other than a full disk (I/O errors, a
+    // spool that cannot be rebuilt) before the watchdog is no longer fed: 10 watchdog
+    // intervals, within [5 s, 60 s] (set in run()).
+    std::atomic<std::int64_t> append_failure_budget_ms{60000};
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
 
@@ -286,6 +290,7 @@ struct daemon::impl {
             engine->wrap(b, batch_no, out);
         };
         auto backoff = std::chrono::milliseconds(50);
+        const auto first_try = steady::now();
         for (;;) {
             rule_waiting_for_room = cfg.upstream.spool.full == config::when_full::block;
             auto r = spool->append(b.topic, b.qos, b.retain, static_cast<std::uint32_t>(b.events),
@@ -296,8 +301,12 @@ struct daemon::impl {
                 return;
             }
             // A full disk is a wait on purpose too: the watchdog must not restart us for it
-            // (a restart would throw away what is held in memory).
-            rule_waiting_for_room = true;
+            // (a restart would throw away what is held in memory). Any other error is given
+            // a budget; past it the watchdog starves and systemd restarts a Ferry that does
+            // not recover by itself.
+            rule_waiting_for_room = spool->last_append_disk_full() ||
+                                    steady::now() - first_try <
+                                        std::chrono::milliseconds(append_failure_budget_ms.load());
             std::this_thread::sleep_for(backoff);
             rule_waiting_for_room = false;
             backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
@@ -611,6 +620,9 @@ int daemon::run() {
     auto notify_every = watchdog ? std::chrono::microseconds(watchdog_usec / 2)
                                  : std::chrono::microseconds(std::chrono::seconds(5));
     notify_every = std::min<std::chrono::microseconds>(notify_every, std::chrono::seconds(5));
+    if (watchdog)
+        impl_->append_failure_budget_ms = std::clamp<std::int64_t>(
+            static_cast<std::int64_t>(watchdog_usec / 100), 5000, 60000);  // 10 intervals
     // Once a second, free heap pages go back to the system: batch bodies and spool rows come
     // and go, and glibc keeps the holes they leave as RSS (bench_e2e: 35 -> 25 MiB after a
     // trim; docs/PERFORMANCE.md). A trim walks the free lists: well under a millisecond here.

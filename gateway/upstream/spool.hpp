@@ -84,9 +84,12 @@ class spool {
     std::uint64_t load_state(const std::string& key, std::uint64_t fallback);
     bool store_state(const std::string& key, std::uint64_t value);  // false: not stored (logged)
 
-    std::uint64_t bytes() const;     // payload+topic bytes held
-    std::uint64_t messages() const;  // messages held
-    std::uint64_t corrupt_recoveries() const;
+    std::uint64_t bytes() const;               // payload+topic bytes held
+    std::uint64_t messages() const;            // messages held
+    std::uint64_t corrupt_recoveries() const;  // damaged files moved aside and salvaged
+    // Whether the last append that returned `error` failed for want of disk space (a wait on
+    // purpose) rather than an I/O error or damage that may never heal.
+    bool last_append_disk_full() const;
 
     // Wakes every waiter; later appends return `closed`. Reads and acks still work.
     void close();

@@ -5,6 +5,10 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <set>
@@ -195,4 +199,74 @@ TEST_CASE("acks fail during a drain, then the disk heals: the spool empties with
     CHECK(c.conflicting == 0);
     CHECK(c.reordered == 0);
     CHECK(c.batch_gaps.empty());
+}
+
+namespace {
+
+// The datagram socket systemd would listen on (NOTIFY_SOCKET): what ferry tells it, and when.
+class notify_socket {
+  public:
+    explicit notify_socket(std::string path) : path_(std::move(path)) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path_.c_str());
+        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        timeval tv{0, 100000};
+        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    ~notify_socket() { ::close(fd_); }
+    notify_socket(const notify_socket&) = delete;
+    notify_socket& operator=(const notify_socket&) = delete;
+    // Collects for `d`; returns the times WATCHDOG=1 arrived.
+    std::vector<std::chrono::steady_clock::time_point> pings_for(std::chrono::milliseconds d) {
+        std::vector<std::chrono::steady_clock::time_point> out;
+        const auto end = std::chrono::steady_clock::now() + d;
+        while (std::chrono::steady_clock::now() < end) {
+            char buf[4096];
+            auto n = ::recv(fd_, buf, sizeof buf, 0);
+            if (n > 0 && std::string_view(buf, static_cast<std::size_t>(n)).find("WATCHDOG=1") !=
+                             std::string_view::npos)
+                out.push_back(std::chrono::steady_clock::now());
+        }
+        return out;
+    }
+
+  private:
+    std::string path_;
+    int fd_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("appends failing with EIO for good: the watchdog stops being fed, systemd restarts") {
+    modbus_sim sim(0, holding_registers(10));
+    mosquitto broker;
+    temp_dir dir;
+    auto o = options(dir, sim, broker);
+    const std::string control = dir.file("faults");
+    set_faults(control, "");
+    notify_socket sock(dir.file("notify.sock"));
+    write_file(dir.file("ferry.yaml"), ferry_yaml(o));
+    auto env = faultvfs_env(control);
+    env["NOTIFY_SOCKET"] = dir.file("notify.sock");
+    env["WATCHDOG_USEC"] = "600000";  // pings every 300 ms; the append budget is 6 s
+    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"), env);
+    REQUIRE(sock.pings_for(3s).size() >= 4);
+    set_faults(control, "fail write all EIO\n");
+    const auto t0 = std::chrono::steady_clock::now();
+    auto pings = sock.pings_for(20s);
+    auto since = [&](auto t) {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(t - t0).count();
+    };
+    MESSAGE(pings.size() << " pings in the 20 s after every write started failing; last at "
+                         << (pings.empty() ? -1 : since(pings.back())) << " ms");
+    // Before: pings went on as long as the errors did (any append error counted as a wait).
+    // Budget 6 s + the rule thread's 5 s liveness window + backoff: the last ping within 15 s.
+    REQUIRE_FALSE(pings.empty());
+    CHECK(since(pings.back()) < 15000);
+    // The disk heals: pings resume (as systemd would have restarted us by now anyway).
+    set_faults(control, "");
+    CHECK(sock.pings_for(8s).size() >= 2);
+    CHECK(ferry.stop(15, 10s) == 0);
 }
