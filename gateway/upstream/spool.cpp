@@ -481,8 +481,14 @@ void spool::impl::open_or_recover() {
         close_db();
         throw;
     }
-    // The moved-aside file stays as it was; every row that can still be read goes on.
+    // The moved-aside file stays as it was; every row that can still be read goes on. Damage
+    // found at open may come from a power cut (fsync never) that also lost the last appends:
+    // the topics jump to the wall clock, as after any power cut (mark_open), so no batch
+    // number is given out twice; the gap it leaves is what the consumer should see anyway.
     auto st = salvage_from(moved, 0);
+    const auto floor = static_cast<std::uint64_t>(now_ms());
+    for (auto& [topic, last] : st.topics)
+        last = std::max(last, floor - 1);
     store_recovered(st.topics, st.seq_high_water);
     load_totals();
     // The ids missing between (and after) the rows read back: an upper bound of the messages
@@ -1406,6 +1412,7 @@ bool spool::impl::salvage(int rc, std::string_view op) {
     } catch (const std::exception&) {
     }
     last_batch_ = topics;
+    mark_open();  // the new file: open, this boot
     last_id_ = std::max(last_id_, known_last);
     const std::uint64_t lost = held > pending_rows + st.rows ? held - pending_rows - st.rows : 0;
     const std::uint64_t lost_events = held_events > st.events ? held_events - st.events : 0;
