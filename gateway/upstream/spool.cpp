@@ -841,10 +841,12 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
                 encode(batch_no, payload);
             } catch (const std::exception& e) {
                 c_errors_[static_cast<int>(err_reason::other)]->Increment();
+                last_append_disk_full_ = false;
                 log::error(component, "encode failed", {{"topic", topic}, {"error", e.what()}});
                 return append_result::error;
             } catch (...) {
                 c_errors_[static_cast<int>(err_reason::other)]->Increment();
+                last_append_disk_full_ = false;
                 log::error(component, "encode failed", {{"topic", topic}});
                 return append_result::error;
             }
