@@ -23,6 +23,7 @@
 #include "gateway/log.hpp"
 #include "gateway/read_model.hpp"
 #include "gateway/seq.hpp"
+#include "gateway/upstream/identity.hpp"
 #include "gateway/upstream/mqtt_publisher.hpp"
 #include "gateway/upstream/spool.hpp"
 #include "rules/engine.hpp"
@@ -55,8 +56,6 @@ constexpr auto k_stop_limit = std::chrono::seconds(15);
 // No progress for this long while the rule thread waits for spool room: wedged.
 constexpr auto k_wedged_after = std::chrono::seconds(2);
 
-const char* const k_seq_key = "seq_high_water";
-
 // A Prometheus counter that follows a count kept elsewhere (an atomic of the bus, the
 // shutdown loss), synced from any thread (the rule thread, a scrape, stop): each increase is
 // added exactly once.
@@ -81,6 +80,7 @@ struct daemon::impl {
     prometheus::Registry registry;
     point_table points;
     std::unique_ptr<upstream::spool> spool;
+    std::unique_ptr<upstream::identity> ids;
     std::unique_ptr<seq_source> seq;
     std::uint64_t seq_start = 0;  // the first seq this run hands out (logged at start)
     std::unique_ptr<ferry::bus> bus;
@@ -111,6 +111,10 @@ struct daemon::impl {
     std::atomic<bool> rule_waiting_for_room{false};
     // Bumped by every pass of the rule thread and every append: evidence of progress at stop.
     std::atomic<std::uint64_t> rule_progress{0};
+    // How long appends may keep failing for a reason other than a full disk (I/O errors, a
+    // spool that cannot be rebuilt) before the watchdog is no longer fed: 10 watchdog
+    // intervals, within [5 s, 60 s] (set in run()).
+    std::atomic<std::int64_t> append_failure_budget_ms{60000};
     std::thread rule_thread;
     std::atomic<std::uint64_t> lost_at_shutdown{0};
 
@@ -162,10 +166,13 @@ struct daemon::impl {
         if (!spool_dir.empty()) std::filesystem::create_directories(spool_dir);
         spool = std::make_unique<upstream::spool>(cfg.upstream.spool, registry);
 
-        auto start = spool->load_state(k_seq_key, 0);
-        seq_start = start + 1;
+        // seq never repeats: the start and both copies of its mark (gateway/upstream/identity.hpp).
+        std::filesystem::create_directories(cfg.gateway.data_dir);
+        ids = std::make_unique<upstream::identity>(
+            (std::filesystem::path(cfg.gateway.data_dir) / "identity").string(), *spool, registry);
+        seq_start = ids->seq_start() + 1;
         seq = std::make_unique<seq_source>(
-            start, [this](std::uint64_t mark) { spool->store_state(k_seq_key, mark); });
+            ids->seq_start(), [this](std::uint64_t mark) { return ids->persist(mark); });
 
         bus = std::make_unique<ferry::bus>(points);
         engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id,
@@ -369,6 +376,7 @@ struct daemon::impl {
             engine->wrap(b, batch_no, out);
         };
         auto backoff = std::chrono::milliseconds(50);
+        const auto first_try = steady::now();
         for (;;) {
             rule_waiting_for_room = cfg.upstream.spool.full == config::when_full::block;
             auto r = spool->append(b.topic, b.qos, b.retain, static_cast<std::uint32_t>(b.events),
@@ -380,8 +388,12 @@ struct daemon::impl {
                 return;
             }
             // A full disk is a wait on purpose too: the watchdog must not restart us for it
-            // (a restart would throw away what is held in memory).
-            rule_waiting_for_room = true;
+            // (a restart would throw away what is held in memory). Any other error is given
+            // a budget; past it the watchdog starves and systemd restarts a Ferry that does
+            // not recover by itself.
+            rule_waiting_for_room = spool->last_append_disk_full() ||
+                                    steady::now() - first_try <
+                                        std::chrono::milliseconds(append_failure_budget_ms.load());
             std::this_thread::sleep_for(backoff);
             rule_waiting_for_room = false;
             backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
@@ -748,6 +760,9 @@ int daemon::run() {
     auto notify_every = watchdog ? std::chrono::microseconds(watchdog_usec / 2)
                                  : std::chrono::microseconds(std::chrono::seconds(5));
     notify_every = std::min<std::chrono::microseconds>(notify_every, std::chrono::seconds(5));
+    if (watchdog)
+        impl_->append_failure_budget_ms = std::clamp<std::int64_t>(
+            static_cast<std::int64_t>(watchdog_usec / 100), 5000, 60000);  // 10 intervals
     // Once a second, free heap pages go back to the system: batch bodies and spool rows come
     // and go, and glibc keeps the holes they leave as RSS (bench_e2e: 35 -> 25 MiB after a
     // trim; docs/PERFORMANCE.md). A trim walks the free lists: well under a millisecond here.

@@ -28,6 +28,11 @@
 //   never:  synchronous=OFF    nothing is fsynced; power loss may lose or corrupt data.
 // store_state() is fsynced in `always` and `batch` (synchronous=FULL around that one
 // commit), because a lost seq high-water mark would make seq go backwards.
+// Power cut: the open writes clean_close=0 and the boot id (fsynced, every mode), a clean
+// close writes clean_close=1. Opening after an unclean close in another boot with fsync
+// batch/never makes every known topic jump to the wall clock in ms (appends lost with the
+// power must not have their batch numbers given to new content). A topic the spool does not
+// know starts at the wall clock in ms too.
 // Checkpoints copy the WAL into the main file when the WAL exceeds wal_autocheckpoint pages
 // (sized from max_bytes); journal_size_limit truncates the WAL afterwards, so the WAL stays
 // small. acks free pages onto SQLite's freelist, which later appends reuse; beyond a slack
@@ -42,13 +47,15 @@
 // to be ours (application_id, auto_vacuum, the three tables and their columns). A file that
 // fails (not a database, truncated, random bytes, a damaged page, a foreign database) is
 // closed and renamed aside with its -wal/-shm as "<path>.corrupt-<unix seconds>[.N]", logged
-// (warn) and counted (corrupt_recoveries(), ferry_spool_corrupt_total); a fresh spool starts
-// in its place. A zero-byte file without a WAL is damaged too (ferry writes the schema at
-// creation, so only a lost write or a truncation leaves one). quick_check does not see a
-// flipped bit inside a payload (SQLite pages carry no checksums). SQLITE_CORRUPT/NOTADB met
-// later is logged and counted as an error (reason "corrupt"); the calls return error/empty,
-// nothing crashes. Running totals (bytes, messages, last id, batch numbers) are kept in
-// memory and recomputed from the file at open.
+// (warn) and counted (corrupt_recoveries(), ferry_spool_corrupt_total); a new spool starts
+// in its place and every row of the moved copy that can still be read is salvaged into it
+// (salvage_from: ids kept, holes logged and counted). A zero-byte file without a WAL is
+// damaged too (ferry writes the schema at creation, so only a lost write or a truncation
+// leaves one). quick_check does not see a flipped bit inside a payload (SQLite pages carry
+// no checksums). SQLITE_CORRUPT/NOTADB met while running does the same (salvage(), at most
+// every 5 s), from the call that met it once its statements are reset; that call then goes
+// on with the new spool, so peek and wait_for_messages agree. Running totals (bytes,
+// messages, events, last id, batch numbers) are kept in memory and recomputed at open.
 #include "gateway/upstream/spool.hpp"
 
 #include <fcntl.h>
@@ -65,8 +72,13 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
@@ -241,7 +253,23 @@ struct spool::impl {
     std::uint64_t suppressed_errs_ = 0;
 
     statement begin_, commit_, rollback_, insert_, upsert_topic_, oldest_, delete_upto_, peek_,
-        ack_, exists_after_, load_state_, store_state_, freelist_;
+        ack_, exists_after_, load_state_, store_state_, freelist_, events_of_, ids_after_;
+
+    // Acked by the broker, but their DELETE failed (disk full, I/O error): kept here, never
+    // handed out by peek again, and deleted again at most every 100 ms by retry_acks(), from
+    // whichever call comes next (the publisher calls wait_for_messages at least every 100 ms).
+    // Lost at a restart: those rows are then sent once more (duplicates, counted as sent).
+    std::map<std::int64_t, std::uint32_t> pending_acks_;  // id -> events
+    std::chrono::steady_clock::time_point pending_tried_{};
+
+    // Events (readings) in the rows held: what a salvage counts as lost with the rows it
+    // could not read (ferry_events_dropped_total{reason="corrupt"}).
+    std::uint64_t events_held_ = 0;
+    // A damaged page met while running: salvage() rebuilds the spool from what is readable,
+    // at most once per 5 s (a card that keeps failing must not rebuild it in a loop).
+    std::chrono::steady_clock::time_point salvaged_at_{};
+    prometheus::Counter* c_drop_corrupt_;
+    prometheus::Counter* c_ev_corrupt_;
 
     prometheus::Gauge* g_bytes_;
     prometheus::Gauge* g_messages_;
@@ -283,7 +311,38 @@ struct spool::impl {
         }
     }
     int consume_batch_number(const std::string& topic, std::uint64_t batch_no);
+    std::uint64_t next_batch(const std::string& topic) const;
+    std::uint64_t load_state(const std::string& key, std::uint64_t fallback);
+    bool store_state(const std::string& key, std::uint64_t value);
+    int set_synchronous(bool full);
+    void mark_open();
+    void mark_clean_close();
     bool has_after(std::int64_t after_id);
+    int delete_row(std::int64_t id, std::int64_t& freed, std::uint32_t& events);
+    void on_removed(std::uint64_t freed_bytes, std::uint64_t rows, std::uint64_t events);
+    void retry_acks(bool now = false);
+    struct salvage_stats {
+        std::uint64_t rows = 0, events = 0;
+        std::uint64_t lost_ids = 0;  // ids missing between (and after) the rows read back
+        std::unordered_map<std::string, std::uint64_t> topics;
+        std::uint64_t seq_high_water = 0;
+        bool readable = false;  // the copy opened as a ferry spool at all
+    };
+    salvage_stats salvage_from(const std::string& from, std::int64_t known_last_id);
+    bool salvage(int rc, std::string_view op);
+    void store_recovered(const std::unordered_map<std::string, std::uint64_t>& topics,
+                         std::uint64_t seq_high_water);
+    // record_error() notes SQLITE_CORRUPT here; the public call that met it runs salvage()
+    // once its statements are reset (salvage closes the connection and finalizes them).
+    int salvage_rc_ = 0;
+    // Whether the last failed append failed for want of disk space (a wait on purpose).
+    std::atomic<bool> last_append_disk_full_{false};
+    void run_deferred_salvage(std::string_view op) {
+        if (salvage_rc_ == 0) return;
+        const int rc = salvage_rc_;
+        salvage_rc_ = 0;
+        salvage(rc, op);
+    }
     void maybe_vacuum();
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
                          const encode_fn& encode);
@@ -330,6 +389,8 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
         c_errors_[i] = &errors.Add({{"reason", err_reason_names[i]}});
     }
     c_ev_spool_full_ = &events_dropped(registry, drop::spool_full);
+    c_ev_corrupt_ = &events_dropped(registry, drop::corrupt);
+    c_drop_corrupt_ = &dropped.Add({{"reason", "corrupt"}});
     c_ev_too_large_ = &events_dropped(registry, drop::too_large);
 
     // Pages kept on the freelist for reuse when incremental_vacuum gives the rest back (which
@@ -346,6 +407,7 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
         64 * 1024;
 
     open_or_recover();
+    mark_open();
     set_gauges();
     log::info(component, "spool opened",
               {{"path", settings_.path},
@@ -357,13 +419,15 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
 }
 
 spool::impl::~impl() {
+    retry_acks(true);
+    mark_clean_close();
     close_db();
 }
 
 void spool::impl::close_db() {
     for (statement* s : {&begin_, &commit_, &rollback_, &insert_, &upsert_topic_, &oldest_,
                          &delete_upto_, &peek_, &ack_, &exists_after_, &load_state_, &store_state_,
-                         &freelist_}) {
+                         &freelist_, &events_of_, &ids_after_}) {
         s->finalize();
     }
     if (db_ != nullptr) {
@@ -391,16 +455,18 @@ void spool::impl::exec(const char* sql) {
 }
 
 void spool::impl::open_or_recover() {
+    std::string moved, why;
     try {
         open_checked();
         return;
     } catch (const damaged& e) {
         close_db();
-        std::string moved = move_aside();
+        moved = move_aside();
         corrupt_.fetch_add(1);
         c_corrupt_->Increment();
-        log::warn(component, "damaged spool moved aside, starting an empty spool",
+        log::warn(component, "damaged spool moved aside, salvaging its readable rows",
                   {{"path", settings_.path}, {"moved_to", moved}, {"error", e.what()}});
+        why = e.what();
     } catch (...) {
         close_db();
         throw;
@@ -415,6 +481,27 @@ void spool::impl::open_or_recover() {
         close_db();
         throw;
     }
+    // The moved-aside file stays as it was; every row that can still be read goes on. Damage
+    // found at open may come from a power cut (fsync never) that also lost the last appends:
+    // the topics jump to the wall clock, as after any power cut (mark_open), so no batch
+    // number is given out twice; the gap it leaves is what the consumer should see anyway.
+    auto st = salvage_from(moved, 0);
+    const auto floor = static_cast<std::uint64_t>(now_ms());
+    for (auto& [topic, last] : st.topics)
+        last = std::max(last, floor - 1);
+    store_recovered(st.topics, st.seq_high_water);
+    load_totals();
+    // The ids missing between (and after) the rows read back: an upper bound of the messages
+    // lost (an id can be missing because it was delivered). Their events are not known: the
+    // rows cannot be read, and they belong to an earlier run's count.
+    c_drop_corrupt_->Increment(static_cast<double>(st.lost_ids));
+    log::warn(component,
+              st.readable ? "damaged spool salvaged: readable rows kept"
+                          : "damaged spool had nothing readable: starting an empty spool",
+              {{"moved_to", moved},
+               {"kept_messages", std::to_string(st.rows)},
+               {"lost_messages_at_most", std::to_string(st.lost_ids)},
+               {"error", why}});
 }
 
 std::string spool::impl::move_aside() {
@@ -627,6 +714,8 @@ void spool::impl::prepare_all() {
          " WHERE id > ?1 ORDER BY id LIMIT ?2"},
         {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes, events"},
         {&exists_after_, "SELECT 1 FROM messages WHERE id > ?1 LIMIT 1"},
+        {&events_of_, "SELECT events FROM messages WHERE id = ?1"},
+        {&ids_after_, "SELECT id FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2"},
         {&load_state_, "SELECT value FROM state WHERE key = ?1"},
         {&store_state_,
          "INSERT INTO state(key, value) VALUES(?1, ?2)"
@@ -642,12 +731,15 @@ void spool::impl::prepare_all() {
 void spool::impl::load_totals() {
     {
         statement st;
-        int rc = st.prepare(db_, "SELECT count(*), coalesce(sum(bytes), 0) FROM messages");
+        int rc = st.prepare(db_,
+                            "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(events), 0)"
+                            " FROM messages");
         if (rc != SQLITE_OK) fail(rc, "totals");
         rc = sqlite3_step(st.get());
         if (rc != SQLITE_ROW) fail(rc, "totals");
         messages_ = static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 0));
         bytes_ = static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 1));
+        events_held_ = static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 2));
     }
     {
         // The AUTOINCREMENT high-water mark, not max(id): ids of acked messages count too.
@@ -678,6 +770,8 @@ void spool::impl::load_totals() {
 
 void spool::impl::record_error(int rc, std::string_view op, std::string_view detail) {
     err_reason r = classify(rc);
+    if (r == err_reason::corrupt) salvage_rc_ = rc;
+    if (op == "append") last_append_disk_full_ = r == err_reason::disk_full;
     c_errors_[static_cast<int>(r)]->Increment();
     auto now = std::chrono::steady_clock::now();
     if (last_err_log_ != std::chrono::steady_clock::time_point{} &&
@@ -735,21 +829,24 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
     std::unique_lock lock(mu_);
     if (closed_) return append_result::closed;
 
+    run_deferred_salvage("append");
+    retry_acks();
     std::uint64_t encoded_for = 0;  // batch number `payload` was encoded for (0: none yet)
     for (;;) {
         if (db_ == nullptr) return append_result::error;
-        auto it = last_batch_.find(topic);
-        std::uint64_t batch_no = (it == last_batch_.end() ? 0 : it->second) + 1;
+        const std::uint64_t batch_no = next_batch(topic);
         if (encoded_for != batch_no) {
             payload.clear();
             try {
                 encode(batch_no, payload);
             } catch (const std::exception& e) {
                 c_errors_[static_cast<int>(err_reason::other)]->Increment();
+                last_append_disk_full_ = false;
                 log::error(component, "encode failed", {{"topic", topic}, {"error", e.what()}});
                 return append_result::error;
             } catch (...) {
                 c_errors_[static_cast<int>(err_reason::other)]->Increment();
+                last_append_disk_full_ = false;
                 log::error(component, "encode failed", {{"topic", topic}});
                 return append_result::error;
             }
@@ -801,6 +898,9 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         std::uint64_t freed_bytes = 0;
         std::uint64_t freed_msgs = 0;
         std::uint64_t freed_events = 0;
+        std::uint64_t freed_delivered = 0;  // rows whose ack is pending: delivered, not dropped
+        std::int64_t dropped_upto = 0;
+        std::uint64_t freed_events_held = 0;  // every freed row's events, delivered or not
         auto abort = [&](int code) {
             rollback();
             record_error(code, "append");
@@ -808,14 +908,19 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         };
         if (!fits) {
             const std::uint64_t must_free = bytes_.load() + need - max;
-            std::int64_t upto = 0;
+            std::int64_t& upto = dropped_upto;
             {
                 use u(oldest_);
                 while (freed_bytes < must_free && (rc = sqlite3_step(*u)) == SQLITE_ROW) {
                     upto = sqlite3_column_int64(*u, 0);
                     freed_bytes += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 1));
-                    freed_events += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 2));
+                    freed_events_held += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 2));
                     ++freed_msgs;
+                    if (pending_acks_.count(upto) != 0) {
+                        ++freed_delivered;
+                        continue;
+                    }
+                    freed_events += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 2));
                 }
                 if (rc != SQLITE_ROW && rc != SQLITE_DONE) return abort(rc);
             }
@@ -849,14 +954,24 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         rc = step_done(commit_);
         if (rc != SQLITE_OK) return abort(rc);
 
+        // Once per topic and spool: where its batch numbers start (tests check the first
+        // message that arrives against it).
+        if (last_batch_.find(topic) == last_batch_.end())
+            log::info(component, "new topic",
+                      {{"topic", topic}, {"first_batch", std::to_string(batch_no)}});
         last_batch_[topic] = batch_no;
         last_id_ = id;
+        events_held_ = events_held_ + events - freed_events_held;
         bytes_ = bytes_.load() + need - freed_bytes;
         messages_ = messages_.load() + 1 - freed_msgs;
         c_received_->Increment();
         set_gauges();
+        if (freed_delivered > 0) {
+            pending_acks_.erase(pending_acks_.begin(), pending_acks_.upper_bound(dropped_upto));
+            c_sent_->Increment(static_cast<double>(freed_delivered));
+        }
         if (freed_msgs > 0) {
-            c_drop_oldest_->Increment(static_cast<double>(freed_msgs));
+            c_drop_oldest_->Increment(static_cast<double>(freed_msgs - freed_delivered));
             c_ev_spool_full_->Increment(static_cast<double>(freed_events));
             maybe_vacuum();
         }
@@ -866,8 +981,537 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
     }
 }
 
+// A topic the spool knows goes on +1. One it does not know (new, or its spool was lost or
+// moved aside) starts at the wall clock in milliseconds: a consumer sees a jump, never a
+// batch number that went back (holds while a topic averages < 1000 messages/s).
+std::uint64_t spool::impl::next_batch(const std::string& topic) const {
+    auto it = last_batch_.find(topic);
+    if (it != last_batch_.end()) return it->second + 1;
+    return static_cast<std::uint64_t>(std::max<std::int64_t>(now_ms(), 1));
+}
+
+std::uint64_t spool::impl::load_state(const std::string& key, std::uint64_t fallback) {
+    if (db_ == nullptr) return fallback;
+    use u(load_state_);
+    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    int rc = sqlite3_step(*u);
+    if (rc == SQLITE_ROW) return static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0));
+    if (rc != SQLITE_DONE) record_error(rc, "load_state");
+    return fallback;
+}
+
+// Not prepared statements: SQLite applies `PRAGMA synchronous` when it compiles the
+// statement, so merely preparing "=NORMAL" at open switched every mode to NORMAL (found with
+// faultvfs: `fsync: always` did not fsync at commit).
+int spool::impl::set_synchronous(bool full) {
+    if (full) return exec_rc("PRAGMA synchronous=FULL");
+    switch (settings_.fsync) {
+        case config::fsync_mode::always:
+            return exec_rc("PRAGMA synchronous=FULL");
+        case config::fsync_mode::batch:
+            return exec_rc("PRAGMA synchronous=NORMAL");
+        case config::fsync_mode::never:
+            return exec_rc("PRAGMA synchronous=OFF");
+    }
+    return SQLITE_OK;
+}
+
+bool spool::impl::store_state(const std::string& key, std::uint64_t value) {
+    if (db_ == nullptr) return false;
+    // In `batch` mode this one commit is fsynced anyway (see the design note).
+    const bool sync = settings_.fsync == config::fsync_mode::batch;
+    if (sync) set_synchronous(true);
+    int rc;
+    {
+        use u(store_state_);
+        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
+        rc = sqlite3_step(*u);
+    }
+    if (sync) set_synchronous(false);
+    if (rc != SQLITE_DONE) {
+        record_error(rc, "store_state");
+        return false;
+    }
+    return true;
+}
+
+// This boot's id (/proc/sys/kernel/random/boot_id) as a number for the state table. Test
+// hook: env FERRY_TEST_BOOT_ID, when set, replaces it, so a test can simulate a reboot.
+static std::uint64_t boot_id_hash() {
+    std::string id;
+    if (const char* fake = std::getenv("FERRY_TEST_BOOT_ID"); fake != nullptr && *fake != '\0') {
+        id = fake;
+    } else {
+        std::ifstream in("/proc/sys/kernel/random/boot_id");
+        std::getline(in, id);
+    }
+    if (id.empty()) return 0;
+    std::uint64_t h = 14695981039346656037ull;  // FNV-1a
+    for (unsigned char c : id) {
+        h ^= c;
+        h *= 1099511628211ull;
+    }
+    return (h >> 2) | 1;  // positive as an SQLite integer, never 0 ("unknown")
+}
+
+// Marks the spool open (clean_close = 0) with this boot's id, fsynced in every mode (one
+// fsync per start). Before that: if the last run did not close cleanly AND the machine
+// rebooted since AND fsync is not `always`, the last appends may have been lost with the
+// power, and their batch numbers with them; reusing those numbers for new content would hide
+// the loss, so every known topic jumps to the wall clock in ms (a visible gap). A kill -9 in
+// the same boot lost nothing (the kernel had the writes): batch numbers go on +1.
+void spool::impl::mark_open() {
+    if (db_ == nullptr) return;
+    const std::uint64_t boot = boot_id_hash();
+    const bool was_clean = load_state("clean_close", 1) != 0;
+    const std::uint64_t last_boot = load_state("boot_id", 0);
+    const bool bump = !was_clean && last_boot != 0 && boot != 0 && last_boot != boot &&
+                      settings_.fsync != config::fsync_mode::always;
+    const auto floor = static_cast<std::uint64_t>(now_ms());
+    set_synchronous(true);
+    int rc = step_done(begin_);
+    auto put = [&](statement& st, const std::string& key, std::uint64_t value) {
+        if (rc != SQLITE_OK) return;
+        use u(st);
+        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
+        int r = sqlite3_step(*u);
+        if (r != SQLITE_DONE) rc = r;
+    };
+    std::unordered_map<std::string, std::uint64_t> bumped = last_batch_;
+    if (bump) {
+        for (auto& [topic, last] : bumped) {
+            last = std::max(last, floor - 1);
+            put(upsert_topic_, topic, last);
+        }
+    }
+    put(store_state_, "clean_close", 0);
+    put(store_state_, "boot_id", boot);
+    if (rc == SQLITE_OK) rc = step_done(commit_);
+    if (rc != SQLITE_OK) {
+        rollback();
+        record_error(rc, "mark_open");
+    } else if (bump) {
+        last_batch_ = std::move(bumped);
+    }
+    set_synchronous(false);
+    if (bump) {
+        log::warn(component,
+                  "the last run did not close the spool and the machine rebooted since: "
+                  "appends not yet fsynced may be lost; batch numbers jump to show it",
+                  {{"fsync", fsync_name(settings_.fsync)},
+                   {"topics", std::to_string(last_batch_.size())},
+                   {"next_batch_at_least", std::to_string(floor)},
+                   {"stored", rc == SQLITE_OK ? "true" : "false"}});
+    }
+}
+
+void spool::impl::mark_clean_close() {
+    if (db_ == nullptr) return;
+    set_synchronous(true);
+    use u(store_state_);
+    static const std::string key = "clean_close";
+    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(*u, 2, 1);
+    int rc = sqlite3_step(*u);
+    if (rc != SQLITE_DONE) record_error(rc, "close");
+}
+
+// ---- Salvage: a damaged spool costs at most the damaged messages ---------------------------
+
+namespace {
+
+// The first `"key":<digits>` in a contract payload (CONTRACT.md); 0 when absent. Only for the
+// log of what a salvage lost: the spool does not otherwise look inside payloads.
+std::uint64_t json_number(std::string_view payload, std::string_view key, bool last = false) {
+    std::string pat = "\"";
+    pat += key;
+    pat += "\":";
+    auto at = last ? payload.rfind(pat) : payload.find(pat);
+    if (at == std::string_view::npos) return 0;
+    std::uint64_t v = 0;
+    for (auto i = at + pat.size(); i < payload.size() && payload[i] >= '0' && payload[i] <= '9';
+         ++i)
+        v = v * 10 + static_cast<std::uint64_t>(payload[i] - '0');
+    return v;
+}
+
+// What is known of one row on either side of a hole.
+struct row_mark {
+    std::int64_t id = 0;
+    std::string topic;
+    std::uint64_t batch = 0, seq_first = 0, seq_last = 0;
+};
+
+row_mark mark_of(std::int64_t id, std::string topic, std::string_view payload) {
+    return {id, std::move(topic), json_number(payload, "batch"), json_number(payload, "seq"),
+            json_number(payload, "seq", true)};
+}
+
+}  // namespace
+
+// Copies every readable row, topic and state entry of the damaged copy `from` into the open
+// (fresh) spool, keeping ids. Rows are read in id order; a read that fails on a damaged page
+// skips ahead (probing ids at growing distance, then narrowing back to the first readable
+// one), and each hole is logged with what the rows around it say (ids, batch, seq). The copy
+// is not modified (no checkpoint at close), so it stays as it was for a post-mortem.
+spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
+                                                     std::int64_t known_last_id) {
+    salvage_stats out;
+    sqlite3* src = nullptr;
+    // With a WAL beside it, SQLite must replay it (read-write open, no checkpoint at close);
+    // without one, immutable: nothing is created beside the copy.
+    const bool has_wal = path_exists(from + "-wal");
+    const std::string uri = has_wal ? from : "file:" + from + "?immutable=1";
+    const int flags = has_wal ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX
+                              : SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(uri.c_str(), &src, flags, nullptr) != SQLITE_OK) {
+        sqlite3_close(src);
+        return out;
+    }
+    sqlite3_db_config(src, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+    sqlite3_exec(src, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA query_only=1", nullptr, nullptr,
+                 nullptr);
+    auto one_int = [&](const char* sql, std::int64_t fallback) {
+        sqlite3_stmt* st = nullptr;
+        std::int64_t v = fallback;
+        if (sqlite3_prepare_v2(src, sql, -1, &st, nullptr) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            v = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        return v;
+    };
+    const std::int64_t version = one_int("PRAGMA user_version", -1);
+    if (one_int("PRAGMA application_id", 0) != application_id || (version != 1 && version != 2)) {
+        sqlite3_close(src);
+        return out;  // not ours, or a layout this Ferry does not know: nothing to read
+    }
+    out.readable = true;
+    known_last_id = std::max(known_last_id,
+                             one_int("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", 0));
+
+    // topics and state: whatever rows can be read.
+    {
+        sqlite3_stmt* st = nullptr;
+        if (sqlite3_prepare_v2(src, "SELECT topic, last_batch FROM topics", -1, &st, nullptr) ==
+            SQLITE_OK) {
+            while (sqlite3_step(st) == SQLITE_ROW) {
+                const auto* t = sqlite3_column_text(st, 0);
+                if (t == nullptr) continue;
+                out.topics[reinterpret_cast<const char*>(t)] =
+                    static_cast<std::uint64_t>(sqlite3_column_int64(st, 1));
+            }
+        }
+        sqlite3_finalize(st);
+        out.seq_high_water = static_cast<std::uint64_t>(
+            one_int("SELECT value FROM state WHERE key = 'seq_high_water'", 0));
+    }
+
+    const char* scan_sql =
+        version == 1
+            ? "SELECT id, topic, payload, qos, retain, created_ms, bytes, 0 FROM messages"
+              " WHERE id > ?1 ORDER BY id"
+            : "SELECT id, topic, payload, qos, retain, created_ms, bytes, events FROM messages"
+              " WHERE id > ?1 ORDER BY id";
+    sqlite3_stmt* scan = nullptr;
+    sqlite3_stmt* probe = nullptr;
+    sqlite3_stmt* ins = nullptr;
+    sqlite3_prepare_v2(src, scan_sql, -1, &scan, nullptr);
+    sqlite3_prepare_v2(src, "SELECT id FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1", -1,
+                       &probe, nullptr);
+    sqlite3_prepare_v2(db_,
+                       "INSERT INTO messages(id, topic, payload, qos, retain, created_ms, bytes,"
+                       " events) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                       -1, &ins, nullptr);
+    // The first id >= `at` that can be read, or -1 (none, or unreadable).
+    auto first_id_from = [&](std::int64_t at) -> std::int64_t {
+        sqlite3_reset(probe);
+        sqlite3_bind_int64(probe, 1, at);
+        int rc = sqlite3_step(probe);
+        if (rc == SQLITE_ROW) return sqlite3_column_int64(probe, 0);
+        return rc == SQLITE_DONE ? std::numeric_limits<std::int64_t>::max() : -1;
+    };
+
+    // Where reads failed: the ids from `from` up to the next row read back, with what the rows
+    // on either side say. Ids missing where nothing failed were delivered before (acked).
+    struct hole {
+        std::int64_t from = 0, to = 0;
+        row_mark before, after;
+    };
+    std::vector<hole> holes;
+    row_mark prev;
+    std::int64_t failed_from = 0;  // != 0: reads failed since `prev`, from this id on
+    std::int64_t after = 0;
+    int in_txn = 0;
+    bool done = scan == nullptr || probe == nullptr || ins == nullptr;
+    while (!done) {
+        sqlite3_reset(scan);
+        sqlite3_bind_int64(scan, 1, after);
+        int rc;
+        while ((rc = sqlite3_step(scan)) == SQLITE_ROW) {
+            const std::int64_t id = sqlite3_column_int64(scan, 0);
+            const auto* topic = sqlite3_column_text(scan, 1);
+            const void* payload = sqlite3_column_blob(scan, 2);
+            const int payload_n = sqlite3_column_bytes(scan, 2);
+            if (topic == nullptr) {
+                rc = SQLITE_CORRUPT;
+                break;
+            }
+            const std::string_view body(
+                static_cast<const char*>(payload),
+                payload != nullptr ? static_cast<std::size_t>(payload_n) : 0);
+            if (in_txn == 0) exec_rc("BEGIN IMMEDIATE");
+            sqlite3_reset(ins);
+            sqlite3_bind_int64(ins, 1, id);
+            sqlite3_bind_text(ins, 2, reinterpret_cast<const char*>(topic), -1, SQLITE_TRANSIENT);
+            sqlite3_bind_blob(ins, 3, body.data(), static_cast<int>(body.size()), SQLITE_TRANSIENT);
+            for (int c = 3; c < 8; ++c)
+                sqlite3_bind_int64(ins, c + 1, sqlite3_column_int64(scan, c));
+            if (sqlite3_step(ins) != SQLITE_DONE) {
+                record_error(sqlite3_errcode(db_), "salvage");
+            } else {
+                ++out.rows;
+                out.events += static_cast<std::uint64_t>(sqlite3_column_int64(scan, 7));
+            }
+            if (++in_txn >= 500) {
+                exec_rc("COMMIT");
+                in_txn = 0;
+            }
+            auto here = mark_of(id, reinterpret_cast<const char*>(topic), body);
+            if (failed_from != 0) {
+                holes.push_back({failed_from, id - 1, prev, here});
+                out.lost_ids +=
+                    static_cast<std::uint64_t>(std::max<std::int64_t>(0, id - failed_from));
+                failed_from = 0;
+            }
+            prev = std::move(here);
+            after = id;
+        }
+        if (rc == SQLITE_DONE) break;
+        if (failed_from == 0) failed_from = after + 1;
+        // A damaged page: find the first readable id beyond it. Probe at growing distance...
+        constexpr std::int64_t none = std::numeric_limits<std::int64_t>::max();
+        std::int64_t bad = after, step = 1, hit = -1, hit_at = 0;
+        const std::int64_t limit = std::max<std::int64_t>(known_last_id, after + (1 << 24));
+        for (std::int64_t at = after + 1; at <= limit; at = bad + step) {
+            hit = first_id_from(at);
+            if (hit >= 0) {
+                hit_at = at;
+                break;
+            }
+            bad = at;
+            step *= 2;
+        }
+        if (hit < 0) break;  // nothing readable past it: the rest is lost
+        // ... then narrow back to the first position that reads (damage is one contiguous run).
+        std::int64_t lo = bad + 1, hi = hit_at;
+        while (lo < hi) {
+            const std::int64_t mid = lo + (hi - lo) / 2;
+            if (first_id_from(mid) >= 0)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        const std::int64_t next = first_id_from(lo);
+        if (next < 0 || next == none) break;
+        // Always move on: the row the scan failed on may itself be the damaged one.
+        after = std::max(next - 1, after + 1);
+    }
+    if (in_txn > 0) exec_rc("COMMIT");
+    if (failed_from != 0) {  // reads failed up to the end
+        const std::int64_t to = std::max(known_last_id, failed_from);
+        holes.push_back({failed_from, to, prev, row_mark{}});
+        out.lost_ids += static_cast<std::uint64_t>(to - failed_from + 1);
+    }
+    sqlite3_finalize(scan);
+    sqlite3_finalize(probe);
+    sqlite3_finalize(ins);
+    sqlite3_close(src);
+
+    // One line per hole (the first 20): what a consumer will miss.
+    std::size_t logged = 0;
+    // ids: the range that could not be read (delivered ids in it were never there). On a
+    // topic, batch numbers between batch_before and batch_after are lost (0: unknown), and
+    // seq numbers between seq_lost_after and seq_lost_before.
+    for (const auto& h : holes) {
+        if (++logged > 20) break;
+        log::warn(component, "damaged spool: messages lost",
+                  {{"ids", std::to_string(h.from) + ".." + std::to_string(h.to)},
+                   {"topic_before", h.before.topic},
+                   {"batch_before", std::to_string(h.before.batch)},
+                   {"topic_after", h.after.topic},
+                   {"batch_after", std::to_string(h.after.batch)},
+                   {"seq_lost_after", std::to_string(h.before.seq_last)},
+                   {"seq_lost_before", std::to_string(h.after.seq_first)}});
+    }
+    return out;
+}
+
+// Writes the batch numbers and seq mark recovered from a damaged spool into the new one.
+void spool::impl::store_recovered(const std::unordered_map<std::string, std::uint64_t>& topics,
+                                  std::uint64_t seq_high_water) {
+    if (step_done(begin_) != SQLITE_OK) return;
+    for (const auto& [topic, last] : topics) {
+        use u(upsert_topic_);
+        sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(last));
+        sqlite3_step(*u);
+    }
+    if (seq_high_water > 0) {
+        use u(store_state_);
+        static const std::string key = "seq_high_water";
+        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(seq_high_water));
+        sqlite3_step(*u);
+    }
+    if (step_done(commit_) != SQLITE_OK) rollback();
+}
+
+// A damaged page met while running (rc is SQLITE_CORRUPT/NOTADB): the file is moved aside
+// and a fresh spool is built from every row that can still be read, keeping ids (the
+// publisher's cursor stays valid) and this run's batch numbers. What could not be read is
+// counted: messages in ferry_spool_dropped_total{reason="corrupt"}, their events in
+// ferry_events_dropped_total{reason="corrupt"}. Called with mu_ held. True when a usable spool
+// is open afterwards.
+bool spool::impl::salvage(int rc, std::string_view op) {
+    if (classify(rc) != err_reason::corrupt || db_ == nullptr) return false;
+    const auto t = std::chrono::steady_clock::now();
+    if (salvaged_at_ != std::chrono::steady_clock::time_point{} &&
+        t - salvaged_at_ < std::chrono::seconds(5))
+        return false;
+    salvaged_at_ = t;
+    const std::uint64_t held = messages_.load();
+    std::uint64_t held_events = events_held_;
+    std::uint64_t pending_rows = pending_acks_.size();
+    for (const auto& [id, ev] : pending_acks_)
+        held_events -= std::min<std::uint64_t>(held_events, ev);
+    const auto batches = last_batch_;
+    const std::int64_t known_last = last_id_;
+    rollback();
+    close_db();
+    std::string moved;
+    try {
+        moved = move_aside();
+        open_checked();
+    } catch (const std::exception& e) {
+        close_db();
+        log::error(component, "damaged spool found while running and no fresh spool could be made",
+                   {{"path", settings_.path}, {"error", e.what()}});
+        return false;
+    }
+    auto st = salvage_from(moved, known_last);
+    // This run's batch numbers are the truth (the damaged topics table may be unreadable).
+    for (const auto& [topic, last] : st.topics)
+        last_batch_[topic] = std::max(last_batch_[topic], last);
+    for (const auto& [topic, last] : batches)
+        last_batch_[topic] = std::max(last_batch_[topic], last);
+    store_recovered(last_batch_, st.seq_high_water);
+    pending_acks_.clear();  // delivered rows were not copied
+    const auto topics = last_batch_;
+    try {
+        load_totals();
+    } catch (const std::exception&) {
+    }
+    last_batch_ = topics;
+    mark_open();  // the new file: open, this boot
+    last_id_ = std::max(last_id_, known_last);
+    const std::uint64_t lost = held > pending_rows + st.rows ? held - pending_rows - st.rows : 0;
+    const std::uint64_t lost_events = held_events > st.events ? held_events - st.events : 0;
+    corrupt_.fetch_add(1);
+    c_corrupt_->Increment();
+    c_drop_corrupt_->Increment(static_cast<double>(lost));
+    c_ev_corrupt_->Increment(static_cast<double>(lost_events));
+    set_gauges();
+    log::warn(component, "damaged spool found while running: rebuilt from its readable rows",
+              {{"op", std::string(op)},
+               {"moved_to", moved},
+               {"kept_messages", std::to_string(st.rows)},
+               {"lost_messages", std::to_string(lost)},
+               {"lost_events", std::to_string(lost_events)},
+               {"error", sqlite3_errstr(rc)}});
+    space_cv_.notify_all();
+    data_cv_.notify_all();
+    return true;
+}
+
+// One DELETE (its own transaction). freed = -1 when the row does not exist.
+int spool::impl::delete_row(std::int64_t id, std::int64_t& freed, std::uint32_t& events) {
+    freed = -1;
+    use u(ack_);
+    sqlite3_bind_int64(*u, 1, id);
+    int rc = sqlite3_step(*u);
+    if (rc == SQLITE_ROW) {
+        freed = sqlite3_column_int64(*u, 0);
+        events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 1));
+        rc = sqlite3_step(*u);  // finish the statement so the delete commits
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+// Accounting after delivered rows left the file.
+void spool::impl::on_removed(std::uint64_t freed_bytes, std::uint64_t rows, std::uint64_t events) {
+    events_held_ -= std::min(events_held_, events);
+    bytes_ = bytes_.load() - freed_bytes;
+    messages_ = messages_.load() - rows;
+    c_sent_->Increment(static_cast<double>(rows));
+    set_gauges();
+    // Look at the freelist once enough was freed to matter, or when the spool is empty.
+    freed_since_vacuum_check_ += freed_bytes;
+    if (freed_since_vacuum_check_ >=
+            static_cast<std::uint64_t>(vacuum_slack_pages_ * page_size) / 2 ||
+        messages_.load() == 0) {
+        freed_since_vacuum_check_ = 0;
+        maybe_vacuum();
+    }
+}
+
+// Deletes the rows whose ack failed, all in one transaction; at most every 100 ms unless `now`.
+void spool::impl::retry_acks(bool now) {
+    if (pending_acks_.empty() || db_ == nullptr) return;
+    const auto t = std::chrono::steady_clock::now();
+    if (!now && t - pending_tried_ < std::chrono::milliseconds(100)) return;
+    pending_tried_ = t;
+    int rc = step_done(begin_);
+    std::uint64_t freed_bytes = 0, rows = 0, freed_events = 0;
+    for (auto it = pending_acks_.begin(); rc == SQLITE_OK && it != pending_acks_.end(); ++it) {
+        std::int64_t freed = -1;
+        std::uint32_t events = 0;
+        rc = delete_row(it->first, freed, events);
+        if (rc == SQLITE_OK && freed >= 0) {
+            freed_bytes += static_cast<std::uint64_t>(freed);
+            freed_events += events;
+            ++rows;
+        }
+    }
+    if (rc == SQLITE_OK) rc = step_done(commit_);
+    if (rc != SQLITE_OK) {
+        rollback();
+        record_error(rc, "ack");
+        return;
+    }
+    log::info(component, "failed acks retried: delivered messages removed",
+              {{"messages", std::to_string(pending_acks_.size())}});
+    pending_acks_.clear();
+    on_removed(freed_bytes, rows, freed_events);
+    space_cv_.notify_all();
+}
+
 bool spool::impl::has_after(std::int64_t after_id) {
+    run_deferred_salvage("wait");
     if (db_ == nullptr || messages_.load() == 0 || last_id_ <= after_id) return false;
+    retry_acks();
+    if (!pending_acks_.empty()) {
+        // Agrees with peek: rows whose ack is pending do not count.
+        use u(ids_after_);
+        sqlite3_bind_int64(*u, 1, after_id);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(pending_acks_.size()) + 1);
+        int rc;
+        while ((rc = sqlite3_step(*u)) == SQLITE_ROW)
+            if (pending_acks_.count(sqlite3_column_int64(*u, 0)) == 0) return true;
+        if (rc != SQLITE_DONE) record_error(rc, "wait");
+        return false;
+    }
     use u(exists_after_);
     sqlite3_bind_int64(*u, 1, after_id);
     int rc = sqlite3_step(*u);
@@ -920,7 +1564,13 @@ spool::~spool() {
 append_result spool::append(const std::string& topic, int qos, bool retain, std::uint32_t events,
                             const encode_fn& encode) {
     try {
-        return impl_->append(topic, qos, retain, events, encode);
+        auto r = impl_->append(topic, qos, retain, events, encode);
+        if (r == append_result::error) {
+            // A damaged page: rebuild from what is readable now; the caller retries.
+            std::lock_guard lock(impl_->mu_);
+            impl_->run_deferred_salvage("append");
+        }
+        return r;
     } catch (const std::exception& e) {
         log::error(component, "append failed", {{"error", e.what()}});
         return append_result::error;
@@ -933,28 +1583,42 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
     std::vector<spooled_message> out;
     try {
         std::lock_guard lock(impl_->mu_);
-        if (impl_->db_ == nullptr || max == 0) return out;
-        use u(impl_->peek_);
-        sqlite3_bind_int64(*u, 1, after_id);
-        sqlite3_bind_int64(*u, 2,
-                           static_cast<std::int64_t>(std::min<std::uint64_t>(max, INT64_MAX)));
-        int rc;
-        while ((rc = sqlite3_step(*u)) == SQLITE_ROW) {
-            spooled_message m;
-            m.id = sqlite3_column_int64(*u, 0);
-            const unsigned char* t = sqlite3_column_text(*u, 1);
-            m.topic.assign(reinterpret_cast<const char*>(t),
-                           static_cast<std::size_t>(sqlite3_column_bytes(*u, 1)));
-            const void* p = sqlite3_column_blob(*u, 2);
-            auto n = static_cast<std::size_t>(sqlite3_column_bytes(*u, 2));
-            if (p != nullptr) m.payload.assign(static_cast<const char*>(p), n);
-            m.qos = sqlite3_column_int(*u, 3);
-            m.retain = sqlite3_column_int(*u, 4) != 0;
-            m.created_ms = sqlite3_column_int64(*u, 5);
-            m.events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 6));
-            out.push_back(std::move(m));
+        // A damaged page met here is salvaged and the read done again on the rebuilt spool,
+        // so peek and wait_for_messages agree and the publisher never spins.
+        for (int attempt = 0; attempt < 2; ++attempt) {
+            out.clear();
+            impl_->run_deferred_salvage("peek");
+            if (impl_->db_ == nullptr || max == 0) return out;
+            impl_->retry_acks();
+            const auto& pending = impl_->pending_acks_;
+            int rc = SQLITE_DONE;
+            {
+                use u(impl_->peek_);
+                sqlite3_bind_int64(*u, 1, after_id);
+                sqlite3_bind_int64(*u, 2,
+                                   static_cast<std::int64_t>(
+                                       std::min<std::uint64_t>(max + pending.size(), INT64_MAX)));
+                while (out.size() < max && (rc = sqlite3_step(*u)) == SQLITE_ROW) {
+                    spooled_message m;
+                    m.id = sqlite3_column_int64(*u, 0);
+                    if (pending.count(m.id) != 0) continue;  // delivered; its delete is retried
+                    const unsigned char* t = sqlite3_column_text(*u, 1);
+                    m.topic.assign(reinterpret_cast<const char*>(t),
+                                   static_cast<std::size_t>(sqlite3_column_bytes(*u, 1)));
+                    const void* p = sqlite3_column_blob(*u, 2);
+                    auto n = static_cast<std::size_t>(sqlite3_column_bytes(*u, 2));
+                    if (p != nullptr) m.payload.assign(static_cast<const char*>(p), n);
+                    m.qos = sqlite3_column_int(*u, 3);
+                    m.retain = sqlite3_column_int(*u, 4) != 0;
+                    m.created_ms = sqlite3_column_int64(*u, 5);
+                    m.events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 6));
+                    out.push_back(std::move(m));
+                }
+            }
+            if (out.size() >= max || rc == SQLITE_DONE) break;
+            impl_->record_error(rc, "peek");
+            if (impl_->salvage_rc_ == 0) break;  // not damage: what was read so far
         }
-        if (rc != SQLITE_DONE) impl_->record_error(rc, "peek");
     } catch (const std::exception& e) {
         log::error(component, "peek failed", {{"error", e.what()}});
     }
@@ -965,37 +1629,37 @@ std::uint32_t spool::ack(std::int64_t id) {
     try {
         std::unique_lock lock(impl_->mu_);
         if (impl_->db_ == nullptr) return 0;
+        // Its events were counted when its first ack failed.
+        if (impl_->pending_acks_.count(id) != 0) return 0;
+        impl_->retry_acks();
         std::int64_t freed = -1;
         std::uint32_t events = 0;
-        int rc;
-        {
-            use u(impl_->ack_);
-            sqlite3_bind_int64(*u, 1, id);
-            rc = sqlite3_step(*u);
-            if (rc == SQLITE_ROW) {
-                freed = sqlite3_column_int64(*u, 0);
-                events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 1));
-                rc = sqlite3_step(*u);  // finish the statement so the delete commits
-            }
-        }
-        if (rc != SQLITE_DONE) {
+        int rc = impl_->delete_row(id, freed, events);
+        if (rc != SQLITE_OK && classify(rc) == err_reason::corrupt) {
             impl_->rollback();
             impl_->record_error(rc, "ack");
-            return 0;
+            impl_->run_deferred_salvage("ack");
+            if (impl_->db_ == nullptr) return 0;
+            rc = impl_->delete_row(id, freed, events);  // on the rebuilt spool
+        }
+        if (rc != SQLITE_OK) {
+            impl_->rollback();
+            impl_->record_error(rc, "ack");
+            // The broker has it: it must not be sent again, and it must go. Kept as pending
+            // (peek skips it) and deleted again soon; its events count as delivered now.
+            {
+                use u(impl_->events_of_);
+                sqlite3_bind_int64(*u, 1, id);
+                if (sqlite3_step(*u) != SQLITE_ROW) return 0;  // not there (or unreadable)
+                events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 0));
+            }
+            if (impl_->pending_acks_.empty())
+                impl_->pending_tried_ = std::chrono::steady_clock::now();
+            impl_->pending_acks_.emplace(id, events);
+            return events;
         }
         if (freed < 0) return 0;  // unknown id
-        impl_->bytes_ = impl_->bytes_.load() - static_cast<std::uint64_t>(freed);
-        impl_->messages_ = impl_->messages_.load() - 1;
-        impl_->c_sent_->Increment();
-        impl_->set_gauges();
-        // Look at the freelist once enough was freed to matter, or when the spool is empty.
-        impl_->freed_since_vacuum_check_ += static_cast<std::uint64_t>(freed);
-        if (impl_->freed_since_vacuum_check_ >=
-                static_cast<std::uint64_t>(impl_->vacuum_slack_pages_ * page_size) / 2 ||
-            impl_->messages_.load() == 0) {
-            impl_->freed_since_vacuum_check_ = 0;
-            impl_->maybe_vacuum();
-        }
+        impl_->on_removed(static_cast<std::uint64_t>(freed), 1, events);
         lock.unlock();
         impl_->space_cv_.notify_all();
         return events;
@@ -1009,38 +1673,21 @@ bool spool::wait_for_messages(std::int64_t after_id, std::chrono::milliseconds t
     std::unique_lock lock(impl_->mu_);
     impl_->data_cv_.wait_for(lock, timeout,
                              [&] { return impl_->closed_ || impl_->has_after(after_id); });
-    return impl_->has_after(after_id);
+    return impl_->has_after(after_id);  // runs a salvage the wait noted, then looks again
 }
 
 std::uint64_t spool::load_state(const std::string& key, std::uint64_t fallback) {
     std::lock_guard lock(impl_->mu_);
-    if (impl_->db_ == nullptr) return fallback;
-    use u(impl_->load_state_);
-    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-    int rc = sqlite3_step(*u);
-    if (rc == SQLITE_ROW) return static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0));
-    if (rc != SQLITE_DONE) impl_->record_error(rc, "load_state");
-    return fallback;
+    auto v = impl_->load_state(key, fallback);
+    impl_->run_deferred_salvage("load_state");
+    return v;
 }
 
-void spool::store_state(const std::string& key, std::uint64_t value) {
+bool spool::store_state(const std::string& key, std::uint64_t value) {
     std::lock_guard lock(impl_->mu_);
-    if (impl_->db_ == nullptr) return;
-    // In `batch` mode this one commit is fsynced anyway (see the design note).
-    const bool sync = impl_->settings_.fsync == config::fsync_mode::batch;
-    // Not prepared statements: SQLite applies `PRAGMA synchronous` when it compiles the
-    // statement, so merely preparing "=NORMAL" at open switched every mode to NORMAL (found
-    // with faultvfs: `fsync: always` did not fsync at commit).
-    if (sync) impl_->exec_rc("PRAGMA synchronous=FULL");
-    int rc;
-    {
-        use u(impl_->store_state_);
-        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
-        rc = sqlite3_step(*u);
-    }
-    if (sync) impl_->exec_rc("PRAGMA synchronous=NORMAL");
-    if (rc != SQLITE_DONE) impl_->record_error(rc, "store_state");
+    bool ok = impl_->store_state(key, value);
+    impl_->run_deferred_salvage("store_state");
+    return ok;
 }
 
 std::uint64_t spool::bytes() const {
@@ -1048,6 +1695,9 @@ std::uint64_t spool::bytes() const {
 }
 std::uint64_t spool::messages() const {
     return impl_->messages_.load();
+}
+bool spool::last_append_disk_full() const {
+    return impl_->last_append_disk_full_.load();
 }
 std::uint64_t spool::corrupt_recoveries() const {
     return impl_->corrupt_.load();

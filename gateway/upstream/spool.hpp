@@ -72,6 +72,8 @@ class spool {
     std::vector<spooled_message> peek(std::int64_t after_id, std::size_t max);
     // Removes a delivered message and returns the events it carried: 0 for an unknown id or
     // one already removed, so a caller that counts what this returns counts each row once.
+    // When the delete fails, the row is kept as pending: peek/wait_for_messages skip it and
+    // the delete is retried at the next call 100 ms later or more (docs/SPOOL.md, Errors).
     std::uint32_t ack(std::int64_t id);
     // (publisher, issue 13) Removes a message that will never be delivered (the broker refused
     // it), without counting it as sent. Returns the number of events it held (0 for an unknown
@@ -84,11 +86,14 @@ class spool {
 
     // Small persistent key/value state (e.g. the seq high-water mark). Written durably.
     std::uint64_t load_state(const std::string& key, std::uint64_t fallback);
-    void store_state(const std::string& key, std::uint64_t value);
+    bool store_state(const std::string& key, std::uint64_t value);  // false: not stored (logged)
 
-    std::uint64_t bytes() const;     // payload+topic bytes held
-    std::uint64_t messages() const;  // messages held
-    std::uint64_t corrupt_recoveries() const;
+    std::uint64_t bytes() const;               // payload+topic bytes held
+    std::uint64_t messages() const;            // messages held
+    std::uint64_t corrupt_recoveries() const;  // damaged files moved aside and salvaged
+    // Whether the last append that returned `error` failed for want of disk space (a wait on
+    // purpose) rather than an I/O error or damage that may never heal.
+    bool last_append_disk_full() const;
 
     // Wakes every waiter; later appends return `closed`. Reads and acks still work.
     void close();

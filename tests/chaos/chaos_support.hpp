@@ -60,6 +60,33 @@ inline spool_file_state read_spool_file(const std::string& path) {
     return out;
 }
 
+// Where a run's numbers start, from its log (a run starts seq above the wall clock in µs and
+// a new topic's batch numbers at the wall clock in ms, docs/SPOOL.md): the first seq it gives
+// out is seq_start_logged + 1, the first batch on `topic` first_batch_logged. 0 when absent.
+inline std::uint64_t logged_number(const std::string& log, const std::string& line_has,
+                                   const std::string& key) {
+    std::string text;
+    try {
+        text = read_file(log);
+    } catch (...) {
+        return 0;
+    }
+    for (std::size_t at = text.find(line_has); at != std::string::npos;
+         at = text.find(line_has, at + 1)) {
+        const auto eol = text.find('\n', at);
+        const auto line = text.substr(at, eol == std::string::npos ? eol : eol - at);
+        const auto k = line.find(" " + key + "=");
+        if (k != std::string::npos) return std::stoull(line.substr(k + key.size() + 2));
+    }
+    return 0;
+}
+inline std::uint64_t seq_start_logged(const std::string& log) {
+    return logged_number(log, "msg=\"seq starts\"", "after");
+}
+inline std::uint64_t first_batch_logged(const std::string& log, const std::string& topic) {
+    return logged_number(log, "msg=\"new topic\" topic=" + topic + " ", "first_batch");
+}
+
 // Starts `ferry run` on `config_path` (written from `o`), logging to `log`, and waits for
 // /readyz 200; REQUIREs it (printing the log's tail otherwise).
 inline std::unique_ptr<process> start_ferry(const ferry_options& o, const std::string& config_path,

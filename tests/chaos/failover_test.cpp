@@ -73,4 +73,6 @@ TEST_CASE("failover: the first broker is killed mid-stream; the second gets the 
           c_first.last_batch[k_topic]);
     CHECK(on_second >= static_cast<std::size_t>(k_inflight));
     check_consumer_view(c, k_topic, last, k_inflight, k_inflight);
+    CHECK(c.first_batch[k_topic] == first_batch_logged(dir.file("ferry.log"), k_topic));
+    CHECK(c.first_seq == seq_start_logged(dir.file("ferry.log")) + 1);
 }

@@ -10,8 +10,11 @@
 //   fail <op> <count|all> <EIO|ENOSPC>   the next <count> calls of op fail (or every call while
 //                                        the line is there); op: open read write sync truncate
 //                                        any. EIO gives SQLITE_IOERR_<OP>, ENOSPC SQLITE_FULL.
-//   corrupt_read <page-no>               reads of that page (1-based, 4096 bytes) of a main
-//                                        database file return its bytes inverted
+//   corrupt_read <page-no>               reads of that page (1-based, 4096 bytes) of the main
+//                                        database files open (and matched) when the line is
+//                                        read return its bytes inverted; by inode, so the
+//                                        damage follows the file when it is renamed, and a
+//                                        new file made under the same name is sound
 //   match <substring>                    only files whose path contains it (default "spool.db")
 // Every injected fault appends a line "<op> <file> <errno-name|page=N>" to $FERRY_FAULTVFS.log.
 //
@@ -55,6 +58,17 @@ struct control {
     std::mutex mu;
     std::vector<fail_rule> rules;
     std::vector<std::int64_t> corrupt_pages;
+    // Main database files open now (by inode), and the (inode, page) pairs corrupt_read
+    // applies to: the files that were open and matched when the line was read. Keyed by
+    // inode, the damage follows a file that is renamed (a spool moved aside) and does not
+    // touch a new file created under the same name.
+    struct open_file {
+        const void* file;
+        ino_t ino;
+        const char* path;
+    };
+    std::vector<open_file> open_main;
+    std::vector<std::pair<ino_t, std::int64_t>> corrupt;
     std::string match = "spool.db";
     // Identity of the control file last read; all zero: none.
     ino_t ino = 0;
@@ -125,6 +139,11 @@ void refresh(control& c) {
             ls >> c.match;
         }
     }
+    c.corrupt.clear();
+    for (std::int64_t page : c.corrupt_pages)
+        for (const auto& f : c.open_main)
+            if (std::strstr(f.path, c.match.c_str()) != nullptr)
+                c.corrupt.emplace_back(f.ino, page);
 }
 
 void log_fault(const char* what, const char* file, const std::string& detail) {
@@ -166,6 +185,7 @@ struct fv_file {
     sqlite3_file* real;  // the wrapped VFS's file, allocated right after this struct
     const char* path;    // valid until xClose (SQLite's promise for xOpen's zName)
     bool main_db;
+    ino_t ino;  // main db files: their inode (corrupt_read)
 };
 
 sqlite3_file* real_of(sqlite3_file* f) {
@@ -209,6 +229,11 @@ int fv_close(sqlite3_file* f) {
     sqlite3_file* r = real_of(f);
     int rc = r->pMethods != nullptr ? r->pMethods->xClose(r) : SQLITE_OK;
     f->pMethods = nullptr;
+    if (reinterpret_cast<fv_file*>(f)->main_db) {
+        control& c = ctl();
+        std::lock_guard lock(c.mu);
+        std::erase_if(c.open_main, [&](const auto& o) { return o.file == f; });
+    }
     return rc;
 }
 
@@ -222,8 +247,9 @@ int fv_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
     {
         std::lock_guard lock(c.mu);
         refresh(c);
-        if (c.corrupt_pages.empty() || !matches(c, ff->path)) return rc;
-        pages = c.corrupt_pages;
+        for (const auto& [ino, page] : c.corrupt)
+            if (ino == ff->ino) pages.push_back(page);
+        if (pages.empty()) return rc;
     }
     for (std::int64_t p : pages) {
         const std::int64_t from = std::max<std::int64_t>((p - 1) * k_page, off);
@@ -339,6 +365,14 @@ int fv_open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* f, int flags, int
         return e == SQLITE_IOERR ? SQLITE_CANTOPEN : e;
     int rc = g_real->xOpen(g_real, name, ff->real, flags, out_flags);
     if (ff->real->pMethods != nullptr) ff->base.pMethods = &g_methods;
+    ff->ino = 0;
+    struct stat st {};
+    if (rc == SQLITE_OK && ff->main_db && name != nullptr && ::stat(name, &st) == 0) {
+        ff->ino = st.st_ino;
+        control& c = ctl();
+        std::lock_guard lock(c.mu);
+        c.open_main.push_back({f, st.st_ino, name});
+    }
     return rc;
 }
 

@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "gateway/log.hpp"
+#include "gateway/seq.hpp"
+#include "gateway/upstream/identity.hpp"
 #include "gateway/upstream/spool.hpp"
 #include "tests/unit/unit_support.hpp"
 
@@ -54,9 +56,15 @@ ferry::config::spool_settings settings(const std::string& path, std::uint64_t ma
     return s;
 }
 
+// The batch number the last encoder call was given. A topic's first batch number is the wall
+// clock in ms, not 1: tests take `base = g_encoded - 1` after a topic's first append and
+// compare batch numbers relative to it with rel().
+std::atomic<std::uint64_t> g_encoded{0};
+
 // Payload "<body>#<batch>", so tests see which batch number each message got.
 ferry::upstream::encode_fn body(std::string text) {
     return [text = std::move(text)](std::uint64_t batch, std::string& out) {
+        g_encoded = batch;
         out = cat(cat(text, "#"), std::to_string(batch));
     };
 }
@@ -64,31 +72,57 @@ ferry::upstream::encode_fn body(std::string text) {
 // A payload of exactly `n` bytes whose last bytes carry the batch number.
 ferry::upstream::encode_fn sized(std::size_t n) {
     return [n](std::uint64_t batch, std::string& out) {
+        g_encoded = batch;
         std::string tail = cat("#", std::to_string(batch));
         out.assign(n - tail.size(), 'x');
         out += tail;
     };
 }
 
+// The series with label reason=`reason`; without a reason, the sum of the family's series.
 double metric(prometheus::Registry& reg, const std::string& name, const std::string& reason = "") {
     for (const auto& fam : reg.Collect()) {
         if (fam.name != name) continue;
+        double sum = 0;
         for (const auto& m : fam.metric) {
             bool match = reason.empty();
             for (const auto& l : m.label) {
                 if (l.name == "reason" && l.value == reason) match = true;
             }
             if (!match) continue;
-            return fam.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
+            double v =
+                fam.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
+            if (!reason.empty()) return v;
+            sum += v;
         }
+        return reason.empty() ? sum : -1;
     }
     return -1;
 }
 
-std::vector<std::string> payloads(spool& sp) {
+// `payload` with its batch number N (after the last '#') written as N - base.
+std::string rel(const std::string& payload, std::uint64_t base) {
+    auto at = payload.rfind('#');
+    if (at == std::string::npos) return payload;
+    auto n = std::stoull(payload.substr(at + 1));
+    return cat(payload.substr(0, at + 1), std::to_string(n - base));
+}
+
+// The batch number of the oldest message held, minus one: a base for rel() that makes it 1.
+std::uint64_t base_of(spool& sp) {
+    auto first = sp.peek(0, 1).at(0).payload;
+    return std::stoull(first.substr(first.rfind('#') + 1)) - 1;
+}
+
+// The batch number after the first append of a topic, as a base for rel(): that one is 1.
+std::uint64_t base_now() {
+    return g_encoded.load() - 1;
+}
+
+std::vector<std::string> payloads(spool& sp, std::uint64_t base = 0) {
     std::vector<std::string> out;
     for (const auto& m : sp.peek(0, 1000000))
-        out.push_back(m.payload);
+        out.push_back(base == 0 ? m.payload : rel(m.payload, base));
     return out;
 }
 
@@ -141,22 +175,31 @@ TEST_CASE("append, peek and ack keep spool order") {
     prometheus::Registry reg;
     spool sp(settings(dir.file("spool.db")), reg);
 
+    const auto before =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count());
     CHECK(sp.append("a", 1, false, 1, body("one")) == append_result::ok);
+    const auto a = base_now();
     CHECK(sp.append("b", 0, true, 1, body("two")) == append_result::ok);
+    const auto b = base_now();
     CHECK(sp.append("a", 1, false, 1, body("three")) == append_result::ok);
+    // A new topic's batch numbers start at the wall clock in ms (never behind an earlier run).
+    CHECK(a + 1 >= before);
+    CHECK(b >= a);
 
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
     CHECK(all[0].topic == "a");
-    CHECK(all[0].payload == "one#1");
+    CHECK(rel(all[0].payload, a) == "one#1");
     CHECK(all[0].qos == 1);
     CHECK(all[0].retain == false);
     CHECK(all[1].topic == "b");
-    CHECK(all[1].payload == "two#1");
+    CHECK(rel(all[1].payload, b) == "two#1");
     CHECK(all[1].qos == 0);
     CHECK(all[1].retain == true);
     CHECK(all[2].topic == "a");
-    CHECK(all[2].payload == "three#2");
+    CHECK(rel(all[2].payload, a) == "three#2");
     CHECK(all[0].id < all[1].id);
     CHECK(all[1].id < all[2].id);
     auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -167,19 +210,22 @@ TEST_CASE("append, peek and ack keep spool order") {
 
     auto after_first = sp.peek(all[0].id, 1);
     REQUIRE(after_first.size() == 1);
-    CHECK(after_first[0].payload == "two#1");
+    CHECK(rel(after_first[0].payload, b) == "two#1");
     CHECK(sp.peek(all[2].id, 10).empty());
     CHECK(sp.peek(0, 0).empty());
 
     CHECK(sp.messages() == 3);
-    CHECK(sp.bytes() == 1 + 5 + 1 + 5 + 1 + 7);
+    auto size = [](const ferry::upstream::spooled_message& m) {
+        return m.topic.size() + m.payload.size();
+    };
+    CHECK(sp.bytes() == size(all[0]) + size(all[1]) + size(all[2]));
 
     sp.ack(all[1].id);
     sp.ack(all[1].id);  // twice: ignored
     sp.ack(123456);     // unknown: ignored
-    CHECK(payloads(sp) == std::vector<std::string>{"one#1", "three#2"});
+    CHECK(payloads(sp, a) == std::vector<std::string>{"one#1", "three#2"});
     CHECK(sp.messages() == 2);
-    CHECK(sp.bytes() == 1 + 5 + 1 + 7);
+    CHECK(sp.bytes() == size(all[0]) + size(all[2]));
 
     sp.ack(all[0].id);
     sp.ack(all[2].id);
@@ -199,7 +245,7 @@ TEST_CASE("append, peek and ack keep spool order") {
     auto later = sp.peek(0, 10);
     REQUIRE(later.size() == 1);
     CHECK(later[0].id > all[2].id);
-    CHECK(later[0].payload == "four#3");
+    CHECK(rel(later[0].payload, a) == "four#3");
 }
 
 TEST_CASE("rows carry their event count: ack returns it once, drops count it by reason") {
@@ -269,12 +315,16 @@ TEST_CASE("batch numbers rise per topic and persist across reopen") {
     tmp_dir dir;
     const auto path = dir.file("spool.db");
     std::int64_t last_id = 0;
+    std::uint64_t x = 0, y = 0;
     {
         prometheus::Registry reg;
         spool sp(settings(path), reg);
-        for (int i = 0; i < 3; ++i)
+        for (int i = 0; i < 3; ++i) {
             REQUIRE(sp.append("x", 1, false, 1, body("x")) == append_result::ok);
+            if (i == 0) x = base_now();
+        }
         REQUIRE(sp.append("y", 1, false, 1, body("y")) == append_result::ok);
+        y = base_now();
         auto all = sp.peek(0, 10);
         REQUIRE(all.size() == 4);
         // Deliver everything: the batch numbers must survive an empty spool too.
@@ -289,11 +339,13 @@ TEST_CASE("batch numbers rise per topic and persist across reopen") {
         REQUIRE(sp.append("x", 1, false, 1, body("x")) == append_result::ok);
         REQUIRE(sp.append("y", 1, false, 1, body("y")) == append_result::ok);
         REQUIRE(sp.append("z", 1, false, 1, body("z")) == append_result::ok);
+        const auto z = base_now();
         auto all = sp.peek(0, 10);
         REQUIRE(all.size() == 3);
-        CHECK(all[0].payload == "x#4");
-        CHECK(all[1].payload == "y#2");
-        CHECK(all[2].payload == "z#1");
+        CHECK(rel(all[0].payload, x) == "x#4");
+        CHECK(rel(all[1].payload, y) == "y#2");
+        CHECK(rel(all[2].payload, z) == "z#1");
+        CHECK(z >= y);
         CHECK(all[0].id > last_id);
     }
 }
@@ -352,23 +404,24 @@ TEST_CASE("drop_oldest keeps the newest and counts the drops") {
     spool sp(settings(dir.file("spool.db"), 100, when_full::drop_oldest), reg);
     for (int i = 0; i < 3; ++i)
         REQUIRE(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
+    const auto t0 = base_of(sp);
     CHECK(sp.bytes() == 90);
     CHECK(sp.append("t", 1, false, 1, sized(29)) == append_result::ok_dropped);
     CHECK(sp.messages() == 3);
     CHECK(sp.bytes() == 90);
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
-    CHECK(all[0].payload.ends_with("#2"));
-    CHECK(all[1].payload.ends_with("#3"));
-    CHECK(all[2].payload.ends_with("#4"));
+    CHECK(rel(all[0].payload, t0).ends_with("#2"));
+    CHECK(rel(all[1].payload, t0).ends_with("#3"));
+    CHECK(rel(all[2].payload, t0).ends_with("#4"));
     CHECK(metric(reg, "ferry_spool_dropped_total", "drop_oldest") == 1);
 
     // A message needing the room of two drops two.
     CHECK(sp.append("t", 1, false, 1, sized(49)) == append_result::ok_dropped);
     all = sp.peek(0, 10);
     REQUIRE(all.size() == 2);
-    CHECK(all[0].payload.ends_with("#4"));
-    CHECK(all[1].payload.ends_with("#5"));
+    CHECK(rel(all[0].payload, t0).ends_with("#4"));
+    CHECK(rel(all[1].payload, t0).ends_with("#5"));
     CHECK(all[1].payload.size() == 49);
     CHECK(sp.bytes() == 80);
     CHECK(metric(reg, "ferry_spool_dropped_total", "drop_oldest") == 3);
@@ -382,12 +435,13 @@ TEST_CASE("drop_newest keeps the oldest, counts, and leaves a batch gap") {
     spool sp(settings(dir.file("spool.db"), 100, when_full::drop_newest), reg);
     for (int i = 0; i < 3; ++i)
         REQUIRE(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
+    const auto t0 = base_of(sp);
     CHECK(sp.append("t", 1, false, 1, sized(29)) == append_result::dropped);
     CHECK(sp.append("t", 1, false, 1, sized(29)) == append_result::dropped);
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
-    CHECK(all[0].payload.ends_with("#1"));
-    CHECK(all[2].payload.ends_with("#3"));
+    CHECK(rel(all[0].payload, t0).ends_with("#1"));
+    CHECK(rel(all[2].payload, t0).ends_with("#3"));
     CHECK(sp.bytes() == 90);
     CHECK(metric(reg, "ferry_spool_dropped_total", "drop_newest") == 2);
 
@@ -396,7 +450,7 @@ TEST_CASE("drop_newest keeps the oldest, counts, and leaves a batch gap") {
     all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
     // Batches 4 and 5 were dropped: the consumer sees the gap 3 -> 6.
-    CHECK(all[2].payload.ends_with("#6"));
+    CHECK(rel(all[2].payload, t0).ends_with("#6"));
 }
 
 TEST_CASE("block waits for an ack") {
@@ -405,6 +459,7 @@ TEST_CASE("block waits for an ack") {
     spool sp(settings(dir.file("spool.db"), 100, when_full::block), reg);
     for (int i = 0; i < 3; ++i)
         REQUIRE(sp.append("t", 1, false, 1, sized(29)) == append_result::ok);
+    const auto t0 = base_of(sp);
 
     auto blocked =
         std::async(std::launch::async, [&] { return sp.append("t", 1, false, 1, sized(29)); });
@@ -419,8 +474,8 @@ TEST_CASE("block waits for an ack") {
     CHECK(blocked.get() == append_result::ok);
     all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
-    CHECK(all[0].payload.ends_with("#2"));
-    CHECK(all[2].payload.ends_with("#4"));
+    CHECK(rel(all[0].payload, t0).ends_with("#2"));
+    CHECK(rel(all[2].payload, t0).ends_with("#4"));
     CHECK(metric(reg, "ferry_spool_dropped_total", "drop_oldest") == 0);
 }
 
@@ -450,6 +505,7 @@ TEST_CASE("a message larger than the whole spool is dropped, never blocks") {
         prometheus::Registry reg;
         spool sp(settings(dir.file("spool.db"), 100, full), reg);
         REQUIRE(sp.append("t", 1, false, 1, sized(50)) == append_result::ok);
+        const auto t0 = base_of(sp);
         CHECK(sp.append("t", 1, false, 1, sized(100)) == append_result::dropped);
         CHECK(metric(reg, "ferry_spool_dropped_total", "too_large") == 1);
         CHECK(metric(reg, "ferry_spool_dropped_total", "drop_oldest") == 0);
@@ -457,8 +513,8 @@ TEST_CASE("a message larger than the whole spool is dropped, never blocks") {
         REQUIRE(sp.append("t", 1, false, 1, sized(20)) == append_result::ok);
         auto all = sp.peek(0, 10);
         REQUIRE(all.size() == 2);
-        CHECK(all[0].payload.ends_with("#1"));
-        CHECK(all[1].payload.ends_with("#3"));  // batch 2 was the dropped one
+        CHECK(rel(all[0].payload, t0).ends_with("#1"));
+        CHECK(rel(all[1].payload, t0).ends_with("#3"));  // batch 2 was the dropped one
         CHECK(sp.bytes() == 51 + 21);
     }
 }
@@ -494,24 +550,40 @@ TEST_CASE("an encoder that throws is an error, not a crash") {
     auto bad = [](std::uint64_t, std::string&) { throw std::runtime_error("boom"); };
     CHECK(sp.append("t", 1, false, 1, bad) == append_result::error);
     CHECK(sp.append("t", 1, false, 1, body("ok")) == append_result::ok);
-    CHECK(payloads(sp) == std::vector<std::string>{"ok#1"});
+    CHECK(payloads(sp, base_of(sp)) == std::vector<std::string>{"ok#1"});
     CHECK(metric(reg, "ferry_spool_errors_total", "other") == 1);
 }
 
 namespace {
 
 // Opens a spool over whatever is at `path` and checks that it was moved aside intact and
-// that the fresh spool is empty and usable.
-void check_recovers(const tmp_dir& dir, const std::string& original) {
+// that the new spool holds exactly the rows that could be read (`salvageable` of the
+// `written` messages make_real_spool wrote: all but the damaged ones), the rest counted.
+void check_recovers(const tmp_dir& dir, const std::string& original, bool salvageable = false,
+                    int written = 0) {
     const auto path = dir.file("spool.db");
     prometheus::Registry reg;
     quiet_logs q;
     spool sp(settings(path), reg);
     CHECK(sp.corrupt_recoveries() == 1);
     CHECK(metric(reg, "ferry_spool_corrupt_total") == 1);
-    CHECK(sp.messages() == 0);
-    CHECK(sp.bytes() == 0);
-    CHECK(sp.peek(0, 10).empty());
+    const auto kept = sp.messages();
+    if (!salvageable) {
+        CHECK(kept == 0);
+        CHECK(sp.bytes() == 0);
+        CHECK(sp.peek(0, 10).empty());
+    } else {
+        // A damaged page costs the messages on it, not the spool.
+        MESSAGE("salvaged " << kept << " of " << written);
+        CHECK(kept > 0);
+        CHECK(kept < static_cast<std::uint64_t>(written));
+        CHECK(metric(reg, "ferry_spool_dropped_total", "corrupt") ==
+              static_cast<double>(static_cast<std::uint64_t>(written) - kept));
+        auto all = sp.peek(0, 1000000);
+        REQUIRE(all.size() == kept);
+        for (const auto& m : all)
+            CHECK(m.payload.starts_with("message-"));
+    }
 
     auto moved = files_starting(dir.path, "spool.db.corrupt-");
     REQUIRE(moved.size() == 1);
@@ -519,14 +591,17 @@ void check_recovers(const tmp_dir& dir, const std::string& original) {
     CHECK(read_file(dir.file(moved[0])) == original);
 
     REQUIRE(sp.append("t", 1, false, 1, body("fresh")) == append_result::ok);
-    CHECK(payloads(sp) == std::vector<std::string>{"fresh#1"});
+    // Batch numbers of a topic new to the spool start at the wall clock in ms.
+    auto last = sp.peek(0, 1000000).back().payload;
+    CHECK(last.starts_with("fresh#"));
+    CHECK(std::stoull(last.substr(6)) > 1'600'000'000'000ull);
     sp.store_state("k", 5);
     CHECK(sp.load_state("k", 0) == 5);
 }
 
 }  // namespace
 
-TEST_CASE("corrupt spool files are moved aside and a fresh spool starts") {
+TEST_CASE("corrupt spool files are moved aside; their readable rows go on in a new spool") {
     tmp_dir dir;
     const auto path = dir.file("spool.db");
 
@@ -568,7 +643,7 @@ TEST_CASE("corrupt spool files are moved aside and a fresh spool starts") {
         for (std::size_t i = 0; i < 8; ++i)
             data[at + i] = static_cast<char>(~data[at + i]);
         write_file(path, data);
-        check_recovers(dir, data);
+        check_recovers(dir, data, true, 2000);
     }
     SUBCASE("a foreign SQLite database") {
         // A valid database, but not ours: it must not be mistaken for a spool.
@@ -593,7 +668,7 @@ TEST_CASE("a zero-byte file is damaged: moved aside and counted (issue 3)") {
     CHECK(metric(reg, "ferry_spool_corrupt_total") == 1);
     CHECK(files_starting(dir.path, "spool.db.corrupt-").size() == 1);
     REQUIRE(sp.append("t", 1, false, 1, body("x")) == append_result::ok);
-    CHECK(payloads(sp) == std::vector<std::string>{"x#1"});
+    CHECK(payloads(sp, base_of(sp)) == std::vector<std::string>{"x#1"});
 }
 
 TEST_CASE("a second corrupt file does not overwrite the first moved-aside one") {
@@ -623,7 +698,7 @@ TEST_CASE("a spool in use by another connection is not moved aside") {
     // The spool holds an exclusive lock; a second open must fail loudly, not "recover".
     CHECK_THROWS_AS(spool(settings(path), reg), std::runtime_error);
     CHECK(files_starting(dir.path, "spool.db.corrupt-").empty());
-    CHECK(payloads(first) == std::vector<std::string>{"x#1"});
+    CHECK(payloads(first, base_of(first)) == std::vector<std::string>{"x#1"});
 }
 
 TEST_CASE("a spool whose directory does not exist throws") {
@@ -656,6 +731,7 @@ TEST_CASE("a write error fails one append and the spool keeps working") {
     // fsync always: the WAL is written at every commit, so the error shows at once.
     spool sp(settings(path, 64 << 20, when_full::drop_oldest, fsync_mode::always), reg);
     REQUIRE(sp.append("t", 1, false, 1, sized(100)) == append_result::ok);
+    const auto t0 = base_of(sp);
     {
         // No file may grow past 256 KiB: a 1 MiB message cannot be written.
         fsize_limit lim(256 * 1024);
@@ -670,8 +746,8 @@ TEST_CASE("a write error fails one append and the spool keeps working") {
     REQUIRE(sp.append("t", 1, false, 1, sized(100)) == append_result::ok);
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 2);
-    CHECK(all[0].payload.ends_with("#1"));
-    CHECK(all[1].payload.ends_with("#2"));  // failed appends do not use a batch number
+    CHECK(rel(all[0].payload, t0).ends_with("#1"));
+    CHECK(rel(all[1].payload, t0).ends_with("#2"));  // failed appends do not use a batch number
     CHECK(sp.messages() == 2);
 }
 
@@ -776,4 +852,81 @@ TEST_CASE("measure: on-disk size of a full spool" * doctest::skip()) {
                              << "% drained=" << drained);
         }
     }
+}
+
+// ---- seq: never repeats, whatever happens to the data directory (issue 13, item 1) --------
+
+TEST_CASE("seq_source: a failed persist does not move the reserved range on; it retries") {
+    std::vector<std::uint64_t> tried;
+    bool ok = false;
+    ferry::seq_source seq(
+        100,
+        [&](std::uint64_t mark) {
+            tried.push_back(mark);
+            return ok;
+        },
+        10);
+    CHECK(seq.next() == 101);  // handed out (readings do not stop), but not reserved
+    CHECK(tried == std::vector<std::uint64_t>{111});
+    CHECK(seq.reserved() == 100);
+    CHECK(seq.next() == 102);  // within a second of the failure: no new attempt
+    CHECK(tried.size() == 1);
+    std::this_thread::sleep_for(1100ms);
+    ok = true;
+    CHECK(seq.next() == 103);
+    REQUIRE(tried.size() == 2);
+    CHECK(tried[1] == 113);
+    CHECK(seq.reserved() == 113);
+    for (int i = 0; i < 10; ++i)
+        seq.next();
+    CHECK(tried.size() == 2);
+}
+
+TEST_CASE("identity: seq starts above the spool's mark, the identity file's and the clock") {
+    tmp_dir dir;
+    quiet_logs q;
+    const auto id_path = dir.file("identity");
+    const auto now_us =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count());
+    const std::uint64_t future = now_us + 3'600'000'000ull;  // as if the clock went back 1 h
+    {
+        prometheus::Registry reg;
+        spool sp(settings(dir.file("spool.db")), reg);
+        ferry::upstream::identity ids(id_path, sp, reg);
+        // A fresh data directory: the clock.
+        const auto start = ids.seq_start();
+        CHECK(start >= now_us);
+        CHECK(start < now_us + 60'000'000ull);
+        CHECK(start < (1ull << 53));
+        REQUIRE(ids.persist(future));
+        CHECK(ferry::upstream::read_identity_file(id_path) == future);
+        CHECK(sp.load_state(ferry::upstream::identity::k_seq_key, 0) == future);
+        CHECK(ids.seq_start() == future);
+    }
+    // The spool is lost (moved aside, deleted): the identity file still holds the mark.
+    fs::remove(dir.file("spool.db"));
+    {
+        prometheus::Registry reg;
+        spool sp(settings(dir.file("spool.db")), reg);
+        ferry::upstream::identity ids(id_path, sp, reg);
+        CHECK(ids.seq_start() == future);
+        // The identity file is lost instead: the spool's copy holds it.
+        REQUIRE(ids.persist(future + 5));
+        fs::remove(id_path);
+        CHECK(ids.seq_start() == future + 5);
+    }
+}
+
+TEST_CASE("identity: persist succeeds while one copy can be written, fails when none can") {
+    tmp_dir dir;
+    quiet_logs q;
+    prometheus::Registry reg;
+    spool sp(settings(dir.file("spool.db")), reg);
+    // The identity file's directory does not exist: only the spool's copy is written.
+    ferry::upstream::identity ids(dir.file("missing/identity"), sp, reg);
+    CHECK(ids.persist(77));
+    CHECK(sp.load_state(ferry::upstream::identity::k_seq_key, 0) == 77);
+    CHECK(metric(reg, "ferry_seq_persist_errors_total") == 1);
 }
