@@ -5,8 +5,6 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -216,44 +214,6 @@ TEST_CASE("acks fail during a drain, then the disk heals: the spool empties with
     CHECK(c.reordered == 0);
     CHECK(c.batch_gaps.empty());
 }
-
-namespace {
-
-// The datagram socket systemd would listen on (NOTIFY_SOCKET): what ferry tells it, and when.
-class notify_socket {
-  public:
-    explicit notify_socket(std::string path) : path_(std::move(path)) {
-        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        sockaddr_un a{};
-        a.sun_family = AF_UNIX;
-        std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path_.c_str());
-        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-        timeval tv{0, 100000};
-        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    }
-    ~notify_socket() { ::close(fd_); }
-    notify_socket(const notify_socket&) = delete;
-    notify_socket& operator=(const notify_socket&) = delete;
-    // Collects for `d`; returns the times WATCHDOG=1 arrived.
-    std::vector<std::chrono::steady_clock::time_point> pings_for(std::chrono::milliseconds d) {
-        std::vector<std::chrono::steady_clock::time_point> out;
-        const auto end = std::chrono::steady_clock::now() + d;
-        while (std::chrono::steady_clock::now() < end) {
-            char buf[4096];
-            auto n = ::recv(fd_, buf, sizeof buf, 0);
-            if (n > 0 && std::string_view(buf, static_cast<std::size_t>(n)).find("WATCHDOG=1") !=
-                             std::string_view::npos)
-                out.push_back(std::chrono::steady_clock::now());
-        }
-        return out;
-    }
-
-  private:
-    std::string path_;
-    int fd_ = -1;
-};
-
-}  // namespace
 
 TEST_CASE("appends failing with EIO for good: the watchdog stops being fed, systemd restarts") {
     modbus_sim sim(0, holding_registers(10));

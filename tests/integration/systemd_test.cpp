@@ -2,8 +2,6 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "tests/support/harness.hpp"
@@ -11,39 +9,6 @@
 using namespace ferry::test;
 
 namespace {
-
-class notify_socket {
-  public:
-    explicit notify_socket(std::string path) : path_(std::move(path)) {
-        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        sockaddr_un a{};
-        a.sun_family = AF_UNIX;
-        std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path_.c_str());
-        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-        timeval tv{0, 100000};
-        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    }
-    ~notify_socket() { ::close(fd_); }
-
-    // Collects datagrams until `pred` holds for the collected list or `timeout` passes.
-    bool collect_until(const std::function<bool(const std::vector<std::string>&)>& pred,
-                       std::chrono::milliseconds timeout) {
-        auto end = std::chrono::steady_clock::now() + timeout;
-        while (std::chrono::steady_clock::now() < end) {
-            char buf[4096];
-            auto n = ::recv(fd_, buf, sizeof buf, 0);
-            if (n > 0) messages.emplace_back(buf, static_cast<std::size_t>(n));
-            if (pred(messages)) return true;
-        }
-        return pred(messages);
-    }
-
-    std::vector<std::string> messages;
-
-  private:
-    std::string path_;
-    int fd_ = -1;
-};
 
 std::size_t count_with(const std::vector<std::string>& msgs, const std::string& part) {
     std::size_t n = 0;

@@ -14,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -961,6 +962,47 @@ std::int64_t unix_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::system_clock::now().time_since_epoch())
         .count();
+}
+
+notify_socket::notify_socket(std::string path) : path_(std::move(path)) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path_.c_str());
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+        throw std::runtime_error("notify_socket: cannot bind " + path_);
+    timeval tv{0, 100000};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+notify_socket::~notify_socket() {
+    ::close(fd_);
+}
+
+bool notify_socket::collect_until(const std::function<bool(const std::vector<std::string>&)>& pred,
+                                  std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+        char buf[4096];
+        auto n = ::recv(fd_, buf, sizeof buf, 0);
+        if (n > 0) {
+            messages.emplace_back(buf, static_cast<std::size_t>(n));
+            times.push_back(std::chrono::steady_clock::now());
+        }
+        if (pred(messages)) return true;
+    }
+    return pred(messages);
+}
+
+std::vector<std::chrono::steady_clock::time_point> notify_socket::pings_for(
+    std::chrono::milliseconds d) {
+    const auto from = messages.size();
+    collect_until([](const std::vector<std::string>&) { return false; }, d);
+    std::vector<std::chrono::steady_clock::time_point> out;
+    for (auto i = from; i < messages.size(); ++i) {
+        if (messages[i].find("WATCHDOG=1") != std::string::npos) out.push_back(times[i]);
+    }
+    return out;
 }
 
 }  // namespace ferry::test

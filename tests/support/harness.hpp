@@ -210,6 +210,29 @@ class rtu_server {
     std::unique_ptr<process> proc_;
 };
 
+// The datagram socket systemd listens on (NOTIFY_SOCKET), bound at `path`: what ferry tells
+// systemd with sd_notify, and when. Throws std::runtime_error when it cannot bind.
+class notify_socket {
+  public:
+    explicit notify_socket(std::string path);
+    ~notify_socket();
+    notify_socket(const notify_socket&) = delete;
+    notify_socket& operator=(const notify_socket&) = delete;
+
+    // Collects datagrams until `pred` holds for the collected list or `timeout` passes.
+    bool collect_until(const std::function<bool(const std::vector<std::string>&)>& pred,
+                       std::chrono::milliseconds timeout);
+    // Collects for `d`; the arrival times of the WATCHDOG=1 datagrams among them.
+    std::vector<std::chrono::steady_clock::time_point> pings_for(std::chrono::milliseconds d);
+
+    std::vector<std::string> messages;                         // in arrival order
+    std::vector<std::chrono::steady_clock::time_point> times;  // when each arrived
+
+  private:
+    std::string path_;
+    int fd_ = -1;
+};
+
 // Waits until something accepts TCP connections on 127.0.0.1:port.
 bool wait_for_port(std::uint16_t port, std::chrono::milliseconds timeout);
 
