@@ -170,9 +170,10 @@ struct daemon::impl {
         std::filesystem::create_directories(cfg.gateway.data_dir);
         ids = std::make_unique<upstream::identity>(
             (std::filesystem::path(cfg.gateway.data_dir) / "identity").string(), *spool, registry);
-        seq_start = ids->seq_start() + 1;
+        const auto start = ids->seq_start();  // reads the clock: call it once
+        seq_start = start + 1;
         seq = std::make_unique<seq_source>(
-            ids->seq_start(), [this](std::uint64_t mark) { return ids->persist(mark); });
+            start, [this](std::uint64_t mark) { return ids->persist(mark); });
 
         bus = std::make_unique<ferry::bus>(points);
         engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id,
