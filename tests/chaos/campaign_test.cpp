@@ -96,13 +96,14 @@ std::string proxy_command(std::uint16_t port, const std::string& line) {
 // mqtt_proxy.py between ferry and the broker.
 class proxy {
   public:
-    proxy(std::uint16_t upstream, const std::string& log)
+    // `publishes`: the proxy appends "topic batch" for every PUBLISH ferry sends (resends too).
+    proxy(std::uint16_t upstream, const std::string& log, const std::string& publishes)
         : listen_(free_port()), control_(free_port()) {
         proc_ = std::make_unique<process>(
             std::vector<std::string>{
                 "/usr/bin/python3", std::string(FERRY_SOURCE_DIR) + "/tests/tools/mqtt_proxy.py",
                 "--listen", std::to_string(listen_), "--upstream", std::to_string(upstream),
-                "--control", std::to_string(control_)},
+                "--control", std::to_string(control_), "--publish-log", publishes},
             log);
         if (!wait_for_port(listen_, 10s) || !wait_for_port(control_, 10s))
             throw std::runtime_error("mqtt_proxy.py did not start");
@@ -198,7 +199,7 @@ struct campaign {
     mqtt_recorder rec{broker.uri(), {"plant/#"}};
     temp_dir dir;  // data_dir and the test's files
     temp_dir logs;
-    proxy px{broker.port(), logs.file("proxy.log")};
+    proxy px{broker.port(), logs.file("proxy.log"), logs.file("publishes.log")};
     std::uint16_t http = free_port();
     std::unique_ptr<process> ferry;
     std::vector<run> runs;
@@ -419,6 +420,31 @@ struct campaign {
     }
 };
 
+// How far back ferry resent, from what it put on the wire (the proxy's publish log): for each
+// PUBLISH of a batch number at or below the highest already sent on its topic, that highest
+// minus it; the largest such distance and the count of resends. This is ferry's promise
+// (DELIVERY.md: a message again only from within the in-flight window), apart from what the
+// broker adds on its way to a consumer.
+std::pair<std::uint64_t, std::uint64_t> resend_distance(const std::string& publishes) {
+    std::map<std::string, std::uint64_t> highest;
+    std::uint64_t distance = 0, resends = 0;
+    std::ifstream in(publishes);
+    std::string topic, batch;
+    while (in >> topic >> batch) {
+        if (batch == "-") continue;
+        const std::uint64_t b = std::stoull(batch);
+        auto [it, fresh] = highest.emplace(topic, b);
+        if (fresh) continue;
+        if (b <= it->second) {
+            ++resends;
+            distance = std::max(distance, it->second - b);
+        } else {
+            it->second = b;
+        }
+    }
+    return {distance, resends};
+}
+
 // Injected faults the shim logged, by op ("write", "sync", ...).
 std::map<std::string, std::uint64_t> vfs_log(const std::string& ctl) {
     std::map<std::string, std::uint64_t> out;
@@ -550,6 +576,7 @@ TEST_CASE("randomized fault campaign: conservation, order, bounded duplicates an
         for (const auto& [before, after] : gaps)
             batch_holes += after - before - 1;
 
+    const auto [resent_back, resends] = resend_distance(c.logs.file("publishes.log"));
     std::cout << "campaign: seed " << seed << "; " << injected << " faults:" << by_kind
               << "\ncampaign: spool I/O faults injected by the shim:"
               << (by_op.empty() ? " none" : by_op) << "\ncampaign: " << c.runs.size()
@@ -559,14 +586,21 @@ TEST_CASE("randomized fault campaign: conservation, order, bounded duplicates an
               << ", lost in crashes (in memory, never accepted) " << crash_lost_total
               << " (largest " << crash_lost_max << ")"
               << "\ncampaign: " << d.summary() << "\ncampaign: batch holes " << batch_holes
-              << ", largest duplicate distance " << d.max_repeat_distance << ", RSS peak "
-              << c.rss_peak_kib << " KiB, data_dir peak " << c.disk_peak << " bytes" << std::endl;
+              << "; ferry resent " << resends << " publishes, reaching back at most " << resent_back
+              << " batches (window " << k_inflight
+              << "); the largest repeat distance at the consumer " << d.max_repeat_distance
+              << "; RSS peak " << c.rss_peak_kib << " KiB, data_dir peak " << c.disk_peak
+              << " bytes" << std::endl;
 
     CHECK(injected > 0);
     CHECK(d.conflicting == 0);
     CHECK(d.reordered == 0);
     CHECK(batch_holes == 0);  // when_full: block and fsync: always: nothing accepted is lost
-    CHECK(d.max_repeat_distance <= static_cast<std::uint64_t>(k_inflight));
+    // Ferry resends only from within its window. At the consumer a repeat may reach further
+    // back: after a restart mosquitto also redelivers what it had in flight to the persistent
+    // recorder (up to its own max_inflight_messages, 20), which is the broker's doing; that
+    // distance is printed above, and ferry's own is checked here.
+    CHECK(resent_back < static_cast<std::uint64_t>(k_inflight));
     CHECK(c.rss_peak_kib < 96 * 1024);
     CHECK(c.disk_peak < 80ull * 1024 * 1024);  // max_bytes 64 MiB plus the WAL and overhead
 }

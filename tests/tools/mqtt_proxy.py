@@ -23,6 +23,9 @@ answered with one line, `ok` or `error ...`:
     refuse_publish N  the next N QoS 1 publishes from MQTT 5 clients are not forwarded; the
                       proxy answers each itself with PUBACK reason 0x97 (quota exceeded), as a
                       broker refusing it would. Independent of the mode (a counter)
+    (--publish-log FILE: every PUBLISH read from a client, even one a black hole then drops,
+    appends "topic batch" to FILE, batch being the payload's "batch" number or - : what the
+    client put on the wire, resends included, for measuring how far back it resent)
     stats             one JSON line: connections (accepted), open, mode, packets by type each
                       way (to_broker, to_client), pubacks_withheld, pubacks_refused (reason
                       >= 0x80 from the broker), publishes_refused (by refuse_publish), inflight (QoS>0 publishes from clients whose PUBACK/PUBREC has
@@ -36,6 +39,7 @@ is logged to stderr. SIGTERM or SIGINT: close everything, exit 0. Only 127.0.0.1
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
 import time
@@ -115,9 +119,22 @@ def ack_id_and_reason(packet):
     return pid, reason
 
 
+BATCH = re.compile(rb'"batch":([0-9]+)')
+
+
+def publish_topic_and_batch(packet):
+    """(topic, batch number or None) of a PUBLISH carrying the contract's JSON payload."""
+    s = body_start(packet)
+    topic_len = int.from_bytes(packet[s:s + 2], "big")
+    topic = packet[s + 2:s + 2 + topic_len].decode("utf-8", "replace")
+    m = BATCH.search(packet, s + 2 + topic_len)
+    return topic, (int(m.group(1)) if m else None)
+
+
 class Proxy:
-    def __init__(self, upstream):
+    def __init__(self, upstream, publish_log=None):
         self.upstream = upstream
+        self.publish_log = open(publish_log, "a", buffering=1) if publish_log else None
         self.mode = "pass"
         self.delay_s = 0.0
         self.ack_delay_s = 0.0
@@ -278,6 +295,9 @@ class Connection:
                 name = TYPES.get(ptype, str(ptype))
                 counts = proxy.to_broker if from_client else proxy.to_client
                 counts[name] = counts.get(name, 0) + 1
+                if from_client and ptype == 3 and proxy.publish_log is not None:
+                    topic, batch = publish_topic_and_batch(p)
+                    proxy.publish_log.write(f"{topic} {batch if batch is not None else '-'}\n")
                 if proxy.mode == "blackhole":
                     continue
                 if from_client:
@@ -333,9 +353,10 @@ async def main():
     ap.add_argument("--listen", type=int, required=True)
     ap.add_argument("--upstream", type=int, required=True)
     ap.add_argument("--control", type=int, required=True)
+    ap.add_argument("--publish-log", default=None)
     args = ap.parse_args()
 
-    proxy = Proxy(args.upstream)
+    proxy = Proxy(args.upstream, args.publish_log)
     server = await asyncio.start_server(proxy.on_client, HOST, args.listen)
     control = await asyncio.start_server(proxy.on_control, HOST, args.control)
     log("listening", args.listen, "upstream", args.upstream, "control", args.control)
