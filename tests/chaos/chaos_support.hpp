@@ -87,6 +87,31 @@ inline std::uint64_t first_batch_logged(const std::string& log, const std::strin
     return logged_number(log, "msg=\"new topic\" topic=" + topic + " ", "first_batch");
 }
 
+// The common start of a chaos test: our simulator with `registers` holding registers (register
+// i holds i), a broker whose sessions survive a clean restart (so the recorder misses nothing
+// ferry publishes to the restarted broker before the recorder is back), a recorder on
+// plant/#, a data directory, and ferry_options pointing at them all; the test adjusts `o`
+// and starts ferry.
+struct chaos_rig {
+    modbus_sim sim;
+    temp_dir broker_db;
+    mosquitto broker;
+    mqtt_recorder rec;
+    temp_dir dir;
+    ferry_options o;
+    explicit chaos_rig(int registers, int inflight = 16)
+        : sim(0, holding_registers(registers)),
+          broker(0, persistence_conf(broker_db)),
+          rec(broker.uri(), {"plant/#"}) {
+        o.data_dir = dir.path();
+        o.http_port = free_port();
+        o.modbus_port = sim.port();
+        o.registers = registers;
+        o.uris = {broker.uri()};
+        o.inflight = inflight;
+    }
+};
+
 // Starts `ferry run` on `config_path` (written from `o`), logging to `log`, and waits for
 // /readyz 200; REQUIREs it (printing the log's tail otherwise).
 inline std::unique_ptr<process> start_ferry(const ferry_options& o, const std::string& config_path,

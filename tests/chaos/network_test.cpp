@@ -38,18 +38,8 @@ struct felt {
 // namespace's loopback; `fault` is applied for `hold`, then `heal`; then the checks. Returns
 // what ferry felt, for the caller to check the fault did bite.
 felt run_with_fault(const std::string& fault, std::chrono::seconds hold, const std::string& heal) {
-    modbus_sim sim(0, holding_registers(50));
-    temp_dir broker_db;
-    mosquitto broker(0, persistence_conf(broker_db));
-    mqtt_recorder rec(broker.uri(), {"plant/#"});
-    temp_dir dir;
-    ferry_options o;
-    o.data_dir = dir.path();
-    o.http_port = free_port();
-    o.modbus_port = sim.port();
-    o.registers = 50;
-    o.uris = {broker.uri()};
-    o.inflight = k_inflight;
+    chaos_rig rig(50, k_inflight);
+    auto& [sim, broker_db, broker, rec, dir, o] = rig;
     o.fsync = "always";
     o.keepalive = "2s";
     auto ferry = start_ferry(o, dir.file("ferry.yaml"), dir.file("ferry.log"));

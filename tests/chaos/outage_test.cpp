@@ -19,19 +19,9 @@ const std::string k_topic = "plant/chaos-gw/d1";
 
 // The issue's numbers, unscaled: 200 registers every 100 ms (2,000 events/s), a 20 s outage.
 TEST_CASE("a 20 s broker outage at 2,000 events/s: every seq arrives, in order, few repeats") {
-    modbus_sim sim(0, holding_registers(200));
-    temp_dir broker_db;
-    // Sessions survive the broker's restart, so the recorder misses nothing that ferry
-    // publishes to the new broker before the recorder has reconnected.
-    mosquitto broker(0, persistence_conf(broker_db));
-    mqtt_recorder rec(broker.uri(), {"plant/#"});
-    temp_dir dir;
-    ferry_options o;
-    o.data_dir = dir.path();
-    o.http_port = free_port();
-    o.modbus_port = sim.port();
-    o.uris = {broker.uri()};
-    o.inflight = k_inflight;
+    // Sessions survive the broker's restart: the recorder misses nothing ferry sends meanwhile.
+    chaos_rig rig(200, k_inflight);
+    auto& [sim, broker_db, broker, rec, dir, o] = rig;
     auto ferry = start_ferry(o, dir.file("ferry.yaml"), dir.file("ferry.log"));
 
     REQUIRE(rec.wait_for_count(k_topic, 20, 15s));
