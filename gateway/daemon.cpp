@@ -398,10 +398,9 @@ struct daemon::impl {
             std::this_thread::sleep_for(backoff);
             rule_waiting_for_room = false;
             backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
-            if (rule_sub->closed()) {
-                lost_at_shutdown += b.events;
-                return;
-            }
+            // A stop does not end the retries: a disk that heals within the stop keeps the
+            // batch. Only the stop's release of a wedged pipeline (spool closed: `closed`
+            // above, counted as shutdown) gives it up.
         }
     }
 

@@ -5,6 +5,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -301,4 +302,61 @@ TEST_CASE("power cut in fsync batch: a batch number is never given to other cont
     const bool jumped = log2.find("batch numbers jump") != std::string::npos ||
                         log2.find("msg=\"new topic\"") != std::string::npos;
     CHECK(jumped);
+}
+
+TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing is lost") {
+    modbus_sim sim(0, holding_registers(10));
+    mosquitto broker;
+    mqtt_recorder rec(broker.uri(), {k_topic});
+    temp_dir dir;
+    auto o = options(dir, sim, broker);
+    const std::string control = dir.file("faults");
+    set_faults(control, "");
+    write_file(dir.file("ferry.yaml"), ferry_yaml(o));
+    auto ferry = std::make_unique<process>(
+        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
+        dir.file("ferry.log"), faultvfs_env(control));
+    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    REQUIRE(rec.wait_for_count(k_topic, 3, 15s));
+    set_faults(control, "fail write all EIO\n");
+    // The rule thread now holds a batch and retries it.
+    REQUIRE(wait_until(
+        [&] { return metric_value(o.http_port, "ferry_spool_errors_total{reason=\"io\"}") >= 1; },
+        10s));
+    ::kill(ferry->pid(), SIGTERM);
+    std::this_thread::sleep_for(500ms);
+    set_faults(control, "");  // the disk heals within the stop, before it counts as wedged
+    const auto rc = ferry->wait(30s);
+    REQUIRE(rc.has_value());
+    CHECK(*rc == 0);
+    auto run1 = stop_counts(dir.file("ferry.log"));
+    REQUIRE(run1.count("produced") == 1);
+    MESSAGE("run 1: produced " << run1["produced"] << ", dropped " << run1["dropped"]
+                               << " (shutdown " << run1["shutdown"] << ")");
+    // Before: the stop gave the retried batch up at its next failure (dropped{shutdown} > 0).
+    CHECK(run1["shutdown"] == 0);
+    CHECK(run1["dropped"] == 0);
+
+    // A second run, without faults, sends what the first left in the spool.
+    auto again = std::make_unique<process>(
+        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
+        dir.file("ferry2.log"));
+    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    CHECK(wait_until([&] { return metric_value(o.http_port, "ferry_spool_messages", 1e9) == 0; },
+                     20s));
+    CHECK(again->stop(15, 10s) == 0);
+    auto run2 = stop_counts(dir.file("ferry2.log"));
+    REQUIRE(run2.count("produced") == 1);
+    wait_until(
+        [&] {
+            return check_delivery(parse_upstream(rec.messages())).events >=
+                   run1["produced"] + run2["produced"];
+        },
+        10s);
+    auto c = check_delivery(parse_upstream(rec.messages()));
+    MESSAGE(c.summary());
+    CHECK(c.events == run1["produced"] + run2["produced"]);
+    CHECK(c.batch_gaps.empty());
+    CHECK(c.reordered == 0);
+    CHECK(c.conflicting == 0);
 }
