@@ -51,6 +51,18 @@ std::map<std::string, std::string> faultvfs_env(const std::string& control, bool
     return env;
 }
 
+// `ferry run` on dir/ferry.yaml with `env` (faultvfs_env() for injected faults), logging to
+// `log`; REQUIREs /readyz within 15 s.
+std::unique_ptr<process> run_ferry(const temp_dir& dir, const ferry_options& o,
+                                   const std::string& log,
+                                   std::map<std::string, std::string> env = {}) {
+    auto p = std::make_unique<process>(
+        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log,
+        std::move(env));
+    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    return p;
+}
+
 struct seqs {
     std::uint64_t min = UINT64_MAX, max = 0;
     std::uint64_t min_batch = UINT64_MAX, max_batch = 0;
@@ -124,10 +136,7 @@ TEST_CASE("the seq mark cannot be stored in the spool, then kill -9: seq never r
     // heals; what it sampled is delivered.
     set_faults(control, "fail write all EIO\n");
     write_file(dir.file("ferry.yaml"), ferry_yaml(o));
-    auto ferry = std::make_unique<process>(
-        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
-        dir.file("ferry2.log"), faultvfs_env(control));
-    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    auto ferry = run_ferry(dir, o, dir.file("ferry2.log"), faultvfs_env(control));
     std::this_thread::sleep_for(1500ms);  // polls happen; appends fail and are retried
     REQUIRE(wait_until([&] { return file_size_or_zero(control + ".log") > 0; }, 10s));
     set_faults(control, "");
@@ -180,10 +189,7 @@ TEST_CASE("acks fail during a drain, then the disk heals: the spool empties with
     const std::string control = dir.file("faults");
     set_faults(control, "");
     write_file(dir.file("ferry.yaml"), ferry_yaml(o));
-    auto ferry = std::make_unique<process>(
-        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
-        dir.file("ferry.log"), faultvfs_env(control));
-    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    auto ferry = run_ferry(dir, o, dir.file("ferry.log"), faultvfs_env(control));
     REQUIRE(
         wait_until([&] { return metric_value(o.http_port, "ferry_spool_messages") >= 10; }, 20s));
     // Every write to the spool fails from now: appends (retried by the rule thread) and the
@@ -313,10 +319,7 @@ TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing
     const std::string control = dir.file("faults");
     set_faults(control, "");
     write_file(dir.file("ferry.yaml"), ferry_yaml(o));
-    auto ferry = std::make_unique<process>(
-        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
-        dir.file("ferry.log"), faultvfs_env(control));
-    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    auto ferry = run_ferry(dir, o, dir.file("ferry.log"), faultvfs_env(control));
     REQUIRE(rec.wait_for_count(k_topic, 3, 15s));
     set_faults(control, "fail write all EIO\n");
     // The rule thread now holds a batch and retries it.
@@ -338,10 +341,7 @@ TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing
     CHECK(run1["dropped"] == 0);
 
     // A second run, without faults, sends what the first left in the spool.
-    auto again = std::make_unique<process>(
-        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
-        dir.file("ferry2.log"));
-    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    auto again = run_ferry(dir, o, dir.file("ferry2.log"));
     CHECK(wait_until([&] { return metric_value(o.http_port, "ferry_spool_messages", 1e9) == 0; },
                      20s));
     CHECK(again->stop(15, 10s) == 0);
