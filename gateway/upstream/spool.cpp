@@ -1625,6 +1625,18 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
     return out;
 }
 
+std::size_t spool::unsettled_acks() {
+    try {
+        std::unique_lock lock(impl_->mu_);
+        if (impl_->pending_acks_.empty()) return 0;
+        impl_->retry_acks();
+        return impl_->pending_acks_.size();
+    } catch (const std::exception& e) {
+        log::error(component, "ack retry failed", {{"error", e.what()}});
+        return 0;
+    }
+}
+
 std::uint32_t spool::ack(std::int64_t id) {
     try {
         std::unique_lock lock(impl_->mu_);

@@ -75,6 +75,10 @@ class spool {
     // When the delete fails, the row is kept as pending: peek/wait_for_messages skip it and
     // the delete is retried at the next call 100 ms later or more (docs/SPOOL.md, Errors).
     std::uint32_t ack(std::int64_t id);
+    // Acked rows whose DELETE has not succeeded yet (retried first, at most every 100 ms).
+    // They still hold their slot in the publisher's window: a crash would send them again,
+    // and a resend must stay within the window.
+    std::size_t unsettled_acks();
     // (publisher, issue 13) Removes a message that will never be delivered (the broker refused
     // it), without counting it as sent. Returns the number of events it held (0 for an unknown
     // id); the caller counts them as dropped with its reason.
