@@ -330,6 +330,10 @@ struct http_server::impl {
                 return;
             }
         }
+        // A fixed send buffer: the kernel holds at most this much of an answer a client does
+        // not read (autotuning would let it take up to tcp_wmem's 4 MiB per connection).
+        beast::error_code ignored;
+        sock.set_option(asio::socket_base::send_buffer_size(k_send_buffer), ignored);
         std::make_shared<session>(this, std::move(sock))->read();
     }
 };

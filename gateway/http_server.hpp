@@ -21,6 +21,8 @@
 //   shared_ptr, which the read model caches per version), and the distinct bodies held by
 //   unfinished answers total at most k_response_budget: an answer that would go over it is a
 //   503 with Retry-After (response_budget). A single body larger than that is never served.
+//   Each connection's kernel send buffer is fixed at k_send_buffer (SO_SNDBUF; Linux doubles
+//   it), so the kernel too holds little of an answer a client does not read.
 //
 // Lifetime: start() binds (throws std::runtime_error naming the address if it cannot) and
 // spawns the thread; stop() closes everything and joins. Handlers run on that thread.
@@ -52,6 +54,7 @@ class http_server {
     static constexpr std::chrono::seconds k_request_timeout{10};
     static constexpr std::chrono::seconds k_write_timeout{10};
     static constexpr std::size_t k_response_budget = 64u << 20;
+    static constexpr int k_send_buffer = 64 * 1024;  // SO_SNDBUF of every connection
 
     using body_ptr = std::shared_ptr<const std::string>;
 

@@ -40,25 +40,49 @@ std::string config_text(const std::string& dir, std::uint16_t modbus_port, std::
            std::to_string(mqtt_port) + "\"] } }\n";
 }
 
+// One device "plc" of 10,000 coils c0..c9999 (an /api/v1/values body of ~1 MB).
+std::string big_device_yaml(const std::string& dir, std::uint16_t http_port,
+                            std::uint16_t modbus_port, const std::string& broker_uri,
+                            const std::string& poll) {
+    std::string points;
+    for (int i = 0; i < 10000; ++i)
+        points += "      - { name: c" + std::to_string(i) +
+                  ", table: coil, address: " + std::to_string(i) + ", type: bool }\n";
+    return "gateway: { id: big-gw, data_dir: " + dir +
+           " }\nhttp: { listen: 127.0.0.1:" + std::to_string(http_port) +
+           " }\ndevices:\n  - id: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n"
+           "    port: " +
+           std::to_string(modbus_port) + "\n    poll_interval: " + poll + "\n    points:\n" +
+           points +
+           "rules: [ { name: all, match: \"#\" } ]\n"
+           "upstream: { mqtt: { uris: [\"" +
+           broker_uri + "\"] }, spool: { fsync: never } }\n";
+}
+
 int open_idle_connection(std::uint16_t port) {
     return connect_loopback(port);
 }
 
-// A running ferry with one Modbus device (holding register 0 = 5), a broker and HTTP on
-// http_port, constructed once /readyz answers 200.
+// A running ferry with one Modbus device, a broker and HTTP on http_port, constructed once
+// /readyz answers 200. The device: holding register 0 = 5 (config_text), or with `big_poll`
+// the 10,000 coils of big_device_yaml polled at that interval.
 struct running_ferry {
-    modbus_sim sim{0, {"holding:0=u16:5"}};
+    modbus_sim sim;
     mosquitto broker;
     temp_dir dir;
     std::uint16_t http_port = free_port();
     std::unique_ptr<process> ferry;
-    running_ferry() {
+    explicit running_ferry(std::vector<std::string> registers = {"holding:0=u16:5"},
+                           const std::string& big_poll = {})
+        : sim(0, std::move(registers)) {
         write_file(dir.file("ferry.yaml"),
-                   config_text(dir.path(), sim.port(), broker.port(), http_port));
+                   big_poll.empty() ? config_text(dir.path(), sim.port(), broker.port(), http_port)
+                                    : big_device_yaml(dir.path(), http_port, sim.port(),
+                                                      broker.uri(), big_poll));
         ferry = std::make_unique<process>(
             std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
             dir.file("ferry.log"));
-        REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+        REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 20s));
     }
 };
 
@@ -269,25 +293,8 @@ TEST_CASE(
 TEST_CASE("/api/v1/values holds every point of a 10,000-point device, none dropped") {
     // One poll of this device is one publish of 10,000 events on the bus: the read model's
     // queue must take it whole (it used to hold 8,192 and dropped the oldest of each poll).
-    modbus_sim sim(0, {"coil:9999=bool:1", "coil:0=bool:1"});
-    mosquitto broker;
-    temp_dir dir;
-    auto http_port = free_port();
-    std::string points;
-    for (int i = 0; i < 10000; ++i)
-        points += "      - { name: c" + std::to_string(i) +
-                  ", table: coil, address: " + std::to_string(i) + ", type: bool }\n";
-    write_file(dir.file("ferry.yaml"),
-               "gateway: { id: big-gw, data_dir: " + dir.path() +
-                   " }\nhttp: { listen: 127.0.0.1:" + std::to_string(http_port) +
-                   " }\ndevices:\n  - id: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n"
-                   "    port: " +
-                   std::to_string(sim.port()) + "\n    poll_interval: 500ms\n    points:\n" +
-                   points +
-                   "rules: [ { name: all, match: \"#\" } ]\n"
-                   "upstream: { mqtt: { uris: [\"" +
-                   broker.uri() + "\"] }, spool: { fsync: never } }\n");
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    running_ferry f({"coil:9999=bool:1", "coil:0=bool:1"}, "500ms");
+    const auto http_port = f.http_port;
     nlohmann::json values;
     const bool all = wait_until(
         [&] {
@@ -309,7 +316,7 @@ TEST_CASE("/api/v1/values holds every point of a 10,000-point device, none dropp
         if (v["tag"] == "c5000") CHECK(v["value"] == false);
     }
     CHECK(metric_value(http_port, "ferry_bus_dropped_total{reason=\"drop_oldest\"}") == 0);
-    CHECK(ferry.stop() == 0);
+    CHECK(f.ferry->stop() == 0);
 }
 
 TEST_CASE(
@@ -408,5 +415,48 @@ TEST_CASE(
     for (int fd : idle)
         ::close(fd);
     CHECK(http_get(http_port, "/healthz").status == 200);
+    CHECK(f.ferry->stop() == 0);
+}
+
+TEST_CASE(
+    "256 clients not reading a 1 MB /api/v1/values share one body; one more connection gets a 503 "
+    "at once") {
+    // Issue 14 item 8 and the connection budget: every client used to get its own copy of the
+    // body (256 x ~0.6 MB held while they did not read), and a connection past the limit with
+    // no idle one to evict was closed without an answer.
+    // Polled once: the read model does not change while the clients wait.
+    running_ferry f({"coil:0=bool:1"}, "1h");
+    const auto http_port = f.http_port;
+    REQUIRE(wait_until(
+        [&] { return http_get(http_port, "/api/v1/values", 5000ms).body.size() > 100000; }, 30s));
+    const auto rss_before = rss_kib(f.ferry->pid());
+    std::vector<int> slow;
+    const std::string req = "GET /api/v1/values HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (int i = 0; i < 256; ++i) {
+        int fd = connect_loopback(http_port, 4096);  // a small window: the answer stays in ferry
+        REQUIRE(fd >= 0);
+        (void)::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+        slow.push_back(fd);
+    }
+    // Every one is being answered (its first bytes arrived) and none reads on.
+    CHECK(wait_until(
+        [&] {
+            for (int fd : slow) {
+                char c;
+                if (::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) return false;
+            }
+            return true;
+        },
+        5s));
+    const auto rss_held = rss_kib(f.ferry->pid());
+    const auto refused = send_raw(http_port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    MESSAGE("256 unread answers: RSS " << rss_before << " KiB -> " << rss_held
+                                       << " KiB; connection 257: " << refused.substr(0, 12));
+    CHECK(status_of(refused) == 503);
+    CHECK(rss_held < rss_before + 32 * 1024);
+    for (int fd : slow)
+        ::close(fd);
+    REQUIRE(wait_until([&] { return http_get(http_port, "/healthz").status == 200; }, 10s));
+    CHECK(rejected(http_port, "too_many_connections") >= 1);
     CHECK(f.ferry->stop() == 0);
 }
