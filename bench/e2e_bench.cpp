@@ -4,37 +4,15 @@
 //
 // usage: bench_e2e [devices=50] [registers=100] [poll_ms=100] [seconds=20] [fsync=batch]
 // Not a test: ./scripts/bench runs it and prints the numbers.
-#include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "tests/support/harness.hpp"
 
 using namespace ferry::test;
-
-namespace {
-
-// utime + stime of a process, in seconds.
-double cpu_seconds(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string all((std::istreambuf_iterator<char>(in)), {});
-    auto close = all.rfind(')');
-    std::istringstream rest(all.substr(close + 2));
-    std::string field;
-    unsigned long utime = 0, stime = 0;
-    for (int i = 3; i <= 15 && rest >> field; ++i) {
-        if (i == 14) utime = std::stoul(field);
-        if (i == 15) stime = std::stoul(field);
-    }
-    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     int devices = argc > 1 ? std::atoi(argv[1]) : 50;

@@ -31,6 +31,7 @@ read_model::read_model(const point_table& points, std::vector<device_ref> device
 
 void read_model::reconfigure(std::vector<device_ref> devices, std::span<const point_id> live) {
     std::lock_guard lock(mu_);
+    ++version_;
     std::vector<device_state> next;
     for (auto& d : devices) {
         auto it = std::find_if(devices_.begin(), devices_.end(),
@@ -61,6 +62,7 @@ void read_model::reconfigure(std::vector<device_ref> devices, std::span<const po
 
 void read_model::apply(std::span<const event> events) {
     std::lock_guard lock(mu_);
+    ++version_;
     for (const auto& e : events) {
         if (e.point >= last_.size()) continue;
         auto di = device_of_[e.point];
@@ -82,9 +84,22 @@ void read_model::apply(std::span<const event> events) {
     }
 }
 
-std::string read_model::values_json() const {
-    std::string out = "[";
+read_model::json_ptr read_model::values_json() const {
     std::lock_guard lock(mu_);
+    if (values_snap_.version != version_)
+        values_snap_ = {version_, std::make_shared<const std::string>(build_values())};
+    return values_snap_.json;
+}
+
+read_model::json_ptr read_model::devices_json() const {
+    std::lock_guard lock(mu_);
+    if (devices_snap_.version != version_)
+        devices_snap_ = {version_, std::make_shared<const std::string>(build_devices())};
+    return devices_snap_.json;
+}
+
+std::string read_model::build_values() const {
+    std::string out = "[";
     bool first = true;
     for (point_id id = 0; id < last_.size(); ++id) {
         const auto& e = last_[id];
@@ -117,9 +132,8 @@ std::string read_model::values_json() const {
     return out;
 }
 
-std::string read_model::devices_json() const {
+std::string read_model::build_devices() const {
     std::string out = "[";
-    std::lock_guard lock(mu_);
     bool first = true;
     for (const auto& d : devices_) {
         if (!first) out += ',';

@@ -7,11 +7,18 @@
 // it holds only bad ones or before its first event. `errors` counts its
 // bad-quality events; `last_ok_ts` is the newest ts of a good event.
 //
+// The JSON snapshots are built at most once per change of the model (every apply() and
+// reconfigure() is one) and shared: the requests between two changes (GET and HEAD, any
+// number of clients) get the same string, and only the newest one is kept here. Size: one
+// entry per sampled point, ~90 bytes plus its names, unit and string value (strings are
+// bounded where they enter: serial_line's max_frame, a Modbus string's registers).
+//
 // Thread-safe: apply() from one consumer thread, reconfigure() and the JSON snapshots from
 // any thread.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
@@ -37,10 +44,11 @@ class read_model {
 
     void apply(std::span<const event> events);
 
+    using json_ptr = std::shared_ptr<const std::string>;
     // [{"device","tag","value","quality","ts","seq"}], one per point that has been sampled.
-    std::string values_json() const;
+    json_ptr values_json() const;
     // [{"id","driver","state","last_ok_ts","errors"}], one per configured device.
-    std::string devices_json() const;
+    json_ptr devices_json() const;
 
   private:
     struct device_state {
@@ -51,8 +59,18 @@ class read_model {
         std::uint64_t errors = 0;
     };
 
+    // A snapshot and the version of the model it shows.
+    struct snapshot {
+        std::uint64_t version = 0;
+        json_ptr json;
+    };
+    std::string build_values() const;   // with mu_ held
+    std::string build_devices() const;  // with mu_ held
+
     const point_table& points_;
     mutable std::mutex mu_;
+    std::uint64_t version_ = 1;  // bumped by every change
+    mutable snapshot values_snap_, devices_snap_;
     std::vector<event> last_;             // per point id; seq 0 = never sampled
     std::vector<std::size_t> device_of_;  // point id → index in devices_
     std::vector<device_state> devices_;

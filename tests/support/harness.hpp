@@ -236,10 +236,16 @@ class notify_socket {
 // Waits until something accepts TCP connections on 127.0.0.1:port.
 bool wait_for_port(std::uint16_t port, std::chrono::milliseconds timeout);
 
+// A TCP connection to 127.0.0.1:port: the socket, or -1 when refused. rcvbuf > 0 sets
+// SO_RCVBUF before connecting (a small window keeps unread data on the sender's side).
+int connect_loopback(std::uint16_t port, int rcvbuf = 0);
+
 // Resident set size of a process in KiB (from /proc/PID/status), 0 if unknown.
 std::uint64_t rss_kib(pid_t pid);
 // Number of threads of a process (from /proc/PID/status).
 int thread_count(pid_t pid);
+// CPU time (user + system) a process has used, in seconds (from /proc/PID/stat), 0 if unknown.
+double cpu_seconds(pid_t pid);
 
 }  // namespace ferry::test
 
