@@ -425,24 +425,40 @@ struct campaign {
 // minus it; the largest such distance and the count of resends. This is ferry's promise
 // (DELIVERY.md: a message again only from within the in-flight window), apart from what the
 // broker adds on its way to a consumer.
-std::pair<std::uint64_t, std::uint64_t> resend_distance(const std::string& publishes) {
-    std::map<std::string, std::uint64_t> highest;
+struct resend_stats {
     std::uint64_t distance = 0, resends = 0;
+    std::string worst;  // the farthest resend: its line and the line of the highest batch then
+};
+
+// From the proxy's publish log ("topic batch connection seconds" per PUBLISH read): how far
+// back behind the highest batch already sent on its topic ferry resent.
+resend_stats resend_distance(const std::string& publishes) {
+    struct seen {
+        std::uint64_t batch;
+        std::string line;
+    };
+    std::map<std::string, seen> highest;
+    resend_stats out;
     std::ifstream in(publishes);
-    std::string topic, batch;
-    while (in >> topic >> batch) {
-        if (batch == "-") continue;
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream w(line);
+        std::string topic, batch;
+        if (!(w >> topic >> batch) || batch == "-") continue;
         const std::uint64_t b = std::stoull(batch);
-        auto [it, fresh] = highest.emplace(topic, b);
+        auto [it, fresh] = highest.emplace(topic, seen{b, line});
         if (fresh) continue;
-        if (b <= it->second) {
-            ++resends;
-            distance = std::max(distance, it->second - b);
+        if (b <= it->second.batch) {
+            ++out.resends;
+            if (it->second.batch - b > out.distance || out.worst.empty()) {
+                out.distance = it->second.batch - b;
+                out.worst = "'" + line + "' after '" + it->second.line + "'";
+            }
         } else {
-            it->second = b;
+            it->second = {b, line};
         }
     }
-    return {distance, resends};
+    return out;
 }
 
 // Injected faults the shim logged, by op ("write", "sync", ...).
@@ -576,7 +592,9 @@ TEST_CASE("randomized fault campaign: conservation, order, bounded duplicates an
         for (const auto& [before, after] : gaps)
             batch_holes += after - before - 1;
 
-    const auto [resent_back, resends] = resend_distance(c.logs.file("publishes.log"));
+    const auto rs = resend_distance(c.logs.file("publishes.log"));
+    const auto resent_back = rs.distance;
+    const auto resends = rs.resends;
     std::cout << "campaign: seed " << seed << "; " << injected << " faults:" << by_kind
               << "\ncampaign: spool I/O faults injected by the shim:"
               << (by_op.empty() ? " none" : by_op) << "\ncampaign: " << c.runs.size()
@@ -587,7 +605,7 @@ TEST_CASE("randomized fault campaign: conservation, order, bounded duplicates an
               << " (largest " << crash_lost_max << ")"
               << "\ncampaign: " << d.summary() << "\ncampaign: batch holes " << batch_holes
               << "; ferry resent " << resends << " publishes, reaching back at most " << resent_back
-              << " batches (window " << k_inflight
+              << " batches (window " << k_inflight << "; farthest: " << rs.worst
               << "); the largest repeat distance at the consumer " << d.max_repeat_distance
               << "; RSS peak " << c.rss_peak_kib << " KiB, data_dir peak " << c.disk_peak
               << " bytes" << std::endl;
@@ -601,6 +619,14 @@ TEST_CASE("randomized fault campaign: conservation, order, bounded duplicates an
     // recorder (up to its own max_inflight_messages, 20), which is the broker's doing; that
     // distance is printed above, and ferry's own is checked here.
     CHECK(resent_back < static_cast<std::uint64_t>(k_inflight));
+    // For a post-mortem (scripts/soak sets it): the proxy's and every ferry run's logs.
+    if (const char* keep = std::getenv("FERRY_CAMPAIGN_KEEP"); keep != nullptr && *keep != '\0') {
+        std::filesystem::create_directories(keep);
+        std::filesystem::copy(c.logs.path(), keep,
+                              std::filesystem::copy_options::recursive |
+                                  std::filesystem::copy_options::overwrite_existing);
+        std::cout << "campaign: logs kept in " << keep << std::endl;
+    }
     CHECK(c.rss_peak_kib < 96 * 1024);
     CHECK(c.disk_peak < 80ull * 1024 * 1024);  // max_bytes 64 MiB plus the WAL and overhead
 }

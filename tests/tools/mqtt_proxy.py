@@ -24,7 +24,8 @@ answered with one line, `ok` or `error ...`:
                       proxy answers each itself with PUBACK reason 0x97 (quota exceeded), as a
                       broker refusing it would. Independent of the mode (a counter)
     (--publish-log FILE: every PUBLISH read from a client, even one a black hole then drops,
-    appends "topic batch" to FILE, batch being the payload's "batch" number or - : what the
+    appends "topic batch connection monotonic-seconds" to FILE, batch being the payload's
+    "batch" number or - : what the
     client put on the wire, resends included, for measuring how far back it resent)
     stats             one JSON line: connections (accepted), open, mode, packets by type each
                       way (to_broker, to_client), pubacks_withheld, pubacks_refused (reason
@@ -297,7 +298,8 @@ class Connection:
                 counts[name] = counts.get(name, 0) + 1
                 if from_client and ptype == 3 and proxy.publish_log is not None:
                     topic, batch = publish_topic_and_batch(p)
-                    proxy.publish_log.write(f"{topic} {batch if batch is not None else '-'}\n")
+                    proxy.publish_log.write(
+                        f"{topic} {batch if batch is not None else '-'} {self.n} {now:.3f}\n")
                 if proxy.mode == "blackhole":
                     continue
                 if from_client:
