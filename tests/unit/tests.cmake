@@ -32,3 +32,5 @@ target_link_libraries(unit_commands PRIVATE ferry_commands ferry_drivers)
 ferry_test(unit_spool_faults unit ${U}/spool_faults_test.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/tools/faultvfs.cpp)
 target_link_libraries(unit_spool_faults PRIVATE ferry_upstream)
+ferry_test(unit_utf8 unit ${U}/utf8_test.cpp)
+target_link_libraries(unit_utf8 PRIVATE ferry_base nlohmann_json::nlohmann_json)
