@@ -181,6 +181,12 @@ ferry::value decode_registers(const config::point& p, std::span<const std::uint1
     }
 }
 
+bool is_reading(const ferry::value& v) {
+    if (std::holds_alternative<std::monostate>(v)) return false;
+    const auto* d = std::get_if<double>(&v);
+    return !d || std::isfinite(*d);
+}
+
 ferry::value decode_bit(const config::point& p, std::uint8_t bit) {
     if (p.type == point_type::boolean || p.type == point_type::string) return bit != 0;
     return numeric_value(

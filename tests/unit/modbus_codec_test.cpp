@@ -490,3 +490,24 @@ TEST_CASE("decode_all: every decoding of a window, for probe") {
     CHECK_FALSE(empty.u16[i(A)].has_value());
     CHECK(order_name(C) == "CDAB");
 }
+
+TEST_CASE("is_reading: NaN, infinities and absent values are no reading") {
+    config::point f32;
+    f32.type = config::point_type::float32;
+    const std::uint16_t nan[2] = {0x7fc0, 0x0000}, inf[2] = {0x7f80, 0x0000},
+                        ok[2] = {0x41ac, 0x0000};
+    CHECK_FALSE(is_reading(decode_registers(f32, nan)));
+    CHECK_FALSE(is_reading(decode_registers(f32, inf)));
+    CHECK(is_reading(decode_registers(f32, ok)));
+    CHECK_FALSE(is_reading(ferry::value{}));
+    CHECK(is_reading(ferry::value{std::string("x")}));
+    CHECK(is_reading(ferry::value{std::uint64_t{7}}));
+    config::point big;  // a finite double that scale takes past the double range
+    big.type = config::point_type::float64;
+    big.scale = 10;
+    const auto raw = std::bit_cast<std::uint64_t>(1e308);
+    const std::uint16_t words[4] = {
+        static_cast<std::uint16_t>(raw >> 48), static_cast<std::uint16_t>(raw >> 32),
+        static_cast<std::uint16_t>(raw >> 16), static_cast<std::uint16_t>(raw)};
+    CHECK_FALSE(is_reading(decode_registers(big, words)));
+}
