@@ -78,6 +78,8 @@ struct device_rt {
     prometheus::Family<prometheus::Counter>* errors_family = nullptr;
     std::map<std::string, prometheus::Counter*> errors;
     bool warned_not_finite = false;  // the first NaN/infinite reading is logged at warn
+    bool warned_utf8 = false;        // the first string repaired to valid UTF-8, likewise
+    prometheus::Counter* invalid_utf8 = nullptr;  // ferry_invalid_utf8_total{device}
 };
 
 // A write queued on a line (downlink commands), served before the line's next poll.
@@ -268,6 +270,7 @@ struct poller::impl {
         rt->overruns = &overrun->Add({{"device", d.id}});
         rt->values_read = &shared.received.Add({{"device", d.id}});
         rt->events_sent = &shared.sent.Add({{"device", d.id}});
+        rt->invalid_utf8 = &shared.invalid_utf8.Add({{"device", d.id}});
         rt->up_gauge = &shared.up.Add({{"device", d.id}});
         rt->poll_seconds = &seconds->Add({{"device", d.id}}, bounds);
         rt->errors_family = &shared.errors;
@@ -339,6 +342,7 @@ struct poller::impl {
             overrun->Remove(d->overruns);
             shared.received.Remove(d->values_read);
             shared.sent.Remove(d->events_sent);
+            shared.invalid_utf8.Remove(d->invalid_utf8);
             shared.up.Remove(d->up_gauge);
             seconds->Remove(d->poll_seconds);
             for (auto& [why, c] : d->errors)
@@ -419,8 +423,11 @@ struct poller::impl {
                 e.value = decode_bit(p, static_cast<std::uint8_t>(d.regs[p.address - b.start]));
             } else {
                 const auto n = config::register_count(p);
+                std::size_t repaired = 0;
                 e.value = decode_registers(
-                    p, std::span<const std::uint16_t>(d.regs.data() + (p.address - b.start), n));
+                    p, std::span<const std::uint16_t>(d.regs.data() + (p.address - b.start), n),
+                    &repaired);
+                if (repaired > 0) invalid_text(d, p);
                 if (std::holds_alternative<std::monostate>(e.value))
                     e.quality = quality::bad;
                 else if (!is_reading(e.value))
@@ -434,6 +441,17 @@ struct poller::impl {
     // is not a float at all), or a value that scale/offset take past the double range: JSON
     // cannot carry it and it is no measurement, so the event is `bad` with no value, never
     // `good` with null. Counted as reason not_finite.
+    // A string register holding ill-formed UTF-8 (Latin-1 text, garbage) arrives repaired
+    // (U+FFFD, codec.hpp); counted per device, the first logged at warn.
+    void invalid_text(device_rt& d, const config::point& p) {
+        d.invalid_utf8->Increment();
+        const bool first = !d.warned_utf8;
+        d.warned_utf8 = true;
+        log::write(first ? config::log_level::warn : config::log_level::debug, "modbus",
+                   "text is not valid UTF-8; sent with U+FFFD in place of the bad bytes",
+                   {{"device", d.cfg.id}, {"point", p.name}});
+    }
+
     void not_finite(device_rt& d, const config::point& p, double x, event& e) {
         e.value = std::monostate{};
         e.quality = quality::bad;

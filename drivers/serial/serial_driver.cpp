@@ -130,7 +130,6 @@ struct reader::impl {
 
     driver_families shared;  // ferry_device_up and the received/sent/errors trio
     prometheus::Family<prometheus::Counter>* frames = nullptr;
-    prometheus::Family<prometheus::Counter>* invalid_utf8 = nullptr;
     // ferry_input_rejected_total{input="serial",reason}: frames refused by a check, over all
     // devices (the per-device detail is in ferry_driver_errors_total).
     std::array<prometheus::Counter*, k_reasons.size()> rejected{};
@@ -140,12 +139,6 @@ struct reader::impl {
                       .Name("ferry_serial_frames_total")
                       .Help("Frames read from serial_line devices, by result (ok, error)")
                       .Register(ctx.registry);
-        invalid_utf8 = &prometheus::BuildCounter()
-                            .Name("ferry_invalid_utf8_total")
-                            .Help(
-                                "Device frames whose text was not valid UTF-8; sent with "
-                                "U+FFFD in place of each ill-formed sequence")
-                            .Register(ctx.registry);
         auto& refused = prometheus::BuildCounter()
                             .Name("ferry_input_rejected_total")
                             .Help("Inputs refused by a budget or a check, by input and reason")
@@ -189,7 +182,7 @@ struct reader::impl {
         rt.frames_bad = &frames->Add({{"device", id}, {"result", "error"}});
         rt.values_read = &shared.received.Add({{"device", id}});
         rt.events_sent = &shared.sent.Add({{"device", id}});
-        rt.invalid_utf8 = &invalid_utf8->Add({{"device", id}});
+        rt.invalid_utf8 = &shared.invalid_utf8.Add({{"device", id}});
     }
 
     void remove_series(port_rt& rt) {
@@ -200,7 +193,7 @@ struct reader::impl {
         frames->Remove(rt.frames_bad);
         shared.received.Remove(rt.values_read);
         shared.sent.Remove(rt.events_sent);
-        invalid_utf8->Remove(rt.invalid_utf8);
+        shared.invalid_utf8.Remove(rt.invalid_utf8);
     }
 
     // On the io thread: the port closes; handlers still queued see `retired` and return.

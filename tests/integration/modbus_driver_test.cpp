@@ -547,9 +547,9 @@ TEST_CASE("illegal address while booting: the split block is read whole again af
 TEST_CASE("a NaN or infinite float register is published bad (value null), never good") {
     mosquitto broker;
     mqtt_recorder rec(broker.uri(), {"plant/#"});
-    modbus_sim sim(0,
-                   {"holding:0=f32:abcd:nan", "holding:2=f32:abcd:inf", "holding:4=f64:abcd:-inf",
-                    "holding:8=f32:abcd:21.5", "holding:12=f64:abcd:1e308"});
+    modbus_sim sim(
+        0, {"holding:0=f32:abcd:nan", "holding:2=f32:abcd:inf", "holding:4=f64:abcd:-inf",
+            "holding:8=f32:abcd:21.5", "holding:12=f64:abcd:1e308", "holding:20=str:abcd:Z\xfcri"});
     running_ferry f;
     const auto http = free_port();
     f.start(
@@ -559,7 +559,8 @@ TEST_CASE("a NaN or infinite float register is published bad (value null), never
                                "      - { name: inf, address: 2, type: float32 }\n"
                                "      - { name: ninf, address: 4, type: float64 }\n"
                                "      - { name: ok, address: 8, type: float32 }\n"
-                               "      - { name: big, address: 12, type: float64, scale: 10 }\n")) +
+                               "      - { name: big, address: 12, type: float64, scale: 10 }\n"
+                               "      - { name: text, address: 20, type: string, length: 2 }\n")) +
         "http: { listen: 127.0.0.1:" + std::to_string(http) + " }\n");
     std::map<std::string, std::vector<json>> by;
     REQUIRE_MESSAGE(wait_until(
@@ -583,6 +584,11 @@ TEST_CASE("a NaN or infinite float register is published bad (value null), never
         CHECK(e["quality"] == "good");
         CHECK(e["value"] == 21.5);
     }
+    // A string register in Latin-1 ("Züri"): valid UTF-8 upstream, U+FFFD for the bad byte.
+    REQUIRE(!by["text"].empty());
+    for (const auto& e : by["text"])
+        CHECK(e["value"] == "Z\xef\xbf\xbdri");
+    CHECK(metric_value(http, "ferry_invalid_utf8_total{device=\"m\"}", 0) >= 2);
     CHECK(metric_value(http, "ferry_driver_errors_total{device=\"m\",reason=\"not_finite\"}", 0) >=
           8);
     CHECK(metric_value(http, "ferry_input_rejected_total{input=\"modbus\",reason=\"not_finite\"}",
