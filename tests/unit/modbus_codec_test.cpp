@@ -292,7 +292,8 @@ TEST_CASE("strings: two chars per register, high byte first; NULs and trailing s
     CHECK(decode(make_string(2, D), {0x4241, 0x0043}) == ferry::value{"ABC"});
     CHECK(decode(make_string(2, C), {0x4142, 0x4300}) == ferry::value{"ABC"});
     // Text as the device holds it, but always valid UTF-8: ill-formed bytes become U+FFFD.
-    CHECK(decode(make_string(2), {0x41ff, 0x0142}) == ferry::value{"A\xEF\xBF\xBD\x01" "B"});
+    CHECK(decode(make_string(2), {0x41ff, 0x0142}) == ferry::value{"A\xEF\xBF\xBD\x01"
+                                                                   "B"});
     CHECK(decode(make_string(2), {0x5AC3, 0xBC72}) == ferry::value{"Z\xC3\xBCr"});  // "Zür"
     std::size_t repaired = 0;
     const std::uint16_t latin1[2] = {0x5AFC, 0x7269};  // "Züri" in Latin-1
