@@ -12,8 +12,9 @@
 //   strings valid UTF-8, doubles finite; failure gives no value, and the points it names are
 //   points of the device, each once;
 // - the batch of the resulting events (good values and `bad` ones for named points) is valid
-//   UTF-8 and strict JSON (nlohmann), with one event per value; so is the frame itself
-//   written as a JSON string, whatever bytes it holds.
+//   UTF-8 and strict JSON (nlohmann), with one event per value and `null` only on bad ones;
+//   every frame written as a JSON string, whatever bytes it holds, parses back to the frame
+//   with its ill-formed UTF-8 replaced by U+FFFD.
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -111,25 +112,35 @@ std::vector<device>& devices(point_table& table) {
     return all;
 }
 
-void check_frame(device& d, std::string_view frame, const point_table& table) {
+// What one input's frames gave: the events the driver would publish, and every frame written
+// as a JSON string, checked together at the end (one strict parse each, not one per frame).
+struct findings {
+    std::vector<event> events;
+    std::string frames = "[";  // a JSON array of the frames, as strings
+    std::vector<std::string> repaired;
+    void clear() {
+        events.clear();
+        frames.assign(1, '[');
+        repaired.clear();
+    }
+};
+
+void check_frame(device& d, std::string_view frame, findings& f) {
     static std::vector<field> fields;
     static parse_details details;
-    static std::vector<event> events;
-    static std::string out;
     const auto r = d.parser->parse(frame, fields, &details);
-    events.clear();
     if (r == frame_error::none) {
         if (fields.empty()) violated("success without a value", frame);
-        for (auto& f : fields) {
-            if (f.point >= d.points.size()) violated("value for an unknown point", frame);
-            if (const auto* s = std::get_if<std::string>(&f.value); s && !utf8::valid(*s))
+        for (auto& fl : fields) {
+            if (fl.point >= d.points.size()) violated("value for an unknown point", frame);
+            if (const auto* s = std::get_if<std::string>(&fl.value); s && !utf8::valid(*s))
                 violated("string value not valid UTF-8", frame);
-            if (const auto* x = std::get_if<double>(&f.value); x && !std::isfinite(*x))
+            if (const auto* x = std::get_if<double>(&fl.value); x && !std::isfinite(*x))
                 violated("value not finite", frame);
             event e;
-            e.point = d.ids[f.point];
-            e.value = f.value;
-            events.push_back(std::move(e));
+            e.point = d.ids[fl.point];
+            e.value = fl.value;
+            f.events.push_back(std::move(e));
         }
     } else {
         if (!fields.empty()) violated("values from a frame in error", frame);
@@ -140,34 +151,49 @@ void check_frame(device& d, std::string_view frame, const point_table& table) {
             event e;
             e.point = d.ids[details.named[i]];
             e.quality = quality::bad;
-            events.push_back(std::move(e));
+            f.events.push_back(std::move(e));
         }
     }
-    json::encode_batch(out, "gw", 1, events, table);
+    if (f.frames.size() > 1) f.frames.push_back(',');
+    json::append_string(f.frames, frame);
+    f.repaired.emplace_back(frame);
+    utf8::repair(f.repaired.back());
+}
+
+void check_findings(findings& f, const point_table& table) {
+    static std::string out;
+    json::encode_batch(out, "gw", 1, f.events, table);
     if (!utf8::valid(out)) violated("batch not valid UTF-8", out);
     const auto doc = nlohmann::json::parse(out, nullptr, false);
     if (doc.is_discarded()) violated("batch not strict JSON", out);
-    if (doc["events"].size() != events.size()) violated("batch lost events", out);
+    if (doc["events"].size() != f.events.size()) violated("batch lost events", out);
+    for (std::size_t i = 0; i < f.events.size(); ++i) {
+        const bool good = f.events[i].quality == quality::good;
+        if (good == doc["events"][i]["value"].is_null())
+            violated("null value on a good event, or a value on a bad one", out);
+    }
 
-    out.clear();
-    json::append_string(out, frame);
-    const auto text = nlohmann::json::parse(out, nullptr, false);
-    if (text.is_discarded() || !text.is_string()) violated("frame as JSON string", out);
-    std::string repaired(frame);
-    utf8::repair(repaired);
-    if (text.get<std::string>() != repaired) violated("JSON string is not the repaired text", out);
+    f.frames.push_back(']');
+    const auto texts = nlohmann::json::parse(f.frames, nullptr, false);
+    if (texts.is_discarded() || texts.size() != f.repaired.size())
+        violated("frames as JSON strings are not strict JSON", f.frames);
+    for (std::size_t i = 0; i < f.repaired.size(); ++i)
+        if (texts[i].get<std::string>() != f.repaired[i])
+            violated("a JSON string is not the repaired text", f.frames);
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     static point_table table;
+    static findings found;
     auto& all = devices(table);
     if (size < 2) return 0;
     auto& d = all[data[0] % all.size()];
     const std::size_t chunk = 1 + data[1] % 64;
     const std::string_view stream(reinterpret_cast<const char*>(data) + 2, size - 2);
     framer f(d.framing);
+    found.clear();
     for (std::size_t i = 0; i < stream.size(); i += chunk) {
         f.feed(
             stream.substr(i, chunk),
@@ -176,11 +202,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     violated("fixed-length frame of another length", frame);
                 if (d.framing.length == 0 && frame.size() > d.framing.max_frame)
                     violated("frame over max_frame", frame);
-                check_frame(d, frame, table);
+                check_frame(d, frame, found);
             },
             [] {});
         if (d.framing.length == 0 && f.pending() > d.framing.max_frame + d.framing.delimiter.size())
             violated("framer holds more than max_frame", stream);
     }
+    check_findings(found, table);
     return 0;
 }
