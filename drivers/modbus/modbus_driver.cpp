@@ -437,10 +437,6 @@ struct poller::impl {
         }
     }
 
-    // A float register holding NaN or an infinity (a sensor's "no reading", a register that
-    // is not a float at all), or a value that scale/offset take past the double range: JSON
-    // cannot carry it and it is no measurement, so the event is `bad` with no value, never
-    // `good` with null. Counted as reason not_finite.
     // A string register holding ill-formed UTF-8 (Latin-1 text, garbage) arrives repaired
     // (U+FFFD, codec.hpp); counted per device, the first logged at warn.
     void invalid_text(device_rt& d, const config::point& p) {
@@ -452,6 +448,10 @@ struct poller::impl {
                    {{"device", d.cfg.id}, {"point", p.name}});
     }
 
+    // A float register holding NaN or an infinity (a sensor's "no reading", a register that
+    // is not a float at all), or a value that scale/offset take past the double range: JSON
+    // cannot carry it and it is no measurement, so the event is `bad` with no value, never
+    // `good` with null. Counted as reason not_finite.
     void not_finite(device_rt& d, const config::point& p, double x, event& e) {
         e.value = std::monostate{};
         e.quality = quality::bad;
@@ -520,6 +520,7 @@ struct poller::impl {
                 if (r.unanswered()) reachable = false;
                 emit(d, g.parts[k], r.ok(), wall_clock::now());
             }
+            if (halted) break;  // the group was not read through: nothing to learn from it
             if (regrouping && resplit) {
                 // Refused again: wait twice as long before the next try.
                 g.regroup_after = std::min(g.regroup_after * 2, k_regroup_max);
@@ -534,7 +535,6 @@ struct poller::impl {
             } else if (g.split()) {
                 g.clean_polls = parts_ok ? g.clean_polls + 1 : 0;
             }
-            if (halted) break;
         }
         if (!d.out.empty()) {
             const auto first = ctx.seq.next_n(d.out.size());

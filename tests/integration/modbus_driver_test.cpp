@@ -14,6 +14,7 @@
 #include <prometheus/registry.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -597,6 +598,31 @@ TEST_CASE("a NaN or infinite float register is published bad (value null), never
     CHECK(metric_value(http, "ferry_device_up{device=\"m\"}") == 1);
     CHECK(f.log().find("not a finite number") != std::string::npos);
     CHECK(f.proc->stop() == 0);
+}
+
+TEST_CASE("illegal address for good inside a bridged gap: whole-block retries back off") {
+    // Register 40 does not exist; the points at 30 and 45 are read together (max_gap 20), so
+    // the block is refused, split, and its halves answered. Trying it whole again costs one
+    // exception each time, with a doubling wait: 2, 4, 8, ... polls.
+    modbus_sim sim(0, {"holding:30=u16:30", "holding:45=u16:45"}, {}, {"--fail", "40-40"});
+    auto dev = tcp_dev("gap", sim.port(), {pt("q30", 30), pt("q45", 45)});
+    dev.max_gap = 20;
+    dev.poll_interval = std::chrono::milliseconds(50);
+    rig r({dev});
+    REQUIRE(wait_until([&] { return r.poller->status()[0].polls_ok >= 60; }, 60000ms));
+    const auto s = r.poller->status()[0];
+    const auto refused = r.errors("gap", "illegal_address");
+    const auto polls = static_cast<double>(s.polls_ok + s.polls_failed);
+    MESSAGE("polls " << polls << ", exceptions " << refused << ", requests " << s.requests);
+    // The first split, then tries after 2, 4, 8, 16 and 32 clean polls: a handful, not one
+    // per poll; every try is split again in the same poll, so no value is lost.
+    CHECK(refused >= 3);
+    CHECK(refused <= 2 + std::log2(polls));
+    CHECK(static_cast<double>(s.requests) <= 2 * polls + refused + 2);
+    for (const char* t : {"q30", "q45"})
+        for (const auto& e : r.of(t))
+            CHECK(e.quality == ferry::quality::good);
+    CHECK(r.of("q45").size() >= 60);
 }
 
 // ---- probe ----------------------------------------------------------------------------------
