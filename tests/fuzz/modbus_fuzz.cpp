@@ -96,7 +96,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto tbl = static_cast<config::table>(data[0] % 4);
     const bool bits = is_bit_table(tbl);
     const std::uint32_t limit = bits ? k_max_bits : k_max_registers;
-    const auto count = static_cast<std::uint16_t>(1 + ((data[1] << 8) | data[2]) % limit);
+    const auto count = static_cast<std::uint16_t>(
+        1 + static_cast<std::uint32_t>((data[1] << 8) | data[2]) % limit);
     const std::span<const std::uint8_t> pdu(data + 3, size - 3);
 
     std::array<std::uint16_t, k_max_bits> regs{};
