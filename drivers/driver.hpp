@@ -38,12 +38,18 @@ struct driver_families {
           sent(prometheus::BuildCounter()
                    .Name("ferry_driver_sent_total")
                    .Help("Events published on the bus")
-                   .Register(r)) {}
+                   .Register(r)),
+          invalid_utf8(prometheus::BuildCounter()
+                           .Name("ferry_invalid_utf8_total")
+                           .Help("Device text that was not valid UTF-8 (serial frames, Modbus "
+                                 "string values), sent with U+FFFD in place of each bad part")
+                           .Register(r)) {}
 
-    prometheus::Family<prometheus::Gauge>& up;          // {device}
-    prometheus::Family<prometheus::Counter>& errors;    // {device,reason}
-    prometheus::Family<prometheus::Counter>& received;  // {device}: values read
-    prometheus::Family<prometheus::Counter>& sent;      // {device}: events on the bus
+    prometheus::Family<prometheus::Gauge>& up;              // {device}
+    prometheus::Family<prometheus::Counter>& errors;        // {device,reason}
+    prometheus::Family<prometheus::Counter>& received;      // {device}: values read
+    prometheus::Family<prometheus::Counter>& sent;          // {device}: events on the bus
+    prometheus::Family<prometheus::Counter>& invalid_utf8;  // {device}: text repaired
 };
 
 }  // namespace ferry::drivers

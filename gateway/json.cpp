@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cmath>
 
+#include "gateway/utf8.hpp"
+
 namespace ferry::json {
 namespace {
 
@@ -18,8 +20,24 @@ void append_number(std::string& out, T v) {
 void append_string(std::string& out, std::string_view s) {
     static constexpr char hex[] = "0123456789abcdef";
     out.push_back('"');
-    for (char c : s) {
-        auto u = static_cast<unsigned char>(c);
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < s.size();) {
+        const char c = s[i];
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x80) {
+            // Whatever the caller hands us, the output stays valid UTF-8: an ill-formed
+            // sequence becomes U+FFFD here (drivers repair and count device text before).
+            const auto n = utf8::sequence(s.substr(i), bad);
+            if (n > 0) {
+                out.append(s.substr(i, n));
+                i += n;
+            } else {
+                out.append(utf8::k_replacement);
+                i += bad;
+            }
+            continue;
+        }
+        ++i;
         switch (c) {
             case '"':
                 out += "\\\"";
@@ -37,7 +55,7 @@ void append_string(std::string& out, std::string_view s) {
                 out += "\\t";
                 break;
             default:
-                if (u < 0x20) {
+                if (u < 0x20 || u == 0x7f) {
                     out += "\\u00";
                     out.push_back(hex[u >> 4]);
                     out.push_back(hex[u & 0xf]);

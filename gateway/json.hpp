@@ -7,6 +7,9 @@
 // Encoded straight into a caller-owned buffer (reused across batches): no DOM, no
 // allocation per event once the buffer has grown. Doubles use the shortest text that reads
 // back to the same value; NaN and infinities, which JSON cannot carry, become null.
+// Strings always come out as valid JSON text whatever bytes they hold: `"`, `\` and control
+// characters (U+0000..001F, DEL) are escaped, and ill-formed UTF-8 is replaced by U+FFFD
+// (utf8.hpp), so no input can make a payload a strict parser rejects.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +21,7 @@
 
 namespace ferry::json {
 
-void append_string(std::string& out, std::string_view s);  // quoted and escaped
+void append_string(std::string& out, std::string_view s);  // quoted, escaped, valid UTF-8
 void append_value(std::string& out, const value& v);
 
 // Appends one event object.

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "gateway/utf8.hpp"
+
 namespace ferry::drivers::modbus {
 
 using config::byte_order;
@@ -154,7 +156,8 @@ std::vector<std::uint16_t> disassemble(std::uint64_t raw, std::size_t n, byte_or
     return regs;
 }
 
-ferry::value decode_registers(const config::point& p, std::span<const std::uint16_t> regs) {
+ferry::value decode_registers(const config::point& p, std::span<const std::uint16_t> regs,
+                              std::size_t* repaired) {
     if (regs.size() != config::register_count(p) || regs.empty()) return std::monostate{};
     switch (p.type) {
         case point_type::boolean:
@@ -170,15 +173,19 @@ ferry::value decode_registers(const config::point& p, std::span<const std::uint1
             if (const auto nul = s.find('\0'); nul != std::string::npos) s.resize(nul);
             while (!s.empty() && s.back() == ' ')
                 s.pop_back();
-            for (char& c : s) {
-                const auto u = static_cast<unsigned char>(c);
-                if (u < 0x20 || u > 0x7e) c = '?';
-            }
+            const auto n = utf8::repair(s);
+            if (repaired) *repaired = n;
             return s;
         }
         default:
             return numeric_value(p, assemble(regs, p.order));
     }
+}
+
+bool is_reading(const ferry::value& v) {
+    if (std::holds_alternative<std::monostate>(v)) return false;
+    const auto* d = std::get_if<double>(&v);
+    return !d || std::isfinite(*d);
 }
 
 ferry::value decode_bit(const config::point& p, std::uint8_t bit) {

@@ -31,11 +31,20 @@ namespace ferry::drivers::modbus {
 //   bool     register != 0
 //   ints     int64 (signed types) or uint64 (unsigned types)
 //   floats   double
-//   string   two chars per register, cut at the first NUL, trailing spaces trimmed; bytes
-//            outside printable ASCII become '?' so the value is always valid UTF-8
+//   string   two chars per register, cut at the first NUL, trailing spaces trimmed; text as
+//            the device holds it (UTF-8 written by a command reads back the same), except
+//            that ill-formed UTF-8 is replaced by U+FFFD (gateway/utf8.hpp), so the value is
+//            always valid UTF-8; *repaired (when given) counts the replacements
 // Numeric types apply value = raw * scale + offset; the result is then a double whenever
-// scale != 1 or offset != 0. NaN and infinity from a float register are passed through.
-ferry::value decode_registers(const config::point& p, std::span<const std::uint16_t> regs);
+// scale != 1 or offset != 0. NaN and infinity from a float register are passed through:
+// see is_reading.
+ferry::value decode_registers(const config::point& p, std::span<const std::uint16_t> regs,
+                              std::size_t* repaired = nullptr);
+
+// Whether a decoded value is a reading: not absent, and not NaN or an infinity (a float
+// register saying "no value", or scale/offset past the double range), which no JSON can
+// carry. The driver publishes anything else as `bad` with no value (reason not_finite).
+bool is_reading(const ferry::value& v);
 
 // A coil or discrete input: bool for type bool; for a numeric type, 0 or 1 as that type
 // would decode it (scale and offset applied).

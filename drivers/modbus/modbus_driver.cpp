@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -28,14 +29,30 @@ namespace {
 using steady = std::chrono::steady_clock;
 constexpr auto k_max_backoff = std::chrono::seconds(30);
 constexpr auto k_start_spread = std::chrono::milliseconds(100);
+// A planned block split on an illegal address is read whole again after this many polls in
+// which all of its pieces were answered; the wait doubles each time the device refuses it
+// again, up to k_regroup_max polls (an address missing for good inside a bridged gap then
+// costs one exception per 1,024 polls), and starts over once the whole block is read.
+constexpr std::uint32_t k_regroup_first = 2;
+constexpr std::uint32_t k_regroup_max = 1024;
 
 struct line;
+
+// One block of the plan and what is read for it now: the block itself, or the pieces it was
+// split into after an illegal-address answer (a device still booting, a missing register).
+struct block_group {
+    read_block whole;
+    std::vector<read_block> parts;
+    std::uint32_t clean_polls = 0;  // polls since the split in which every part was answered
+    std::uint32_t regroup_after = k_regroup_first;
+    bool split() const { return parts.size() > 1; }
+};
 
 struct device_rt {
     config::device cfg;
     line* ln = nullptr;
     std::vector<point_id> ids;
-    std::vector<read_block> blocks;
+    std::vector<block_group> groups;
     bool up = false;
     steady::time_point next_due;
     steady::time_point retry_at;
@@ -60,6 +77,9 @@ struct device_rt {
     prometheus::Histogram* poll_seconds = nullptr;
     prometheus::Family<prometheus::Counter>* errors_family = nullptr;
     std::map<std::string, prometheus::Counter*> errors;
+    bool warned_not_finite = false;  // the first NaN/infinite reading is logged at warn
+    bool warned_utf8 = false;        // the first string repaired to valid UTF-8, likewise
+    prometheus::Counter* invalid_utf8 = nullptr;  // ferry_invalid_utf8_total{device}
 };
 
 // A write queued on a line (downlink commands), served before the line's next poll.
@@ -165,6 +185,9 @@ struct poller::impl {
     prometheus::Family<prometheus::Counter>* polls = nullptr;
     prometheus::Family<prometheus::Counter>* overrun = nullptr;
     prometheus::Family<prometheus::Histogram>* seconds = nullptr;
+    // ferry_input_rejected_total{input="modbus",reason}: answers and values refused by a check,
+    // over all devices (per device: ferry_driver_errors_total). Built once, read-only after.
+    std::map<std::string, prometheus::Counter*, std::less<>> rejected;
 
     // Writes (downlink commands); defined after the poller's reads, below.
     device_rt* find_device(std::string_view id) const;
@@ -187,6 +210,13 @@ struct poller::impl {
                        .Name("ferry_driver_poll_seconds")
                        .Help("Duration of one poll of one device")
                        .Register(ctx.registry);
+        auto& refused = prometheus::BuildCounter()
+                            .Name("ferry_input_rejected_total")
+                            .Help("Inputs refused by a budget or a check, by input and reason")
+                            .Register(ctx.registry);
+        for (const char* why :
+             {"transaction_id", "short_frame", "bad_crc", "bad_slave", "bad_data", "not_finite"})
+            rejected[why] = &refused.Add({{"input", "modbus"}, {"reason", why}});
         check_lines(devs);
         for (auto& d : devs)
             add(std::move(d));
@@ -229,12 +259,18 @@ struct poller::impl {
             if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
             rt->ids.push_back(*id);
         }
-        rt->blocks = plan_blocks(d.points, d.max_gap);
+        for (auto& b : plan_blocks(d.points, d.max_gap)) {
+            block_group g;
+            g.parts.push_back(b);
+            g.whole = std::move(b);
+            rt->groups.push_back(std::move(g));
+        }
         rt->polls_ok = &polls->Add({{"device", d.id}, {"result", "ok"}});
         rt->polls_error = &polls->Add({{"device", d.id}, {"result", "error"}});
         rt->overruns = &overrun->Add({{"device", d.id}});
         rt->values_read = &shared.received.Add({{"device", d.id}});
         rt->events_sent = &shared.sent.Add({{"device", d.id}});
+        rt->invalid_utf8 = &shared.invalid_utf8.Add({{"device", d.id}});
         rt->up_gauge = &shared.up.Add({{"device", d.id}});
         rt->poll_seconds = &seconds->Add({{"device", d.id}}, bounds);
         rt->errors_family = &shared.errors;
@@ -306,6 +342,7 @@ struct poller::impl {
             overrun->Remove(d->overruns);
             shared.received.Remove(d->values_read);
             shared.sent.Remove(d->events_sent);
+            shared.invalid_utf8.Remove(d->invalid_utf8);
             shared.up.Remove(d->up_gauge);
             seconds->Remove(d->poll_seconds);
             for (auto& [why, c] : d->errors)
@@ -335,14 +372,21 @@ struct poller::impl {
             log::warn("modbus", "device down", {{"device", d.cfg.id}});
     }
 
-    void count_error(device_rt& d, const read_result& r, const read_block& b) {
-        auto why = reason(r);
+    // ferry_driver_errors_total{device,reason} (and ferry_input_rejected_total for answers
+    // refused by a check), created on first use.
+    void count_reason(device_rt& d, const std::string& why) {
         auto it = d.errors.find(why);
         if (it == d.errors.end())
             it = d.errors
                      .emplace(why, &d.errors_family->Add({{"device", d.cfg.id}, {"reason", why}}))
                      .first;
         it->second->Increment();
+        if (const auto r = rejected.find(why); r != rejected.end()) r->second->Increment();
+    }
+
+    void count_error(device_rt& d, const read_result& r, const read_block& b) {
+        auto why = reason(r);
+        count_reason(d, why);
         log::debug("modbus", "request failed",
                    {{"device", d.cfg.id},
                     {"reason", why},
@@ -379,12 +423,48 @@ struct poller::impl {
                 e.value = decode_bit(p, static_cast<std::uint8_t>(d.regs[p.address - b.start]));
             } else {
                 const auto n = config::register_count(p);
+                std::size_t repaired = 0;
                 e.value = decode_registers(
-                    p, std::span<const std::uint16_t>(d.regs.data() + (p.address - b.start), n));
-                if (std::holds_alternative<std::monostate>(e.value)) e.quality = quality::bad;
+                    p, std::span<const std::uint16_t>(d.regs.data() + (p.address - b.start), n),
+                    &repaired);
+                if (repaired > 0) invalid_text(d, p);
+                if (std::holds_alternative<std::monostate>(e.value))
+                    e.quality = quality::bad;
+                else if (!is_reading(e.value))
+                    not_finite(d, p, std::get<double>(e.value), e);
             }
             d.out.push_back(std::move(e));
         }
+    }
+
+    // A string register holding ill-formed UTF-8 (Latin-1 text, garbage) arrives repaired
+    // (U+FFFD, codec.hpp); counted per device, the first logged at warn.
+    void invalid_text(device_rt& d, const config::point& p) {
+        d.invalid_utf8->Increment();
+        const bool first = !d.warned_utf8;
+        d.warned_utf8 = true;
+        log::write(first ? config::log_level::warn : config::log_level::debug, "modbus",
+                   "text is not valid UTF-8; sent with U+FFFD in place of the bad bytes",
+                   {{"device", d.cfg.id}, {"point", p.name}});
+    }
+
+    // A float register holding NaN or an infinity (a sensor's "no reading", a register that
+    // is not a float at all), or a value that scale/offset take past the double range: JSON
+    // cannot carry it and it is no measurement, so the event is `bad` with no value, never
+    // `good` with null. Counted as reason not_finite.
+    void not_finite(device_rt& d, const config::point& p, double x, event& e) {
+        e.value = std::monostate{};
+        e.quality = quality::bad;
+        count_reason(d, "not_finite");
+        const bool first = !d.warned_not_finite;
+        d.warned_not_finite = true;
+        log::write(first ? config::log_level::warn : config::log_level::debug, "modbus",
+                   first ? "value is not a finite number; sent as bad (further ones are logged "
+                           "at debug level)"
+                         : "value is not a finite number; sent as bad",
+                   {{"device", d.cfg.id},
+                    {"point", p.name},
+                    {"value", std::isnan(x) ? "nan" : (x > 0 ? "inf" : "-inf")}});
     }
 
     poll_outcome poll(device_rt& d) {
@@ -394,32 +474,67 @@ struct poller::impl {
         bool all_ok = true;
         bool answered = false;
         bool reachable = true;
-        // d.blocks may grow while we go: a block split on an illegal address is replaced by
-        // its two halves, and the first half is read next.
-        for (std::size_t k = 0; k < d.blocks.size(); ++k) {
-            // Stopping: what was read is published, the rest was never sampled (no loss).
-            if (k > 0 && halting.load(std::memory_order_relaxed)) break;
-            read_result r{fault::timeout};
-            if (reachable) r = read_block_once(d, d.blocks[k], o);
-            if (!r.unanswered()) answered = true;
-            if (r.err == fault::exception && r.exception == k_illegal_address &&
-                d.blocks[k].points.size() > 1) {
-                auto halves = split_block(d.blocks[k], d.cfg.points);
-                log::info("modbus", "illegal address: splitting a block",
-                          {{"device", d.cfg.id},
-                           {"address", std::to_string(d.blocks[k].start)},
-                           {"count", std::to_string(d.blocks[k].count)}});
-                d.blocks[k] = std::move(halves.first);
-                d.blocks.insert(d.blocks.begin() + static_cast<std::ptrdiff_t>(k) + 1,
-                                std::move(halves.second));
-                --k;
-                continue;
+        std::size_t requested = 0;
+        bool halted = false;
+        for (auto& g : d.groups) {
+            // A split block whose pieces were all answered for a while is tried whole again:
+            // the exception may have been passing (a device answers "illegal address" while
+            // it boots), and one request is cheaper than many.
+            const bool regrouping = g.split() && g.clean_polls >= g.regroup_after;
+            if (regrouping) g.parts.assign(1, g.whole);
+            bool resplit = false;
+            bool parts_ok = true;
+            // g.parts may grow while we go: a part split on an illegal address is replaced by
+            // its two halves, and the first half is read next.
+            for (std::size_t k = 0; k < g.parts.size(); ++k) {
+                // Stopping: what was read is published, the rest was never sampled (no loss).
+                if (requested > 0 && halting.load(std::memory_order_relaxed)) {
+                    halted = true;
+                    break;
+                }
+                read_result r{fault::timeout};
+                if (reachable) r = read_block_once(d, g.parts[k], o);
+                ++requested;
+                if (!r.unanswered()) answered = true;
+                if (r.err == fault::exception && r.exception == k_illegal_address &&
+                    g.parts[k].points.size() > 1) {
+                    auto halves = split_block(g.parts[k], d.cfg.points);
+                    log::write(regrouping ? config::log_level::debug : config::log_level::info,
+                               "modbus", "illegal address: splitting a block",
+                               {{"device", d.cfg.id},
+                                {"address", std::to_string(g.parts[k].start)},
+                                {"count", std::to_string(g.parts[k].count)}});
+                    g.parts[k] = std::move(halves.first);
+                    g.parts.insert(g.parts.begin() + static_cast<std::ptrdiff_t>(k) + 1,
+                                   std::move(halves.second));
+                    resplit = true;
+                    --k;
+                    continue;
+                }
+                if (!r.ok()) {
+                    all_ok = false;
+                    parts_ok = false;
+                }
+                // No answer at all: the device (or the connection) is gone; the rest would only
+                // cost more timeouts, on a serial line at the other units' expense.
+                if (r.unanswered()) reachable = false;
+                emit(d, g.parts[k], r.ok(), wall_clock::now());
             }
-            if (!r.ok()) all_ok = false;
-            // No answer at all: the device (or the connection) is gone; the rest would only
-            // cost more timeouts, on a serial line at the other units' expense.
-            if (r.unanswered()) reachable = false;
-            emit(d, d.blocks[k], r.ok(), wall_clock::now());
+            if (halted) break;  // the group was not read through: nothing to learn from it
+            if (regrouping && resplit) {
+                // Refused again: wait twice as long before the next try.
+                g.regroup_after = std::min(g.regroup_after * 2, k_regroup_max);
+                g.clean_polls = 0;
+            } else if (regrouping) {
+                log::info("modbus", "illegal address gone: reading a split block whole again",
+                          {{"device", d.cfg.id},
+                           {"address", std::to_string(g.whole.start)},
+                           {"count", std::to_string(g.whole.count)}});
+                g.regroup_after = k_regroup_first;
+                g.clean_polls = 0;
+            } else if (g.split()) {
+                g.clean_polls = parts_ok ? g.clean_polls + 1 : 0;
+            }
         }
         if (!d.out.empty()) {
             const auto first = ctx.seq.next_n(d.out.size());

@@ -13,9 +13,12 @@
 // count does not grow with the device count.
 //
 // Reads are coalesced (plan.hpp). A block answered with an illegal-address exception is
-// split at once, down to the offending points, which alone turn `bad`; the split plan is kept
-// for the device's lifetime. Every failed request is counted by reason (link.hpp); retries
-// apply to devices that are up. A device that gives no answer at all in a poll goes down
+// split at once, down to the offending points, which alone turn `bad`; once all of its pieces
+// have been answered for a few polls it is read whole again (the exception may have passed:
+// a booting device), with a doubling wait while the device keeps refusing it. A NaN or
+// infinite value is published `bad` (reason not_finite), never `good` with null. Every failed
+// request is counted by reason (link.hpp); retries apply to devices that are up. A device that
+// gives no answer at all in a poll goes down
 // (`ferry_device_up` 0, every point `bad`) and is retried with exponential backoff and jitter.
 //
 // Backpressure: publishing to the bus may block (a full spool with when_full: block); while

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -12,6 +13,7 @@
 #include <utility>
 
 #include "drivers/serial/regex.hpp"
+#include "gateway/utf8.hpp"
 
 namespace ferry::drivers::serial {
 
@@ -310,6 +312,49 @@ struct line_parser::impl {
         }
         return frame_error::none;
     }
+
+    // The points a frame that failed was meant to carry (parse_details::named). Cold path:
+    // only for frames in error.
+    void name_points(std::string_view f, std::vector<std::size_t>& named) const {
+        auto add = [&](int index) {
+            if (index < 0) return;
+            const auto i = static_cast<std::size_t>(index);
+            if (std::find(named.begin(), named.end(), i) == named.end()) named.push_back(i);
+        };
+        if (trim(f).empty()) return;  // a blank line between readings is not a reading
+        switch (settings.format) {
+            case config::parse_format::regex: {
+                std::vector<re2::StringPiece> groups(group_point.size());
+                if (!re->Match(re2::StringPiece(f.data(), f.size()), 0, f.size(), RE2::UNANCHORED,
+                               groups.data(), static_cast<int>(groups.size())))
+                    return;
+                for (std::size_t g = 1; g < groups.size(); ++g)
+                    if (groups[g].data() != nullptr) add(group_point[g]);
+                return;
+            }
+            case config::parse_format::csv:
+                for (int p : csv_point)
+                    add(p);
+                return;
+            case config::parse_format::json: {
+                const auto doc = nlohmann::json::parse(f.begin(), f.end(), nullptr, false);
+                if (doc.is_discarded() || !doc.is_object()) return;
+                for (const auto& item : doc.items())
+                    add(find(item.key()));
+                return;
+            }
+            case config::parse_format::kv:
+                for (;;) {
+                    const auto end = f.find(settings.separator);
+                    const auto token = trim(f.substr(0, end));
+                    const auto eq = token.find('=');
+                    if (eq != std::string_view::npos) add(find(trim(token.substr(0, eq))));
+                    if (end == std::string_view::npos) break;
+                    f.remove_prefix(end + settings.separator.size());
+                }
+                return;
+        }
+    }
 };
 
 line_parser::line_parser(const config::parse_settings& parse, std::vector<config::point> points)
@@ -351,12 +396,25 @@ const std::vector<config::point>& line_parser::points() const {
     return impl_->points;
 }
 
-frame_error line_parser::parse(std::string_view frame, std::vector<field>& out) const {
+frame_error line_parser::parse(std::string_view frame, std::vector<field>& out,
+                               parse_details* details) const {
     out.clear();
+    if (details) {
+        details->repaired = 0;
+        details->named.clear();
+    }
     if (!impl_->settings.checksum.empty()) {
         const auto body = strip_nmea_checksum(frame);
         if (!body) return frame_error::checksum;
         frame = *body;
+    }
+    // JSON is repaired before parsing: a strict parser rejects ill-formed UTF-8 outright, and
+    // one stray byte in a name must not cost the frame's other values.
+    std::size_t repaired = 0;
+    std::string repaired_frame;
+    if (impl_->settings.format == config::parse_format::json && !utf8::valid(frame)) {
+        repaired = utf8::append_repaired(repaired_frame, frame);
+        frame = repaired_frame;
     }
     frame_error r = frame_error::parse;
     switch (impl_->settings.format) {
@@ -375,7 +433,15 @@ frame_error line_parser::parse(std::string_view frame, std::vector<field>& out) 
     }
     // A frame that names none of the points (an empty line, `{}`, a banner) is not a reading.
     if (r == frame_error::none && out.empty()) r = frame_error::parse;
-    if (r != frame_error::none) out.clear();
+    if (r != frame_error::none) {
+        out.clear();
+        if (details) impl_->name_points(frame, details->named);
+        return r;
+    }
+    for (auto& f : out) {
+        if (auto* text = std::get_if<std::string>(&f.value)) repaired += utf8::repair(*text);
+    }
+    if (details) details->repaired = repaired;
     return r;
 }
 

@@ -97,12 +97,14 @@ struct port_rt : std::enable_shared_from_this<port_rt> {
     asio::steady_timer poll_timer;
     std::array<char, k_read_chunk> rbuf{};
     std::vector<field> fields;
+    parse_details details;
     std::vector<event> out;
     port_state state = port_state::unknown;
     std::chrono::milliseconds backoff{0};
     steady::time_point next_poll;
     bool writing = false;
     std::array<bool, k_reasons.size()> warned{};  // first error of each reason logged at warn
+    bool warned_utf8 = false;
 
     prometheus::Gauge* up_gauge = nullptr;
     std::array<prometheus::Counter*, k_reasons.size()> errors{};
@@ -110,6 +112,7 @@ struct port_rt : std::enable_shared_from_this<port_rt> {
     prometheus::Counter* frames_bad = nullptr;
     prometheus::Counter* values_read = nullptr;
     prometheus::Counter* events_sent = nullptr;
+    prometheus::Counter* invalid_utf8 = nullptr;
 };
 
 }  // namespace
@@ -127,12 +130,22 @@ struct reader::impl {
 
     driver_families shared;  // ferry_device_up and the received/sent/errors trio
     prometheus::Family<prometheus::Counter>* frames = nullptr;
+    // ferry_input_rejected_total{input="serial",reason}: frames refused by a check, over all
+    // devices (the per-device detail is in ferry_driver_errors_total).
+    std::array<prometheus::Counter*, k_reasons.size()> rejected{};
 
     impl(std::vector<config::device> devs, driver_context c) : ctx(c), shared(c.registry) {
         frames = &prometheus::BuildCounter()
                       .Name("ferry_serial_frames_total")
                       .Help("Frames read from serial_line devices, by result (ok, error)")
                       .Register(ctx.registry);
+        auto& refused = prometheus::BuildCounter()
+                            .Name("ferry_input_rejected_total")
+                            .Help("Inputs refused by a budget or a check, by input and reason")
+                            .Register(ctx.registry);
+        for (auto r : {r_parse, r_checksum, r_too_long})
+            rejected[r] =
+                &refused.Add({{"input", "serial"}, {"reason", std::string(k_reasons[r])}});
         for (auto& d : devs)
             ports.push_back(make(std::move(d)));
         for (auto& p : ports)
@@ -169,6 +182,7 @@ struct reader::impl {
         rt.frames_bad = &frames->Add({{"device", id}, {"result", "error"}});
         rt.values_read = &shared.received.Add({{"device", id}});
         rt.events_sent = &shared.sent.Add({{"device", id}});
+        rt.invalid_utf8 = &shared.invalid_utf8.Add({{"device", id}});
     }
 
     void remove_series(port_rt& rt) {
@@ -179,6 +193,7 @@ struct reader::impl {
         frames->Remove(rt.frames_bad);
         shared.received.Remove(rt.values_read);
         shared.sent.Remove(rt.events_sent);
+        shared.invalid_utf8.Remove(rt.invalid_utf8);
     }
 
     // On the io thread: the port closes; handlers still queued see `retired` and return.
@@ -317,6 +332,7 @@ struct reader::impl {
 
     void count_error(port_rt& d, std::size_t reason, std::string_view frame) {
         d.errors[reason]->Increment();
+        if (rejected[reason]) rejected[reason]->Increment();
         d.frames_bad->Increment();
         {
             std::lock_guard lock(mu);
@@ -333,16 +349,45 @@ struct reader::impl {
                  {"frame", excerpt(frame)}});
     }
 
+    // Text that was not valid UTF-8 reaches consumers repaired (U+FFFD); the first time per
+    // device it is logged at warn, with the raw bytes.
+    void count_invalid_utf8(port_rt& d, std::string_view frame) {
+        d.invalid_utf8->Increment();
+        const bool first = !d.warned_utf8;
+        d.warned_utf8 = true;
+        if (first || log::enabled(config::log_level::debug))
+            log::write(first ? config::log_level::warn : config::log_level::debug, k_component,
+                       first ? "text is not valid UTF-8; sent with U+FFFD in place of the bad "
+                               "bytes (further ones are logged at debug level)"
+                             : "text is not valid UTF-8; sent with U+FFFD",
+                       {{"device", d.cfg.id}, {"frame", excerpt(frame)}});
+    }
+
     void on_bytes(port_rt& d, std::string_view bytes) {
         const auto ts = wall_clock::now();
         d.out.clear();
         std::uint64_t ok = 0;
+        std::size_t values = 0;
         d.frm.feed(
             bytes,
             [&](std::string_view frame) {
-                const auto r = d.parser.parse(frame, d.fields);
-                if (r != frame_error::none) return count_error(d, reason_of(r), frame);
+                const auto r = d.parser.parse(frame, d.fields, &d.details);
+                if (r != frame_error::none) {
+                    count_error(d, reason_of(r), frame);
+                    // The readings this frame was meant to carry failed: consumers see `bad`
+                    // for them rather than a silent gap (ARCHITECTURE.md: bad device data).
+                    for (auto i : d.details.named) {
+                        event e;
+                        e.point = d.ids[i];
+                        e.quality = quality::bad;
+                        e.ts = ts;
+                        d.out.push_back(std::move(e));
+                    }
+                    return;
+                }
                 ++ok;
+                if (d.details.repaired > 0) count_invalid_utf8(d, frame);
+                values += d.fields.size();
                 for (auto& f : d.fields) {
                     event e;
                     e.point = d.ids[f.point];
@@ -358,7 +403,7 @@ struct reader::impl {
             d.status.frames_ok += ok;
         }
         if (d.out.empty()) return;
-        d.values_read->Increment(static_cast<double>(d.out.size()));
+        if (values > 0) d.values_read->Increment(static_cast<double>(values));
         publish(d);
     }
 

@@ -9,11 +9,14 @@
 // the next delimiter).
 //
 // Errors: a frame that does not parse, fails its checksum or is too long is counted in
-// ferry_driver_errors_total{device,reason} (parse, checksum, too_long) and skipped; the next
-// frame parses normally. A port that cannot be opened or stops working (a USB adapter
-// pulled: EOF or an I/O error) marks the device down (ferry_device_up 0, one `bad` event per
-// point) and is reopened with exponential backoff (250 ms doubling to 10 s, ±20 % jitter),
-// counted as reasons `open` and `io`. Data resumes when the port returns.
+// ferry_driver_errors_total{device,reason} (parse, checksum, too_long) and gives no value; the
+// points it shows it was meant to carry get a `bad` event (parser.hpp: parse_details::named);
+// the next frame parses normally. String values are valid UTF-8: ill-formed sequences are
+// replaced by U+FFFD and the frame is counted in ferry_invalid_utf8_total{device}. A port that
+// cannot be opened or stops working (a USB adapter pulled: EOF or an I/O error) marks the device
+// down (ferry_device_up 0, one `bad` event per point) and is reopened with exponential backoff (250
+// ms doubling to 10 s, ±20 % jitter), counted as reasons `open` and `io`. Data resumes when the
+// port returns.
 //
 // Lifetime: building checks the parse settings and touches no port; start() opens the ports
 // and starts the thread (also with no port yet: a reload may add some); update() applies a

@@ -14,6 +14,7 @@
 #include <prometheus/registry.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -498,6 +499,130 @@ TEST_CASE("illegal address: the block is split down to the offending point, once
     const auto failed = r.errors("dev", "illegal_address") - e0;
     CHECK(failed >= static_cast<double>(polls) - 1);
     CHECK(failed <= static_cast<double>(polls) + 1);
+}
+
+// ---- issue 14, item 8: a passing illegal address; NaN never good ---------------------------
+
+// A device that answers "illegal data address" while it boots (here: its first request) used
+// to be polled piece by piece until a reload; the split block is now read whole again once
+// its pieces have been answered for a few polls.
+TEST_CASE("illegal address while booting: the split block is read whole again afterwards") {
+    mosquitto broker;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    modbus_sim sim(0, holding_registers(10), {}, {"--fail-first", "1"});
+    std::string points;
+    for (int a = 0; a < 10; ++a)
+        points +=
+            "      - { name: r" + std::to_string(a) + ", address: " + std::to_string(a) + " }\n";
+    running_ferry f;
+    const auto http = free_port();
+    f.start(config_text(f.dir, broker.port(),
+                        tcp_device("boot", sim.port(), "    poll_interval: 100ms\n", points)) +
+            "http: { listen: 127.0.0.1:" + std::to_string(http) + " }\n");
+    auto polls = [&] {
+        return metric_value(http, "ferry_driver_polls_total{device=\"boot\",result=\"ok\"}", 0) +
+               metric_value(http, "ferry_driver_polls_total{device=\"boot\",result=\"error\"}", 0);
+    };
+    REQUIRE_MESSAGE(wait_until([&] { return polls() >= 20; }, 20s), f.log());
+    CHECK(metric_value(
+              http, "ferry_driver_errors_total{device=\"boot\",reason=\"illegal_address\"}") == 1);
+    // Requests per poll, measured over 10 polls: 1 when read whole, 2 while split in halves.
+    const auto r0 = static_cast<double>(sim.requests());
+    const auto p0 = polls();
+    REQUIRE(wait_until([&] { return polls() >= p0 + 10; }, 20s));
+    const auto per_poll = (static_cast<double>(sim.requests()) - r0) / (polls() - p0);
+    MESSAGE("requests per poll once booted: " << per_poll);
+    CHECK(per_poll < 1.5);
+    CHECK(f.log().find("reading a split block whole again") != std::string::npos);
+    // Every value after the first poll is good.
+    std::size_t good = 0;
+    for (const auto& e : events_of(rec)) {
+        if (e["quality"] == "good") ++good;
+        if (e["quality"] == "good")
+            CHECK(e["value"] == std::stoi(e["tag"].get<std::string>().substr(1)));
+    }
+    CHECK(good >= 100);
+    CHECK(f.proc->stop() == 0);
+}
+
+TEST_CASE("a NaN or infinite float register is published bad (value null), never good") {
+    mosquitto broker;
+    mqtt_recorder rec(broker.uri(), {"plant/#"});
+    modbus_sim sim(
+        0, {"holding:0=f32:abcd:nan", "holding:2=f32:abcd:inf", "holding:4=f64:abcd:-inf",
+            "holding:8=f32:abcd:21.5", "holding:12=f64:abcd:1e308", "holding:20=str:abcd:Z\xfcri"});
+    running_ferry f;
+    const auto http = free_port();
+    f.start(
+        config_text(f.dir, broker.port(),
+                    tcp_device("m", sim.port(), "    poll_interval: 200ms\n",
+                               "      - { name: nan, address: 0, type: float32 }\n"
+                               "      - { name: inf, address: 2, type: float32 }\n"
+                               "      - { name: ninf, address: 4, type: float64 }\n"
+                               "      - { name: ok, address: 8, type: float32 }\n"
+                               "      - { name: big, address: 12, type: float64, scale: 10 }\n"
+                               "      - { name: text, address: 20, type: string, length: 2 }\n")) +
+        "http: { listen: 127.0.0.1:" + std::to_string(http) + " }\n");
+    std::map<std::string, std::vector<json>> by;
+    REQUIRE_MESSAGE(wait_until(
+                        [&] {
+                            by.clear();
+                            for (const auto& e : events_of(rec))
+                                by[e["tag"].get<std::string>()].push_back(e);
+                            return by["big"].size() >= 2;
+                        },
+                        10s),
+                    f.log());
+    for (const char* t : {"nan", "inf", "ninf", "big"}) {
+        INFO(t);
+        REQUIRE(!by[t].empty());
+        for (const auto& e : by[t]) {
+            CHECK(e["quality"] == "bad");
+            CHECK(e["value"].is_null());
+        }
+    }
+    for (const auto& e : by["ok"]) {
+        CHECK(e["quality"] == "good");
+        CHECK(e["value"] == 21.5);
+    }
+    // A string register in Latin-1 ("Züri"): valid UTF-8 upstream, U+FFFD for the bad byte.
+    REQUIRE(!by["text"].empty());
+    for (const auto& e : by["text"])
+        CHECK(e["value"] == "Z\xef\xbf\xbdri");
+    CHECK(metric_value(http, "ferry_invalid_utf8_total{device=\"m\"}", 0) >= 2);
+    CHECK(metric_value(http, "ferry_driver_errors_total{device=\"m\",reason=\"not_finite\"}", 0) >=
+          8);
+    CHECK(metric_value(http, "ferry_input_rejected_total{input=\"modbus\",reason=\"not_finite\"}",
+                       0) >= 8);
+    // The device itself answers fine: it stays up and its polls are ok.
+    CHECK(metric_value(http, "ferry_device_up{device=\"m\"}") == 1);
+    CHECK(f.log().find("not a finite number") != std::string::npos);
+    CHECK(f.proc->stop() == 0);
+}
+
+TEST_CASE("illegal address for good inside a bridged gap: whole-block retries back off") {
+    // Register 40 does not exist; the points at 30 and 45 are read together (max_gap 20), so
+    // the block is refused, split, and its halves answered. Trying it whole again costs one
+    // exception each time, with a doubling wait: 2, 4, 8, ... polls.
+    modbus_sim sim(0, {"holding:30=u16:30", "holding:45=u16:45"}, {}, {"--fail", "40-40"});
+    auto dev = tcp_dev("gap", sim.port(), {pt("q30", 30), pt("q45", 45)});
+    dev.max_gap = 20;
+    dev.poll_interval = std::chrono::milliseconds(50);
+    rig r({dev});
+    REQUIRE(wait_until([&] { return r.poller->status()[0].polls_ok >= 60; }, 60000ms));
+    const auto s = r.poller->status()[0];
+    const auto refused = r.errors("gap", "illegal_address");
+    const auto polls = static_cast<double>(s.polls_ok + s.polls_failed);
+    MESSAGE("polls " << polls << ", exceptions " << refused << ", requests " << s.requests);
+    // The first split, then tries after 2, 4, 8, 16 and 32 clean polls: a handful, not one
+    // per poll; every try is split again in the same poll, so no value is lost.
+    CHECK(refused >= 3);
+    CHECK(refused <= 2 + std::log2(polls));
+    CHECK(static_cast<double>(s.requests) <= 2 * polls + refused + 2);
+    for (const char* t : {"q30", "q45"})
+        for (const auto& e : r.of(t))
+            CHECK(e.quality == ferry::quality::good);
+    CHECK(r.of("q45").size() >= 60);
 }
 
 // ---- probe ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <map>
 
 #include "tests/support/harness.hpp"
 
@@ -284,13 +285,27 @@ TEST_CASE("garbage, overlong, bad-checksum and bad-value lines between good ones
     // In pieces of uneven size, as a UART delivers.
     for (std::size_t i = 0; i < stream.size(); i += 97)
         gps.send(stream.substr(i, 97));
+    // A line that matches but whose value does not convert (case 3) was meant to carry `n`
+    // and `alt`: each gets one `bad` event (value null) in its place; the lines that do not
+    // show which points they carry (noise, too long, bad checksum) are only counted.
+    const std::size_t bad_lines = good / 5;
     REQUIRE_MESSAGE(
-        wait_until([&] { return of(readings(env.rec), "gps", "n").size() >= good; }, 10s),
+        wait_until([&] { return of(readings(env.rec), "gps", "n").size() >= good + bad_lines; },
+                   10s),
         env.log());
     const auto n = of(readings(env.rec), "gps", "n");
-    REQUIRE(n.size() == good);
-    for (int i = 0; i < good; ++i)
-        CHECK(n[static_cast<std::size_t>(i)].value == i);  // all of them, in order
+    REQUIRE(n.size() == good + bad_lines);
+    std::size_t k = 0;
+    for (int i = 0; i < good; ++i) {
+        CHECK(n[k].quality == "good");
+        CHECK(n[k++].value == i);  // all of them, in order
+        if (i % 5 == 3) {
+            CHECK(n[k].quality == "bad");
+            CHECK(n[k++].value.is_null());
+        }
+    }
+    const auto alt = of(readings(env.rec), "gps", "alt");
+    CHECK(alt.size() == good + bad_lines);
     CHECK(errors(env.http, "gps", "parse") == parse);
     CHECK(errors(env.http, "gps", "too_long") == too_long);
     CHECK(errors(env.http, "gps", "checksum") == checksum);
@@ -298,6 +313,82 @@ TEST_CASE("garbage, overlong, bad-checksum and bad-value lines between good ones
     CHECK(sample(env.http, "ferry_serial_frames_total", "gps", ",result=\"error\"") ==
           parse + too_long + checksum);
     CHECK(sample(env.http, "ferry_device_up", "gps") == 1);
+    CHECK(env.ferry->stop() == 0);
+}
+
+TEST_CASE("invalid UTF-8 from a sensor: upstream and /api/v1/values stay strict JSON, U+FFFD") {
+    // Issue 14, item 4: `caf\xe9\xff\x01,22.5` used to put the raw bytes E9 FF into the batch
+    // and into /api/v1/values, and a strict parser then refused the whole batch.
+    rig env;
+    pty_pair tag(env.dir.file("tag"), env.dir.file("tag.s"));
+    pty_pair lab(env.dir.file("lab"), env.dir.file("lab.s"));
+    env.run(
+        "  - id: tag\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        tag.dev() +
+        " }\n"
+        "    parse: { csv: [name, t] }\n"
+        "    points: [ { name: name, type: string }, { name: t, type: float64 } ]\n"
+        "  - id: lab\n"
+        "    driver: serial_line\n"
+        "    serial: { port: " +
+        lab.dev() +
+        " }\n"
+        "    parse: { json: true }\n"
+        "    points: [ { name: id, type: string }, { name: ph, type: float64 } ]\n");
+    for (const char* d : {"tag", "lab"})
+        REQUIRE_MESSAGE(wait_up(env.http, d), std::string(d) << "\n" << env.log());
+    tag.send("caf\xe9\xff\x01,22.5\n");
+    tag.send("ok \xc3\xa9t\xc3\xa9,23.5\n");                 // valid UTF-8 (é) passes unchanged
+    lab.send("{\"id\":\"S\xed\xa0\x80-1\",\"ph\":7.25}\n");  // a surrogate: ill-formed
+
+    const std::string fffd = "\xef\xbf\xbd";
+    std::vector<json> events;
+    std::vector<std::string> refused;
+    auto collect = [&] {
+        events.clear();
+        refused.clear();
+        for (const auto& m : env.rec.messages()) {
+            // Strict: nlohmann refuses ill-formed UTF-8 and raw control characters.
+            const auto doc = json::parse(m.payload, nullptr, false);
+            if (doc.is_discarded()) {
+                refused.push_back(m.payload);
+                continue;
+            }
+            for (const auto& e : doc["events"])
+                events.push_back(e);
+        }
+        return events.size() + refused.size();
+    };
+    const bool arrived = wait_until([&] { return collect() >= 6 || !refused.empty(); }, 10s);
+    REQUIRE_MESSAGE(refused.empty(), "a batch is not strict JSON: " << refused[0]);
+    REQUIRE_MESSAGE(arrived, env.log());
+    std::map<std::string, std::vector<json>> by;
+    for (const auto& e : events)
+        by[e["device"].get<std::string>() + "/" + e["tag"].get<std::string>()].push_back(
+            e["value"]);
+    REQUIRE(by["tag/name"].size() == 2);
+    CHECK(by["tag/name"][0] == "caf" + fffd + fffd + "\x01");
+    CHECK(by["tag/name"][1] == "ok \xc3\xa9t\xc3\xa9");
+    CHECK(by["tag/t"].size() == 2);
+    REQUIRE(by["lab/id"].size() == 1);
+    CHECK(by["lab/id"][0] == "S" + fffd + fffd + fffd + "-1");
+    CHECK(by["lab/ph"].size() == 1);
+
+    // The read model serves the same text, as strict JSON.
+    const auto body = http_get(env.http, "/api/v1/values").body;
+    const auto values = json::parse(body, nullptr, false);
+    REQUIRE_MESSAGE(!values.is_discarded(), "not strict JSON: " << body);
+    std::map<std::string, json> last;
+    for (const auto& v : values)
+        last[v["device"].get<std::string>() + "/" + v["tag"].get<std::string>()] = v["value"];
+    CHECK(last["tag/name"] == "ok \xc3\xa9t\xc3\xa9");
+    CHECK(last["lab/id"] == "S" + fffd + fffd + fffd + "-1");
+    // Counted per device (frames repaired), and logged.
+    CHECK(sample(env.http, "ferry_invalid_utf8_total", "tag") == 1);
+    CHECK(sample(env.http, "ferry_invalid_utf8_total", "lab") == 1);
+    CHECK(env.log().find("not valid UTF-8") != std::string::npos);
     CHECK(env.ferry->stop() == 0);
 }
 

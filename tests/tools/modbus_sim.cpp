@@ -24,6 +24,8 @@
 //                      per request: leave it out when measuring speed.
 //   --fail FROM-TO     repeatable; requests (reads and writes) touching protocol addresses
 //                      FROM..TO (inclusive, any table) get ILLEGAL_DATA_ADDRESS
+//   --fail-first N     the first N requests (any address, any unit) get ILLEGAL_DATA_ADDRESS,
+//                      as from a device that is still booting; later ones are served normally
 //   --corrupt MODE:FROM-TO  repeatable; reads (FC 1-4) touching FROM..TO get a malformed
 //                      answer: MODE crc (RTU: CRC wrong), short (one register or byte fewer
 //                      than asked, framed consistently), tid (TCP: another transaction id),
@@ -84,6 +86,7 @@ struct options {
     std::string stats;
     std::vector<std::string> sets;
     std::vector<std::pair<int, int>> fail;
+    long fail_first = 0;
     std::vector<corrupt_range> corrupt;
     bool silent = false;
     bool wave = false;
@@ -95,6 +98,7 @@ struct options {
     std::fprintf(stderr,
                  "usage: ferry_modbus_sim (--port P | --rtu DEVICE [--baud B] [--parity N|E|O])\n"
                  "       [--unit U]... [--stats FILE] [--set SPEC]... [--fail FROM-TO]...\n"
+                 "       [--fail-first N]\n"
                  "       [--corrupt crc|short|tid|unit:FROM-TO]... [--silent] [--delay MS] "
                  "[--wave]\n");
     std::exit(2);
@@ -164,6 +168,8 @@ options parse_args(int argc, char** argv) {
             if (dash == std::string::npos) usage("--fail takes FROM-TO");
             o.fail.emplace_back(parse_int(r.substr(0, dash), 0, 65535, "--fail"),
                                 parse_int(r.substr(dash + 1), 0, 65535, "--fail"));
+        } else if (a == "--fail-first") {
+            o.fail_first = parse_int(next(), 0, 1000000000, "--fail-first");
         } else if (a == "--silent") {
             o.silent = true;
         } else if (a == "--wave") {
@@ -354,7 +360,8 @@ bool serve(modbus_t* ctx, int fd, bool rtu, const std::uint8_t* frame, int len, 
     if (rtu) modbus_set_slave(ctx, unit);
 
     const auto [lo, hi] = request_range(frame, header);
-    bool failing = false;
+    static long served = 0;  // requests seen so far, for --fail-first
+    bool failing = served++ < opt.fail_first;
     for (const auto& [from, to] : opt.fail) {
         if (lo >= 0 && lo <= to && hi >= from) failing = true;
     }

@@ -291,8 +291,14 @@ TEST_CASE("strings: two chars per register, high byte first; NULs and trailing s
     CHECK(decode(make_string(2, B), {0x4241, 0x0043}) == ferry::value{"ABC"});
     CHECK(decode(make_string(2, D), {0x4241, 0x0043}) == ferry::value{"ABC"});
     CHECK(decode(make_string(2, C), {0x4142, 0x4300}) == ferry::value{"ABC"});
-    // Bytes outside printable ASCII never reach JSON raw.
-    CHECK(decode(make_string(2), {0x41ff, 0x0142}) == ferry::value{"A??B"});
+    // Text as the device holds it, but always valid UTF-8: ill-formed bytes become U+FFFD.
+    CHECK(decode(make_string(2), {0x41ff, 0x0142}) == ferry::value{"A\xEF\xBF\xBD\x01"
+                                                                   "B"});
+    CHECK(decode(make_string(2), {0x5AC3, 0xBC72}) == ferry::value{"Z\xC3\xBCr"});  // "Zür"
+    std::size_t repaired = 0;
+    const std::uint16_t latin1[2] = {0x5AFC, 0x7269};  // "Züri" in Latin-1
+    CHECK(decode_registers(make_string(2), latin1, &repaired) == ferry::value{"Z\xEF\xBF\xBDri"});
+    CHECK(repaired == 1);
 
     regs out;
     std::string why;
@@ -489,4 +495,25 @@ TEST_CASE("decode_all: every decoding of a window, for probe") {
     const auto empty = decode_all(regs{});
     CHECK_FALSE(empty.u16[i(A)].has_value());
     CHECK(order_name(C) == "CDAB");
+}
+
+TEST_CASE("is_reading: NaN, infinities and absent values are no reading") {
+    config::point f32;
+    f32.type = config::point_type::float32;
+    const std::uint16_t nan[2] = {0x7fc0, 0x0000}, inf[2] = {0x7f80, 0x0000},
+                        ok[2] = {0x41ac, 0x0000};
+    CHECK_FALSE(is_reading(decode_registers(f32, nan)));
+    CHECK_FALSE(is_reading(decode_registers(f32, inf)));
+    CHECK(is_reading(decode_registers(f32, ok)));
+    CHECK_FALSE(is_reading(ferry::value{}));
+    CHECK(is_reading(ferry::value{std::string("x")}));
+    CHECK(is_reading(ferry::value{std::uint64_t{7}}));
+    config::point big;  // a finite double that scale takes past the double range
+    big.type = config::point_type::float64;
+    big.scale = 10;
+    const auto raw = std::bit_cast<std::uint64_t>(1e308);
+    const std::uint16_t words[4] = {
+        static_cast<std::uint16_t>(raw >> 48), static_cast<std::uint16_t>(raw >> 32),
+        static_cast<std::uint16_t>(raw >> 16), static_cast<std::uint16_t>(raw)};
+    CHECK_FALSE(is_reading(decode_registers(big, words)));
 }

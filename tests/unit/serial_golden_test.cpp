@@ -6,7 +6,9 @@
 //   expected     one line per frame, in order:
 //                  ok POINT=VALUE ...   values: 21.5 (float), -3 (int), 7u (unsigned),
 //                                       true/false, "text"
-//                  error REASON         parse | checksum | too_long
+//                  error REASON [bad: POINT...]   parse | checksum | too_long; the points
+//                                       the frame named, which the driver turns `bad`
+//                  ... repaired=N       N ill-formed UTF-8 parts replaced by U+FFFD
 //
 // The input is fed in reads of 1, 7 and all bytes: the outcome must not depend on how the
 // port delivers it. FERRY_UPDATE_GOLDEN=1 rewrites `expected` (review the diff!).
@@ -55,19 +57,25 @@ std::string run(const config::device& d, const std::string& input, std::size_t c
     framer f(*d.framing);
     line_parser p(*d.parse, d.points);
     std::vector<field> fields;
+    parse_details details;
     std::string out;
     for (std::size_t i = 0; i < input.size(); i += chunk) {
         f.feed(
             std::string_view(input).substr(i, chunk),
             [&](std::string_view frame) {
-                const auto r = p.parse(frame, fields);
+                const auto r = p.parse(frame, fields, &details);
                 if (r != frame_error::none) {
-                    out += "error " + std::string(to_string(r)) + "\n";
+                    out += "error " + std::string(to_string(r));
+                    if (!details.named.empty()) out += " bad:";
+                    for (auto k : details.named)
+                        out += " " + d.points[k].name;
+                    out += "\n";
                     return;
                 }
                 out += "ok";
                 for (const auto& fl : fields)
                     out += " " + d.points[fl.point].name + "=" + show(fl.value);
+                if (details.repaired > 0) out += " repaired=" + std::to_string(details.repaired);
                 out += "\n";
             },
             [&] { out += "error too_long\n"; });

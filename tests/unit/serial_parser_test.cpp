@@ -199,6 +199,74 @@ TEST_CASE("parser settings it cannot use are refused at build") {
     CHECK_THROWS_AS(line_parser(s, {pt("t", point_type::float64)}), std::invalid_argument);
 }
 
+TEST_CASE("a failed frame names the points it was meant to carry, when it shows them") {
+    using V = std::vector<std::size_t>;
+    std::vector<field> out;
+    parse_details d;
+    config::parse_settings re;
+    re.regex = R"(^T=(?<t>[0-9.]+)(;H=(?<h>[0-9.]+))?(;S=(?<s>\w+))?$)";
+    line_parser r(re, {pt("t", point_type::float64), pt("h", point_type::float64),
+                       pt("s", point_type::string)});
+    CHECK(r.parse("T=1.2.3;H=4", out, &d) == frame_error::parse);  // matched: t and h took part
+    CHECK(d.named == V{0, 1});
+    CHECK(r.parse("$GPRMC,1,2", out, &d) == frame_error::parse);  // another sentence: none
+    CHECK(d.named.empty());
+    config::parse_settings csv;
+    csv.format = config::parse_format::csv;
+    csv.csv = {"a", "", "b"};
+    line_parser c(csv, {pt("a", point_type::int16), pt("b", point_type::int16)});
+    CHECK(c.parse("1,x", out, &d) == frame_error::parse);  // too few columns
+    CHECK(d.named == V{0, 1});
+    CHECK(c.parse("  ", out, &d) == frame_error::parse);  // a blank line is no reading
+    CHECK(d.named.empty());
+    config::parse_settings json;
+    json.format = config::parse_format::json;
+    line_parser j(json, {pt("a", point_type::int16), pt("b", point_type::int16)});
+    CHECK(j.parse(R"({"b":1.5,"z":1})", out, &d) == frame_error::parse);
+    CHECK(d.named == V{1});
+    CHECK(j.parse(R"({"b":1)", out, &d) == frame_error::parse);  // not json: none
+    CHECK(d.named.empty());
+    config::parse_settings kv;
+    kv.format = config::parse_format::kv;
+    line_parser k(kv, {pt("a", point_type::int16), pt("b", point_type::int16)});
+    CHECK(k.parse("b=2 a=x a=3 junk", out, &d) == frame_error::parse);
+    CHECK(d.named == V{1, 0});
+    config::parse_settings sum;
+    sum.format = config::parse_format::kv;
+    sum.checksum = "nmea";
+    line_parser n(sum, {pt("a", point_type::int16)});
+    CHECK(n.parse("a=1*00", out, &d) == frame_error::checksum);  // wrong checksum: none
+    CHECK(d.named.empty());
+}
+
+TEST_CASE("string values are valid UTF-8: ill-formed bytes become U+FFFD, and are counted") {
+    const std::string fffd = "\xEF\xBF\xBD";
+    std::vector<field> out;
+    parse_details d;
+    config::parse_settings csv;
+    csv.format = config::parse_format::csv;
+    csv.csv = {"name", "t"};
+    line_parser c(csv, {pt("name", point_type::string), pt("t", point_type::float64)});
+    REQUIRE(c.parse("caf\xE9\xFF\x01,22.5", out, &d) == frame_error::none);
+    CHECK(out[0].value == ferry::value("caf" + fffd + fffd + "\x01"));
+    CHECK(out[1].value == ferry::value(22.5));
+    CHECK(d.repaired == 2);
+    REQUIRE(c.parse("caf\xC3\xA9,1", out, &d) == frame_error::none);  // valid: unchanged
+    CHECK(out[0].value == ferry::value("caf\xC3\xA9"));
+    CHECK(d.repaired == 0);
+    CHECK(c.parse("x,2\xFF", out, &d) == frame_error::parse);  // not a number: no repair
+    config::parse_settings json;
+    json.format = config::parse_format::json;
+    line_parser j(json, {pt("id", point_type::string), pt("n", point_type::int16)});
+    // A strict JSON parser would refuse the frame; it is repaired first, the values kept.
+    REQUIRE(j.parse("{\"id\":\"S\xED\xA0\x80\",\"n\":3,\"x\":\"\xFF\"}", out, &d) ==
+            frame_error::none);
+    REQUIRE(out.size() == 2);
+    CHECK(out[0].value == ferry::value("S" + fffd + fffd + fffd));
+    CHECK(out[1].value == ferry::value(std::int64_t{3}));
+    CHECK(d.repaired == 4);
+}
+
 TEST_CASE("framer: frames across reads, CR LF, multi-byte delimiters split between reads") {
     framer f(delim("\n"));
     auto r = feed_all(f, {"T=1\r\nT=", "2\n\nT=3", "\r", "\n"});

@@ -34,3 +34,5 @@ ferry_test(unit_spool_faults unit ${U}/spool_faults_test.cpp
 target_link_libraries(unit_spool_faults PRIVATE ferry_upstream)
 ferry_test(unit_http unit ${U}/http_test.cpp)
 target_link_libraries(unit_http PRIVATE ferry_daemon)
+ferry_test(unit_utf8 unit ${U}/utf8_test.cpp)
+target_link_libraries(unit_utf8 PRIVATE ferry_base nlohmann_json::nlohmann_json)
