@@ -708,13 +708,6 @@ void spool::impl::setup_connection(bool fresh) {
             fail(rc, "create schema");
         }
     }
-    // Added in issue 14 without a version bump: an older Ferry ignores the table, a file from
-    // one gets it here. Not part of the schema check, nor of a salvage.
-    exec(
-        "CREATE TABLE IF NOT EXISTS dead_letters(id INTEGER PRIMARY KEY, topic BLOB NOT NULL,"
-        " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
-        " created_ms INTEGER NOT NULL, events INTEGER NOT NULL, bytes INTEGER NOT NULL,"
-        " reason TEXT NOT NULL, dead_ms INTEGER NOT NULL)");
 }
 
 void spool::impl::prepare_all() {
@@ -1796,6 +1789,14 @@ spool::dead_letter_result spool::dead_letter(std::int64_t id, std::string_view r
         rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
     };
     auto none = [](sqlite3_stmt*) {};
+    // Made by the first dead letter (issue 14, no version bump: an older Ferry ignores the
+    // table). Not part of the schema check, nor of a salvage; a spool that never needs it keeps
+    // the page layout it always had.
+    run("CREATE TABLE IF NOT EXISTS dead_letters(id INTEGER PRIMARY KEY, topic BLOB NOT NULL,"
+        " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
+        " created_ms INTEGER NOT NULL, events INTEGER NOT NULL, bytes INTEGER NOT NULL,"
+        " reason TEXT NOT NULL, dead_ms INTEGER NOT NULL)",
+        none, none);
     run(
         "INSERT OR REPLACE INTO dead_letters(id, topic, payload, qos, retain, created_ms, events,"
         " bytes, reason, dead_ms) SELECT id, CAST(topic AS BLOB), CASE WHEN length(payload) > ?2"
