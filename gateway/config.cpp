@@ -211,7 +211,9 @@ constexpr option k_deadband_options[] = {
 
 constexpr option k_batch_options[] = {
     {"max_events", "integer 1..1000000", "500", "Send when this many events are waiting."},
-    {"max_bytes", "size 1KiB..256MiB", "256KiB", "Send when the payload reaches this size."},
+    {"max_bytes", "size 1KiB..256MiB", "256KiB",
+     "Send when the payload reaches this size (or the broker's Maximum Packet Size less the "
+     "publish overhead, when known: docs/DELIVERY.md)."},
     {"max_age", "duration", "1s", "Send when the oldest waiting event is this old."},
 };
 

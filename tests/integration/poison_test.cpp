@@ -142,9 +142,14 @@ TEST_CASE(
     modbus_sim sim(0, holding_registers(10));
     temp_dir dir;
     auto o = options(sim, dir);
+    SUBCASE("MQTT 5: the limit from the broker's CONNACK") {}
+    SUBCASE("MQTT 3.1.1: the limit from upstream.mqtt.max_packet_size") {
+        // mosquitto closes a 3.1.1 connection that sends a packet over max_packet_size.
+        o.mqtt_keys = {"version: 3.1.1", "max_packet_size: 4096"};
+    }
 
     // Batches spooled while the uplink was down, one of them (the third) too large for the
-    // broker: a batch cut before its limit was known, as a 3.1.1 broker never says it.
+    // broker: a batch cut before its limit was known (or by an older config).
     auto rows = spool_offline(o, 8, dir);
     auto& big = rows[2];
     const std::size_t limit = 4096;
