@@ -285,7 +285,8 @@ TEST_CASE(
 }
 
 // Item 8: before the fix the running total at open was sum(bytes): a row claiming a terabyte
-// made the next drop_oldest append delete every message held (a 64 MiB spool holding 12 KB).
+// made the next drop_oldest append delete the oldest messages until it was gone (3 of 6 in a
+// 64 MiB spool holding 6 KB).
 TEST_CASE("a bytes column that lies does not corrupt the spool's accounting") {
     modbus_sim sim(0, holding_registers(10));
     temp_dir dir;
