@@ -298,6 +298,7 @@ struct spool::impl {
     // open
     void open_or_recover();
     void open_checked();
+    void check_columns(std::int64_t version);
     void setup_connection(bool fresh);
     void prepare_all();
     void load_totals();
@@ -625,6 +626,7 @@ void spool::impl::open_checked() {
                 throw damaged(std::string("schema differs: ") + sqlite3_errmsg(db_));
             }
         }
+        check_columns(version);
     }
     setup_connection(fresh);
     if (version == 1) {
@@ -643,6 +645,45 @@ void spool::impl::open_checked() {
     }
     prepare_all();
     load_totals();
+}
+
+// The columns must be ours, not only present: a damaged schema text that still parses can turn
+// `id` into a plain column (found by fuzzing, tests/fuzz/spool_fuzz.cpp: every id then reads
+// NULL, so peek and new appends never see a message again, while the spool counts them).
+void spool::impl::check_columns(std::int64_t version) {
+    struct column {
+        const char* name;
+        const char* type;
+        int pk;
+    };
+    static constexpr column messages[] = {{"id", "INTEGER", 1},     {"topic", "TEXT", 0},
+                                          {"payload", "BLOB", 0},   {"qos", "INTEGER", 0},
+                                          {"retain", "INTEGER", 0}, {"created_ms", "INTEGER", 0},
+                                          {"bytes", "INTEGER", 0},  {"events", "INTEGER", 0}};
+    static constexpr column topics[] = {{"topic", "TEXT", 1}, {"last_batch", "INTEGER", 0}};
+    static constexpr column state[] = {{"key", "TEXT", 1}, {"value", "INTEGER", 0}};
+    auto check = [&](const char* table, const column* want, std::size_t n) {
+        statement st;
+        int rc = st.prepare(db_, std::string("PRAGMA table_info(") + table + ")");
+        if (rc != SQLITE_OK) fail(rc, "table_info");
+        std::size_t i = 0;
+        while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
+            auto text = [&](int c) {
+                const auto* t = sqlite3_column_text(st.get(), c);
+                return std::string_view(t != nullptr ? reinterpret_cast<const char*>(t) : "");
+            };
+            if (i >= n || text(1) != want[i].name || text(2) != want[i].type ||
+                sqlite3_column_int(st.get(), 5) != want[i].pk)
+                throw damaged(std::string("schema differs: ") + table + " column " +
+                              std::string(text(1)) + " " + std::string(text(2)));
+            ++i;
+        }
+        if (rc != SQLITE_DONE) fail(rc, "table_info");
+        if (i != n) throw damaged(std::string("schema differs: columns of ") + table);
+    };
+    check("messages", messages, version == 1 ? 7 : 8);
+    check("topics", topics, 2);
+    check("state", state, 2);
 }
 
 void spool::impl::setup_connection(bool fresh) {
@@ -1225,18 +1266,20 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
             one_int("SELECT value FROM state WHERE key = 'seq_high_water'", 0));
     }
 
+    // By rowid, which is `id` in our schema and still the row's key when a damaged schema text
+    // no longer makes `id` its alias (then `id` reads NULL).
     const char* scan_sql =
         version == 1
-            ? "SELECT id, topic, payload, qos, retain, created_ms, bytes, 0 FROM messages"
-              " WHERE id > ?1 ORDER BY id"
-            : "SELECT id, topic, payload, qos, retain, created_ms, bytes, events FROM messages"
-              " WHERE id > ?1 ORDER BY id";
+            ? "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, 0 FROM messages"
+              " WHERE rowid > ?1 ORDER BY rowid"
+            : "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, events FROM messages"
+              " WHERE rowid > ?1 ORDER BY rowid";
     sqlite3_stmt* scan = nullptr;
     sqlite3_stmt* probe = nullptr;
     sqlite3_stmt* ins = nullptr;
     sqlite3_prepare_v2(src, scan_sql, -1, &scan, nullptr);
-    sqlite3_prepare_v2(src, "SELECT id FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1", -1,
-                       &probe, nullptr);
+    sqlite3_prepare_v2(src, "SELECT rowid FROM messages WHERE rowid >= ?1 ORDER BY rowid LIMIT 1",
+                       -1, &probe, nullptr);
     sqlite3_prepare_v2(db_,
                        "INSERT INTO messages(id, topic, payload, qos, retain, created_ms, bytes,"
                        " events) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

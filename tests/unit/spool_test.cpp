@@ -476,6 +476,30 @@ TEST_CASE("dead_letter moves a row out of the stream into a bounded table (issue
     sqlite3_close(h);
 }
 
+// Found by tests/fuzz/spool_fuzz.cpp: a schema text damaged so that it still parses ("id
+// INTEGER PRIMAsqlite_temp_masEMENT") made `id` a plain column. The spool opened it as
+// healthy; every id read NULL, so nothing was ever peeked (nor anything appended after), while
+// messages() counted them. Now the columns are checked, the file is moved aside and its rows
+// are salvaged by rowid.
+TEST_CASE("a schema whose id is no longer the rowid is damaged: moved aside, rows salvaged") {
+    quiet_logs q;
+    tmp_dir dir;
+    const auto path = dir.file("spool.db");
+    fs::copy_file(FERRY_SOURCE_DIR "/tests/fuzz/corpus/spool/regress-id-not-rowid-alias.db", path);
+    prometheus::Registry reg;
+    spool sp(settings(path), reg);
+    CHECK(sp.corrupt_recoveries() == 1);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 3);
+    CHECK(sp.messages() == 3);
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        CHECK(all[i].id == static_cast<std::int64_t>(i + 1));
+        CHECK(all[i].payload.find("\"batch\":" + std::to_string(i + 1)) != std::string::npos);
+    }
+    REQUIRE(sp.append("plant/gw/d1", 1, false, 1, body("{}")) == append_result::ok);
+    CHECK(sp.peek(3, 10).size() == 1);
+}
+
 TEST_CASE("dead letters: what a spooled message must pass before it is published") {
     using ferry::upstream::check_spooled;
     using ferry::upstream::dead_reason;
