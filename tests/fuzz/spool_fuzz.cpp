@@ -13,8 +13,8 @@
 //    with the spool refusing to start.
 // Seeds: tests/fuzz/corpus/spool/ (made by tests/fuzz/make_spool_corpus.sh; regress-*.db are
 // inputs that once failed). By hand, from the source root:
-//   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -I. -o fuzz_spool \
-//     tests/fuzz/spool_fuzz.cpp gateway/upstream/spool.cpp gateway/upstream/dead_letter.cpp \
+//   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -I. -o fuzz_spool
+//     tests/fuzz/spool_fuzz.cpp gateway/upstream/spool.cpp gateway/upstream/dead_letter.cpp
 //     gateway/json.cpp gateway/log.cpp gateway/event.cpp -lsqlite3 -lprometheus-cpp-core
 //   ./fuzz_spool -dict=tests/fuzz/spool.dict -max_len=40000 CORPUS_COPY tests/fuzz/corpus/spool
 #include <prometheus/registry.h>
