@@ -799,10 +799,12 @@ bool mqtt_publisher::impl::dead_lettered(const spooled_message& m) {
     const auto reason = check_spooled(m, packet_limit(), settings_.version == 5, &detail);
     if (reason == dead_reason::none) return false;
     const auto moved = spool_.dead_letter(m.id, to_string(reason));
-    m_dead_[static_cast<std::size_t>(reason)]->Increment();
-    (reason == dead_reason::too_large ? m_dropped_too_large_ : m_dropped_corrupt_)
-        .Increment(static_cast<double>(moved.events));
-    log::error(k_component, "message dead-lettered",
+    if (moved.removed) {  // once per row, however often a failing move is tried again
+        m_dead_[static_cast<std::size_t>(reason)]->Increment();
+        (reason == dead_reason::too_large ? m_dropped_too_large_ : m_dropped_corrupt_)
+            .Increment(static_cast<double>(moved.events));
+    }
+    log::error(k_component, moved.removed ? "message dead-lettered" : "message not deliverable",
                {{"id", std::to_string(m.id)},
                 {"topic", valid_utf8(m.topic) ? m.topic : "(not UTF-8)"},
                 {"batch", std::to_string(batch_of(m.payload))},
