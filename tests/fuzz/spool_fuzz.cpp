@@ -83,6 +83,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         ferry::upstream::spool sp(s, registry);
         // Recovery moved a damaged file aside or kept it; either way a spool file exists.
         check(fs::exists(path), "no spool file after open");
+        if (sp.corrupt_recoveries() > 0) {
+            bool moved = false;
+            for (const auto& e : fs::directory_iterator(g_dir, ec))
+                moved = moved || e.path().filename().string().starts_with("spool.db.corrupt-");
+            check(moved, "damaged file not kept aside");
+        }
 
         auto rows = sp.peek(0, 64);
         if (rows.size() < 64) {
