@@ -576,6 +576,19 @@ void spool::impl::open_checked() {
     // the lock is held for the life of the connection.
     exec("PRAGMA locking_mode=EXCLUSIVE");
 
+    // The header's file format versions (bytes 18 and 19: 1 legacy, 2 WAL). A write version
+    // above 2 makes SQLite open the file read-only: every append and ack would fail for good
+    // while the file itself is writable (found by fuzzing: one changed byte). That is damage.
+    {
+        std::ifstream in(settings_.path, std::ios::binary);
+        char header[20] = {};
+        if (in.read(header, sizeof header) &&
+            std::string_view(header, 16) == std::string_view("SQLite format 3\0", 16) &&
+            (header[18] < 1 || header[18] > 2 || header[19] < 1 || header[19] > 2))
+            throw damaged("file format version bytes " + std::to_string(int{header[18]}) + "/" +
+                          std::to_string(int{header[19]}) + " (a readable spool has 1 or 2)");
+    }
+
     // Structure first: a file that is not a database fails here (SQLITE_NOTADB), a damaged
     // page shows up as a quick_check row other than "ok".
     {

@@ -500,6 +500,26 @@ TEST_CASE("a schema whose id is no longer the rowid is damaged: moved aside, row
     CHECK(sp.peek(3, 10).size() == 1);
 }
 
+// Found by tests/fuzz/spool_fuzz.cpp: byte 18 of the header (the write version) at 0x3f makes
+// SQLite open the file read-only. The spool opened it as healthy and every append, ack and
+// dead letter failed for good (SQLITE_READONLY) on a writable file. Now it is damaged.
+TEST_CASE("a header whose write version makes the file read-only is damaged: moved aside") {
+    quiet_logs q;
+    tmp_dir dir;
+    const auto path = dir.file("spool.db");
+    fs::copy_file(FERRY_SOURCE_DIR "/tests/fuzz/corpus/spool/regress-write-version.db", path);
+    prometheus::Registry reg;
+    spool sp(settings(path), reg);
+    CHECK(sp.corrupt_recoveries() == 1);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 3);  // salvaged: reading works
+    for (const auto& m : all)
+        CHECK(sp.ack(m.id) == 0);  // the corpus rows carry no event count
+    CHECK(sp.messages() == 0);
+    REQUIRE(sp.append("plant/gw/d1", 1, false, 1, body("{}")) == append_result::ok);
+    CHECK(sp.messages() == 1);
+}
+
 TEST_CASE("dead letters: what a spooled message must pass before it is published") {
     using ferry::upstream::check_spooled;
     using ferry::upstream::dead_reason;
