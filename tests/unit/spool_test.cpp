@@ -15,6 +15,7 @@
 #include <fstream>
 #include <future>
 #include <iterator>
+#include <memory>
 #include <random>
 #include <regex>
 #include <string>
@@ -476,18 +477,30 @@ TEST_CASE("dead_letter moves a row out of the stream into a bounded table (issue
     sqlite3_close(h);
 }
 
+// A spool opened on an input of tests/fuzz/corpus/spool/ (logs quiet).
+struct fuzz_regression {
+    quiet_logs q;
+    tmp_dir dir;
+    prometheus::Registry reg;
+    std::unique_ptr<spool> owner;
+    spool& sp;
+    explicit fuzz_regression(const std::string& name)
+        : owner([&] {
+              fs::copy_file(cat(FERRY_SOURCE_DIR "/tests/fuzz/corpus/spool/", name),
+                            dir.file("spool.db"));
+              return std::make_unique<spool>(settings(dir.file("spool.db")), reg);
+          }()),
+          sp(*owner) {}
+};
+
 // Found by tests/fuzz/spool_fuzz.cpp: a schema text damaged so that it still parses ("id
 // INTEGER PRIMAsqlite_temp_masEMENT") made `id` a plain column. The spool opened it as
 // healthy; every id read NULL, so nothing was ever peeked (nor anything appended after), while
 // messages() counted them. Now the columns are checked, the file is moved aside and its rows
 // are salvaged by rowid.
 TEST_CASE("a schema whose id is no longer the rowid is damaged: moved aside, rows salvaged") {
-    quiet_logs q;
-    tmp_dir dir;
-    const auto path = dir.file("spool.db");
-    fs::copy_file(FERRY_SOURCE_DIR "/tests/fuzz/corpus/spool/regress-id-not-rowid-alias.db", path);
-    prometheus::Registry reg;
-    spool sp(settings(path), reg);
+    fuzz_regression r("regress-id-not-rowid-alias.db");
+    auto& sp = r.sp;
     CHECK(sp.corrupt_recoveries() == 1);
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);
@@ -504,12 +517,8 @@ TEST_CASE("a schema whose id is no longer the rowid is damaged: moved aside, row
 // SQLite open the file read-only. The spool opened it as healthy and every append, ack and
 // dead letter failed for good (SQLITE_READONLY) on a writable file. Now it is damaged.
 TEST_CASE("a header whose write version makes the file read-only is damaged: moved aside") {
-    quiet_logs q;
-    tmp_dir dir;
-    const auto path = dir.file("spool.db");
-    fs::copy_file(FERRY_SOURCE_DIR "/tests/fuzz/corpus/spool/regress-write-version.db", path);
-    prometheus::Registry reg;
-    spool sp(settings(path), reg);
+    fuzz_regression r("regress-write-version.db");
+    auto& sp = r.sp;
     CHECK(sp.corrupt_recoveries() == 1);
     auto all = sp.peek(0, 10);
     REQUIRE(all.size() == 3);  // salvaged: reading works
