@@ -211,7 +211,9 @@ constexpr option k_deadband_options[] = {
 
 constexpr option k_batch_options[] = {
     {"max_events", "integer 1..1000000", "500", "Send when this many events are waiting."},
-    {"max_bytes", "size 1KiB..256MiB", "256KiB", "Send when the payload reaches this size."},
+    {"max_bytes", "size 1KiB..256MiB", "256KiB",
+     "Send when the payload reaches this size (or the broker's Maximum Packet Size less the "
+     "publish overhead, when known: docs/DELIVERY.md)."},
     {"max_age", "duration", "1s", "Send when the oldest waiting event is this old."},
 };
 
@@ -261,6 +263,10 @@ constexpr option k_mqtt_options[] = {
      "drop it after `refused_attempts` (docs/DELIVERY.md).",
      k_all, k_refused_names},
     {"refused_attempts", "integer 1..1000", "3", "Refusals of one message before `drop` drops it."},
+    {"max_packet_size", "size 1KiB..256MiB", "none: the broker's MQTT 5 CONNACK, if any",
+     "The broker's largest packet (mosquitto `max_packet_size`), for brokers that do not "
+     "announce it (3.1.1). Batches are cut below it; a spooled message above it is "
+     "dead-lettered (docs/DELIVERY.md)."},
 };
 
 constexpr option k_tls_options[] = {
@@ -1536,6 +1542,9 @@ void loader::mqtt(const value_ref& v, config& c) {
     }
     set_enum(m, "refused", q.refused, k_refused_names);
     set(m, "refused_attempts", q.refused_attempts, 1, 1000);
+    // The protocol's own ceiling: a remaining length of 256 MiB - 1 plus a 5-byte header.
+    if (auto r = m.get("max_packet_size"))
+        if (auto n = size(*r, 1024, 268435460)) q.max_packet_size = *n;
 }
 
 void loader::spool(const value_ref& v, config& c) {

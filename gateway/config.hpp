@@ -232,6 +232,10 @@ struct mqtt_settings {
     duration ack_timeout{30000};  // oldest PUBACK overdue: reconnect and resend
     refused_policy refused = refused_policy::block;
     int refused_attempts = 3;  // refusals of one message before `drop` drops it
+    // The broker's largest packet, for brokers that do not announce it (MQTT 3.1.1); 0: none
+    // configured. The publisher uses the smaller of this and an MQTT 5 CONNACK's Maximum
+    // Packet Size (docs/DELIVERY.md, Dead letters).
+    std::uint64_t max_packet_size = 0;
 
     bool operator==(const mqtt_settings&) const = default;
 };

@@ -230,8 +230,8 @@ struct daemon::impl {
         serial_reader = std::make_unique<drivers::serial::reader>(
             std::move(serial_devices),
             drivers::serial::driver_context{*bus, *seq, points, registry});
-        publisher = std::make_unique<upstream::mqtt_publisher>(cfg.upstream.mqtt, cfg.gateway.id,
-                                                               *spool, registry);
+        publisher = std::make_unique<upstream::mqtt_publisher>(
+            cfg.upstream.mqtt, cfg.gateway.id, *spool, registry, cfg.dead_letter.topic);
         if (cfg.http.enabled) {
             http = std::make_unique<http_server>(cfg.http.host, cfg.http.port, registry,
                                                  [this] { return ready(); });
@@ -472,6 +472,9 @@ struct daemon::impl {
             rule_pulse_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
                     .count();
+            // Batches are cut below the broker's packet limit once it is known (a CONNACK
+            // announces it): a batch over it could only be dead-lettered.
+            engine->set_packet_limit(publisher->max_packet_size());
             for (const auto& e : events)
                 engine->on_event(e, now, out);
             engine->on_tick(now, out);

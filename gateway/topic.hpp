@@ -8,12 +8,21 @@
 // A template expands `{gateway}`, `{device}`, `{tag}` and `{rule}` into an MQTT topic.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace ferry {
+
+// The most bytes an MQTT PUBLISH on a topic of `topic_bytes` adds around its payload, whatever
+// its QoS and protocol version: fixed header (1), remaining length (up to 4), topic length (2)
+// and topic, packet id (2), MQTT 5 property length (1, no properties). Batches are cut so that
+// payload + this stays within the broker's Maximum Packet Size.
+constexpr std::size_t publish_overhead(std::size_t topic_bytes) {
+    return 1 + 4 + 2 + topic_bytes + 2 + 1;
+}
 
 class topic_pattern {
   public:

@@ -144,19 +144,28 @@ void engine::emit(slot& s, std::vector<batch>& out) {
     ++s.generation;
 }
 
+// The rule's max_bytes, or less when the broker's packet limit is known: a batch the broker
+// cannot take would be dead-lettered whole.
+std::size_t engine::max_bytes(const slot& s) const {
+    const std::size_t rule_max = s.limits->max_bytes;
+    if (packet_limit_ == 0) return rule_max;
+    const auto overhead = publish_overhead(s.topic.size());
+    const auto room = packet_limit_ > overhead ? packet_limit_ - overhead : 1;
+    return static_cast<std::size_t>(std::min<std::uint64_t>(rule_max, room));
+}
+
 void engine::append(std::size_t slot_index, std::string_view item, std::int64_t ts_ms,
                     steady_time now, std::vector<batch>& out) {
     auto& s = slots_[slot_index];
     const auto& limits = *s.limits;
+    const auto max = max_bytes(s);
     // Would this item push the batch over max_bytes? Then the batch leaves first.
-    if (s.events > 0 &&
-        header_size(s.dead_letter) + s.body.size() + 1 + item.size() > limits.max_bytes)
+    if (s.events > 0 && header_size(s.dead_letter) + s.body.size() + 1 + item.size() > max)
         emit(s, out);
     if (s.events == 0) {
         s.opened = now;
         s.first_ts_ms = ts_ms;
-        s.body.reserve(
-            std::min<std::size_t>(limits.max_bytes, item.size() * limits.max_events + 16));
+        s.body.reserve(std::min<std::size_t>(max, item.size() * limits.max_events + 16));
         due_.push(due{now + limits.max_age, slot_index, s.generation});
     } else {
         s.body.push_back(',');

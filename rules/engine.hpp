@@ -26,6 +26,10 @@
 //   batch      one open batch per resulting topic. An event is JSON-encoded into its batch's
 //              body as it arrives. A batch leaves when it holds max_events, when the next event
 //              would push it over max_bytes, or when max_age has passed since its first event.
+//              With a broker packet limit known (set_packet_limit), max_bytes is at most that
+//              limit minus the publish overhead of the batch's topic, so every batch fits in
+//              one packet the broker takes (a single event larger than that still leaves alone,
+//              and the publisher dead-letters it).
 //
 // Dead-letter: an event a rule could not handle goes, with the rule name and the reason, into
 // a batch on the dead-letter topic (counted `dead_letter`); the pipeline goes on.
@@ -92,6 +96,10 @@ class engine {
 
     // The union of every rule's patterns (each text once): what the engine subscribes to.
     const std::vector<topic_pattern>& patterns() const { return patterns_; }
+
+    // The broker's Maximum Packet Size (0: unknown, no limit). Applies to events appended from
+    // now on; an open batch already over it leaves before the next event joins it.
+    void set_packet_limit(std::uint64_t limit) { packet_limit_ = limit; }
 
     // Feeds one event. Batches that became complete are appended to `out`.
     void on_event(const event& e, steady_time now, std::vector<batch>& out);
@@ -178,6 +186,7 @@ class engine {
                 std::vector<batch>& out);
     void emit(slot& s, std::vector<batch>& out);
     std::size_t header_size(bool dead_letter) const;
+    std::size_t max_bytes(const slot& s) const;
 
     const point_table& points_;
     std::string gateway_;
@@ -192,6 +201,7 @@ class engine {
     std::priority_queue<due, std::vector<due>, std::greater<>> due_;
     std::string scratch_;
     std::string reason_;
+    std::uint64_t packet_limit_ = 0;
 };
 
 }  // namespace ferry::rules

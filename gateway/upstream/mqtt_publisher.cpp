@@ -15,6 +15,11 @@
 // sender stops filling the window until every publish in it has its answer, settles the
 // refused ones (drop or keep, never letting an older batch follow a newer one on its topic) and
 // goes on from the oldest message in the spool, one at a time until the broker accepts one.
+// Dead letters (issue 14): before a spooled message is published it is checked
+// (dead_letter.hpp: topic, QoS, payload shape, bytes column, packet size against the broker's
+// Maximum Packet Size from the CONNACK or the config). One that fails can never be delivered:
+// it is moved into the spool's dead_letters table, counted, announced on the dead-letter topic
+// (QoS 1, apart from the spool), and the window goes on with the next message, in order.
 #include "gateway/upstream/mqtt_publisher.hpp"
 
 #include <mqtt/async_client.h>
@@ -31,6 +36,7 @@
 #include <prometheus/registry.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -42,6 +48,8 @@
 
 #include "gateway/conservation.hpp"
 #include "gateway/log.hpp"
+#include "gateway/topic.hpp"
+#include "gateway/upstream/dead_letter.hpp"
 #include "gateway/upstream/spool.hpp"
 
 namespace ferry::upstream {
@@ -60,6 +68,8 @@ constexpr auto k_idle_wait = 100ms;           // longest sleep without re-checki
 constexpr auto k_status_timeout = 500ms;      // wait for the "offline" PUBACK on stop
 constexpr auto k_disconnect_timeout = 300ms;  // let Paho finish work before DISCONNECT
 constexpr int k_result_room = 16;             // command results in flight beside the window
+constexpr std::uint32_t k_min_packet_limit =
+    1024;  // a CONNACK's Maximum Packet Size below: ignored
 constexpr const char* k_component = "mqtt";
 
 // A refused connect in words: Paho says "MQTT error [135]: CONNACK return code"; the broker's
@@ -108,16 +118,6 @@ bool cancelled(int rc) {
     return rc == MQTTASYNC_DISCONNECTED || rc == MQTTASYNC_OPERATION_INCOMPLETE;
 }
 
-// The "batch" of a payload in the contract's JSON, for log lines; 0 when it has none.
-std::uint64_t batch_of(std::string_view payload) {
-    const auto at = payload.find("\"batch\":");
-    if (at == std::string_view::npos) return 0;
-    std::uint64_t v = 0;
-    for (auto i = at + 8; i < payload.size() && payload[i] >= '0' && payload[i] <= '9'; ++i)
-        v = v * 10 + static_cast<std::uint64_t>(payload[i] - '0');
-    return v;
-}
-
 }  // namespace
 
 struct mqtt_publisher::impl {
@@ -144,7 +144,7 @@ struct mqtt_publisher::impl {
     };
 
     impl(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
-         prometheus::Registry& registry);
+         prometheus::Registry& registry, const std::string& dead_letter_topic);
     ~impl();
 
     void start();
@@ -159,6 +159,8 @@ struct mqtt_publisher::impl {
     bool refusals_settled();
     void settle_refusals(std::int64_t& cursor);
     bool publish_one(spooled_message& m);
+    bool dead_lettered(const spooled_message& m);
+    std::uint64_t packet_limit() const;
     void wait_backoff(std::chrono::milliseconds delay);
     void shutdown();
     void on_delivered(const mqtt::token& tok, bool ok);
@@ -194,6 +196,13 @@ struct mqtt_publisher::impl {
     prometheus::Counter& m_err_refused_;
     prometheus::Counter& m_dropped_refused_;   // ferry_events_dropped_total{reason="refused"}
     prometheus::Counter& m_events_delivered_;  // ferry_events_delivered_total
+    // Dead letters: ferry_upstream_dead_letters_total{reason}, indexed by dead_reason; their
+    // events in ferry_events_dropped_total{reason="too_large"|"corrupt"}.
+    std::array<prometheus::Counter*, static_cast<std::size_t>(dead_reason::count_)> m_dead_{};
+    prometheus::Counter& m_dropped_too_large_;
+    prometheus::Counter& m_dropped_corrupt_;
+    prometheus::Counter& m_err_notice_;
+    std::string dead_letter_topic_;  // expanded: where dead-letter notices go
     prometheus::Histogram& m_latency_;
 
     // Shared between the sender thread, Paho's threads and stop(); guarded by mu_.
@@ -220,6 +229,8 @@ struct mqtt_publisher::impl {
 
     std::atomic<bool> connected_{false};
     std::atomic<std::uint64_t> acks_this_connection_{0};
+    // The broker's Maximum Packet Size from the last MQTT 5 CONNACK (0: not announced).
+    std::atomic<std::uint64_t> broker_max_packet_{0};
 
     // Sender thread only.
     std::int64_t highest_taken_ = 0;
@@ -245,7 +256,7 @@ struct mqtt_publisher::impl {
 };
 
 mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
-                           prometheus::Registry& registry)
+                           prometheus::Registry& registry, const std::string& dead_letter_topic)
     : settings_(settings),
       gateway_id_(std::move(gateway_id)),
       status_topic_("ferry/" + gateway_id_ + "/status"),
@@ -307,6 +318,9 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
                     "per message removed from the spool")
               .Register(registry)
               .Add({})),
+      m_dropped_too_large_(events_dropped(registry, drop::too_large)),
+      m_dropped_corrupt_(events_dropped(registry, drop::corrupt)),
+      m_err_notice_(mqtt_error(registry, "dead_letter_notice")),
       m_latency_(prometheus::BuildHistogram()
                      .Name("ferry_delivery_latency_seconds")
                      .Help("From entering the spool to broker acknowledgement")
@@ -315,6 +329,15 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
                                   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                                   5.0, 10.0, 30.0, 60.0})) {
     listener_.owner = this;
+    auto& dead = prometheus::BuildCounter()
+                     .Name("ferry_upstream_dead_letters_total")
+                     .Help("Spooled messages moved out of the stream as undeliverable, by reason")
+                     .Register(registry);
+    for (std::size_t r = 1; r < m_dead_.size(); ++r)
+        m_dead_[r] = &dead.Add({{"reason", std::string(to_string(static_cast<dead_reason>(r)))}});
+    // {device}, {tag} and {rule} of the template have no value for a spooled message.
+    if (auto t = topic_template::compile(dead_letter_topic))
+        dead_letter_topic_ = t->expand({gateway_id_, "upstream", "upstream", "upstream"});
 
     const int version = settings_.version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     if (settings_.uris.empty()) throw std::runtime_error("mqtt publisher: uris is empty");
@@ -557,6 +580,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
             }
             bool session_present = false;
             std::size_t window = inflight_max_;
+            broker_max_packet_ = 0;  // this broker's, if its CONNACK says
             try {
                 const auto rsp = tok->get_connect_response();
                 session_present = rsp.is_session_present();
@@ -567,6 +591,22 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                     const auto rm =
                         mqtt::get<std::uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
                     if (rm > 0) window = std::min<std::size_t>(window, rm);
+                }
+                // A packet over it makes the broker disconnect us (reason 0x95): such a
+                // message is dead-lettered instead, and the batcher cuts new batches below it.
+                // Below 1 KiB (the config's floor) no batch fits: dead-lettering everything on a
+                // broker's word would empty the spool, so such a value is ignored (logged) and
+                // the messages wait in the spool instead.
+                if (props.contains(mqtt::property::MAXIMUM_PACKET_SIZE)) {
+                    const auto mps =
+                        mqtt::get<std::uint32_t>(props, mqtt::property::MAXIMUM_PACKET_SIZE);
+                    if (mps >= k_min_packet_limit)
+                        broker_max_packet_ = mps;
+                    else
+                        log::warn(k_component, "broker's Maximum Packet Size ignored",
+                                  {{"uri", uri},
+                                   {"max_packet_size", std::to_string(mps)},
+                                   {"minimum", std::to_string(k_min_packet_limit)}});
                 }
             } catch (const std::exception&) {
             }
@@ -590,6 +630,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                        {"version", settings_.version == 5 ? "5" : "3.1.1"},
                        {"session_present", session_present ? "true" : "false"},
                        {"window", std::to_string(window)},
+                       {"max_packet", std::to_string(packet_limit())},
                        {"attempt", std::to_string(attempt)},
                        {"took_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                        steady::now() - begin))}});
@@ -744,9 +785,62 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
         return;
     }
     for (auto& m : msgs) {
+        if (dead_lettered(m)) {
+            cursor = m.id;
+            continue;
+        }
         if (!publish_one(m)) return;
         cursor = m.id;
     }
+}
+
+std::uint64_t mqtt_publisher::impl::packet_limit() const {
+    const std::uint64_t learned = broker_max_packet_.load();
+    const std::uint64_t configured = settings_.max_packet_size;
+    if (learned == 0 || configured == 0) return std::max(learned, configured);
+    return std::min(learned, configured);
+}
+
+// A message that fails the checks can never be delivered as it is: resent, it would stop
+// every message behind it for good. It leaves the stream (into the spool's dead_letters
+// table), is counted and announced, and the caller goes on with the next one, in order. It
+// is not a refusal: nothing newer has been sent past it, so no order is at stake.
+bool mqtt_publisher::impl::dead_lettered(const spooled_message& m) {
+    std::string detail;
+    const auto reason = check_spooled(m, packet_limit(), settings_.version == 5, &detail);
+    if (reason == dead_reason::none) return false;
+    const auto moved = spool_.dead_letter(m.id, to_string(reason));
+    if (moved.removed) {  // once per row, however often a failing move is tried again
+        m_dead_[static_cast<std::size_t>(reason)]->Increment();
+        (reason == dead_reason::too_large ? m_dropped_too_large_ : m_dropped_corrupt_)
+            .Increment(static_cast<double>(moved.events));
+    }
+    log::error(k_component, moved.removed ? "message dead-lettered" : "message not deliverable",
+               {{"id", std::to_string(m.id)},
+                {"topic", valid_utf8(m.topic) ? m.topic : "(not UTF-8)"},
+                {"batch", std::to_string(batch_of(m.payload))},
+                {"reason", std::string(to_string(reason))},
+                {"detail", detail},
+                {"bytes", std::to_string(m.topic.size() + m.payload.size())},
+                {"events", std::to_string(moved.events)},
+                {"kept", moved.removed ? "dead_letters" : "no"}});
+    if (!moved.removed) {
+        // The spool could not move it (an I/O error, logged and counted there): skip it on
+        // this connection all the same; a reconnect meets it again and tries again.
+        return true;
+    }
+    if (!dead_letter_topic_.empty()) {
+        const auto notice = dead_letter_notice(gateway_id_, m, reason, detail, unix_ms());
+        try {
+            std::lock_guard ck(client_mu_);
+            client_->publish(dead_letter_topic_, notice.data(), notice.size(), 1, false);
+        } catch (const mqtt::exception& e) {
+            m_err_notice_.Increment();
+            log::warn(k_component, "dead-letter notice not published",
+                      {{"topic", dead_letter_topic_}, {"error", e.what()}});
+        }
+    }
+    return true;
 }
 
 // The oldest outstanding publish has waited longer than ack_timeout. A broker (or anything in
@@ -987,8 +1081,14 @@ bool mqtt_publisher::impl::publish_result(const std::string& topic, const std::s
 }
 
 mqtt_publisher::mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id,
-                               spool& sp, prometheus::Registry& registry)
-    : impl_(std::make_unique<impl>(settings, std::move(gateway_id), sp, registry)) {}
+                               spool& sp, prometheus::Registry& registry,
+                               const std::string& dead_letter_topic)
+    : impl_(std::make_unique<impl>(settings, std::move(gateway_id), sp, registry,
+                                   dead_letter_topic)) {}
+
+std::uint64_t mqtt_publisher::max_packet_size() const {
+    return impl_->packet_limit();
+}
 
 mqtt_publisher::~mqtt_publisher() = default;
 

@@ -10,6 +10,9 @@
 // A publish the broker refuses follows `refused` (block | drop after `refused_attempts`) and
 // never reorders a topic. Events of acknowledged messages count in ferry_events_delivered_total
 // once each; events of dropped refused ones in ferry_events_dropped_total{reason="refused"}.
+// A spooled message that can never be delivered (larger than the broker's Maximum Packet
+// Size, or a damaged row) is dead-lettered before it is sent: moved into the spool's
+// dead_letters table, counted, announced on the dead-letter topic; the stream goes on in order.
 // Publishes a retained "online" on ferry/{gateway}/status after each connect, with a retained
 // last will "offline".
 //
@@ -22,6 +25,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -38,8 +42,11 @@ class spool;
 
 class mqtt_publisher {
   public:
+    // `dead_letter_topic`: the template (config `dead_letter.topic`) where notices of
+    // dead-lettered spool messages go; {device}, {tag} and {rule} expand to "upstream".
     mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
-                   prometheus::Registry& registry);
+                   prometheus::Registry& registry,
+                   const std::string& dead_letter_topic = "ferry/{gateway}/dead-letter");
     ~mqtt_publisher();
     mqtt_publisher(const mqtt_publisher&) = delete;
     mqtt_publisher& operator=(const mqtt_publisher&) = delete;
@@ -50,6 +57,10 @@ class mqtt_publisher {
     void stop(std::chrono::milliseconds drain);
 
     bool connected() const;
+    // The largest MQTT packet the broker takes, as far as known: the smaller of the last MQTT 5
+    // CONNACK's Maximum Packet Size and upstream.mqtt.max_packet_size; 0 when neither is known.
+    // Thread-safe (the rule thread cuts batches below it).
+    std::uint64_t max_packet_size() const;
 
     // ---- Downlink (commands) ----
     // `retained`: the broker delivered a retained message (a replay at subscribe time).

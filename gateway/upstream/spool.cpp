@@ -92,6 +92,17 @@ namespace {
 constexpr std::string_view component = "spool";
 constexpr int application_id = 0x46455259;  // "FERY"
 constexpr int schema_version = 2;
+// A row's size as max_bytes counts it, from what the row holds: the `bytes` column is written
+// by append but never trusted when reading (a damaged or edited row may lie; summed at open, a
+// lie made the spool think it held a terabyte and drop every message at the next append).
+// length() of a BLOB column is read from the record header, without loading the payload.
+#define FERRY_ROW_BYTES                                                                     \
+    "(length(CAST(topic AS BLOB)) + CASE typeof(payload) WHEN 'blob' THEN length(payload) " \
+    "ELSE length(CAST(payload AS BLOB)) END)"
+// Dead letters kept for inspection (docs/SPOOL.md): the newest this many rows and bytes of
+// payload; a payload larger than the byte bound is kept without its payload.
+constexpr std::int64_t dead_letters_max_rows = 100;
+constexpr std::int64_t dead_letters_max_bytes = 4 * 1024 * 1024;
 constexpr std::int64_t page_size = 4096;
 
 // Owns one prepared statement; reset() after each use keeps it ready for the next.
@@ -287,6 +298,7 @@ struct spool::impl {
     // open
     void open_or_recover();
     void open_checked();
+    void check_columns(std::int64_t version);
     void setup_connection(bool fresh);
     void prepare_all();
     void load_totals();
@@ -320,6 +332,13 @@ struct spool::impl {
     bool has_after(std::int64_t after_id);
     int delete_row(std::int64_t id, std::int64_t& freed, std::uint32_t& events);
     void on_removed(std::uint64_t freed_bytes, std::uint64_t rows, std::uint64_t events);
+    // Accounting after one row left the file undelivered (drop, dead_letter).
+    void on_dropped(std::uint64_t freed_bytes, std::uint64_t events) {
+        events_held_ -= std::min(events_held_, events);
+        bytes_ = bytes_.load() - std::min(bytes_.load(), freed_bytes);
+        messages_ = messages_.load() - std::min<std::uint64_t>(messages_.load(), 1);
+        set_gauges();
+    }
     void retry_acks(bool now = false);
     struct salvage_stats {
         std::uint64_t rows = 0, events = 0;
@@ -557,6 +576,19 @@ void spool::impl::open_checked() {
     // the lock is held for the life of the connection.
     exec("PRAGMA locking_mode=EXCLUSIVE");
 
+    // The header's file format versions (bytes 18 and 19: 1 legacy, 2 WAL). A write version
+    // above 2 makes SQLite open the file read-only: every append and ack would fail for good
+    // while the file itself is writable (found by fuzzing: one changed byte). That is damage.
+    {
+        std::ifstream in(settings_.path, std::ios::binary);
+        char header[20] = {};
+        if (in.read(header, sizeof header) &&
+            std::string_view(header, 16) == std::string_view("SQLite format 3\0", 16) &&
+            (header[18] < 1 || header[18] > 2 || header[19] < 1 || header[19] > 2))
+            throw damaged("file format version bytes " + std::to_string(int{header[18]}) + "/" +
+                          std::to_string(int{header[19]}) + " (a readable spool has 1 or 2)");
+    }
+
     // Structure first: a file that is not a database fails here (SQLITE_NOTADB), a damaged
     // page shows up as a quick_check row other than "ok".
     {
@@ -607,6 +639,7 @@ void spool::impl::open_checked() {
                 throw damaged(std::string("schema differs: ") + sqlite3_errmsg(db_));
             }
         }
+        check_columns(version);
     }
     setup_connection(fresh);
     if (version == 1) {
@@ -625,6 +658,45 @@ void spool::impl::open_checked() {
     }
     prepare_all();
     load_totals();
+}
+
+// The columns must be ours, not only present: a damaged schema text that still parses can turn
+// `id` into a plain column (found by fuzzing, tests/fuzz/spool_fuzz.cpp: every id then reads
+// NULL, so peek and new appends never see a message again, while the spool counts them).
+void spool::impl::check_columns(std::int64_t version) {
+    struct column {
+        const char* name;
+        const char* type;
+        int pk;
+    };
+    static constexpr column messages[] = {{"id", "INTEGER", 1},     {"topic", "TEXT", 0},
+                                          {"payload", "BLOB", 0},   {"qos", "INTEGER", 0},
+                                          {"retain", "INTEGER", 0}, {"created_ms", "INTEGER", 0},
+                                          {"bytes", "INTEGER", 0},  {"events", "INTEGER", 0}};
+    static constexpr column topics[] = {{"topic", "TEXT", 1}, {"last_batch", "INTEGER", 0}};
+    static constexpr column state[] = {{"key", "TEXT", 1}, {"value", "INTEGER", 0}};
+    auto check = [&](const char* table, const column* want, std::size_t n) {
+        statement st;
+        int rc = st.prepare(db_, std::string("PRAGMA table_info(") + table + ")");
+        if (rc != SQLITE_OK) fail(rc, "table_info");
+        std::size_t i = 0;
+        while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
+            auto text = [&](int c) {
+                const auto* t = sqlite3_column_text(st.get(), c);
+                return std::string_view(t != nullptr ? reinterpret_cast<const char*>(t) : "");
+            };
+            if (i >= n || text(1) != want[i].name || text(2) != want[i].type ||
+                sqlite3_column_int(st.get(), 5) != want[i].pk)
+                throw damaged(std::string("schema differs: ") + table + " column " +
+                              std::string(text(1)) + " " + std::string(text(2)));
+            ++i;
+        }
+        if (rc != SQLITE_DONE) fail(rc, "table_info");
+        if (i != n) throw damaged(std::string("schema differs: columns of ") + table);
+    };
+    check("messages", messages, version == 1 ? 7 : 8);
+    check("topics", topics, 2);
+    check("state", state, 2);
 }
 
 void spool::impl::setup_connection(bool fresh) {
@@ -707,12 +779,12 @@ void spool::impl::prepare_all() {
         {&upsert_topic_,
          "INSERT INTO topics(topic, last_batch) VALUES(?1, ?2)"
          " ON CONFLICT(topic) DO UPDATE SET last_batch = excluded.last_batch"},
-        {&oldest_, "SELECT id, bytes, events FROM messages ORDER BY id"},
+        {&oldest_, "SELECT id, " FERRY_ROW_BYTES ", events FROM messages ORDER BY id"},
         {&delete_upto_, "DELETE FROM messages WHERE id <= ?1"},
         {&peek_,
-         "SELECT id, topic, payload, qos, retain, created_ms, events FROM messages"
+         "SELECT id, topic, payload, qos, retain, created_ms, events, bytes FROM messages"
          " WHERE id > ?1 ORDER BY id LIMIT ?2"},
-        {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes, events"},
+        {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING " FERRY_ROW_BYTES ", events"},
         {&exists_after_, "SELECT 1 FROM messages WHERE id > ?1 LIMIT 1"},
         {&events_of_, "SELECT events FROM messages WHERE id = ?1"},
         {&ids_after_, "SELECT id FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2"},
@@ -731,9 +803,8 @@ void spool::impl::prepare_all() {
 void spool::impl::load_totals() {
     {
         statement st;
-        int rc = st.prepare(db_,
-                            "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(events), 0)"
-                            " FROM messages");
+        int rc = st.prepare(db_, "SELECT count(*), coalesce(sum(" FERRY_ROW_BYTES
+                                 "), 0), coalesce(sum(events), 0) FROM messages");
         if (rc != SQLITE_OK) fail(rc, "totals");
         rc = sqlite3_step(st.get());
         if (rc != SQLITE_ROW) fail(rc, "totals");
@@ -1208,18 +1279,20 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
             one_int("SELECT value FROM state WHERE key = 'seq_high_water'", 0));
     }
 
+    // By rowid, which is `id` in our schema and still the row's key when a damaged schema text
+    // no longer makes `id` its alias (then `id` reads NULL).
     const char* scan_sql =
         version == 1
-            ? "SELECT id, topic, payload, qos, retain, created_ms, bytes, 0 FROM messages"
-              " WHERE id > ?1 ORDER BY id"
-            : "SELECT id, topic, payload, qos, retain, created_ms, bytes, events FROM messages"
-              " WHERE id > ?1 ORDER BY id";
+            ? "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, 0 FROM messages"
+              " WHERE rowid > ?1 ORDER BY rowid"
+            : "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, events FROM messages"
+              " WHERE rowid > ?1 ORDER BY rowid";
     sqlite3_stmt* scan = nullptr;
     sqlite3_stmt* probe = nullptr;
     sqlite3_stmt* ins = nullptr;
     sqlite3_prepare_v2(src, scan_sql, -1, &scan, nullptr);
-    sqlite3_prepare_v2(src, "SELECT id FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1", -1,
-                       &probe, nullptr);
+    sqlite3_prepare_v2(src, "SELECT rowid FROM messages WHERE rowid >= ?1 ORDER BY rowid LIMIT 1",
+                       -1, &probe, nullptr);
     sqlite3_prepare_v2(db_,
                        "INSERT INTO messages(id, topic, payload, qos, retain, created_ms, bytes,"
                        " events) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1608,10 +1681,14 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
                     const void* p = sqlite3_column_blob(*u, 2);
                     auto n = static_cast<std::size_t>(sqlite3_column_bytes(*u, 2));
                     if (p != nullptr) m.payload.assign(static_cast<const char*>(p), n);
-                    m.qos = sqlite3_column_int(*u, 3);
+                    // Raw, for the publisher's check (a flipped bit must not pass as 1).
+                    const auto qos = sqlite3_column_int64(*u, 3);
+                    m.qos = static_cast<int>(std::clamp<std::int64_t>(qos, -1, 256));
                     m.retain = sqlite3_column_int(*u, 4) != 0;
                     m.created_ms = sqlite3_column_int64(*u, 5);
-                    m.events = static_cast<std::uint32_t>(sqlite3_column_int64(*u, 6));
+                    m.events = static_cast<std::uint32_t>(
+                        std::clamp<std::int64_t>(sqlite3_column_int64(*u, 6), 0, UINT32_MAX));
+                    m.stored_bytes = sqlite3_column_int64(*u, 7);
                     out.push_back(std::move(m));
                 }
             }
@@ -1735,7 +1812,8 @@ std::uint32_t spool::drop(std::int64_t id) {
     std::unique_lock lock(impl_->mu_);
     if (impl_->db_ == nullptr) return 0;
     statement st;
-    int rc = st.prepare(impl_->db_, "DELETE FROM messages WHERE id = ?1 RETURNING bytes, events");
+    int rc = st.prepare(impl_->db_,
+                        "DELETE FROM messages WHERE id = ?1 RETURNING " FERRY_ROW_BYTES ", events");
     std::int64_t freed = -1;
     std::uint32_t events = 0;
     if (rc == SQLITE_OK) {
@@ -1753,12 +1831,85 @@ std::uint32_t spool::drop(std::int64_t id) {
         return 0;
     }
     if (freed < 0) return 0;
-    impl_->bytes_ = impl_->bytes_.load() - static_cast<std::uint64_t>(freed);
-    impl_->messages_ = impl_->messages_.load() - 1;
-    impl_->set_gauges();
+    impl_->on_dropped(static_cast<std::uint64_t>(freed), events);
     lock.unlock();
     impl_->space_cv_.notify_all();
     return events;
+}
+
+// A row that must leave the stream (issue 14, docs/SPOOL.md "Dead letters"): copied into
+// dead_letters and deleted from messages in one transaction, then dead_letters is trimmed to
+// its bounds, oldest first.
+spool::dead_letter_result spool::dead_letter(std::int64_t id, std::string_view reason) {
+    dead_letter_result out;
+    std::unique_lock lock(impl_->mu_);
+    if (impl_->db_ == nullptr) return out;
+    auto* db = impl_->db_;
+    int rc = impl_->step_done(impl_->begin_);
+    auto run = [&](const char* sql, auto&& bind, auto&& row) {
+        if (rc != SQLITE_OK) return;
+        statement st;
+        rc = st.prepare(db, sql);
+        if (rc != SQLITE_OK) return;
+        bind(st.get());
+        while ((rc = sqlite3_step(st.get())) == SQLITE_ROW)
+            row(st.get());
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    };
+    auto none = [](sqlite3_stmt*) {};
+    // Made by the first dead letter (issue 14, no version bump: an older Ferry ignores the
+    // table). Not part of the schema check, nor of a salvage; a spool that never needs it keeps
+    // the page layout it always had.
+    run("CREATE TABLE IF NOT EXISTS dead_letters(id INTEGER PRIMARY KEY, topic BLOB NOT NULL,"
+        " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
+        " created_ms INTEGER NOT NULL, events INTEGER NOT NULL, bytes INTEGER NOT NULL,"
+        " reason TEXT NOT NULL, dead_ms INTEGER NOT NULL)",
+        none, none);
+    run(
+        "INSERT OR REPLACE INTO dead_letters(id, topic, payload, qos, retain, created_ms, events,"
+        " bytes, reason, dead_ms) SELECT id, CAST(topic AS BLOB), CASE WHEN length(payload) > ?2"
+        " THEN X'' ELSE payload END, qos, retain, created_ms, events, " FERRY_ROW_BYTES
+        ", ?3, ?4 FROM messages WHERE id = ?1",
+        [&](sqlite3_stmt* st) {
+            sqlite3_bind_int64(st, 1, id);
+            sqlite3_bind_int64(st, 2, dead_letters_max_bytes);
+            sqlite3_bind_text(st, 3, reason.data(), static_cast<int>(reason.size()),
+                              SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 4, now_ms());
+        },
+        none);
+    std::int64_t freed = -1;
+    run(
+        "DELETE FROM messages WHERE id = ?1 RETURNING " FERRY_ROW_BYTES ", events",
+        [&](sqlite3_stmt* st) { sqlite3_bind_int64(st, 1, id); },
+        [&](sqlite3_stmt* st) {
+            freed = sqlite3_column_int64(st, 0);
+            out.events = static_cast<std::uint32_t>(
+                std::clamp<std::int64_t>(sqlite3_column_int64(st, 1), 0, UINT32_MAX));
+        });
+    run(
+        "DELETE FROM dead_letters WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER w AS n,"
+        " sum(length(payload)) OVER w AS b FROM dead_letters WINDOW w AS (ORDER BY id DESC))"
+        " WHERE n > ?1 OR b > ?2)",
+        [&](sqlite3_stmt* st) {
+            sqlite3_bind_int64(st, 1, dead_letters_max_rows);
+            sqlite3_bind_int64(st, 2, dead_letters_max_bytes);
+        },
+        none);
+    if (rc == SQLITE_OK) rc = impl_->step_done(impl_->commit_);
+    if (rc != SQLITE_OK) {
+        impl_->rollback();
+        impl_->record_error(rc, "dead_letter");
+        out.events = 0;
+        return out;
+    }
+    if (freed < 0) return out;  // already gone
+    out.removed = true;
+    out.bytes = static_cast<std::uint64_t>(freed);
+    impl_->on_dropped(out.bytes, out.events);
+    lock.unlock();
+    impl_->space_cv_.notify_all();
+    return out;
 }
 
 }  // namespace ferry::upstream

@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gateway/config.hpp"
@@ -34,8 +35,9 @@ struct spooled_message {
     std::string payload;
     int qos = 1;
     bool retain = false;
-    std::int64_t created_ms = 0;  // Unix ms when it entered the spool
-    std::uint32_t events = 0;     // readings the message carries (conservation metrics)
+    std::int64_t created_ms = 0;     // Unix ms when it entered the spool
+    std::uint32_t events = 0;        // readings the message carries (conservation metrics)
+    std::int64_t stored_bytes = -1;  // the row's `bytes` column as stored (checked, never trusted)
 };
 
 enum class append_result {
@@ -83,6 +85,15 @@ class spool {
     // it), without counting it as sent. Returns the number of events it held (0 for an unknown
     // id); the caller counts them as dropped with its reason.
     std::uint32_t drop(std::int64_t id);
+    // (publisher, issue 14) Moves a message that can never be delivered (too large for the
+    // broker, or a damaged row) out of the stream into the bounded `dead_letters` table, with
+    // `reason` (docs/SPOOL.md, Dead letters). The caller counts its events as dropped.
+    struct dead_letter_result {
+        bool removed = false;  // false: unknown id, or the move failed (logged, counted)
+        std::uint32_t events = 0;
+        std::uint64_t bytes = 0;  // topic + payload, measured
+    };
+    dead_letter_result dead_letter(std::int64_t id, std::string_view reason);
 
     // Blocks until a message with id > after_id exists, close() is called, or the timeout
     // passes. Returns true when there is something to peek.

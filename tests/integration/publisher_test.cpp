@@ -165,14 +165,15 @@ std::optional<received> retained_of(std::uint16_t port, const std::string& topic
     return received{topic, text.substr(2, nl - 2), text[0] == '1'};
 }
 
+// A JSON object, as every spooled payload is (the publisher dead-letters anything else).
 std::string payload_of(int i) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "m-%05d", i);
+    std::snprintf(buf, sizeof buf, "{\"m\":\"%05d\"}", i);
     return buf;
 }
 
 int index_of(const std::string& payload) {
-    return std::stoi(payload.substr(2));
+    return std::stoi(payload.substr(6, 5));
 }
 
 void append_range(spool& sp, int from, int to, const std::string& topic = k_data_topic) {
@@ -749,7 +750,8 @@ TEST_CASE(
     spool sp(spool_config(dir), reg);
     append_range(sp, 0, 3);
     REQUIRE(sp.append(k_data_topic, 1, false, 1, [](std::uint64_t, std::string& out) {
-        out = payload_of(3) + std::string(2000, 'x');
+        out = payload_of(3);
+        out.insert(out.size() - 1, ",\"pad\":\"" + std::string(2000, 'x') + "\"");
     }) == ferry::upstream::append_result::ok);
     append_range(sp, 4, 10);
     sub_recorder rec(broker.port(), "rec-overtaken", {"plant/#"});

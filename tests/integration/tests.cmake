@@ -20,3 +20,6 @@ ferry_test(integration_modbus_write integration ${CMAKE_CURRENT_SOURCE_DIR}/inte
 target_link_libraries(integration_modbus_write PRIVATE ferry_drivers)
 ferry_test(integration_conservation integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/conservation_test.cpp)
 ferry_test(integration_mqtt_proxy integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/mqtt_proxy_test.cpp)
+# Issue 14: no poison message upstream (dead letters), through `ferry run` and mosquitto.
+ferry_test(integration_poison integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/poison_test.cpp)
+target_link_libraries(integration_poison PRIVATE SQLite::SQLite3)

@@ -643,3 +643,26 @@ TEST_CASE("upstream.mqtt ack_timeout and refused policy (issue 13)") {
         CHECK(got[2] == "t.yaml:6:23: upstream.mqtt.refused_attempts: 0 is out of range (1..1000)");
     }
 }
+
+TEST_CASE("upstream.mqtt.max_packet_size (issue 14)") {
+    auto c = cfg::load_config_text("gateway: { id: g }\n", "t.yaml");
+    CHECK(c.upstream.mqtt.max_packet_size == 0);  // none: the CONNACK's, if any
+    c = cfg::load_config_text(
+        "gateway: { id: g }\nupstream:\n  mqtt: { version: 3.1.1, max_packet_size: 128KiB }\n",
+        "t.yaml");
+    CHECK(c.upstream.mqtt.max_packet_size == 131072);
+    for (const char* bad : {"100", "1GiB", "big"}) {
+        CAPTURE(bad);
+        try {
+            cfg::load_config_text(
+                std::string("gateway: { id: g }\nupstream:\n  mqtt:\n    max_packet_size: ") + bad +
+                    "\n",
+                "t.yaml");
+            FAIL("expected an error");
+        } catch (const cfg::errors& e) {
+            const auto got = to_lines(e);
+            REQUIRE(got.size() == 1);
+            CHECK(got[0].rfind("t.yaml:4:22: upstream.mqtt.max_packet_size: ", 0) == 0);
+        }
+    }
+}

@@ -154,6 +154,30 @@ TEST_CASE("a batch never exceeds max_bytes") {
     CHECK(expect == 201);
 }
 
+TEST_CASE("a known broker packet limit cuts batches so each fits one packet (issue 14)") {
+    plant p;
+    rules::engine eng({make_rule("r", {"#"}, "plant/{device}", 1000, 1000ms)}, p.points, "gw");
+    std::vector<rules::batch> out;
+    for (std::uint64_t i = 1; i <= 50; ++i)
+        eng.on_event(ev(p.t1, i, 1.5), t0, out);
+    const std::uint64_t limit = 1024;
+    eng.set_packet_limit(limit);  // learned from a CONNACK while a batch was open
+    for (std::uint64_t i = 51; i <= 300; ++i)
+        eng.on_event(ev(p.t1, i, 1.5), t0, out);
+    eng.flush_all(out);
+    REQUIRE(out.size() >= 3);
+    std::uint64_t expect = 1;
+    for (std::size_t k = 0; k < out.size(); ++k) {
+        std::string text;
+        eng.wrap(out[k], 18446744073709551615ull, text);
+        // The batch open when the limit came may be over it; every later one fits.
+        if (k > 0) CHECK(text.size() + ferry::publish_overhead(out[k].topic.size()) <= limit);
+        for (auto s : seqs(eng, out[k]))
+            CHECK(s == expect++);
+    }
+    CHECK(expect == 301);
+}
+
 TEST_CASE("fan-out: an event matching two rules goes to both, keeping its seq") {
     plant p;
     rules::engine eng({make_rule("a", {"boiler1/#"}, "a/{device}", 1),

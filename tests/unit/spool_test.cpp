@@ -15,6 +15,7 @@
 #include <fstream>
 #include <future>
 #include <iterator>
+#include <memory>
 #include <random>
 #include <regex>
 #include <string>
@@ -23,6 +24,8 @@
 
 #include "gateway/log.hpp"
 #include "gateway/seq.hpp"
+#include "gateway/topic.hpp"
+#include "gateway/upstream/dead_letter.hpp"
 #include "gateway/upstream/identity.hpp"
 #include "gateway/upstream/spool.hpp"
 #include "tests/unit/unit_support.hpp"
@@ -395,6 +398,180 @@ TEST_CASE("bytes and messages are recomputed at open") {
     CHECK(sp.messages() == 9);
     CHECK(metric(reg, "ferry_spool_bytes") == static_cast<double>(expect_bytes));
     CHECK(metric(reg, "ferry_spool_messages") == 9);
+}
+
+// Issue 14, item 8: a row whose `bytes` column lies must not corrupt the running total (summed
+// at open before the fix: a terabyte, and the next drop_oldest append emptied the spool).
+TEST_CASE("the bytes column is not trusted: totals come from what the rows hold") {
+    tmp_dir dir;
+    const auto path = dir.file("spool.db");
+    make_real_spool(path, 3);
+    std::uint64_t held = 0;
+    {
+        prometheus::Registry reg;
+        spool sp(settings(path), reg);
+        held = sp.bytes();
+    }
+    sqlite3* h = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(h, "UPDATE messages SET bytes = 1000000000000 WHERE id = 2", nullptr,
+                         nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(h);
+    prometheus::Registry reg;
+    spool sp(settings(path), reg);
+    CHECK(sp.bytes() == held);
+    REQUIRE(sp.append("dev/t", 1, false, 1, body("new")) == append_result::ok);  // no drops
+    CHECK(sp.messages() == 4);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 4);
+    CHECK(all[1].stored_bytes == 1000000000000);
+    std::string why;
+    CHECK(ferry::upstream::check_spooled(all[1], 0, true, &why) ==
+          ferry::upstream::dead_reason::bad_payload);  // "message-1#N" is no JSON object
+    sp.ack(all[1].id);
+    sp.ack(all[0].id);
+    sp.ack(all[2].id);
+    sp.ack(all[3].id);
+    CHECK(sp.bytes() == 0);
+    CHECK(sp.messages() == 0);
+}
+
+TEST_CASE("dead_letter moves a row out of the stream into a bounded table (issue 14)") {
+    tmp_dir dir;
+    const auto path = dir.file("spool.db");
+    {
+        prometheus::Registry reg;
+        spool sp(settings(path, 64 << 20), reg);
+        for (int i = 0; i < 130; ++i)
+            REQUIRE(sp.append("dev/t", 1, false, 7, sized(i == 129 ? 5 << 20 : 100)) ==
+                    append_result::ok);
+        const auto before = sp.bytes();
+        auto all = sp.peek(0, 200);
+        auto r = sp.dead_letter(all[1].id, "bad_qos");
+        CHECK(r.removed);
+        CHECK(r.events == 7);
+        CHECK(r.bytes == 105);
+        CHECK(sp.bytes() == before - 105);
+        CHECK(sp.messages() == 129);
+        CHECK(sp.peek(all[0].id, 1).at(0).id == all[2].id);         // the stream goes on in order
+        CHECK_FALSE(sp.dead_letter(all[1].id, "bad_qos").removed);  // once
+        for (std::size_t i = 2; i < all.size(); ++i)
+            CHECK(sp.dead_letter(all[i].id, "too_large").removed);
+        CHECK(sp.messages() == 1);
+        CHECK(sp.bytes() == 105);
+    }
+    // Kept: the newest 100 rows, the 5 MiB one (over the 4 MiB bound) without its payload.
+    sqlite3* h = nullptr;
+    REQUIRE(sqlite3_open_v2(path.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(h,
+                               "SELECT count(*), sum(length(payload)), max(bytes),"
+                               " sum(reason = 'bad_qos') FROM dead_letters",
+                               -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    CHECK(sqlite3_column_int64(st, 0) == 100);
+    CHECK(sqlite3_column_int64(st, 1) == 99 * 100);
+    CHECK(sqlite3_column_int64(st, 2) == 5 + (5 << 20));
+    CHECK(sqlite3_column_int64(st, 3) == 0);  // the oldest went first
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+}
+
+// A spool opened on an input of tests/fuzz/corpus/spool/ (logs quiet).
+struct fuzz_regression {
+    quiet_logs q;
+    tmp_dir dir;
+    prometheus::Registry reg;
+    std::unique_ptr<spool> owner;
+    spool& sp;
+    explicit fuzz_regression(const std::string& name)
+        : owner([&] {
+              fs::copy_file(cat(FERRY_SOURCE_DIR "/tests/fuzz/corpus/spool/", name),
+                            dir.file("spool.db"));
+              return std::make_unique<spool>(settings(dir.file("spool.db")), reg);
+          }()),
+          sp(*owner) {}
+};
+
+// Found by tests/fuzz/spool_fuzz.cpp: a schema text damaged so that it still parses ("id
+// INTEGER PRIMAsqlite_temp_masEMENT") made `id` a plain column. The spool opened it as
+// healthy; every id read NULL, so nothing was ever peeked (nor anything appended after), while
+// messages() counted them. Now the columns are checked, the file is moved aside and its rows
+// are salvaged by rowid.
+TEST_CASE("a schema whose id is no longer the rowid is damaged: moved aside, rows salvaged") {
+    fuzz_regression r("regress-id-not-rowid-alias.db");
+    auto& sp = r.sp;
+    CHECK(sp.corrupt_recoveries() == 1);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 3);
+    CHECK(sp.messages() == 3);
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        CHECK(all[i].id == static_cast<std::int64_t>(i + 1));
+        CHECK(all[i].payload.find("\"batch\":" + std::to_string(i + 1)) != std::string::npos);
+    }
+    REQUIRE(sp.append("plant/gw/d1", 1, false, 1, body("{}")) == append_result::ok);
+    CHECK(sp.peek(3, 10).size() == 1);
+}
+
+// Found by tests/fuzz/spool_fuzz.cpp: byte 18 of the header (the write version) at 0x3f makes
+// SQLite open the file read-only. The spool opened it as healthy and every append, ack and
+// dead letter failed for good (SQLITE_READONLY) on a writable file. Now it is damaged.
+TEST_CASE("a header whose write version makes the file read-only is damaged: moved aside") {
+    fuzz_regression r("regress-write-version.db");
+    auto& sp = r.sp;
+    CHECK(sp.corrupt_recoveries() == 1);
+    auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 3);  // salvaged: reading works
+    for (const auto& m : all)
+        CHECK(sp.ack(m.id) == 0);  // the corpus rows carry no event count
+    CHECK(sp.messages() == 0);
+    REQUIRE(sp.append("plant/gw/d1", 1, false, 1, body("{}")) == append_result::ok);
+    CHECK(sp.messages() == 1);
+}
+
+TEST_CASE("dead letters: what a spooled message must pass before it is published") {
+    using ferry::upstream::check_spooled;
+    using ferry::upstream::dead_reason;
+    ferry::upstream::spooled_message m;
+    m.topic = "plant/gw/d1";
+    m.payload = R"({"gateway":"gw","batch":7,"events":[]})";
+    m.qos = 1;
+    m.stored_bytes = static_cast<std::int64_t>(m.topic.size() + m.payload.size());
+    CHECK(check_spooled(m, 0, true) == dead_reason::none);
+    const auto packet =
+        ferry::upstream::publish_packet_size(m.topic.size(), m.payload.size(), 1, true);
+    CHECK(packet == 1 + 1 + 2 + m.topic.size() + 2 + 1 + m.payload.size());
+    CHECK(packet <= m.payload.size() + ferry::publish_overhead(m.topic.size()));
+    CHECK(check_spooled(m, packet, true) == dead_reason::none);
+    CHECK(check_spooled(m, packet - 1, true) == dead_reason::too_large);
+    CHECK(check_spooled(m, packet - 1, false) == dead_reason::none);  // no property byte in 3.1.1
+    auto with = [&](auto&& change) {
+        auto x = m;
+        change(x);
+        return check_spooled(x, 0, true);
+    };
+    CHECK(with([](auto& x) { x.topic = "plant/gw+d1"; }) == dead_reason::bad_topic);
+    CHECK(with([](auto& x) { x.topic = "plant/#"; }) == dead_reason::bad_topic);
+    CHECK(with([](auto& x) { x.topic = ""; }) == dead_reason::bad_topic);
+    CHECK(with([](auto& x) {
+              x.topic = std::string(
+                  "plant/\xe4"
+                  "1",
+                  8);
+          }) == dead_reason::bad_topic);
+    CHECK(with([](auto& x) { x.topic = std::string("pl\0nt", 5); }) == dead_reason::bad_topic);
+    CHECK(with([](auto& x) { x.qos = 3; }) == dead_reason::bad_qos);
+    CHECK(with([](auto& x) { x.qos = -1; }) == dead_reason::bad_qos);
+    CHECK(with([](auto& x) { x.payload[0] = 'z'; }) == dead_reason::bad_payload);
+    CHECK(with([](auto& x) { x.stored_bytes += 1; }) == dead_reason::bad_bytes);
+    CHECK(ferry::upstream::valid_utf8("caf\xc3\xa9 \xf0\x9f\x98\x80"));
+    for (const char* bad : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe4", "\x80"})
+        CHECK_FALSE(ferry::upstream::valid_utf8(bad));
+    const auto notice =
+        ferry::upstream::dead_letter_notice("gw", m, dead_reason::too_large, "packet 9 bytes", 5);
+    CHECK(notice == R"({"gateway":"gw","dead_letter":true,"topic":"plant/gw/d1","batch":7,)"
+                    R"("reason":"too_large","detail":"packet 9 bytes","bytes":49,"events":0,)"
+                    R"("spool_id":0,"ts":5})");
 }
 
 TEST_CASE("drop_oldest keeps the newest and counts the drops") {
