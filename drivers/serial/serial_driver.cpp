@@ -542,8 +542,10 @@ void reader::update(std::vector<config::device> devices) {
         for (auto& [id, p] : current) {
             if (std::find(next.begin(), next.end(), p) != next.end()) continue;
             impl::retire(*p);
-            const bool stays = std::any_of(built.begin(), built.end(),
-                                           [&](const auto& b) { return b->cfg.id == id; });
+            // (`&name = id`: clang 14, the fuzz build's compiler, cannot capture a binding.)
+            const bool stays = std::any_of(built.begin(), built.end(), [&name = id](const auto& b) {
+                return b->cfg.id == name;
+            });
             log::info(k_component, stays ? "device changed; restarting it" : "device removed",
                       {{"device", id}});
             if (!stays) m.remove_series(*p);
