@@ -345,14 +345,13 @@ std::optional<decimal> parse_decimal(std::string_view s) {
         bool eneg = false;
         if (i < s.size() && (s[i] == '-' || s[i] == '+')) eneg = s[i++] == '-';
         if (i == s.size()) return std::nullopt;
-        for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) {
-            exp = exp * 10 + (s[i] - '0');
-            if (exp > 10000) return std::nullopt;
-        }
+        for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i)
+            exp = std::min<long>(exp * 10 + (s[i] - '0'), 100000);
         if (eneg) exp = -exp;
     }
     if (i != s.size()) return std::nullopt;
     if (d.m == 0) return decimal{};
+    if (exp > 10000 || exp < -10000) return std::nullopt;
     d.e = static_cast<int>(exp) - frac + zeros;  // trailing zeros stay out of m
     if (neg) d.m = -d.m;
     return d;
