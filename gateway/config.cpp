@@ -952,6 +952,12 @@ std::optional<std::string> loader::expand_placeholders(
 void loader::topic(const value_ref& v, std::string& out) {
     auto s = str(v);
     if (!s) return;
+    // With names of at most k_max_name bytes, a topic then stays far below MQTT's 65535.
+    if (s->size() > k_max_topic_template) {
+        fail(v, "topic template of " + std::to_string(s->size()) + " bytes is longer than " +
+                    std::to_string(k_max_topic_template));
+        return;
+    }
     std::string why;
     if (!topic_template::compile(*s, &why)) {
         fail(v, "invalid topic template '" + *s + "': " + why);

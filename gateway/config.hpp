@@ -301,6 +301,7 @@ constexpr std::size_t k_max_config_nodes = 1'000'000;
 constexpr std::size_t k_max_config_depth = 64;           // nesting of maps and lists
 constexpr duration k_max_duration{720LL * 3600 * 1000};  // 720h (30 days), every duration key
 constexpr std::size_t k_max_name = 128;  // bytes of a gateway id, device id, point or rule name
+constexpr std::size_t k_max_topic_template = 1024;  // bytes, before expansion
 
 // What the loader reads besides the text: `*_file` secrets and ${NAME} variables. Empty
 // functions mean the real file system and environment; fuzzers and tests plug in their own.

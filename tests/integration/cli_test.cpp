@@ -210,6 +210,14 @@ TEST_CASE("names longer than 128 bytes are refused: they would make topics too l
     CHECK(r.output == dir.file("f.yaml") + ":4:9: devices[0].id: '" + std::string(32, 'd') +
                           "...' (70000 bytes) is not a valid device id: longer than 128 "
                           "bytes\n");
+    write_file(dir.file("f.yaml"),
+               k_head + "rules:\n  - name: r\n    match: \"#\"\n    publish: { topic: \"" +
+                   std::string(2000, 't') + "\" }\n");
+    r = check_file(dir.file("f.yaml"));
+    CHECK(r.code == 1);
+    CHECK(r.output == dir.file("f.yaml") +
+                          ":6:23: rules[0].publish.topic: topic template of 2000 bytes is longer "
+                          "than 1024\n");
     // 128 is fine.
     write_file(dir.file("f.yaml"), k_head + "devices:\n" + device(std::string(128, 'd')));
     CHECK(check_file(dir.file("f.yaml")).code == 0);
