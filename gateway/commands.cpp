@@ -40,6 +40,9 @@ constexpr std::size_t k_queue = 1024;       // messages waiting for the service 
 constexpr std::size_t k_logged_value = 64;  // bytes of a value shown in a log line
 // Repeats of an id being written that wait for its result; more are answered at once.
 constexpr std::size_t k_max_waiting = 16;
+// Writes queued or on the wire per device: a hanging device would otherwise collect every
+// command the rate limit lets through (rate_limit per second, drained one per timeout).
+constexpr std::size_t k_max_writing = 8;
 constexpr const char* k_disabled =
     "commands are disabled in this gateway's config (commands.enabled: false)";
 
@@ -747,6 +750,7 @@ struct service::impl {
     prometheus::Counter* too_deep = nullptr;
     prometheus::Counter* too_many_waiting = nullptr;
     prometheus::Counter* queue_full = nullptr;
+    prometheus::Counter* device_busy = nullptr;
 
     std::mutex mu;  // guards db, buckets, in_flight
     std::unique_ptr<store> db;
@@ -754,6 +758,7 @@ struct service::impl {
     std::map<std::string, token_bucket> buckets;
     // Ids being written, with the result topics of repeats that arrived meanwhile.
     std::map<std::string, std::vector<std::string>> in_flight;
+    std::map<std::string, std::size_t> writing;  // per device: writes not finished yet
 
     std::mutex qmu;
     std::condition_variable qcv;
@@ -907,6 +912,12 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
     if (auto why = check_value(*pt, p.value, p.decimal); !why.empty())
         return refuse(result::rejected, why);
     if (auto why = w->check(*dev, *pt, p.value); !why.empty()) return refuse(result::rejected, why);
+    if (writing[device] >= k_max_writing) {
+        device_busy->Increment();
+        return refuse(result::rate_limited, "device '" + device +
+                                                "' is busy: " + std::to_string(k_max_writing) +
+                                                " writes are waiting for it; nothing was written");
+    }
     auto bucket = buckets.try_emplace(device, settings.rate_limit, settings.rate_period).first;
     if (!bucket->second.take(std::chrono::steady_clock::now())) {
         return refuse(result::rate_limited, "rate limited: device '" + device + "' takes at most " +
@@ -923,6 +934,7 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
             std::string("cannot record the command id; nothing was written: ") + e.what());
     }
     in_flight[id];
+    ++writing[device];
     lock.unlock();
     log::debug(k_component, "writing",
                {{"id", id}, {"device", device}, {"point", point}, {"value", value}});
@@ -951,6 +963,8 @@ void service::impl::finish(const std::string& id, const std::string& device,
             repeats = std::move(it->second);
             in_flight.erase(it);
         }
+        if (auto it = writing.find(device); it != writing.end() && --it->second == 0)
+            writing.erase(it);
     }
     answer(topic, id, o.ok ? result::ok : result::device_error, o.ok, o.error, device, point,
            value);
@@ -1004,6 +1018,7 @@ service::service(const config::config& cfg, std::string store_path, writer_for w
     m.too_deep = &rejected.Add({{"input", "command"}, {"reason", "too_deep"}});
     m.too_many_waiting = &rejected.Add({{"input", "command"}, {"reason", "too_many_waiting"}});
     m.queue_full = &rejected.Add({{"input", "command"}, {"reason", "queue_full"}});
+    m.device_busy = &rejected.Add({{"input", "command"}, {"reason", "device_busy"}});
     if (!m.settings.enabled) return;
     try {
         m.db = std::make_unique<store>(m.store_path, store::options{});

@@ -7,8 +7,11 @@
 // command is checked: payload, device, point, `writable: true`, the value's type, whole
 // raw steps after the inverse of scale/offset, min/max and the raw type's range (the
 // driver's encoder), age against commands.max_age, and the per-device rate limit
-// (commands.rate_limit, a token bucket). Anything else is answered ok:false, counted in
-// ferry_commands_total{result} and logged; nothing is written.
+// (commands.rate_limit, a token bucket), and at most 8 unfinished writes per device. Anything
+// else is answered ok:false, counted in ferry_commands_total{result} and logged; nothing is
+// written. Budgets (ferry_input_rejected_total{input="command",reason}): payloads over
+// commands.max_payload are not parsed, nesting stops at 16 levels, 16 repeats of an id in
+// flight wait for its result, 1024 messages wait for the service thread.
 //
 // At most once per id: the id is recorded "in progress" (fsynced) in commands.db beside the
 // spool before the write is queued, and its result after. A repeated id is answered with the

@@ -196,6 +196,15 @@ struct rig {
     }
 };
 
+// How many answers recorded so far satisfy `pred` (given the parsed answer).
+template <class Rig, class Pred>
+std::size_t answers_where(Rig& r, Pred pred) {
+    std::size_t n = 0;
+    for (const auto& m : r.results.messages())
+        if (pred(json::parse(m.payload, nullptr, false))) ++n;
+    return n;
+}
+
 void check_refused(const json& a, const std::string& error) {
     REQUIRE(a.is_object());
     CHECK(a["ok"] == false);
@@ -715,19 +724,41 @@ TEST_CASE("repeats of an id during a hanging write: at most 16 wait, the rest ar
         c.send("boiler1", "setpoint", cmd);
     // The write waits behind polls that take 2 s each: give it time.
     REQUIRE(wait_until([&] { return r.results.count() >= 41; }, 90s));
-    std::size_t ok = 0, in_progress = 0;
-    for (const auto& m : r.results.messages()) {
-        const auto j = json::parse(m.payload, nullptr, false);
-        if (j.value("ok", false)) ++ok;
-        if (j.value("error", std::string()).rfind("a write with this id is in progress", 0) == 0)
-            ++in_progress;
-    }
-    CHECK(ok == 17);           // the write's own answer and the 16 that waited for it
-    CHECK(in_progress == 24);  // answered at once
+    // The write's own answer and the 16 that waited for it; the other 24 answered at once.
+    CHECK(answers_where(r, [](const json& j) { return j.value("ok", false); }) == 17);
+    CHECK(answers_where(r, [](const json& j) {
+              return j.value("error", std::string())
+                         .rfind("a write with this id is in progress", 0) == 0;
+          }) == 24);
     CHECK(metric_value(
               r.http,
               "ferry_input_rejected_total{input=\"command\",reason=\"too_many_waiting\"}") == 24);
     CHECK(r.sim.stats()["fc16"] == 1);  // written once
+    r.sim.stop();
+    CHECK(r.ferry->stop(15, 10s) == 0);
+}
+
+// Issue 14, item 8 (found while confirming the above): distinct ids for a hanging device.
+// Before: every command the rate limit let through queued at the poller without bound.
+TEST_CASE("a hanging device holds at most 8 writes; more commands are refused at once") {
+    rig<modbus_sim> r(std::uint16_t{0}, std::vector<std::string>{"holding:100=f32:cdab:20.0"},
+                      std::string(), std::vector<std::string>{"--delay", "1000"});
+    r.timeout = "5s";
+    r.start();
+    commander c(r.broker.uri());
+    for (int i = 0; i < 20; ++i)
+        c.send("boiler1", "setpoint",
+               R"({"id":"b-)" + std::to_string(i) + R"(","value":)" + std::to_string(i) + "}");
+    REQUIRE(wait_until([&] { return r.results.count() >= 20; }, 120s));
+    CHECK(answers_where(r, [](const json& j) { return j.value("ok", false); }) == 8);
+    CHECK(answers_where(r, [](const json& j) {
+              return j.value("error", std::string()) ==
+                     "device 'boiler1' is busy: 8 writes are waiting for it; nothing was written";
+          }) == 12);
+    CHECK(metric_value(r.http,
+                       "ferry_input_rejected_total{input=\"command\",reason=\"device_busy\"}") ==
+          12);
+    CHECK(r.sim.stats()["fc16"] == 8);
     r.sim.stop();
     CHECK(r.ferry->stop(15, 10s) == 0);
 }
