@@ -18,9 +18,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -36,6 +38,11 @@ constexpr std::string_view k_component = "commands";
 constexpr std::size_t k_max_id = 256;       // bytes
 constexpr std::size_t k_queue = 1024;       // messages waiting for the service thread
 constexpr std::size_t k_logged_value = 64;  // bytes of a value shown in a log line
+// Repeats of an id being written that wait for its result; more are answered at once.
+constexpr std::size_t k_max_waiting = 16;
+// Writes queued or on the wire per device: a hanging device would otherwise collect every
+// command the rate limit lets through (rate_limit per second, drained one per timeout).
+constexpr std::size_t k_max_writing = 8;
 constexpr const char* k_disabled =
     "commands are disabled in this gateway's config (commands.enabled: false)";
 
@@ -94,69 +101,318 @@ std::string result_json(const std::optional<std::string>& id, bool ok, std::stri
 
 // ---- Checks ------------------------------------------------------------------------------
 
-payload parse_payload(std::string_view text) {
+namespace {
+
+using json_t = nlohmann::json;
+constexpr const char* k_not_integer = "must be an integer (Unix time in milliseconds)";
+constexpr const char* k_not_scalar = "must be a number, true/false or a string";
+
+// Streams a payload through nlohmann's SAX interface: no document is built, nested values are
+// skipped (and refused), parsing stops past k_max_depth levels, so a hostile payload costs
+// time linear in its size and no memory beyond its largest string. `id_only` (find_id) stops
+// as soon as the id is known.
+struct payload_reader {
+    explicit payload_reader(payload& p, bool only_id = false) : out(p), id_only(only_id) {}
+    payload& out;
+    bool id_only = false;
+    std::size_t depth = 0;
+    std::string member;  // the current top-level key
+    bool seen_id = false, seen_value = false, seen_ts = false;
+    std::string unknown_key, duplicate_key, value_error, ts_error;
+    bool syntax_error = false, not_object = false, found = false;
+
+    // A scalar at depth 1 is a member of the top-level object; deeper ones are only skipped.
+    template <class F>
+    bool scalar(F&& take) {
+        if (depth == 0) {
+            not_object = true;
+            return false;
+        }
+        if (depth == 1) take();
+        return !found;
+    }
+    bool null() {
+        return scalar([&] {
+            if (member == "value") value_error = k_not_scalar;
+            if (member == "ts") ts_error = k_not_integer;
+        });
+    }
+    bool boolean(bool b) {
+        return scalar([&] {
+            if (member == "value") out.value = b;
+            if (member == "ts") ts_error = k_not_integer;
+        });
+    }
+    bool number_integer(json_t::number_integer_t n) {
+        return scalar([&] {
+            if (member == "value") {
+                out.value = static_cast<std::int64_t>(n);
+                out.decimal = std::to_string(n);
+            }
+            if (member == "ts") out.ts = static_cast<std::int64_t>(n);
+        });
+    }
+    bool number_unsigned(json_t::number_unsigned_t n) {
+        return scalar([&] {
+            if (member == "value") {
+                out.value = static_cast<std::uint64_t>(n);
+                out.decimal = std::to_string(n);
+            }
+            if (member == "ts") {
+                if (n > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+                    ts_error = "is out of range (Unix time in milliseconds)";
+                else
+                    out.ts = static_cast<std::int64_t>(n);
+            }
+        });
+    }
+    bool number_float(json_t::number_float_t d, const std::string& text) {
+        return scalar([&] {
+            if (member == "value") {
+                if (std::isfinite(d)) {
+                    out.value = static_cast<double>(d);
+                    out.decimal = text;
+                } else {
+                    value_error = "is out of range";
+                }
+            }
+            if (member == "ts") ts_error = k_not_integer;
+        });
+    }
+    bool string(std::string& s) {
+        return scalar([&] {
+            if (member == "id") {
+                out.id = std::move(s);
+                found = id_only;
+            }
+            if (member == "value") out.value = std::move(s);
+            if (member == "ts") ts_error = k_not_integer;
+        });
+    }
+    bool binary(json_t::binary_t&) { return false; }  // never in JSON text
+    bool nested() {
+        if (depth == 0) {  // a top-level array
+            not_object = true;
+            return false;
+        }
+        if (depth == 1) {
+            if (member == "value") value_error = k_not_scalar;
+            if (member == "ts") ts_error = k_not_integer;
+        }
+        if (++depth > k_max_depth) {
+            out.too_deep = true;
+            return false;
+        }
+        return true;
+    }
+    bool start_object(std::size_t) {
+        if (depth != 0) return nested();
+        depth = 1;
+        return true;
+    }
+    bool start_array(std::size_t) { return nested(); }
+    bool end_object() {
+        --depth;
+        return true;
+    }
+    bool end_array() {
+        --depth;
+        return true;
+    }
+    bool key(std::string& k) {
+        if (depth != 1) return true;
+        bool* seen = k == "id"      ? &seen_id
+                     : k == "value" ? &seen_value
+                     : k == "ts"    ? &seen_ts
+                                    : nullptr;
+        if (!seen) {
+            if (unknown_key.empty()) unknown_key = k.substr(0, k_max_id);
+        } else if (*seen) {
+            if (duplicate_key.empty()) duplicate_key = k;
+        }
+        if (seen) *seen = true;
+        member = std::move(k);
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
+        syntax_error = true;
+        return false;
+    }
+};
+
+}  // namespace
+
+std::optional<std::string> find_id(std::string_view text) {
     payload p;
-    const auto doc = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
-    if (doc.is_discarded()) {
+    payload_reader r(p, true);
+    const auto window = text.substr(0, k_id_window);
+    json_t::sax_parse(window.begin(), window.end(), &r, json_t::input_format_t::json, false);
+    if (!r.found || p.id->empty() || p.id->size() > k_max_id) return std::nullopt;
+    return p.id;
+}
+
+payload parse_payload(std::string_view text, std::size_t max_bytes) {
+    payload p;
+    if (text.size() > max_bytes) {
+        p.id = find_id(text);
+        p.too_large = true;
+        p.error = "payload too large: " + std::to_string(text.size()) + " bytes, more than " +
+                  "commands.max_payload (" + std::to_string(max_bytes) + " bytes)";
+        return p;
+    }
+    payload_reader r(p);
+    json_t::sax_parse(text.begin(), text.end(), &r, json_t::input_format_t::json, true);
+    // A string id kept by the reader is only an id if it was the one and only "id" member.
+    if (p.id && r.duplicate_key == "id") p.id.reset();
+    if (p.too_deep) {
+        p.error =
+            "malformed payload: nested deeper than " + std::to_string(k_max_depth) + " levels";
+    } else if (r.syntax_error) {
         p.error = "malformed payload: not valid JSON";
-        return p;
-    }
-    if (!doc.is_object()) {
+    } else if (r.not_object) {
         p.error = "malformed payload: not a JSON object";
-        return p;
-    }
-    if (auto it = doc.find("id"); it != doc.end() && it->is_string()) p.id = it->get<std::string>();
-    if (!p.id || p.id->empty()) {
+    } else if (!p.id || p.id->empty()) {
+        p.id.reset();
         p.error = "malformed payload: \"id\" must be a non-empty string";
-        return p;
-    }
-    if (p.id->size() > k_max_id) {
+    } else if (p.id->size() > k_max_id) {
         p.error = "malformed payload: \"id\" is longer than " + std::to_string(k_max_id) + " bytes";
-        return p;
-    }
-    for (const auto& [key, _] : doc.items()) {
-        if (key != "id" && key != "value" && key != "ts") {
-            p.error = "malformed payload: unknown key \"" + key + "\" (allowed: id, value, ts)";
-            return p;
-        }
-    }
-    const auto v = doc.find("value");
-    if (v == doc.end()) {
+    } else if (!r.unknown_key.empty()) {
+        p.error =
+            "malformed payload: unknown key \"" + r.unknown_key + "\" (allowed: id, value, ts)";
+    } else if (!r.duplicate_key.empty()) {
+        p.error = "malformed payload: \"" + r.duplicate_key + "\" is given twice";
+    } else if (!r.seen_value) {
         p.error = "malformed payload: \"value\" is missing";
-        return p;
+    } else if (!r.value_error.empty()) {
+        p.error = "malformed payload: \"value\" " + r.value_error;
+    } else if (!r.ts_error.empty()) {
+        p.error = "malformed payload: \"ts\" " + r.ts_error;
     }
-    switch (v->type()) {
-        case nlohmann::json::value_t::boolean:
-            p.value = v->get<bool>();
-            break;
-        case nlohmann::json::value_t::number_integer:
-            p.value = v->get<std::int64_t>();
-            break;
-        case nlohmann::json::value_t::number_unsigned:
-            p.value = v->get<std::uint64_t>();
-            break;
-        case nlohmann::json::value_t::number_float:
-            p.value = v->get<double>();
-            break;
-        case nlohmann::json::value_t::string:
-            p.value = v->get<std::string>();
-            break;
-        default:
-            p.error = "malformed payload: \"value\" must be a number, true/false or a string";
-            return p;
-    }
-    if (auto ts = doc.find("ts"); ts != doc.end()) {
-        if (ts->is_number_unsigned() || ts->is_number_integer()) {
-            p.ts = ts->get<std::int64_t>();
-        } else {
-            p.error = "malformed payload: \"ts\" must be an integer (Unix time in milliseconds)";
-            return p;
-        }
+    if (!p.error.empty()) {
+        p.value = ferry::value();
+        p.decimal.clear();
+        p.ts.reset();
     }
     return p;
 }
 
-std::string check_value(const config::point& p, const ferry::value& v) {
+namespace {
+
+// A decimal number: m × 10^e, exactly (m has at most 36 significant digits).
+struct decimal {
+    __int128 m = 0;
+    int e = 0;
+};
+
+// 10^k into x; false when it does not fit.
+bool scale_up(__int128& x, int k) {
+    for (; k > 0; --k) {
+        if (__builtin_mul_overflow(x, 10, &x)) return false;
+    }
+    return true;
+}
+
+// JSON number text ("-12.5e3") or std::to_chars output; nullopt when it has more than 36
+// significant digits or an exponent beyond ±10000 (no command needs either).
+std::optional<decimal> parse_decimal(std::string_view s) {
+    decimal d;
+    bool neg = false;
+    std::size_t i = 0;
+    if (i < s.size() && (s[i] == '-' || s[i] == '+')) neg = s[i++] == '-';
+    int digits = 0, frac = 0, zeros = 0;  // zeros: trailing ones not yet put into m
+    bool dot = false, any = false;
+    for (; i < s.size(); ++i) {
+        const char c = s[i];
+        if (c == '.' && !dot) {
+            dot = true;
+            continue;
+        }
+        if (c < '0' || c > '9') break;
+        any = true;
+        if (dot) ++frac;
+        if (c == '0') {
+            ++zeros;
+            continue;
+        }
+        if (digits > 0 && digits + zeros + 1 > 36) return std::nullopt;
+        if (digits > 0) digits += zeros;
+        if (!scale_up(d.m, digits > 0 ? zeros : 0)) return std::nullopt;
+        zeros = 0;
+        d.m = d.m * 10 + (c - '0');
+        ++digits;
+    }
+    if (!any) return std::nullopt;
+    long exp = 0;
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+        ++i;
+        bool eneg = false;
+        if (i < s.size() && (s[i] == '-' || s[i] == '+')) eneg = s[i++] == '-';
+        if (i == s.size()) return std::nullopt;
+        for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i)
+            exp = std::min<long>(exp * 10 + (s[i] - '0'), 100000);
+        if (eneg) exp = -exp;
+    }
+    if (i != s.size()) return std::nullopt;
+    if (d.m == 0) return decimal{};
+    if (exp > 10000 || exp < -10000) return std::nullopt;
+    d.e = static_cast<int>(exp) - frac + zeros;  // trailing zeros stay out of m
+    if (neg) d.m = -d.m;
+    return d;
+}
+
+// The shortest decimal text that reads back as `d` ("0.001", not 0.001000000000000000021).
+std::string shortest(double d) {
+    char buf[32];
+    const auto r = std::to_chars(buf, buf + sizeof buf, d);
+    return std::string(buf, r.ptr);
+}
+
+// (value - offset) / scale in exact decimal arithmetic: the raw integer, or why there is none.
+struct exact_raw {
+    std::optional<__int128> raw;  // set when whole
+    bool whole = false;
+    bool huge = false;       // |raw| beyond any 64-bit type
+    bool unchecked = false;  // too many digits to compute exactly
+};
+exact_raw raw_of(std::string_view value, double scale, double offset) {
+    exact_raw out;
+    const auto v = parse_decimal(value);
+    const auto o = parse_decimal(shortest(offset));
+    const auto s = parse_decimal(shortest(scale));
+    if (!v || !o || !s || s->m == 0) {
+        out.unchecked = true;
+        return out;
+    }
+    const int e = std::min(v->e, o->e);
+    __int128 vm = v->m, om = o->m, n = 0;
+    if (!scale_up(vm, v->e - e) || !scale_up(om, o->e - e) || __builtin_sub_overflow(vm, om, &n)) {
+        out.unchecked = true;
+        return out;
+    }
+    if (n == 0) {
+        out.whole = true;
+        out.raw = 0;
+        return out;
+    }
+    __int128 num = n, den = s->m;
+    if (e >= s->e) {
+        if (!scale_up(num, e - s->e)) {
+            // |raw| = |num| / |scale's digits| > 1.7e38 / 1e17: no 64-bit type holds it.
+            out.huge = true;
+            return out;
+        }
+    } else if (!scale_up(den, s->e - e)) {
+        return out;  // |den| > |num| (both < 2^127), n != 0: a fraction of a step
+    }
+    if (num % den != 0) return out;
+    out.whole = true;
+    out.raw = num / den;
+    return out;
+}
+
+}  // namespace
+
+std::string check_value(const config::point& p, const ferry::value& v, std::string_view decimal) {
     const bool is_bool = std::holds_alternative<bool>(v);
     const bool is_text = std::holds_alternative<std::string>(v);
     const std::string type(config::type_name(p.type));
@@ -182,22 +438,54 @@ std::string check_value(const config::point& p, const ferry::value& v) {
         return text_of(v) + " cannot be written exactly (beyond 2^53 in magnitude)";
     const double raw = (d - p.offset) / p.scale;
     if (!std::isfinite(raw)) return {};  // the writer's range check names it
-    // Decimal values and scales are inexact in binary (12.3 / 0.1 = 122.99999999999999), so
-    // "whole" allows a relative error far below one raw step.
-    const double whole = std::nearbyint(raw);
-    if (std::fabs(raw - whole) > 1e-9 * std::max(1.0, std::fabs(raw))) {
-        return number_text(d) + " is not a whole number of raw steps for type " + type +
+    // Whole raw steps, exactly: on the value as sent (a double would round 2000000.0004 / 0.001
+    // to 2000000000.4000001, which no relative tolerance can tell from a rounding error at
+    // that size) and on scale/offset as written in the config.
+    const std::string sent = decimal.empty() ? shortest(d) : std::string(decimal);
+    const auto x = raw_of(sent, p.scale, p.offset);
+    auto not_whole = [&](std::string_view why) {
+        return sent.substr(0, k_logged_value) + " " + std::string(why) + " for type " + type +
                ": (value - offset) / scale = " + number_text(raw) + " (scale " +
                number_text(p.scale) + ", offset " + number_text(p.offset) + ")";
-    }
+    };
+    if (x.huge) return {};  // the writer's range check names it
+    if (x.unchecked) return not_whole("has too many digits to be checked exactly");
+    if (!x.whole) return not_whole("is not a whole number of raw steps");
+    // The writer rounds the double (value - offset) / scale: it must land on the same step.
+    if (static_cast<double>(*x.raw) != std::nearbyint(raw))
+        return not_whole("cannot be written exactly (too close to the double's precision)");
     return {};
 }
 
 std::string check_age(std::optional<std::int64_t> ts, std::int64_t now_ms,
-                      std::chrono::milliseconds max_age) {
-    if (!ts || now_ms - *ts <= max_age.count()) return {};
-    return "stale: \"ts\" is " + std::to_string(now_ms - *ts) +
-           " ms old, more than commands.max_age (" + std::to_string(max_age.count()) + " ms)";
+                      std::chrono::milliseconds max_age, bool* future) {
+    if (future) *future = false;
+    if (!ts) return {};
+    // In 128 bits: now_ms - ts overflows int64 for a ts near ±2^63.
+    const __int128 age = static_cast<__int128>(now_ms) - *ts;
+    const auto limit = static_cast<__int128>(max_age.count());
+    auto text = [](__int128 x) {
+        std::string s;
+        const bool neg = x < 0;
+        auto u = static_cast<unsigned __int128>(neg ? -x : x);
+        do {
+            s.insert(s.begin(), static_cast<char>('0' + static_cast<int>(u % 10)));
+            u /= 10;
+        } while (u != 0);
+        return neg ? "-" + s : s;
+    };
+    if (age > limit) {
+        return "stale: \"ts\" is " + text(age) + " ms old, more than commands.max_age (" +
+               std::to_string(max_age.count()) + " ms)";
+    }
+    if (-age > limit) {
+        if (future) *future = true;
+        return "\"ts\" is " + text(-age) +
+               " ms ahead of this gateway's clock, more than "
+               "commands.max_age (" +
+               std::to_string(max_age.count()) + " ms)";
+    }
+    return {};
 }
 
 token_bucket::token_bucket(std::uint32_t capacity, std::chrono::milliseconds period)
@@ -457,6 +745,12 @@ struct service::impl {
     publish_fn publish;
     std::array<prometheus::Counter*, k_results> counters{};
     std::array<std::atomic<std::uint64_t>, k_results> counted{};
+    // ferry_input_rejected_total{input="command",reason}: refused by a budget.
+    prometheus::Counter* too_large = nullptr;
+    prometheus::Counter* too_deep = nullptr;
+    prometheus::Counter* too_many_waiting = nullptr;
+    prometheus::Counter* queue_full = nullptr;
+    prometheus::Counter* device_busy = nullptr;
 
     std::mutex mu;  // guards db, buckets, in_flight
     std::unique_ptr<store> db;
@@ -464,13 +758,15 @@ struct service::impl {
     std::map<std::string, token_bucket> buckets;
     // Ids being written, with the result topics of repeats that arrived meanwhile.
     std::map<std::string, std::vector<std::string>> in_flight;
+    std::map<std::string, std::size_t> writing;  // per device: writes not finished yet
 
     std::mutex qmu;
     std::condition_variable qcv;
     struct message {
         std::string topic;
-        std::string payload;
+        std::string payload;  // only its first k_id_window bytes when over max_payload
         bool retained = false;
+        std::size_t size = 0;  // of the payload as it arrived
     };
     std::deque<message> queue;
     bool stopping = false;
@@ -508,13 +804,14 @@ struct service::impl {
         return std::nullopt;
     }
 
-    void handle(const std::string& topic, const std::string& text, bool retained);
+    void handle(const std::string& topic, const std::string& text, bool retained, std::size_t size);
     void finish(const std::string& id, const std::string& device, const std::string& point,
                 const std::string& value, const std::string& topic, const write_outcome& o);
     void loop();
 };
 
-void service::impl::handle(const std::string& topic, const std::string& text, bool retained) {
+void service::impl::handle(const std::string& topic, const std::string& text, bool retained,
+                           std::size_t size) {
     // ferry/{gateway}/cmd/{device}/{tag}/set
     constexpr std::string_view suffix = "/set";
     if (topic.size() <= prefix.size() + suffix.size() || topic.compare(0, prefix.size(), prefix) ||
@@ -527,13 +824,35 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
     const auto point = middle.substr(slash + 1);
     const auto reply_to = prefix + middle + "/result";
 
-    auto p = parse_payload(text);
+    // The budget first: a payload over max_payload is never parsed (on_message kept only its
+    // first k_id_window bytes), only searched for an id to answer. With commands disabled the
+    // answer needs nothing but the id, so nothing else is parsed either.
+    payload p;
+    if (size > settings.max_payload) {
+        p.id = find_id(text);
+        p.error = "payload too large: " + std::to_string(size) +
+                  " bytes, more than commands.max_payload (" +
+                  std::to_string(settings.max_payload) + " bytes)";
+        too_large->Increment();
+        if (!p.id) {
+            // No id to answer to: counted and logged only.
+            log::warn(k_component, "command payload too large; dropped without an answer",
+                      {{"topic", topic}, {"bytes", std::to_string(size)}});
+            return;
+        }
+    } else if (!settings.enabled) {
+        p.id = find_id(text);
+        p.error = k_disabled;
+    } else {
+        p = parse_payload(text, settings.max_payload);
+        if (p.too_deep) too_deep->Increment();
+    }
     const auto value = p.error.empty() ? text_of(p.value) : std::string();
     auto refuse = [&](result r, const std::string& error) {
         answer(reply_to, p.id, r, false, error, device, point, value);
     };
-    if (!p.error.empty()) return refuse(result::rejected, p.error);
-    if (!settings.enabled) return refuse(result::disabled, k_disabled);
+    if (!p.error.empty())
+        return refuse(p.error == k_disabled ? result::disabled : result::rejected, p.error);
     if (retained) {
         return refuse(result::rejected,
                       "a retained command is not executed (the broker would replay it at every "
@@ -545,9 +864,18 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
     std::unique_lock lock(mu);
     if (!db) return refuse(result::rejected, store_error);
     if (auto it = in_flight.find(id); it != in_flight.end()) {
-        // Answered together with the first when its write completes.
-        it->second.push_back(reply_to);
-        count(result::duplicate);
+        // Answered together with the first when its write completes; a bounded number of
+        // them (a sender repeating an id while a write hangs would grow this without end).
+        if (it->second.size() < k_max_waiting) {
+            it->second.push_back(reply_to);
+            count(result::duplicate);
+            return;
+        }
+        too_many_waiting->Increment();
+        answer(reply_to, p.id, result::duplicate, false,
+               "a write with this id is in progress; its result is not known yet (send the id "
+               "again later)",
+               device, point, value);
         return;
     }
     std::optional<store::entry> seen;
@@ -578,10 +906,18 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
     if (!pt->writable)
         return refuse(result::rejected, "point '" + device + "/" + point +
                                             "' is not writable (writable: false in the config)");
-    if (auto why = check_age(p.ts, now_ms, settings.max_age); !why.empty())
-        return refuse(result::stale, why);
-    if (auto why = check_value(*pt, p.value); !why.empty()) return refuse(result::rejected, why);
+    bool future = false;
+    if (auto why = check_age(p.ts, now_ms, settings.max_age, &future); !why.empty())
+        return refuse(future ? result::rejected : result::stale, why);
+    if (auto why = check_value(*pt, p.value, p.decimal); !why.empty())
+        return refuse(result::rejected, why);
     if (auto why = w->check(*dev, *pt, p.value); !why.empty()) return refuse(result::rejected, why);
+    if (writing[device] >= k_max_writing) {
+        device_busy->Increment();
+        return refuse(result::rate_limited, "device '" + device +
+                                                "' is busy: " + std::to_string(k_max_writing) +
+                                                " writes are waiting for it; nothing was written");
+    }
     auto bucket = buckets.try_emplace(device, settings.rate_limit, settings.rate_period).first;
     if (!bucket->second.take(std::chrono::steady_clock::now())) {
         return refuse(result::rate_limited, "rate limited: device '" + device + "' takes at most " +
@@ -598,6 +934,7 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
             std::string("cannot record the command id; nothing was written: ") + e.what());
     }
     in_flight[id];
+    ++writing[device];
     lock.unlock();
     log::debug(k_component, "writing",
                {{"id", id}, {"device", device}, {"point", point}, {"value", value}});
@@ -626,6 +963,8 @@ void service::impl::finish(const std::string& id, const std::string& device,
             repeats = std::move(it->second);
             in_flight.erase(it);
         }
+        if (auto it = writing.find(device); it != writing.end() && --it->second == 0)
+            writing.erase(it);
     }
     answer(topic, id, o.ok ? result::ok : result::device_error, o.ok, o.error, device, point,
            value);
@@ -638,11 +977,11 @@ void service::impl::loop() {
     for (;;) {
         qcv.wait(lock, [&] { return stopping || !queue.empty(); });
         if (stopping) break;
-        auto [topic, text, retained] = std::move(queue.front());
+        auto [topic, text, retained, size] = std::move(queue.front());
         queue.pop_front();
         lock.unlock();
         try {
-            handle(topic, text, retained);
+            handle(topic, text, retained, size);
         } catch (const std::exception& e) {
             log::error(k_component, "command failed", {{"topic", topic}, {"error", e.what()}});
         }
@@ -671,6 +1010,15 @@ service::service(const config::config& cfg, std::string store_path, writer_for w
                        .Register(registry);
     for (std::size_t r = 0; r < k_results; ++r)
         m.counters[r] = &family.Add({{"result", std::string(to_string(static_cast<result>(r)))}});
+    auto& rejected = prometheus::BuildCounter()
+                         .Name("ferry_input_rejected_total")
+                         .Help("Inputs refused by a budget or a check, by input and reason")
+                         .Register(registry);
+    m.too_large = &rejected.Add({{"input", "command"}, {"reason", "too_large"}});
+    m.too_deep = &rejected.Add({{"input", "command"}, {"reason", "too_deep"}});
+    m.too_many_waiting = &rejected.Add({{"input", "command"}, {"reason", "too_many_waiting"}});
+    m.queue_full = &rejected.Add({{"input", "command"}, {"reason", "queue_full"}});
+    m.device_busy = &rejected.Add({{"input", "command"}, {"reason", "device_busy"}});
     if (!m.settings.enabled) return;
     try {
         m.db = std::make_unique<store>(m.store_path, store::options{});
@@ -718,15 +1066,21 @@ void service::on_message(const std::string& topic, const std::string& payload, b
             log::warn(k_component, "command queue full; command dropped without an answer",
                       {{"topic", topic}});
             impl_->count(result::rate_limited);
+            impl_->queue_full->Increment();
             return;
         }
-        impl_->queue.push_back({topic, payload, retained});
+        // Over the budget only the head is kept (to find an id to answer): the queue holds at
+        // most k_queue × max_payload bytes of payloads, whatever the broker delivers.
+        const std::string_view kept = payload.size() > impl_->settings.max_payload
+                                          ? std::string_view(payload).substr(0, k_id_window)
+                                          : std::string_view(payload);
+        impl_->queue.push_back({topic, std::string(kept), retained, payload.size()});
     }
     impl_->qcv.notify_one();
 }
 
 void service::handle(const std::string& topic, const std::string& payload, bool retained) {
-    impl_->handle(topic, payload, retained);
+    impl_->handle(topic, payload, retained, payload.size());
 }
 
 void service::update_devices(std::vector<config::device> devices) {

@@ -7,8 +7,11 @@
 // command is checked: payload, device, point, `writable: true`, the value's type, whole
 // raw steps after the inverse of scale/offset, min/max and the raw type's range (the
 // driver's encoder), age against commands.max_age, and the per-device rate limit
-// (commands.rate_limit, a token bucket). Anything else is answered ok:false, counted in
-// ferry_commands_total{result} and logged; nothing is written.
+// (commands.rate_limit, a token bucket), and at most 8 unfinished writes per device. Anything
+// else is answered ok:false, counted in ferry_commands_total{result} and logged; nothing is
+// written. Budgets (ferry_input_rejected_total{input="command",reason}): payloads over
+// commands.max_payload are not parsed, nesting stops at 16 levels, 16 repeats of an id in
+// flight wait for its result, 1024 messages wait for the service thread.
 //
 // At most once per id: the id is recorded "in progress" (fsynced) in commands.db beside the
 // spool before the write is queued, and its result after. A repeated id is answered with the
@@ -95,26 +98,46 @@ std::string result_json(const std::optional<std::string>& id, bool ok, std::stri
 // ---- Checks (pure) ----
 
 // A set payload, parsed strictly: an object with "id" (non-empty string), "value" and
-// optionally "ts" (Unix ms, an integer); no other keys. `error` is set when malformed (`id`
-// is still filled when the payload had a string id, so the answer can name it).
+// optionally "ts" (Unix ms, an integer); no other keys, no key twice. `error` is set when
+// malformed (`id` is still filled when the payload had a string id, so the answer can name it).
+//
+// Budget: a payload longer than `max_bytes` is not parsed at all ("payload too large"; `id` is
+// looked for with find_id). Parsing streams (no document is built) and stops at the first
+// value nested deeper than k_max_depth levels, so its cost is O(size) time and O(1) memory
+// beyond the strings it keeps (at most the payload's size).
 struct payload {
     std::optional<std::string> id;
-    ferry::value value;  // bool, int64/uint64/double or string, as JSON typed it
+    ferry::value value;   // bool, int64/uint64/double or string, as JSON typed it
+    std::string decimal;  // a number's text as sent ("3000000000.4"), for exact checks
     std::optional<std::int64_t> ts;
     std::string error;
+    bool too_large = false;  // refused unparsed (more than max_bytes)
+    bool too_deep = false;   // refused: nested deeper than k_max_depth
 };
-payload parse_payload(std::string_view text);
+constexpr std::size_t k_max_depth = 16;
+constexpr std::size_t k_id_window = 2048;  // bytes of a payload find_id looks at
+payload parse_payload(std::string_view text, std::size_t max_bytes = 4096);
+
+// The payload's "id" when it can be found cheaply: a non-empty string member of the top-level
+// object, within the first k_id_window bytes. Looks at nothing else (used to answer a payload
+// too large to parse, and commands while they are disabled).
+std::optional<std::string> find_id(std::string_view text);
 
 // The value's type against the point's: true/false for coils and bool points, a string for
 // string points, a number otherwise; for integer types the number must be a whole number of
-// raw steps after the inverse of scale/offset (raw = (value - offset) / scale), and 64-bit
-// integers beyond 2^53 are refused (not exact as a double). "" when fine. min/max and the
-// raw type's range are the writer's check.
-std::string check_value(const config::point& p, const ferry::value& v);
+// raw steps after the inverse of scale/offset (raw = (value - offset) / scale), computed
+// exactly in decimal on the number's text (`decimal`, as sent; from the double when empty) and
+// on the shortest decimal form of scale and offset, so that no value between two raw steps is
+// taken for either of them. 64-bit integers beyond 2^53 are refused (not exact as a double).
+// "" when fine. min/max and the raw type's range are the writer's check.
+std::string check_value(const config::point& p, const ferry::value& v,
+                        std::string_view decimal = {});
 
-// "" when `ts` is absent or not older than max_age at now_ms, else why it is stale.
+// "" when `ts` is absent or within max_age of now_ms, else why it is refused. A `ts` older
+// than max_age is stale (`*future` false); one more than max_age ahead of now_ms cannot be
+// trusted either (`*future` true). Computed without overflow for any int64 `ts`.
 std::string check_age(std::optional<std::int64_t> ts, std::int64_t now_ms,
-                      std::chrono::milliseconds max_age);
+                      std::chrono::milliseconds max_age, bool* future = nullptr);
 
 // At most `capacity` commands per `period`, refilled continuously (a token bucket that
 // starts full). Not thread-safe.
@@ -176,6 +199,13 @@ class store {
 };
 
 // ---- The service ----
+
+// The largest MQTT packet Ferry asks the broker to send it (MQTT 5 Maximum Packet Size):
+// commands.max_payload plus 1 MiB, so that a payload somewhat over the budget still arrives
+// and is answered "payload too large", while a huge one is dropped by the broker.
+inline std::uint32_t max_inbound_packet(const config::commands_section& c) {
+    return static_cast<std::uint32_t>(c.max_payload + (1u << 20));
+}
 
 class service {
   public:

@@ -118,8 +118,8 @@ constexpr option k_device_options[] = {
     {"port", "integer 1..65535", "502", "TCP port.", k_tcp},
     {"unit_id", "integer", "1",
      "Modbus unit (slave) id: 0..255 for modbus_tcp, 1..247 for modbus_rtu.", k_modbus},
-    {"poll_interval", "duration > 0", "1s", "How often all points are read.", k_modbus},
-    {"timeout", "duration > 0", "500ms", "Answer timeout of one request.", k_modbus},
+    {"poll_interval", "duration 1ms..720h", "1s", "How often all points are read.", k_modbus},
+    {"timeout", "duration 1ms..720h", "500ms", "Answer timeout of one request.", k_modbus},
     {"retries", "integer 0..100", "2", "Retries of a failed request within one poll.", k_modbus},
     {"max_gap", "integer 0..124", "16",
      "Unused registers a read may bridge to join two points into one request.", k_modbus},
@@ -149,7 +149,7 @@ constexpr option k_framing_options[] = {
 
 constexpr option k_line_poll_options[] = {
     {"request", "string", "required", "Written to the port at every interval, e.g. \"R\\r\\n\"."},
-    {"interval", "duration > 0", "1s", "How often the request is written (fixed rate)."},
+    {"interval", "duration 1ms..720h", "1s", "How often the request is written (fixed rate)."},
 };
 
 constexpr option k_parse_options[] = {
@@ -191,7 +191,7 @@ constexpr option k_rule_options[] = {
      "Events for which it is false are dropped (see rules/README.md for the language)."},
     {"transform", "map", "none", "Rescale values (see `rules[].transform`)."},
     {"deadband", "map", "none", "Drop small changes (see `rules[].deadband`)."},
-    {"heartbeat", "duration > 0", "none",
+    {"heartbeat", "duration 1ms..720h", "none",
      "Send an unchanged value at least this often: the next reading passes whatever the "
      "deadband once this long has passed since the rule last sent that device/tag."},
     {"batch", "map", "", "When a batch is sent (see `rules[].batch`)."},
@@ -214,7 +214,7 @@ constexpr option k_batch_options[] = {
     {"max_bytes", "size 1KiB..256MiB", "256KiB",
      "Send when the payload reaches this size (or the broker's Maximum Packet Size less the "
      "publish overhead, when known: docs/DELIVERY.md)."},
-    {"max_age", "duration", "1s", "Send when the oldest waiting event is this old."},
+    {"max_age", "duration 0..720h", "1s", "Send when the oldest waiting event is this old."},
 };
 
 constexpr option k_publish_options[] = {
@@ -233,9 +233,14 @@ constexpr option k_commands_options[] = {
     {"enabled", "bool", "false",
      "Accept downlink writes. When false, every command is still answered: ok false, "
      "\"commands are disabled ...\"."},
-    {"max_age", "duration > 0", "30s", "A command whose `ts` is older is refused as stale."},
+    {"max_age", "duration 1ms..720h", "30s", "A command whose `ts` is older is refused as stale."},
     {"rate_limit", "N/s \\| N/m \\| N/h", "10/s",
      "Most commands per device in that time (a token bucket: bursts up to N)."},
+    {"max_payload", "size 64..64KiB", "4KiB",
+     "Largest command payload parsed. A larger one is refused unparsed: answered `payload too "
+     "large` when its `id` stands in its first 2 KiB, else only counted and logged "
+     "(`ferry_input_rejected_total{input=\"command\",reason=\"too_large\"}`). MQTT 5: Ferry "
+     "asks the broker (Maximum Packet Size) not to send it messages over this + 1 MiB."},
 };
 
 constexpr option k_upstream_options[] = {
@@ -279,7 +284,7 @@ constexpr option k_tls_options[] = {
 constexpr option k_spool_options[] = {
     {"path", "template", "{data_dir}/spool.db",
      "Spool database; `{data_dir}` and `{gateway}` are expanded."},
-    {"max_bytes", "size >= 1MiB", "512MiB", "Most bytes the spool holds."},
+    {"max_bytes", "size 1MiB..16TiB", "512MiB", "Most bytes the spool holds."},
     {"when_full", "", "drop_oldest", "What a full spool does with a new batch.", k_all,
      k_when_full_names},
     {"fsync", "", "always", "When the spool fsyncs: every batch, grouped, or never.", k_all,
@@ -373,8 +378,19 @@ bool is_name_char(char c, bool allow_dot) {
 }
 
 bool valid_name(std::string_view s, bool allow_dot) {
-    if (s.empty()) return false;
+    if (s.empty() || s.size() > k_max_name) return false;
     return std::all_of(s.begin(), s.end(), [&](char c) { return is_name_char(c, allow_dot); });
+}
+
+// Why `s` is not a valid name: too long (names go into MQTT topics, whose limit is 65535 bytes
+// in all; k_max_name keeps every topic Ferry builds far below it), or a character not allowed.
+std::string bad_name(const std::string& s, std::string_view what, std::string_view chars) {
+    if (s.size() > k_max_name) {
+        return "'" + s.substr(0, 32) + "...' (" + std::to_string(s.size()) +
+               " bytes) is not a valid " + std::string(what) + ": longer than " +
+               std::to_string(k_max_name) + " bytes";
+    }
+    return "'" + s + "' is not a valid " + std::string(what) + " (use " + std::string(chars) + ")";
 }
 
 // "rules[3].match[0]" -> "rules[].match[]"
@@ -434,8 +450,10 @@ std::optional<double> parse_number(std::string_view s) {
     return v;
 }
 
-// Reads a whole file; on failure returns nullopt and sets `why` to the reason.
-std::optional<std::string> read_file(const std::string& path, std::string& why) {
+// Reads a whole file of at most `max_bytes`; on failure returns nullopt and sets `why` to the
+// reason. Reads no more than max_bytes + 1 whatever the file is (/dev/zero, a FIFO, a log).
+std::optional<std::string> read_file(const std::string& path, std::string& why,
+                                     std::size_t max_bytes) {
     errno = 0;
     std::FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) {
@@ -447,6 +465,11 @@ std::optional<std::string> read_file(const std::string& path, std::string& why) 
     for (;;) {
         std::size_t n = std::fread(buf, 1, sizeof buf, f);
         out.append(buf, n);
+        if (out.size() > max_bytes) {
+            std::fclose(f);
+            why = "larger than " + std::to_string(max_bytes) + " bytes (the limit for this file)";
+            return std::nullopt;
+        }
         if (n < sizeof buf) break;
     }
     bool failed = std::ferror(f) != 0;
@@ -457,6 +480,11 @@ std::optional<std::string> read_file(const std::string& path, std::string& why) 
         return std::nullopt;
     }
     return out;
+}
+
+std::optional<std::string> env_value(const char* v) {
+    if (!v) return std::nullopt;
+    return std::string(v);
 }
 
 std::string dir_of(const std::string& file) {
@@ -527,9 +555,11 @@ class map_reader {
 
 class loader {
   public:
-    explicit loader(std::string file) : file_(std::move(file)), base_dir_(dir_of(file_)) {}
+    loader(std::string file, const load_hooks& hooks)
+        : file_(std::move(file)), base_dir_(dir_of(file_)), hooks_(hooks) {}
 
     config load(const std::string& text);
+    bool within_budget(const YAML::Node& root);
 
     void fail(const YAML::Mark& m, std::string path, std::string message) {
         auto pos = to_mark(m);
@@ -624,6 +654,7 @@ class loader {
   public:
     std::string file_;
     std::string base_dir_;
+    load_hooks hooks_;
     std::vector<error> errors_;
 
   private:
@@ -721,8 +752,9 @@ std::optional<std::string> loader::expand_env(const std::string& s, const value_
                              std::all_of(name.begin(), name.end(),
                                          [](char c) { return is_name_char(c, false) && c != '-'; });
                 if (valid) {
-                    if (const char* val = std::getenv(name.c_str())) {
-                        out += val;
+                    if (auto val = hooks_.getenv ? hooks_.getenv(name)
+                                                 : env_value(std::getenv(name.c_str()))) {
+                        out += *val;
                     } else {
                         ok = false;
                         if (report) fail(*report, "environment variable " + name + " is not set");
@@ -814,6 +846,13 @@ std::optional<duration> loader::dur(const value_ref& v, bool positive) {
     }
     if (positive && d->count() == 0) {
         fail(v, "must be greater than 0");
+        return std::nullopt;
+    }
+    // Durations are added to clock readings (steady_clock counts nanoseconds in 64 bits):
+    // one bound for every key keeps all of that arithmetic far from overflow.
+    if (*d > k_max_duration) {
+        fail(v, "duration '" + *s + "' is too long (at most " +
+                    std::to_string(k_max_duration.count() / 3600000) + "h)");
         return std::nullopt;
     }
     return d;
@@ -919,6 +958,12 @@ std::optional<std::string> loader::expand_placeholders(
 void loader::topic(const value_ref& v, std::string& out) {
     auto s = str(v);
     if (!s) return;
+    // With names of at most k_max_name bytes, a topic then stays far below MQTT's 65535.
+    if (s->size() > k_max_topic_template) {
+        fail(v, "topic template of " + std::to_string(s->size()) + " bytes is longer than " +
+                    std::to_string(k_max_topic_template));
+        return;
+    }
     std::string why;
     if (!topic_template::compile(*s, &why)) {
         fail(v, "invalid topic template '" + *s + "': " + why);
@@ -929,6 +974,50 @@ void loader::topic(const value_ref& v, std::string& out) {
 
 // ---------------------------------------------------------------------------------------------
 // Sections.
+
+// yaml-cpp shares the node an alias refers to, so the document is small; the loader, though,
+// would build every use of it (one device aliased 3,000 times: 3,000 devices). Counting what
+// the file expands to first, and stopping at the bound, keeps a short file from costing
+// seconds and hundreds of MiB. The error stands at the entry where the bound was passed.
+bool loader::within_budget(const YAML::Node& root) {
+    struct item {
+        YAML::Node node;
+        YAML::Mark at;  // where to report: the key of the entry (an alias's value has its
+                        // anchor's position, possibly far away)
+        std::string path;
+        std::size_t depth;
+    };
+    std::vector<item> stack{{root, root.Mark(), "", 0}};
+    std::size_t count = 0;
+    while (!stack.empty()) {
+        auto [n, at, path, depth] = std::move(stack.back());
+        stack.pop_back();
+        if (++count > k_max_config_nodes) {
+            fail(at, path,
+                 "the file expands to more than " + std::to_string(k_max_config_nodes) +
+                     " values (each use of a YAML alias counts as a copy of what it refers to)");
+            return false;
+        }
+        if (depth > k_max_config_depth) {
+            fail(at, path, "nested deeper than " + std::to_string(k_max_config_depth) + " levels");
+            return false;
+        }
+        if (n.IsMap()) {
+            for (auto it = n.begin(); it != n.end(); ++it) {
+                ++count;  // the key
+                const auto key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
+                stack.push_back({it->second, it->first.Mark(),
+                                 path.empty() ? key : path + "." + key, depth + 1});
+            }
+        } else if (n.IsSequence()) {
+            std::size_t i = 0;
+            for (auto it = n.begin(); it != n.end(); ++it, ++i)
+                stack.push_back({*it, it->Mark().is_null() ? at : it->Mark(),
+                                 path + "[" + std::to_string(i) + "]", depth + 1});
+        }
+    }
+    return true;
+}
 
 config loader::load(const std::string& text) {
     config c;
@@ -943,6 +1032,7 @@ config loader::load(const std::string& text) {
         fail(e.mark, "", "YAML error: " + e.msg);
         return c;
     }
+    if (!within_budget(root)) return c;
     // An empty document has no position: report at the start of the file.
     value_ref top{root, root.Mark().is_null() ? YAML::Mark() : root.Mark(), ""};
     if (!root.IsNull() && !root.IsMap()) {
@@ -986,7 +1076,7 @@ void loader::gateway(const value_ref& v, config& c) {
             if (valid_name(*s, false))
                 c.gateway.id = *s;
             else
-                fail(r, "'" + *s + "' is not a valid gateway id (use [A-Za-z0-9_-]+)");
+                fail(r, bad_name(*s, "gateway id", "[A-Za-z0-9_-]+"));
         }
     }
     if (auto r = m.get("data_dir"))
@@ -1043,7 +1133,7 @@ void loader::device_entry(const value_ref& v, device& d) {
                 // Duplicates are reported at this id's value.
                 d.where = to_mark(r.where);
             } else {
-                fail(r, "'" + *s + "' is not a valid device id (use [A-Za-z0-9_.-]+)");
+                fail(r, bad_name(*s, "device id", "[A-Za-z0-9_.-]+"));
             }
         }
     }
@@ -1223,7 +1313,7 @@ void loader::point_entry(const value_ref& v, point& p, unsigned bit, std::string
                 p.name = *s;
                 p.where = to_mark(r.where);
             } else {
-                fail(r, "'" + *s + "' is not a valid point name (use [A-Za-z0-9_.-]+)");
+                fail(r, bad_name(*s, "point name", "[A-Za-z0-9_.-]+"));
             }
         }
     }
@@ -1312,7 +1402,7 @@ void loader::rule_entry(const value_ref& v, rule& r) {
                 r.name = *s;
                 r.where = to_mark(ref.where);
             } else {
-                fail(ref, "'" + *s + "' is not a valid rule name (use [A-Za-z0-9_.-]+)");
+                fail(ref, bad_name(*s, "rule name", "[A-Za-z0-9_.-]+"));
             }
         }
     }
@@ -1408,6 +1498,8 @@ void loader::commands(const value_ref& v, config& c) {
     m.check_keys();
     set_bool(m, "enabled", c.commands.enabled);
     set_dur(m, "max_age", c.commands.max_age, true);
+    if (auto r = m.get("max_payload"))
+        if (auto n = size(*r, 64, 64 * 1024)) c.commands.max_payload = *n;
     if (auto r = m.get("rate_limit")) {
         auto s = str(*r);
         if (!s) return;
@@ -1519,7 +1611,8 @@ void loader::mqtt(const value_ref& v, config& c) {
         if (auto s = nonempty_str(*r)) {
             std::string why;
             std::string path = resolve(*s);
-            if (auto content = read_file(path, why)) {
+            if (auto content = hooks_.read_file ? hooks_.read_file(path, k_max_secret_file, why)
+                                                : read_file(path, why, k_max_secret_file)) {
                 while (!content->empty() && (content->back() == '\n' || content->back() == '\r'))
                     content->pop_back();
                 if (content->empty())
@@ -1559,8 +1652,7 @@ void loader::spool(const value_ref& v, config& c) {
         }
     }
     if (auto r = m.get("max_bytes"))
-        if (auto n = size(*r, 1024 * 1024, std::numeric_limits<std::uint64_t>::max()))
-            s.max_bytes = *n;
+        if (auto n = size(*r, 1024 * 1024, 16ull << 40)) s.max_bytes = *n;
     set_enum(m, "when_full", s.full, k_when_full_names);
     set_enum(m, "fsync", s.fsync, k_fsync_names);
 }
@@ -1598,8 +1690,8 @@ std::string join_errors(const std::vector<error>& list) {
 errors::errors(std::vector<error> list)
     : std::runtime_error(join_errors(list)), list_(std::move(list)) {}
 
-config load_config_text(const std::string& text, const std::string& file) {
-    loader ld(file);
+config load_config_text(const std::string& text, const std::string& file, const load_hooks& hooks) {
+    loader ld(file, hooks);
     config c = ld.load(text);
     if (!ld.errors_.empty()) {
         std::stable_sort(ld.errors_.begin(), ld.errors_.end(), [](const error& a, const error& b) {
@@ -1612,7 +1704,7 @@ config load_config_text(const std::string& text, const std::string& file) {
 
 config load_config(const std::string& file) {
     std::string why;
-    auto text = read_file(file, why);
+    auto text = read_file(file, why, k_max_config_file);
     if (!text) throw errors({error{file, 0, 0, "", "cannot read file: " + why}});
     return load_config_text(*text, file);
 }

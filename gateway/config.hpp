@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -268,6 +269,7 @@ struct commands_section {
     duration max_age{30000};
     std::uint32_t rate_limit = 10;  // commands per rate_period, per device
     duration rate_period{1000};
+    std::size_t max_payload = 4096;  // bytes; larger payloads are refused unparsed
 
     bool operator==(const commands_section&) const = default;
 };
@@ -293,10 +295,33 @@ inline bool is_modbus(const device& d) {
 bool same_settings(device a, device b);
 bool same_settings(rule a, rule b);
 
+// Budgets of operator files (docs/SECURITY.md). Past them loading fails with an error, never
+// by running out of memory or time.
+constexpr std::size_t k_max_config_file = 4u << 20;   // bytes of the config file
+constexpr std::size_t k_max_secret_file = 64u << 10;  // bytes of a `*_file` secret
+// Values the file expands to, counting each use of a YAML alias (*name) as a copy of what it
+// refers to: a short file cannot make the loader build millions of points.
+constexpr std::size_t k_max_config_nodes = 1'000'000;
+constexpr std::size_t k_max_config_depth = 64;           // nesting of maps and lists
+constexpr duration k_max_duration{720LL * 3600 * 1000};  // 720h (30 days), every duration key
+constexpr std::size_t k_max_name = 128;  // bytes of a gateway id, device id, point or rule name
+constexpr std::size_t k_max_topic_template = 1024;  // bytes, before expansion
+
+// What the loader reads besides the text: `*_file` secrets and ${NAME} variables. Empty
+// functions mean the real file system and environment; fuzzers and tests plug in their own.
+struct load_hooks {
+    // The file's content, or nullopt with `why` set; more than `max_bytes` is an error.
+    std::function<std::optional<std::string>(const std::string& path, std::size_t max_bytes,
+                                             std::string& why)>
+        read_file;
+    std::function<std::optional<std::string>(const std::string& name)> getenv;
+};
+
 // Loads and validates FILE. Throws `errors` (all of them) if anything is wrong.
 config load_config(const std::string& file);
 // Same, from text already in memory; `file` names it in errors.
-config load_config_text(const std::string& text, const std::string& file);
+config load_config_text(const std::string& text, const std::string& file,
+                        const load_hooks& hooks = {});
 
 // "250ms" "2s" "5m" "1h"; nullopt if malformed.
 std::optional<duration> parse_duration(std::string_view text);

@@ -276,7 +276,8 @@ struct daemon::impl {
             commands->filter(),
             [this](const std::string& topic, const std::string& payload, bool retained) {
                 commands->on_message(topic, payload, retained);
-            });
+            },
+            commands::max_inbound_packet(cfg.commands));
     }
     // ---- end of downlink commands ------------------------------------------------------------
 

@@ -1104,9 +1104,18 @@ bool mqtt_publisher::connected() const {
     return impl_->connected_;
 }
 
-void mqtt_publisher::set_subscription(std::string filter, message_handler handler) {
+void mqtt_publisher::set_subscription(std::string filter, message_handler handler,
+                                      std::uint32_t max_packet) {
     impl_->sub_filter_ = std::move(filter);
     impl_->sub_handler_ = std::move(handler);
+    // MQTT 5: the broker must not send this client a larger packet (it drops the message for
+    // us instead), so a huge message never reaches Paho's buffers. MQTT 3.1.1 has no such
+    // property: there the handler gets what the broker accepted and must drop it early.
+    if (max_packet > 0 && impl_->settings_.version == 5) {
+        mqtt::properties props = impl_->conn_opts_.get_properties();
+        props.add(mqtt::property(mqtt::property::MAXIMUM_PACKET_SIZE, max_packet));
+        impl_->conn_opts_.set_properties(props);
+    }
     impl_->make_client();  // the current client gets the message callback too
 }
 

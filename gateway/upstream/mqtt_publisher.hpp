@@ -67,8 +67,10 @@ class mqtt_publisher {
     using message_handler =
         std::function<void(const std::string& topic, const std::string& payload, bool retained)>;
     // Call before start(). `handler` runs on Paho's callback thread: it must return quickly
-    // and must not call back into the publisher.
-    void set_subscription(std::string filter, message_handler handler);
+    // and must not call back into the publisher. `max_packet` (bytes, 0: none): with MQTT 5
+    // the broker is told at every connect (Maximum Packet Size) not to send larger packets.
+    void set_subscription(std::string filter, message_handler handler,
+                          std::uint32_t max_packet = 0);
     // Publishes at QoS 1, not retained, without the spool. Thread-safe. False (and logged)
     // when not connected or Paho refuses it: the message is then dropped.
     bool publish_result(const std::string& topic, const std::string& payload);

@@ -2,6 +2,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 
@@ -21,7 +24,7 @@ result run_ferry(std::vector<std::string> args) {
     temp_dir dir;
     args.insert(args.begin(), FERRY_BINARY);
     process p(args, dir.file("out"));
-    auto code = p.wait(20s);
+    auto code = p.wait(60s);
     REQUIRE(code);
     return {*code, read_file(dir.file("out"))};
 }
@@ -104,4 +107,118 @@ TEST_CASE("probe without --address is a usage error naming what is missing") {
     auto probe = run_ferry({"probe", "modbus", "--host", "127.0.0.1", "--unit", "1"});
     CHECK(probe.code == 2);
     CHECK(probe.output.find("missing --address") != std::string::npos);
+}
+
+// ---- Operator files within budgets (issue 14, items 7 and 8) --------------------------------
+// Files that used to run out of memory, take seconds, or pass check and then fail at run time:
+// each must be one FILE:LINE:COLUMN: key.path: message line (FILE:0:0 when the file cannot be
+// read) and exit 1.
+
+namespace {
+
+result check_file(const std::string& file) {
+    return run_ferry({"check", "-c", file});
+}
+
+// The largest peak RSS of any child waited for so far, in KiB.
+long children_peak_kib() {
+    rusage u{};
+    getrusage(RUSAGE_CHILDREN, &u);
+    return u.ru_maxrss;
+}
+
+const std::string k_head = "gateway:\n  id: gw1\n";
+
+std::string device(const std::string& id, const std::string& extra = {}) {
+    return "  - id: " + id + "\n    driver: modbus_tcp\n    host: 127.0.0.1\n" + extra +
+           "    points:\n      - { name: t, address: 0 }\n";
+}
+
+}  // namespace
+
+TEST_CASE("-c /dev/zero and password_file: /dev/zero end in an error, not out of memory") {
+    auto r = check_file("/dev/zero");
+    CHECK(r.code == 1);
+    CHECK(r.output ==
+          "/dev/zero:0:0: cannot read file: larger than 4194304 bytes (the limit for this file)\n");
+
+    temp_dir dir;
+    write_file(dir.file("f.yaml"),
+               k_head + "upstream:\n  mqtt:\n    username: u\n    password_file: /dev/zero\n");
+    r = check_file(dir.file("f.yaml"));
+    CHECK(r.code == 1);
+    CHECK(r.output == dir.file("f.yaml") +
+                          ":6:20: upstream.mqtt.password_file: cannot read password file "
+                          "'/dev/zero': larger than 65536 bytes (the limit for this file)\n");
+    CHECK(children_peak_kib() < 64 * 1024);
+}
+
+TEST_CASE("a short file whose YAML aliases expand to millions of values is refused quickly") {
+    // 86 KB: one device of 1,000 points, then the same device 3,000 times by alias. Before:
+    // 9 s and 470 MB building 3,000,000 points.
+    std::ostringstream y;
+    y << k_head << "devices:\n  - &dev\n    id: d\n    driver: modbus_tcp\n    host: 127.0.0.1\n"
+      << "    points:\n";
+    for (int i = 0; i < 1000; ++i)
+        y << "      - { name: p" << i << ", address: " << i << " }\n";
+    for (int i = 0; i < 3000; ++i)
+        y << "  - *dev\n";
+    temp_dir dir;
+    write_file(dir.file("f.yaml"), y.str());
+    const auto began = std::chrono::steady_clock::now();
+    auto r = check_file(dir.file("f.yaml"));
+    const auto s = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    MESSAGE("alias bomb: ferry check took " << s << " s, peak RSS of children "
+                                            << children_peak_kib() / 1024 << " MiB");
+    CHECK(r.code == 1);
+    // One line, at the alias entry where the bound was passed.
+    CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+    CHECK(r.output.rfind(dir.file("f.yaml") + ":", 0) == 0);
+    CHECK(r.output.find(": devices[") != std::string::npos);
+    CHECK(r.output.find("the file expands to more than 1000000 values (each use of a YAML alias "
+                        "counts as a copy of what it refers to)") != std::string::npos);
+    CHECK(children_peak_kib() < 200 * 1024);
+}
+
+TEST_CASE("durations have an upper bound: timeout: 9223372036854775807ms fails ferry check") {
+    // Before: accepted by check, then overflowed steady_clock arithmetic at run time.
+    temp_dir dir;
+    write_file(dir.file("f.yaml"),
+               k_head + "devices:\n" + device("b", "    timeout: 9223372036854775807ms\n"));
+    auto r = check_file(dir.file("f.yaml"));
+    CHECK(r.code == 1);
+    CHECK(r.output == dir.file("f.yaml") +
+                          ":7:14: devices[0].timeout: duration '9223372036854775807ms' is too "
+                          "long (at most 720h)\n");
+    write_file(dir.file("f.yaml"), k_head + "devices:\n" +
+                                       device("b", "    poll_interval: 721h\n") +
+                                       "commands: { max_age: 720h }\n");
+    r = check_file(dir.file("f.yaml"));
+    CHECK(r.code == 1);
+    CHECK(r.output == dir.file("f.yaml") +
+                          ":7:20: devices[0].poll_interval: duration '721h' is too long (at most "
+                          "720h)\n");
+}
+
+TEST_CASE("names longer than 128 bytes are refused: they would make topics too long") {
+    // Before: a device id of 70,000 bytes passed check; no topic naming it can be published.
+    temp_dir dir;
+    const std::string id(70000, 'd');
+    write_file(dir.file("f.yaml"), k_head + "devices:\n" + device(id));
+    auto r = check_file(dir.file("f.yaml"));
+    CHECK(r.code == 1);
+    CHECK(r.output == dir.file("f.yaml") + ":4:9: devices[0].id: '" + std::string(32, 'd') +
+                          "...' (70000 bytes) is not a valid device id: longer than 128 "
+                          "bytes\n");
+    write_file(dir.file("f.yaml"),
+               k_head + "rules:\n  - name: r\n    match: \"#\"\n    publish: { topic: \"" +
+                   std::string(2000, 't') + "\" }\n");
+    r = check_file(dir.file("f.yaml"));
+    CHECK(r.code == 1);
+    CHECK(r.output == dir.file("f.yaml") +
+                          ":6:23: rules[0].publish.topic: topic template of 2000 bytes is longer "
+                          "than 1024\n");
+    // 128 is fine.
+    write_file(dir.file("f.yaml"), k_head + "devices:\n" + device(std::string(128, 'd')));
+    CHECK(check_file(dir.file("f.yaml")).code == 0);
 }

@@ -27,15 +27,16 @@ const std::string k_gw = "test-gw";
 const std::string k_cmd = "ferry/" + k_gw + "/cmd/";
 
 // Initial registers: setpoint 20.0 (float32 CDAB at 100), pump off (coil 5), valve raw 0
-// (int16, scale 0.1, at 200), temperature 215 (uint16, read-only, at 300).
+// (int16, scale 0.1, at 200), temperature 215 (uint16, read-only, at 300), total 0 (uint32
+// at 400), rate raw 0 (int32, scale 0.001, at 410).
 std::vector<std::string> registers() {
-    return {"holding:100=f32:cdab:20.0", "coil:5=bool:0", "holding:200=i16:0",
-            "holding:300=u16:215"};
+    return {"holding:100=f32:cdab:20.0", "coil:5=bool:0",     "holding:200=i16:0",
+            "holding:300=u16:215",       "holding:400=u32:0", "holding:410=i32:0"};
 }
 
 std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint16_t mqtt,
                         std::uint16_t http, bool enabled, const std::string& timeout = "500ms",
-                        const std::string& rate = "100/s") {
+                        const std::string& rate = "100/s", const std::string& version = "5") {
     std::ostringstream y;
     y << "gateway:\n  id: " << k_gw << "\n  data_dir: " << dir << "\n  log_level: debug\n"
       << "http: { listen: 127.0.0.1:" << http << " }\n"
@@ -48,6 +49,9 @@ std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint1
       << "      - { name: valve, table: holding, address: 200, type: int16, scale: 0.1, "
          "writable: true, min: -100, max: 100 }\n"
       << "      - { name: temperature, table: holding, address: 300, type: uint16 }\n"
+      << "      - { name: total, table: holding, address: 400, type: uint32, writable: true }\n"
+      << "      - { name: rate, table: holding, address: 410, type: int32, scale: 0.001, "
+         "writable: true }\n"
       // A text-protocol device (its port does not exist: it is simply down); takes no writes.
       << "  - id: weather\n    driver: serial_line\n    serial: { port: " << dir
       << "/no-such-tty, baud: 9600 }\n    parse: { csv: [humidity] }\n"
@@ -57,6 +61,7 @@ std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint1
       << "commands: { enabled: " << (enabled ? "true" : "false")
       << ", max_age: 30s, rate_limit: " << rate << " }\n"
       << "upstream:\n  mqtt:\n    uris: [\"tcp://127.0.0.1:" << mqtt << "\"]\n"
+      << "    version: " << version << "\n"
       << "  spool:\n    path: \"{data_dir}/spool.db\"\n";
     return y.str();
 }
@@ -76,6 +81,19 @@ bool subscribed(const std::string& log) {
         wait_until([&] { return text_of(log).find("msg=subscribed") != std::string::npos; }, 15s);
     if (!ok) MESSAGE(text_of(log));
     return ok;
+}
+
+// Peak resident set size of a process in KiB (VmHWM in /proc/PID/status), 0 if unknown.
+std::uint64_t peak_rss_kib(pid_t pid) {
+    std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/status"));
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6));
+    return 0;
+}
+
+std::uint32_t u32_at(std::uint16_t port, int address) {
+    const auto r = pymodbus_read(port, "holding", address, 2);
+    return static_cast<std::uint32_t>((r[0] << 16) | r[1]);
 }
 
 // float32 in CDAB: the low word first. Decoded here, not with Ferry's codec.
@@ -131,6 +149,7 @@ struct rig {
     Server sim;
     std::string timeout = "500ms";  // the device's
     std::string rate = "100/s";     // commands.rate_limit
+    std::string version = "5";      // upstream.mqtt.version
     mosquitto broker;
     temp_dir dir;
     std::uint16_t http = free_port();
@@ -145,7 +164,7 @@ struct rig {
 
     void start(bool enabled = true) {
         write_file(dir.file("ferry.yaml"), config_text(dir.path(), sim.port(), broker.port(), http,
-                                                       enabled, timeout, rate));
+                                                       enabled, timeout, rate, version));
         const auto log = dir.file("ferry" + std::to_string(++starts) + ".log");
         ferry = std::make_unique<process>(
             std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log, env);
@@ -176,6 +195,15 @@ struct rig {
         return metric_value(http, "ferry_commands_total{result=\"" + result + "\"}");
     }
 };
+
+// How many answers recorded so far satisfy `pred` (given the parsed answer).
+template <class Rig, class Pred>
+std::size_t answers_where(Rig& r, Pred pred) {
+    std::size_t n = 0;
+    for (const auto& m : r.results.messages())
+        if (pred(json::parse(m.payload, nullptr, false))) ++n;
+    return n;
+}
 
 void check_refused(const json& a, const std::string& error) {
     REQUIRE(a.is_object());
@@ -554,4 +582,183 @@ TEST_CASE("clock steps of +25 h and -25 h never make a command id write twice") 
     CHECK(wait_until([&] { return r.commands_total("duplicate") == 4; }, 5s));
     CHECK(r.commands_total("ok") == 2);
     CHECK(r.ferry->stop() == 0);
+}
+
+// Issue 14, item 1: a command payload is checked against commands.max_payload before it is
+// parsed. Before: the whole payload was parsed into a document (a 20 MB one of nested arrays
+// took Ferry from 13 to 775 MiB peak RSS), even with commands disabled.
+TEST_CASE("a 20 MB command is refused unparsed: peak RSS stays within 32 MiB of idle") {
+    auto run = [](const std::string& version, std::size_t big_bytes) {
+        CAPTURE(version);
+        rig<> r;
+        r.version = version;
+        r.start();
+        commander c(r.broker.uri());
+        c.send("boiler1", "setpoint", R"({"id":"m-0","value":21})");
+        CHECK(r.answer("m-0") == json::parse(R"({"id":"m-0","ok":true})"));
+        const auto idle = peak_rss_kib(r.ferry->pid());
+        REQUIRE(idle > 0);
+
+        // `{"id":"a","value":` + n × `[` + n × `]` + `}`. MQTT 5: Ferry's Maximum Packet Size
+        // keeps it at the broker. MQTT 3.1.1: it arrives, and only its head is looked at.
+        const std::size_t n = big_bytes / 2;
+        c.send("boiler1", "setpoint",
+               R"({"id":"a","value":)" + std::string(n, '[') + std::string(n, ']') + "}");
+        // Over max_payload (4 KiB) but under the packet limit: answered, with its id.
+        c.send("boiler1", "setpoint",
+               R"({"id":"m-1","value":)" + std::string(50000, '[') + std::string(50000, ']') + "}");
+        check_refused(r.answer("m-1"),
+                      "payload too large: 100021 bytes, more than commands.max_payload (4096 "
+                      "bytes)");
+        // Within the budget but nested: refused at the 17th level.
+        c.send("boiler1", "setpoint",
+               R"({"id":"m-2","value":)" + std::string(1000, '[') + std::string(1000, ']') + "}");
+        check_refused(r.answer("m-2"), "malformed payload: nested deeper than 16 levels");
+        // Too large and its id not within the first 2 KiB: counted and logged, no answer.
+        c.send("boiler1", "setpoint",
+               R"({"value":")" + std::string(5000, 'x') + R"(","id":"m-3"})");
+        c.send("boiler1", "setpoint", R"({"id":"m-4","value":22})");
+        CHECK(r.answer("m-4") == json::parse(R"({"id":"m-4","ok":true})"));
+        if (version == "3.1.1") {
+            CHECK(r.answer("a").is_object());  // it arrived, and was answered from its head
+        }
+        const auto peak = peak_rss_kib(r.ferry->pid());
+        MESSAGE("MQTT " << version << ": peak RSS idle " << idle / 1024 << " MiB, after a "
+                        << big_bytes / 1000000 << " MB command " << peak / 1024 << " MiB");
+        CHECK(peak - idle < 32 * 1024);
+        CHECK(r.results.messages_on(k_cmd + "boiler1/setpoint/result").size() ==
+              (version == "3.1.1" ? 5u : 4u));  // none for m-3
+        const std::string rejected = "ferry_input_rejected_total{input=\"command\",reason=";
+        CHECK(metric_value(r.http, rejected + "\"too_large\"}") == (version == "3.1.1" ? 3 : 2));
+        CHECK(metric_value(r.http, rejected + "\"too_deep\"}") == 1);
+        CHECK(r.log().find("msg=\"command payload too large; dropped without an answer\"") !=
+              std::string::npos);
+        CHECK(setpoint(r.sim.port()) == 22.0f);
+        CHECK(r.ferry->stop() == 0);
+    };
+    run("5", 20'000'000);
+    // Paho reads a 3.1.1 message whole (its buffer and the C++ copy): 8 MB stays well inside
+    // the bound and still shows that Ferry adds nothing to it.
+    run("3.1.1", 8'000'000);
+}
+
+// Issue 14, item 5: whole raw steps, exactly. Before: a relative tolerance (1e-9 × |raw|)
+// took 3000000000.4 for raw 3000000000 and 2000000.0004 / 0.001 for raw 2000000000.
+TEST_CASE("a value between two raw steps is refused, however large the raw value") {
+    rig<> r;
+    r.start();
+    commander c(r.broker.uri());
+    auto refused_as_between = [&](const std::string& id, const std::string& prefix) {
+        const auto a = r.answer(id);
+        REQUIRE(a.is_object());
+        CHECK(a["ok"] == false);
+        CHECK(a.value("error", std::string()).rfind(prefix, 0) == 0);
+    };
+    c.send("boiler1", "total", R"({"id":"x-1","value":3000000000.4})");
+    refused_as_between("x-1", "3000000000.4 is not a whole number of raw steps for type uint32");
+    CHECK(u32_at(r.sim.port(), 400) == 0);
+    c.send("boiler1", "rate", R"({"id":"x-2","value":2000000.0004})");
+    refused_as_between("x-2", "2000000.0004 is not a whole number of raw steps for type int32");
+    CHECK(u32_at(r.sim.port(), 410) == 0);
+    c.send("boiler1", "total", R"({"id":"x-3","value":4294967295.0000001})");
+    refused_as_between("x-3",
+                       "4294967295.0000001 is not a whole number of raw steps for type uint32");
+    CHECK(u32_at(r.sim.port(), 400) == 0);
+
+    // The steps themselves are written.
+    c.send("boiler1", "total", R"({"id":"x-4","value":3000000000})");
+    CHECK(r.answer("x-4") == json::parse(R"({"id":"x-4","ok":true})"));
+    CHECK(u32_at(r.sim.port(), 400) == 3000000000u);
+    c.send("boiler1", "rate", R"({"id":"x-5","value":2000000.001})");
+    CHECK(r.answer("x-5") == json::parse(R"({"id":"x-5","ok":true})"));
+    CHECK(u32_at(r.sim.port(), 410) == 2000000001u);
+    c.send("boiler1", "rate", R"({"id":"x-6","value":-1.999})");
+    CHECK(r.answer("x-6") == json::parse(R"({"id":"x-6","ok":true})"));
+    CHECK(static_cast<std::int32_t>(u32_at(r.sim.port(), 410)) == -1999);
+    c.send("boiler1", "valve", R"({"id":"x-7","value":1.2e1})");
+    CHECK(r.answer("x-7") == json::parse(R"({"id":"x-7","ok":true})"));
+    CHECK(valve_raw(r.sim.port()) == 120);
+    CHECK(r.ferry->stop() == 0);
+}
+
+// Issue 14, item 6: "ts" near ±2^63. Before: now - ts overflowed (UBSan) and such a command
+// was taken as fresh, and written.
+TEST_CASE("a command whose ts is near plus or minus 2^63 is refused, not taken as fresh") {
+    rig<> r;
+    r.start();
+    commander c(r.broker.uri());
+    c.send("boiler1", "setpoint", R"({"id":"ts-1","value":30,"ts":9223372036854775807})");
+    const auto ahead = r.answer("ts-1");
+    REQUIRE(ahead.is_object());
+    CHECK(ahead["ok"] == false);
+    CHECK(ahead.value("error", std::string()).find("ms ahead of this gateway's clock") !=
+          std::string::npos);
+    c.send("boiler1", "setpoint", R"({"id":"ts-2","value":31,"ts":-9223372036854775808})");
+    const auto old = r.answer("ts-2");
+    REQUIRE(old.is_object());
+    CHECK(old["ok"] == false);
+    CHECK(old.value("error", std::string()).rfind("stale: \"ts\" is 9223", 0) == 0);
+    c.send("boiler1", "setpoint", R"({"id":"ts-3","value":32,"ts":18446744073709551615})");
+    check_refused(r.answer("ts-3"),
+                  "malformed payload: \"ts\" is out of range (Unix time in milliseconds)");
+    CHECK(setpoint(r.sim.port()) == 20.0f);
+    CHECK(r.commands_total("stale") == 1);
+    CHECK(r.commands_total("ok") == 0);
+    CHECK(r.ferry->stop() == 0);
+}
+
+// Issue 14, item 8: repeats of an id whose write hangs. Before: each one added its reply
+// topic to a list without bound (and was answered only when the write ended).
+TEST_CASE("repeats of an id during a hanging write: at most 16 wait, the rest are answered") {
+    // Every answer takes 2 s: the write hangs while the repeats arrive.
+    rig<modbus_sim> r(std::uint16_t{0}, std::vector<std::string>{"holding:100=f32:cdab:20.0"},
+                      std::string(), std::vector<std::string>{"--delay", "2000"});
+    r.timeout = "5s";
+    r.start();
+    commander c(r.broker.uri());
+    const std::string cmd = R"({"id":"w-1","value":10})";
+    c.send("boiler1", "setpoint", cmd);
+    REQUIRE(
+        wait_until([&] { return r.log().find("msg=writing id=w-1") != std::string::npos; }, 10s));
+    for (int i = 0; i < 40; ++i)
+        c.send("boiler1", "setpoint", cmd);
+    // The write waits behind polls that take 2 s each: give it time.
+    REQUIRE(wait_until([&] { return r.results.count() >= 41; }, 90s));
+    // The write's own answer and the 16 that waited for it; the other 24 answered at once.
+    CHECK(answers_where(r, [](const json& j) { return j.value("ok", false); }) == 17);
+    CHECK(answers_where(r, [](const json& j) {
+              return j.value("error", std::string())
+                         .rfind("a write with this id is in progress", 0) == 0;
+          }) == 24);
+    CHECK(metric_value(
+              r.http,
+              "ferry_input_rejected_total{input=\"command\",reason=\"too_many_waiting\"}") == 24);
+    CHECK(r.sim.stats()["fc16"] == 1);  // written once
+    r.sim.stop();
+    CHECK(r.ferry->stop(15, 10s) == 0);
+}
+
+// Issue 14, item 8 (found while confirming the above): distinct ids for a hanging device.
+// Before: every command the rate limit let through queued at the poller without bound.
+TEST_CASE("a hanging device holds at most 8 writes; more commands are refused at once") {
+    rig<modbus_sim> r(std::uint16_t{0}, std::vector<std::string>{"holding:100=f32:cdab:20.0"},
+                      std::string(), std::vector<std::string>{"--delay", "1000"});
+    r.timeout = "5s";
+    r.start();
+    commander c(r.broker.uri());
+    for (int i = 0; i < 20; ++i)
+        c.send("boiler1", "setpoint",
+               R"({"id":"b-)" + std::to_string(i) + R"(","value":)" + std::to_string(i) + "}");
+    REQUIRE(wait_until([&] { return r.results.count() >= 20; }, 120s));
+    CHECK(answers_where(r, [](const json& j) { return j.value("ok", false); }) == 8);
+    CHECK(answers_where(r, [](const json& j) {
+              return j.value("error", std::string()) ==
+                     "device 'boiler1' is busy: 8 writes are waiting for it; nothing was written";
+          }) == 12);
+    CHECK(metric_value(r.http,
+                       "ferry_input_rejected_total{input=\"command\",reason=\"device_busy\"}") ==
+          12);
+    CHECK(r.sim.stats()["fc16"] == 8);
+    r.sim.stop();
+    CHECK(r.ferry->stop(15, 10s) == 0);
 }

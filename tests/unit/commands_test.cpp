@@ -119,6 +119,64 @@ TEST_CASE("values must have the point's type and be whole raw steps for integer 
           "9007199254740993 cannot be written exactly (beyond 2^53 in magnitude)");
 }
 
+// Issue 14, items 1, 5, 6: the budget, exact steps on the decimal text, ts near ±2^63.
+TEST_CASE("budgets and exact checks: size, depth, duplicate keys, decimal steps, ts overflow") {
+    using cfg::point_type;
+    using cfg::table;
+    auto p = cmd::parse_payload(R"({"id":"big","value":")" + std::string(5000, 'x') + "\"}");
+    CHECK(p.too_large);
+    CHECK(p.id == "big");
+    CHECK(p.error == "payload too large: 5023 bytes, more than commands.max_payload (4096 bytes)");
+    CHECK(cmd::find_id(R"({"value":[[1]],"ts":1,"id":"late"})") == "late");
+    CHECK_FALSE(cmd::find_id(R"({"value":")" + std::string(3000, 'x') + R"(","id":"far"})"));
+    CHECK_FALSE(cmd::find_id(R"([{"id":"not-top"}])"));
+    p = cmd::parse_payload(R"({"id":"d","value":)" + std::string(17, '[') + std::string(17, ']') +
+                           "}");
+    CHECK(p.too_deep);
+    CHECK(p.id == "d");
+    CHECK(p.error == "malformed payload: nested deeper than 16 levels");
+    CHECK(cmd::parse_payload(R"({"value":[1],"id":"x"})").error ==
+          "malformed payload: \"value\" must be a number, true/false or a string");
+    CHECK(cmd::parse_payload(R"({"value":[1],"id":"x"})").id == "x");
+    CHECK(cmd::parse_payload(R"({"id":"a","value":1,"value":2})").error ==
+          "malformed payload: \"value\" is given twice");
+    CHECK_FALSE(cmd::parse_payload(R"({"id":"a","id":"b","value":2})").id);
+    CHECK(cmd::parse_payload(R"({"id":"a","value":1e999})").error ==
+          "malformed payload: not valid JSON");  // nlohmann refuses numbers beyond a double
+    CHECK(cmd::parse_payload(R"({"id":"a","value":3000000000.4})").decimal == "3000000000.4");
+
+    const auto u32 = point("u", table::holding, point_type::uint32);
+    CHECK_FALSE(cmd::check_value(u32, 3000000000.4, "3000000000.4").empty());
+    CHECK_FALSE(cmd::check_value(u32, 3000000000.4).empty());  // from the double's digits
+    CHECK_FALSE(cmd::check_value(u32, 4294967295.0, "4294967295.0000001").empty());
+    CHECK(cmd::check_value(u32, 4294967295.0, "4294967295.000").empty());
+    CHECK(cmd::check_value(u32, 3e9, "3e9").empty());
+    const auto i32 = point("i", table::holding, point_type::int32, 0.001);
+    CHECK(cmd::check_value(i32, 2000000.0004, "2000000.0004") ==
+          "2000000.0004 is not a whole number of raw steps for type int32: (value - offset) / "
+          "scale = 2000000000.4 (scale 0.001, offset 0)");
+    CHECK(cmd::check_value(i32, 2000000.001, "2000000.001").empty());
+    CHECK(cmd::check_value(i32, -1.999, "-1.999").empty());
+    CHECK_FALSE(cmd::check_value(i32, 1e-30, "1e-30").empty());
+    CHECK(cmd::check_value(i32, 0.0, "0e-99999").empty());
+    const auto shifted = point("s", table::holding, point_type::int16, 0.5, 0.25);
+    CHECK(cmd::check_value(shifted, 1.25, "1.25").empty());  // raw 2
+    CHECK_FALSE(cmd::check_value(shifted, 1.5, "1.5").empty());
+
+    constexpr auto max = std::numeric_limits<std::int64_t>::max();
+    constexpr auto min = std::numeric_limits<std::int64_t>::min();
+    bool future = false;
+    CHECK(cmd::check_age(max, 1000, 30s, &future).find("ms ahead of this gateway's clock") !=
+          std::string::npos);
+    CHECK(future);
+    CHECK(cmd::check_age(min, 1000, 30s, &future) ==
+          "stale: \"ts\" is 9223372036854776808 ms old, more than commands.max_age (30000 ms)");
+    CHECK_FALSE(future);
+    CHECK(cmd::check_age(max, max, 30s).empty());
+    CHECK(cmd::check_age(1000 + 30000, 1000, 30s).empty());
+    CHECK_FALSE(cmd::check_age(1000 + 30001, 1000, 30s).empty());
+}
+
 TEST_CASE("the inverse of scale/offset, min/max and the raw range: the codec the writer uses") {
     using cfg::point_type;
     auto p = point("t", cfg::table::holding, point_type::int16, 0.1, -5);

@@ -666,3 +666,42 @@ TEST_CASE("upstream.mqtt.max_packet_size (issue 14)") {
         }
     }
 }
+
+// The seam fuzzers use: `*_file` reads and ${NAME} go through load_hooks when given.
+TEST_CASE("load_hooks replace file reads and the environment; their budgets still apply") {
+    cfg::load_hooks h;
+    std::size_t asked_max = 0;
+    h.read_file = [&](const std::string& path, std::size_t max_bytes,
+                      std::string& why) -> std::optional<std::string> {
+        asked_max = max_bytes;
+        if (path == "/big") {
+            why = "larger than " + std::to_string(max_bytes) + " bytes";
+            return std::nullopt;
+        }
+        return std::string("from-hook\n");
+    };
+    h.getenv = [](const std::string& name) -> std::optional<std::string> {
+        if (name == "GW") return "hooked";
+        return std::nullopt;
+    };
+    auto c = cfg::load_config_text(
+        "gateway: { id: \"${GW}\" }\nupstream: { mqtt: { username: u, password_file: /p } }\n",
+        "t.yaml", h);
+    CHECK(c.gateway.id == "hooked");
+    CHECK(c.upstream.mqtt.password == "from-hook");
+    CHECK(asked_max == cfg::k_max_secret_file);
+    try {
+        cfg::load_config_text(
+            "gateway: { id: \"${HOME}\" }\nupstream: { mqtt: { username: u, password_file: /big "
+            "} }\n",
+            "t.yaml", h);
+        FAIL("loaded");
+    } catch (const cfg::errors& e) {
+        REQUIRE(e.list().size() == 2);
+        CHECK(e.list()[0].to_string() ==
+              "t.yaml:1:16: gateway.id: environment variable HOME is not set");
+        CHECK(e.list()[1].to_string() ==
+              "t.yaml:2:49: upstream.mqtt.password_file: cannot read password file '/big': "
+              "larger than 65536 bytes");
+    }
+}
