@@ -34,7 +34,7 @@ namespace {
 
 cfg::point point(cfg::table t, cfg::point_type type, double scale = 1, double offset = 0) {
     cfg::point p;
-    p.name = "p";
+    p.name.push_back('p');  // not = "p": GCC 12 -O2 warns a false -Wrestrict on that
     p.tbl = t;
     p.type = type;
     p.scale = scale;
