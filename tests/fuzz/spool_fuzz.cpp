@@ -11,8 +11,8 @@
 //    exactly once (ack or dead_letter), leaving bytes() and messages() at 0;
 //  - a damaged file is moved aside (spool.db.corrupt-*), never deleted or left in place
 //    with the spool refusing to start.
-// Seeds: tests/fuzz/corpus/spool/ (made by tests/fuzz/make_spool_corpus.sh; regress-*.db are
-// inputs that once failed). By hand, from the source root:
+// Seeds: tests/fuzz/corpus/spool/ (made by tests/fuzz/make_spool_corpus.sh); inputs that once
+// failed are in tests/fuzz/regressions/spool/. By hand, from the source root:
 //   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -I. -o fuzz_spool
 //     tests/fuzz/spool_fuzz.cpp gateway/upstream/spool.cpp gateway/upstream/dead_letter.cpp
 //     gateway/json.cpp gateway/log.cpp gateway/event.cpp -lsqlite3 -lprometheus-cpp-core

@@ -486,7 +486,7 @@ struct fuzz_regression {
     spool& sp;
     explicit fuzz_regression(const std::string& name)
         : owner([&] {
-              fs::copy_file(cat(FERRY_SOURCE_DIR "/tests/fuzz/corpus/spool/", name),
+              fs::copy_file(cat(FERRY_SOURCE_DIR "/tests/fuzz/regressions/spool/", name),
                             dir.file("spool.db"));
               return std::make_unique<spool>(settings(dir.file("spool.db")), reg);
           }()),
