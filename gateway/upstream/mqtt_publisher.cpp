@@ -40,6 +40,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -756,13 +757,26 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
     // would resend them, and resends must stay within the window (the 31-min fault campaign,
     // seed 3290849218, saw 17 back with a window of 16 after write errors and a kill -9).
     const std::size_t unsettled = spool_.unsettled_acks();
+    // The window also slides: no message newer than the oldest unacknowledged one plus the
+    // window goes out (spool ids), so a resend never reaches further back than the window
+    // even when the broker acknowledges later messages but not an earlier one (the campaign,
+    // seed 1336295787: PUBACKs withheld, then passed again, a resend 17 back with 12 in flight).
+    std::int64_t last_allowed = std::numeric_limits<std::int64_t>::max();
     {
         std::unique_lock lk(mu_);
         // After a refusal nothing new is taken until the window has settled, then one message
         // at a time until the broker accepts one (see settle_refusals).
         const std::size_t window = !refused_.empty() ? 0 : probe_ ? 1 : window_;
+        const auto slide_room = [&]() -> std::size_t {
+            if (outstanding_.empty() || window == 0) return window;
+            std::int64_t oldest = std::numeric_limits<std::int64_t>::max();
+            for (const auto& [pub, p] : outstanding_)
+                oldest = std::min(oldest, p.id);
+            last_allowed = oldest + static_cast<std::int64_t>(window) - 1;
+            return cursor >= last_allowed ? 0 : static_cast<std::size_t>(last_allowed - cursor);
+        };
         const std::size_t busy = outstanding_.size() + unsettled;
-        room = window - std::min(window, busy);
+        room = std::min(window - std::min(window, busy), slide_room());
         if (room == 0) {
             if (unsettled != 0 && outstanding_.size() < window) {
                 // Only the spool holds the window: nothing here will signal, so re-check soon.
@@ -772,7 +786,7 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
             }
             // Window full: wait for an ack (or loss, or stop).
             cv_.wait_for(lk, k_idle_wait, [&] {
-                return (refused_.empty() && outstanding_.size() < window) ||
+                return (refused_.empty() && outstanding_.size() < window && slide_room() > 0) ||
                        (!refused_.empty() && outstanding_.empty()) || lost_ || publish_failed_ ||
                        stop_requested_;
             });
@@ -785,6 +799,7 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
         return;
     }
     for (auto& m : msgs) {
+        if (m.id > last_allowed) return;  // beyond the sliding window (ids may have gaps)
         if (dead_lettered(m)) {
             cursor = m.id;
             continue;
