@@ -14,6 +14,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/registry.h>
+#include <boost/multiprecision/cpp_int.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -298,18 +299,27 @@ payload parse_payload(std::string_view text, std::size_t max_bytes) {
 
 namespace {
 
+// 128-bit integers on every target (armhf has no __int128): arithmetic that would overflow
+// throws std::overflow_error instead of wrapping.
+using wide = boost::multiprecision::checked_int128_t;
+
 // A decimal number: m × 10^e, exactly (m has at most 36 significant digits).
 struct decimal {
-    __int128 m = 0;
+    wide m = 0;
     int e = 0;
 };
 
-// 10^k into x; false when it does not fit.
-bool scale_up(__int128& x, int k) {
-    for (; k > 0; --k) {
-        if (__builtin_mul_overflow(x, 10, &x)) return false;
+// 10^k into x; false when it does not fit (x is then unchanged).
+bool scale_up(wide& x, int k) {
+    try {
+        wide y = x;
+        for (; k > 0; --k)
+            y *= 10;
+        x = y;
+        return true;
+    } catch (const std::overflow_error&) {
+        return false;
     }
-    return true;
 }
 
 // JSON number text ("-12.5e3") or std::to_chars output; nullopt when it has more than 36
@@ -369,7 +379,7 @@ std::string shortest(double d) {
 
 // (value - offset) / scale in exact decimal arithmetic: the raw integer, or why there is none.
 struct exact_raw {
-    std::optional<__int128> raw;  // set when whole
+    std::optional<wide> raw;  // set when whole
     bool whole = false;
     bool huge = false;       // |raw| beyond any 64-bit type
     bool unchecked = false;  // too many digits to compute exactly
@@ -384,8 +394,14 @@ exact_raw raw_of(std::string_view value, double scale, double offset) {
         return out;
     }
     const int e = std::min(v->e, o->e);
-    __int128 vm = v->m, om = o->m, n = 0;
-    if (!scale_up(vm, v->e - e) || !scale_up(om, o->e - e) || __builtin_sub_overflow(vm, om, &n)) {
+    wide vm = v->m, om = o->m, n = 0;
+    if (!scale_up(vm, v->e - e) || !scale_up(om, o->e - e)) {
+        out.unchecked = true;
+        return out;
+    }
+    try {
+        n = vm - om;
+    } catch (const std::overflow_error&) {
         out.unchecked = true;
         return out;
     }
@@ -394,15 +410,15 @@ exact_raw raw_of(std::string_view value, double scale, double offset) {
         out.raw = 0;
         return out;
     }
-    __int128 num = n, den = s->m;
+    wide num = n, den = s->m;
     if (e >= s->e) {
         if (!scale_up(num, e - s->e)) {
-            // |raw| = |num| / |scale's digits| > 1.7e38 / 1e17: no 64-bit type holds it.
+            // |raw| = |num| / |scale's digits| > 3.4e38 / 1e17: no 64-bit type holds it.
             out.huge = true;
             return out;
         }
     } else if (!scale_up(den, s->e - e)) {
-        return out;  // |den| > |num| (both < 2^127), n != 0: a fraction of a step
+        return out;  // |den| > |num| (both < 2^128), n != 0: a fraction of a step
     }
     if (num % den != 0) return out;
     out.whole = true;
@@ -462,18 +478,9 @@ std::string check_age(std::optional<std::int64_t> ts, std::int64_t now_ms,
     if (future) *future = false;
     if (!ts) return {};
     // In 128 bits: now_ms - ts overflows int64 for a ts near ±2^63.
-    const __int128 age = static_cast<__int128>(now_ms) - *ts;
-    const auto limit = static_cast<__int128>(max_age.count());
-    auto text = [](__int128 x) {
-        std::string s;
-        const bool neg = x < 0;
-        auto u = static_cast<unsigned __int128>(neg ? -x : x);
-        do {
-            s.insert(s.begin(), static_cast<char>('0' + static_cast<int>(u % 10)));
-            u /= 10;
-        } while (u != 0);
-        return neg ? "-" + s : s;
-    };
+    const wide age = wide(now_ms) - wide(*ts);
+    const wide limit = max_age.count();
+    auto text = [](const wide& x) { return x.str(); };
     if (age > limit) {
         return "stale: \"ts\" is " + text(age) + " ms old, more than commands.max_age (" +
                std::to_string(max_age.count()) + " ms)";

@@ -1499,7 +1499,7 @@ void loader::commands(const value_ref& v, config& c) {
     set_bool(m, "enabled", c.commands.enabled);
     set_dur(m, "max_age", c.commands.max_age, true);
     if (auto r = m.get("max_payload"))
-        if (auto n = size(*r, 64, 64 * 1024)) c.commands.max_payload = *n;
+        if (auto n = size(*r, 64, 64 * 1024)) c.commands.max_payload = static_cast<std::size_t>(*n);
     if (auto r = m.get("rate_limit")) {
         auto s = str(*r);
         if (!s) return;
