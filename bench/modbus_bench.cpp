@@ -26,9 +26,9 @@
 #include <thread>
 #include <vector>
 
+#include "core/bus.hpp"
+#include "core/topic.hpp"
 #include "drivers/modbus/modbus_driver.hpp"
-#include "gateway/bus.hpp"
-#include "gateway/topic.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace std::chrono_literals;

@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "gateway/bus.hpp"
+#include "core/bus.hpp"
 #include "rules/engine.hpp"
 
 using namespace ferry;

@@ -7,9 +7,9 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
-#include "gateway/bus.hpp"
-#include "gateway/event.hpp"
-#include "gateway/seq.hpp"
+#include "core/bus.hpp"
+#include "core/event.hpp"
+#include "core/seq.hpp"
 
 namespace ferry::drivers {
 

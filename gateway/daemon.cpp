@@ -14,19 +14,19 @@
 #include <filesystem>
 #include <thread>
 
+#include "commands/commands.hpp"
+#include "core/bus.hpp"
+#include "core/conservation.hpp"
+#include "core/log.hpp"
+#include "core/seq.hpp"
 #include "drivers/modbus/modbus_driver.hpp"
 #include "drivers/serial/serial_driver.hpp"
-#include "gateway/bus.hpp"
-#include "gateway/commands.hpp"
-#include "gateway/conservation.hpp"
 #include "gateway/http_server.hpp"
-#include "gateway/log.hpp"
 #include "gateway/read_model.hpp"
-#include "gateway/seq.hpp"
-#include "gateway/upstream/identity.hpp"
-#include "gateway/upstream/mqtt_publisher.hpp"
-#include "gateway/upstream/spool.hpp"
 #include "rules/engine.hpp"
+#include "upstream/identity.hpp"
+#include "upstream/mqtt_publisher.hpp"
+#include "upstream/spool.hpp"
 
 namespace ferry {
 
@@ -125,7 +125,7 @@ struct daemon::impl {
     std::vector<std::pair<steady::time_point, std::uint64_t>> dead_letter_logged;
     std::array<counter_mirror, static_cast<std::size_t>(drop_reason::count_)> bus_dropped;
 
-    // Conservation (gateway/conservation.hpp): every event the drivers publish is delivered or
+    // Conservation (core/conservation.hpp): every event the drivers publish is delivered or
     // counted in ferry_events_dropped_total with a reason. Ours: produced, and the drops of
     // the rule path: filtered, deduped, unrouted, bus_overflow, shutdown.
     prometheus::Counter* produced_events = nullptr;
@@ -166,7 +166,7 @@ struct daemon::impl {
         if (!spool_dir.empty()) std::filesystem::create_directories(spool_dir);
         spool = std::make_unique<upstream::spool>(cfg.upstream.spool, registry);
 
-        // seq never repeats: the start and both copies of its mark (gateway/upstream/identity.hpp).
+        // seq never repeats: the start and both copies of its mark (upstream/identity.hpp).
         std::filesystem::create_directories(cfg.gateway.data_dir);
         ids = std::make_unique<upstream::identity>(
             (std::filesystem::path(cfg.gateway.data_dir) / "identity").string(), *spool, registry);

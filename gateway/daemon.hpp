@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace ferry {
 

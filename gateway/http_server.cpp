@@ -15,7 +15,7 @@
 #include <thread>
 #include <unordered_map>
 
-#include "gateway/log.hpp"
+#include "core/log.hpp"
 
 namespace ferry {
 namespace {

@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "core/config.hpp"
+#include "core/log.hpp"
 #include "drivers/modbus/probe.hpp"
-#include "gateway/config.hpp"
 #include "gateway/daemon.hpp"
-#include "gateway/log.hpp"
 
 namespace {
 

@@ -4,7 +4,7 @@
 #include <charconv>
 #include <unordered_map>
 
-#include "gateway/json.hpp"
+#include "core/json.hpp"
 
 namespace ferry {
 namespace {

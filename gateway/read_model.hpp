@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "gateway/event.hpp"
+#include "core/event.hpp"
 
 namespace ferry {
 

@@ -6,7 +6,7 @@
 #include <set>
 #include <stdexcept>
 
-#include "gateway/json.hpp"
+#include "core/json.hpp"
 #include "rules/match.hpp"
 
 namespace ferry::rules {

@@ -47,9 +47,9 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/config.hpp"
-#include "gateway/event.hpp"
-#include "gateway/topic.hpp"
+#include "core/config.hpp"
+#include "core/event.hpp"
+#include "core/topic.hpp"
 #include "rules/filter.hpp"
 
 namespace ferry::rules {

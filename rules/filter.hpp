@@ -29,7 +29,7 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/event.hpp"
+#include "core/event.hpp"
 
 namespace ferry::rules {
 

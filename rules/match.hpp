@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "gateway/topic.hpp"
+#include "core/topic.hpp"
 
 namespace ferry::rules {
 

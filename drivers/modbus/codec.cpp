@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "gateway/utf8.hpp"
+#include "core/utf8.hpp"
 
 namespace ferry::drivers::modbus {
 

@@ -21,8 +21,8 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/config.hpp"
-#include "gateway/event.hpp"
+#include "core/config.hpp"
+#include "core/event.hpp"
 
 namespace ferry::drivers::modbus {
 
@@ -33,7 +33,7 @@ namespace ferry::drivers::modbus {
 //   floats   double
 //   string   two chars per register, cut at the first NUL, trailing spaces trimmed; text as
 //            the device holds it (UTF-8 written by a command reads back the same), except
-//            that ill-formed UTF-8 is replaced by U+FFFD (gateway/utf8.hpp), so the value is
+//            that ill-formed UTF-8 is replaced by U+FFFD (core/utf8.hpp), so the value is
 //            always valid UTF-8; *repaired (when given) counts the replacements
 // Numeric types apply value = raw * scale + offset; the result is then a double whenever
 // scale != 1 or offset != 0. NaN and infinity from a float register are passed through:

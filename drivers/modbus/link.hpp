@@ -20,7 +20,7 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace ferry::drivers::modbus {
 

@@ -18,10 +18,10 @@
 #include <stdexcept>
 #include <thread>
 
+#include "core/log.hpp"
 #include "drivers/modbus/codec.hpp"
 #include "drivers/modbus/link.hpp"
 #include "drivers/modbus/plan.hpp"
-#include "gateway/log.hpp"
 
 namespace ferry::drivers::modbus {
 namespace {

@@ -45,8 +45,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/config.hpp"
 #include "drivers/driver.hpp"
-#include "gateway/config.hpp"
 
 namespace ferry::drivers::modbus {
 

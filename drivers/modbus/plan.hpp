@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace ferry::drivers::modbus {
 

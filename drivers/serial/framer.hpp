@@ -13,7 +13,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace ferry::drivers::serial {
 

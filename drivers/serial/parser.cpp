@@ -12,8 +12,8 @@
 #include <string>
 #include <utility>
 
+#include "core/utf8.hpp"
 #include "drivers/serial/regex.hpp"
-#include "gateway/utf8.hpp"
 
 namespace ferry::drivers::serial {
 

@@ -10,7 +10,7 @@
 //
 // Text is made valid UTF-8 before it becomes a value: ill-formed sequences in a string value
 // (and, for json, anywhere in the frame, before parsing) are replaced by U+FFFD
-// (gateway/utf8.hpp) and reported in parse_details::repaired.
+// (core/utf8.hpp) and reported in parse_details::repaired.
 //
 // Conversion (text → the point's type): integers must be whole and within the type's range;
 // float32/float64 take any finite number as written (both become a double); bool takes
@@ -27,8 +27,8 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/config.hpp"
-#include "gateway/event.hpp"
+#include "core/config.hpp"
+#include "core/event.hpp"
 
 namespace ferry::drivers::serial {
 

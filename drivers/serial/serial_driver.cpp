@@ -23,9 +23,9 @@
 #include <stdexcept>
 #include <thread>
 
+#include "core/log.hpp"
 #include "drivers/serial/framer.hpp"
 #include "drivers/serial/parser.hpp"
-#include "gateway/log.hpp"
 
 namespace ferry::drivers::serial {
 namespace {

@@ -27,8 +27,8 @@
 #include <memory>
 #include <vector>
 
+#include "core/config.hpp"
 #include "drivers/driver.hpp"
-#include "gateway/config.hpp"
 
 namespace ferry::drivers::serial {
 

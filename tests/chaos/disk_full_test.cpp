@@ -59,7 +59,7 @@ void run_disk_full(const std::string& size, const std::string& max_bytes, bool b
     mosquitto broker(0, persistence_conf(broker_db));
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     broker.stop();  // down: the spool has to hold everything
-    // The spool's reserve for max_bytes 4MiB is 576 KiB (gateway/upstream/spool.cpp): leave
+    // The spool's reserve for max_bytes 4MiB is 576 KiB (upstream/spool.cpp): leave
     // 1 MiB above it, 5 s at 2,000 events/s.
     const std::string ballast = disk.dir + "/ballast";
     if (ballast_file) write_file(ballast, std::string(disk.free_bytes() - (1600 << 10), 'b'));

@@ -1,4 +1,4 @@
-// Fuzz target: the config loader (gateway/config.hpp), YAML text to a validated config.
+// Fuzz target: the config loader (core/config.hpp), YAML text to a validated config.
 //
 // `*_file` reads and ${NAME} substitution go through load_hooks, stubbed: a secret file's
 // content is fixed ("secret", or nothing for a path containing "missing"), and only variables
@@ -12,7 +12,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace cfg = ferry::config;
 

@@ -23,10 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "core/json.hpp"
+#include "core/utf8.hpp"
 #include "drivers/modbus/codec.hpp"
 #include "drivers/modbus/link.hpp"
-#include "gateway/json.hpp"
-#include "gateway/utf8.hpp"
 
 using namespace ferry;
 using namespace ferry::drivers::modbus;

@@ -1,7 +1,7 @@
 // Fuzz target: the serial_line driver's input path without a port — the framer
 // (drivers/serial/framer.hpp) cutting a byte stream into frames, the parsers
 // (drivers/serial/parser.hpp) turning frames into values, and the JSON writer
-// (gateway/json.hpp) encoding the events that the driver would publish.
+// (core/json.hpp) encoding the events that the driver would publish.
 //
 // Input: byte 0 picks one of the device configs below (every parse format, with and without
 // NMEA checksums, delimiter and fixed-length framing), byte 1 the size of the reads the stream
@@ -24,10 +24,10 @@
 #include <string_view>
 #include <vector>
 
+#include "core/json.hpp"
+#include "core/utf8.hpp"
 #include "drivers/serial/framer.hpp"
 #include "drivers/serial/parser.hpp"
-#include "gateway/json.hpp"
-#include "gateway/utf8.hpp"
 
 using namespace ferry;
 using namespace ferry::drivers::serial;

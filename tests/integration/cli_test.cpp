@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <sstream>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace ferry::test;

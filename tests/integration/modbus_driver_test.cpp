@@ -20,10 +20,10 @@
 #include <set>
 #include <sstream>
 
+#include "core/bus.hpp"
+#include "core/config.hpp"
+#include "core/topic.hpp"
 #include "drivers/modbus/modbus_driver.hpp"
-#include "gateway/bus.hpp"
-#include "gateway/config.hpp"
-#include "gateway/topic.hpp"
 #include "tests/support/harness.hpp"
 #include "tests/support/poller_rig.hpp"
 

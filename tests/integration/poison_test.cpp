@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <set>
 
-#include "gateway/topic.hpp"
+#include "core/topic.hpp"
 #include "tests/chaos/chaos_support.hpp"
 
 using namespace ferry::test;

@@ -27,12 +27,12 @@
 #include <thread>
 #include <vector>
 
-#include "gateway/config.hpp"
-#include "gateway/log.hpp"
-#include "gateway/upstream/mqtt_publisher.hpp"
-#include "gateway/upstream/spool.hpp"
+#include "core/config.hpp"
+#include "core/log.hpp"
 #include "tests/support/harness.hpp"
 #include "tests/support/mqtt_proxy.hpp"
+#include "upstream/mqtt_publisher.hpp"
+#include "upstream/spool.hpp"
 
 namespace {
 

@@ -1,6 +1,6 @@
 // The Modbus poller in process, with a bus and a metrics registry of its own, for tests that
 // read its events and counters directly (header-only: the harness library does not link the
-// drivers; a test that includes this links ferry_drivers).
+// drivers; a test that includes this links ferry_modbus).
 #pragma once
 
 #include <prometheus/registry.h>
@@ -9,9 +9,9 @@
 #include <memory>
 #include <vector>
 
+#include "core/bus.hpp"
+#include "core/topic.hpp"
 #include "drivers/modbus/modbus_driver.hpp"
-#include "gateway/bus.hpp"
-#include "gateway/topic.hpp"
 
 namespace ferry::test {
 

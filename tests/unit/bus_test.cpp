@@ -4,7 +4,7 @@
 #include <atomic>
 #include <thread>
 
-#include "gateway/bus.hpp"
+#include "core/bus.hpp"
 
 using namespace ferry;
 using namespace std::chrono_literals;

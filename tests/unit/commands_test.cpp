@@ -11,8 +11,8 @@
 #include <filesystem>
 #include <map>
 
+#include "commands/commands.hpp"
 #include "drivers/modbus/codec.hpp"
-#include "gateway/commands.hpp"
 #include "tests/unit/unit_support.hpp"
 
 namespace cmd = ferry::commands;

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace cfg = ferry::config;
 using namespace std::chrono_literals;
@@ -602,7 +602,7 @@ TEST_CASE("register_count") {
 // FERRY_UPDATE_REFERENCE=1 to rewrite that part after changing a declaration.
 TEST_CASE("config/REFERENCE.md documents every declared key") {
     const std::string path = FERRY_SOURCE_DIR "/config/REFERENCE.md";
-    const std::string begin = "<!-- BEGIN GENERATED from gateway/config.cpp -->\n";
+    const std::string begin = "<!-- BEGIN GENERATED from core/config.cpp -->\n";
     const std::string end = "<!-- END GENERATED -->";
     std::string doc = read(path);
     auto b = doc.find(begin);

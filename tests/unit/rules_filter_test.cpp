@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 #include "rules/filter.hpp"
 
 using namespace ferry;

@@ -22,7 +22,7 @@
 #include <map>
 #include <sstream>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 #include "rules/engine.hpp"
 
 using namespace ferry;

@@ -21,9 +21,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/config.hpp"
 #include "drivers/serial/framer.hpp"
 #include "drivers/serial/parser.hpp"
-#include "gateway/config.hpp"
 
 using namespace ferry;
 using namespace ferry::drivers::serial;

@@ -16,9 +16,9 @@
 #include <thread>
 #include <vector>
 
-#include "gateway/log.hpp"
-#include "gateway/upstream/spool.hpp"
+#include "core/log.hpp"
 #include "tests/unit/unit_support.hpp"
+#include "upstream/spool.hpp"
 
 using namespace std::chrono_literals;
 using ferry::config::fsync_mode;

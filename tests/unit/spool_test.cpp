@@ -22,13 +22,13 @@
 #include <thread>
 #include <vector>
 
-#include "gateway/log.hpp"
-#include "gateway/seq.hpp"
-#include "gateway/topic.hpp"
-#include "gateway/upstream/dead_letter.hpp"
-#include "gateway/upstream/identity.hpp"
-#include "gateway/upstream/spool.hpp"
+#include "core/log.hpp"
+#include "core/seq.hpp"
+#include "core/topic.hpp"
 #include "tests/unit/unit_support.hpp"
+#include "upstream/dead_letter.hpp"
+#include "upstream/identity.hpp"
+#include "upstream/spool.hpp"
 
 using namespace std::chrono_literals;
 using ferry::config::fsync_mode;

@@ -1,7 +1,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
-#include "gateway/topic.hpp"
+#include "core/topic.hpp"
 
 using ferry::topic_pattern;
 using ferry::topic_template;

@@ -1,5 +1,5 @@
-// UTF-8 repair (gateway/utf8.hpp) and the JSON writer's promise that its strings are valid
-// JSON text whatever bytes they are given (gateway/json.hpp).
+// UTF-8 repair (core/utf8.hpp) and the JSON writer's promise that its strings are valid
+// JSON text whatever bytes they are given (core/json.hpp).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -8,8 +8,8 @@
 #include <random>
 #include <string>
 
-#include "gateway/json.hpp"
-#include "gateway/utf8.hpp"
+#include "core/json.hpp"
+#include "core/utf8.hpp"
 
 using namespace ferry;
 

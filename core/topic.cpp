@@ -1,4 +1,4 @@
-#include "gateway/topic.hpp"
+#include "core/topic.hpp"
 
 namespace ferry {
 namespace {

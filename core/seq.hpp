@@ -1,7 +1,7 @@
 // The gateway-wide sequence: every reading gets a `seq` when it is sampled. Strictly
 // increasing within a run and across restarts, including after `kill -9`, a power cut, a
 // spool moved aside or a lost data directory (the start point is chosen by the caller:
-// gateway/upstream/identity.hpp takes the largest of two stored high-water marks and the
+// upstream/identity.hpp takes the largest of two stored high-water marks and the
 // wall clock in microseconds).
 //
 // How it survives restarts without a disk write per reading: the source reserves blocks.

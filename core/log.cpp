@@ -1,4 +1,4 @@
-#include "gateway/log.hpp"
+#include "core/log.hpp"
 
 #include <unistd.h>
 

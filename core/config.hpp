@@ -263,7 +263,7 @@ struct dead_letter_section {
     bool operator==(const dead_letter_section&) const = default;
 };
 
-// Downlink writes (gateway/commands.hpp). Off unless enabled.
+// Downlink writes (commands/commands.hpp). Off unless enabled.
 struct commands_section {
     bool enabled = false;
     duration max_age{30000};

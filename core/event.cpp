@@ -1,4 +1,4 @@
-#include "gateway/event.hpp"
+#include "core/event.hpp"
 
 #include <stdexcept>
 

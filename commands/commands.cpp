@@ -7,7 +7,7 @@
 // then device, its driver, point, writable, age, value, and last the rate limit, so that refused
 // commands do not use up the device's budget. The id is recorded (fsynced) before the write is
 // queued: a crash after that point can leave the id "in progress", never a second write.
-#include "gateway/commands.hpp"
+#include "commands/commands.hpp"
 
 #include <sqlite3.h>
 
@@ -28,8 +28,8 @@
 #include <stdexcept>
 #include <thread>
 
-#include "gateway/json.hpp"
-#include "gateway/log.hpp"
+#include "core/json.hpp"
+#include "core/log.hpp"
 
 namespace ferry::commands {
 

@@ -56,7 +56,7 @@
 // every 5 s), from the call that met it once its statements are reset; that call then goes
 // on with the new spool, so peek and wait_for_messages agree. Running totals (bytes,
 // messages, events, last id, batch numbers) are kept in memory and recomputed at open.
-#include "gateway/upstream/spool.hpp"
+#include "upstream/spool.hpp"
 
 #include <fcntl.h>
 #include <sqlite3.h>
@@ -83,8 +83,8 @@
 #include <string_view>
 #include <unordered_map>
 
-#include "gateway/conservation.hpp"
-#include "gateway/log.hpp"
+#include "core/conservation.hpp"
+#include "core/log.hpp"
 
 namespace ferry::upstream {
 namespace {

@@ -9,7 +9,7 @@
 // Every discarded event is counted by reason, bus-wide (`bus::dropped(reason)`) and per
 // subscription (`subscription::dropped(reason)`); events of points a subscription does not
 // match are counted per subscription too (`unmatched()`), so a consumer's owner can account
-// for every event published (gateway/conservation.hpp: `unrouted` for the rule engine).
+// for every event published (core/conservation.hpp: `unrouted` for the rule engine).
 //
 // Routing is decided once per point: each subscribe() computes which points it matches, and
 // publish() walks a precomputed list — no pattern matching on the hot path. Points interned
@@ -35,8 +35,8 @@
 #include <string>
 #include <vector>
 
-#include "gateway/event.hpp"
-#include "gateway/topic.hpp"
+#include "core/event.hpp"
+#include "core/topic.hpp"
 
 namespace ferry {
 

@@ -1,4 +1,4 @@
-#include "gateway/utf8.hpp"
+#include "core/utf8.hpp"
 
 #include <utility>
 

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <utility>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace ferry::log {
 

@@ -1,4 +1,4 @@
-#include "gateway/bus.hpp"
+#include "core/bus.hpp"
 
 #include <algorithm>
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/upstream/spool.hpp"
+#include "upstream/spool.hpp"
 
 namespace ferry::upstream {
 

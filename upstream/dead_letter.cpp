@@ -1,8 +1,8 @@
-#include "gateway/upstream/dead_letter.hpp"
+#include "upstream/dead_letter.hpp"
 
 #include <array>
 
-#include "gateway/json.hpp"
+#include "core/json.hpp"
 
 namespace ferry::upstream {
 

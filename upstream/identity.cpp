@@ -1,4 +1,4 @@
-#include "gateway/upstream/identity.hpp"
+#include "upstream/identity.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -15,8 +15,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "gateway/log.hpp"
-#include "gateway/upstream/spool.hpp"
+#include "core/log.hpp"
+#include "upstream/spool.hpp"
 
 namespace ferry::upstream {
 

@@ -7,7 +7,7 @@
 //
 // Features that are parsed here but not built yet are refused by one table, k_not_built_yet;
 // building a feature means deleting its row (the values are already parsed into the structs).
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 #include <yaml-cpp/yaml.h>
 
@@ -25,8 +25,8 @@
 #include <span>
 #include <utility>
 
+#include "core/topic.hpp"
 #include "drivers/serial/regex.hpp"
-#include "gateway/topic.hpp"
 #include "rules/filter.hpp"
 
 namespace ferry::config {

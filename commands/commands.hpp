@@ -48,8 +48,8 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/config.hpp"
-#include "gateway/event.hpp"
+#include "core/config.hpp"
+#include "core/event.hpp"
 
 namespace prometheus {
 class Registry;

@@ -30,7 +30,7 @@
 #include <memory>
 #include <string>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 namespace prometheus {
 class Registry;

@@ -1,9 +1,9 @@
-#include "gateway/json.hpp"
+#include "core/json.hpp"
 
 #include <charconv>
 #include <cmath>
 
-#include "gateway/utf8.hpp"
+#include "core/utf8.hpp"
 
 namespace ferry::json {
 namespace {

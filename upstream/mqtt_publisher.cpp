@@ -20,7 +20,7 @@
 // Maximum Packet Size from the CONNACK or the config). One that fails can never be delivered:
 // it is moved into the spool's dead_letters table, counted, announced on the dead-letter topic
 // (QoS 1, apart from the spool), and the window goes on with the next message, in order.
-#include "gateway/upstream/mqtt_publisher.hpp"
+#include "upstream/mqtt_publisher.hpp"
 
 #include <mqtt/async_client.h>
 #include <mqtt/connect_options.h>
@@ -47,11 +47,11 @@
 #include <thread>
 #include <unordered_map>
 
-#include "gateway/conservation.hpp"
-#include "gateway/log.hpp"
-#include "gateway/topic.hpp"
-#include "gateway/upstream/dead_letter.hpp"
-#include "gateway/upstream/spool.hpp"
+#include "core/conservation.hpp"
+#include "core/log.hpp"
+#include "core/topic.hpp"
+#include "upstream/dead_letter.hpp"
+#include "upstream/spool.hpp"
 
 namespace ferry::upstream {
 

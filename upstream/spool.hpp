@@ -19,7 +19,7 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/config.hpp"
+#include "core/config.hpp"
 
 struct sqlite3;
 struct sqlite3_stmt;

@@ -17,7 +17,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/event.hpp"
+#include "core/event.hpp"
 
 namespace ferry::json {
 
