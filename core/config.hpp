@@ -285,11 +285,6 @@ struct config {
     commands_section commands;
 };
 
-// modbus_tcp or modbus_rtu: a device the Modbus poller serves.
-inline bool is_modbus(const device& d) {
-    return d.driver == "modbus_tcp" || d.driver == "modbus_rtu";
-}
-
 // Equal settings, wherever they stand in the file (marks are not compared): what a reload
 // uses to tell a changed device or rule from one that only moved.
 bool same_settings(device a, device b);
@@ -317,10 +312,14 @@ struct load_hooks {
     std::function<std::optional<std::string>(const std::string& name)> getenv;
 };
 
+// What the loader knows beyond the core's own keys: the components' declarations
+// (core/config_reader.hpp), put together by the composition root (gateway/components.hpp).
+struct schema;
+
 // Loads and validates FILE. Throws `errors` (all of them) if anything is wrong.
-config load_config(const std::string& file);
+config load_config(const std::string& file, const schema& s);
 // Same, from text already in memory; `file` names it in errors.
-config load_config_text(const std::string& text, const std::string& file,
+config load_config_text(const std::string& text, const std::string& file, const schema& s,
                         const load_hooks& hooks = {});
 
 // "250ms" "2s" "5m" "1h"; nullopt if malformed.
@@ -334,9 +333,5 @@ std::uint32_t register_count(const point& p);
 
 // The type's name as written in YAML: "bool", "int16", ... "string".
 std::string_view type_name(point_type t);
-
-// Markdown tables of every key the loader accepts (type, default, meaning), generated from
-// the same declarations the loader checks keys against; config/REFERENCE.md embeds it.
-std::string reference_markdown();
 
 }  // namespace ferry::config

@@ -7,6 +7,8 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include <string>
+
 #include "core/bus.hpp"
 #include "core/event.hpp"
 #include "core/seq.hpp"
@@ -18,6 +20,8 @@ struct driver_context {
     seq_source& seq;
     const point_table& points;
     prometheus::Registry& registry;
+    // The spool's file (upstream.spool.path), for drivers that report on the box itself.
+    std::string spool_path = {};
 };
 
 // Registering a family twice returns the same family, so each driver builds its own view.

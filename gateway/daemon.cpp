@@ -19,8 +19,8 @@
 #include "core/conservation.hpp"
 #include "core/log.hpp"
 #include "core/seq.hpp"
-#include "drivers/modbus/modbus_driver.hpp"
-#include "drivers/serial/serial_driver.hpp"
+#include "drivers/registry.hpp"
+#include "gateway/components.hpp"
 #include "gateway/http_server.hpp"
 #include "gateway/read_model.hpp"
 #include "rules/engine.hpp"
@@ -86,11 +86,12 @@ struct daemon::impl {
     std::unique_ptr<ferry::bus> bus;
     std::unique_ptr<rules::engine> engine;
     std::shared_ptr<subscription> rule_sub;
-    std::unique_ptr<drivers::modbus::poller> poller;
-    std::unique_ptr<drivers::serial::reader> serial_reader;
+    // One source per registered driver, in drivers::registered() order.
+    std::vector<std::unique_ptr<drivers::source>> sources;
     std::unique_ptr<upstream::mqtt_publisher> publisher;
     std::unique_ptr<http_server> http;
-    std::unique_ptr<commands::writer> modbus_writer;  // downlink commands (build_commands)
+    // Downlink commands to the sources that take writes (build_commands), same order.
+    std::vector<std::unique_ptr<commands::writer>> writers;
     std::unique_ptr<commands::service> commands;
     std::unique_ptr<read_model> reads;
     std::shared_ptr<subscription> read_sub;
@@ -213,23 +214,12 @@ struct daemon::impl {
         closed_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::shutdown)];
         lost_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::shutdown)];
 
-        std::vector<config::device> modbus_devices;
-        std::vector<config::device> serial_devices;
-        for (const auto& d : cfg.devices) {
-            if (config::is_modbus(d))
-                modbus_devices.push_back(d);
-            else if (d.driver == "serial_line")
-                serial_devices.push_back(d);
-            else
-                throw std::runtime_error("device " + d.id + ": driver '" + d.driver +
-                                         "' is not built yet");
-        }
-        poller = std::make_unique<drivers::modbus::poller>(
-            std::move(modbus_devices),
-            drivers::modbus::driver_context{*bus, *seq, points, registry});
-        serial_reader = std::make_unique<drivers::serial::reader>(
-            std::move(serial_devices),
-            drivers::serial::driver_context{*bus, *seq, points, registry});
+        // Each driver gets its devices; the loader accepted only drivers that are registered.
+        auto devices_of = split_by_driver(cfg.devices);
+        for (std::size_t i = 0; i < devices_of.size(); ++i)
+            sources.push_back(drivers::registered()[i]->make(
+                std::move(devices_of[i]),
+                drivers::driver_context{*bus, *seq, points, registry, cfg.upstream.spool.path}));
         publisher = std::make_unique<upstream::mqtt_publisher>(
             cfg.upstream.mqtt, cfg.gateway.id, *spool, registry, cfg.dead_letter.topic);
         if (cfg.http.enabled) {
@@ -243,30 +233,52 @@ struct daemon::impl {
 
     // ---- Downlink commands (issue 9): the write side, apart from telemetry ------------------
     // MQTT set messages -> commands::service (checks, idempotency store beside the spool)
-    // -> the Modbus poller's line scheduler -> result straight back over MQTT (not the spool).
-    // Disabled commands are still subscribed to, and answered "disabled".
-    struct poller_writer final : commands::writer {
-        drivers::modbus::poller& poller;
-        explicit poller_writer(drivers::modbus::poller& p) : poller(p) {}
+    // -> the source of the device's driver (the Modbus poller's line scheduler) -> result
+    // straight back over MQTT (not the spool). Disabled commands are still subscribed to, and
+    // answered "disabled".
+    struct source_writer final : commands::writer {
+        drivers::source& src;
+        explicit source_writer(drivers::source& s) : src(s) {}
         std::string check(const config::device& d, const config::point& p,
                           const ferry::value& v) const override {
-            return poller.check_write(d.id, p.name, v);
+            return src.check_write(d.id, p.name, v);
         }
         void write(const config::device& d, const config::point& p, const ferry::value& v,
                    std::function<void(commands::write_outcome)> done) override {
-            poller.write(d.id, p.name, v, [done = std::move(done)](auto r) {
+            src.write(d.id, p.name, v, [done = std::move(done)](drivers::write_result r) {
                 done({r.ok, r.attempted, std::move(r.error)});
             });
         }
     };
 
+    // The devices of each registered driver, in drivers::registered() order.
+    static std::vector<std::vector<config::device>> split_by_driver(
+        const std::vector<config::device>& all) {
+        const auto registered = drivers::registered();
+        std::vector<std::vector<config::device>> out(registered.size());
+        for (const auto& d : all) {
+            for (std::size_t i = 0; i < registered.size(); ++i) {
+                if (registered[i]->serves(d.driver)) {
+                    out[i].push_back(d);
+                    break;
+                }
+            }
+        }
+        return out;
+    }
+
     void build_commands() {
-        modbus_writer = std::make_unique<poller_writer>(*poller);
+        for (const auto& src : sources)
+            writers.push_back(src->takes_writes() ? std::make_unique<source_writer>(*src)
+                                                  : nullptr);
         auto dir = std::filesystem::path(cfg.upstream.spool.path).parent_path();
         commands = std::make_unique<commands::service>(
             cfg, (dir / "commands.db").string(),
             [this](const config::device& d) -> commands::writer* {
-                return config::is_modbus(d) ? modbus_writer.get() : nullptr;
+                const auto registered = drivers::registered();
+                for (std::size_t i = 0; i < registered.size(); ++i)
+                    if (registered[i]->serves(d.driver)) return writers[i].get();
+                return nullptr;
             },
             [this](const std::string& topic, const std::string& payload) {
                 return publisher->publish_result(topic, payload);
@@ -500,8 +512,8 @@ struct daemon::impl {
         commands->start();
         publisher->start();
         rule_thread = std::thread([this] { rule_loop(); });
-        poller->start();
-        serial_reader->start();
+        for (auto& src : sources)
+            src->start();
         running = true;
     }
 
@@ -555,9 +567,10 @@ struct daemon::impl {
                 return;
             }
         });
-        poller->stop();  // answers writes still queued: nothing was written
+        // A source that takes writes answers those still queued: nothing was written.
+        for (auto& src : sources)
+            src->stop();
         commands->stop();
-        serial_reader->stop();
         rule_sub->close();
         rule_thread.join();
         if (read_sub) {
@@ -612,7 +625,7 @@ std::string daemon::impl::status_line() const {
 void daemon::impl::reload() {
     config::config next;
     try {
-        next = config::load_config(cfg.file);
+        next = ferry::load_config(cfg.file);
     } catch (const config::errors& e) {
         for (const auto& err : e.list()) {
             log::error("config", "reload rejected; the running config stays",
@@ -645,18 +658,10 @@ void daemon::impl::reload() {
 // Applies the devices, rules and log level of a valid config. Everything that can fail is
 // checked first; past that point nothing fails halfway.
 bool daemon::impl::apply(config::config next) {
-    auto split = [](const std::vector<config::device>& all, bool modbus) {
-        std::vector<config::device> out;
-        for (const auto& d : all) {
-            if (config::is_modbus(d) == modbus) out.push_back(d);
-        }
-        return out;
-    };
-    auto modbus_next = split(next.devices, true);
-    auto serial_next = split(next.devices, false);
+    auto next_of = split_by_driver(next.devices);
     try {
-        drivers::modbus::poller::check(modbus_next);
-        drivers::serial::reader::check(serial_next);
+        for (std::size_t i = 0; i < next_of.size(); ++i)
+            drivers::registered()[i]->check(next_of[i]);
     } catch (const std::invalid_argument& e) {
         log::error("config", "reload rejected; the running config stays", {{"error", e.what()}});
         return false;
@@ -719,18 +724,18 @@ bool daemon::impl::apply(config::config next) {
     }
     // A device that changed driver leaves the old one before it joins the new one (they
     // share its series).
-    auto without_movers = [&](std::vector<config::device> list, bool modbus) {
-        std::erase_if(list, [&](const config::device& d) {
+    const auto registered = drivers::registered();
+    for (std::size_t i = 0; i < sources.size(); ++i) {
+        auto staying = next_of[i];
+        std::erase_if(staying, [&](const config::device& d) {
             return std::any_of(cfg.devices.begin(), cfg.devices.end(), [&](const auto& o) {
-                return o.id == d.id && config::is_modbus(o) != modbus;
+                return o.id == d.id && !registered[i]->serves(o.driver);
             });
         });
-        return list;
-    };
-    poller->update(without_movers(modbus_next, true));
-    serial_reader->update(without_movers(serial_next, false));
-    poller->update(std::move(modbus_next));
-    serial_reader->update(std::move(serial_next));
+        sources[i]->update(std::move(staying));
+    }
+    for (std::size_t i = 0; i < sources.size(); ++i)
+        sources[i]->update(std::move(next_of[i]));
 
     commands->update_devices(next.devices);
     log::set_level(next.gateway.level);

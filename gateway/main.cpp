@@ -13,6 +13,7 @@
 #include "core/config.hpp"
 #include "core/log.hpp"
 #include "drivers/modbus/probe.hpp"
+#include "gateway/components.hpp"
 #include "gateway/daemon.hpp"
 
 namespace {
@@ -60,7 +61,7 @@ bool config_arg(const std::vector<std::string>& args, std::string& file, std::st
 
 int load(const std::string& file, ferry::config::config& out) {
     try {
-        out = ferry::config::load_config(file);
+        out = ferry::load_config(file);
         return k_ok;
     } catch (const ferry::config::errors& e) {
         for (const auto& err : e.list())

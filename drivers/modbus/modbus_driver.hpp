@@ -47,6 +47,7 @@
 
 #include "core/config.hpp"
 #include "drivers/driver.hpp"
+#include "drivers/source.hpp"
 
 namespace ferry::drivers::modbus {
 
@@ -61,13 +62,9 @@ struct device_status {
     std::uint64_t requests = 0;  // requests sent, retries included
 };
 
-// The outcome of one write.
-struct write_result {
-    bool ok = false;
-    bool attempted = false;  // false: nothing was sent (unknown point, bad value, stopping)
-    std::string error;       // empty when ok: the device's answer (exception name), timeout...
-};
-using write_done = std::function<void(write_result)>;
+// Writes answer with drivers::write_result (drivers/source.hpp).
+using drivers::write_done;
+using drivers::write_result;
 
 class poller {
   public:

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "core/config.hpp"
+#include "gateway/components.hpp"
 
 namespace cfg = ferry::config;
 
@@ -51,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::string text(reinterpret_cast<const char*>(data), size);
     static const cfg::load_hooks hooks = stubs();
     try {
-        const auto c = cfg::load_config_text(text, "fuzz.yaml", hooks);
+        const auto c = ferry::load_config_text(text, "fuzz.yaml", hooks);
         if (c.gateway.id.size() > cfg::k_max_name) violated("gateway id too long", text);
         for (const auto& d : c.devices) {
             if (d.id.size() > cfg::k_max_name) violated("device id too long", text);

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/config.hpp"
+#include "gateway/components.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace ferry::test;
@@ -53,7 +54,7 @@ TEST_CASE("ferry check: each broken config exits 1 with FILE:LINE:COLUMN: key.pa
         auto file = k_cases + name + ".yaml";
         std::vector<std::string> expected;
         try {
-            ferry::config::load_config(file);
+            ferry::load_config(file);
             FAIL("fixture loads without error");
         } catch (const ferry::config::errors& e) {
             for (const auto& err : e.list())

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "gateway/components.hpp"
 
 namespace cfg = ferry::config;
 using namespace std::chrono_literals;
@@ -40,7 +41,7 @@ lines to_lines(const cfg::errors& e) {
 // The error lines of a fixture; the file name in them is the full path `k_dir + name`.
 lines errors_of(const std::string& name) {
     try {
-        cfg::load_config(k_dir + name);
+        ferry::load_config(k_dir + name);
     } catch (const cfg::errors& e) {
         return to_lines(e);
     }
@@ -50,7 +51,7 @@ lines errors_of(const std::string& name) {
 
 lines errors_of_text(const std::string& text) {
     try {
-        cfg::load_config_text(text, "t.yaml");
+        ferry::load_config_text(text, "t.yaml");
     } catch (const cfg::errors& e) {
         return to_lines(e);
     }
@@ -68,7 +69,7 @@ std::string read(const std::string& path) {
 }  // namespace
 
 TEST_CASE("the example config/ferry.yaml loads with the expected values") {
-    auto c = cfg::load_config(FERRY_SOURCE_DIR "/config/ferry.yaml");
+    auto c = ferry::load_config(FERRY_SOURCE_DIR "/config/ferry.yaml");
     CHECK(c.gateway.id == "plant-a-gw1");
     CHECK(c.gateway.data_dir == "/var/lib/ferry");
     CHECK(c.gateway.level == cfg::log_level::info);
@@ -162,7 +163,7 @@ TEST_CASE("the example config/ferry.yaml loads with the expected values") {
 }
 
 TEST_CASE("defaults of a minimal config") {
-    auto c = cfg::load_config_text("gateway: { id: gw_1 }\n", "min.yaml");
+    auto c = ferry::load_config_text("gateway: { id: gw_1 }\n", "min.yaml");
     CHECK(c.file == "min.yaml");
     CHECK(c.gateway.data_dir == "/var/lib/ferry");
     CHECK_FALSE(c.http.enabled);
@@ -172,7 +173,7 @@ TEST_CASE("defaults of a minimal config") {
     CHECK(c.upstream.mqtt.uris == lines{"tcp://127.0.0.1:1883"});
     CHECK(c.upstream.spool.path == "/var/lib/ferry/spool.db");
 
-    c = cfg::load_config_text(
+    c = ferry::load_config_text(
         "gateway: { id: gw, data_dir: /d }\nhttp:\nupstream:\n"
         "  spool: { path: '{data_dir}/{gateway}.db' }\n  mqtt: { version: 3.1.1 }\n",
         "t.yaml");
@@ -181,7 +182,7 @@ TEST_CASE("defaults of a minimal config") {
     CHECK(c.upstream.spool.path == "/d/gw.db");
     CHECK(c.upstream.mqtt.version == 4);
 
-    c = cfg::load_config_text(
+    c = ferry::load_config_text(
         "gateway: { id: gw }\nhttp: { listen: '[::1]:8080' }\n"
         "upstream: { mqtt: { version: \"4\", uris: ssl://b:8883, tls: {} } }\n",
         "t.yaml");
@@ -339,7 +340,7 @@ TEST_CASE("several errors in one file are all reported, in file order") {
 
 TEST_CASE("errors::what() holds every line") {
     try {
-        cfg::load_config(k_dir + "port_out_of_range.yaml");
+        ferry::load_config(k_dir + "port_out_of_range.yaml");
         FAIL("expected errors");
     } catch (const cfg::errors& e) {
         auto f = k_dir + "port_out_of_range.yaml";
@@ -360,7 +361,7 @@ TEST_CASE("YAML syntax errors carry their position") {
 
 TEST_CASE("an unreadable file is one error without a position") {
     try {
-        cfg::load_config("/nonexistent/ferry.yaml");
+        ferry::load_config("/nonexistent/ferry.yaml");
         FAIL("expected errors");
     } catch (const cfg::errors& e) {
         CHECK(to_lines(e) ==
@@ -372,7 +373,7 @@ TEST_CASE("an unreadable file is one error without a position") {
 
 TEST_CASE("every feature of the contract loads, downlink commands included") {
     // Nothing is refused as not built any more (k_not_built_yet is empty).
-    auto c = cfg::load_config(k_dir + "every_feature.yaml");
+    auto c = ferry::load_config(k_dir + "every_feature.yaml");
     CHECK(c.commands.enabled);
     CHECK(c.commands.max_age == 30s);
     CHECK(c.commands.rate_limit == 10);
@@ -384,8 +385,10 @@ TEST_CASE("every feature of the contract loads, downlink commands included") {
           lines{"t.yaml:5:15: rules[0].deadband: set exactly one of 'absolute' or 'percent'",
                 "t.yaml:6:16: rules[0].heartbeat: invalid duration 'soon' (use e.g. 250ms, 2s, 5m, "
                 "1h)"});
-    CHECK_NOTHROW(cfg::load_config_text("gateway: { id: g }\ncommands: { enabled: false }\n", "t"));
-    CHECK_NOTHROW(cfg::load_config_text("gateway: { id: g }\ncommands: { enabled: true }\n", "t"));
+    CHECK_NOTHROW(
+        ferry::load_config_text("gateway: { id: g }\ncommands: { enabled: false }\n", "t"));
+    CHECK_NOTHROW(
+        ferry::load_config_text("gateway: { id: g }\ncommands: { enabled: true }\n", "t"));
 }
 
 TEST_CASE("serial drivers are parsed strictly") {
@@ -432,7 +435,7 @@ TEST_CASE("${NAME} substitution in values") {
     ::setenv("FERRY_TEST_DATA", "/srv/ferry", 1);
     ::setenv("FERRY_TEST_HOST", "10.0.0.5", 1);
     ::setenv("FERRY_TEST_PORT", "1502", 1);
-    auto c = cfg::load_config(f);
+    auto c = ferry::load_config(f);
     CHECK(c.gateway.id == "gw-env");
     CHECK(c.gateway.data_dir == "/srv/ferry/state");
     CHECK(c.upstream.spool.path == "/srv/ferry/state/spool.db");
@@ -451,7 +454,7 @@ TEST_CASE("${NAME} substitution in values") {
 }
 
 TEST_CASE("password_file is read, relative to the config file, and never shown") {
-    auto c = cfg::load_config(k_dir + "password_file.yaml");
+    auto c = ferry::load_config(k_dir + "password_file.yaml");
     CHECK(c.upstream.mqtt.username == "ferry");
     CHECK(c.upstream.mqtt.password == "s3cret-pass");  // trailing newline stripped
 
@@ -464,7 +467,7 @@ TEST_CASE("password_file is read, relative to the config file, and never shown")
     std::string text = "gateway: { id: g }\nupstream:\n  mqtt:\n    password_file: " + k_dir +
                        "mqtt.pass\n    inflight: 0\n";
     try {
-        cfg::load_config_text(text, "t.yaml");
+        ferry::load_config_text(text, "t.yaml");
         FAIL("expected errors");
     } catch (const cfg::errors& e) {
         CHECK(std::string(e.what()).find("s3cret") == std::string::npos);
@@ -483,7 +486,7 @@ TEST_CASE("TLS settings and broker URIs agree") {
     CHECK(errors_of_text("gateway: { id: g }\nupstream: { mqtt: { uris: [ssl://b] } }\n") ==
           lines{"t.yaml:2:28: upstream.mqtt.uris[0]: 'ssl://' needs an 'upstream.mqtt.tls' "
                 "section"});
-    auto c = cfg::load_config_text(
+    auto c = ferry::load_config_text(
         "gateway: { id: g }\nupstream: { mqtt: { uris: [ssl://b], tls: { ca_file: ca.pem, "
         "verify_hostname: false } } }\n",
         "/etc/ferry/ferry.yaml");
@@ -497,12 +500,12 @@ TEST_CASE("point checks") {
         "gateway: { id: g }\ndevices:\n  - id: d\n    driver: modbus_tcp\n"
         "    host: h\n    points:\n";
     // A bool from a register, a bool from a coil (type may be left out), all types.
-    auto c = cfg::load_config_text(head +
-                                       "      - { name: a, address: 0, type: bool }\n"
-                                       "      - { name: b, table: discrete, address: 0 }\n"
-                                       "      - { name: c, address: 0x10, type: float64 }\n"
-                                       "      - { name: d, address: 65532, type: int64 }\n",
-                                   "t.yaml");
+    auto c = ferry::load_config_text(head +
+                                         "      - { name: a, address: 0, type: bool }\n"
+                                         "      - { name: b, table: discrete, address: 0 }\n"
+                                         "      - { name: c, address: 0x10, type: float64 }\n"
+                                         "      - { name: d, address: 65532, type: int64 }\n",
+                                     "t.yaml");
     const auto& p = c.devices[0].points;
     CHECK(p[0].type == cfg::point_type::boolean);
     CHECK(p[0].tbl == cfg::table::holding);
@@ -602,14 +605,15 @@ TEST_CASE("register_count") {
 // FERRY_UPDATE_REFERENCE=1 to rewrite that part after changing a declaration.
 TEST_CASE("config/REFERENCE.md documents every declared key") {
     const std::string path = FERRY_SOURCE_DIR "/config/REFERENCE.md";
-    const std::string begin = "<!-- BEGIN GENERATED from core/config.cpp -->\n";
+    const std::string begin =
+        "<!-- BEGIN GENERATED from the components' declarations (gateway/components.cpp) -->\n";
     const std::string end = "<!-- END GENERATED -->";
     std::string doc = read(path);
     auto b = doc.find(begin);
     auto e = doc.find(end);
     REQUIRE(b != std::string::npos);
     REQUIRE(e != std::string::npos);
-    std::string generated = cfg::reference_markdown();
+    std::string generated = ferry::reference_markdown();
     if (std::getenv("FERRY_UPDATE_REFERENCE")) {
         doc = doc.substr(0, b + begin.size()) + generated + doc.substr(e);
         std::ofstream(path) << doc;
@@ -618,11 +622,11 @@ TEST_CASE("config/REFERENCE.md documents every declared key") {
 }
 
 TEST_CASE("upstream.mqtt ack_timeout and refused policy (issue 13)") {
-    auto c = cfg::load_config_text("gateway: { id: g }\n", "t.yaml");
+    auto c = ferry::load_config_text("gateway: { id: g }\n", "t.yaml");
     CHECK(c.upstream.mqtt.ack_timeout == 30s);
     CHECK(c.upstream.mqtt.refused == cfg::refused_policy::block);
     CHECK(c.upstream.mqtt.refused_attempts == 3);
-    c = cfg::load_config_text(
+    c = ferry::load_config_text(
         "gateway: { id: g }\nupstream:\n  mqtt: { ack_timeout: 5s, refused: drop, "
         "refused_attempts: 1 }\n",
         "t.yaml");
@@ -630,7 +634,7 @@ TEST_CASE("upstream.mqtt ack_timeout and refused policy (issue 13)") {
     CHECK(c.upstream.mqtt.refused == cfg::refused_policy::drop);
     CHECK(c.upstream.mqtt.refused_attempts == 1);
     try {
-        cfg::load_config_text(
+        ferry::load_config_text(
             "gateway: { id: g }\nupstream:\n  mqtt:\n    ack_timeout: 500ms\n"
             "    refused: skip\n    refused_attempts: 0\n",
             "t.yaml");
@@ -645,16 +649,16 @@ TEST_CASE("upstream.mqtt ack_timeout and refused policy (issue 13)") {
 }
 
 TEST_CASE("upstream.mqtt.max_packet_size (issue 14)") {
-    auto c = cfg::load_config_text("gateway: { id: g }\n", "t.yaml");
+    auto c = ferry::load_config_text("gateway: { id: g }\n", "t.yaml");
     CHECK(c.upstream.mqtt.max_packet_size == 0);  // none: the CONNACK's, if any
-    c = cfg::load_config_text(
+    c = ferry::load_config_text(
         "gateway: { id: g }\nupstream:\n  mqtt: { version: 3.1.1, max_packet_size: 128KiB }\n",
         "t.yaml");
     CHECK(c.upstream.mqtt.max_packet_size == 131072);
     for (const char* bad : {"100", "1GiB", "big"}) {
         CAPTURE(bad);
         try {
-            cfg::load_config_text(
+            ferry::load_config_text(
                 std::string("gateway: { id: g }\nupstream:\n  mqtt:\n    max_packet_size: ") + bad +
                     "\n",
                 "t.yaml");
@@ -684,14 +688,14 @@ TEST_CASE("load_hooks replace file reads and the environment; their budgets stil
         if (name == "GW") return "hooked";
         return std::nullopt;
     };
-    auto c = cfg::load_config_text(
+    auto c = ferry::load_config_text(
         "gateway: { id: \"${GW}\" }\nupstream: { mqtt: { username: u, password_file: /p } }\n",
         "t.yaml", h);
     CHECK(c.gateway.id == "hooked");
     CHECK(c.upstream.mqtt.password == "from-hook");
     CHECK(asked_max == cfg::k_max_secret_file);
     try {
-        cfg::load_config_text(
+        ferry::load_config_text(
             "gateway: { id: \"${HOME}\" }\nupstream: { mqtt: { username: u, password_file: /big "
             "} }\n",
             "t.yaml", h);

@@ -8,6 +8,7 @@
 #include <new>
 
 #include "core/config.hpp"
+#include "gateway/components.hpp"
 #include "rules/filter.hpp"
 
 using namespace ferry;
@@ -230,7 +231,7 @@ TEST_CASE("evaluation allocates nothing" * doctest::skip(!k_counting)) {
 TEST_CASE("the config loader reports a bad filter at its line and column with the position") {
     auto load = [](const std::string& filter_line) {
         try {
-            config::load_config_text(
+            ferry::load_config_text(
                 "gateway: { id: g }\nrules:\n  - name: r\n    match: '#'\n" + filter_line + "\n",
                 "t.yaml");
             return std::string("loaded");

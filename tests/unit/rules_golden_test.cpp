@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "core/config.hpp"
+#include "gateway/components.hpp"
 #include "rules/engine.hpp"
 
 using namespace ferry;
@@ -59,7 +60,7 @@ quality parse_quality(const std::string& text) {
 }
 
 std::string run_case(const fs::path& dir) {
-    auto cfg = config::load_config((dir / "config.yaml").string());
+    auto cfg = ferry::load_config((dir / "config.yaml").string());
     point_table points;
     for (const auto& d : cfg.devices)
         for (const auto& p : d.points)
@@ -155,7 +156,7 @@ TEST_CASE("golden cases: events in, the exact messages and counters out") {
 }
 
 TEST_CASE("rules/example.yaml loads, and its rules do what rules/README.md says") {
-    auto cfg = config::load_config(std::string(FERRY_SOURCE_DIR) + "/rules/example.yaml");
+    auto cfg = ferry::load_config(std::string(FERRY_SOURCE_DIR) + "/rules/example.yaml");
     REQUIRE(cfg.rules.size() == 3);
     point_table points;
     for (const auto& d : cfg.devices)

@@ -24,6 +24,7 @@
 #include "core/config.hpp"
 #include "drivers/serial/framer.hpp"
 #include "drivers/serial/parser.hpp"
+#include "gateway/components.hpp"
 
 using namespace ferry;
 using namespace ferry::drivers::serial;
@@ -92,7 +93,7 @@ TEST_CASE("serial golden cases") {
         const auto dir = entry.path();
         CAPTURE(dir.filename().string());
         ++cases;
-        const auto cfg = config::load_config((dir / "config.yaml").string());
+        const auto cfg = ferry::load_config((dir / "config.yaml").string());
         REQUIRE(cfg.devices.size() == 1);
         const auto& d = cfg.devices[0];
         REQUIRE(d.driver == "serial_line");

@@ -8,6 +8,7 @@
 #include "drivers/serial/framer.hpp"
 #include "drivers/serial/parser.hpp"
 #include "drivers/serial/regex.hpp"
+#include "gateway/components.hpp"
 
 using namespace ferry;
 using namespace ferry::drivers::serial;
@@ -314,7 +315,7 @@ TEST_CASE("framer: fixed length frames across reads; reset drops a partial frame
 }
 
 TEST_CASE("config: serial_line keys reach the driver's settings") {
-    const auto cfg = config::load_config_text(R"(gateway: { id: g }
+    const auto cfg = ferry::load_config_text(R"(gateway: { id: g }
 devices:
   - id: m
     driver: serial_line
@@ -329,7 +330,7 @@ devices:
     parse: { kv: true, checksum: nmea }
     points: [ { name: a } ]
 )",
-                                              "t.yaml");
+                                             "t.yaml");
     REQUIRE(cfg.devices.size() == 2);
     const auto& m = cfg.devices[0];
     CHECK(m.serial->baud == 19200);

@@ -1,0 +1,724 @@
+// The config machinery (core/config_reader.hpp): reading typed values with their positions,
+// checking keys against declared options, and the reference generated from the declarations.
+#include "core/config_reader.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <set>
+#include <span>
+#include <utility>
+
+#include "core/topic.hpp"
+
+namespace ferry::config {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Features the YAML accepts but this version of Ferry cannot do yet. Each present key (and,
+// when `value` is set, only with that value) is an error at its position, e.g.
+//   {"commands.enabled", "true", "'commands' (downlink writes)"} gives
+//   commands.enabled: 'commands' (downlink writes) is not built yet in this version of Ferry
+// `key` is a key path with the list indices removed. Empty now: every key is built.
+struct not_built_row {
+    std::string_view key;
+    std::string_view value;  // empty: any value
+    std::string_view what;
+};
+
+constexpr std::array<not_built_row, 0> k_not_built_yet{};
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+std::string join(std::span<const std::string_view> items, std::string_view sep) {
+    std::string out;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (i) out += sep;
+        out += items[i];
+    }
+    return out;
+}
+
+// Optimal string alignment distance (Levenshtein plus adjacent transpositions).
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+    for (std::size_t i = 0; i <= a.size(); ++i)
+        d[i][0] = i;
+    for (std::size_t j = 0; j <= b.size(); ++j)
+        d[0][j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+        }
+    }
+    return d[a.size()][b.size()];
+}
+
+// The closest known key to a misspelt one, if any is close enough to be a likely typo.
+std::string_view suggest(std::string_view unknown, std::span<const option> opts, driver_mask mask) {
+    std::string_view best;
+    std::size_t best_d = std::numeric_limits<std::size_t>::max();
+    for (const auto& o : opts) {
+        if (!(o.drivers & mask)) continue;
+        std::size_t d = edit_distance(unknown, o.name);
+        // "password" -> "password_file": a known key that only adds a suffix.
+        if (o.name.size() > unknown.size() && o.name.substr(0, unknown.size()) == unknown &&
+            o.name[unknown.size()] == '_')
+            d = std::min<std::size_t>(d, 1);
+        if (d < best_d) {
+            best_d = d;
+            best = o.name;
+        }
+    }
+    std::size_t limit = std::min<std::size_t>(2, std::max<std::size_t>(1, unknown.size() / 3));
+    return best_d <= limit ? best : std::string_view{};
+}
+
+bool is_name_char(char c, bool allow_dot) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || (allow_dot && c == '.');
+}
+
+bool valid_name(std::string_view s, bool allow_dot) {
+    if (s.empty() || s.size() > k_max_name) return false;
+    return std::all_of(s.begin(), s.end(), [&](char c) { return is_name_char(c, allow_dot); });
+}
+
+// Why `s` is not a valid name: too long (names go into MQTT topics, whose limit is 65535 bytes
+// in all; k_max_name keeps every topic Ferry builds far below it), or a character not allowed.
+std::string bad_name(const std::string& s, std::string_view what, std::string_view chars) {
+    if (s.size() > k_max_name) {
+        return "'" + s.substr(0, 32) + "...' (" + std::to_string(s.size()) +
+               " bytes) is not a valid " + std::string(what) + ": longer than " +
+               std::to_string(k_max_name) + " bytes";
+    }
+    return "'" + s + "' is not a valid " + std::string(what) + " (use " + std::string(chars) + ")";
+}
+
+// "rules[3].match[0]" -> "rules[].match[]"
+std::string generic_path(std::string_view path) {
+    std::string out;
+    bool in_index = false;
+    for (char c : path) {
+        if (c == '[') in_index = true;
+        if (c == ']') in_index = false;
+        if (!in_index || c == '[') out.push_back(c);
+    }
+    return out;
+}
+
+std::string describe(const YAML::Node& n) {
+    switch (n.Type()) {
+        case YAML::NodeType::Scalar:
+            return "'" + n.Scalar() + "'";
+        case YAML::NodeType::Sequence:
+            return "a list";
+        case YAML::NodeType::Map:
+            return "a map";
+        default:
+            return "nothing";
+    }
+}
+
+std::optional<double> parse_number(std::string_view s) {
+    if (!s.empty() && s[0] == '+') s.remove_prefix(1);
+    double v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc{} || p != s.data() + s.size() || !std::isfinite(v))
+        return std::nullopt;
+    return v;
+}
+
+std::optional<std::string> env_value(const char* v) {
+    if (!v) return std::nullopt;
+    return std::string(v);
+}
+
+std::string dir_of(const std::string& file) {
+    auto slash = file.rfind('/');
+    if (slash == std::string::npos) return "";
+    return file.substr(0, slash + 1);
+}
+
+std::string cell(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+        if (c == '|' && (out.empty() || out.back() != '\\')) out += '\\';
+        out += c;
+    }
+    return out;
+}
+
+}  // namespace
+
+// Reads a whole file of at most `max_bytes`; on failure returns nullopt and sets `why` to the
+// reason. Reads no more than max_bytes + 1 whatever the file is (/dev/zero, a FIFO, a log).
+std::optional<std::string> read_file(const std::string& path, std::string& why,
+                                     std::size_t max_bytes) {
+    errno = 0;
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) {
+        why = std::strerror(errno);
+        return std::nullopt;
+    }
+    std::string out;
+    char buf[4096];
+    for (;;) {
+        std::size_t n = std::fread(buf, 1, sizeof buf, f);
+        out.append(buf, n);
+        if (out.size() > max_bytes) {
+            std::fclose(f);
+            why = "larger than " + std::to_string(max_bytes) + " bytes (the limit for this file)";
+            return std::nullopt;
+        }
+        if (n < sizeof buf) break;
+    }
+    bool failed = std::ferror(f) != 0;
+    int err = errno;
+    std::fclose(f);
+    if (failed) {
+        why = std::strerror(err ? err : EIO);
+        return std::nullopt;
+    }
+    return out;
+}
+
+// Integers: decimal with an optional '-', or 0x hexadecimal (Modbus addresses often are).
+std::optional<std::int64_t> parse_integer(std::string_view s) {
+    std::int64_t v = 0;
+    int base = 10;
+    bool neg = false;
+    if (!s.empty() && s[0] == '-') {
+        neg = true;
+        s.remove_prefix(1);
+    }
+    if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        base = 16;
+        s.remove_prefix(2);
+    }
+    if (s.empty() || s[0] == '-' || s[0] == '+') return std::nullopt;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+    if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
+    return neg ? -v : v;
+}
+
+mark to_mark(const YAML::Mark& m) {
+    return {m.line < 0 ? 0 : m.line + 1, m.column < 0 ? 0 : m.column + 1};
+}
+
+map_reader::map_reader(loader& ld, const value_ref& v, std::span<const option> opts)
+    : ld_(ld), opts_(opts), path_(v.path), where_(v.where) {
+    if (v.node.IsNull() || !v.node.IsDefined()) {
+        is_map_ = true;  // `section:` with nothing under it reads as an empty map
+        return;
+    }
+    if (!v.node.IsMap()) {
+        ld_.fail(v, "expected a map, got " + describe(v.node));
+        return;
+    }
+    is_map_ = true;
+    where_ = v.node.Mark();
+    std::map<std::string, YAML::Mark> seen;
+    for (auto it = v.node.begin(); it != v.node.end(); ++it) {
+        // Copies: `it->` yields a temporary proxy.
+        YAML::Node key = it->first;
+        YAML::Node value = it->second;
+        if (!key.IsScalar()) {
+            ld_.fail(key.Mark(), path_, "a key must be a string, got " + describe(key));
+            continue;
+        }
+        auto [pos, fresh] = seen.emplace(key.Scalar(), key.Mark());
+        if (!fresh) {
+            ld_.fail(
+                key.Mark(), sub(key.Scalar()),
+                "duplicate key (first at line " + std::to_string(to_mark(pos->second).line) + ")");
+            continue;
+        }
+        entries_.push_back({key.Scalar(), key, value});
+    }
+}
+
+void map_reader::check_keys(driver_mask mask, std::string_view driver) {
+    std::vector<entry> kept;
+    for (auto& e : entries_) {
+        auto it = std::find_if(opts_.begin(), opts_.end(),
+                               [&](const option& o) { return o.name == e.name; });
+        if (it == opts_.end()) {
+            std::string msg = "unknown key";
+            if (auto s = suggest(e.name, opts_, mask); !s.empty())
+                msg += " (did you mean '" + std::string(s) + "'?)";
+            ld_.fail(e.key.Mark(), sub(e.name), msg);
+            continue;
+        }
+        if (!(it->drivers & mask)) {
+            ld_.fail(e.key.Mark(), sub(e.name),
+                     "'" + e.name + "' does not apply to driver '" + std::string(driver) + "'");
+            continue;
+        }
+        std::string generic = generic_path(sub(e.name));
+        for (const auto& row : k_not_built_yet) {
+            if (row.key != generic) continue;
+            if (row.value.empty()) {
+                ld_.fail(e.key.Mark(), sub(e.name),
+                         std::string(row.what) + " is not built yet in this version of Ferry");
+            } else if (e.value.IsScalar()) {
+                auto text = ld_.expand_env(e.value.Scalar(), nullptr);
+                if (text && *text == row.value)
+                    ld_.fail(e.value.Mark(), sub(e.name),
+                             std::string(row.what) + " is not built yet in this version of Ferry");
+            }
+        }
+        kept.push_back(std::move(e));
+    }
+    // Keys reported above are not read any further: one error per key.
+    entries_ = std::move(kept);
+}
+
+bool map_reader::require(std::string_view name, std::string_view note) const {
+    if (has(name)) return true;
+    std::string msg = "missing required key '" + std::string(name) + "'";
+    if (!note.empty()) msg += " (" + std::string(note) + ")";
+    ld_.fail(where_, path_, msg);
+    return false;
+}
+
+std::optional<std::string> loader::expand_env(const std::string& s, const value_ref* report) {
+    if (s.find("${") == std::string::npos) return s;
+    std::string out;
+    bool ok = true;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '$' && i + 1 < s.size() && s[i + 1] == '{') {
+            auto close = s.find('}', i + 2);
+            if (close != std::string::npos) {
+                std::string name = s.substr(i + 2, close - i - 2);
+                bool valid = !name.empty() && !(name[0] >= '0' && name[0] <= '9') &&
+                             std::all_of(name.begin(), name.end(),
+                                         [](char c) { return is_name_char(c, false) && c != '-'; });
+                if (valid) {
+                    if (auto val = hooks_.getenv ? hooks_.getenv(name)
+                                                 : env_value(std::getenv(name.c_str()))) {
+                        out += *val;
+                    } else {
+                        ok = false;
+                        if (report) fail(*report, "environment variable " + name + " is not set");
+                    }
+                    i = close;
+                    continue;
+                }
+            }
+        }
+        out.push_back(s[i]);
+    }
+    if (!ok) return std::nullopt;
+    return out;
+}
+
+std::optional<std::string> loader::str(const value_ref& v) {
+    if (!v.node.IsScalar()) {
+        fail(v, "expected a string, got " + describe(v.node));
+        return std::nullopt;
+    }
+    return expand_env(v.node.Scalar(), &v);
+}
+
+std::optional<std::string> loader::nonempty_str(const value_ref& v) {
+    auto s = str(v);
+    if (s && s->empty()) {
+        fail(v, "must not be empty");
+        return std::nullopt;
+    }
+    return s;
+}
+
+std::optional<bool> loader::boolean(const value_ref& v) {
+    if (!v.node.IsScalar()) {
+        fail(v, "expected true or false, got " + describe(v.node));
+        return std::nullopt;
+    }
+    auto s = expand_env(v.node.Scalar(), &v);
+    if (!s) return std::nullopt;
+    if (*s == "true") return true;
+    if (*s == "false") return false;
+    fail(v, "expected true or false, got '" + *s + "'");
+    return std::nullopt;
+}
+
+std::optional<std::int64_t> loader::integer(const value_ref& v, std::int64_t lo, std::int64_t hi) {
+    if (!v.node.IsScalar()) {
+        fail(v, "expected an integer, got " + describe(v.node));
+        return std::nullopt;
+    }
+    auto s = expand_env(v.node.Scalar(), &v);
+    if (!s) return std::nullopt;
+    auto x = parse_integer(*s);
+    if (!x) {
+        fail(v, "expected an integer, got '" + *s + "'");
+        return std::nullopt;
+    }
+    if (*x < lo || *x > hi) {
+        fail(v, std::to_string(*x) + " is out of range (" + std::to_string(lo) + ".." +
+                    std::to_string(hi) + ")");
+        return std::nullopt;
+    }
+    return x;
+}
+
+std::optional<double> loader::number(const value_ref& v) {
+    if (!v.node.IsScalar()) {
+        fail(v, "expected a number, got " + describe(v.node));
+        return std::nullopt;
+    }
+    auto s = expand_env(v.node.Scalar(), &v);
+    if (!s) return std::nullopt;
+    auto x = parse_number(*s);
+    if (!x) fail(v, "expected a number, got '" + *s + "'");
+    return x;
+}
+
+std::optional<duration> loader::dur(const value_ref& v, bool positive) {
+    if (!v.node.IsScalar()) {
+        fail(v, "expected a duration, got " + describe(v.node));
+        return std::nullopt;
+    }
+    auto s = expand_env(v.node.Scalar(), &v);
+    if (!s) return std::nullopt;
+    auto d = parse_duration(*s);
+    if (!d) {
+        fail(v, "invalid duration '" + *s + "' (use e.g. 250ms, 2s, 5m, 1h)");
+        return std::nullopt;
+    }
+    if (positive && d->count() == 0) {
+        fail(v, "must be greater than 0");
+        return std::nullopt;
+    }
+    // Durations are added to clock readings (steady_clock counts nanoseconds in 64 bits):
+    // one bound for every key keeps all of that arithmetic far from overflow.
+    if (*d > k_max_duration) {
+        fail(v, "duration '" + *s + "' is too long (at most " +
+                    std::to_string(k_max_duration.count() / 3600000) + "h)");
+        return std::nullopt;
+    }
+    return d;
+}
+
+std::optional<std::uint64_t> loader::size(const value_ref& v, std::uint64_t lo, std::uint64_t hi) {
+    if (!v.node.IsScalar()) {
+        fail(v, "expected a size, got " + describe(v.node));
+        return std::nullopt;
+    }
+    auto s = expand_env(v.node.Scalar(), &v);
+    if (!s) return std::nullopt;
+    auto n = parse_size(*s);
+    if (!n) {
+        fail(v, "invalid size '" + *s + "' (use e.g. 512, 64KiB, 512MiB, 1GiB)");
+        return std::nullopt;
+    }
+    if (*n < lo || *n > hi) {
+        fail(v, "size '" + *s + "' is out of range (" + std::to_string(lo) + ".." +
+                    std::to_string(hi) + " bytes)");
+        return std::nullopt;
+    }
+    return n;
+}
+
+std::optional<std::size_t> loader::choice(const value_ref& v,
+                                          std::span<const std::string_view> names,
+                                          std::string_view noun, std::string_view label) {
+    auto s = str(v);
+    if (!s) return std::nullopt;
+    for (std::size_t i = 0; i < names.size(); ++i)
+        if (names[i] == *s) return i;
+    fail(v, "unknown " + std::string(noun) + " '" + *s + "' (" + std::string(label) + ": " +
+                join(names, ", ") + ")");
+    return std::nullopt;
+}
+
+std::vector<value_ref> loader::list(const value_ref& v) {
+    std::vector<value_ref> out;
+    if (v.node.IsNull()) return out;
+    if (!v.node.IsSequence()) {
+        fail(v, "expected a list, got " + describe(v.node));
+        return out;
+    }
+    std::size_t i = 0;
+    for (const auto& item : v.node) {
+        std::string path = v.path + "[" + std::to_string(i++) + "]";
+        // yaml-cpp places an empty item at the next token; the list's own position is the
+        // better hint then.
+        if (item.IsNull()) {
+            fail(v.node.Mark(), path, "empty list item");
+            continue;
+        }
+        out.push_back({item, item.Mark(), std::move(path)});
+    }
+    return out;
+}
+
+std::vector<std::pair<std::string, value_ref>> loader::strings(const value_ref& v) {
+    std::vector<std::pair<std::string, value_ref>> out;
+    if (v.node.IsScalar()) {
+        if (auto s = str(v)) out.emplace_back(std::move(*s), v);
+        return out;
+    }
+    if (!v.node.IsSequence()) {
+        fail(v, "expected a string or a list of strings, got " + describe(v.node));
+        return out;
+    }
+    for (auto& item : list(v))
+        if (auto s = str(item)) out.emplace_back(std::move(*s), item);
+    return out;
+}
+
+std::optional<std::string> loader::expand_placeholders(
+    const std::string& text, const value_ref& v,
+    std::initializer_list<std::pair<std::string_view, std::string_view>> vars) {
+    std::string out;
+    std::string known;
+    for (const auto& [name, value] : vars)
+        known += (known.empty() ? "{" : " {") + std::string(name) + "}";
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] != '{') {
+            out.push_back(text[i]);
+            continue;
+        }
+        auto close = text.find('}', i);
+        if (close == std::string::npos) {
+            fail(v, "unclosed '{' at position " + std::to_string(i + 1));
+            return std::nullopt;
+        }
+        std::string_view name(text.data() + i + 1, close - i - 1);
+        auto it = std::find_if(vars.begin(), vars.end(), [&](auto& p) { return p.first == name; });
+        if (it == vars.end()) {
+            fail(v, "unknown placeholder {" + std::string(name) + "} (known: " + known + ")");
+            return std::nullopt;
+        }
+        out += it->second;
+        i = close;
+    }
+    return out;
+}
+
+void loader::topic(const value_ref& v, std::string& out) {
+    auto s = str(v);
+    if (!s) return;
+    // With names of at most k_max_name bytes, a topic then stays far below MQTT's 65535.
+    if (s->size() > k_max_topic_template) {
+        fail(v, "topic template of " + std::to_string(s->size()) + " bytes is longer than " +
+                    std::to_string(k_max_topic_template));
+        return;
+    }
+    std::string why;
+    if (!topic_template::compile(*s, &why)) {
+        fail(v, "invalid topic template '" + *s + "': " + why);
+        return;
+    }
+    out = std::move(*s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections.
+
+// yaml-cpp shares the node an alias refers to, so the document is small; the loader, though,
+// would build every use of it (one device aliased 3,000 times: 3,000 devices). Counting what
+// the file expands to first, and stopping at the bound, keeps a short file from costing
+// seconds and hundreds of MiB. The error stands at the entry where the bound was passed.
+bool loader::within_budget(const YAML::Node& root) {
+    struct item {
+        YAML::Node node;
+        YAML::Mark at;  // where to report: the key of the entry (an alias's value has its
+                        // anchor's position, possibly far away)
+        std::string path;
+        std::size_t depth;
+    };
+    std::vector<item> stack{{root, root.Mark(), "", 0}};
+    std::size_t count = 0;
+    while (!stack.empty()) {
+        auto [n, at, path, depth] = std::move(stack.back());
+        stack.pop_back();
+        if (++count > k_max_config_nodes) {
+            fail(at, path,
+                 "the file expands to more than " + std::to_string(k_max_config_nodes) +
+                     " values (each use of a YAML alias counts as a copy of what it refers to)");
+            return false;
+        }
+        if (depth > k_max_config_depth) {
+            fail(at, path, "nested deeper than " + std::to_string(k_max_config_depth) + " levels");
+            return false;
+        }
+        if (n.IsMap()) {
+            for (auto it = n.begin(); it != n.end(); ++it) {
+                ++count;  // the key
+                const auto key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
+                stack.push_back({it->second, it->first.Mark(),
+                                 path.empty() ? key : path + "." + key, depth + 1});
+            }
+        } else if (n.IsSequence()) {
+            std::size_t i = 0;
+            for (auto it = n.begin(); it != n.end(); ++it, ++i)
+                stack.push_back({*it, it->Mark().is_null() ? at : it->Mark(),
+                                 path + "[" + std::to_string(i) + "]", depth + 1});
+        }
+    }
+    return true;
+}
+
+// ---- The loader's own services ---------------------------------------------------------------
+
+loader::loader(std::string file, const schema& s, const load_hooks& hooks)
+    : file_(std::move(file)), base_dir_(dir_of(file_)), schema_(s), hooks_(hooks) {
+    // One table of device keys and one of point keys, over every driver: a key one driver
+    // takes and another does not is then "does not apply to driver", not "unknown key". Rows
+    // keep the order of their first declaration.
+    auto merge = [](std::vector<option>& out, std::span<const option> rows, driver_mask bit) {
+        for (const auto& row : rows) {
+            auto it = std::find_if(out.begin(), out.end(),
+                                   [&](const option& o) { return o.name == row.name; });
+            if (it == out.end()) {
+                out.push_back(row);
+                out.back().drivers = bit;
+            } else {
+                it->drivers |= bit;
+            }
+        }
+    };
+    device_options_.push_back({"id", "string [A-Za-z0-9_.-]+", "required",
+                               "Unique device name; the first level of the bus address "
+                               "`device/tag`."});
+    for (const auto* d : schema_.drivers)
+        driver_names_.push_back(d->name);
+    device_options_.push_back(
+        {"driver", "", "required", "How the device is read.", k_all_drivers, driver_names_});
+    point_options_.push_back({"name", "string [A-Za-z0-9_.-]+", "required",
+                              "Tag name, unique within the device; the second level of "
+                              "`device/tag`."});
+    for (std::size_t i = 0; i < schema_.drivers.size(); ++i) {
+        const driver_mask bit = driver_mask{1} << i;
+        merge(device_options_, schema_.drivers[i]->device_options, bit);
+        merge(point_options_, schema_.drivers[i]->point_options, bit);
+    }
+    device_options_.push_back(
+        {"points", "list of maps", "required", "The values read from the device; at least one."});
+
+    top_options_ = {
+        {"gateway", "map", "required", "This gateway: id, data directory, log level."},
+        {"http", "map", "absent: no HTTP server",
+         "The HTTP server for /metrics, /healthz, /readyz and /api/v1/*."},
+        {"devices", "list of maps", "[]", "The devices to poll."},
+    };
+    for (const auto* sec : schema_.sections)
+        top_options_.push_back(sec->top);
+}
+
+void loader::fail(const YAML::Mark& m, std::string path, std::string message) {
+    auto pos = to_mark(m);
+    errors_.push_back({file_, pos.line, pos.column, std::move(path), std::move(message)});
+}
+
+void loader::unique(std::map<std::string, mark>& seen, const std::string& name, const mark& here,
+                    std::string path, std::string_view what) {
+    auto [it, fresh] = seen.emplace(name, here);
+    if (fresh) return;
+    errors_.push_back({file_, here.line, here.column, std::move(path),
+                       "duplicate " + std::string(what) + " '" + name + "' (first at line " +
+                           std::to_string(it->second.line) + ")"});
+}
+
+std::optional<std::string> loader::name(const value_ref& v, std::string_view what, bool allow_dot) {
+    auto s = str(v);
+    if (!s) return std::nullopt;
+    if (valid_name(*s, allow_dot)) return s;
+    fail(v, bad_name(*s, what, allow_dot ? "[A-Za-z0-9_.-]+" : "[A-Za-z0-9_-]+"));
+    return std::nullopt;
+}
+
+std::optional<std::string> loader::secret_file(const value_ref& v, const std::string& path) {
+    std::string why;
+    auto content = hooks_.read_file ? hooks_.read_file(path, k_max_secret_file, why)
+                                    : read_file(path, why, k_max_secret_file);
+    if (!content) {
+        fail(v, "cannot read password file '" + path + "': " + why);
+        return std::nullopt;
+    }
+    while (!content->empty() && (content->back() == '\n' || content->back() == '\r'))
+        content->pop_back();
+    if (content->empty()) {
+        fail(v, "password file '" + path + "' is empty");
+        return std::nullopt;
+    }
+    return content;
+}
+
+std::optional<value_ref> loader::recall(const std::string& key) const {
+    auto it = kept_.find(key);
+    if (it == kept_.end()) return std::nullopt;
+    return it->second;
+}
+
+// ---- The reference ---------------------------------------------------------------------------
+
+std::string reference_markdown(const schema& s) {
+    // The loader merges the drivers' tables; a loader of no file gives them.
+    const load_hooks none;
+    loader ld("", s, none);
+    const auto tables = ld.tables();
+    std::vector<section_doc> docs;
+    auto add = [&](const section_doc& d) {
+        if (std::none_of(docs.begin(), docs.end(),
+                         [&](const section_doc& o) { return o.path == d.path; }))
+            docs.push_back(d);
+    };
+    add({"(top level)", "The sections of the file.", tables.top});
+    add({"gateway", "", k_gateway_options});
+    add({"http", "Absent: no HTTP server.", k_http_options});
+    add({"devices[]", "Keys a driver does not take are errors (e.g. `host` on modbus_rtu).",
+         tables.device});
+    for (const auto* d : s.drivers)
+        for (const auto& doc : d->docs)
+            add(doc);
+    add({"devices[].points[]", "", tables.point});
+    for (const auto* sec : s.sections)
+        for (const auto& doc : sec->docs)
+            add(doc);
+
+    std::string out;
+    for (const auto& sec : docs) {
+        out += "### `" + std::string(sec.path) + "`\n\n";
+        if (!sec.help.empty()) out += std::string(sec.help) + "\n\n";
+        out += "| key | type | default | meaning |\n| --- | --- | --- | --- |\n";
+        for (const auto& o : sec.options) {
+            std::string type = o.choices.empty() ? cell(o.type) : join(o.choices, " \\| ");
+            std::string help = cell(o.help);
+            if (o.drivers != k_all_drivers) {
+                std::vector<std::string_view> names;
+                for (std::size_t i = 0; i < s.drivers.size(); ++i)
+                    if (o.drivers & (driver_mask{1} << i)) names.push_back(s.drivers[i]->name);
+                if (names.size() != s.drivers.size())
+                    help += " Drivers: " + join(names, ", ") + ".";
+            }
+            out += "| `" + std::string(o.name) + "` | " + type + " | " + cell(o.def) + " | " +
+                   help + " |\n";
+        }
+        out += "\n";
+    }
+    out += "### Not built yet\n\nAccepted by the parser but refused with an error until built:\n\n";
+    if (k_not_built_yet.empty()) out += "Nothing: every key above is built.\n";
+    for (const auto& row : k_not_built_yet) {
+        out += "- `" + std::string(row.key);
+        if (!row.value.empty()) out += ": " + std::string(row.value);
+        out += "`\n";
+    }
+    return out;
+}
+
+}  // namespace ferry::config

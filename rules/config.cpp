@@ -1,0 +1,174 @@
+#include "rules/config.hpp"
+
+#include <map>
+#include <string>
+
+#include "core/topic.hpp"
+#include "rules/filter.hpp"
+
+namespace ferry::rules {
+namespace {
+
+using config::option;
+
+constexpr option k_rule_options[] = {
+    {"name", "string [A-Za-z0-9_.-]+", "required", "Unique rule name. `{rule}` in templates."},
+    {"match", "pattern or list of patterns", "required",
+     "Over `device/tag`: MQTT `+` and `#`, and `*` inside a level (`meter*/#`)."},
+    {"filter", "expression", "none",
+     "Events for which it is false are dropped (see rules/README.md for the language)."},
+    {"transform", "map", "none", "Rescale values (see `rules[].transform`)."},
+    {"deadband", "map", "none", "Drop small changes (see `rules[].deadband`)."},
+    {"heartbeat", "duration 1ms..720h", "none",
+     "Send an unchanged value at least this often: the next reading passes whatever the "
+     "deadband once this long has passed since the rule last sent that device/tag."},
+    {"batch", "map", "", "When a batch is sent (see `rules[].batch`)."},
+    {"publish", "map", "", "Where a batch is sent (see `rules[].publish`)."},
+};
+
+constexpr option k_transform_options[] = {
+    {"scale", "number", "1", "value = value * scale + offset."},
+    {"offset", "number", "0", "value = value * scale + offset."},
+    {"unit", "string", "the point's unit", "Unit of the transformed value."},
+};
+
+constexpr option k_deadband_options[] = {
+    {"absolute", "number >= 0", "", "Pass a value only if it moved at least this much."},
+    {"percent", "number >= 0", "", "Pass a value only if it moved at least this percentage."},
+};
+
+constexpr option k_batch_options[] = {
+    {"max_events", "integer 1..1000000", "500", "Send when this many events are waiting."},
+    {"max_bytes", "size 1KiB..256MiB", "256KiB",
+     "Send when the payload reaches this size (or the broker's Maximum Packet Size less the "
+     "publish overhead, when known: docs/DELIVERY.md)."},
+    {"max_age", "duration 0..720h", "1s", "Send when the oldest waiting event is this old."},
+};
+
+constexpr option k_publish_options[] = {
+    {"topic", "topic template", "ferry/{gateway}/{device}",
+     "MQTT topic; `{gateway}` `{device}` `{tag}` `{rule}`; no wildcards."},
+    {"qos", "0 \\| 1 \\| 2", "1", "MQTT QoS of the batch messages."},
+    {"retain", "bool", "false", "Publish retained."},
+};
+
+void read_rule(config::loader& ld, const config::value_ref& v, config::rule& r) {
+    config::map_reader m(ld, v, k_rule_options);
+    if (!m.is_map()) return;
+    r.where = config::to_mark(m.where());
+    m.check_keys();
+    if (m.require("name")) {
+        auto ref = *m.get("name");
+        if (auto s = ld.name(ref, "rule name", true)) {
+            r.name = *s;
+            r.where = config::to_mark(ref.where);
+        }
+    }
+    if (m.require("match")) {
+        auto ref = *m.get("match");
+        auto patterns = ld.strings(ref);
+        if (patterns.empty() && (ref.node.IsSequence() || ref.node.IsNull()))
+            ld.fail(ref, "a rule needs at least one pattern");
+        for (auto& [text, where] : patterns) {
+            std::string why;
+            if (topic_pattern::compile(text, &why))
+                r.match.push_back(text);
+            else
+                ld.fail(where, "invalid pattern '" + text + "': " + why);
+        }
+    }
+    if (auto ref = m.get("filter")) {
+        if (auto s = ld.nonempty_str(*ref)) {
+            // Compiled here once to report errors with their place; the engine compiles again.
+            filter_error err;
+            if (filter::compile(*s, &err))
+                r.filter = *s;
+            else
+                ld.fail(*ref, "at position " + std::to_string(err.position) +
+                                  " of the expression: " + err.message);
+        }
+    }
+    if (auto ref = m.get("transform")) {
+        config::map_reader tm(ld, *ref, k_transform_options);
+        if (tm.is_map()) {
+            tm.check_keys();
+            config::transform_settings t;
+            ld.set_number(tm, "scale", t.scale);
+            ld.set_number(tm, "offset", t.offset);
+            ld.set_str(tm, "unit", t.unit);
+            r.transform = t;
+        }
+    }
+    if (auto ref = m.get("deadband")) {
+        config::map_reader dm(ld, *ref, k_deadband_options);
+        if (dm.is_map()) {
+            dm.check_keys();
+            if (dm.has("absolute") == dm.has("percent")) {
+                ld.fail(dm.where(), dm.path(), "set exactly one of 'absolute' or 'percent'");
+            } else {
+                config::deadband_settings db;
+                db.kind = dm.has("absolute") ? config::deadband_kind::absolute
+                                             : config::deadband_kind::percent;
+                auto x = *dm.get(dm.has("absolute") ? "absolute" : "percent");
+                if (auto n = ld.number(x)) {
+                    if (*n < 0)
+                        ld.fail(x, "must not be negative");
+                    else
+                        db.amount = *n;
+                }
+                r.deadband = db;
+            }
+        }
+    }
+    if (auto ref = m.get("heartbeat"))
+        if (auto d = ld.dur(*ref, true)) r.heartbeat = *d;
+    if (auto ref = m.get("batch")) {
+        config::map_reader bm(ld, *ref, k_batch_options);
+        if (bm.is_map()) {
+            bm.check_keys();
+            ld.set(bm, "max_events", r.batch.max_events, 1, 1000000);
+            if (auto x = bm.get("max_bytes"))
+                if (auto n = ld.size(*x, 1024, 256ull * 1024 * 1024))
+                    r.batch.max_bytes = static_cast<std::size_t>(*n);
+            ld.set_dur(bm, "max_age", r.batch.max_age, false);
+        }
+    }
+    if (auto ref = m.get("publish")) {
+        config::map_reader pm(ld, *ref, k_publish_options);
+        if (pm.is_map()) {
+            pm.check_keys();
+            if (auto x = pm.get("topic")) ld.topic(*x, r.publish.topic);
+            ld.set(pm, "qos", r.publish.qos, 0, 2);
+            ld.set_bool(pm, "retain", r.publish.retain);
+        }
+    }
+}
+
+void read_rules(config::loader& ld, const config::value_ref& v, config::config& c) {
+    std::map<std::string, config::mark> seen;
+    for (auto& item : ld.list(v)) {
+        config::rule r;
+        read_rule(ld, item, r);
+        if (!r.name.empty()) ld.unique(seen, r.name, r.where, item.path + ".name", "rule name");
+        c.rules.push_back(std::move(r));
+    }
+}
+
+}  // namespace
+
+const config::section_schema& config_section() {
+    static const config::section_schema s{
+        {"rules", "list of maps", "[]", "Which events go upstream, how batched, to which topic."},
+        {{"rules[]", "", k_rule_options},
+         {"rules[].transform", "", k_transform_options},
+         {"rules[].deadband", "Exactly one of the two keys; a change of quality always passes.",
+          k_deadband_options},
+         {"rules[].batch", "A batch is sent when the first of the limits is reached.",
+          k_batch_options},
+         {"rules[].publish", "", k_publish_options}},
+        read_rules,
+        nullptr};
+    return s;
+}
+
+}  // namespace ferry::rules
