@@ -14,6 +14,7 @@
 #define FERRY_DRIVERS(X) \
     X(modbus)            \
     X(serial)            \
+    X(system)            \
     /* end of the list */
 // clang-format on
 

@@ -23,3 +23,5 @@ ferry_test(integration_mqtt_proxy integration ${CMAKE_CURRENT_SOURCE_DIR}/integr
 # Issue 14: no poison message upstream (dead letters), through `ferry run` and mosquitto.
 ferry_test(integration_poison integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/poison_test.cpp)
 target_link_libraries(integration_poison PRIVATE SQLite::SQLite3)
+# The system driver (issue 15): the box's health through `ferry run` and mosquitto.
+ferry_test(integration_system integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/system_driver_test.cpp)

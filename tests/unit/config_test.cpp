@@ -295,7 +295,7 @@ TEST_CASE("unknown driver") {
     auto f = k_dir + "unknown_driver.yaml";
     CHECK(errors_of("unknown_driver.yaml") ==
           lines{f + ":5:13: devices[0].driver: unknown driver 'modbus_udp' (known: modbus_tcp, "
-                    "modbus_rtu, serial_line)"});
+                    "modbus_rtu, serial_line, system)"});
 }
 
 TEST_CASE("several errors in one file are all reported, in file order") {
