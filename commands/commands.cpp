@@ -9,8 +9,6 @@
 // queued: a crash after that point can leave the id "in progress", never a second write.
 #include "commands/commands.hpp"
 
-#include <sqlite3.h>
-
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/registry.h>
@@ -30,6 +28,7 @@
 
 #include "core/json.hpp"
 #include "core/log.hpp"
+#include "core/sqlite.hpp"
 
 namespace ferry::commands {
 
@@ -519,13 +518,7 @@ bool token_bucket::take(std::chrono::steady_clock::time_point now) {
 
 namespace {
 
-struct statement {
-    sqlite3_stmt* s = nullptr;
-    statement() = default;
-    statement(const statement&) = delete;
-    statement& operator=(const statement&) = delete;
-    ~statement() { sqlite3_finalize(s); }
-};
+using sqlite::statement;
 
 enum class state : int { in_progress = 0, ok = 1, failed = 2 };
 
@@ -554,25 +547,25 @@ struct store::impl {
                                   .count();
     }
 
-    [[noreturn]] void fail(const std::string& what) const {
-        throw std::runtime_error(path + ": " + what + ": " + (db ? sqlite3_errmsg(db) : "?"));
+    // "<path>: <what>: <sqlite3_errmsg>" (sqlite::error is a std::runtime_error).
+    [[noreturn]] void fail(int rc, const std::string& what) const {
+        throw sqlite::error(db, rc, path + ": " + what);
     }
     void exec(const char* sql) {
-        if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(sql);
+        if (const int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr); rc != SQLITE_OK)
+            fail(rc, sql);
     }
-    void prepare(statement& st, const char* sql) {
-        if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st.s, nullptr) != SQLITE_OK)
-            fail("not a Ferry command store");
+    void prepare(statement& st, const std::string& sql) {
+        if (const int rc = st.prepare(db, sql); rc != SQLITE_OK)
+            fail(rc, "not a Ferry command store");
     }
     // Runs a statement to completion; the caller bound its parameters.
     void run(statement& st, const char* what) {
-        const int rc = sqlite3_step(st.s);
-        sqlite3_reset(st.s);
-        sqlite3_clear_bindings(st.s);
-        if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail(what);
+        if (const int rc = sqlite::step_done(st); rc != SQLITE_OK) fail(rc, what);
     }
-    void bind(statement& st, int i, const std::string& text) {
-        sqlite3_bind_text(st.s, i, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+    // Copied: the text need not outlive the call.
+    void bind(statement& st, int i, std::string_view text) {
+        sqlite::bind_text(st.get(), i, text, SQLITE_TRANSIENT);
     }
 
     impl(std::string p, options o) : path(std::move(p)), opt(o) {
@@ -618,15 +611,15 @@ struct store::impl {
                 prepare(base,
                         "SELECT max(coalesce((SELECT value FROM meta WHERE key = "
                         "'runtime_ms'), 0), coalesce((SELECT max(run_ms) FROM commands), 0))");
-                if (sqlite3_step(base.s) == SQLITE_ROW)
-                    runtime_base = sqlite3_column_int64(base.s, 0);
+                if (sqlite3_step(base.get()) == SQLITE_ROW)
+                    runtime_base = sqlite3_column_int64(base.get(), 0);
             }
             prepare(count_st, "SELECT count(*) FROM commands");
             // Ids a previous run left in progress: ferry stopped between recording and
             // answering; whether the device took the write is unknown.
             statement recover;
             prepare(recover, "UPDATE commands SET state = 2, error = ?1 WHERE state = 0");
-            bind(recover, 1, std::string(k_unknown_outcome));
+            bind(recover, 1, k_unknown_outcome);
             run(recover, "recovering ids in progress");
             const int n = sqlite3_changes(db);
             if (n > 0) {
@@ -641,17 +634,16 @@ struct store::impl {
     }
     bool has_column(const char* table, const char* column) {
         statement st;
-        prepare(st, ("SELECT 1 FROM pragma_table_info('" + std::string(table) +
-                     "') WHERE name = '" + column + "'")
-                        .c_str());
-        return sqlite3_step(st.s) == SQLITE_ROW;
+        prepare(st, "SELECT 1 FROM pragma_table_info('" + std::string(table) + "') WHERE name = '" +
+                        column + "'");
+        return sqlite3_step(st.get()) == SQLITE_ROW;
     }
     void store_runtime(std::int64_t ms) {
-        sqlite3_bind_int64(runtime_st.s, 1, ms);
+        sqlite3_bind_int64(runtime_st.get(), 1, ms);
         run(runtime_st, "recording the running time");
     }
     void close() {
-        if (db && runtime_st.s) {
+        if (db && runtime_st.get()) {
             try {
                 store_runtime(now());  // the running time of this run counts at the next
             } catch (const std::exception&) {
@@ -659,10 +651,8 @@ struct store::impl {
             }
         }
         for (auto* st : {&find_st, &insert_st, &finish_st, &forget_st, &evict_age_st,
-                         &evict_count_st, &count_st, &runtime_st}) {
-            sqlite3_finalize(st->s);
-            st->s = nullptr;
-        }
+                         &evict_count_st, &count_st, &runtime_st})
+            st->finalize();
         sqlite3_close(db);
         db = nullptr;
     }
@@ -673,18 +663,16 @@ store::store(const std::string& path, options opt) : impl_(std::make_unique<impl
 store::~store() = default;
 
 std::optional<store::entry> store::find(const std::string& id, std::int64_t now_ms) {
-    auto& st = impl_->find_st;
-    impl_->bind(st, 1, id);
+    sqlite::use st(impl_->find_st);
+    impl_->bind(impl_->find_st, 1, id);
     std::optional<entry> out;
-    const int rc = sqlite3_step(st.s);
-    if (rc == SQLITE_ROW && sqlite3_column_int64(st.s, 2) >= now_ms - impl_->opt.ttl.count()) {
-        const auto s = static_cast<state>(sqlite3_column_int(st.s, 0));
-        const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st.s, 1));
-        out = entry{s == state::in_progress, s == state::ok, text ? text : ""};
+    const int rc = sqlite3_step(*st);
+    if (rc == SQLITE_ROW && sqlite3_column_int64(*st, 2) >= now_ms - impl_->opt.ttl.count()) {
+        const auto s = static_cast<state>(sqlite3_column_int(*st, 0));
+        out = entry{s == state::in_progress, s == state::ok,
+                    std::string(sqlite::column_text(*st, 1))};
     }
-    sqlite3_reset(st.s);
-    sqlite3_clear_bindings(st.s);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) impl_->fail("looking up a command id");
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) impl_->fail(rc, "looking up a command id");
     return out;
 }
 
@@ -692,19 +680,19 @@ void store::begin(const std::string& id, const std::string& device, const std::s
                   std::int64_t now_ms) {
     impl_->exec("BEGIN IMMEDIATE");
     try {
-        sqlite3_bind_int64(impl_->evict_age_st.s, 1, now_ms - impl_->opt.ttl.count());
+        sqlite3_bind_int64(impl_->evict_age_st.get(), 1, now_ms - impl_->opt.ttl.count());
         impl_->run(impl_->evict_age_st, "evicting expired ids");
         const auto keep = static_cast<std::int64_t>(std::max<std::size_t>(impl_->opt.max_ids, 1));
-        sqlite3_bind_int64(impl_->evict_count_st.s, 1, keep - 1);  // room for this one
+        sqlite3_bind_int64(impl_->evict_count_st.get(), 1, keep - 1);  // room for this one
         impl_->run(impl_->evict_count_st, "evicting the oldest ids");
         impl_->bind(impl_->insert_st, 1, id);
         impl_->bind(impl_->insert_st, 2, device);
         impl_->bind(impl_->insert_st, 3, point);
-        sqlite3_bind_int64(impl_->insert_st.s, 4,
+        sqlite3_bind_int64(impl_->insert_st.get(), 4,
                            std::chrono::duration_cast<std::chrono::milliseconds>(
                                std::chrono::system_clock::now().time_since_epoch())
                                .count());
-        sqlite3_bind_int64(impl_->insert_st.s, 5, now_ms);
+        sqlite3_bind_int64(impl_->insert_st.get(), 5, now_ms);
         impl_->run(impl_->insert_st, "recording a command id");
         impl_->store_runtime(now_ms);
         impl_->exec("COMMIT");
@@ -716,7 +704,7 @@ void store::begin(const std::string& id, const std::string& device, const std::s
 
 void store::finish(const std::string& id, bool ok, const std::string& error) {
     impl_->bind(impl_->finish_st, 1, id);
-    sqlite3_bind_int(impl_->finish_st.s, 2, static_cast<int>(ok ? state::ok : state::failed));
+    sqlite3_bind_int(impl_->finish_st.get(), 2, static_cast<int>(ok ? state::ok : state::failed));
     impl_->bind(impl_->finish_st, 3, error);
     impl_->run(impl_->finish_st, "recording a command's result");
 }
@@ -731,11 +719,9 @@ std::int64_t store::now() const {
 }
 
 std::size_t store::size() {
-    auto& st = impl_->count_st;
+    sqlite::use st(impl_->count_st);
     std::size_t n = 0;
-    if (sqlite3_step(st.s) == SQLITE_ROW)
-        n = static_cast<std::size_t>(sqlite3_column_int64(st.s, 0));
-    sqlite3_reset(st.s);
+    if (sqlite3_step(*st) == SQLITE_ROW) n = static_cast<std::size_t>(sqlite3_column_int64(*st, 0));
     return n;
 }
 

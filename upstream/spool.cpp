@@ -85,8 +85,14 @@
 
 #include "core/conservation.hpp"
 #include "core/log.hpp"
+#include "core/sqlite.hpp"
 
 namespace ferry::upstream {
+
+using sqlite::statement;
+using sqlite::step_done;
+using sqlite::use;
+
 namespace {
 
 constexpr std::string_view component = "spool";
@@ -104,44 +110,6 @@ constexpr int schema_version = 2;
 constexpr std::int64_t dead_letters_max_rows = 100;
 constexpr std::int64_t dead_letters_max_bytes = 4 * 1024 * 1024;
 constexpr std::int64_t page_size = 4096;
-
-// Owns one prepared statement; reset() after each use keeps it ready for the next.
-class statement {
-  public:
-    statement() = default;
-    statement(const statement&) = delete;
-    statement& operator=(const statement&) = delete;
-    ~statement() { sqlite3_finalize(stmt_); }
-
-    int prepare(sqlite3* db, std::string_view sql) {
-        return sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
-                                  SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
-    }
-    sqlite3_stmt* get() const { return stmt_; }
-    void finalize() {
-        sqlite3_finalize(stmt_);
-        stmt_ = nullptr;
-    }
-
-  private:
-    sqlite3_stmt* stmt_ = nullptr;
-};
-
-// Resets a statement (and drops its bindings) when the scope ends, whatever happened.
-class use {
-  public:
-    explicit use(statement& s) : s_(s.get()) {}
-    use(const use&) = delete;
-    use& operator=(const use&) = delete;
-    ~use() {
-        sqlite3_reset(s_);
-        sqlite3_clear_bindings(s_);
-    }
-    sqlite3_stmt* operator*() const { return s_; }
-
-  private:
-    sqlite3_stmt* s_;
-};
 
 std::int64_t now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -315,7 +283,6 @@ struct spool::impl {
         g_bytes_->Set(static_cast<double>(bytes_.load()));
         g_messages_->Set(static_cast<double>(messages_.load()));
     }
-    int step_done(statement& s);
     void rollback() {
         if (db_ != nullptr && sqlite3_get_autocommit(db_) == 0) {
             use r(rollback_);
@@ -459,7 +426,7 @@ void spool::impl::close_db() {
 [[noreturn]] void spool::impl::fail(int rc, std::string_view what) {
     std::string msg(what);
     msg += ": ";
-    msg += db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+    msg += sqlite::message(db_, rc);
     if (environmental(rc)) throw std::runtime_error(msg);
     throw damaged(msg);
 }
@@ -561,8 +528,7 @@ void spool::impl::open_checked() {
         sqlite3_open_v2(settings_.path.c_str(), &db_,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK) {
-        std::string msg = "spool: cannot open " + settings_.path + ": " +
-                          (db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc));
+        std::string msg = "spool: cannot open " + settings_.path + ": " + sqlite::message(db_, rc);
         if (environmental(rc)) {
             close_db();
             throw std::runtime_error(msg);
@@ -598,10 +564,7 @@ void spool::impl::open_checked() {
         std::string first;
         int rows = 0;
         while ((rc = sqlite3_step(qc.get())) == SQLITE_ROW) {
-            if (rows++ == 0) {
-                const unsigned char* t = sqlite3_column_text(qc.get(), 0);
-                first = t != nullptr ? reinterpret_cast<const char*>(t) : "";
-            }
+            if (rows++ == 0) first = sqlite::column_text(qc.get(), 0);
         }
         if (rc != SQLITE_DONE) fail(rc, "quick_check");
         if (rows != 1 || first != "ok") throw damaged("quick_check: " + first);
@@ -681,10 +644,7 @@ void spool::impl::check_columns(std::int64_t version) {
         if (rc != SQLITE_OK) fail(rc, "table_info");
         std::size_t i = 0;
         while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
-            auto text = [&](int c) {
-                const auto* t = sqlite3_column_text(st.get(), c);
-                return std::string_view(t != nullptr ? reinterpret_cast<const char*>(t) : "");
-            };
+            auto text = [&](int c) { return sqlite::column_text(st.get(), c); };
             if (i >= n || text(1) != want[i].name || text(2) != want[i].type ||
                 sqlite3_column_int(st.get(), 5) != want[i].pk)
                 throw damaged(std::string("schema differs: ") + table + " column " +
@@ -711,8 +671,7 @@ void spool::impl::setup_connection(bool fresh) {
         if (rc != SQLITE_OK) fail(rc, "journal_mode");
         rc = sqlite3_step(jm.get());
         if (rc != SQLITE_ROW) fail(rc, "journal_mode");
-        const unsigned char* mode = sqlite3_column_text(jm.get(), 0);
-        if (mode == nullptr || std::string_view(reinterpret_cast<const char*>(mode)) != "wal") {
+        if (sqlite::column_text(jm.get(), 0) != "wal") {
             throw std::runtime_error("spool: cannot switch " + settings_.path + " to WAL mode");
         }
     }
@@ -829,10 +788,7 @@ void spool::impl::load_totals() {
         if (rc != SQLITE_OK) fail(rc, "topics");
         last_batch_.clear();
         while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
-            const unsigned char* t = sqlite3_column_text(st.get(), 0);
-            int n = sqlite3_column_bytes(st.get(), 0);
-            last_batch_[std::string(reinterpret_cast<const char*>(t),
-                                    static_cast<std::size_t>(n))] =
+            last_batch_[std::string(sqlite::column_text(st.get(), 0))] =
                 static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 1));
         }
         if (rc != SQLITE_DONE) fail(rc, "topics");
@@ -856,17 +812,9 @@ void spool::impl::record_error(int rc, std::string_view op, std::string_view det
     log::error(component, "spool operation failed",
                {{"op", std::string(op)},
                 {"reason", err_reason_names[static_cast<int>(r)]},
-                {"error", !detail.empty()  ? std::string(detail)
-                          : db_ != nullptr ? sqlite3_errmsg(db_)
-                                           : sqlite3_errstr(rc)},
+                {"error", !detail.empty() ? std::string(detail) : sqlite::message(db_, rc)},
                 {"code", std::to_string(rc)},
                 {"suppressed_since_last", suppressed}});
-}
-
-int spool::impl::step_done(statement& s) {
-    use u(s);
-    int rc = sqlite3_step(*u);
-    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
 // Gives out a batch number without storing a message, so the consumer sees the gap that
@@ -876,7 +824,7 @@ int spool::impl::consume_batch_number(const std::string& topic, std::uint64_t ba
     if (rc != SQLITE_OK) return rc;
     {
         use u(upsert_topic_);
-        sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
+        sqlite::bind_text(*u, 1, topic);
         sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(batch_no));
         rc = sqlite3_step(*u);
         if (rc != SQLITE_DONE) {
@@ -1004,15 +952,15 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         }
         {
             use u(upsert_topic_);
-            sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
+            sqlite::bind_text(*u, 1, topic);
             sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(batch_no));
             rc = sqlite3_step(*u);
             if (rc != SQLITE_DONE) return abort(rc);
         }
         {
             use u(insert_);
-            sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
-            sqlite3_bind_blob64(*u, 2, payload.data(), payload.size(), SQLITE_STATIC);
+            sqlite::bind_text(*u, 1, topic);
+            sqlite::bind_blob(*u, 2, payload);
             sqlite3_bind_int(*u, 3, qos);
             sqlite3_bind_int(*u, 4, retain ? 1 : 0);
             sqlite3_bind_int64(*u, 5, now_ms());
@@ -1064,7 +1012,7 @@ std::uint64_t spool::impl::next_batch(const std::string& topic) const {
 std::uint64_t spool::impl::load_state(const std::string& key, std::uint64_t fallback) {
     if (db_ == nullptr) return fallback;
     use u(load_state_);
-    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite::bind_text(*u, 1, key);
     int rc = sqlite3_step(*u);
     if (rc == SQLITE_ROW) return static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0));
     if (rc != SQLITE_DONE) record_error(rc, "load_state");
@@ -1095,7 +1043,7 @@ bool spool::impl::store_state(const std::string& key, std::uint64_t value) {
     int rc;
     {
         use u(store_state_);
-        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite::bind_text(*u, 1, key);
         sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
         rc = sqlite3_step(*u);
     }
@@ -1145,7 +1093,7 @@ void spool::impl::mark_open() {
     auto put = [&](statement& st, const std::string& key, std::uint64_t value) {
         if (rc != SQLITE_OK) return;
         use u(st);
-        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+        sqlite::bind_text(*u, 1, key, SQLITE_TRANSIENT);
         sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(value));
         int r = sqlite3_step(*u);
         if (r != SQLITE_DONE) rc = r;
@@ -1183,7 +1131,7 @@ void spool::impl::mark_clean_close() {
     set_synchronous(true);
     use u(store_state_);
     static const std::string key = "clean_close";
-    sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite::bind_text(*u, 1, key);
     sqlite3_bind_int64(*u, 2, 1);
     int rc = sqlite3_step(*u);
     if (rc != SQLITE_DONE) record_error(rc, "close");
@@ -1244,13 +1192,12 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
     sqlite3_db_config(src, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
     sqlite3_exec(src, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA query_only=1", nullptr, nullptr,
                  nullptr);
+    // One-off statements on the copy: finalized before it is closed (0: not kept).
     auto one_int = [&](const char* sql, std::int64_t fallback) {
-        sqlite3_stmt* st = nullptr;
+        statement st;
         std::int64_t v = fallback;
-        if (sqlite3_prepare_v2(src, sql, -1, &st, nullptr) == SQLITE_OK &&
-            sqlite3_step(st) == SQLITE_ROW)
-            v = sqlite3_column_int64(st, 0);
-        sqlite3_finalize(st);
+        if (st.prepare(src, sql, 0) == SQLITE_OK && sqlite3_step(st.get()) == SQLITE_ROW)
+            v = sqlite3_column_int64(st.get(), 0);
         return v;
     };
     const std::int64_t version = one_int("PRAGMA user_version", -1);
@@ -1264,17 +1211,15 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
 
     // topics and state: whatever rows can be read.
     {
-        sqlite3_stmt* st = nullptr;
-        if (sqlite3_prepare_v2(src, "SELECT topic, last_batch FROM topics", -1, &st, nullptr) ==
-            SQLITE_OK) {
-            while (sqlite3_step(st) == SQLITE_ROW) {
-                const auto* t = sqlite3_column_text(st, 0);
+        statement st;
+        if (st.prepare(src, "SELECT topic, last_batch FROM topics", 0) == SQLITE_OK) {
+            while (sqlite3_step(st.get()) == SQLITE_ROW) {
+                const auto* t = sqlite3_column_text(st.get(), 0);
                 if (t == nullptr) continue;
                 out.topics[reinterpret_cast<const char*>(t)] =
-                    static_cast<std::uint64_t>(sqlite3_column_int64(st, 1));
+                    static_cast<std::uint64_t>(sqlite3_column_int64(st.get(), 1));
             }
         }
-        sqlite3_finalize(st);
         out.seq_high_water = static_cast<std::uint64_t>(
             one_int("SELECT value FROM state WHERE key = 'seq_high_water'", 0));
     }
@@ -1287,16 +1232,16 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
               " WHERE rowid > ?1 ORDER BY rowid"
             : "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, events FROM messages"
               " WHERE rowid > ?1 ORDER BY rowid";
-    sqlite3_stmt* scan = nullptr;
-    sqlite3_stmt* probe = nullptr;
-    sqlite3_stmt* ins = nullptr;
-    sqlite3_prepare_v2(src, scan_sql, -1, &scan, nullptr);
-    sqlite3_prepare_v2(src, "SELECT rowid FROM messages WHERE rowid >= ?1 ORDER BY rowid LIMIT 1",
-                       -1, &probe, nullptr);
-    sqlite3_prepare_v2(db_,
-                       "INSERT INTO messages(id, topic, payload, qos, retain, created_ms, bytes,"
-                       " events) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                       -1, &ins, nullptr);
+    statement scan_st, probe_st, ins_st;
+    scan_st.prepare(src, scan_sql, 0);
+    probe_st.prepare(src, "SELECT rowid FROM messages WHERE rowid >= ?1 ORDER BY rowid LIMIT 1", 0);
+    ins_st.prepare(db_,
+                   "INSERT INTO messages(id, topic, payload, qos, retain, created_ms, bytes,"
+                   " events) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                   0);
+    sqlite3_stmt* scan = scan_st.get();
+    sqlite3_stmt* probe = probe_st.get();
+    sqlite3_stmt* ins = ins_st.get();
     // The first id >= `at` that can be read, or -1 (none, or unreadable).
     auto first_id_from = [&](std::int64_t at) -> std::int64_t {
         sqlite3_reset(probe);
@@ -1397,9 +1342,9 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
         holes.push_back({failed_from, to, prev, row_mark{}});
         out.lost_ids += static_cast<std::uint64_t>(to - failed_from + 1);
     }
-    sqlite3_finalize(scan);
-    sqlite3_finalize(probe);
-    sqlite3_finalize(ins);
+    scan_st.finalize();
+    probe_st.finalize();
+    ins_st.finalize();
     sqlite3_close(src);
 
     // One line per hole (the first 20): what a consumer will miss.
@@ -1427,14 +1372,14 @@ void spool::impl::store_recovered(const std::unordered_map<std::string, std::uin
     if (step_done(begin_) != SQLITE_OK) return;
     for (const auto& [topic, last] : topics) {
         use u(upsert_topic_);
-        sqlite3_bind_text(*u, 1, topic.data(), static_cast<int>(topic.size()), SQLITE_STATIC);
+        sqlite::bind_text(*u, 1, topic);
         sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(last));
         sqlite3_step(*u);
     }
     if (seq_high_water > 0) {
         use u(store_state_);
         static const std::string key = "seq_high_water";
-        sqlite3_bind_text(*u, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite::bind_text(*u, 1, key);
         sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(seq_high_water));
         sqlite3_step(*u);
     }
@@ -1675,9 +1620,7 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
                     spooled_message m;
                     m.id = sqlite3_column_int64(*u, 0);
                     if (pending.count(m.id) != 0) continue;  // delivered; its delete is retried
-                    const unsigned char* t = sqlite3_column_text(*u, 1);
-                    m.topic.assign(reinterpret_cast<const char*>(t),
-                                   static_cast<std::size_t>(sqlite3_column_bytes(*u, 1)));
+                    m.topic = sqlite::column_text(*u, 1);
                     const void* p = sqlite3_column_blob(*u, 2);
                     auto n = static_cast<std::size_t>(sqlite3_column_bytes(*u, 2));
                     if (p != nullptr) m.payload.assign(static_cast<const char*>(p), n);
@@ -1845,7 +1788,7 @@ spool::dead_letter_result spool::dead_letter(std::int64_t id, std::string_view r
     std::unique_lock lock(impl_->mu_);
     if (impl_->db_ == nullptr) return out;
     auto* db = impl_->db_;
-    int rc = impl_->step_done(impl_->begin_);
+    int rc = step_done(impl_->begin_);
     auto run = [&](const char* sql, auto&& bind, auto&& row) {
         if (rc != SQLITE_OK) return;
         statement st;
@@ -1873,8 +1816,7 @@ spool::dead_letter_result spool::dead_letter(std::int64_t id, std::string_view r
         [&](sqlite3_stmt* st) {
             sqlite3_bind_int64(st, 1, id);
             sqlite3_bind_int64(st, 2, dead_letters_max_bytes);
-            sqlite3_bind_text(st, 3, reason.data(), static_cast<int>(reason.size()),
-                              SQLITE_TRANSIENT);
+            sqlite::bind_text(st, 3, reason, SQLITE_TRANSIENT);
             sqlite3_bind_int64(st, 4, now_ms());
         },
         none);
@@ -1896,7 +1838,7 @@ spool::dead_letter_result spool::dead_letter(std::int64_t id, std::string_view r
             sqlite3_bind_int64(st, 2, dead_letters_max_bytes);
         },
         none);
-    if (rc == SQLITE_OK) rc = impl_->step_done(impl_->commit_);
+    if (rc == SQLITE_OK) rc = step_done(impl_->commit_);
     if (rc != SQLITE_OK) {
         impl_->rollback();
         impl_->record_error(rc, "dead_letter");
