@@ -1,4 +1,4 @@
-// Fuzz target: the downlink command payload (commands/commands.hpp): parse_payload, find_id,
+// Fuzz target: the downlink command payload (commands/checks.hpp): parse_payload, find_id,
 // check_value and check_age, as the service runs them on a payload from MQTT.
 //
 // The input is a set payload. Invariants, each a trap when broken:
@@ -19,7 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "commands/commands.hpp"
+#include "commands/checks.hpp"
 
 namespace cmd = ferry::commands;
 namespace cfg = ferry::config;

@@ -14,8 +14,8 @@
 // Seeds: tests/fuzz/corpus/spool/ (made by tests/fuzz/make_spool_corpus.sh); inputs that once
 // failed are in tests/fuzz/regressions/spool/. By hand, from the source root:
 //   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -I. -o fuzz_spool
-//     tests/fuzz/spool_fuzz.cpp upstream/spool.cpp upstream/dead_letter.cpp
-//     core/json.cpp core/log.cpp core/event.cpp -lsqlite3 -lprometheus-cpp-core
+//     tests/fuzz/spool_fuzz.cpp upstream/spool*.cpp upstream/dead_letter.cpp
+//     core/sqlite.cpp core/json.cpp core/log.cpp core/event.cpp -lsqlite3 -lprometheus-cpp-core
 //   ./fuzz_spool -dict=tests/fuzz/spool.dict -max_len=40000 CORPUS_COPY tests/fuzz/corpus/spool
 #include <prometheus/registry.h>
 #include <unistd.h>

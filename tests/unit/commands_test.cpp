@@ -12,6 +12,7 @@
 #include <map>
 
 #include "commands/commands.hpp"
+#include "commands/store.hpp"
 #include "drivers/modbus/codec.hpp"
 #include "tests/unit/unit_support.hpp"
 

@@ -1,0 +1,315 @@
+// The sender thread's connection life cycle (design note in mqtt_publisher.cpp): connect over
+// the uris in order, backoff with jitter, reset after a loss, a failed publish or an ack
+// timeout (a fresh Paho client, resend from the oldest), and the shutdown with "offline".
+#include "upstream/mqtt_publisher_impl.hpp"
+
+#include <algorithm>
+
+#include "core/log.hpp"
+
+namespace ferry::upstream {
+
+namespace {
+
+// A refused connect in words: Paho says "MQTT error [135]: CONNACK return code"; the broker's
+// MQTT 5 reason code (or the 3.1.1 CONNACK code) says why.
+std::string refusal(const mqtt::exception& e) {
+    // Paho puts a refusing CONNACK's MQTT 5 reason code in the return code.
+    const int reason = e.get_reason_code() >= 0x80 ? e.get_reason_code() : e.get_return_code();
+    if (reason >= 0x80 && reason <= 0xff) {
+        auto words = mqtt::exception::reason_code_str(reason);
+        if (!words.empty()) return words + " (reason code " + std::to_string(reason) + ")";
+    }
+    static const char* const v311[] = {nullptr,
+                                       "unacceptable protocol version",
+                                       "client identifier rejected",
+                                       "server unavailable",
+                                       "bad user name or password",
+                                       "not authorized"};
+    const int code = e.get_return_code();
+    if (code >= 1 && code <= 5 &&
+        std::string_view(e.what()).find("CONNACK") != std::string_view::npos)
+        return std::string(v311[code]) + " (CONNACK code " + std::to_string(code) + ")";
+    return e.what();
+}
+
+}  // namespace
+
+using namespace std::chrono_literals;
+
+void mqtt_publisher::impl::on_connection_lost(std::uint64_t epoch, const std::string& cause) {
+    {
+        std::lock_guard lk(mu_);
+        // A late report from a client we already replaced must not tear down a newer one.
+        if (epoch != client_epoch_) return;
+        connected_ = false;
+        m_connected_.Set(0);
+        lost_ = true;
+        lost_cause_ = cause.empty() ? "unknown" : cause;
+    }
+    cv_.notify_all();
+}
+
+bool mqtt_publisher::impl::should_exit() {
+    {
+        std::lock_guard lk(mu_);
+        if (!stop_requested_) return false;
+        if (steady::now() >= deadline_) return true;
+        if (!outstanding_.empty()) return false;
+    }
+    return spool_.messages() == 0;
+}
+
+void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay) {
+    const auto until = steady::now() + delay;
+    std::unique_lock lk(mu_);
+    while (steady::now() < until) {
+        if (stop_requested_ && steady::now() >= deadline_) return;
+        auto wake = stop_requested_ ? std::min(until, deadline_) : until;
+        cv_.wait_until(lk, wake);
+        if (stop_requested_) {
+            // The drain may have nothing left to deliver: let should_exit() decide now.
+            lk.unlock();
+            if (should_exit()) return;
+            lk.lock();
+        }
+    }
+}
+
+bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
+    // One attempt walks the uris in order, one server list of one uri at a time: the same
+    // failover as handing Paho the whole list, but we know (and log) which uri answered.
+    for (std::size_t i = 0; i < settings_.uris.size(); ++i) {
+        const auto& uri = settings_.uris[i];
+        const bool last = i + 1 == settings_.uris.size();
+        const auto begin = steady::now();
+        try {
+            auto opts = conn_opts_;
+            opts.set_servers(
+                std::make_shared<mqtt::string_collection>(std::vector<std::string>{uri}));
+            auto tok = client_->connect(opts);
+            // Paho enforces the connect timeout; poll so that stop() is not held up by it.
+            while (!tok->wait_for(50ms)) {
+                std::lock_guard lk(mu_);
+                if (stop_requested_ && steady::now() >= deadline_) {
+                    log::warn(k_component, "connect abandoned",
+                              {{"uri", uri}, {"why", "stopping"}});
+                    return false;
+                }
+            }
+            bool session_present = false;
+            std::size_t window = inflight_max_;
+            broker_max_packet_ = 0;  // this broker's, if its CONNACK says
+            try {
+                const auto rsp = tok->get_connect_response();
+                session_present = rsp.is_session_present();
+                // More in flight than the broker's Receive Maximum only queues inside Paho,
+                // where it waits for Paho's timer tick: 400 msg/s instead of 14,000 in the test.
+                const auto& props = rsp.get_properties();
+                if (props.contains(mqtt::property::RECEIVE_MAXIMUM)) {
+                    const auto rm =
+                        mqtt::get<std::uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
+                    if (rm > 0) window = std::min<std::size_t>(window, rm);
+                }
+                // A packet over it makes the broker disconnect us (reason 0x95): such a
+                // message is dead-lettered instead, and the batcher cuts new batches below it.
+                // Below 1 KiB (the config's floor) no batch fits: dead-lettering everything on a
+                // broker's word would empty the spool, so such a value is ignored (logged) and
+                // the messages wait in the spool instead.
+                if (props.contains(mqtt::property::MAXIMUM_PACKET_SIZE)) {
+                    const auto mps =
+                        mqtt::get<std::uint32_t>(props, mqtt::property::MAXIMUM_PACKET_SIZE);
+                    if (mps >= k_min_packet_limit)
+                        broker_max_packet_ = mps;
+                    else
+                        log::warn(k_component, "broker's Maximum Packet Size ignored",
+                                  {{"uri", uri},
+                                   {"max_packet_size", std::to_string(mps)},
+                                   {"minimum", std::to_string(k_min_packet_limit)}});
+                }
+            } catch (const std::exception&) {
+            }
+            {
+                std::lock_guard lk(mu_);
+                ++gen_;
+                window_ = window;
+                outstanding_.clear();
+                lost_ = false;
+                publish_failed_ = false;
+            }
+            m_inflight_.Set(0);
+            acks_this_connection_ = 0;
+            connected_at_ = steady::now();
+            connected_ = true;
+            m_connected_.Set(1);
+            m_connects_ok_.Increment();
+            log::info(k_component, "connected",
+                      {{"uri", uri},
+                       {"client_id", settings_.client_id},
+                       {"version", settings_.version == 5 ? "5" : "3.1.1"},
+                       {"session_present", session_present ? "true" : "false"},
+                       {"window", std::to_string(window)},
+                       {"max_packet", std::to_string(packet_limit())},
+                       {"attempt", std::to_string(attempt)},
+                       {"took_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       steady::now() - begin))}});
+            try {
+                client_->publish(status_topic_, std::string("online"), 1, true);
+            } catch (const mqtt::exception& e) {
+                m_err_status_.Increment();
+                log::warn(k_component, "status publish failed",
+                          {{"topic", status_topic_}, {"error", e.what()}});
+            }
+            subscribe_after_connect();
+            return true;
+        } catch (const mqtt::exception& e) {
+            m_connects_error_.Increment();
+            m_err_connect_.Increment();
+            log::warn(k_component, "connect failed",
+                      {{"uri", uri},
+                       {"attempt", std::to_string(attempt)},
+                       {"error", refusal(e)},
+                       {"next", last ? "retry in " + ms_string(backoff_) + "ms" : "next uri"}});
+        }
+        std::lock_guard lk(mu_);
+        if (stop_requested_ && steady::now() >= deadline_) return false;
+    }
+    return false;
+}
+
+void mqtt_publisher::impl::reset_connection(const std::string& why, bool lost) {
+    std::size_t forgotten = 0;
+    {
+        std::lock_guard lk(mu_);
+        forgotten = outstanding_.size();
+        // With a refusal pending, a forgotten publish may have been accepted before the loss:
+        // settle_refusals treats it as accepted, so the refused message never follows it.
+        if (!refused_.empty()) {
+            for (const auto& [pub, p] : outstanding_) {
+                auto& maybe = maybe_acked_[p.topic];
+                maybe = std::max(maybe, p.id);
+            }
+        }
+        outstanding_.clear();
+        ++gen_;
+        lost_ = false;
+        publish_failed_ = false;
+    }
+    connected_ = false;
+    m_connected_.Set(0);
+    m_inflight_.Set(0);
+    if (lost) m_err_lost_.Increment();
+    if (client_->is_connected()) {
+        // A publish failed on a live connection: drop it so that the resend starts clean.
+        try {
+            client_->disconnect(k_disconnect_timeout)->wait_for(k_disconnect_timeout * 2);
+        } catch (const mqtt::exception&) {
+        }
+    }
+    // A fresh client: Paho keeps publishes that were queued but not yet written across a
+    // reconnect and sends them first on the new connection. Those would overtake the resend
+    // of older messages lost with the old socket, which broke the order in the restart test.
+    // Destroying the client discards its queue. Its late callbacks are ignored from here on.
+    {
+        std::lock_guard lk(mu_);
+        ++client_epoch_;
+    }
+    {
+        std::lock_guard ck(client_mu_);
+        client_.reset();
+        make_client();
+    }
+    log::warn(k_component, "disconnected",
+              {{"cause", why},
+               {"unacked", std::to_string(forgotten)},
+               {"action", "resend_from_oldest"},
+               {"retry_in_ms", ms_string(backoff_)}});
+}
+
+void mqtt_publisher::impl::run() {
+    std::int64_t cursor = 0;
+    std::uint64_t attempt = 0;
+    bool first = true;
+    while (!should_exit()) {
+        std::string why;
+        {
+            std::lock_guard lk(mu_);
+            if (lost_)
+                why = "connection lost: " + lost_cause_;
+            else if (publish_failed_)
+                why = "publish failed";
+        }
+        if (!why.empty()) {
+            reset_connection(why);
+            continue;
+        }
+        if (!connected_) {
+            if (!first) {
+                std::uniform_real_distribution<double> jitter(1.0 - k_jitter, 1.0 + k_jitter);
+                wait_backoff(std::chrono::milliseconds(static_cast<std::int64_t>(
+                    static_cast<double>(backoff_.count()) * jitter(rng_))));
+                backoff_ = std::min(backoff_ * 2, k_backoff_max);
+                if (should_exit()) break;
+            }
+            first = false;
+            ++attempt;
+            if (try_connect(attempt)) {
+                attempt = 0;
+                cursor = 0;  // resend everything still in the spool, oldest first
+            }
+            continue;
+        }
+
+        // The backoff goes back to the minimum only once a connection proves useful, so a
+        // broker that accepts and then drops us at once is not hammered.
+        if (backoff_ != k_backoff_min &&
+            (acks_this_connection_ > 0 || steady::now() - connected_at_ >= k_healthy_after)) {
+            backoff_ = k_backoff_min;
+        }
+        if (ack_overdue()) {
+            reset_connection("no PUBACK within " + ms_string(settings_.ack_timeout) + "ms", false);
+            continue;
+        }
+        if (refusals_settled()) {
+            settle_refusals(cursor);
+            continue;
+        }
+        fill_window(cursor);
+    }
+    shutdown();
+}
+
+void mqtt_publisher::impl::shutdown() {
+    const bool was_connected = connected_ && client_->is_connected();
+    if (was_connected) {
+        // A clean DISCONNECT does not fire the will, so say "offline" ourselves.
+        try {
+            auto tok = client_->publish(status_topic_, std::string("offline"), 1, true);
+            if (!tok->wait_for(k_status_timeout)) m_err_status_.Increment();
+        } catch (const mqtt::exception& e) {
+            m_err_status_.Increment();
+            log::warn(k_component, "status publish failed",
+                      {{"topic", status_topic_}, {"error", e.what()}});
+        }
+    }
+    try {
+        // Also aborts a connect still in progress.
+        client_->disconnect(k_disconnect_timeout)->wait_for(k_disconnect_timeout * 2);
+    } catch (const mqtt::exception&) {
+    }
+    std::size_t unacked = 0;
+    {
+        std::lock_guard lk(mu_);
+        unacked = outstanding_.size();
+        outstanding_.clear();
+    }
+    connected_ = false;
+    m_connected_.Set(0);
+    m_inflight_.Set(0);
+    log::info(k_component, "stopped",
+              {{"was_connected", was_connected ? "true" : "false"},
+               {"unacked", std::to_string(unacked)},
+               {"left_in_spool", std::to_string(spool_.messages())}});
+}
+
+}  // namespace ferry::upstream
