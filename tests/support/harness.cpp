@@ -627,8 +627,7 @@ int thread_count(pid_t pid) {
 }
 
 double cpu_seconds(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string all((std::istreambuf_iterator<char>(in)), {});
+    const std::string all = read_file_if_exists("/proc/" + std::to_string(pid) + "/stat");
     auto close = all.rfind(')');
     if (close == std::string::npos) return 0;
     std::istringstream rest(all.substr(close + 2));
