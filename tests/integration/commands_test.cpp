@@ -130,8 +130,7 @@ struct rig {
         vars.insert(env.begin(), env.end());
         const auto log = dir.file("ferry" + std::to_string(++starts) + ".log");
         // A copy: a test may edit it and send SIGHUP.
-        write_file(dir.file("ferry.yaml"), read_file(config_path("commands")));
-        ferry = ferry_process(dir.file("ferry.yaml"), log, vars);
+        ferry = ferry_process(copy_config(dir, "commands"), log, vars);
         REQUIRE(subscribed(log));
     }
     std::string log() const {

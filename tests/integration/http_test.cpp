@@ -27,15 +27,13 @@ ferry_env env_of(const temp_dir& dir, std::uint16_t http_port, std::uint16_t mod
     return env;
 }
 
-// tests/configs/http_big.yaml with its 10,000 coils c0..c9999 appended, written to
-// dir/ferry.yaml; returns that path.
+// tests/configs/http_big.yaml with its 10,000 coils c0..c9999 appended, as dir/ferry.yaml.
 std::string big_device_config(const temp_dir& dir) {
-    std::string y = read_file(config_path("http_big"));
+    std::string points;
     for (int i = 0; i < 10000; ++i)
-        y += "      - { name: c" + std::to_string(i) +
-             ", table: coil, address: " + std::to_string(i) + ", type: bool }\n";
-    write_file(dir.file("ferry.yaml"), y);
-    return dir.file("ferry.yaml");
+        points += "      - { name: c" + std::to_string(i) +
+                  ", table: coil, address: " + std::to_string(i) + ", type: bool }\n";
+    return copy_config(dir, "http_big", points);
 }
 
 int open_idle_connection(std::uint16_t port) {

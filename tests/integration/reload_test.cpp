@@ -19,9 +19,7 @@ namespace {
 
 // Puts tests/configs/reload/NAME.yaml where the running ferry reads its config; returns the text.
 std::string use_config(const temp_dir& dir, const std::string& name) {
-    auto text = read_file(config_path("reload/" + name));
-    write_file(dir.file("ferry.yaml"), text);
-    return text;
+    return read_file(copy_config(dir, "reload/" + name));
 }
 
 double polls_ok(std::uint16_t http_port, const std::string& device) {

@@ -14,7 +14,7 @@
 #include <filesystem>
 #include <map>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;
@@ -107,19 +107,8 @@ std::vector<reading> of(const std::vector<reading>& all, const std::string& devi
     return out;
 }
 
-std::string head(const std::string& dir, std::uint16_t mqtt, std::uint16_t http) {
-    return "gateway: { id: serial-gw, data_dir: " + dir +
-           " }\n"
-           "http: { listen: 127.0.0.1:" +
-           std::to_string(http) +
-           " }\n"
-           "rules: [ { name: all, match: \"#\", batch: { max_events: 100, max_age: 100ms }, "
-           "publish: { topic: \"plant/{gateway}/{device}\" } } ]\n"
-           "upstream: { mqtt: { uris: [\"tcp://127.0.0.1:" +
-           std::to_string(mqtt) + "\"] }, spool: { fsync: never } }\n";
-}
-
-// One broker, a recorder on plant/#, a temp dir, and `ferry run` with the given devices.
+// One broker, a recorder on plant/#, a temp dir, and `ferry run` on tests/configs/serial_line.yaml
+// with the given devices.
 struct rig {
     mosquitto broker;
     temp_dir dir;
@@ -128,11 +117,8 @@ struct rig {
     std::unique_ptr<process> ferry;
 
     void run(const std::string& devices) {
-        write_file(dir.file("ferry.yaml"),
-                   head(dir.path(), broker.port(), http) + "devices:\n" + devices);
-        ferry = std::make_unique<process>(
-            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
-            dir.file("ferry.log"));
+        ferry = ferry_process(copy_config(dir, "serial_line", devices), dir.file("ferry.log"),
+                              ferry_vars(dir.path(), http, 0, broker.uri()));
     }
     std::string log() const { return read_file(dir.file("ferry.log")); }
 };

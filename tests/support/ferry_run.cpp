@@ -7,6 +7,11 @@ std::string config_path(const std::string& name) {
     return std::string(FERRY_SOURCE_DIR) + "/tests/configs/" + name + ".yaml";
 }
 
+std::string copy_config(const temp_dir& dir, const std::string& name, const std::string& tail) {
+    write_file(dir.file("ferry.yaml"), read_file(config_path(name)) + tail);
+    return dir.file("ferry.yaml");
+}
+
 ferry_env ferry_vars(const std::string& data_dir, std::uint16_t http_port,
                      std::uint16_t modbus_port, const std::string& mqtt_uri) {
     ferry_env env{{"DATA_DIR", data_dir}};

@@ -6,6 +6,7 @@
 // (core/config.cpp expands ${NAME} in every scalar value): the test passes those values as the
 // environment of the child `ferry run`, never by editing text. A test reads its config as a
 // user would, and `ferry check` can be run on it by hand with the same variables exported.
+// A few are templates whose last key is a list the test generates (copy_config appends it).
 //
 // ferry_yaml() is the one exception, a builder: the chaos tests vary the *shape* of the config
 // (1 to 2,000 generated points, optional tls/keepalive/mqtt keys, extra devices), which no
@@ -27,6 +28,11 @@ namespace ferry::test {
 
 // tests/configs/NAME.yaml in the source tree.
 std::string config_path(const std::string& name);
+
+// Copies tests/configs/NAME.yaml to dir/ferry.yaml with `tail` appended; returns the copy's
+// path. For a config the test edits before a SIGHUP, and for a template whose last key is a
+// list the test generates (its header says so: http_big, modbus_driver, serial_line).
+std::string copy_config(const temp_dir& dir, const std::string& name, const std::string& tail = {});
 
 // The values for a config's ${NAME} references (and any other variable the child needs, e.g.
 // LD_PRELOAD), added to the test runner's environment for the child.
