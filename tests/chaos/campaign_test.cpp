@@ -225,23 +225,20 @@ struct campaign {
     std::string data() const { return dir.file("data"); }
 
     std::string yaml() const {
-        std::string y = "gateway:\n  id: " + k_gateway + "\n  data_dir: " + data() +
-                        "\n  log_level: info\nhttp: { listen: 127.0.0.1:" + std::to_string(http) +
-                        " }\ndevices:\n  - id: d1\n    driver: modbus_tcp\n    host: 127.0.0.1\n"
-                        "    port: " +
-                        std::to_string(sim.port()) + "\n    poll_interval: " + poll +
-                        "\n    timeout: 1s\n    points:\n";
-        for (int i = 0; i < k_registers; ++i)
-            y += "      - { name: r" + std::to_string(i) +
-                 ", table: holding, address: " + std::to_string(i) + ", type: uint16 }\n";
-        y += "rules:\n  - name: all\n    match: [\"#\"]\n    batch: { max_events: 100, max_age: "
-             "500ms }\n    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n";
-        y += "upstream:\n  mqtt:\n    uris: [\"tcp://127.0.0.1:" + std::to_string(px.port()) +
-             "\"]\n    inflight: " + std::to_string(k_inflight) +
-             "\n    keepalive: 5s\n    ack_timeout: 3s\n";
-        y += "  spool:\n    path: \"{data_dir}/spool.db\"\n    max_bytes: 64MiB\n"
-             "    when_full: block\n    fsync: always\n";
-        return y;
+        ferry_options o;
+        o.gateway = k_gateway;
+        o.data_dir = data();
+        o.http_port = http;
+        o.modbus_port = sim.port();
+        o.registers = k_registers;
+        o.poll = poll;
+        o.uris = {"tcp://127.0.0.1:" + std::to_string(px.port())};
+        o.inflight = k_inflight;
+        o.keepalive = "5s";
+        o.mqtt_keys = {"ack_timeout: 3s"};
+        o.when_full = "block";
+        o.fsync = "always";
+        return ferry_yaml(o);
     }
 
     void start_ferry() {
@@ -256,16 +253,9 @@ struct campaign {
             {"FAKETIME_DONT_FAKE_MONOTONIC", "1"},
             {"FAKETIME_CACHE_DURATION", "1"},
         };
-        ferry = std::make_unique<process>(
-            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, r.log,
-            env);
-        const bool ready = wait_until(
-            [&] { return !ferry->running() || http_get(http, "/readyz").status == 200; }, 30s);
-        if (!ready || !ferry->running()) {
-            std::string tail = read_file(r.log);
-            if (tail.size() > 3000) tail = tail.substr(tail.size() - 3000);
-            FAIL("ferry did not become ready (seed " << seed << "); log:\n" << tail);
-        }
+        ferry = ferry_process(dir.file("ferry.yaml"), r.log, env);
+        INFO("seed " << seed);
+        wait_ready(*ferry, http, 30s);
         r.seq_start = field_u64(log_fields(r.log, "starting"), "seq_start");
         runs.push_back(std::move(r));
     }

@@ -12,7 +12,7 @@
 #include <sstream>
 #include <string>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 namespace ferry::test {
 
@@ -117,21 +117,8 @@ struct chaos_rig {
 inline std::unique_ptr<process> start_ferry(const ferry_options& o, const std::string& config_path,
                                             const std::string& log) {
     write_file(config_path, ferry_yaml(o));
-    auto p = std::make_unique<process>(
-        std::vector<std::string>{FERRY_BINARY, "run", "-c", config_path}, log);
-    const bool ready =
-        wait_until([&] { return !p->running() || http_get(o.http_port, "/readyz").status == 200; },
-                   15000ms) &&
-        p->running();
-    if (!ready) {
-        std::string text;
-        try {
-            text = read_file(log);
-        } catch (...) {
-        }
-        if (text.size() > 3000) text = text.substr(text.size() - 3000);
-        FAIL("ferry did not become ready; log:\n" << text);
-    }
+    auto p = ferry_process(config_path, log);
+    wait_ready(*p, o.http_port, 15000ms);
     return p;
 }
 

@@ -52,14 +52,12 @@ std::map<std::string, std::string> faultvfs_env(const std::string& control, bool
 }
 
 // `ferry run` on dir/ferry.yaml with `env` (faultvfs_env() for injected faults), logging to
-// `log`; REQUIREs /readyz within 15 s.
+// `log`; waits for ready (wait_ready) up to 15 s.
 std::unique_ptr<process> run_ferry(const temp_dir& dir, const ferry_options& o,
                                    const std::string& log,
                                    std::map<std::string, std::string> env = {}) {
-    auto p = std::make_unique<process>(
-        std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log,
-        std::move(env));
-    REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+    auto p = ferry_process(dir.file("ferry.yaml"), log, env);
+    wait_ready(*p, o.http_port, 15s);
     return p;
 }
 
@@ -304,7 +302,7 @@ TEST_CASE("power cut in fsync batch: a batch number is never given to other cont
     {
         process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"),
                       env);
-        REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+        wait_ready(ferry, o.http_port, 15s);
         REQUIRE(rec.wait_for_count(k_topic, 8, 15s));
         ferry.kill9();
     }
@@ -316,7 +314,7 @@ TEST_CASE("power cut in fsync batch: a batch number is never given to other cont
     {
         process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry2.log"),
                       env);
-        REQUIRE(wait_until([&] { return http_get(o.http_port, "/readyz").status == 200; }, 15s));
+        wait_ready(ferry, o.http_port, 15s);
         REQUIRE(rec.wait_for_count(k_topic, before + 4, 15s));
         CHECK(ferry.stop(15, 10s) == 0);
     }

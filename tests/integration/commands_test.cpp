@@ -16,14 +16,14 @@
 #include <sstream>
 #include <thread>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;
 
 namespace {
 
-const std::string k_gw = "test-gw";
+const std::string k_gw = "test-gw";  // gateway.id in tests/configs/commands.yaml
 const std::string k_cmd = "ferry/" + k_gw + "/cmd/";
 
 // Initial registers: setpoint 20.0 (float32 CDAB at 100), pump off (coil 5), valve raw 0
@@ -34,52 +34,11 @@ std::vector<std::string> registers() {
             "holding:300=u16:215",       "holding:400=u32:0", "holding:410=i32:0"};
 }
 
-std::string config_text(const std::string& dir, std::uint16_t modbus, std::uint16_t mqtt,
-                        std::uint16_t http, bool enabled, const std::string& timeout = "500ms",
-                        const std::string& rate = "100/s", const std::string& version = "5") {
-    std::ostringstream y;
-    y << "gateway:\n  id: " << k_gw << "\n  data_dir: " << dir << "\n  log_level: debug\n"
-      << "http: { listen: 127.0.0.1:" << http << " }\n"
-      << "devices:\n"
-      << "  - id: boiler1\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " << modbus
-      << "\n    unit_id: 1\n    poll_interval: 200ms\n    timeout: " << timeout << "\n    points:\n"
-      << "      - { name: setpoint, table: holding, address: 100, type: float32, "
-         "byte_order: CDAB, unit: degC, writable: true, min: 0, max: 90 }\n"
-      << "      - { name: pump, table: coil, address: 5, type: bool, writable: true }\n"
-      << "      - { name: valve, table: holding, address: 200, type: int16, scale: 0.1, "
-         "writable: true, min: -100, max: 100 }\n"
-      << "      - { name: temperature, table: holding, address: 300, type: uint16 }\n"
-      << "      - { name: total, table: holding, address: 400, type: uint32, writable: true }\n"
-      << "      - { name: rate, table: holding, address: 410, type: int32, scale: 0.001, "
-         "writable: true }\n"
-      // A text-protocol device (its port does not exist: it is simply down); takes no writes.
-      << "  - id: weather\n    driver: serial_line\n    serial: { port: " << dir
-      << "/no-such-tty, baud: 9600 }\n    parse: { csv: [humidity] }\n"
-      << "    points: [ { name: humidity, type: float64 } ]\n"
-      << "rules:\n  - name: all\n    match: [\"#\"]\n"
-      << "    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n"
-      << "commands: { enabled: " << (enabled ? "true" : "false")
-      << ", max_age: 30s, rate_limit: " << rate << " }\n"
-      << "upstream:\n  mqtt:\n    uris: [\"tcp://127.0.0.1:" << mqtt << "\"]\n"
-      << "    version: " << version << "\n"
-      << "  spool:\n    path: \"{data_dir}/spool.db\"\n";
-    return y.str();
-}
-
-// The file's text, "" while it does not exist yet.
-std::string text_of(const std::string& path) {
-    try {
-        return read_file(path);
-    } catch (const std::exception&) {
-        return {};
-    }
-}
-
 // Commands sent before Ferry's subscription would never arrive: wait for it.
 bool subscribed(const std::string& log) {
-    const bool ok =
-        wait_until([&] { return text_of(log).find("msg=subscribed") != std::string::npos; }, 15s);
-    if (!ok) MESSAGE(text_of(log));
+    const bool ok = wait_until(
+        [&] { return read_file_if_exists(log).find("msg=subscribed") != std::string::npos; }, 15s);
+    if (!ok) MESSAGE(read_file_if_exists(log));
     return ok;
 }
 
@@ -163,14 +122,20 @@ struct rig {
     explicit rig(Args&&... args) : sim(std::forward<Args>(args)...) {}
 
     void start(bool enabled = true) {
-        write_file(dir.file("ferry.yaml"), config_text(dir.path(), sim.port(), broker.port(), http,
-                                                       enabled, timeout, rate, version));
+        auto vars = ferry_vars(dir.path(), http, sim.port(), broker.uri());
+        vars["COMMANDS"] = enabled ? "true" : "false";
+        vars["DEVICE_TIMEOUT"] = timeout;
+        vars["RATE_LIMIT"] = rate;
+        vars["MQTT_VERSION"] = version;
+        vars.insert(env.begin(), env.end());
         const auto log = dir.file("ferry" + std::to_string(++starts) + ".log");
-        ferry = std::make_unique<process>(
-            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, log, env);
+        // A copy: a test may edit it and send SIGHUP.
+        ferry = ferry_process(copy_config(dir, "commands"), log, vars);
         REQUIRE(subscribed(log));
     }
-    std::string log() const { return text_of(dir.file("ferry" + std::to_string(starts) + ".log")); }
+    std::string log() const {
+        return read_file_if_exists(dir.file("ferry" + std::to_string(starts) + ".log"));
+    }
 
     // The n-th answer (1-based) carrying this id, parsed; null JSON when none came in time.
     json answer(const std::string& id, std::size_t n = 1) {

@@ -11,42 +11,9 @@
 #include <set>
 #include <thread>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
-
-namespace {
-
-// d1: r0..r9 hold 0..9. The rule takes r0..r7 (r8, r9: unrouted), passes value < 6 (r6, r7:
-// filtered), and a deadband with a heartbeat passes r0..r5 about every 300 ms (the polls in
-// between: deduped). A generous device timeout: a poll that timed out would give `bad`
-// events, which the filter cannot compare (dead-letter), and the exact counts below assume none.
-std::string config_text(const std::string& dir, std::uint16_t modbus_port, std::uint16_t mqtt_port,
-                        std::uint16_t http_port) {
-    std::string y = "gateway: { id: cons-gw, data_dir: " + dir + " }\n";
-    y += "http: { listen: 127.0.0.1:" + std::to_string(http_port) + " }\n";
-    y += "devices:\n  - id: d1\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " +
-         std::to_string(modbus_port) + "\n    poll_interval: 100ms\n    timeout: 5s\n    points:\n";
-    for (int i = 0; i < 10; ++i)
-        y += "      - { name: r" + std::to_string(i) +
-             ", table: holding, address: " + std::to_string(i) + ", type: uint16 }\n";
-    y += R"(rules:
-  - name: some
-    match: ["d1/r0", "d1/r1", "d1/r2", "d1/r3", "d1/r4", "d1/r5", "d1/r6", "d1/r7"]
-    filter: "value < 6"
-    deadband: { absolute: 1 }
-    heartbeat: 300ms
-    batch: { max_events: 50, max_age: 200ms }
-    publish: { topic: "plant/{gateway}/{device}" }
-upstream:
-  mqtt: { uris: ["tcp://127.0.0.1:)" +
-         std::to_string(mqtt_port) + R"("] }
-  spool: { fsync: never }
-)";
-    return y;
-}
-
-}  // namespace
 
 TEST_CASE("produced = delivered + dropped by reason, live and at exit") {
     modbus_sim sim(0, holding_registers(10));
@@ -54,10 +21,11 @@ TEST_CASE("produced = delivered + dropped by reason, live and at exit") {
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     temp_dir dir;
     const auto http_port = free_port();
-    write_file(dir.file("ferry.yaml"),
-               config_text(dir.path(), sim.port(), broker.port(), http_port));
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
-    REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 15000ms));
+    // What each point does (routed, filtered, deduped): tests/configs/conservation.yaml.
+    auto ferry_p = ferry_process(config_path("conservation"), dir.file("ferry.log"),
+                                 ferry_vars(dir.path(), http_port, sim.port(), broker.uri()));
+    auto& ferry = *ferry_p;
+    wait_ready(ferry, http_port, 15000ms);
 
     // Live: every reason of the rule path shows up, and every reason is exported.
     auto value = [&](const std::string& text, const std::string& reason) {

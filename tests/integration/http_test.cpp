@@ -13,50 +13,27 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 
 namespace {
 
-std::string config_text(const std::string& dir, std::uint16_t modbus_port, std::uint16_t mqtt_port,
-                        std::uint16_t http_port) {
-    return "gateway: { id: http-gw, data_dir: " + dir +
-           " }\n"
-           "http: { listen: 127.0.0.1:" +
-           std::to_string(http_port) +
-           " }\n"
-           "devices:\n"
-           "  - id: boiler1\n"
-           "    driver: modbus_tcp\n"
-           "    host: 127.0.0.1\n"
-           "    port: " +
-           std::to_string(modbus_port) +
-           "\n"
-           "    poll_interval: 100ms\n"
-           "    points: [ { name: t, address: 0, type: uint16 } ]\n"
-           "rules: [ { name: all, match: \"#\", batch: { max_events: 10, max_age: 200ms } } ]\n"
-           "upstream: { mqtt: { uris: [\"tcp://127.0.0.1:" +
-           std::to_string(mqtt_port) + "\"] } }\n";
+// The per-run values of tests/configs/http.yaml and http_big.yaml.
+ferry_env env_of(const temp_dir& dir, std::uint16_t http_port, std::uint16_t modbus_port,
+                 const std::string& broker_uri, const std::string& poll = {}) {
+    auto env = ferry_vars(dir.path(), http_port, modbus_port, broker_uri);
+    if (!poll.empty()) env["POLL"] = poll;
+    return env;
 }
 
-// One device "plc" of 10,000 coils c0..c9999 (an /api/v1/values body of ~1 MB).
-std::string big_device_yaml(const std::string& dir, std::uint16_t http_port,
-                            std::uint16_t modbus_port, const std::string& broker_uri,
-                            const std::string& poll) {
+// tests/configs/http_big.yaml with its 10,000 coils c0..c9999 appended, as dir/ferry.yaml.
+std::string big_device_config(const temp_dir& dir) {
     std::string points;
     for (int i = 0; i < 10000; ++i)
         points += "      - { name: c" + std::to_string(i) +
                   ", table: coil, address: " + std::to_string(i) + ", type: bool }\n";
-    return "gateway: { id: big-gw, data_dir: " + dir +
-           " }\nhttp: { listen: 127.0.0.1:" + std::to_string(http_port) +
-           " }\ndevices:\n  - id: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n"
-           "    port: " +
-           std::to_string(modbus_port) + "\n    poll_interval: " + poll + "\n    points:\n" +
-           points +
-           "rules: [ { name: all, match: \"#\" } ]\n"
-           "upstream: { mqtt: { uris: [\"" +
-           broker_uri + "\"] }, spool: { fsync: never } }\n";
+    return copy_config(dir, "http_big", points);
 }
 
 int open_idle_connection(std::uint16_t port) {
@@ -64,8 +41,8 @@ int open_idle_connection(std::uint16_t port) {
 }
 
 // A running ferry with one Modbus device, a broker and HTTP on http_port, constructed once
-// /readyz answers 200. The device: holding register 0 = 5 (config_text), or with `big_poll`
-// the 10,000 coils of big_device_yaml polled at that interval.
+// /readyz answers 200. The device: holding register 0 = 5 (tests/configs/http.yaml), or with
+// `big_poll` the 10,000 coils of big_device_config polled at that interval.
 struct running_ferry {
     modbus_sim sim;
     mosquitto broker;
@@ -75,14 +52,10 @@ struct running_ferry {
     explicit running_ferry(std::vector<std::string> registers = {"holding:0=u16:5"},
                            const std::string& big_poll = {})
         : sim(0, std::move(registers)) {
-        write_file(dir.file("ferry.yaml"),
-                   big_poll.empty() ? config_text(dir.path(), sim.port(), broker.port(), http_port)
-                                    : big_device_yaml(dir.path(), http_port, sim.port(),
-                                                      broker.uri(), big_poll));
-        ferry = std::make_unique<process>(
-            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
-            dir.file("ferry.log"));
-        REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 20s));
+        ferry = ferry_process(big_poll.empty() ? config_path("http") : big_device_config(dir),
+                              dir.file("ferry.log"),
+                              env_of(dir, http_port, sim.port(), broker.uri(), big_poll));
+        wait_ready(*ferry, http_port, 20s);
     }
 };
 
@@ -149,9 +122,9 @@ TEST_CASE(
     mosquitto broker;
     temp_dir dir;
     auto http_port = free_port();
-    write_file(dir.file("ferry.yaml"),
-               config_text(dir.path(), sim->port(), broker.port(), http_port));
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    auto ferry_p = ferry_process(config_path("http"), dir.file("ferry.log"),
+                                 env_of(dir, http_port, sim->port(), broker.uri()));
+    auto& ferry = *ferry_p;
     nlohmann::json values;
     REQUIRE(wait_until(
         [&] {

@@ -24,7 +24,7 @@
 #include "core/config.hpp"
 #include "core/topic.hpp"
 #include "drivers/modbus/modbus_driver.hpp"
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 #include "tests/support/poller_rig.hpp"
 
 using namespace ferry::test;
@@ -49,27 +49,6 @@ std::string indent(const std::vector<std::string>& lines, const std::string& pad
     for (const auto& l : lines)
         out += pad + l + "\n";
     return out;
-}
-
-// A config with the given devices section (already indented under `devices:`), one rule
-// publishing everything to plant/{gateway}/{device}.
-std::string config_text(const temp_dir& dir, std::uint16_t mqtt_port, const std::string& devices,
-                        const std::string& max_age = "300ms") {
-    return "gateway:\n  id: gw\n  data_dir: " + dir.path() +
-           "\n  log_level: debug\n"
-           "devices:\n" +
-           devices +
-           "rules:\n"
-           "  - name: all\n"
-           "    match: [\"#\"]\n"
-           "    batch: { max_events: 10000, max_age: " +
-           max_age +
-           " }\n"
-           "    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n"
-           "upstream:\n"
-           "  mqtt:\n"
-           "    uris: [\"tcp://127.0.0.1:" +
-           std::to_string(mqtt_port) + "\"]\n";
 }
 
 std::string tcp_device(const std::string& id, std::uint16_t port, const std::string& extra,
@@ -101,11 +80,11 @@ std::vector<json> events_of(const mqtt_recorder& rec) {
 struct running_ferry {
     temp_dir dir;
     std::unique_ptr<process> proc;
-    void start(const std::string& config) {
-        write_file(dir.file("ferry.yaml"), config);
-        proc = std::make_unique<process>(
-            std::vector<std::string>{FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")},
-            dir.file("ferry.log"));
+    // `ferry run` on tests/configs/modbus_driver.yaml with `devices` (list items, maybe followed
+    // by more top-level keys) appended; one rule publishes everything to plant/{gateway}/{device}.
+    void start(const std::string& mqtt_uri, const std::string& devices) {
+        proc = ferry_process(copy_config(dir, "modbus_driver", devices), dir.file("ferry.log"),
+                             ferry_vars(dir.path(), 0, 0, mqtt_uri));
     }
     std::string log() const { return read_file(dir.file("ferry.log")); }
 };
@@ -133,7 +112,7 @@ void golden_through_ferry(const std::string& device_yaml, const std::string& dev
     mosquitto broker;
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     running_ferry f;
-    f.start(config_text(f.dir, broker.port(), device_yaml));
+    f.start(broker.uri(), device_yaml);
     const auto expected = json::parse(read_file(k_golden + "expected.json"));
     const bool arrived =
         wait_until([&] { return events_of(rec).size() >= expected.size(); }, 20000ms);
@@ -191,10 +170,9 @@ TEST_CASE("coalescing: 50 points over 300 registers in 3 requests; max_gap 0 in 
     mosquitto broker;
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     running_ferry f;
-    f.start(config_text(f.dir, broker.port(),
-                        tcp_device("wide", wide.port(), "    poll_interval: 10s\n", points) +
-                            tcp_device("narrow", narrow.port(),
-                                       "    poll_interval: 10s\n    max_gap: 0\n", points)));
+    f.start(broker.uri(), tcp_device("wide", wide.port(), "    poll_interval: 10s\n", points) +
+                              tcp_device("narrow", narrow.port(),
+                                         "    poll_interval: 10s\n    max_gap: 0\n", points));
     REQUIRE(wait_until([&] { return events_of(rec).size() >= 100; }, 15000ms));
     for (const auto& e : events_of(rec)) {
         const int a = std::stoi(e["tag"].get<std::string>().substr(1));
@@ -221,10 +199,9 @@ TEST_CASE("fairness: a silent unit on an RTU bus costs the others at most its ti
     const std::string timing = "    poll_interval: 200ms\n    timeout: 100ms\n    retries: 2\n";
     const std::string point = "      - { name: v, address: 0 }\n";
     running_ferry f;
-    f.start(config_text(f.dir, broker.port(),
-                        rtu_device("u1", pty.a(), 1, "E", timing, point) +
-                            rtu_device("u2", pty.a(), 2, "E", timing, point) +
-                            rtu_device("u3", pty.a(), 3, "E", timing, point)));
+    f.start(broker.uri(), rtu_device("u1", pty.a(), 1, "E", timing, point) +
+                              rtu_device("u2", pty.a(), 2, "E", timing, point) +
+                              rtu_device("u3", pty.a(), 3, "E", timing, point));
     REQUIRE(wait_until([&] { return events_of(rec).size() >= 3; }, 15000ms));
     const auto before = sim.stats();
     std::this_thread::sleep_for(4000ms);
@@ -277,7 +254,7 @@ int threads_with(std::size_t devices, std::uint16_t sim_port, std::uint16_t mqtt
     }
     mqtt_recorder rec("tcp://127.0.0.1:" + std::to_string(mqtt_port), {"plant/#"});
     running_ferry f;
-    f.start(config_text(f.dir, mqtt_port, devs));
+    f.start("tcp://127.0.0.1:" + std::to_string(mqtt_port), devs);
     // Every device's values arrive upstream.
     const bool all = wait_until(
         [&] {
@@ -516,9 +493,8 @@ TEST_CASE("illegal address while booting: the split block is read whole again af
             "      - { name: r" + std::to_string(a) + ", address: " + std::to_string(a) + " }\n";
     running_ferry f;
     const auto http = free_port();
-    f.start(config_text(f.dir, broker.port(),
-                        tcp_device("boot", sim.port(), "    poll_interval: 100ms\n", points)) +
-            "http: { listen: 127.0.0.1:" + std::to_string(http) + " }\n");
+    f.start(broker.uri(), tcp_device("boot", sim.port(), "    poll_interval: 100ms\n", points) +
+                              "http: { listen: 127.0.0.1:" + std::to_string(http) + " }\n");
     auto polls = [&] {
         return metric_value(http, "ferry_driver_polls_total{device=\"boot\",result=\"ok\"}", 0) +
                metric_value(http, "ferry_driver_polls_total{device=\"boot\",result=\"error\"}", 0);
@@ -553,16 +529,15 @@ TEST_CASE("a NaN or infinite float register is published bad (value null), never
             "holding:8=f32:abcd:21.5", "holding:12=f64:abcd:1e308", "holding:20=str:abcd:Z\xfcri"});
     running_ferry f;
     const auto http = free_port();
-    f.start(
-        config_text(f.dir, broker.port(),
-                    tcp_device("m", sim.port(), "    poll_interval: 200ms\n",
-                               "      - { name: nan, address: 0, type: float32 }\n"
-                               "      - { name: inf, address: 2, type: float32 }\n"
-                               "      - { name: ninf, address: 4, type: float64 }\n"
-                               "      - { name: ok, address: 8, type: float32 }\n"
-                               "      - { name: big, address: 12, type: float64, scale: 10 }\n"
-                               "      - { name: text, address: 20, type: string, length: 2 }\n")) +
-        "http: { listen: 127.0.0.1:" + std::to_string(http) + " }\n");
+    f.start(broker.uri(),
+            tcp_device("m", sim.port(), "    poll_interval: 200ms\n",
+                       "      - { name: nan, address: 0, type: float32 }\n"
+                       "      - { name: inf, address: 2, type: float32 }\n"
+                       "      - { name: ninf, address: 4, type: float64 }\n"
+                       "      - { name: ok, address: 8, type: float32 }\n"
+                       "      - { name: big, address: 12, type: float64, scale: 10 }\n"
+                       "      - { name: text, address: 20, type: string, length: 2 }\n") +
+                "http: { listen: 127.0.0.1:" + std::to_string(http) + " }\n");
     std::map<std::string, std::vector<json>> by;
     REQUIRE_MESSAGE(wait_until(
                         [&] {

@@ -7,7 +7,7 @@
 
 #include <set>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;
@@ -21,47 +21,15 @@ const std::vector<std::string> k_registers = {
     "holding:10=f32:abcd:-3.25",
 };
 
-std::string config_text(const std::string& dir, std::uint16_t modbus_port, std::uint16_t mqtt_port,
-                        const std::string& poll, std::size_t max_events,
-                        const std::string& max_age) {
-    return "gateway:\n"
-           "  id: test-gw\n"
-           "  data_dir: " +
-           dir +
-           "\n"
-           "  log_level: debug\n"
-           "devices:\n"
-           "  - id: boiler1\n"
-           "    driver: modbus_tcp\n"
-           "    host: 127.0.0.1\n"
-           "    port: " +
-           std::to_string(modbus_port) +
-           "\n"
-           "    unit_id: 1\n"
-           "    poll_interval: " +
-           poll +
-           "\n"
-           "    timeout: 500ms\n"
-           "    points:\n"
-           "      - { name: counter, table: holding, address: 0, type: uint16, unit: n }\n"
-           "      - { name: delta, table: holding, address: 1, type: int16, unit: K }\n"
-           "      - { name: temperature, table: holding, address: 2, type: float32, byte_order: "
-           "ABCD, unit: degC }\n"
-           "      - { name: outdoor, table: holding, address: 10, type: float32, unit: degC }\n"
-           "rules:\n"
-           "  - name: all\n"
-           "    match: [\"boiler1/#\"]\n"
-           "    batch: { max_events: " +
-           std::to_string(max_events) + ", max_age: " + max_age +
-           " }\n"
-           "    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n"
-           "upstream:\n"
-           "  mqtt:\n"
-           "    uris: [\"tcp://127.0.0.1:" +
-           std::to_string(mqtt_port) +
-           "\"]\n"
-           "  spool:\n"
-           "    path: \"{data_dir}/spool.db\"\n";
+// `ferry run` on tests/configs/pipeline.yaml with these values, logging to dir/ferry.log.
+std::unique_ptr<process> run_pipeline(const temp_dir& dir, std::uint16_t modbus_port,
+                                      const mosquitto& broker, const std::string& poll,
+                                      std::size_t max_events, const std::string& max_age) {
+    auto env = ferry_vars(dir.path(), 0, modbus_port, broker.uri());
+    env["POLL"] = poll;
+    env["MAX_EVENTS"] = std::to_string(max_events);
+    env["MAX_AGE"] = max_age;
+    return ferry_process(config_path("pipeline"), dir.file("ferry.log"), env);
 }
 
 struct expected_point {
@@ -117,9 +85,8 @@ void full_batches_arrive(Server& server) {
     mosquitto broker;
     temp_dir dir;
     mqtt_recorder rec(broker.uri(), {"plant/#"});
-    write_file(dir.file("ferry.yaml"),
-               config_text(dir.path(), server.port(), broker.port(), "100ms", 6, "5s"));
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    auto ferry_p = run_pipeline(dir, server.port(), broker, "100ms", 6, "5s");
+    auto& ferry = *ferry_p;
     bool arrived = rec.wait_for_count(8, 15s);
     if (!arrived) MESSAGE(read_file(dir.file("ferry.log")));
     REQUIRE(arrived);
@@ -149,9 +116,8 @@ TEST_CASE("a partial batch leaves after max_age") {
     temp_dir dir;
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     // One poll every 10 s; the 4 events of the first poll cannot fill max_events (100).
-    write_file(dir.file("ferry.yaml"),
-               config_text(dir.path(), sim.port(), broker.port(), "10s", 100, "700ms"));
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    auto ferry_p = run_pipeline(dir, sim.port(), broker, "10s", 100, "700ms");
+    auto& ferry = *ferry_p;
     REQUIRE(wait_until([&] { return rec.count() >= 1; }, 10s));
     auto arrived = std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
@@ -174,9 +140,8 @@ TEST_CASE("SIGTERM stops within 2 seconds and publishes what was batched") {
     temp_dir dir;
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     // Batches would only leave after 60 s: everything that arrives was flushed by SIGTERM.
-    write_file(dir.file("ferry.yaml"),
-               config_text(dir.path(), sim.port(), broker.port(), "200ms", 10000, "60s"));
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    auto ferry_p = run_pipeline(dir, sim.port(), broker, "200ms", 10000, "60s");
+    auto& ferry = *ferry_p;
     REQUIRE(wait_until([&] { return sim.requests() >= 5; }, 10s));
     CHECK(rec.count() == 0);
     auto began = std::chrono::steady_clock::now();

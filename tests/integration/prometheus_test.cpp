@@ -4,31 +4,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;
 
 namespace {
-
-std::string ferry_config(const std::string& dir, std::uint16_t modbus_port, std::uint16_t mqtt_port,
-                         std::uint16_t http_port) {
-    return "gateway: { id: prom-gw, data_dir: " + dir + " }\n" +
-           "http: { listen: 127.0.0.1:" + std::to_string(http_port) + " }\n" +
-           "devices:\n"
-           "  - { id: boiler1, driver: modbus_tcp, host: 127.0.0.1, port: " +
-           std::to_string(modbus_port) +
-           ", poll_interval: 100ms,\n"
-           "      points: [ { name: t, address: 0, type: uint16 } ] }\n"
-           // Nothing listens here: its errors make the error series exist.
-           "  - { id: ghost, driver: modbus_tcp, host: 127.0.0.1, port: " +
-           std::to_string(free_port()) +
-           ", poll_interval: 100ms,\n"
-           "      points: [ { name: t, address: 0, type: uint16 } ] }\n"
-           "rules: [ { name: all, match: \"#\", batch: { max_events: 5, max_age: 200ms } } ]\n"
-           "upstream: { mqtt: { uris: [\"tcp://127.0.0.1:" +
-           std::to_string(mqtt_port) + "\"] } }\n";
-}
 
 // One instant-query value from Prometheus' HTTP API, or nullopt.
 std::optional<double> query(std::uint16_t prom_port, const std::string& promql) {
@@ -74,10 +55,11 @@ TEST_CASE("Prometheus scrapes ferry; the series carry the values ferry reports")
     mosquitto broker;
     temp_dir dir;
     auto http_port = free_port();
-    write_file(dir.file("ferry.yaml"),
-               ferry_config(dir.path(), sim.port(), broker.port(), http_port));
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
-    REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+    auto env = ferry_vars(dir.path(), http_port, sim.port(), broker.uri());
+    env["GHOST_PORT"] = std::to_string(free_port());
+    auto ferry_p = ferry_process(config_path("prometheus"), dir.file("ferry.log"), env);
+    auto& ferry = *ferry_p;
+    wait_ready(ferry, http_port, 10s);
 
     auto prom_port = free_port();
     write_file(dir.file("prometheus.yml"),

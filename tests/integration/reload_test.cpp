@@ -11,32 +11,16 @@
 #include <algorithm>
 #include <thread>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 
 namespace {
 
-std::string device_yaml(const std::string& id, std::uint16_t port, const std::string& poll) {
-    return "  - { id: " + id +
-           ", driver: modbus_tcp, host: 127.0.0.1, port: " + std::to_string(port) +
-           ", poll_interval: " + poll + ", points: [ { name: a, address: 0 } ] }\n";
+// Puts tests/configs/reload/NAME.yaml where the running ferry reads its config; returns the text.
+std::string use_config(const temp_dir& dir, const std::string& name) {
+    return read_file(copy_config(dir, "reload/" + name));
 }
-
-std::string config_yaml(const temp_dir& dir, std::uint16_t http_port, const std::string& uri,
-                        const std::string& devices, const std::string& rules,
-                        const std::string& keepalive = "30s") {
-    return "gateway: { id: hup-gw, data_dir: " + dir.path() +
-           " }\n"
-           "http: { listen: 127.0.0.1:" +
-           std::to_string(http_port) + " }\ndevices:\n" + devices + "rules:\n" + rules +
-           "upstream: { mqtt: { uris: [\"" + uri + "\"], keepalive: " + keepalive +
-           " }, spool: { fsync: batch } }\n";
-}
-
-const std::string k_rule_all =
-    "  - { name: all, match: \"#\", batch: { max_events: 1 }, publish: { topic: "
-    "\"plant/{gateway}/{device}\" } }\n";
 
 double polls_ok(std::uint16_t http_port, const std::string& device) {
     return metric_value(http_port,
@@ -64,12 +48,13 @@ TEST_CASE("SIGHUP with a broken file keeps the running config, and says why") {
     mosquitto broker;
     temp_dir dir;
     auto http_port = free_port();
-    auto good = config_yaml(dir, http_port, broker.uri(), device_yaml("d1", sim.port(), "100ms"),
-                            k_rule_all);
-    write_file(dir.file("ferry.yaml"), good);
+    const auto good = use_config(dir, "d1_fast");
     mqtt_recorder rec(broker.uri(), {"plant/#"});
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
-    REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+    auto env = ferry_vars(dir.path(), http_port, 0, broker.uri());
+    env["D1_PORT"] = std::to_string(sim.port());
+    auto ferry_p = ferry_process(dir.file("ferry.yaml"), dir.file("ferry.log"), env);
+    auto& ferry = *ferry_p;
+    wait_ready(ferry, http_port, 10s);
     // Every result is exported from the start, at 0.
     CHECK(metric_value(http_port, "ferry_config_reloads_total{result=\"applied\"}") == 0);
 
@@ -78,7 +63,9 @@ TEST_CASE("SIGHUP with a broken file keeps the running config, and says why") {
     REQUIRE(reloaded(http_port, "invalid", 1));
     auto log = read_file(dir.file("ferry.log"));
     CHECK(log.find("reload rejected; the running config stays") != std::string::npos);
-    CHECK(log.find("ferry.yaml:8:1: typo_section: unknown key") != std::string::npos);
+    const auto typo_line = std::count(good.begin(), good.end(), '\n') + 1;
+    CHECK(log.find("ferry.yaml:" + std::to_string(typo_line) + ":1: typo_section: unknown key") !=
+          std::string::npos);
     // Still running, still delivering.
     CHECK(ferry.running());
     auto before = rec.count();
@@ -86,9 +73,7 @@ TEST_CASE("SIGHUP with a broken file keeps the running config, and says why") {
     CHECK(metric_value(http_port, "ferry_config_reloads_total{result=\"applied\"}") == 0);
 
     // A restart-only section (upstream) changed: nothing is applied, the reason is logged.
-    write_file(dir.file("ferry.yaml"),
-               config_yaml(dir, http_port, broker.uri(), device_yaml("d1", sim.port(), "1s"),
-                           k_rule_all, "20s"));
+    use_config(dir, "d1_slow_keepalive_20s");
     REQUIRE(::kill(ferry.pid(), SIGHUP) == 0);
     REQUIRE(reloaded(http_port, "restart_required", 1));
     CHECK(read_file(dir.file("ferry.log")).find("sections=upstream") != std::string::npos);
@@ -106,18 +91,15 @@ TEST_CASE("SIGHUP applies devices and rules live; other devices, the spool and M
     mosquitto broker;
     temp_dir dir;
     auto http_port = free_port();
-    auto d1_slow = device_yaml("d1", sim1.port(), "1s");
-    auto d1_fast = device_yaml("d1", sim1.port(), "100ms");
-    auto d2 = device_yaml("d2", sim2.port(), "100ms");
-    auto d3 = device_yaml("d3", sim3.port(), "100ms");
-    const std::string rule_d3 =
-        "  - { name: third, match: \"d3/#\", batch: { max_events: 1 }, publish: { topic: "
-        "\"other/{gateway}/{device}\" } }\n";
-    write_file(dir.file("ferry.yaml"),
-               config_yaml(dir, http_port, broker.uri(), d1_slow + d2, k_rule_all));
+    use_config(dir, "d1_slow_d2");
     mqtt_recorder rec(broker.uri(), {"plant/#", "other/#", "ferry/#"});
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
-    REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+    auto env = ferry_vars(dir.path(), http_port, 0, broker.uri());
+    env["D1_PORT"] = std::to_string(sim1.port());
+    env["D2_PORT"] = std::to_string(sim2.port());
+    env["D3_PORT"] = std::to_string(sim3.port());
+    auto ferry_p = ferry_process(dir.file("ferry.yaml"), dir.file("ferry.log"), env);
+    auto& ferry = *ferry_p;
+    wait_ready(ferry, http_port, 10s);
     REQUIRE(wait_until([&] { return polls_ok(http_port, "d1") >= 2; }, 10s));
     const auto spool_inode = inode_of(dir.file("spool.db"));
     REQUIRE(spool_inode != 0);
@@ -129,8 +111,7 @@ TEST_CASE("SIGHUP applies devices and rules live; other devices, the spool and M
     CHECK(slow_polls <= 3);
 
     // Reload: d1 every 100 ms, d3 and a rule for it added; d2 untouched.
-    write_file(dir.file("ferry.yaml"),
-               config_yaml(dir, http_port, broker.uri(), d1_fast + d2 + d3, k_rule_all + rule_d3));
+    use_config(dir, "d1_fast_d2_d3");
     REQUIRE(::kill(ferry.pid(), SIGHUP) == 0);
     REQUIRE(reloaded(http_port, "applied", 1));
     auto log = read_file(dir.file("ferry.log"));
@@ -153,8 +134,7 @@ TEST_CASE("SIGHUP applies devices and rules live; other devices, the spool and M
           std::string::npos);
 
     // Reload: d3 and its rule removed again.
-    write_file(dir.file("ferry.yaml"),
-               config_yaml(dir, http_port, broker.uri(), d1_fast + d2, k_rule_all));
+    use_config(dir, "d1_fast_d2");
     REQUIRE(::kill(ferry.pid(), SIGHUP) == 0);
     REQUIRE(reloaded(http_port, "applied", 2));
     CHECK(wait_until(

@@ -9,56 +9,12 @@
 #include <cmath>
 #include <map>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;
 
 namespace {
-
-std::string config_text(const std::string& dir, std::uint16_t modbus_port, std::uint16_t mqtt_port,
-                        std::uint16_t http_port) {
-    return R"(gateway: { id: rules-gw, data_dir: )" + dir + R"( }
-http: { listen: 127.0.0.1:)" +
-           std::to_string(http_port) + R"( }
-devices:
-  - id: boiler1
-    driver: modbus_tcp
-    host: 127.0.0.1
-    port: )" +
-           std::to_string(modbus_port) +
-           R"(
-    poll_interval: 100ms
-    points:
-      - { name: counter, address: 0, type: uint16 }
-      - { name: temperature, address: 2, type: float32, unit: degC }
-      - { name: label, address: 20, type: string, length: 4 }
-rules:
-  - name: fahrenheit
-    match: "+/temperature"
-    filter: "value > -40 and value < 200"
-    transform: { scale: 1.8, offset: 32, unit: degF }
-    deadband: { absolute: 0.2 }
-    batch: { max_events: 5, max_age: 300ms }
-    publish: { topic: "plant/{gateway}/{rule}/{device}" }
-  - name: changes
-    match: ["boiler1/counter", "boiler1/label", "boiler1/temperature"]
-    filter: "value >= 0"
-    deadband: { absolute: 1 }
-    batch: { max_events: 100, max_age: 300ms }
-    publish: { topic: "plant/{gateway}/{rule}/{tag}" }
-  - name: frost
-    match: "+/counter"
-    filter: "value < 0"
-    publish: { topic: "plant/{gateway}/{rule}/{tag}" }
-dead_letter:
-  topic: "ferry/{gateway}/dead-letter"
-upstream:
-  mqtt: { uris: ["tcp://127.0.0.1:)" +
-           std::to_string(mqtt_port) + R"("] }
-  spool: { fsync: never }
-)";
-}
 
 std::vector<json> events_on(const mqtt_recorder& rec, const std::string& topic,
                             const char* key = "events") {
@@ -82,9 +38,9 @@ TEST_CASE("two rules over one plant: filter, transform, deadband, fan-out and de
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     mqtt_recorder dead_rec(broker.uri(), {"ferry/+/dead-letter"});
     auto http_port = free_port();
-    write_file(dir.file("ferry.yaml"),
-               config_text(dir.path(), sim.port(), broker.port(), http_port));
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
+    auto ferry_p = ferry_process(config_path("rules_pipeline"), dir.file("ferry.log"),
+                                 ferry_vars(dir.path(), http_port, sim.port(), broker.uri()));
+    auto& ferry = *ferry_p;
 
     const std::string counter_topic = "plant/rules-gw/changes/counter";
     // Four changes of the counter take a bit over three seconds of polling every 100 ms.

@@ -8,30 +8,20 @@
 #include <cstdlib>
 #include <thread>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 
 namespace {
 
-std::string config_with_password(const temp_dir& dir, std::uint16_t sim_port,
-                                 std::uint16_t http_port, const std::string& uri,
-                                 const std::string& password_file) {
-    ferry_options o;
-    o.gateway = "secret-gw";
-    o.data_dir = dir.path();
-    o.http_port = http_port;
-    o.modbus_port = sim_port;
-    o.registers = 2;
-    o.uris = {uri};
-    o.log_level = "debug";
-    auto y = ferry_yaml(o);
-    const std::string inflight = "    inflight: 16\n";
-    auto at = y.find(inflight);
-    REQUIRE(at != std::string::npos);
-    y.insert(at + inflight.size(),
-             "    username: ferry\n    password_file: " + password_file + "\n");
-    return y;
+// tests/configs/secrets.yaml with the password read from `password_file`.
+std::unique_ptr<process> run_with_password(const temp_dir& dir, std::uint16_t sim_port,
+                                           std::uint16_t http_port, const std::string& uri,
+                                           const std::string& password_file,
+                                           const std::string& log) {
+    auto env = ferry_vars(dir.path(), http_port, sim_port, uri);
+    env["PASSWORD_FILE"] = password_file;
+    return ferry_process(config_path("secrets"), log, env);
 }
 
 }  // namespace
@@ -53,11 +43,11 @@ TEST_CASE("the MQTT password is never logged, accepted or refused") {
 
     // Refused: ferry keeps trying (and logs why), the password is not in the log.
     write_file(dir.file("wrong.pass"), wrong + "\n");
-    write_file(dir.file("ferry.yaml"), config_with_password(dir, sim.port(), http_port,
-                                                            broker.uri(), dir.file("wrong.pass")));
     {
-        process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("wrong.log"));
-        REQUIRE(wait_until([&] { return http_get(http_port, "/readyz").status == 200; }, 10s));
+        auto ferry_p = run_with_password(dir, sim.port(), http_port, broker.uri(),
+                                         dir.file("wrong.pass"), dir.file("wrong.log"));
+        auto& ferry = *ferry_p;
+        wait_ready(ferry, http_port, 10s);
         CHECK(wait_until(
             [&] {
                 return read_file(dir.file("wrong.log")).find("component=mqtt") != std::string::npos;
@@ -74,10 +64,10 @@ TEST_CASE("the MQTT password is never logged, accepted or refused") {
 
     // Accepted: connected, delivering, and still not in the log.
     write_file(dir.file("right.pass"), right + "\n");
-    write_file(dir.file("ferry.yaml"), config_with_password(dir, sim.port(), http_port,
-                                                            broker.uri(), dir.file("right.pass")));
     {
-        process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("right.log"));
+        auto ferry_p = run_with_password(dir, sim.port(), http_port, broker.uri(),
+                                         dir.file("right.pass"), dir.file("right.log"));
+        auto& ferry = *ferry_p;
         CHECK(wait_until([&] { return metric_value(http_port, "ferry_mqtt_connected") == 1.0; },
                          10s));
         CHECK(wait_until(

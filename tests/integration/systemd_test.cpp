@@ -4,7 +4,7 @@
 
 #include <unistd.h>
 
-#include "tests/support/harness.hpp"
+#include "tests/support/ferry_run.hpp"
 
 using namespace ferry::test;
 
@@ -24,17 +24,11 @@ TEST_CASE("READY=1 once running, WATCHDOG=1 while healthy, STATUS= lines, STOPPI
     mosquitto broker;
     temp_dir dir;
     notify_socket sock(dir.file("notify.sock"));
-    write_file(dir.file("ferry.yaml"),
-               "gateway: { id: sd-gw, data_dir: " + dir.path() +
-                   " }\n"
-                   "devices: [ { id: d1, driver: modbus_tcp, host: 127.0.0.1, port: " +
-                   std::to_string(sim.port()) +
-                   ", poll_interval: 200ms, points: [ { name: a, address: 0 } ] } ]\n"
-                   "rules: [ { name: all, match: \"#\" } ]\n"
-                   "upstream: { mqtt: { uris: [\"" +
-                   broker.uri() + "\"] } }\n");
-    process ferry({FERRY_BINARY, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"),
-                  {{"NOTIFY_SOCKET", dir.file("notify.sock")}, {"WATCHDOG_USEC", "600000"}});
+    auto env = ferry_vars(dir.path(), 0, sim.port(), broker.uri());
+    env["NOTIFY_SOCKET"] = dir.file("notify.sock");
+    env["WATCHDOG_USEC"] = "600000";
+    auto ferry_p = ferry_process(config_path("systemd"), dir.file("ferry.log"), env);
+    auto& ferry = *ferry_p;
     REQUIRE(sock.collect_until([](auto& m) { return count_with(m, "READY=1") == 1; }, 10s));
     CHECK(sock.messages.front().rfind("READY=1\nSTATUS=devices 1, spool ", 0) == 0);
     // Half the watchdog interval: 300 ms; expect several pings within 2 s.

@@ -5,7 +5,6 @@ ferry_test(integration_publisher integration ${CMAKE_CURRENT_SOURCE_DIR}/integra
 target_link_libraries(integration_publisher PRIVATE ferry_upstream)
 ferry_test(integration_pipeline integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/pipeline_test.cpp)
 ferry_test(integration_cli integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/cli_test.cpp)
-target_link_libraries(integration_cli PRIVATE ferry_components)
 ferry_test(integration_http integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/http_test.cpp)
 ferry_test(integration_rules integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/rules_pipeline_test.cpp)
 ferry_test(integration_prometheus integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/prometheus_test.cpp)

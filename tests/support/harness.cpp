@@ -39,11 +39,7 @@ namespace ferry::test {
 namespace {
 
 std::string tail_of(const std::string& path, std::size_t max = 2000) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return {};
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string s = ss.str();
+    std::string s = read_file_if_exists(path);
     if (s.size() > max) s = s.substr(s.size() - max);
     return s;
 }
@@ -95,21 +91,6 @@ bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds tim
         if (std::chrono::steady_clock::now() >= deadline) return pred();
         std::this_thread::sleep_for(20ms);
     }
-}
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error("cannot read " + path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-void write_file(const std::string& path, const std::string& content) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error("cannot write " + path);
-    out << content;
-    if (!out.flush()) throw std::runtime_error("cannot write " + path);
 }
 
 // ---- temp_dir ------------------------------------------------------------------------------
@@ -585,10 +566,7 @@ rtu_server::rtu_server(const socat_pair& pty, bool pymodbus, std::vector<std::st
         argv.push_back(std::move(e));
     proc_ = std::make_unique<process>(argv, log_);
     auto serving = [&] {
-        std::ifstream in(log_);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        return ss.str().find("serving RTU") != std::string::npos;
+        return read_file_if_exists(log_).find("serving RTU") != std::string::npos;
     };
     if (!wait_until(serving, 20000ms))
         throw std::runtime_error("RTU server did not start:\n" + read_file(log_));
@@ -649,8 +627,7 @@ int thread_count(pid_t pid) {
 }
 
 double cpu_seconds(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string all((std::istreambuf_iterator<char>(in)), {});
+    const std::string all = read_file_if_exists("/proc/" + std::to_string(pid) + "/stat");
     auto close = all.rfind(')');
     if (close == std::string::npos) return 0;
     std::istringstream rest(all.substr(close + 2));
@@ -808,34 +785,6 @@ std::vector<std::string> holding_registers(int n) {
     for (int i = 0; i < n; ++i)
         out.push_back("holding:" + std::to_string(i) + "=u16:" + std::to_string(i));
     return out;
-}
-
-std::string ferry_yaml(const ferry_options& o) {
-    std::string y = "gateway:\n  id: " + o.gateway + "\n  data_dir: " + o.data_dir +
-                    "\n  log_level: " + o.log_level + "\n";
-    if (o.http_port != 0) y += "http: { listen: 127.0.0.1:" + std::to_string(o.http_port) + " }\n";
-    y += "devices:\n  - id: d1\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " +
-         std::to_string(o.modbus_port) + "\n    poll_interval: " + o.poll +
-         "\n    timeout: " + o.timeout + "\n    points:\n";
-    for (int i = 0; i < o.registers; ++i) {
-        y += "      - { name: r" + std::to_string(i) +
-             ", table: holding, address: " + std::to_string(i) + ", type: uint16 }\n";
-    }
-    y += o.extra_devices;
-    y += "rules:\n  - name: all\n    match: [\"#\"]\n    batch: { max_events: " +
-         std::to_string(o.max_events) + ", max_age: " + o.max_age +
-         " }\n    publish: { topic: \"plant/{gateway}/{device}\", qos: 1 }\n";
-    y += "upstream:\n  mqtt:\n    uris: [";
-    for (std::size_t i = 0; i < o.uris.size(); ++i)
-        y += (i ? ", \"" : "\"") + o.uris[i] + "\"";
-    y += "]\n    inflight: " + std::to_string(o.inflight) + "\n";
-    if (!o.keepalive.empty()) y += "    keepalive: " + o.keepalive + "\n";
-    if (!o.tls.empty()) y += "    tls: " + o.tls + "\n";
-    for (const auto& k : o.mqtt_keys)
-        y += "    " + k + "\n";
-    y += "  spool:\n    path: \"{data_dir}/spool.db\"\n    max_bytes: " + o.max_bytes +
-         "\n    when_full: " + o.when_full + "\n    fsync: " + o.fsync + "\n";
-    return y;
 }
 
 std::string metrics_text(std::uint16_t port) {

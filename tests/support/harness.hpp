@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/files.hpp"  // read_file, write_file
+
 namespace ferry::test {
 
 using namespace std::chrono_literals;
@@ -26,9 +28,6 @@ std::uint16_t free_port();
 
 // Polls `pred` every 20 ms until it is true or `timeout` passes. Returns pred's last value.
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
-
-std::string read_file(const std::string& path);
-void write_file(const std::string& path, const std::string& content);
 
 // A fresh directory under /tmp, removed with everything in it on destruction.
 class temp_dir {
@@ -295,32 +294,6 @@ struct test_pki {
 
 // `n` holding registers 0..n-1 for modbus_sim, register i holding the value i.
 std::vector<std::string> holding_registers(int n);
-
-// A config for `ferry run`: one Modbus TCP device "d1" reading holding registers 0..registers-1
-// (points r0, r1, ...), one rule "all" over every point publishing to
-// "plant/{gateway}/{device}" at QoS 1, the spool in data_dir.
-struct ferry_options {
-    std::string gateway = "chaos-gw";
-    std::string data_dir;
-    std::uint16_t http_port = 0;    // 0: no http section
-    std::uint16_t modbus_port = 0;  // required
-    int registers = 200;
-    std::string poll = "100ms";
-    std::string timeout = "1s";  // the device's
-    std::string extra_devices;   // YAML list items appended to `devices:` (e.g. a serial_line)
-    std::size_t max_events = 100;
-    std::string max_age = "500ms";
-    std::vector<std::string> uris;
-    std::string tls;  // the value of upstream.mqtt.tls, e.g. "{ ca_file: x }", or empty
-    int inflight = 16;
-    std::vector<std::string> mqtt_keys;  // more upstream.mqtt keys, e.g. "ack_timeout: 2s"
-    std::string max_bytes = "64MiB";
-    std::string when_full = "drop_oldest";
-    std::string fsync = "batch";
-    std::string log_level = "info";
-    std::string keepalive;  // upstream.mqtt.keepalive, e.g. "2s"; empty: the default
-};
-std::string ferry_yaml(const ferry_options& o);
 
 // GET /metrics of a ferry on 127.0.0.1:port (empty when it does not answer), and one sample.
 std::string metrics_text(std::uint16_t port);

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -9,10 +10,12 @@
 
 #include "core/config.hpp"
 #include "gateway/components.hpp"
+#include "tests/support/golden.hpp"
 
 namespace cfg = ferry::config;
 using namespace std::chrono_literals;
 using lines = std::vector<std::string>;
+namespace fs = std::filesystem;
 
 namespace doctest {
 // Failed comparisons of error lists print the lists, one line each.
@@ -47,23 +50,6 @@ lines errors_of(const std::string& name) {
     }
     FAIL("expected errors from " << name);
     return {};
-}
-
-lines errors_of_text(const std::string& text) {
-    try {
-        ferry::load_config_text(text, "t.yaml");
-    } catch (const cfg::errors& e) {
-        return to_lines(e);
-    }
-    FAIL("expected errors from:\n" << text);
-    return {};
-}
-
-std::string read(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
 }
 
 }  // namespace
@@ -194,169 +180,35 @@ TEST_CASE("defaults of a minimal config") {
     CHECK(c.upstream.mqtt.tls->verify_hostname);
 }
 
-TEST_CASE("unknown keys, with a did-you-mean") {
-    auto f = k_dir + "unknown_key.yaml";
-    CHECK(errors_of("unknown_key.yaml") ==
-          lines{f + ":7:5: devices[0].pool_interval: unknown key (did you mean 'poll_interval'?)",
-                f + ":9:32: devices[0].points[0].colour: unknown key",
-                f + ":10:1: upstreem: unknown key (did you mean 'upstream'?)"});
-}
-
-TEST_CASE("wrong types") {
-    auto f = k_dir + "wrong_type.yaml";
-    CHECK(errors_of("wrong_type.yaml") ==
-          lines{f + ":2:7: gateway.id: expected a string, got a map",
-                f + ":6:11: devices[0].host: expected a string, got a list",
-                f + ":7:11: devices[0].port: expected an integer, got 'abc'",
-                f + ":11:16: devices[0].points[0].scale: expected a number, got 'ten'",
-                f + ":12:19: devices[0].points[0].writable: expected true or false, got 'yes'",
-                f + ":13:8: rules: expected a list, got a map"});
-}
-
-TEST_CASE("bad durations and sizes") {
-    auto f = k_dir + "bad_duration.yaml";
-    CHECK(errors_of("bad_duration.yaml") ==
-          lines{f + ":7:20: devices[0].poll_interval: must be greater than 0",
-                f + ":8:14: devices[0].timeout: invalid duration '2sec' (use e.g. 250ms, 2s, 5m, "
-                    "1h)",
-                f + ":14:23: rules[0].batch.max_age: invalid duration '1.5s' (use e.g. 250ms, 2s, "
-                    "5m, 1h)",
-                f + ":14:40: rules[0].batch.max_bytes: invalid size '64kb' (use e.g. 512, 64KiB, "
-                    "512MiB, 1GiB)"});
-}
-
-TEST_CASE("missing required keys are reported at the enclosing map") {
-    auto f = k_dir + "missing_gateway_id.yaml";
-    CHECK(errors_of("missing_gateway_id.yaml") ==
-          lines{f + ":2:3: gateway: missing required key 'id'",
-                f + ":4:5: devices[0]: missing required key 'id'",
-                f + ":7:9: devices[0].points[0]: missing required key 'name'",
-                f + ":9:5: rules[0]: missing required key 'name'",
-                f + ":9:5: rules[0]: missing required key 'match'"});
-    CHECK(errors_of_text("devices: []\n") == lines{"t.yaml:1:1: missing required key 'gateway'"});
-    CHECK(errors_of_text("") == lines{"t.yaml:1:1: missing required key 'gateway'"});
-}
-
-TEST_CASE("duplicate device ids, point names and rule names") {
-    auto f = k_dir + "duplicate_device_id.yaml";
-    CHECK(errors_of("duplicate_device_id.yaml") ==
-          lines{f + ":9:17: devices[0].points[1].name: duplicate point name 't' (first at line 8)",
-                f + ":10:9: devices[1].id: duplicate device id 'boiler1' (first at line 4)",
-                f + ":17:13: rules[1].name: duplicate rule name 'r' (first at line 16)"});
-    CHECK(errors_of_text("gateway:\n  id: a\n  id: b\n") ==
-          lines{"t.yaml:3:3: gateway.id: duplicate key (first at line 2)"});
-}
-
-TEST_CASE("bad topic templates") {
-    auto f = k_dir + "bad_topic_template.yaml";
-    CHECK(errors_of("bad_topic_template.yaml") ==
-          lines{f + ":6:23: rules[0].publish.topic: invalid topic template "
-                    "'plant/{site}/{device}': unknown placeholder {site} (known: {gateway} "
-                    "{device} {tag} {rule})",
-                f + ":9:23: rules[1].publish.topic: invalid topic template 'plant/#': wildcard '#' "
-                    "is not allowed in a publish topic",
-                f + ":11:10: dead_letter.topic: invalid topic template 'ferry/{gateway/dead': "
-                    "unclosed '{' at position 7"});
-    CHECK(errors_of_text("gateway: { id: g }\nupstream:\n  mqtt: { client_id: '{host}' }\n") ==
-          lines{"t.yaml:3:22: upstream.mqtt.client_id: unknown placeholder {host} (known: "
-                "{gateway})"});
-}
-
-TEST_CASE("bad match patterns") {
-    auto f = k_dir + "bad_match_pattern.yaml";
-    CHECK(errors_of("bad_match_pattern.yaml") ==
-          lines{f + ":5:36: rules[0].match[1]: invalid pattern 'a/#/b': '#' must be a whole "
-                    "level and the last one",
-                f + ":5:45: rules[0].match[2]: invalid pattern 'x+/y': '+' must be a whole level",
-                f + ":5:53: rules[0].match[3]: invalid pattern '': empty pattern",
-                f + ":7:12: rules[1].match: invalid pattern 'meter*//energy': empty level in "
-                    "pattern",
-                f + ":9:12: rules[2].match: a rule needs at least one pattern"});
-}
-
-TEST_CASE("ports out of range") {
-    auto f = k_dir + "port_out_of_range.yaml";
-    CHECK(errors_of("port_out_of_range.yaml") ==
-          lines{f + ":4:11: http.listen: port 99999 is out of range (1..65535)",
-                f + ":9:11: devices[0].port: 70000 is out of range (1..65535)",
-                f + ":15:11: devices[1].port: 0 is out of range (1..65535)"});
-    CHECK(errors_of_text("gateway: { id: g }\nhttp: { listen: 9108 }\n") ==
-          lines{"t.yaml:2:17: http.listen: expected host:port (e.g. 127.0.0.1:9108), got '9108'"});
-}
-
-TEST_CASE("a device needs points") {
-    auto f = k_dir + "empty_points.yaml";
-    CHECK(errors_of("empty_points.yaml") ==
-          lines{f + ":7:13: devices[0].points: a device needs at least one point",
-                f + ":11:5: devices[1].points: a device needs at least one point"});
-}
-
-TEST_CASE("unknown driver") {
-    auto f = k_dir + "unknown_driver.yaml";
-    CHECK(errors_of("unknown_driver.yaml") ==
-          lines{f + ":5:13: devices[0].driver: unknown driver 'modbus_udp' (known: modbus_tcp, "
-                    "modbus_rtu, serial_line, system)"});
-}
-
-TEST_CASE("several errors in one file are all reported, in file order") {
-    auto f = k_dir + "several_errors.yaml";
-    CHECK(errors_of("several_errors.yaml") ==
-          lines{
-              f + ":2:7: gateway.id: 'plant a' is not a valid gateway id (use [A-Za-z0-9_-]+)",
-              f + ":3:14: gateway.log_level: unknown log_level 'verbose' (allowed: debug, info, "
-                  "warn, error)",
-              f + ":8:14: devices[0].unit_id: 300 is out of range (0..255)",
-              f + ":10:51: devices[0].points[0].type: table 'coil' holds bits: type must be bool",
-              f + ":11:9: devices[0].points[1]: missing required key 'length' (registers, for "
-                  "type string)",
-              f + ":12:29: devices[0].points[2].address: a uint32 at 65535 needs registers "
-                  "65535..65536, past the last one (65535)",
-              f + ":12:50: devices[0].points[2].length: 'length' applies only to type string",
-              f + ":13:56: devices[0].points[3].writable: table 'input' is read-only in Modbus",
-              f + ":13:74: devices[0].points[3].byte_order: unknown byte_order 'abcd' (allowed: "
-                  "ABCD, DCBA, BADC, CDAB)",
-              f + ":14:46: devices[0].points[4].max: max is less than min",
-              f + ":17:5: devices[1].host: 'host' does not apply to driver 'modbus_rtu'",
-              f + ":18:43: devices[1].serial.parity: unknown parity 'X' (allowed: N, E, O)",
-              f + ":18:57: devices[1].serial.data_bits: 9 is out of range (7..8)",
-              f + ":19:14: devices[1].unit_id: 0 is out of range (1..247)",
-              f + ":24:42: rules[0].publish.qos: 3 is out of range (0..2)",
-              f + ":24:53: rules[0].publish.retain: expected true or false, got 'maybe'",
-              f + ":27:36: upstream.mqtt.uris[1]: invalid broker URI 'http://broker' (use "
-                  "tcp://, mqtt://, ssl://, mqtts://, ws:// or wss://)",
-              f + ":28:14: upstream.mqtt.version: unknown MQTT version '3' (allowed: 5, 3.1.1)",
-              f + ":29:16: upstream.mqtt.keepalive: keepalive must be whole seconds, 1s..65535s",
-              f + ":30:15: upstream.mqtt.inflight: 0 is out of range (1..65535)",
-              f + ":31:5: upstream.mqtt.pasword_file: unknown key (did you mean "
-                  "'password_file'?)",
-              f + ":33:16: upstream.spool.max_bytes: invalid size '512MB' (use e.g. 512, 64KiB, "
-                  "512MiB, 1GiB)",
-              f + ":34:16: upstream.spool.when_full: unknown when_full 'drop' (allowed: "
-                  "drop_oldest, drop_newest, block)",
-              f + ":35:12: upstream.spool.fsync: unknown fsync 'sometimes' (allowed: always, "
-                  "batch, never)",
-          });
+// Config error cases are golden cases: tests/testcases/config/<case>/ferry.yaml and `errors`,
+// the exact lines the loader reports (and `ferry check` prints: tests/integration/cli_test.cpp
+// runs the binary on the same cases), with the case folder's path written as ".".
+TEST_CASE("config error golden cases: every line, in file order, FILE:LINE:COLUMN: key.path") {
+    const auto cases = ferry::test::check_golden("config", "errors", [](const fs::path& dir) {
+        std::string out;
+        try {
+            ferry::load_config((dir / "ferry.yaml").string());
+            FAIL("loads without error");
+        } catch (const cfg::errors& e) {
+            for (const auto& line : to_lines(e))
+                out += line + "\n";
+        }
+        return ferry::test::replace_all(out, dir.string(), ".");
+    });
+    CHECK(cases >= 25);
 }
 
 TEST_CASE("errors::what() holds every line") {
     try {
-        ferry::load_config(k_dir + "port_out_of_range.yaml");
+        ferry::load_config(k_dir + "port_out_of_range/ferry.yaml");
         FAIL("expected errors");
     } catch (const cfg::errors& e) {
-        auto f = k_dir + "port_out_of_range.yaml";
+        auto f = k_dir + "port_out_of_range/ferry.yaml";
         CHECK(std::string(e.what()) ==
               f + ":4:11: http.listen: port 99999 is out of range (1..65535)\n" + f +
                   ":9:11: devices[0].port: 70000 is out of range (1..65535)\n" + f +
                   ":15:11: devices[1].port: 0 is out of range (1..65535)");
     }
-}
-
-TEST_CASE("YAML syntax errors carry their position") {
-    auto f = k_dir + "yaml_syntax.yaml";
-    CHECK(errors_of("yaml_syntax.yaml") ==
-          lines{f + ":6:1: YAML syntax error: end of sequence flow not found"});
-    CHECK(errors_of_text("gateway:\n  id: g\n   bad: [\n") ==
-          lines{"t.yaml:3:7: YAML syntax error: illegal map value"});
 }
 
 TEST_CASE("an unreadable file is one error without a position") {
@@ -378,45 +230,11 @@ TEST_CASE("every feature of the contract loads, downlink commands included") {
     CHECK(c.commands.max_age == 30s);
     CHECK(c.commands.rate_limit == 10);
     CHECK(c.commands.rate_period == 1s);
-    // Built features have their values checked.
-    CHECK(errors_of_text("gateway: { id: g }\nrules:\n  - name: r\n    match: '#'\n"
-                         "    deadband: { absolute: 1, percent: 2 }\n"
-                         "    heartbeat: soon\n") ==
-          lines{"t.yaml:5:15: rules[0].deadband: set exactly one of 'absolute' or 'percent'",
-                "t.yaml:6:16: rules[0].heartbeat: invalid duration 'soon' (use e.g. 250ms, 2s, 5m, "
-                "1h)"});
+    // Built features have their values checked: see the bad_deadband_heartbeat case.
     CHECK_NOTHROW(
         ferry::load_config_text("gateway: { id: g }\ncommands: { enabled: false }\n", "t"));
     CHECK_NOTHROW(
         ferry::load_config_text("gateway: { id: g }\ncommands: { enabled: true }\n", "t"));
-}
-
-TEST_CASE("serial drivers are parsed strictly") {
-    auto e = errors_of_text(R"(gateway: { id: g }
-devices:
-  - id: w
-    driver: serial_line
-    serial: { port: /dev/ttyUSB1 }
-    framing: { delimiter: ";", length: 4 }
-    parse: { regex: '(?<temp>[0-9]+)', csv: [a] }
-    poll_interval: 1s
-    points:
-      - { name: temperature, address: 3 }
-)");
-    CHECK(e ==
-          lines{"t.yaml:6:14: devices[0].framing: set either 'delimiter' or 'length', not both",
-                "t.yaml:7:12: devices[0].parse: set exactly one of regex, csv, json: true, kv: "
-                "true",
-                "t.yaml:7:21: devices[0].parse.regex: named group 'temp' is not a point of "
-                "device 'w'",
-                "t.yaml:7:46: devices[0].parse.csv[0]: 'a' is not a point of device 'w'",
-                "t.yaml:8:5: devices[0].poll_interval: 'poll_interval' does not apply to driver "
-                "'serial_line'",
-                "t.yaml:10:30: devices[0].points[0].address: 'address' does not apply to driver "
-                "'serial_line'"});
-    CHECK(errors_of_text("gateway: { id: g }\ndevices:\n  - id: m\n    driver: modbus_rtu\n"
-                         "    points: [ { name: t, address: 0 } ]\n") ==
-          lines{"t.yaml:3:5: devices[0]: missing required key 'serial'"});
 }
 
 TEST_CASE("${NAME} substitution in values") {
@@ -458,10 +276,7 @@ TEST_CASE("password_file is read, relative to the config file, and never shown")
     CHECK(c.upstream.mqtt.username == "ferry");
     CHECK(c.upstream.mqtt.password == "s3cret-pass");  // trailing newline stripped
 
-    auto f = k_dir + "password_file_missing.yaml";
-    CHECK(errors_of("password_file_missing.yaml") ==
-          lines{f + ":6:20: upstream.mqtt.password_file: cannot read password file '" + k_dir +
-                "no-such.pass': No such file or directory"});
+    // A missing password file: the password_file_missing case.
 
     // Another error in a file with a readable password: the password appears nowhere.
     std::string text = "gateway: { id: g }\nupstream:\n  mqtt:\n    password_file: " + k_dir +
@@ -477,15 +292,7 @@ TEST_CASE("password_file is read, relative to the config file, and never shown")
 }
 
 TEST_CASE("TLS settings and broker URIs agree") {
-    CHECK(errors_of_text("gateway: { id: g }\nupstream:\n  mqtt:\n"
-                         "    uris: [tcp://b:1883, mqtts://c:8883]\n"
-                         "    tls: { cert_file: gw.pem }\n") ==
-          lines{"t.yaml:4:12: upstream.mqtt.uris[0]: 'tcp://' is not encrypted although 'tls' "
-                "is set; use ssl:// or mqtts://",
-                "t.yaml:5:10: upstream.mqtt.tls: set both 'cert_file' and 'key_file', or neither"});
-    CHECK(errors_of_text("gateway: { id: g }\nupstream: { mqtt: { uris: [ssl://b] } }\n") ==
-          lines{"t.yaml:2:28: upstream.mqtt.uris[0]: 'ssl://' needs an 'upstream.mqtt.tls' "
-                "section"});
+    // Disagreeing ones: the tls_plain_uri_half_cert and ssl_without_tls cases.
     auto c = ferry::load_config_text(
         "gateway: { id: g }\nupstream: { mqtt: { uris: [ssl://b], tls: { ca_file: ca.pem, "
         "verify_hostname: false } } }\n",
@@ -514,15 +321,7 @@ TEST_CASE("point checks") {
     CHECK(cfg::register_count(p[3]) == 4);
     CHECK(p[3].where.line == 10);
     CHECK(p[3].where.column == 17);
-
-    CHECK(errors_of_text(head + "      - { name: a, address: 70000, scale: 0 }\n"
-                                "      - { name: 'b c', type: string, length: 200 }\n") ==
-          lines{"t.yaml:7:29: devices[0].points[0].address: 70000 is out of range (0..65535)",
-                "t.yaml:7:43: devices[0].points[0].scale: must not be 0",
-                "t.yaml:8:9: devices[0].points[1]: missing required key 'address'",
-                "t.yaml:8:17: devices[0].points[1].name: 'b c' is not a valid point name (use "
-                "[A-Za-z0-9_.-]+)",
-                "t.yaml:8:46: devices[0].points[1].length: 200 is out of range (1..125)"});
+    // Points that fail their checks: the point_checks case.
 }
 
 TEST_CASE("parse_duration") {
@@ -608,7 +407,7 @@ TEST_CASE("config/REFERENCE.md documents every declared key") {
     const std::string begin =
         "<!-- BEGIN GENERATED from the components' declarations (gateway/components.cpp) -->\n";
     const std::string end = "<!-- END GENERATED -->";
-    std::string doc = read(path);
+    std::string doc = ferry::test::read_file(path);
     auto b = doc.find(begin);
     auto e = doc.find(end);
     REQUIRE(b != std::string::npos);

@@ -12,7 +12,7 @@
 //                count from 1 per topic, as the spool numbers them), then one line per rule:
 //                `counters RULE passed=N filtered=N deduped=N dead_letter=N`
 //
-// FERRY_UPDATE_GOLDEN=1 rewrites `expected` from what the engine does now (review the diff!).
+// The runner is tests/support/golden.hpp (FERRY_UPDATE_GOLDEN=1 rewrites `expected`).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -25,21 +25,14 @@
 #include "core/config.hpp"
 #include "gateway/components.hpp"
 #include "rules/engine.hpp"
+#include "tests/support/golden.hpp"
 
 using namespace ferry;
 namespace fs = std::filesystem;
 
 namespace {
 
-const fs::path k_cases = fs::path(FERRY_SOURCE_DIR) / "tests/testcases/rules";
 constexpr std::int64_t k_epoch_ms = 1764236400000;
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
 ferry::value parse_value(const std::string& text) {
     if (text == "-") return std::monostate{};
@@ -79,7 +72,7 @@ std::string run_case(const fs::path& dir) {
         out.clear();
     };
 
-    std::istringstream input(slurp(dir / "input"));
+    std::istringstream input(ferry::test::read_file((dir / "input").string()));
     std::uint64_t seq = 0;
     std::string line;
     int line_no = 0;
@@ -138,21 +131,7 @@ std::string run_case(const fs::path& dir) {
 }  // namespace
 
 TEST_CASE("golden cases: events in, the exact messages and counters out") {
-    std::vector<fs::path> cases;
-    for (const auto& entry : fs::directory_iterator(k_cases))
-        if (entry.is_directory()) cases.push_back(entry.path());
-    std::sort(cases.begin(), cases.end());
-    REQUIRE(cases.size() >= 8);
-    const bool update = std::getenv("FERRY_UPDATE_GOLDEN") != nullptr;
-    for (const auto& dir : cases) {
-        CAPTURE(dir.filename().string());
-        auto actual = run_case(dir);
-        if (update) {
-            std::ofstream(dir / "expected", std::ios::binary) << actual;
-            continue;
-        }
-        CHECK(actual == slurp(dir / "expected"));
-    }
+    CHECK(ferry::test::check_golden("rules", "expected", run_case) >= 8);
 }
 
 TEST_CASE("rules/example.yaml loads, and its rules do what rules/README.md says") {

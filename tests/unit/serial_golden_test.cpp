@@ -11,7 +11,8 @@
 //                  ... repaired=N       N ill-formed UTF-8 parts replaced by U+FFFD
 //
 // The input is fed in reads of 1, 7 and all bytes: the outcome must not depend on how the
-// port delivers it. FERRY_UPDATE_GOLDEN=1 rewrites `expected` (review the diff!).
+// port delivers it. The runner is tests/support/golden.hpp (FERRY_UPDATE_GOLDEN=1 rewrites
+// `expected`; review the diff!).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -25,21 +26,13 @@
 #include "drivers/serial/framer.hpp"
 #include "drivers/serial/parser.hpp"
 #include "gateway/components.hpp"
+#include "tests/support/golden.hpp"
 
 using namespace ferry;
 using namespace ferry::drivers::serial;
 namespace fs = std::filesystem;
 
 namespace {
-
-const fs::path k_cases = fs::path(FERRY_SOURCE_DIR) / "tests/testcases/serial";
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
 std::string show(const ferry::value& v) {
     char buf[64];
@@ -87,25 +80,16 @@ std::string run(const config::device& d, const std::string& input, std::size_t c
 }  // namespace
 
 TEST_CASE("serial golden cases") {
-    std::size_t cases = 0;
-    for (const auto& entry : fs::directory_iterator(k_cases)) {
-        if (!entry.is_directory()) continue;
-        const auto dir = entry.path();
-        CAPTURE(dir.filename().string());
-        ++cases;
+    const auto cases = ferry::test::check_golden("serial", "expected", [](const fs::path& dir) {
         const auto cfg = ferry::load_config((dir / "config.yaml").string());
         REQUIRE(cfg.devices.size() == 1);
         const auto& d = cfg.devices[0];
         REQUIRE(d.driver == "serial_line");
-        const auto input = slurp(dir / "input");
+        const auto input = ferry::test::read_file((dir / "input").string());
         const auto whole = run(d, input, input.size() + 1);
         CHECK(run(d, input, 1) == whole);
         CHECK(run(d, input, 7) == whole);
-        if (std::getenv("FERRY_UPDATE_GOLDEN")) {
-            std::ofstream(dir / "expected", std::ios::binary) << whole;
-            continue;
-        }
-        CHECK(whole == slurp(dir / "expected"));
-    }
+        return whole;
+    });
     CHECK(cases >= 5);
 }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/log.hpp"
+#include "tests/support/files.hpp"
 #include "tests/unit/unit_support.hpp"
 #include "upstream/spool.hpp"
 
@@ -46,11 +47,6 @@ ferry::upstream::encode_fn body(std::string text) {
         out += "#";
         out += std::to_string(batch);
     };
-}
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 double metric(prometheus::Registry& reg, const std::string& name, const std::string& reason = "") {
@@ -94,7 +90,7 @@ struct faults {
     }
     std::vector<std::string> log() const {
         std::vector<std::string> out;
-        std::istringstream in(slurp(control + ".log"));
+        std::istringstream in(ferry::test::read_file_if_exists(control + ".log"));
         for (std::string line; std::getline(in, line);)
             out.push_back(line);
         return out;

@@ -25,6 +25,7 @@
 #include "core/log.hpp"
 #include "core/seq.hpp"
 #include "core/topic.hpp"
+#include "tests/support/files.hpp"
 #include "tests/unit/unit_support.hpp"
 #include "upstream/dead_letter.hpp"
 #include "upstream/identity.hpp"
@@ -33,6 +34,8 @@
 using namespace std::chrono_literals;
 using ferry::config::fsync_mode;
 using ferry::config::when_full;
+using ferry::test::read_file;
+using ferry::test::write_file;
 using ferry::upstream::append_result;
 using ferry::upstream::spool;
 namespace fs = std::filesystem;
@@ -127,16 +130,6 @@ std::vector<std::string> payloads(spool& sp, std::uint64_t base = 0) {
     for (const auto& m : sp.peek(0, 1000000))
         out.push_back(base == 0 ? m.payload : rel(m.payload, base));
     return out;
-}
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_file(const std::string& path, const std::string& data) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
 }
 
 std::uint64_t file_size_or_zero(const std::string& path) {
