@@ -390,6 +390,10 @@ TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing
     auto c = check_delivery(parse_upstream(rec.messages()));
     MESSAGE(c.summary());
     CHECK(c.events == run1["produced"] + run2["produced"]);
+    if (c.events != run1["produced"] + run2["produced"])
+        MESSAGE("run 1:\n"
+                << read_file(dir.file("ferry.log")) << "\nrun 2:\n"
+                << read_file(dir.file("ferry2.log")));
     CHECK(c.batch_gaps.empty());
     CHECK(c.reordered == 0);
     CHECK(c.conflicting == 0);
