@@ -667,50 +667,67 @@ std::optional<value_ref> loader::recall(const std::string& key) const {
 
 // ---- The reference ---------------------------------------------------------------------------
 
-std::string reference_markdown(const schema& s) {
-    // The loader merges the drivers' tables; a loader of no file gives them.
-    const load_hooks none;
-    loader ld("", s, none);
-    const auto tables = ld.tables();
-    std::vector<section_doc> docs;
-    auto add = [&](const section_doc& d) {
-        if (std::none_of(docs.begin(), docs.end(),
-                         [&](const section_doc& o) { return o.path == d.path; }))
-            docs.push_back(d);
-    };
-    add({"(top level)", "The sections of the file.", tables.top});
-    add({"gateway", "", k_gateway_options});
-    add({"http", "Absent: no HTTP server.", k_http_options});
-    add({"devices[]", "Keys a driver does not take are errors (e.g. `host` on modbus_rtu).",
-         tables.device});
-    for (const auto* d : s.drivers)
-        for (const auto& doc : d->docs)
-            add(doc);
-    add({"devices[].points[]", "", tables.point});
-    for (const auto* sec : s.sections)
-        for (const auto& doc : sec->docs)
-            add(doc);
+namespace {
 
+// Tables of `docs`, each row's "Drivers:" note naming the drivers of `shown` (a mask over the
+// schema's drivers) that take it, when not all of them do.
+std::string tables_markdown(const schema& s, const std::vector<section_doc>& docs,
+                            driver_mask shown) {
+    // Only bits of drivers the schema has: a row every one of them takes gets no note.
+    if (s.drivers.size() < 64) shown &= (driver_mask{1} << s.drivers.size()) - 1;
     std::string out;
     for (const auto& sec : docs) {
         out += "### `" + std::string(sec.path) + "`\n\n";
         if (!sec.help.empty()) out += std::string(sec.help) + "\n\n";
         out += "| key | type | default | meaning |\n| --- | --- | --- | --- |\n";
         for (const auto& o : sec.options) {
+            if (!(o.drivers & shown)) continue;
             std::string type = o.choices.empty() ? cell(o.type) : join(o.choices, " \\| ");
             std::string help = cell(o.help);
-            if (o.drivers != k_all_drivers) {
+            if ((o.drivers & shown) != shown) {
                 std::vector<std::string_view> names;
                 for (std::size_t i = 0; i < s.drivers.size(); ++i)
-                    if (o.drivers & (driver_mask{1} << i)) names.push_back(s.drivers[i]->name);
-                if (names.size() != s.drivers.size())
-                    help += " Drivers: " + join(names, ", ") + ".";
+                    if (o.drivers & shown & (driver_mask{1} << i))
+                        names.push_back(s.drivers[i]->name);
+                help += " Drivers: " + join(names, ", ") + ".";
             }
             out += "| `" + std::string(o.name) + "` | " + type + " | " + cell(o.def) + " | " +
                    help + " |\n";
         }
         out += "\n";
     }
+    return out;
+}
+
+void add_doc(std::vector<section_doc>& docs, const section_doc& d) {
+    if (std::none_of(docs.begin(), docs.end(),
+                     [&](const section_doc& o) { return o.path == d.path; }))
+        docs.push_back(d);
+}
+
+}  // namespace
+
+std::string reference_markdown(const schema& s) {
+    // The loader merges the drivers' tables; a loader of no file gives them.
+    const load_hooks none;
+    loader ld("", s, none);
+    const auto tables = ld.tables();
+    std::vector<section_doc> docs;
+    add_doc(docs, {"(top level)", "The sections of the file.", tables.top});
+    add_doc(docs, {"gateway", "", k_gateway_options});
+    add_doc(docs, {"http", "Absent: no HTTP server.", k_http_options});
+    add_doc(docs,
+            {"devices[]", "Keys a driver does not take are errors (e.g. `host` on modbus_rtu).",
+             tables.device});
+    for (const auto* d : s.drivers)
+        for (const auto& doc : d->docs)
+            add_doc(docs, doc);
+    add_doc(docs, {"devices[].points[]", "", tables.point});
+    for (const auto* sec : s.sections)
+        for (const auto& doc : sec->docs)
+            add_doc(docs, doc);
+
+    std::string out = tables_markdown(s, docs, k_all_drivers);
     out += "### Not built yet\n\nAccepted by the parser but refused with an error until built:\n\n";
     if (k_not_built_yet.empty()) out += "Nothing: every key above is built.\n";
     for (const auto& row : k_not_built_yet) {
@@ -719,6 +736,31 @@ std::string reference_markdown(const schema& s) {
         out += "`\n";
     }
     return out;
+}
+
+std::string driver_markdown(const schema& s, std::span<const std::string_view> drivers) {
+    // A schema of these drivers alone: their own rows and wording, not another driver's.
+    schema only;
+    for (const auto* d : s.drivers)
+        if (std::find(drivers.begin(), drivers.end(), d->name) != drivers.end())
+            only.drivers.push_back(d);
+    const load_hooks none;
+    loader ld("", only, none);
+    const auto tables = ld.tables();
+    std::vector<section_doc> docs;
+    docs.push_back({"devices[]", "", tables.device});
+    for (const auto* d : only.drivers)
+        for (const auto& doc : d->docs)
+            add_doc(docs, doc);
+    docs.push_back({"devices[].points[]", "", tables.point});
+    return tables_markdown(only, docs, k_all_drivers);
+}
+
+std::string section_markdown(const schema& s, std::string_view top_key) {
+    std::vector<section_doc> docs;
+    for (const auto* sec : s.sections)
+        if (sec->top.name == top_key) docs = sec->docs;
+    return tables_markdown(s, docs, k_all_drivers);
 }
 
 }  // namespace ferry::config

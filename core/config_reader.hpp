@@ -259,7 +259,9 @@ inline constexpr std::string_view k_parity_names[] = {"N", "E", "O"};
 
 // A serial port (modbus_rtu and serial_line): devices[].serial.
 inline constexpr option k_serial_options[] = {
-    {"port", "path", "required", "Serial device, e.g. /dev/ttyUSB0."},
+    {"port", "path", "required",
+     "Serial device, e.g. /dev/ttyUSB0, or a stable /dev/serial/by-id/... link (reopened by name, "
+     "so a replugged adapter is found again)."},
     {"baud", "integer 1..4000000", "9600", "Bits per second."},
     {"parity", "", "N", "None, even or odd.", k_all_drivers, k_parity_names},
     {"data_bits", "7 \\| 8", "8", "Data bits per character."},
@@ -290,5 +292,10 @@ mark to_mark(const YAML::Mark& m);
 
 // The tables of every key the schema's components declare, as config/REFERENCE.md embeds them.
 std::string reference_markdown(const schema& s);
+// The tables of the keys of `drivers` only (a driver's README): devices[], its nested maps,
+// devices[].points[].
+std::string driver_markdown(const schema& s, std::span<const std::string_view> drivers);
+// The tables of one top-level section (its owner's README), e.g. "rules".
+std::string section_markdown(const schema& s, std::string_view top_key);
 
 }  // namespace ferry::config

@@ -12,9 +12,11 @@ namespace {
 using config::option;
 
 constexpr option k_rule_options[] = {
-    {"name", "string [A-Za-z0-9_.-]+", "required", "Unique rule name. `{rule}` in templates."},
+    {"name", "string [A-Za-z0-9_.-]+", "required",
+     "Unique rule name; `{rule}` in topics; the `rule` label of `ferry_rule_events_total`."},
     {"match", "pattern or list of patterns", "required",
-     "Over `device/tag`: MQTT `+` and `#`, and `*` inside a level (`meter*/#`)."},
+     "Over `device/tag`. `+` matches one whole level, `#` (last level only) the rest including "
+     "nothing, `*` any run of characters inside a level (`meter*/#`, `+/temp*`)."},
     {"filter", "expression", "none",
      "Events for which it is false are dropped (see rules/README.md for the language)."},
     {"transform", "map", "none", "Rescale values (see `rules[].transform`)."},
@@ -29,25 +31,35 @@ constexpr option k_rule_options[] = {
 constexpr option k_transform_options[] = {
     {"scale", "number", "1", "value = value * scale + offset."},
     {"offset", "number", "0", "value = value * scale + offset."},
-    {"unit", "string", "the point's unit", "Unit of the transformed value."},
+    {"unit", "string", "the point's unit",
+     "The unit written in each event of this rule (\"unit\" in the payload)."},
 };
 
 constexpr option k_deadband_options[] = {
-    {"absolute", "number >= 0", "", "Pass a value only if it moved at least this much."},
-    {"percent", "number >= 0", "", "Pass a value only if it moved at least this percentage."},
+    {"absolute", "number >= 0", "",
+     "A number passes when it moved at least this much since the last value this rule published "
+     "for the device/tag."},
+    {"percent", "number >= 0", "",
+     "A number passes when it moved at least this percentage of the last published value (of its "
+     "absolute value)."},
 };
 
 constexpr option k_batch_options[] = {
-    {"max_events", "integer 1..1000000", "500", "Send when this many events are waiting."},
+    {"max_events", "integer 1..1000000", "500", "The batch leaves when it holds this many events."},
     {"max_bytes", "size 1KiB..256MiB", "256KiB",
-     "Send when the payload reaches this size (or the broker's Maximum Packet Size less the "
-     "publish overhead, when known: docs/DELIVERY.md)."},
-    {"max_age", "duration 0..720h", "1s", "Send when the oldest waiting event is this old."},
+     "The whole message (header with the widest batch number included) never exceeds this: when "
+     "the next event would not fit, the batch leaves first; an event larger on its own goes in a "
+     "batch of its own. When the broker's Maximum Packet Size is known (MQTT 5 CONNACK, or "
+     "`upstream.mqtt.max_packet_size`), the limit is the smaller of this and that size minus the "
+     "publish overhead (docs/DELIVERY.md, \"Dead letters\")."},
+    {"max_age", "duration 0..720h", "1s",
+     "The batch leaves this long after its first event entered it (`0s`: at the next tick)."},
 };
 
 constexpr option k_publish_options[] = {
     {"topic", "topic template", "ferry/{gateway}/{device}",
-     "MQTT topic; `{gateway}` `{device}` `{tag}` `{rule}`; no wildcards."},
+     "MQTT topic; `{gateway}` `{device}` `{tag}` `{rule}`; no wildcards. Events are batched per "
+     "resulting topic."},
     {"qos", "0 \\| 1 \\| 2", "1", "MQTT QoS of the batch messages."},
     {"retain", "bool", "false", "Publish retained."},
 };

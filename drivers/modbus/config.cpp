@@ -1,5 +1,6 @@
 #include "drivers/modbus/config.hpp"
 
+#include <array>
 #include <string>
 
 namespace ferry::drivers::modbus {
@@ -11,45 +12,74 @@ constexpr std::string_view k_table_names[] = {"holding", "input", "coil", "discr
 constexpr std::string_view k_byte_order_names[] = {"ABCD", "DCBA", "BADC", "CDAB"};
 
 // Keys both take (unit_id's range differs: read_device checks it).
-#define FERRY_MODBUS_COMMON_DEVICE_KEYS                                                       \
-    {"unit_id", "integer", "1",                                                               \
-     "Modbus unit (slave) id: 0..255 for modbus_tcp, 1..247 for modbus_rtu."},                \
-        {"poll_interval", "duration 1ms..720h", "1s", "How often all points are read."},      \
-        {"timeout", "duration 1ms..720h", "500ms", "Answer timeout of one request."},         \
-        {"retries", "integer 0..100", "2", "Retries of a failed request within one poll."}, { \
-        "max_gap", "integer 0..124", "16",                                                    \
-            "Unused registers a read may bridge to join two points into one request."         \
-    }
+constexpr option k_common_device[] = {
+    {"unit_id", "integer", "1",
+     "The Modbus unit (slave) id: 0..255 for modbus_tcp, 1..247 for modbus_rtu; on one serial "
+     "port each unit id belongs to one device."},
+    {"poll_interval", "duration 1ms..720h", "1s",
+     "Fixed rate, no drift: a poll that overruns skips the missed slots and counts them "
+     "(`ferry_driver_overruns_total`)."},
+    {"timeout", "duration 1ms..720h", "500ms",
+     "Answer timeout of one request (RTU: also the longest silence between two bytes of an "
+     "answer)."},
+    {"retries", "integer 0..100", "2",
+     "Extra attempts of a failed request while the device is up; a device that is down gets "
+     "one attempt per poll."},
+    {"max_gap", "integer 0..124", "16",
+     "Unused registers (or bits) a request may bridge to join two points; 0 reads only adjacent "
+     "points together."},
+};
 
-constexpr option k_tcp_device[] = {
-    {"host", "string", "required", "Host name or IP address of the Modbus TCP server."},
+template <std::size_t A, std::size_t B>
+constexpr std::array<option, A + B> concat(const option (&a)[A], const option (&b)[B]) {
+    std::array<option, A + B> out{};
+    for (std::size_t i = 0; i < A; ++i)
+        out[i] = a[i];
+    for (std::size_t i = 0; i < B; ++i)
+        out[A + i] = b[i];
+    return out;
+}
+
+constexpr option k_tcp_only[] = {
+    {"host", "string", "required", "IP address or host name of the Modbus TCP server."},
     {"port", "integer 1..65535", "502", "TCP port."},
-    FERRY_MODBUS_COMMON_DEVICE_KEYS,
 };
-constexpr option k_rtu_device[] = {
-    FERRY_MODBUS_COMMON_DEVICE_KEYS,
-    {"serial", "map", "required", "The serial line (see `devices[].serial`)."},
+constexpr option k_rtu_only[] = {
+    {"serial", "map", "required",
+     "The serial line (see `devices[].serial`). Every modbus_rtu device naming the same port "
+     "shares it: one bus, one scheduler."},
 };
-#undef FERRY_MODBUS_COMMON_DEVICE_KEYS
+constexpr auto k_tcp_device = concat(k_tcp_only, k_common_device);
+constexpr auto k_rtu_device = concat(k_common_device, k_rtu_only);
 
 constexpr option k_point[] = {
     {"table", "", "holding", "Modbus table.", config::k_all_drivers, k_table_names},
     {"address", "integer 0..65535", "required", "0-based protocol address."},
     {"type", "", "uint16 (bool for coil and discrete)",
-     "Value type. coil and discrete need bool; bool from a register is `register != 0`.",
+     "Value type. coil and discrete points are `bool`; `bool` from a register is `register != 0`.",
      config::k_all_drivers, config::k_type_names},
     {"byte_order", "", "ABCD",
-     "Register and byte order of multi-register types (ABCD = big endian).", config::k_all_drivers,
-     k_byte_order_names},
+     "ABCD = most significant register first, big-endian within each register; CDAB = least "
+     "significant register first; BADC = bytes of each register swapped; DCBA = fully "
+     "little-endian. 16-bit types: BADC and DCBA swap the two bytes. Strings: BADC/DCBA swap the "
+     "bytes of each register.",
+     config::k_all_drivers, k_byte_order_names},
     {"length", "integer 1..125", "required for string",
-     "Registers of a string (two characters each); only for type string."},
-    {"scale", "number != 0", "1", "value = raw * scale + offset."},
+     "Registers of a string, required for type `string`: two characters per register, high byte "
+     "first, NULs and trailing spaces trimmed. The bytes are taken as UTF-8; ill-formed parts "
+     "become U+FFFD, counted in `ferry_invalid_utf8_total{device}`."},
+    {"scale", "number != 0", "1",
+     "value = raw × scale + offset (the value is then a float; a scale of 1/k such as 0.1 divides "
+     "by k, so raw -3 with scale 0.1 is exactly -0.3). A float32 travels as the shortest decimal "
+     "that reads back as the same float."},
     {"offset", "number", "0", "value = raw * scale + offset."},
-    {"unit", "string", "\"\"", "Unit sent with each value, e.g. degC."},
+    {"unit", "string", "\"\"", "Carried in every event, e.g. degC."},
     {"writable", "bool", "false",
-     "May downlink commands write it? Only holding and coil are writable."},
-    {"min", "number", "none", "Lowest value a command may write."},
-    {"max", "number", "none", "Highest value a command may write."},
+     "May downlink commands write it? Only holding and coil points can be writable."},
+    {"min", "number", "none",
+     "Lowest value a command may write, in engineering units (before the inverse of "
+     "scale/offset)."},
+    {"max", "number", "none", "Highest value a command may write, in engineering units."},
 };
 
 void read_common(config::loader& ld, const config::map_reader& m, config::device& d) {

@@ -14,40 +14,64 @@ constexpr std::string_view k_checksum_names[] = {"nmea"};
 
 constexpr option k_device[] = {
     {"serial", "map", "required", "The serial line (see `devices[].serial`)."},
-    {"framing", "map", "{ delimiter: \"\\n\" }", "How the byte stream is cut into frames."},
-    {"parse", "map", "required", "How a frame becomes point values."},
+    {"framing", "map", "{ delimiter: \"\\n\" }",
+     "How the byte stream is cut into frames (see `devices[].framing`)."},
+    {"parse", "map", "required", "How a frame becomes point values (see `devices[].parse`)."},
     {"poll", "map", "none: the sensor sends on its own",
      "Write a request at an interval (see `devices[].poll`)."},
 };
 
 constexpr option k_point[] = {
-    {"type", "", "uint16", "Value type.", config::k_all_drivers, config::k_type_names},
+    {"type", "", "uint16", "What the text is converted to.", config::k_all_drivers,
+     config::k_type_names},
     {"scale", "number != 0", "1", "value = raw * scale + offset."},
     {"offset", "number", "0", "value = raw * scale + offset."},
     {"unit", "string", "\"\"", "Unit sent with each value, e.g. degC."},
 };
 
 constexpr option k_framing_options[] = {
-    {"delimiter", "string", "\"\\n\"", "Frames end with this string (stripped)."},
-    {"length", "integer 1..65535", "", "Fixed-size frames of this many bytes instead."},
+    {"delimiter", "string", "\"\\n\"",
+     "Frames end with this string, which is stripped. With \"\\n\", a \\r before it is stripped "
+     "too (CR LF line ends). Multi-byte delimiters may be split across reads."},
+    {"length", "integer 1..65535", "",
+     "Fixed-size frames of this many bytes instead (no delimiter)."},
     {"max_frame", "size 1..1MiB", "4KiB",
-     "With delimiter: a longer frame is counted (reason too_long) and dropped up to the next "
-     "delimiter."},
+     "Delimiter framing only: a longer frame is counted once (reason `too_long`) and everything up "
+     "to the next delimiter is dropped; memory stays bounded on a stream with no delimiter (wrong "
+     "baud rate, binary data)."},
 };
 
 constexpr option k_line_poll_options[] = {
-    {"request", "string", "required", "Written to the port at every interval, e.g. \"R\\r\\n\"."},
-    {"interval", "duration 1ms..720h", "1s", "How often the request is written (fixed rate)."},
+    {"request", "string", "required",
+     "Written to the port at every interval, e.g. \"READ?\\r\\n\" (YAML double quotes take \\r, "
+     "\\n, \\x02)."},
+    {"interval", "duration 1ms..720h", "1s",
+     "Fixed rate without drift; if the previous request is still being written, this one is "
+     "skipped."},
 };
 
 constexpr option k_parse_options[] = {
-    {"regex", "string", "", "Named groups `(?<point>...)` name points."},
-    {"csv", "list of strings", "", "Column i goes to the point named by item i (\"\" skips)."},
-    {"json", "bool", "false", "A flat JSON object; keys name points."},
-    {"kv", "bool", "false", "`a=1 b=2`; keys name points."},
+    {"regex", "string", "",
+     "A regular expression searched in the frame (anchor it with `^...$` to match the whole "
+     "frame); each named group `(?<point>...)` (or `(?P<point>...)`) gives that point's value. RE2 "
+     "syntax: linear in the line, no backtracking. A group that does not take part in the match "
+     "gives no value. Every group name must be a point (checked by `ferry check`)."},
+    {"csv", "list of strings", "",
+     "Column i goes to the point named by item i; \"\" skips a column. A frame with fewer columns "
+     "than the list is a parse error; extra columns are ignored."},
+    {"json", "bool", "false",
+     "The frame is a flat JSON object; keys that name points give their values (numbers, strings, "
+     "bools); other keys are ignored. A point key holding an object, array or null is a parse "
+     "error."},
+    {"kv", "bool", "false",
+     "`a=1 b=2`: tokens split by `separator` (empty tokens are skipped); keys that name points "
+     "give their values; a token without `=` is a parse error."},
     {"separator", "string", "\",\" for csv, \" \" for kv", "Field separator of csv and kv."},
-    {"checksum", "", "none", "Verify and strip a trailing `*hh`.", config::k_all_drivers,
-     k_checksum_names},
+    {"checksum", "", "none",
+     "With any format: the frame must end in `*hh`, the XOR of the bytes after a leading `$`/`!` "
+     "(or of all bytes before `*` without one), hex in either case; verified and stripped before "
+     "parsing.",
+     config::k_all_drivers, k_checksum_names},
 };
 
 void read_device(config::loader& ld, const config::map_reader& m, config::device& d) {

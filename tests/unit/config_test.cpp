@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "core/config_reader.hpp"
 #include "gateway/components.hpp"
 #include "tests/support/golden.hpp"
 
@@ -400,24 +401,50 @@ TEST_CASE("register_count") {
     CHECK(cfg::register_count(p) == 1);
 }
 
-// config/REFERENCE.md embeds reference_markdown() between two markers; run with
+namespace {
+
+// A document embeds generated tables between `begin` and "<!-- END GENERATED -->"; run with
 // FERRY_UPDATE_REFERENCE=1 to rewrite that part after changing a declaration.
-TEST_CASE("config/REFERENCE.md documents every declared key") {
-    const std::string path = FERRY_SOURCE_DIR "/config/REFERENCE.md";
-    const std::string begin =
-        "<!-- BEGIN GENERATED from the components' declarations (gateway/components.cpp) -->\n";
+void check_generated(const std::string& path, const std::string& begin,
+                     const std::string& generated) {
+    CAPTURE(path);
     const std::string end = "<!-- END GENERATED -->";
     std::string doc = ferry::test::read_file(path);
     auto b = doc.find(begin);
-    auto e = doc.find(end);
     REQUIRE(b != std::string::npos);
+    auto e = doc.find(end, b);
     REQUIRE(e != std::string::npos);
-    std::string generated = ferry::reference_markdown();
     if (std::getenv("FERRY_UPDATE_REFERENCE")) {
         doc = doc.substr(0, b + begin.size()) + generated + doc.substr(e);
         std::ofstream(path) << doc;
     }
     CHECK(doc.substr(b + begin.size(), e - b - begin.size()) == generated);
+}
+
+}  // namespace
+
+TEST_CASE("config/REFERENCE.md documents every declared key") {
+    check_generated(
+        FERRY_SOURCE_DIR "/config/REFERENCE.md",
+        "<!-- BEGIN GENERATED from the components' declarations (gateway/components.cpp) -->\n",
+        ferry::reference_markdown());
+}
+
+// Each component's README shows the keys it declares, from the same declarations.
+TEST_CASE("component READMEs document their declared keys") {
+    const auto& schema = ferry::config_schema();
+    const std::string begin = "<!-- BEGIN GENERATED keys, from the declarations -->\n";
+    const std::string_view modbus[] = {"modbus_tcp", "modbus_rtu"};
+    const std::string_view serial[] = {"serial_line"};
+    const std::string_view system[] = {"system"};
+    check_generated(FERRY_SOURCE_DIR "/drivers/modbus/README.md", begin,
+                    cfg::driver_markdown(schema, modbus));
+    check_generated(FERRY_SOURCE_DIR "/drivers/serial/README.md", begin,
+                    cfg::driver_markdown(schema, serial));
+    check_generated(FERRY_SOURCE_DIR "/drivers/system/README.md", begin,
+                    cfg::driver_markdown(schema, system));
+    check_generated(FERRY_SOURCE_DIR "/rules/README.md", begin,
+                    cfg::section_markdown(schema, "rules"));
 }
 
 TEST_CASE("upstream.mqtt ack_timeout and refused policy (issue 13)") {
