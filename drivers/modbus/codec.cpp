@@ -268,7 +268,7 @@ decodings decode_all(std::span<const std::uint16_t> regs) {
     decodings d;
     for (byte_order o : decodings::orders) {
         const std::size_t i = decodings::order_index(o);
-        if (regs.size() >= 1) {
+        if (!regs.empty()) {
             const auto raw = static_cast<std::uint16_t>(assemble(regs.first(1), o));
             d.u16[i] = raw;
             d.i16[i] = static_cast<std::int16_t>(sign_extend(raw, 16));

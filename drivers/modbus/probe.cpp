@@ -201,6 +201,7 @@ void print_registers(std::FILE* out, const probe_args& a, const std::vector<std:
         const auto d = decode_all(std::span<const std::uint16_t>(regs).subspan(i));
         std::fprintf(out, "\nstarting at register %zu:\n", *a.address + i);
         std::vector<std::string> names;
+        names.reserve(decodings::orders.size());
         for (auto o : decodings::orders)
             names.emplace_back(order_name(o));
         print_columns(out, "type", names);

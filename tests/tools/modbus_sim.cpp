@@ -91,6 +91,7 @@ struct options {
     bool silent = false;
     bool wave = false;
     int delay_ms = 0;
+    int write_delay_ms = 0;
 };
 
 [[noreturn]] void usage(const std::string& msg) {
@@ -100,7 +101,7 @@ struct options {
                  "       [--unit U]... [--stats FILE] [--set SPEC]... [--fail FROM-TO]...\n"
                  "       [--fail-first N]\n"
                  "       [--corrupt crc|short|tid|unit:FROM-TO]... [--silent] [--delay MS] "
-                 "[--wave]\n");
+                 "[--write-delay MS] [--wave]\n");
     std::exit(2);
 }
 
@@ -176,6 +177,8 @@ options parse_args(int argc, char** argv) {
             o.wave = true;
         } else if (a == "--delay") {
             o.delay_ms = parse_int(next(), 0, 600000, "--delay");
+        } else if (a == "--write-delay") {
+            o.write_delay_ms = parse_int(next(), 0, 600000, "--write-delay");
         } else if (a == "--help" || a == "-h") {
             usage("help");
         } else {
@@ -356,6 +359,10 @@ bool serve(modbus_t* ctx, int fd, bool rtu, const std::uint8_t* frame, int len, 
     const bool known_unit = opt.units.empty() || opt.units.count(unit) > 0;
     if (opt.silent || (rtu && !known_unit)) return true;
     if (opt.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt.delay_ms));
+    // A device slow to write and quick to read: writes queue while polls go on.
+    const bool write = fc == 5 || fc == 6 || fc == 15 || fc == 16 || fc == 22 || fc == 23;
+    if (write && opt.write_delay_ms > 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(opt.write_delay_ms));
     if (opt.wave) update_wave(map, start);
     if (rtu) modbus_set_slave(ctx, unit);
 
