@@ -144,8 +144,8 @@ struct payload_reader {
             if (member == "id") {
                 out.id = std::move(s);
                 found = id_only;
-            }
-            if (member == "value") out.value = std::move(s);
+            } else if (member == "value")
+                out.value = std::move(s);
             if (member == "ts") ts_error = k_not_integer;
         });
     }

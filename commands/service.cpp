@@ -250,9 +250,10 @@ void service::impl::handle(const std::string& topic, const std::string& text, bo
     lock.unlock();
     log::debug(k_component, "writing",
                {{"id", id}, {"device", device}, {"point", point}, {"value", value}});
-    w->write(*dev, *pt, p.value, [this, id, device, point, value, reply_to](write_outcome o) {
-        finish(id, device, point, value, reply_to, o);
-    });
+    w->write(*dev, *pt, p.value,
+             [this, id, device, point, value, reply_to](const write_outcome& o) {
+                 finish(id, device, point, value, reply_to, o);
+             });
 }
 
 void service::impl::finish(const std::string& id, const std::string& device,

@@ -50,8 +50,9 @@ struct section_doc {
     std::span<const option> options;
 };
 
-// A value and where to report problems with it.
-struct value_ref {
+// A value and where to report problems with it. (YAML::Node's assignment may allocate; the
+// loader never needs it not to throw.)
+struct value_ref {  // NOLINT(bugprone-exception-escape)
     YAML::Node node;
     YAML::Mark where;  // the value's position, or the key's when the value is empty
     std::string path;

@@ -72,7 +72,7 @@ struct driver {
     void (*check)(const std::vector<config::device>& devices) = nullptr;
     // The source for `devices` (all of them served by this driver; possibly none).
     std::unique_ptr<source> (*make)(std::vector<config::device> devices,
-                                    driver_context ctx) = nullptr;
+                                    const driver_context& ctx) = nullptr;
 
     bool serves(std::string_view driver_name) const;
 };

@@ -188,7 +188,7 @@ void mqtt_publisher::impl::make_client() {
     client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
                                                    create_opts_, nullptr);
     if (sub_handler_) {
-        client_->set_message_callback([this](mqtt::const_message_ptr msg) {
+        client_->set_message_callback([this](const mqtt::const_message_ptr& msg) {
             if (msg) sub_handler_(msg->get_topic(), msg->get_payload_str(), msg->is_retained());
         });
     }

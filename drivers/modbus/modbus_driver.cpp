@@ -757,7 +757,8 @@ void poller::write(std::string_view device, std::string_view point, const ferry:
     impl_->cv.notify_all();  // wake a sleeping worker: the write goes before the next poll
 }
 
-poller::poller(std::vector<config::device> devices, driver_context ctx, std::size_t max_workers)
+poller::poller(std::vector<config::device> devices, const driver_context& ctx,
+               std::size_t max_workers)
     : impl_(
           std::make_unique<impl>(std::move(devices), ctx, std::max<std::size_t>(max_workers, 1))) {}
 

@@ -70,7 +70,8 @@ class poller {
   public:
     // `devices` are modbus_tcp and modbus_rtu devices; their points must already be interned
     // in ctx.points. Throws std::invalid_argument for devices that cannot share a serial port.
-    poller(std::vector<config::device> devices, driver_context ctx, std::size_t max_workers = 4);
+    poller(std::vector<config::device> devices, const driver_context& ctx,
+           std::size_t max_workers = 4);
     ~poller();
     poller(const poller&) = delete;
     poller& operator=(const poller&) = delete;

@@ -11,7 +11,7 @@ namespace {
 
 class modbus_source final : public source {
   public:
-    modbus_source(std::vector<config::device> devices, driver_context ctx)
+    modbus_source(std::vector<config::device> devices, const driver_context& ctx)
         : ids_(device_ids(devices)), poller_(std::move(devices), ctx) {}
 
     void start() override { poller_.start(); }
@@ -50,7 +50,8 @@ const driver& registration() {
         "modbus",
         {&tcp_schema(), &rtu_schema()},
         [](const std::vector<config::device>& devices) { poller::check(devices); },
-        [](std::vector<config::device> devices, driver_context ctx) -> std::unique_ptr<source> {
+        [](std::vector<config::device> devices,
+           const driver_context& ctx) -> std::unique_ptr<source> {
             return std::make_unique<modbus_source>(std::move(devices), ctx);
         }};
     return d;

@@ -10,7 +10,7 @@ namespace {
 
 class line_source final : public source {
   public:
-    line_source(std::vector<config::device> devices, driver_context ctx)
+    line_source(std::vector<config::device> devices, const driver_context& ctx)
         : ids_(device_ids(devices)), reader_(std::move(devices), ctx) {}
 
     void start() override { reader_.start(); }
@@ -40,7 +40,8 @@ const driver& registration() {
         "serial_line",
         {&line_schema()},
         [](const std::vector<config::device>& devices) { reader::check(devices); },
-        [](std::vector<config::device> devices, driver_context ctx) -> std::unique_ptr<source> {
+        [](std::vector<config::device> devices,
+           const driver_context& ctx) -> std::unique_ptr<source> {
             return std::make_unique<line_source>(std::move(devices), ctx);
         }};
     return d;

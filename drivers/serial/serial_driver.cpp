@@ -446,7 +446,7 @@ struct reader::impl {
     }
 };
 
-reader::reader(std::vector<config::device> devices, driver_context ctx)
+reader::reader(std::vector<config::device> devices, const driver_context& ctx)
     : impl_(std::make_unique<impl>(std::move(devices), ctx)) {}
 
 reader::~reader() {
@@ -505,6 +505,7 @@ void reader::update(std::vector<config::device> devices) {
     // ports running then: an earlier reload that could not wait for the io thread (see below)
     // is applied first, in order.
     std::vector<std::shared_ptr<port_rt>> built;
+    built.reserve(devices.size());
     for (auto& d : devices)
         built.push_back(m.make(std::move(d)));
     if (m.pending_updates == 0) {

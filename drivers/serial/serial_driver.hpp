@@ -46,7 +46,7 @@ class reader {
   public:
     // `devices` are serial_line devices whose points are interned in ctx.points. Throws
     // std::invalid_argument (naming the device) for parse settings it cannot use.
-    reader(std::vector<config::device> devices, driver_context ctx);
+    reader(std::vector<config::device> devices, const driver_context& ctx);
     ~reader();
     reader(const reader&) = delete;
     reader& operator=(const reader&) = delete;

@@ -9,8 +9,8 @@ const driver& registration() {
         "system",
         {&config_schema()},
         [](const std::vector<config::device>&) {},  // every set of system devices can run
-        [](std::vector<config::device> devices, driver_context ctx) {
-            return make_source(std::move(devices), std::move(ctx), {});
+        [](std::vector<config::device> devices, const driver_context& ctx) {
+            return make_source(std::move(devices), ctx, {});
         }};
     return d;
 }

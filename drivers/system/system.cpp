@@ -127,8 +127,9 @@ namespace {
 
 class system_source final : public source {
   public:
-    system_source(std::vector<config::device> devices, driver_context ctx, sources_paths paths)
-        : ctx_(std::move(ctx)), paths_(std::move(paths)), families_(ctx_.registry) {
+    system_source(std::vector<config::device> devices, const driver_context& ctx,
+                  sources_paths paths)
+        : ctx_(ctx), paths_(std::move(paths)), families_(ctx_.registry) {
         set(std::move(devices));
     }
     ~system_source() override { system_source::stop(); }
@@ -295,10 +296,10 @@ class system_source final : public source {
 
 }  // namespace
 
-std::unique_ptr<source> make_source(std::vector<config::device> devices, driver_context ctx,
+std::unique_ptr<source> make_source(std::vector<config::device> devices, const driver_context& ctx,
                                     sources_paths paths) {
     if (paths.spool.empty()) paths.spool = ctx.spool_path;
-    return std::make_unique<system_source>(std::move(devices), std::move(ctx), std::move(paths));
+    return std::make_unique<system_source>(std::move(devices), ctx, std::move(paths));
 }
 
 }  // namespace ferry::drivers::system

@@ -41,7 +41,7 @@ struct sources_paths {
 ferry::value sample(metric m, const sources_paths& paths);
 
 // The source of every `driver: system` device.
-std::unique_ptr<source> make_source(std::vector<config::device> devices, driver_context ctx,
+std::unique_ptr<source> make_source(std::vector<config::device> devices, const driver_context& ctx,
                                     sources_paths paths);
 
 }  // namespace ferry::drivers::system
