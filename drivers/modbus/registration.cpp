@@ -3,7 +3,7 @@
 #include <memory>
 
 #include "drivers/modbus/config.hpp"
-#include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/modbus/poller.hpp"
 #include "drivers/source.hpp"
 
 namespace ferry::drivers::modbus {

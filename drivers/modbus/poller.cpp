@@ -1,4 +1,4 @@
-#include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/modbus/poller.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>

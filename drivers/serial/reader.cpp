@@ -1,4 +1,4 @@
-#include "drivers/serial/serial_driver.hpp"
+#include "drivers/serial/reader.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
