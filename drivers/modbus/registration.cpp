@@ -1,4 +1,4 @@
-// modbus_tcp and modbus_rtu as one source: the poller (one scheduler per line, a bounded
+// modbus_tcp and modbus_rtu as one source: the poller (one scheduler per channel, a bounded
 // worker pool) serves both, so TCP and RTU devices share its workers.
 #include <memory>
 
