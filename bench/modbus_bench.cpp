@@ -28,7 +28,7 @@
 
 #include "core/bus.hpp"
 #include "core/topic.hpp"
-#include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/modbus/poller.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace std::chrono_literals;

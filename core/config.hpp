@@ -123,12 +123,13 @@ struct framing_settings {
     bool operator==(const framing_settings&) const = default;
 };
 
-// serial_line: a request written at a fixed interval, for sensors that answer on demand.
-struct line_poll_settings {
+// serial_line: a request written at a fixed interval, for sensors that answer on demand (YAML
+// key `poll`; named `request` in code so it does not read like `poll_interval`).
+struct request_settings {
     std::string request;
     duration interval{1000};
 
-    bool operator==(const line_poll_settings&) const = default;
+    bool operator==(const request_settings&) const = default;
 };
 
 enum class parse_format { regex, csv, json, kv };
@@ -159,7 +160,7 @@ struct device {
     mark where;
     std::optional<framing_settings> framing;  // serial_line only
     std::optional<parse_settings> parse;      // serial_line only
-    std::optional<line_poll_settings> poll;   // serial_line only
+    std::optional<request_settings> request;  // serial_line only: YAML key `poll`
 
     bool operator==(const device&) const = default;
 };

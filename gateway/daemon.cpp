@@ -233,7 +233,7 @@ struct daemon::impl {
 
     // ---- Downlink commands (issue 9): the write side, apart from telemetry ------------------
     // MQTT set messages -> commands::service (checks, idempotency store beside the spool)
-    // -> the source of the device's driver (the Modbus poller's line scheduler) -> result
+    // -> the source of the device's driver (the Modbus poller's channel scheduler) -> result
     // straight back over MQTT (not the spool). Disabled commands are still subscribed to, and
     // answered "disabled".
     struct source_writer final : commands::writer {

@@ -1,9 +1,9 @@
-// modbus_tcp and modbus_rtu as one source: the poller (one scheduler per line, a bounded
+// modbus_tcp and modbus_rtu as one source: the poller (one scheduler per channel, a bounded
 // worker pool) serves both, so TCP and RTU devices share its workers.
 #include <memory>
 
 #include "drivers/modbus/config.hpp"
-#include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/modbus/poller.hpp"
 #include "drivers/source.hpp"
 
 namespace ferry::drivers::modbus {

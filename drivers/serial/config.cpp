@@ -41,7 +41,7 @@ constexpr option k_framing_options[] = {
      "baud rate, binary data)."},
 };
 
-constexpr option k_line_poll_options[] = {
+constexpr option k_poll_options[] = {
     {"request", "string", "required",
      "Written to the port at every interval, e.g. \"READ?\\r\\n\" (YAML double quotes take \\r, "
      "\\n, \\x02)."},
@@ -98,14 +98,14 @@ void read_device(config::loader& ld, const config::map_reader& m, config::device
     d.framing = f;
 
     if (auto r = m.get("poll")) {
-        config::map_reader qm(ld, *r, k_line_poll_options);
+        config::map_reader qm(ld, *r, k_poll_options);
         if (qm.is_map()) {
             qm.check_keys();
-            config::line_poll_settings q;
+            config::request_settings q;
             if (qm.require("request"))
                 if (auto s = ld.nonempty_str(*qm.get("request"))) q.request = *s;
             ld.set_dur(qm, "interval", q.interval, true);
-            d.poll = std::move(q);
+            d.request = std::move(q);
         }
     }
 
@@ -194,8 +194,7 @@ const config::driver_schema& line_schema() {
          {"devices[].framing", "serial_line; at most one of delimiter and length.",
           k_framing_options},
          {"devices[].parse", "serial_line; exactly one of regex, csv, json, kv.", k_parse_options},
-         {"devices[].poll", "serial_line, for sensors that answer on demand.",
-          k_line_poll_options}},
+         {"devices[].poll", "serial_line, for sensors that answer on demand.", k_poll_options}},
         read_device,
         read_point,
         finish_device};

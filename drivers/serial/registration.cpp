@@ -2,7 +2,7 @@
 #include <memory>
 
 #include "drivers/serial/config.hpp"
-#include "drivers/serial/serial_driver.hpp"
+#include "drivers/serial/reader.hpp"
 #include "drivers/source.hpp"
 
 namespace ferry::drivers::serial {

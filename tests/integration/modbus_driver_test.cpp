@@ -23,7 +23,7 @@
 #include "core/bus.hpp"
 #include "core/config.hpp"
 #include "core/topic.hpp"
-#include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/modbus/poller.hpp"
 #include "tests/support/ferry_run.hpp"
 #include "tests/support/poller_rig.hpp"
 

@@ -115,7 +115,7 @@ TEST_CASE("every function code and encoding, read back by pymodbus's client") {
 }
 
 TEST_CASE("writes and continuous polls share one TCP connection without overlapping") {
-    // Every answer takes 2 ms; the device is due again at once (1 ms interval), so the line
+    // Every answer takes 2 ms; the device is due again at once (1 ms interval), so the channel
     // is busy polling all the time and writes must wait for it to be free.
     modbus_sim sim(0, {"holding:0=u16:0"}, {}, {"--delay", "2"});
     auto d = device("d", {pt("v", cfg::table::holding, 0, cfg::point_type::uint16),

@@ -11,7 +11,7 @@
 
 #include "core/bus.hpp"
 #include "core/topic.hpp"
-#include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/modbus/poller.hpp"
 
 namespace ferry::test {
 

@@ -339,15 +339,15 @@ devices:
     CHECK(m.serial->stop_bits == 2);
     CHECK(m.framing->delimiter == "\r\n");
     CHECK(m.framing->max_frame == 1024);
-    REQUIRE(m.poll);
-    CHECK(m.poll->request == "READ?\r\n");
-    CHECK(m.poll->interval == std::chrono::milliseconds(250));
+    REQUIRE(m.request);
+    CHECK(m.request->request == "READ?\r\n");
+    CHECK(m.request->interval == std::chrono::milliseconds(250));
     CHECK(m.parse->format == config::parse_format::csv);
     CHECK(m.parse->separator == ",");
     const auto& n = cfg.devices[1];
     CHECK(n.framing->delimiter == "\n");
     CHECK(n.framing->max_frame == 4096);
-    CHECK(!n.poll);
+    CHECK(!n.request);
     CHECK(n.parse->separator == " ");
     CHECK(n.parse->checksum == "nmea");
 }

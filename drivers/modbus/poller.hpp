@@ -1,15 +1,15 @@
 // The Modbus driver: polls modbus_tcp and modbus_rtu devices and publishes one event per
 // point and poll on the bus.
 //
-// Lines: a TCP device is a line of its own (one connection); all modbus_rtu devices on one
-// serial port form one line (one libmodbus context, every unit id on it). A line is served by
-// one worker at a time, so a serial bus is one scheduler: a silent unit costs the others its
-// timeout and nothing more (a device that is down gets one attempt per poll, no retries, and
+// Channels: a TCP device is a channel of its own (one connection); all modbus_rtu devices on
+// one serial port form one channel (one libmodbus context, every unit id on it). A channel is
+// served by one worker at a time, so a serial bus is one scheduler: a silent unit costs the others
+// its timeout and nothing more (a device that is down gets one attempt per poll, no retries, and
 // polls on its backoff schedule).
 //
 // Scheduling: every device polls at a fixed rate without drift (next = previous + interval);
 // a poll that overruns its slot skips the missed slots and counts them as overruns — missed
-// polls are never queued up. A bounded pool of worker threads serves all lines: the thread
+// polls are never queued up. A bounded pool of worker threads serves all channels: the thread
 // count does not grow with the device count.
 //
 // Reads are coalesced (plan.hpp). A block answered with an illegal-address exception is
@@ -26,11 +26,11 @@
 //
 // Reload: update() applies a new device set live (see there).
 //
-// Writes (downlink commands): write() queues a write on the device's line; a worker serves a
-// line's queued writes before its next poll, when the line is free, so a write never runs
+// Writes (downlink commands): write() queues a write on the device's channel; a worker serves
+// a channel's queued writes before its next poll, when the channel is free, so a write never runs
 // beside a poll (or another write) on the same connection or serial bus. While a poll on the
-// line is due, writes and polls alternate: a burst of writes delays a poll by one write. Writes are
-// never retried: a write that timed out may have happened.
+// channel is due, writes and polls alternate: a burst of writes delays a poll by one write. Writes
+// are never retried: a write that timed out may have happened.
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
 // finishes or times out first, at most `timeout`; the poll it belongs to skips its retries
@@ -91,7 +91,7 @@ class poller {
 
     // In config order.
     std::vector<device_status> status() const;
-    // Worker threads the poller runs (at most max_workers, at most one per line).
+    // Worker threads the poller runs (at most max_workers, at most one per channel).
     std::size_t workers() const;
 
     // ---- Writes (downlink commands) ----

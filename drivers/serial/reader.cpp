@@ -1,4 +1,4 @@
-#include "drivers/serial/serial_driver.hpp"
+#include "drivers/serial/reader.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -241,7 +241,7 @@ struct reader::impl {
         log::info(k_component, "port open",
                   {{"device", d.cfg.id}, {"port", s.port}, {"baud", std::to_string(s.baud)}});
         read(d);
-        if (d.cfg.poll) {
+        if (d.cfg.request) {
             d.writing = false;
             d.next_poll = steady::now();
             poll_tick(d);
@@ -424,7 +424,7 @@ struct reader::impl {
         if (stopping || d.retired || !d.port.is_open()) return;
         if (!d.writing) {
             d.writing = true;
-            asio::async_write(d.port, asio::buffer(d.cfg.poll->request),
+            asio::async_write(d.port, asio::buffer(d.cfg.request->request),
                               [self = d.shared_from_this()](const error_code& ec, std::size_t) {
                                   self->writing = false;
                                   // A failed write means the port is going; the read side
@@ -437,8 +437,8 @@ struct reader::impl {
         }
         // Fixed rate without drift; slots missed (the thread was blocked) are skipped.
         const auto now = steady::now();
-        d.next_poll += d.cfg.poll->interval;
-        if (d.next_poll <= now) d.next_poll = now + d.cfg.poll->interval;
+        d.next_poll += d.cfg.request->interval;
+        if (d.next_poll <= now) d.next_poll = now + d.cfg.request->interval;
         d.poll_timer.expires_at(d.next_poll);
         d.poll_timer.async_wait([this, self = d.shared_from_this()](const error_code& ec) {
             if (!ec) poll_tick(*self);

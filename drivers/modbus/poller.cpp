@@ -1,4 +1,4 @@
-#include "drivers/modbus/modbus_driver.hpp"
+#include "drivers/modbus/poller.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -36,7 +36,7 @@ constexpr auto k_start_spread = std::chrono::milliseconds(100);
 constexpr std::uint32_t k_regroup_first = 2;
 constexpr std::uint32_t k_regroup_max = 1024;
 
-struct line;
+struct channel;
 
 // One block of the plan and what is read for it now: the block itself, or the pieces it was
 // split into after an illegal-address answer (a device still booting, a missing register).
@@ -50,7 +50,7 @@ struct block_group {
 
 struct device_rt {
     config::device cfg;
-    line* ln = nullptr;
+    channel* chan = nullptr;
     std::vector<point_id> ids;
     std::vector<block_group> groups;
     bool up = false;
@@ -82,7 +82,7 @@ struct device_rt {
     prometheus::Counter* invalid_utf8 = nullptr;  // ferry_invalid_utf8_total{device}
 };
 
-// A write queued on a line (downlink commands), served before the line's next poll.
+// A write queued on a channel (downlink commands), served before the channel's next poll.
 struct pending_write {
     device_rt* device = nullptr;
     std::string point;
@@ -93,13 +93,14 @@ struct pending_write {
 };
 
 // One TCP device, or one serial port with every unit on it: served by one worker at a time.
-struct line {
+// A "channel": not "line" (the serial_line driver) nor "bus" (the event bus, core/bus.hpp).
+struct channel {
     std::unique_ptr<link> lnk;
     std::string port;  // modbus_rtu: the serial port; empty for a TCP device
     std::vector<device_rt*> devices;
     bool busy = false;
-    std::deque<pending_write> writes;  // downlink commands waiting for the line
-    bool wrote_last = false;           // a write was the line's last request: a due poll goes next
+    std::deque<pending_write> writes;  // downlink commands waiting for the channel
+    bool wrote_last = false;  // a write was the channel's last request: a due poll goes next
 };
 
 // ---- Writes: encoding (no I/O) ----
@@ -169,7 +170,7 @@ struct poller::impl {
     driver_families shared;  // ferry_device_up and the received/sent/errors trio
     std::size_t max_workers;
     std::vector<std::unique_ptr<device_rt>> devices;  // in config order
-    std::vector<std::unique_ptr<line>> lines;
+    std::vector<std::unique_ptr<channel>> channels;
     mutable std::mutex mu;
     std::condition_variable cv;
     std::condition_variable poll_done;  // a device's poll finished (update() waits for it)
@@ -217,7 +218,7 @@ struct poller::impl {
         for (const char* why :
              {"transaction_id", "short_frame", "bad_crc", "bad_slave", "bad_data", "not_finite"})
             rejected[why] = &refused.Add({{"input", "modbus"}, {"reason", why}});
-        check_lines(devs);
+        check_channels(devs);
         for (auto& d : devs)
             add(std::move(d));
     }
@@ -225,7 +226,7 @@ struct poller::impl {
     // Throws std::invalid_argument for a set of devices that cannot run together: a device
     // that is not Modbus, devices sharing a serial port with other settings, a unit id twice
     // on one port. Checked before anything changes.
-    static void check_lines(const std::vector<config::device>& devs) {
+    static void check_channels(const std::vector<config::device>& devs) {
         std::map<std::string, const config::device*> owner;
         std::map<std::pair<std::string, int>, const config::device*> units;
         for (const auto& d : devs) {
@@ -248,7 +249,7 @@ struct poller::impl {
         }
     }
 
-    // A device joins its line (a new TCP connection, or the serial port's line). With the
+    // A device joins its channel (a new TCP connection, or the serial port's channel). With the
     // lock held once workers run.
     device_rt* add(config::device d) {
         prometheus::Histogram::BucketBoundaries bounds{
@@ -275,31 +276,31 @@ struct poller::impl {
         rt->poll_seconds = &seconds->Add({{"device", d.id}}, bounds);
         rt->errors_family = &shared.errors;
         rt->cfg = std::move(d);
-        rt->ln = line_for(rt->cfg);
-        rt->ln->devices.push_back(rt.get());
+        rt->chan = channel_for(rt->cfg);
+        rt->chan->devices.push_back(rt.get());
         devices.push_back(std::move(rt));
         return devices.back().get();
     }
 
-    line* line_for(const config::device& d) {
+    channel* channel_for(const config::device& d) {
         if (d.driver == "modbus_rtu") {
-            for (auto& l : lines) {
-                if (l->port == d.serial->port) return l.get();
+            for (auto& ch : channels) {
+                if (ch->port == d.serial->port) return ch.get();
             }
         }
-        lines.push_back(std::make_unique<line>());
-        auto& l = *lines.back();
+        channels.push_back(std::make_unique<channel>());
+        auto& ch = *channels.back();
         if (d.driver == "modbus_tcp") {
-            l.lnk = make_tcp_link(d.host, d.port);
+            ch.lnk = make_tcp_link(d.host, d.port);
         } else {
-            l.lnk = make_rtu_link(*d.serial);
-            l.port = d.serial->port;
+            ch.lnk = make_rtu_link(*d.serial);
+            ch.port = d.serial->port;
         }
-        return &l;
+        return &ch;
     }
 
     // Takes a device out, with the lock held: waits for a poll of it in flight (the other
-    // devices go on meanwhile), closes its line if it was the last device on it, and drops
+    // devices go on meanwhile), closes its channel if it was the last device on it, and drops
     // its series unless the device stays under another configuration.
     // Writes queued for it are moved to `unsent`, to be answered once the lock is released.
     // A poll whose events wait for room on the bus is not waited for: the worker takes the
@@ -309,7 +310,7 @@ struct poller::impl {
                 std::vector<pending_write>& unsent) {
         d->retiring = true;
         poll_done.wait(lock, [&] { return !d->polling || d->publishing; });
-        auto& queued = d->ln->writes;
+        auto& queued = d->chan->writes;
         for (auto it = queued.begin(); it != queued.end();) {
             if (it->device != d) {
                 ++it;
@@ -330,11 +331,11 @@ struct poller::impl {
 
     // The rest of remove(), once no poll of `d` is in flight. With the lock held.
     void finish_remove(device_rt* d, bool keep_series) {
-        auto& on_line = d->ln->devices;
-        on_line.erase(std::remove(on_line.begin(), on_line.end(), d), on_line.end());
-        if (on_line.empty()) {
-            d->ln->lnk->close();
-            std::erase_if(lines, [&](const auto& l) { return l.get() == d->ln; });
+        auto& on_channel = d->chan->devices;
+        on_channel.erase(std::remove(on_channel.begin(), on_channel.end(), d), on_channel.end());
+        if (on_channel.empty()) {
+            d->chan->lnk->close();
+            std::erase_if(channels, [&](const auto& ch) { return ch.get() == d->chan; });
         }
         if (!keep_series) {
             polls->Remove(d->polls_ok);
@@ -352,14 +353,14 @@ struct poller::impl {
     }
 
     void spawn_workers() {
-        const std::size_t n = std::min(max_workers, lines.size());
+        const std::size_t n = std::min(max_workers, channels.size());
         while (workers.size() < n)
             workers.emplace_back([this] { worker(); });
     }
 
     ~impl() {
-        for (auto& l : lines)
-            l->lnk->close();
+        for (auto& ch : channels)
+            ch->lnk->close();
     }
 
     void set_up(device_rt& d, bool is_up) {
@@ -402,8 +403,9 @@ struct poller::impl {
         for (int a = 0; a < attempts; ++a) {
             if (a > 0 && halting.load(std::memory_order_relaxed)) break;
             ++o.requests;
-            r = d.ln->lnk->read(d.cfg.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
-                                static_cast<std::uint16_t>(b.count), d.cfg.timeout, d.regs.data());
+            r = d.chan->lnk->read(d.cfg.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
+                                  static_cast<std::uint16_t>(b.count), d.cfg.timeout,
+                                  d.regs.data());
             if (r.ok()) return r;
             count_error(d, r, b);
             if (r.err == fault::exception) return r;
@@ -516,7 +518,7 @@ struct poller::impl {
                     parts_ok = false;
                 }
                 // No answer at all: the device (or the connection) is gone; the rest would only
-                // cost more timeouts, on a serial line at the other units' expense.
+                // cost more timeouts, on a shared serial port at the other units' expense.
                 if (r.unanswered()) reachable = false;
                 emit(d, g.parts[k], r.ok(), wall_clock::now());
             }
@@ -594,10 +596,10 @@ struct poller::impl {
     void worker() {
         std::unique_lock lock(mu);
         while (!stopping) {
-            if (serve_write(lock)) continue;  // writes go first, each when its line is free
+            if (serve_write(lock)) continue;  // writes go first, each when its channel is free
             device_rt* next = nullptr;
             for (auto& d : devices) {
-                if (!d->ln->busy && !d->retiring && (!next || d->next_due < next->next_due))
+                if (!d->chan->busy && !d->retiring && (!next || d->next_due < next->next_due))
                     next = d.get();
             }
             if (!next) {
@@ -617,23 +619,23 @@ struct poller::impl {
                 }
                 continue;  // re-evaluate: another worker may have taken it, or we stop
             }
-            next->ln->busy = true;
+            next->chan->busy = true;
             next->polling = true;
             cv.notify_one();  // someone else watches the clock while we poll
             lock.unlock();
             const auto o = poll(*next);
             lock.lock();
-            next->ln->busy = false;
+            next->chan->busy = false;
             next->polling = false;
             next->publishing = false;
             poll_done.notify_all();
-            next->ln->wrote_last = false;  // a write waiting for this line may go now
+            next->chan->wrote_last = false;  // a write waiting for this channel may go now
             next->status.up = next->up;
             next->status.requests += o.requests;
             ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
             reschedule(*next, steady::now());
             if (next->remove_after_poll) finish_remove(next, next->keep_series_after);
-            cv.notify_one();  // the line is free again
+            cv.notify_one();  // the channel is free again
         }
     }
 };
@@ -666,34 +668,34 @@ std::string poller::impl::prepare_write(std::string_view device, std::string_vie
     return {};
 }
 
-// Serves one queued write on a free line, if there is one. Called by a worker with the lock
+// Serves one queued write on a free channel, if there is one. Called by a worker with the lock
 // held; returns with it held.
 bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
-    // Writes and polls alternate on a line while polls are due, so a burst of writes delays
+    // Writes and polls alternate on a channel while polls are due, so a burst of writes delays
     // a poll by at most one write and is never starved by polls either.
     const auto now = steady::now();
-    line* ln = nullptr;
-    for (auto& l : lines) {
-        if (l->busy || l->writes.empty()) continue;
-        const bool poll_due = std::any_of(l->devices.begin(), l->devices.end(),
+    channel* chan = nullptr;
+    for (auto& ch : channels) {
+        if (ch->busy || ch->writes.empty()) continue;
+        const bool poll_due = std::any_of(ch->devices.begin(), ch->devices.end(),
                                           [&](const device_rt* d) { return d->next_due <= now; });
-        if (l->wrote_last && poll_due) continue;
-        ln = l.get();
+        if (ch->wrote_last && poll_due) continue;
+        chan = ch.get();
         break;
     }
-    if (!ln) return false;
-    auto w = std::move(ln->writes.front());
-    ln->writes.pop_front();
-    ln->busy = true;
+    if (!chan) return false;
+    auto w = std::move(chan->writes.front());
+    chan->writes.pop_front();
+    chan->busy = true;
     w.device->polling = true;  // a reload taking the device out waits for this write
     cv.notify_one();           // someone else watches the clock meanwhile
     lock.unlock();
     const auto& cfg = w.device->cfg;
-    const auto r = ln->lnk->write(cfg.unit_id, w.function, w.address, w.values, cfg.timeout);
+    const auto r = chan->lnk->write(cfg.unit_id, w.function, w.address, w.values, cfg.timeout);
     write_result out;
     out.ok = r.ok();
     out.attempted = r.err != fault::connect;
-    if (!r.ok()) out.error = describe_write_error(r, cfg, *ln->lnk);
+    if (!r.ok()) out.error = describe_write_error(r, cfg, *chan->lnk);
     log::debug("modbus", "write",
                {{"device", cfg.id},
                 {"point", w.point},
@@ -703,11 +705,11 @@ bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
                 {"result", r.ok() ? "ok" : reason(r)}});
     w.done(std::move(out));
     lock.lock();
-    ln->busy = false;
-    ln->wrote_last = true;
+    chan->busy = false;
+    chan->wrote_last = true;
     w.device->polling = false;
     poll_done.notify_all();
-    cv.notify_one();  // the line is free again
+    cv.notify_one();  // the channel is free again
     return true;
 }
 
@@ -716,10 +718,10 @@ void poller::impl::fail_queued_writes() {
     std::vector<pending_write> left;
     {
         std::lock_guard lock(mu);
-        for (auto& l : lines) {
-            for (auto& w : l->writes)
+        for (auto& ch : channels) {
+            for (auto& w : ch->writes)
                 left.push_back(std::move(w));
-            l->writes.clear();
+            ch->writes.clear();
         }
     }
     for (auto& w : left)
@@ -742,7 +744,7 @@ void poller::write(std::string_view device, std::string_view point, const ferry:
         why = impl_->prepare_write(device, point, v, w);
         if (why.empty() && !impl_->stopping) {
             w.done = std::move(done);
-            w.device->ln->writes.push_back(std::move(w));
+            w.device->chan->writes.push_back(std::move(w));
             done = nullptr;
         }
     }
@@ -794,11 +796,11 @@ void poller::start() {
 }
 
 void poller::check(const std::vector<config::device>& devices) {
-    impl::check_lines(devices);
+    impl::check_channels(devices);
 }
 
 void poller::update(std::vector<config::device> devices) {
-    impl::check_lines(devices);
+    impl::check_channels(devices);
     std::unique_lock lock(impl_->mu);
     std::map<std::string, const config::device*> wanted;
     for (const auto& d : devices)
@@ -854,8 +856,8 @@ void poller::stop() {
         t.join();
     impl_->workers.clear();
     impl_->fail_queued_writes();
-    for (auto& l : impl_->lines)
-        l->lnk->close();
+    for (auto& ch : impl_->channels)
+        ch->lnk->close();
 }
 
 std::vector<device_status> poller::status() const {
