@@ -1,3 +1,23 @@
+// The daemon: builds the pipeline from a loaded config, runs it, reloads it, stops it.
+//
+// Build (constructor): the spool, then the identity (seq marks) and the seq source, the bus,
+// the rule engine and its `block` subscription, one source per registered driver
+// (drivers/registry.hpp; they get their devices, not started), the publisher, the HTTP server
+// and read model, the command service. Nothing runs yet.
+// Start (run): HTTP, the read thread, commands, the publisher, the rule thread, and last the
+// sources: every consumer is there before the first event is sampled.
+// Stop (SIGTERM/SIGINT): the reverse where it matters for data: the sources stop first (a
+// poll under way finishes; queued writes are answered unsent), then commands; the rule
+// subscription closes and the rule thread drains it and writes every open batch to the spool;
+// then the read thread; the publisher delivers from the spool for what is left of the stop
+// budget; the spool closes; HTTP last. A guard releases a wedged pipeline (no room in a
+// `block` spool, no progress) and counts what it held as dropped{shutdown}.
+// Reload (SIGHUP): load and validate the whole file; sections that change only at a restart
+// are compared first (restart_required); each driver's check runs on its new devices; then,
+// past the last point that can fail: new points interned and routed, a new rule engine
+// handed to the rule thread, the read model, each source updated (devices that changed
+// driver leave the old source before they join the new one), the command service's devices,
+// the log level.
 #include "gateway/daemon.hpp"
 
 #include <malloc.h>
