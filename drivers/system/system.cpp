@@ -1,5 +1,7 @@
 #include "drivers/system/system.hpp"
 
+#include "core/config_reader.hpp"
+
 #include <sys/statvfs.h>
 
 #include <algorithm>
@@ -7,7 +9,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -17,12 +18,10 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 
+// A small /proc or /sys file, whole (core's bounded reader: /proc reports size 0).
 std::optional<std::string> slurp(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) return std::nullopt;
-    std::ostringstream out;
-    out << in.rdbuf();
-    return out.str();
+    std::string why;
+    return config::read_file(path, why, 64 * 1024);
 }
 
 std::optional<double> first_number(const std::string& text) {
