@@ -92,9 +92,9 @@ void subscription::close() {
     not_empty_.notify_all();
 }
 
-bool subscription::closed() const {
+bool subscription::drained() const {
     std::lock_guard lock(mu_);
-    return closed_;
+    return closed_ && queue_.empty();
 }
 
 std::size_t subscription::depth() const {

@@ -58,7 +58,11 @@ class subscription {
     // Stops the subscription: blocked producers are released, further events are counted as
     // dropped (reason closed), pop() returns what is left and then 0 at once.
     void close();
-    bool closed() const;
+    // Closed and nothing left to pop: the consumer may end. (There is no closed(): "a pop that
+    // returned nothing, and closed" is not "drained". That pop may have timed out before
+    // events came and the queue was closed; ending then left them unpopped, uncounted: see
+    // docs/FAULTS.md, the poll lost at a SIGTERM that met a failing append.)
+    bool drained() const;
 
     const std::string& name() const { return name_; }
     std::size_t depth() const;

@@ -336,7 +336,7 @@ struct daemon::impl {
             events.clear();
             read_sub->pop(events, 4096, steady::now() + std::chrono::milliseconds(500));
             reads->apply(events);
-            if (events.empty() && read_sub->closed()) return;
+            if (read_sub->drained()) return;
         }
     }
 
@@ -517,7 +517,11 @@ struct daemon::impl {
             for (const auto& b : out)
                 to_spool(b);
             out.clear();
-            if (events.empty() && rule_sub->closed()) break;
+            // Drained, not "this pop found nothing and the queue is closed": this pass may
+            // have spent seconds retrying an append (to_spool) after a pop that timed out
+            // empty, while a last poll came in and the stop closed the queue; that poll is
+            // still queued and must be spooled.
+            if (rule_sub->drained()) break;
         }
         engine->flush_all(out);
         for (const auto& b : out)

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 #include <thread>
@@ -344,12 +345,22 @@ TEST_CASE("power cut in fsync batch: a batch number is never given to other cont
     CHECK(jumped);
 }
 
-TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing is lost") {
+namespace {
+
+// Run 1 (options() changed by `tune`) gets SIGTERM while every spool write fails:
+// `before_sigterm` runs once the first append has failed, and the disk heals `heal_after` into
+// the stop, before the stop counts the pipeline as wedged. Run 2, without faults, sends what
+// run 1 left in the spool. Every event both runs produced must arrive: nothing dropped,
+// nothing lost without a count.
+void sigterm_while_appends_fail(const std::function<void(ferry_options&)>& tune,
+                                const std::function<void(std::uint16_t http_port)>& before_sigterm,
+                                std::chrono::milliseconds heal_after) {
     modbus_sim sim(0, holding_registers(10));
     mosquitto broker;
     mqtt_recorder rec(broker.uri(), {k_topic});
     temp_dir dir;
     auto o = options(dir, sim, broker);
+    tune(o);
     const std::string control = dir.file("faults");
     set_faults(control, "");
     write_file(dir.file("ferry.yaml"), ferry_yaml(o));
@@ -360,8 +371,9 @@ TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing
     REQUIRE(wait_until(
         [&] { return metric_value(o.http_port, "ferry_spool_errors_total{reason=\"io\"}") >= 1; },
         10s));
+    before_sigterm(o.http_port);
     ::kill(ferry->pid(), SIGTERM);
-    std::this_thread::sleep_for(500ms);
+    std::this_thread::sleep_for(heal_after);
     set_faults(control, "");  // the disk heals within the stop, before it counts as wedged
     const auto rc = ferry->wait(30s);
     REQUIRE(rc.has_value());
@@ -397,4 +409,43 @@ TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing
     CHECK(c.batch_gaps.empty());
     CHECK(c.reordered == 0);
     CHECK(c.conflicting == 0);
+}
+
+}  // namespace
+
+TEST_CASE("SIGTERM while appends fail, the disk healing within the stop: nothing is lost") {
+    sigterm_while_appends_fail([](ferry_options&) {}, [](std::uint16_t) {}, 500ms);
+}
+
+// The same stop, with the window of the loss FAULTS.md describes hit every time: a poll every
+// 600 ms and batches of 100 ms, so each batch leaves by its age, from a pass of the rule thread
+// whose pop found nothing; the next poll lands in the rule queue while that batch's append
+// fails, and SIGTERM comes after it. Before the fix the rule thread, its retry done, saw the
+// empty pop of before the retry and the closed queue, and left the poll in the queue: 10
+// events produced, never spooled, never counted.
+TEST_CASE("SIGTERM after a poll queued behind a failing append: the queued poll is spooled") {
+    sigterm_while_appends_fail(
+        [](ferry_options& o) {
+            o.poll = "600ms";
+            o.max_age = "100ms";
+        },
+        [](std::uint16_t port) {
+            // A whole poll produced but not through the rule yet, twice 150 ms apart: it waits
+            // in the rule queue behind the retried batch (a rule thread that pops takes a poll
+            // within milliseconds).
+            auto queued = [&] {
+                const auto text = metrics_text(port);
+                return metric(text, "ferry_events_produced_total").value_or(0) -
+                       metric(text, "ferry_rule_events_total{outcome=\"passed\",rule=\"all\"}")
+                           .value_or(0);
+            };
+            REQUIRE(wait_until(
+                [&] {
+                    if (queued() < 10) return false;
+                    std::this_thread::sleep_for(150ms);
+                    return queued() >= 10;
+                },
+                5s));
+        },
+        200ms);
 }

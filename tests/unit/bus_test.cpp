@@ -172,6 +172,25 @@ TEST_CASE("close releases a blocked producer and counts what it could not delive
     CHECK(drain(*s) == std::vector<std::uint64_t>{1, 2});
 }
 
+// The consumer's end condition at a stop (docs/FAULTS.md): a pop that times out empty, then
+// events and the close, is not the end; drained() says so until the queue is empty.
+TEST_CASE("drained: closed with events queued is not drained; popped empty it is") {
+    fixture f;
+    bus b(f.points);
+    auto s = b.subscribe("s", fixture::pats({"#"}), 100, overflow_policy::block);
+    std::vector<event> out;
+    CHECK(s->pop(out, 10, std::chrono::steady_clock::now() + 10ms) == 0);  // timed out, empty
+    CHECK_FALSE(s->drained());
+    b.publish(ev(f.temp, 1));  // the last poll, while the consumer was busy elsewhere
+    s->close();
+    CHECK_FALSE(s->drained());  // before the fix the rule thread ended here
+    CHECK(s->pop(out, 10, std::chrono::steady_clock::now()) == 1);
+    CHECK(s->drained());
+    b.publish(ev(f.temp, 2));  // after the close: counted, never queued
+    CHECK(s->drained());
+    CHECK(s->dropped(drop_reason::closed) == 1);
+}
+
 TEST_CASE("points interned while running are routed by add_points") {
     fixture f;
     bus b(f.points);
