@@ -98,9 +98,12 @@ void refresh(control& c) {
     const char* path = std::getenv("FERRY_FAULTVFS");
     struct stat st {};
     if (path == nullptr || *path == '\0' || ::stat(path, &st) != 0) {
+        // No control file: no faults, the damage of corrupt_read included (it names files by
+        // inode, and a file made later may get a freed inode).
         if (c.size != -1) {
             c.rules.clear();
             c.corrupt_pages.clear();
+            c.corrupt.clear();
             c.match = "spool.db";
             c.size = -1;
             c.ino = 0;
