@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "tests/support/harness.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 

@@ -30,6 +30,7 @@
 #include "core/topic.hpp"
 #include "drivers/modbus/poller.hpp"
 #include "tests/support/harness.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;

@@ -2,7 +2,6 @@
 // drop_oldest: the files stay within the bound of docs/SPOOL.md, drops are counted, and what
 // arrives after the broker returns is the newest data, with a batch gap at the start.
 // block: polling stops, RSS stays flat, nothing is lost.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>

@@ -7,7 +7,6 @@
 // Each case checks what a consumer deduplicating on (gateway, seq) would: every batch of the
 // spool arrived, none out of order, repeats only from within the in-flight window, and the
 // spool empty after a SIGTERM.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <csignal>

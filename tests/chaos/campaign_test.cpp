@@ -31,7 +31,6 @@
 // FERRY_CAMPAIGN_SECONDS (default 120, the CI run) sets how long faults are injected,
 // FERRY_CAMPAIGN_SEED replays a schedule, FERRY_CAMPAIGN_FAULTS (comma list of kinds) narrows
 // it. `./scripts/soak MINUTES` runs it long.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -51,6 +50,7 @@
 #include <thread>
 
 #include "tests/chaos/chaos_support.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 namespace fs = std::filesystem;

@@ -3,13 +3,13 @@
 // spool.db.corrupt-<unix seconds>, counts it, says ready and delivers. Issue 13: seq and batch
 // go on above what the damaged spool held (flipped_page.db holds seq_high_water 65536 and
 // batch 40), at this start and the next.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <filesystem>
 #include <regex>
 
 #include "tests/chaos/chaos_support.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 namespace fs = std::filesystem;

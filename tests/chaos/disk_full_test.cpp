@@ -2,7 +2,6 @@
 // keeps running, counts the errors, resumes when space returns, and loses nothing it had
 // accepted. data_dir is a 4 MiB tmpfs filled with a ballast file (the test runs as root; where
 // mount(2) is not permitted the test says so and checks nothing).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <sys/mount.h>

@@ -3,7 +3,6 @@
 // events/s; delivery continues on the second with no loss. The test asserts the window was
 // full at the kill (ferry_mqtt_inflight 16) before it claims those 16 were resent, and it
 // checks seq and batch as consecutive from the first seen, not from 1.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <signal.h>

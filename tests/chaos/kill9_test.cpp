@@ -1,6 +1,5 @@
 // Acceptance 2 of issue 3, through the real daemon: `kill -9` five times at random moments
 // while ferry publishes about 2,000 events/s, restarting it on the same data_dir each time.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <random>

@@ -6,7 +6,6 @@
 //   arrives once the broker is back: produced = delivered + dropped over both runs.
 // - a slow device mid-poll (the simulator answers after 2 s): SIGTERM waits for the answer and
 //   loses nothing; every reading the simulator served arrives after a restart.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <fcntl.h>

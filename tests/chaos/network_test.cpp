@@ -8,7 +8,6 @@
 // Each case checks what a consumer and an operator would: every batch number arrives (no hole),
 // nothing reordered, repeats only within the in-flight window, and conservation from ferry's own
 // `stopped` line: events produced = distinct seqs that arrived + events dropped with a reason.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>

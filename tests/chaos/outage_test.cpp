@@ -1,7 +1,6 @@
 // Acceptance 1 of issue 3, through the real daemon: a broker outage at about 2,000 events/s.
 // Also: SIGTERM puts the batches still in memory into the spool, and they arrive after a
 // restart.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <thread>

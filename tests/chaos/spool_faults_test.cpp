@@ -2,7 +2,6 @@
 // survives a lost data directory and a spool whose state cannot be written; a power cut in
 // fsync batch shows as a batch gap. SQLite faults come from tests/tools/faultvfs.cpp
 // (LD_PRELOAD into `ferry run`, controlled through the file named by FERRY_FAULTVFS).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <signal.h>
@@ -17,6 +16,7 @@
 #include <thread>
 
 #include "tests/chaos/chaos_support.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 namespace fs = std::filesystem;

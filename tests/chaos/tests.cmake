@@ -18,13 +18,11 @@ target_link_libraries(chaos_lifecycle PRIVATE SQLite::SQLite3)
 # ./scripts/soak MINUTES runs it long.
 ferry_test(chaos_campaign chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/campaign_test.cpp)
 target_link_libraries(chaos_campaign PRIVATE SQLite::SQLite3)
-target_compile_definitions(chaos_campaign PRIVATE
-  FERRY_FAULTVFS_LIB="$<TARGET_FILE:ferry_faultvfs>")
 add_dependencies(chaos_campaign ferry_faultvfs)
 # Network faults below the socket: each case runs in a network namespace of its own (root;
 # exit 77 = skipped, loudly, where the kernel refuses a namespace or has no netem).
 add_executable(chaos_network ${CMAKE_CURRENT_SOURCE_DIR}/chaos/network_test.cpp)
-target_link_libraries(chaos_network PRIVATE doctest::doctest ferry_warnings ferry_test_support
+target_link_libraries(chaos_network PRIVATE ferry_doctest_main ferry_warnings ferry_test_support
   SQLite::SQLite3)
 target_include_directories(chaos_network PRIVATE ${PROJECT_SOURCE_DIR})
 add_dependencies(chaos_network ferry ferry_modbus_sim)

@@ -3,7 +3,6 @@
 // recorder), TLS with a certificate for 127.0.0.1, TLS with a certificate from the same CA for
 // another host, TLS with a certificate from a CA ferry does not trust. All listeners require
 // a client certificate. Four ferrys run side by side, one gateway id each.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <thread>

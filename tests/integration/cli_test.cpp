@@ -1,5 +1,4 @@
 // The command line of CONTRACT.md, run as a user runs it: the real `ferry` binary.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <sys/resource.h>
@@ -10,6 +9,7 @@
 
 #include "tests/support/golden.hpp"
 #include "tests/support/harness.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 

@@ -1,7 +1,6 @@
 // Downlink commands end to end: MQTT set → `ferry run` → pymodbus's server, checked with an
 // independent Modbus client (tests/tools/modbus_client.py on pymodbus), never with Ferry's
 // own code. Results on .../result, ferry_commands_total{result} on /metrics.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <signal.h>

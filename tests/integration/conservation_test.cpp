@@ -5,7 +5,6 @@
 // dedupes on (gateway, seq) keeps); ferry's "stopped" line gives produced and dropped as they
 // stand at exit. With one rule, each event is counted once:
 //   produced = distinct seqs delivered + sum(dropped)
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <set>

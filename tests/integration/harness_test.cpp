@@ -2,7 +2,6 @@
 // recorder (including a broker restart), and both Modbus simulators read back by a plain
 // libmodbus client. The two simulators encode independently (C++ and Python), so agreeing
 // with each other and with hand-computed registers checks the --set encodings.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <modbus/modbus.h>
 #include <unistd.h>
@@ -11,6 +10,7 @@
 #include <csignal>
 
 #include "tests/support/harness.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 

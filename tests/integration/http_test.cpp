@@ -1,5 +1,4 @@
 // The HTTP endpoints of a running `ferry`: what an operator and Prometheus see.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>

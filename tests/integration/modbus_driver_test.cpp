@@ -8,7 +8,6 @@
 //      reopened; an illegal address turns only the offending points bad.
 // Daemon tests go through `ferry run` and a real mosquitto; bad-data tests run the poller in
 // process so that they can read its counters and events directly.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <prometheus/registry.h>
@@ -25,6 +24,7 @@
 #include "core/topic.hpp"
 #include "drivers/modbus/poller.hpp"
 #include "tests/support/ferry_run.hpp"
+#include "tests/support/paths.hpp"
 #include "tests/support/poller_rig.hpp"
 
 using namespace ferry::test;

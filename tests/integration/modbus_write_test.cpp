@@ -4,7 +4,6 @@
 //      would desynchronise the stream: transaction-id errors and a reconnect);
 //   3. the same on an RS-485 line (socat pty, two units on one bus, libmodbus writes);
 //   4. what is refused without I/O, what a device refuses, and writes queued at stop.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <bit>

@@ -2,7 +2,6 @@
 // campaign stand on: a Paho client publishes through it to a real mosquitto, a recorder
 // subscribed at the broker directly shows what the broker received, and each mode is checked
 // by what a client would see (an ack that never comes, a slow ack, a cut, a refusal).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include "tests/support/mqtt_proxy.hpp"
 
 #include <doctest/doctest.h>

@@ -1,6 +1,5 @@
 // The first path end to end: a Modbus server → `ferry run` → a real mosquitto → a subscriber.
 // Against our libmodbus simulator and against pymodbus, an independent implementation.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>

@@ -5,7 +5,6 @@
 // the stream into the spool's dead_letters table, announced on the dead-letter topic, counted,
 // and the messages after it arrive in order. Before the fix each of these was resent forever
 // and nothing behind it arrived.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>

@@ -1,10 +1,10 @@
 // Debian's Prometheus scrapes a running ferry for real; promtool checks the exposition.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_run.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;

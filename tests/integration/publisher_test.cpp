@@ -9,7 +9,6 @@
 // the recorder was away (broker restart) are queued for it rather than lost. Without that, a
 // test could not tell a publisher loss from a recorder that reconnected later than the
 // publisher did.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <prometheus/registry.h>
 

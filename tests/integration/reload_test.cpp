@@ -2,7 +2,6 @@
 // goes on; a valid one is applied live — a changed device restarts alone, the other devices
 // poll on without a pause, added and removed devices come and go, rules change — while the
 // spool and the MQTT session stay; a file that changes a restart-only section is not applied.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <signal.h>

@@ -1,7 +1,6 @@
 // Rules end to end: our Modbus simulator (changing values) → `ferry run` with two rules → a
 // real mosquitto → a subscriber, checked as a user would: topics, transformed values and units,
 // deadband spacing, the same seq on both rules, the dead-letter message and the counters.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>

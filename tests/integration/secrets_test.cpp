@@ -1,6 +1,5 @@
 // Secrets never reach the log: an MQTT password (from password_file) is not printed, at debug
 // level, whether the broker takes it or refuses it.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>

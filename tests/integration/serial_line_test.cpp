@@ -1,7 +1,6 @@
 // The serial_line driver end to end: a socat pty pair stands in for the serial cable; the test
 // writes what a sensor would send to one end, `ferry run` reads the other, and the values are
 // checked where a user sees them: at the MQTT broker and on /metrics.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
@@ -15,6 +14,7 @@
 #include <map>
 
 #include "tests/support/ferry_run.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;

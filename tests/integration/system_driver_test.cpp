@@ -1,7 +1,6 @@
 // The system driver through `ferry run` and a real mosquitto: the box's own health arrives
 // as good values beside the plant data; a wrong metric name or a key of another driver is
 // refused by `ferry check` with its place.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
@@ -10,6 +9,7 @@
 #include <set>
 
 #include "tests/support/harness.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 using nlohmann::json;

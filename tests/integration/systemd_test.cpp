@@ -1,5 +1,4 @@
 // sd_notify as systemd sees it: NOTIFY_SOCKET points at a datagram socket the test reads.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <unistd.h>

@@ -1,6 +1,8 @@
 // Running `ferry` in tests: checked-in configs, their environment, and the chaos builder.
 #include "tests/support/ferry_run.hpp"
 
+#include "tests/support/paths.hpp"
+
 namespace ferry::test {
 
 std::string config_path(const std::string& name) {

@@ -6,7 +6,8 @@
 // comparing (review the diff before committing it!).
 //
 // Used by unit tests (rules, serial, config errors) and integration tests (`ferry check` on
-// the config error cases): header-only, needs doctest and FERRY_SOURCE_DIR (ferry_test sets it).
+// the config error cases): header-only, needs doctest and FERRY_SOURCE_DIR (support/paths.hpp,
+// which every ferry_test program links).
 #pragma once
 
 #include <doctest/doctest.h>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "tests/support/files.hpp"
+#include "tests/support/paths.hpp"
 
 namespace ferry::test {
 

@@ -34,6 +34,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "tests/support/paths.hpp"
+
 namespace ferry::test {
 
 namespace {

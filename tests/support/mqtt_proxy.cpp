@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "tests/support/paths.hpp"
+
 namespace ferry::test {
 
 namespace {

@@ -1,7 +1,6 @@
 // Downlink commands without a broker or a device: payload parsing, value checks (types,
 // whole raw steps after the inverse of scale/offset), age, the token bucket, the idempotency
 // store (also across a reopen), and the service with a fake writer.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <unistd.h>
 

@@ -1,4 +1,3 @@
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cstdlib>
@@ -12,6 +11,7 @@
 #include "core/config_reader.hpp"
 #include "gateway/components.hpp"
 #include "tests/support/golden.hpp"
+#include "tests/support/paths.hpp"
 
 namespace cfg = ferry::config;
 using namespace std::chrono_literals;
@@ -33,7 +33,7 @@ struct StringMaker<lines> {
 
 namespace {
 
-const std::string k_dir = FERRY_SOURCE_DIR "/tests/testcases/config/";
+const std::string k_dir = std::string(FERRY_SOURCE_DIR) + "/tests/testcases/config/";
 
 lines to_lines(const cfg::errors& e) {
     lines out;
@@ -56,7 +56,7 @@ lines errors_of(const std::string& name) {
 }  // namespace
 
 TEST_CASE("the example config/ferry.yaml loads with the expected values") {
-    auto c = ferry::load_config(FERRY_SOURCE_DIR "/config/ferry.yaml");
+    auto c = ferry::load_config(std::string(FERRY_SOURCE_DIR) + "/config/ferry.yaml");
     CHECK(c.gateway.id == "plant-a-gw1");
     CHECK(c.gateway.data_dir == "/var/lib/ferry");
     CHECK(c.gateway.level == cfg::log_level::info);
@@ -425,7 +425,7 @@ void check_generated(const std::string& path, const std::string& begin,
 
 TEST_CASE("config/REFERENCE.md documents every declared key") {
     check_generated(
-        FERRY_SOURCE_DIR "/config/REFERENCE.md",
+        std::string(FERRY_SOURCE_DIR) + "/config/REFERENCE.md",
         "<!-- BEGIN GENERATED from the components' declarations (gateway/components.cpp) -->\n",
         ferry::reference_markdown());
 }
@@ -437,13 +437,13 @@ TEST_CASE("component READMEs document their declared keys") {
     const std::string_view modbus[] = {"modbus_tcp", "modbus_rtu"};
     const std::string_view serial[] = {"serial_line"};
     const std::string_view system[] = {"system"};
-    check_generated(FERRY_SOURCE_DIR "/drivers/modbus/README.md", begin,
+    check_generated(std::string(FERRY_SOURCE_DIR) + "/drivers/modbus/README.md", begin,
                     cfg::driver_markdown(schema, modbus));
-    check_generated(FERRY_SOURCE_DIR "/drivers/serial/README.md", begin,
+    check_generated(std::string(FERRY_SOURCE_DIR) + "/drivers/serial/README.md", begin,
                     cfg::driver_markdown(schema, serial));
-    check_generated(FERRY_SOURCE_DIR "/drivers/system/README.md", begin,
+    check_generated(std::string(FERRY_SOURCE_DIR) + "/drivers/system/README.md", begin,
                     cfg::driver_markdown(schema, system));
-    check_generated(FERRY_SOURCE_DIR "/rules/README.md", begin,
+    check_generated(std::string(FERRY_SOURCE_DIR) + "/rules/README.md", begin,
                     cfg::section_markdown(schema, "rules"));
 }
 

@@ -1,6 +1,5 @@
 // The HTTP server's request handling without a socket (http_server::respond, the fuzz seam)
 // and the read model's shared JSON snapshots.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>

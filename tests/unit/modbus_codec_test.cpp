@@ -1,7 +1,6 @@
 // The Modbus codec: golden registers computed by hand for every type x byte order, scale and
 // offset, strings, range checks on writes, round trips, the probe's table, and a cross-check
 // against the simulator's independent encoder (tests/tools/modbus_encode.hpp).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <bit>

@@ -1,6 +1,5 @@
 // Answers to read requests, well-formed and malformed: every way a device can get it wrong
 // turns into its own fault, never into values.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <vector>

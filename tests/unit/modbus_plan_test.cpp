@@ -1,6 +1,5 @@
 // Request planning: coalescing within the protocol limits and max_gap, the fewest requests
 // (checked against an exhaustive search on random layouts), and splitting at the widest gap.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>

@@ -1,6 +1,5 @@
 // The filter language: what a user writes in `rules[].filter`, what passes, and the errors
 // they see (at load with positions; at run time as dead-letter reasons).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <atomic>

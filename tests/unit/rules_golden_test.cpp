@@ -13,7 +13,6 @@
 //                `counters RULE passed=N filtered=N deduped=N dead_letter=N`
 //
 // The runner is tests/support/golden.hpp (FERRY_UPDATE_GOLDEN=1 rewrites `expected`).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cstdlib>
@@ -26,6 +25,7 @@
 #include "gateway/components.hpp"
 #include "rules/engine.hpp"
 #include "tests/support/golden.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry;
 namespace fs = std::filesystem;

@@ -1,6 +1,5 @@
 // Properties of the rule engine over random event streams (seeded: a failure names its seed),
 // on a fake clock. Each property is checked against what a consumer sees: the decoded batches.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>

@@ -13,7 +13,6 @@
 // The input is fed in reads of 1, 7 and all bytes: the outcome must not depend on how the
 // port delivers it. The runner is tests/support/golden.hpp (FERRY_UPDATE_GOLDEN=1 rewrites
 // `expected`; review the diff!).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <cstdio>

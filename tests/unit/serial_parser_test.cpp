@@ -1,5 +1,4 @@
 // The serial_line parsers, framer and checksum: pure functions, no port.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <string>

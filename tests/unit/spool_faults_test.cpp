@@ -1,7 +1,6 @@
 // The spool under injected I/O faults: tests/tools/faultvfs.cpp is linked into this
 // executable, so its constructor makes it the default SQLite VFS; env FERRY_FAULTVFS names
 // the control file (see faultvfs.cpp for its lines).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <stdlib.h>
 

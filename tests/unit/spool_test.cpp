@@ -1,4 +1,3 @@
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -26,6 +25,7 @@
 #include "core/seq.hpp"
 #include "core/topic.hpp"
 #include "tests/support/files.hpp"
+#include "tests/support/paths.hpp"
 #include "tests/unit/unit_support.hpp"
 #include "upstream/dead_letter.hpp"
 #include "upstream/identity.hpp"
@@ -479,8 +479,9 @@ struct fuzz_regression {
     spool& sp;
     explicit fuzz_regression(const std::string& name)
         : owner([&] {
-              fs::copy_file(cat(FERRY_SOURCE_DIR "/tests/fuzz/regressions/spool/", name),
-                            dir.file("spool.db"));
+              fs::copy_file(
+                  cat(std::string(FERRY_SOURCE_DIR) + "/tests/fuzz/regressions/spool/", name),
+                  dir.file("spool.db"));
               return std::make_unique<spool>(settings(dir.file("spool.db")), reg);
           }()),
           sp(*owner) {}

@@ -1,6 +1,5 @@
 // UTF-8 repair (core/utf8.hpp) and the JSON writer's promise that its strings are valid
 // JSON text whatever bytes they are given (core/json.hpp).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
