@@ -4,12 +4,13 @@
 // root hands them in as a `schema` (gateway/components.hpp).
 #include "core/config.hpp"
 
-#include <yaml-cpp/yaml.h>
+#include <yaml-cpp/exceptions.h>
 
 #include <algorithm>
 #include <charconv>
 #include <limits>
 #include <map>
+#include <optional>
 #include <utility>
 
 #include "core/config_reader.hpp"
@@ -19,9 +20,11 @@ namespace ferry::config {
 config loader::load(const std::string& text) {
     config c;
     c.file = file_;
-    YAML::Node root;
+    // The document as a compact tree (core/yaml_tree.hpp), dropped when this returns: nothing
+    // of it outlives the load, so the daemon never holds the file's tree.
+    std::optional<yaml::tree> doc;
     try {
-        root = YAML::Load(text);
+        doc.emplace(yaml::tree::parse(text));
     } catch (const YAML::ParserException& e) {
         fail(e.mark, "", "YAML syntax error: " + e.msg);
         return c;
@@ -29,6 +32,11 @@ config loader::load(const std::string& text) {
         fail(e.mark, "", "YAML error: " + e.msg);
         return c;
     }
+    struct forget {  // value_refs kept for `finish` point into the tree
+        std::map<std::string, value_ref>& kept;
+        ~forget() { kept.clear(); }
+    } forget_kept{kept_};
+    const yaml::node root = doc->root();
     if (!within_budget(root)) return c;
     root_mark_ = root.Mark();
     // An empty document has no position: report at the start of the file.

@@ -14,6 +14,7 @@
 #include <map>
 #include <set>
 #include <span>
+#include <unordered_map>
 #include <utility>
 
 #include "core/topic.hpp"
@@ -118,17 +119,18 @@ std::string generic_path(std::string_view path) {
     return out;
 }
 
-std::string describe(const YAML::Node& n) {
-    switch (n.Type()) {
-        case YAML::NodeType::Scalar:
-            return "'" + n.Scalar() + "'";
-        case YAML::NodeType::Sequence:
+std::string describe(const yaml::node& n) {
+    switch (n.type()) {
+        case yaml::kind::scalar:
+            return "'" + std::string(n.Scalar()) + "'";
+        case yaml::kind::sequence:
             return "a list";
-        case YAML::NodeType::Map:
+        case yaml::kind::map:
             return "a map";
-        default:
-            return "nothing";
+        case yaml::kind::null:
+            break;
     }
+    return "nothing";
 }
 
 std::optional<double> parse_number(std::string_view s) {
@@ -219,7 +221,7 @@ mark to_mark(const YAML::Mark& m) {
 
 map_reader::map_reader(loader& ld, const value_ref& v, std::span<const option> opts)
     : ld_(ld), opts_(opts), path_(v.path), where_(v.where) {
-    if (v.node.IsNull() || !v.node.IsDefined()) {
+    if (v.node.IsNull()) {
         is_map_ = true;  // `section:` with nothing under it reads as an empty map
         return;
     }
@@ -229,23 +231,36 @@ map_reader::map_reader(loader& ld, const value_ref& v, std::span<const option> o
     }
     is_map_ = true;
     where_ = v.node.Mark();
-    std::map<std::string, YAML::Mark> seen;
-    for (auto it = v.node.begin(); it != v.node.end(); ++it) {
-        // Copies: `it->` yields a temporary proxy.
-        YAML::Node key = it->first;
-        YAML::Node value = it->second;
+    const std::size_t pairs = v.node.size();
+    entries_.reserve(pairs);
+    // The keys kept so far, by name, once the map is too large to search them in a row (a map
+    // of a point has a handful of keys; a hostile one may have 100,000).
+    constexpr std::size_t k_scan = 16;
+    std::unordered_map<std::string_view, std::size_t> index;
+    for (std::size_t i = 0; i < pairs; ++i) {
+        const yaml::node key = v.node.key(i);
         if (!key.IsScalar()) {
             ld_.fail(key.Mark(), path_, "a key must be a string, got " + describe(key));
             continue;
         }
-        auto [pos, fresh] = seen.emplace(key.Scalar(), key.Mark());
-        if (!fresh) {
-            ld_.fail(
-                key.Mark(), sub(key.Scalar()),
-                "duplicate key (first at line " + std::to_string(to_mark(pos->second).line) + ")");
+        const std::string_view name = key.Scalar();
+        const entry* first = nullptr;
+        if (entries_.size() <= k_scan) {
+            first = find(name);
+        } else {
+            if (index.empty())
+                for (std::size_t j = 0; j < entries_.size(); ++j)
+                    index.emplace(entries_[j].key.Scalar(), j);
+            if (auto it = index.find(name); it != index.end()) first = &entries_[it->second];
+        }
+        if (first) {
+            ld_.fail(key.Mark(), sub(name),
+                     "duplicate key (first at line " +
+                         std::to_string(to_mark(first->key.Mark()).line) + ")");
             continue;
         }
-        entries_.push_back({key.Scalar(), key, value});
+        if (!index.empty()) index.emplace(name, entries_.size());
+        entries_.push_back({std::string(name), key, v.node.value(i)});
     }
 }
 
@@ -266,14 +281,13 @@ void map_reader::check_keys(driver_mask mask, std::string_view driver) {
                      "'" + e.name + "' does not apply to driver '" + std::string(driver) + "'");
             continue;
         }
-        std::string generic = generic_path(sub(e.name));
         for (const auto& row : k_not_built_yet) {
-            if (row.key != generic) continue;
+            if (row.key != generic_path(sub(e.name))) continue;
             if (row.value.empty()) {
                 ld_.fail(e.key.Mark(), sub(e.name),
                          std::string(row.what) + " is not built yet in this version of Ferry");
             } else if (e.value.IsScalar()) {
-                auto text = ld_.expand_env(e.value.Scalar(), nullptr);
+                auto text = ld_.expand_env(std::string(e.value.Scalar()), nullptr);
                 if (text && *text == row.value)
                     ld_.fail(e.value.Mark(), sub(e.name),
                              std::string(row.what) + " is not built yet in this version of Ferry");
@@ -329,7 +343,7 @@ std::optional<std::string> loader::str(const value_ref& v) {
         fail(v, "expected a string, got " + describe(v.node));
         return std::nullopt;
     }
-    return expand_env(v.node.Scalar(), &v);
+    return expand_env(std::string(v.node.Scalar()), &v);
 }
 
 std::optional<std::string> loader::nonempty_str(const value_ref& v) {
@@ -346,7 +360,7 @@ std::optional<bool> loader::boolean(const value_ref& v) {
         fail(v, "expected true or false, got " + describe(v.node));
         return std::nullopt;
     }
-    auto s = expand_env(v.node.Scalar(), &v);
+    auto s = expand_env(std::string(v.node.Scalar()), &v);
     if (!s) return std::nullopt;
     if (*s == "true") return true;
     if (*s == "false") return false;
@@ -359,7 +373,7 @@ std::optional<std::int64_t> loader::integer(const value_ref& v, std::int64_t lo,
         fail(v, "expected an integer, got " + describe(v.node));
         return std::nullopt;
     }
-    auto s = expand_env(v.node.Scalar(), &v);
+    auto s = expand_env(std::string(v.node.Scalar()), &v);
     if (!s) return std::nullopt;
     auto x = parse_integer(*s);
     if (!x) {
@@ -379,7 +393,7 @@ std::optional<double> loader::number(const value_ref& v) {
         fail(v, "expected a number, got " + describe(v.node));
         return std::nullopt;
     }
-    auto s = expand_env(v.node.Scalar(), &v);
+    auto s = expand_env(std::string(v.node.Scalar()), &v);
     if (!s) return std::nullopt;
     auto x = parse_number(*s);
     if (!x) fail(v, "expected a number, got '" + *s + "'");
@@ -391,7 +405,7 @@ std::optional<duration> loader::dur(const value_ref& v, bool positive) {
         fail(v, "expected a duration, got " + describe(v.node));
         return std::nullopt;
     }
-    auto s = expand_env(v.node.Scalar(), &v);
+    auto s = expand_env(std::string(v.node.Scalar()), &v);
     if (!s) return std::nullopt;
     auto d = parse_duration(*s);
     if (!d) {
@@ -417,7 +431,7 @@ std::optional<std::uint64_t> loader::size(const value_ref& v, std::uint64_t lo, 
         fail(v, "expected a size, got " + describe(v.node));
         return std::nullopt;
     }
-    auto s = expand_env(v.node.Scalar(), &v);
+    auto s = expand_env(std::string(v.node.Scalar()), &v);
     if (!s) return std::nullopt;
     auto n = parse_size(*s);
     if (!n) {
@@ -451,9 +465,10 @@ std::vector<value_ref> loader::list(const value_ref& v) {
         fail(v, "expected a list, got " + describe(v.node));
         return out;
     }
-    std::size_t i = 0;
-    for (const auto& item : v.node) {
-        std::string path = v.path + "[" + std::to_string(i++) + "]";
+    out.reserve(v.node.size());
+    for (std::size_t i = 0; i < v.node.size(); ++i) {
+        const yaml::node item = v.node.item(i);
+        std::string path = v.path + "[" + std::to_string(i) + "]";
         // yaml-cpp places an empty item at the next token; the list's own position is the
         // better hint then.
         if (item.IsNull()) {
@@ -529,46 +544,74 @@ void loader::topic(const value_ref& v, std::string& out) {
 // ---------------------------------------------------------------------------------------------
 // Sections.
 
-// yaml-cpp shares the node an alias refers to, so the document is small; the loader, though,
-// would build every use of it (one device aliased 3,000 times: 3,000 devices). Counting what
-// the file expands to first, and stopping at the bound, keeps a short file from costing
-// seconds and hundreds of MiB. The error stands at the entry where the bound was passed.
-bool loader::within_budget(const YAML::Node& root) {
-    struct item {
-        YAML::Node node;
-        YAML::Mark at;  // where to report: the key of the entry (an alias's value has its
-                        // anchor's position, possibly far away)
-        std::string path;
-        std::size_t depth;
+// An alias is the node it refers to, so the document is small; the loader, though, would
+// build every use of it (one device aliased 3,000 times: 3,000 devices). Counting what the
+// file expands to first, and stopping at the bound, keeps a short file from costing seconds
+// and hundreds of MiB. The error stands at the entry where the bound was passed.
+//
+// A depth-first walk, children last to first (the order the bound was first defined in, so a
+// file is refused at the same entry as before); a map's keys are counted when it is entered.
+// Paths are only spelled out for the error: the walk's frames hold how each was reached.
+bool loader::within_budget(const yaml::node& root) {
+    struct frame {
+        yaml::node node;
+        YAML::Mark at;         // where to report: the key of the entry (an alias's value has its
+                               // anchor's position, possibly far away)
+        std::size_t from = 0;  // its place in the parent: pair or item index
+        std::size_t left = 0;  // children not walked yet
     };
-    std::vector<item> stack{{root, root.Mark(), "", 0}};
+    std::vector<frame> frames;
+    // The path of the value reached from the innermost frame by child `last`.
+    auto path_of = [&](std::size_t last) {
+        std::string path;
+        for (std::size_t f = 0; f < frames.size(); ++f) {
+            const auto& parent = frames[f].node;
+            const std::size_t i = f + 1 < frames.size() ? frames[f + 1].from : last;
+            if (parent.IsMap()) {
+                const auto key = parent.key(i);
+                const std::string name = key.IsScalar() ? std::string(key.Scalar()) : "?";
+                path = path.empty() ? name : path + "." + name;
+            } else {
+                path += "[" + std::to_string(i) + "]";
+            }
+        }
+        return path;
+    };
     std::size_t count = 0;
-    while (!stack.empty()) {
-        auto [n, at, path, depth] = std::move(stack.back());
-        stack.pop_back();
+    // Visits a value: counts it, then opens a frame for its children.
+    auto visit = [&](const yaml::node& n, const YAML::Mark& at, std::size_t from) {
         if (++count > k_max_config_nodes) {
-            fail(at, path,
+            fail(at, path_of(from),
                  "the file expands to more than " + std::to_string(k_max_config_nodes) +
                      " values (each use of a YAML alias counts as a copy of what it refers to)");
             return false;
         }
-        if (depth > k_max_config_depth) {
-            fail(at, path, "nested deeper than " + std::to_string(k_max_config_depth) + " levels");
+        if (frames.size() > k_max_config_depth) {
+            fail(at, path_of(from),
+                 "nested deeper than " + std::to_string(k_max_config_depth) + " levels");
             return false;
         }
-        if (n.IsMap()) {
-            for (auto it = n.begin(); it != n.end(); ++it) {
-                ++count;  // the key
-                const auto key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
-                stack.push_back({it->second, it->first.Mark(),
-                                 path.empty() ? key : path + "." + key, depth + 1});
-            }
-        } else if (n.IsSequence()) {
-            std::size_t i = 0;
-            for (auto it = n.begin(); it != n.end(); ++it, ++i)
-                stack.push_back({*it, it->Mark().is_null() ? at : it->Mark(),
-                                 path + "[" + std::to_string(i) + "]", depth + 1});
+        if (n.IsMap()) count += n.size();  // the keys
+        if (n.size()) frames.push_back({n, at, from, n.size()});
+        return true;
+    };
+    if (!visit(root, root.Mark(), 0)) return false;
+    while (!frames.empty()) {
+        auto& top = frames.back();
+        if (top.left == 0) {
+            frames.pop_back();
+            continue;
         }
+        const std::size_t i = --top.left;
+        const yaml::node parent = top.node;
+        bool ok = true;
+        if (parent.IsMap()) {
+            ok = visit(parent.value(i), parent.key(i).Mark(), i);
+        } else {
+            const auto item = parent.item(i);
+            ok = visit(item, item.Mark().is_null() ? top.at : item.Mark(), i);
+        }
+        if (!ok) return false;
     }
     return true;
 }

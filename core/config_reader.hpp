@@ -14,7 +14,7 @@
 //   keys beside `name`, and functions that read them into config::device and config::point.
 #pragma once
 
-#include <yaml-cpp/yaml.h>
+#include <yaml-cpp/mark.h>
 
 #include <cstdint>
 #include <initializer_list>
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "core/yaml_tree.hpp"
 
 namespace ferry::config {
 
@@ -50,10 +51,10 @@ struct section_doc {
     std::span<const option> options;
 };
 
-// A value and where to report problems with it. (YAML::Node's assignment may allocate; the
-// loader never needs it not to throw.)
-struct value_ref {  // NOLINT(bugprone-exception-escape)
-    YAML::Node node;
+// A value and where to report problems with it. `node` is a view into the document tree the
+// loader holds while it loads (core/yaml_tree.hpp): valid until load() returns.
+struct value_ref {
+    yaml::node node;
     YAML::Mark where;  // the value's position, or the key's when the value is empty
     std::string path;
 };
@@ -93,8 +94,8 @@ struct schema {
 
 struct entry {
     std::string name;
-    YAML::Node key;
-    YAML::Node value;
+    yaml::node key;
+    yaml::node value;
 };
 
 // One map of the file, read against its declared options.
@@ -229,7 +230,7 @@ class loader {
     key_tables tables() const { return {top_options_, device_options_, point_options_}; }
 
   private:
-    bool within_budget(const YAML::Node& root);
+    bool within_budget(const yaml::node& root);
     void gateway(const value_ref& v, config& c);
     void http(const value_ref& v, config& c);
     void devices(const value_ref& v, config& c);
