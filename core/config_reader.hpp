@@ -144,7 +144,9 @@ class loader {
   public:
     loader(std::string file, const schema& s, const load_hooks& hooks);
 
+    // Loads a whole file's text. Given the text to own, frees it once the document is parsed.
     config load(const std::string& text);
+    config load(std::string&& text);
 
     void fail(const YAML::Mark& m, std::string path, std::string message);
     void fail(const value_ref& v, std::string message) {
@@ -230,6 +232,9 @@ class loader {
     key_tables tables() const { return {top_options_, device_options_, point_options_}; }
 
   private:
+    // The document, or nullopt with the syntax error reported.
+    std::optional<yaml::tree> parse(std::string_view text);
+    config load(std::optional<yaml::tree> doc);
     bool within_budget(const yaml::node& root);
     void gateway(const value_ref& v, config& c);
     void http(const value_ref& v, config& c);

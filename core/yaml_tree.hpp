@@ -88,8 +88,9 @@ class tree {
 
     // Nodes, child links and scalar bytes held (each alias counts once).
     std::size_t node_count() const { return nodes_.size(); }
-    // Heap bytes the tree holds (capacity of its three arrays).
-    std::size_t heap_bytes() const;
+    // Bytes the tree's three arrays fill. (parse() reserves room for a larger tree; what is
+    // never written there costs address space, not memory.)
+    std::size_t bytes() const;
 
     tree(tree&&) = default;
     tree& operator=(tree&&) = default;
