@@ -19,7 +19,7 @@ class view_buf : public std::streambuf {
   public:
     explicit view_buf(std::string_view text) {
         // The buffer is only read: istream never writes through the get area.
-        char* b = const_cast<char*>(text.data());  // NOLINT(cppcoreguidelines-pro-type-const-cast)
+        char* b = const_cast<char*>(text.data());
         setg(b, b, b + text.size());
     }
 };

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "core/config.hpp"
 #include "core/yaml_tree.hpp"
@@ -232,4 +233,28 @@ TEST_CASE("scalars and nodes are held compactly: no heap object per value") {
     CHECK(t.node_count() == 3 + 1000 * 9);
     // 16 bytes a node, 4 a child link, and the scalars' bytes, fewer than the text's.
     CHECK(t.bytes() < 16 * t.node_count() + 4 * 9000 + text.size());
+}
+
+TEST_CASE("duplicate keys are found in small maps and in maps too large to search in a row") {
+    for (int keys : {3, 16, 17, 40}) {
+        INFO(keys << " keys");
+        // gateway: { id: g, k1: 1, ..., then k2 again and id again }
+        std::string text = "gateway:\n  id: g\n";
+        for (int i = 1; i < keys; ++i)
+            text += "  k" + std::to_string(i) + ": 1\n";
+        text += "  k2: again\n  id: again\n";
+        std::vector<std::string> dups;
+        try {
+            ferry::load_config_text(text, "f.yaml");
+        } catch (const cfg::errors& e) {
+            for (const auto& err : e.list())
+                if (err.message.find("duplicate key") != std::string::npos)
+                    dups.push_back(err.to_string());
+        }
+        const auto line = std::to_string(keys + 2);
+        const auto next = std::to_string(keys + 3);
+        REQUIRE(dups.size() == 2);
+        CHECK(dups[0] == "f.yaml:" + line + ":3: gateway.k2: duplicate key (first at line 4)");
+        CHECK(dups[1] == "f.yaml:" + next + ":3: gateway.id: duplicate key (first at line 2)");
+    }
 }
