@@ -314,7 +314,7 @@ service::service(const config::config& cfg, std::string store_path, writer_for w
     m.prefix = "ferry/" + cfg.gateway.id + "/cmd/";
     m.filter = m.prefix + "+/+/set";
     m.store_path = std::move(store_path);
-    m.devices = cfg.devices;
+    if (m.settings.enabled) m.devices = cfg.devices;  // disabled: never looked up
     m.writers = std::move(writers);
     m.publish = std::move(publish);
     auto& family = prometheus::BuildCounter()
@@ -397,6 +397,7 @@ void service::handle(const std::string& topic, const std::string& payload, bool 
 }
 
 void service::update_devices(std::vector<config::device> devices) {
+    if (!impl_->settings.enabled) return;  // see the constructor
     std::lock_guard lock(impl_->dmu);
     impl_->devices = std::move(devices);
 }
