@@ -114,7 +114,7 @@ class driver_settings {
     // error, and must not be read as something else.
     template <class T>
     const T& as() const {
-        if (const auto* h = dynamic_cast<const holder<T>*>(p_.get())) return h->value;
+        if (p_ && p_->tag() == &holder<T>::k_tag) return static_cast<const holder<T>&>(*p_).value;
         throw std::logic_error("config: expected " + std::string(T::k_what) + ", found " +
                                (p_ ? std::string(p_->what()) : std::string("no driver settings")));
     }
@@ -141,16 +141,22 @@ class driver_settings {
         erased(const erased&) = delete;
         erased& operator=(const erased&) = delete;
         virtual ~erased() = default;
+        // Which holder<T> this is: a pointer compare, not a dynamic_cast. as<T>() runs for
+        // every point of every Modbus poll; measured on this (loaded) box, 1,000 points read
+        // 20,000 times: about 30 ns a call with dynamic_cast, 5 ns with the tag.
+        virtual const void* tag() const = 0;
         virtual bool equals(const erased& o) const = 0;
         virtual std::string_view what() const = 0;
         virtual std::string_view kind() const = 0;
     };
     template <class T>
     struct holder final : erased {
+        static constexpr char k_tag = 0;  // one per T in the program (an inline variable)
+
         explicit holder(T v) : value(std::move(v)) {}
+        const void* tag() const override { return &k_tag; }
         bool equals(const erased& o) const override {
-            const auto* h = dynamic_cast<const holder*>(&o);
-            return h != nullptr && h->value == value;
+            return o.tag() == &k_tag && static_cast<const holder&>(o).value == value;
         }
         std::string_view what() const override { return T::k_what; }
         std::string_view kind() const override {
