@@ -28,6 +28,7 @@
 
 #include "core/bus.hpp"
 #include "core/topic.hpp"
+#include "drivers/modbus/config.hpp"
 #include "drivers/modbus/poller.hpp"
 #include "tests/support/harness.hpp"
 #include "tests/support/paths.hpp"
@@ -93,19 +94,15 @@ result ferry_poller(std::uint16_t port, int devices, double seconds) {
     std::vector<ferry::config::device> devs;
     ferry::point_table points;
     for (int d = 0; d < devices; ++d) {
-        ferry::config::device dev;
-        dev.id = "d" + std::to_string(d);
-        dev.driver = "modbus_tcp";
-        dev.host = "127.0.0.1";
-        dev.port = port;
+        namespace mb = ferry::drivers::modbus;
+        auto dev = mb::make_tcp_device("d" + std::to_string(d), "127.0.0.1", port, {});
         dev.poll_interval = 1ms;
-        dev.timeout = 1000ms;
+        dev.settings.change<mb::device_settings>([](auto& s) { s.timeout = 1000ms; });
         for (int r = 0; r < k_registers; ++r) {
-            ferry::config::point p;
-            p.name = "r" + std::to_string(r);
-            p.address = static_cast<std::uint32_t>(r);
-            dev.points.push_back(p);
-            points.intern(dev.id, p.name, "");
+            dev.points.push_back(mb::make_point("r" + std::to_string(r), mb::table::holding,
+                                                static_cast<std::uint32_t>(r),
+                                                ferry::config::point_type::uint16));
+            points.intern(dev.id, dev.points.back().name, "");
         }
         devs.push_back(std::move(dev));
     }

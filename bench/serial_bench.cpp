@@ -47,10 +47,10 @@ std::string with_nmea(const std::string& body) {
     return body + hh;
 }
 
-void run(const char* name, const config::parse_settings& s, std::vector<config::point> points,
+void run(const char* name, const parse_settings& s, std::vector<config::point> points,
          const std::vector<std::string>& samples) {
     line_parser parser(s, std::move(points));
-    config::framing_settings fs;
+    framing_settings fs;
     std::string stream;
     const std::size_t lines_per_pass = 20000;
     for (std::size_t i = 0; i < lines_per_pass; ++i)
@@ -87,13 +87,13 @@ int main() {
     using config::point_type;
     const auto f64 = point_type::float64;
     {
-        config::parse_settings s;
+        parse_settings s;
         s.regex = R"(^T=(?<t>-?[0-9.]+);H=(?<h>[0-9.]+);P=(?<p>[0-9.]+)$)";
         run("regex", s, {pt("t", f64), pt("h", f64), pt("p", f64)},
             {"T=21.53;H=40.25;P=1013.2", "T=-3.5;H=99.1;P=990.0"});
     }
     {
-        config::parse_settings s;
+        parse_settings s;
         s.regex =
             R"(^\$GPGGA,(?<utc>[0-9.]+),(?<lat>[0-9.]+),[NS],(?<lon>[0-9.]+),[EW],(?<fix>\d),(?<sats>\d+),)";
         s.checksum = "nmea";
@@ -103,22 +103,22 @@ int main() {
             {with_nmea("$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")});
     }
     {
-        config::parse_settings s;
-        s.format = config::parse_format::csv;
+        parse_settings s;
+        s.format = parse_format::csv;
         s.csv = {"t", "h", "p", "n"};
         s.separator = ",";
         run("csv", s, {pt("t", f64), pt("h", f64), pt("p", f64), pt("n", point_type::uint32)},
             {"21.53,40.25,1013.2,17,OK", "-3.5,99.1,990.0,18,OK"});
     }
     {
-        config::parse_settings s;
-        s.format = config::parse_format::json;
+        parse_settings s;
+        s.format = parse_format::json;
         run("json", s, {pt("t", f64), pt("h", f64), pt("p", f64), pt("n", point_type::uint32)},
             {R"({"t":21.53,"h":40.25,"p":1013.2,"n":17,"fw":"1.2"})"});
     }
     {
-        config::parse_settings s;
-        s.format = config::parse_format::kv;
+        parse_settings s;
+        s.format = parse_format::kv;
         s.separator = " ";
         run("kv", s, {pt("t", f64), pt("h", f64), pt("p", f64), pt("n", point_type::uint32)},
             {"t=21.53 h=40.25 p=1013.2 n=17"});

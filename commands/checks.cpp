@@ -391,16 +391,18 @@ std::string check_value(const config::point& p, const ferry::value& v, std::stri
     const bool is_bool = std::holds_alternative<bool>(v);
     const bool is_text = std::holds_alternative<std::string>(v);
     const std::string type(config::type_name(p.type));
-    if (p.tbl == config::table::coil || p.type == config::point_type::boolean) {
+    // The driver may name the point's kind better than its type does (a Modbus coil).
+    const auto kind = p.settings.kind();
+    const std::string what = kind.empty() ? "type " + type : std::string(kind);
+    if (p.type == config::point_type::boolean) {
         if (is_bool) return {};
-        return std::string("value must be true or false (") +
-               (p.tbl == config::table::coil ? "a coil" : "type bool") + ")";
+        return "value must be true or false (" + what + ")";
     }
     if (p.type == config::point_type::string) {
         if (is_text) return {};
-        return "value must be a string (type string)";
+        return "value must be a string (" + what + ")";
     }
-    if (is_bool || is_text) return "value must be a number (type " + type + ")";
+    if (is_bool || is_text) return "value must be a number (" + what + ")";
     if (!is_integer_type(p.type)) return {};
     // A double holds every integer only up to 2^53.
     constexpr double exact = 9007199254740992.0;

@@ -63,13 +63,15 @@ payload parse_payload(std::string_view text, std::size_t max_bytes = 4096);
 // too large to parse, and commands while they are disabled).
 std::optional<std::string> find_id(std::string_view text);
 
-// The value's type against the point's: true/false for coils and bool points, a string for
+// The value's type against the point's: true/false for bool points (Modbus coils are), a string for
 // string points, a number otherwise; for integer types the number must be a whole number of
 // raw steps after the inverse of scale/offset (raw = (value - offset) / scale), computed
 // exactly in decimal on the number's text (`decimal`, as sent; from the double when empty) and
 // on the shortest decimal form of scale and offset, so that no value between two raw steps is
 // taken for either of them. 64-bit integers beyond 2^53 are refused (not exact as a double).
-// "" when fine. min/max and the raw type's range are the writer's check.
+// "" when fine, else why, naming the point's type ("type bool"), or the kind its driver
+// gives (core/config.hpp driver_settings::kind: "a coil"). min/max and the raw type's range
+// are the writer's check.
 std::string check_value(const config::point& p, const ferry::value& v,
                         std::string_view decimal = {});
 

@@ -310,27 +310,6 @@ std::string_view type_name(point_type t) {
     return k_type_names[static_cast<int>(t)];
 }
 
-std::uint32_t register_count(const point& p) {
-    if (p.tbl == table::coil || p.tbl == table::discrete) return 1;
-    switch (p.type) {
-        case point_type::boolean:
-        case point_type::int16:
-        case point_type::uint16:
-            return 1;
-        case point_type::int32:
-        case point_type::uint32:
-        case point_type::float32:
-            return 2;
-        case point_type::int64:
-        case point_type::uint64:
-        case point_type::float64:
-            return 4;
-        case point_type::string:
-            return p.length;
-    }
-    return 1;
-}
-
 bool same_settings(device a, device b) {
     a.where = b.where = {};
     for (auto* d : {&a, &b}) {

@@ -11,7 +11,8 @@
 // gateway/components.hpp):
 // - a top-level section (`section_schema`: rules, upstream, commands, ...), or
 // - a driver (`driver_schema`): its device keys beside `id`, `driver` and `points`, its point
-//   keys beside `name`, and functions that read them into config::device and config::point.
+//   keys beside `name`, and functions that read them into the driver's own settings types,
+//   which the device and its points carry in their `settings` slot (core/config.hpp).
 #pragma once
 
 #include <yaml-cpp/mark.h>
@@ -77,10 +78,12 @@ struct driver_schema {
     std::span<const option> device_options;  // beside id, driver and points
     std::span<const option> point_options;   // beside name
     std::vector<section_doc> docs;           // its nested maps (devices[].parse, ...)
-    // Reads the driver's device keys (already checked against its table), before the points.
+    // Reads the driver's device keys (already checked against its table), before the points;
+    // what only this driver takes goes into `settings`.
     void (*read_device)(loader&, const map_reader&, device&) = nullptr;
-    // Reads the driver's point keys. `scale`, `offset` and `unit`, when the driver declares
-    // them, are read by the loader (they mean the same for every driver).
+    // Reads the driver's point keys (its own into `settings`). `scale`, `offset` and `unit`,
+    // when the driver declares them, are read by the loader (they mean the same for every
+    // driver).
     void (*read_point)(loader&, const map_reader&, point&) = nullptr;
     // After the points (checks across them); may be null.
     void (*finish_device)(loader&, const map_reader&, device&) = nullptr;

@@ -12,7 +12,6 @@
 
 namespace ferry::drivers::modbus {
 
-using config::byte_order;
 using config::point_type;
 
 namespace {
@@ -26,10 +25,6 @@ bool reversed(byte_order o) {
 }
 bool swapped(byte_order o) {
     return o == byte_order::badc || o == byte_order::dcba;
-}
-
-bool is_bit_table(config::table t) {
-    return t == config::table::coil || t == config::table::discrete;
 }
 
 bool is_signed(point_type t) {
@@ -158,7 +153,8 @@ std::vector<std::uint16_t> disassemble(std::uint64_t raw, std::size_t n, byte_or
 
 ferry::value decode_registers(const config::point& p, std::span<const std::uint16_t> regs,
                               std::size_t* repaired) {
-    if (regs.size() != config::register_count(p) || regs.empty()) return std::monostate{};
+    const auto& m = of(p);
+    if (regs.size() != register_count(p.type, m) || regs.empty()) return std::monostate{};
     switch (p.type) {
         case point_type::boolean:
             return regs[0] != 0;
@@ -166,7 +162,7 @@ ferry::value decode_registers(const config::point& p, std::span<const std::uint1
             std::string s;
             s.reserve(regs.size() * 2);
             for (std::uint16_t w : regs) {
-                if (swapped(p.order)) w = swap_bytes(w);
+                if (swapped(m.order)) w = swap_bytes(w);
                 s.push_back(static_cast<char>(w >> 8));
                 s.push_back(static_cast<char>(w & 0xff));
             }
@@ -178,7 +174,7 @@ ferry::value decode_registers(const config::point& p, std::span<const std::uint1
             return s;
         }
         default:
-            return numeric_value(p, assemble(regs, p.order));
+            return numeric_value(p, assemble(regs, m.order));
     }
 }
 
@@ -205,7 +201,8 @@ bool encode_registers(const config::point& p, double v, std::vector<std::uint16_
     if (p.type == point_type::string)
         return set_why(why, "a string point cannot be written from a number"), false;
 
-    if (p.type == point_type::boolean || is_bit_table(p.tbl)) {
+    const auto& m = of(p);
+    if (p.type == point_type::boolean || is_bit_table(m.tbl)) {
         // A bit, or a bool in a register: exactly 0 or 1 (scale and offset do not apply to bool).
         double raw = v;
         if (p.type != point_type::boolean) raw = (v - p.offset) / p.scale;
@@ -216,7 +213,7 @@ bool encode_registers(const config::point& p, double v, std::vector<std::uint16_
 
     const double raw = (v - p.offset) / p.scale;
     if (!std::isfinite(raw)) return set_why(why, "value out of range after scale/offset"), false;
-    const std::size_t n = config::register_count(p);
+    const std::size_t n = register_count(p.type, m);
     std::uint64_t bits = 0;
     if (p.type == point_type::float32) {
         if (std::fabs(raw) > static_cast<double>(FLT_MAX))
@@ -239,13 +236,14 @@ bool encode_registers(const config::point& p, double v, std::vector<std::uint16_
         bits = is_signed(p.type) ? static_cast<std::uint64_t>(static_cast<std::int64_t>(r))
                                  : static_cast<std::uint64_t>(r);
     }
-    out = disassemble(bits, n, p.order);
+    out = disassemble(bits, n, m.order);
     return true;
 }
 
 bool encode_string(const config::point& p, std::string_view text, std::vector<std::uint16_t>& out,
                    std::string* why) {
-    const std::size_t n = p.length;
+    const auto& m = of(p);
+    const std::size_t n = m.length;
     if (text.size() > n * 2) {
         set_why(why, "text of " + std::to_string(text.size()) + " bytes does not fit " +
                          std::to_string(n) + " registers");
@@ -256,7 +254,7 @@ bool encode_string(const config::point& p, std::string_view text, std::vector<st
         const auto c = static_cast<std::uint8_t>(text[i]);
         regs[i / 2] = static_cast<std::uint16_t>(regs[i / 2] | (i % 2 == 0 ? c << 8 : c));
     }
-    if (swapped(p.order)) {
+    if (swapped(m.order)) {
         for (auto& w : regs)
             w = swap_bytes(w);
     }

@@ -23,11 +23,12 @@
 
 #include "core/config.hpp"
 #include "core/event.hpp"
+#include "drivers/modbus/config.hpp"
 
 namespace ferry::drivers::modbus {
 
 // Decodes a point's value from its registers (regs.size() must be
-// config::register_count(p), else the result is empty: std::monostate).
+// register_count(p), else the result is empty: std::monostate).
 //   bool     register != 0
 //   ints     int64 (signed types) or uint64 (unsigned types)
 //   floats   double
@@ -68,9 +69,9 @@ bool encode_string(const config::point& p, std::string_view text, std::vector<st
 // ---- raw helpers -------------------------------------------------------------------------
 
 // The big-endian integer held by regs (1, 2 or 4 registers) in byte order `order`.
-std::uint64_t assemble(std::span<const std::uint16_t> regs, config::byte_order order);
+std::uint64_t assemble(std::span<const std::uint16_t> regs, byte_order order);
 // The inverse: the low 16*n bits of raw as n registers (n = 1, 2 or 4) in byte order `order`.
-std::vector<std::uint16_t> disassemble(std::uint64_t raw, std::size_t n, config::byte_order order);
+std::vector<std::uint16_t> disassemble(std::uint64_t raw, std::size_t n, byte_order order);
 
 // ---- every decoding, for `ferry probe` ---------------------------------------------------
 
@@ -81,12 +82,9 @@ struct decodings {
     using per_order = std::array<std::optional<T>, 4>;
 
     // The orders in the sequence a table should show them: ABCD, CDAB, BADC, DCBA.
-    static constexpr std::array<config::byte_order, 4> orders{
-        config::byte_order::abcd, config::byte_order::cdab, config::byte_order::badc,
-        config::byte_order::dcba};
-    static constexpr std::size_t order_index(config::byte_order o) {
-        return static_cast<std::size_t>(o);
-    }
+    static constexpr std::array<byte_order, 4> orders{byte_order::abcd, byte_order::cdab,
+                                                      byte_order::badc, byte_order::dcba};
+    static constexpr std::size_t order_index(byte_order o) { return static_cast<std::size_t>(o); }
 
     per_order<std::uint16_t> u16;
     per_order<std::int16_t> i16;
@@ -102,6 +100,6 @@ struct decodings {
 decodings decode_all(std::span<const std::uint16_t> regs);
 
 // "ABCD", "DCBA", "BADC", "CDAB".
-std::string_view order_name(config::byte_order o);
+std::string_view order_name(byte_order o);
 
 }  // namespace ferry::drivers::modbus

@@ -2,6 +2,9 @@
 
 #include <array>
 #include <string>
+#include <utility>
+
+#include "core/config_reader.hpp"
 
 namespace ferry::drivers::modbus {
 namespace {
@@ -82,51 +85,56 @@ constexpr option k_point[] = {
     {"max", "number", "none", "Highest value a command may write, in engineering units."},
 };
 
-void read_common(config::loader& ld, const config::map_reader& m, config::device& d) {
+void read_common(config::loader& ld, const config::map_reader& m, config::device& d,
+                 device_settings& s) {
     ld.set_dur(m, "poll_interval", d.poll_interval, true);
-    ld.set_dur(m, "timeout", d.timeout, true);
-    ld.set(m, "retries", d.retries, 0, 100);
-    ld.set(m, "max_gap", d.max_gap, 0, 124);
+    ld.set_dur(m, "timeout", s.timeout, true);
+    ld.set(m, "retries", s.retries, 0, 100);
+    ld.set(m, "max_gap", s.max_gap, 0, 124);
 }
 
 void read_tcp(config::loader& ld, const config::map_reader& m, config::device& d) {
+    device_settings s;
     if (m.require("host"))
-        if (auto s = ld.nonempty_str(*m.get("host"))) d.host = *s;
-    ld.set(m, "port", d.port, 1, 65535);
-    ld.set(m, "unit_id", d.unit_id, 0, 255);
-    read_common(ld, m, d);
+        if (auto h = ld.nonempty_str(*m.get("host"))) s.host = *h;
+    ld.set(m, "port", s.port, 1, 65535);
+    ld.set(m, "unit_id", s.unit_id, 0, 255);
+    read_common(ld, m, d, s);
+    d.settings = config::driver_settings::make(std::move(s));
 }
 
 void read_rtu(config::loader& ld, const config::map_reader& m, config::device& d) {
-    ld.set(m, "unit_id", d.unit_id, 1, 247);
-    read_common(ld, m, d);
-    if (m.require("serial")) d.serial = config::read_serial(ld, *m.get("serial"));
+    device_settings s;
+    ld.set(m, "unit_id", s.unit_id, 1, 247);
+    read_common(ld, m, d, s);
+    if (m.require("serial")) s.serial = config::read_serial(ld, *m.get("serial"));
+    d.settings = config::driver_settings::make(std::move(s));
 }
 
 void read_point(config::loader& ld, const config::map_reader& m, config::point& p) {
     using config::point_type;
-    using config::table;
-    ld.set_enum(m, "table", p.tbl, k_table_names);
-    const bool bits = p.tbl == table::coil || p.tbl == table::discrete;
+    point_settings s;
+    ld.set_enum(m, "table", s.tbl, k_table_names);
+    const bool bits = is_bit_table(s.tbl);
     if (bits) p.type = point_type::boolean;
     bool type_ok = true;
     if (auto r = m.get("type")) {
         if (auto x = ld.choice(*r, config::k_type_names, "type")) {
             p.type = static_cast<point_type>(*x);
             if (bits && p.type != point_type::boolean)
-                ld.fail(*r, "table '" + std::string(k_table_names[static_cast<int>(p.tbl)]) +
+                ld.fail(*r, "table '" + std::string(k_table_names[static_cast<int>(s.tbl)]) +
                                 "' holds bits: type must be bool");
         } else {
             type_ok = false;
         }
     }
-    ld.set_enum(m, "byte_order", p.order, k_byte_order_names);
+    ld.set_enum(m, "byte_order", s.order, k_byte_order_names);
 
     if (m.get("length")) {
         if (p.type != point_type::string) {
             if (type_ok) ld.fail(m.key_ref("length"), "'length' applies only to type string");
         } else {
-            ld.set(m, "length", p.length, 1, 125);
+            ld.set(m, "length", s.length, 1, 125);
         }
     } else if (p.type == point_type::string) {
         m.require("length", "registers, for type string");
@@ -134,27 +142,28 @@ void read_point(config::loader& ld, const config::map_reader& m, config::point& 
 
     if (m.require("address")) {
         if (auto x = ld.integer(*m.get("address"), 0, 65535)) {
-            p.address = static_cast<std::uint32_t>(*x);
-            const std::uint32_t n = type_ok ? config::register_count(p) : 0;
-            if (n > 0 && p.address + n > 65536)
+            s.address = static_cast<std::uint32_t>(*x);
+            const std::uint32_t n = type_ok ? register_count(p.type, s) : 0;
+            if (n > 0 && s.address + n > 65536)
                 ld.fail(*m.get("address"), "a " + std::string(config::type_name(p.type)) + " at " +
-                                               std::to_string(p.address) + " needs registers " +
-                                               std::to_string(p.address) + ".." +
-                                               std::to_string(p.address + n - 1) +
+                                               std::to_string(s.address) + " needs registers " +
+                                               std::to_string(s.address) + ".." +
+                                               std::to_string(s.address + n - 1) +
                                                ", past the last one (65535)");
         }
     }
 
     ld.set_bool(m, "writable", p.writable);
-    if (p.writable && (p.tbl == table::input || p.tbl == table::discrete))
+    if (p.writable && (s.tbl == table::input || s.tbl == table::discrete))
         ld.fail(*m.get("writable"), "table '" +
-                                        std::string(k_table_names[static_cast<int>(p.tbl)]) +
+                                        std::string(k_table_names[static_cast<int>(s.tbl)]) +
                                         "' is read-only in Modbus");
     if (auto r = m.get("min"))
         if (auto x = ld.number(*r)) p.min = *x;
     if (auto r = m.get("max"))
         if (auto x = ld.number(*r)) p.max = *x;
     if (p.min && p.max && *p.min > *p.max) ld.fail(*m.get("max"), "max is less than min");
+    p.settings = config::driver_settings::make(s);
 }
 
 }  // namespace
@@ -175,6 +184,65 @@ const config::driver_schema& rtu_schema() {
         read_point,
         nullptr};
     return s;
+}
+
+std::uint32_t register_count(config::point_type type, const point_settings& s) {
+    using config::point_type;
+    if (is_bit_table(s.tbl)) return 1;
+    switch (type) {
+        case point_type::boolean:
+        case point_type::int16:
+        case point_type::uint16:
+            return 1;
+        case point_type::int32:
+        case point_type::uint32:
+        case point_type::float32:
+            return 2;
+        case point_type::int64:
+        case point_type::uint64:
+        case point_type::float64:
+            return 4;
+        case point_type::string:
+            return s.length;
+    }
+    return 1;
+}
+
+config::point make_point(std::string name, table tbl, std::uint32_t address,
+                         config::point_type type, byte_order order, std::uint32_t length) {
+    config::point p;
+    p.name = std::move(name);
+    p.type = type;
+    p.settings = config::driver_settings::make(point_settings{tbl, address, order, length});
+    return p;
+}
+
+namespace {
+config::device device_of(std::string id, std::string_view driver, std::vector<config::point> points,
+                         device_settings s) {
+    config::device d;
+    d.id = std::move(id);
+    d.driver = std::string(driver);
+    d.points = std::move(points);
+    d.settings = config::driver_settings::make(std::move(s));
+    return d;
+}
+}  // namespace
+
+config::device make_tcp_device(std::string id, std::string host, std::uint16_t port,
+                               std::vector<config::point> points) {
+    device_settings s;
+    s.host = std::move(host);
+    s.port = port;
+    return device_of(std::move(id), "modbus_tcp", std::move(points), std::move(s));
+}
+
+config::device make_rtu_device(std::string id, config::serial_settings serial, int unit_id,
+                               std::vector<config::point> points) {
+    device_settings s;
+    s.unit_id = unit_id;
+    s.serial = std::move(serial);
+    return device_of(std::move(id), "modbus_rtu", std::move(points), std::move(s));
 }
 
 }  // namespace ferry::drivers::modbus

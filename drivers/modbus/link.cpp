@@ -64,22 +64,22 @@ std::string reason(const read_result& r) {
     }
 }
 
-std::uint8_t function_code(config::table t) {
+std::uint8_t function_code(table t) {
     switch (t) {
-        case config::table::coil:
+        case table::coil:
             return 0x01;
-        case config::table::discrete:
+        case table::discrete:
             return 0x02;
-        case config::table::holding:
+        case table::holding:
             return 0x03;
-        case config::table::input:
+        case table::input:
         default:
             return 0x04;
     }
 }
 
-read_result parse_read_response(std::span<const std::uint8_t> pdu, config::table t,
-                                std::uint16_t count, std::uint16_t* out) {
+read_result parse_read_response(std::span<const std::uint8_t> pdu, table t, std::uint16_t count,
+                                std::uint16_t* out) {
     const std::uint8_t fc = function_code(t);
     if (pdu.empty()) return {fault::short_frame};
     if (pdu[0] == (fc | 0x80)) {
@@ -162,7 +162,7 @@ class tcp_link final : public link {
         fd_ = -1;
     }
 
-    read_result read(int unit, config::table t, std::uint16_t address, std::uint16_t count,
+    read_result read(int unit, table t, std::uint16_t address, std::uint16_t count,
                      std::chrono::milliseconds timeout, std::uint16_t* out) override {
         const std::array<std::uint8_t, 5> pdu{
             function_code(t), static_cast<std::uint8_t>(address >> 8),
@@ -326,7 +326,7 @@ class rtu_link final : public link {
         }
     }
 
-    read_result read(int unit, config::table t, std::uint16_t address, std::uint16_t count,
+    read_result read(int unit, table t, std::uint16_t address, std::uint16_t count,
                      std::chrono::milliseconds timeout, std::uint16_t* out) override {
         if (!ctx_ && !open()) return {fault::connect};
         prepare(unit, timeout);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "drivers/modbus/config.hpp"
 
 namespace ferry::drivers::modbus {
 
@@ -57,15 +58,12 @@ constexpr std::uint8_t k_illegal_address = 0x02;
 constexpr std::uint32_t k_max_registers = 125;  // per read request (FC 3/4)
 constexpr std::uint32_t k_max_bits = 2000;      // per read request (FC 1/2)
 
-std::uint8_t function_code(config::table t);
-inline bool is_bit_table(config::table t) {
-    return t == config::table::coil || t == config::table::discrete;
-}
+std::uint8_t function_code(table t);
 
 // Checks the PDU (function code onwards) answering a read of `count` registers or bits of
 // table `t`, and unpacks the values into out[0..count) (bits as 0 or 1).
-read_result parse_read_response(std::span<const std::uint8_t> pdu, config::table t,
-                                std::uint16_t count, std::uint16_t* out);
+read_result parse_read_response(std::span<const std::uint8_t> pdu, table t, std::uint16_t count,
+                                std::uint16_t* out);
 
 // ---- Writes (downlink commands) ----------------------------------------------------------
 // FC 5 writes one coil (values[0]: 0 or 1), FC 6 one holding register, FC 16 several.
@@ -88,7 +86,7 @@ class link {
     virtual ~link() = default;
     // Reads `count` registers (or bits, as 0/1) of table `t` from `address` of unit `unit`
     // into out[0..count). Opens the connection first when needed.
-    virtual read_result read(int unit, config::table t, std::uint16_t address, std::uint16_t count,
+    virtual read_result read(int unit, table t, std::uint16_t address, std::uint16_t count,
                              std::chrono::milliseconds timeout, std::uint16_t* out) = 0;
     // Writes `values` at `address` of unit `unit` with FC 5, 6 or 16 (k_write_*). Never
     // retried here: the caller decides (a write that timed out may have happened).

@@ -11,13 +11,13 @@ read_block block_of(const std::vector<config::point>& points,
                     std::vector<std::size_t>::const_iterator first,
                     std::vector<std::size_t>::const_iterator last) {
     read_block b;
-    b.tbl = points[*first].tbl;
-    b.start = points[*first].address;
+    b.tbl = of(points[*first]).tbl;
+    b.start = of(points[*first]).address;
     std::uint32_t end = b.start;
     for (auto it = first; it != last; ++it) {
-        const auto& p = points[*it];
+        const auto& p = of(points[*it]);
         b.start = std::min(b.start, p.address);
-        end = std::max(end, p.address + config::register_count(p));
+        end = std::max(end, p.address + register_count(points[*it].type, p));
         b.points.push_back(*it);
     }
     b.count = end - b.start;
@@ -32,13 +32,14 @@ std::vector<read_block> plan_blocks(const std::vector<config::point>& points,
     for (std::size_t i = 0; i < order.size(); ++i)
         order[i] = i;
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-        if (points[a].tbl != points[b].tbl) return points[a].tbl < points[b].tbl;
-        return points[a].address < points[b].address;
+        const auto &x = of(points[a]), &y = of(points[b]);
+        if (x.tbl != y.tbl) return x.tbl < y.tbl;
+        return x.address < y.address;
     });
     std::vector<read_block> blocks;
     for (auto i : order) {
-        const auto& p = points[i];
-        const std::uint32_t n = config::register_count(p);
+        const auto& p = of(points[i]);
+        const std::uint32_t n = register_count(points[i].type, p);
         const std::uint32_t limit = is_bit_table(p.tbl) ? k_max_bits : k_max_registers;
         if (!blocks.empty()) {
             auto& b = blocks.back();
@@ -62,9 +63,8 @@ std::pair<read_block, read_block> split_block(const read_block& b,
     std::int64_t widest = -1;
     for (std::size_t k = 1; k < b.points.size(); ++k) {
         const auto& prev = points[b.points[k - 1]];
-        const std::int64_t gap =
-            static_cast<std::int64_t>(points[b.points[k]].address) -
-            static_cast<std::int64_t>(prev.address + config::register_count(prev));
+        const std::int64_t gap = static_cast<std::int64_t>(of(points[b.points[k]]).address) -
+                                 static_cast<std::int64_t>(of(prev).address + register_count(prev));
         // Ties: the cut nearest the middle, so a run of equal gaps is bisected.
         const auto mid = static_cast<std::int64_t>(b.points.size() / 2);
         const auto dist = std::abs(static_cast<std::int64_t>(k) - mid);

@@ -12,11 +12,12 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "drivers/modbus/config.hpp"
 
 namespace ferry::drivers::modbus {
 
 struct read_block {
-    config::table tbl = config::table::holding;
+    table tbl = table::holding;
     std::uint32_t start = 0;
     std::uint32_t count = 0;
     std::vector<std::size_t> points;  // indexes into the device's points, by address

@@ -109,18 +109,19 @@ struct channel {
 // reason in `why` when the value does not suit the point.
 std::uint8_t encode_write(const config::point& p, const ferry::value& v,
                           std::vector<std::uint16_t>& values, std::string& why) {
-    if (p.tbl != config::table::holding && p.tbl != config::table::coil) {
+    const auto tbl = of(p).tbl;
+    if (tbl != table::holding && tbl != table::coil) {
         why = "input registers and discrete inputs are read-only";
         return 0;
     }
     const bool* flag = std::get_if<bool>(&v);
-    if (p.tbl == config::table::coil || p.type == config::point_type::boolean) {
+    if (tbl == table::coil || p.type == config::point_type::boolean) {
         if (!flag) {
             why = "value must be true or false";
             return 0;
         }
         values.assign(1, *flag ? 1 : 0);
-        return p.tbl == config::table::coil ? k_write_coil : k_write_register;
+        return tbl == table::coil ? k_write_coil : k_write_register;
     }
     if (p.type == config::point_type::string) {
         const auto* text = std::get_if<std::string>(&v);
@@ -146,7 +147,7 @@ std::string describe_write_error(const read_result& r, const config::device& d, 
             return "the device answered with Modbus exception " + std::to_string(r.exception) +
                    " (" + reason(r) + ")";
         case fault::timeout:
-            return "timeout: no answer within " + std::to_string(d.timeout.count()) +
+            return "timeout: no answer within " + std::to_string(of(d).timeout.count()) +
                    "ms; the write may or may not have happened";
         case fault::connect:
             return "connect: cannot reach " + lnk.name() + "; nothing was written";
@@ -231,21 +232,22 @@ struct poller::impl {
         std::map<std::pair<std::string, int>, const config::device*> units;
         for (const auto& d : devs) {
             if (d.driver == "modbus_tcp") continue;
-            if (d.driver != "modbus_rtu" || !d.serial)
+            if (d.driver != "modbus_rtu" || !of(d).serial)
                 throw std::invalid_argument("device " + d.id + ": not a Modbus device");
-            const auto& s = *d.serial;
+            const auto& s = *of(d).serial;
             auto [it, first_on_port] = owner.try_emplace(s.port, &d);
-            const auto& fs = *it->second->serial;
+            const auto& fs = *of(*it->second).serial;
             if (!first_on_port && (fs.baud != s.baud || fs.par != s.par ||
                                    fs.data_bits != s.data_bits || fs.stop_bits != s.stop_bits))
                 throw std::invalid_argument("device " + d.id + ": serial port " + s.port +
                                             " is shared with device " + it->second->id +
                                             " but with other settings");
-            auto [u, fresh] = units.try_emplace({s.port, d.unit_id}, &d);
+            const int unit = of(d).unit_id;
+            auto [u, fresh] = units.try_emplace({s.port, unit}, &d);
             if (!fresh)
-                throw std::invalid_argument("device " + d.id + ": unit_id " +
-                                            std::to_string(d.unit_id) + " on " + s.port +
-                                            " is already device " + u->second->id);
+                throw std::invalid_argument("device " + d.id + ": unit_id " + std::to_string(unit) +
+                                            " on " + s.port + " is already device " +
+                                            u->second->id);
         }
     }
 
@@ -260,7 +262,7 @@ struct poller::impl {
             if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
             rt->ids.push_back(*id);
         }
-        for (auto& b : plan_blocks(d.points, d.max_gap)) {
+        for (auto& b : plan_blocks(d.points, of(d).max_gap)) {
             block_group g;
             g.parts.push_back(b);
             g.whole = std::move(b);
@@ -283,18 +285,19 @@ struct poller::impl {
     }
 
     channel* channel_for(const config::device& d) {
+        const auto& s = of(d);
         if (d.driver == "modbus_rtu") {
             for (auto& ch : channels) {
-                if (ch->port == d.serial->port) return ch.get();
+                if (ch->port == s.serial->port) return ch.get();
             }
         }
         channels.push_back(std::make_unique<channel>());
         auto& ch = *channels.back();
         if (d.driver == "modbus_tcp") {
-            ch.lnk = make_tcp_link(d.host, d.port);
+            ch.lnk = make_tcp_link(s.host, s.port);
         } else {
-            ch.lnk = make_rtu_link(*d.serial);
-            ch.port = d.serial->port;
+            ch.lnk = make_rtu_link(*s.serial);
+            ch.port = s.serial->port;
         }
         return &ch;
     }
@@ -398,14 +401,14 @@ struct poller::impl {
     // One block, with retries for a device that is up. A protocol exception is the device's
     // definite answer and is not retried.
     read_result read_block_once(device_rt& d, const read_block& b, poll_outcome& o) {
-        const int attempts = d.up ? 1 + d.cfg.retries : 1;
+        const auto& s = of(d.cfg);
+        const int attempts = d.up ? 1 + s.retries : 1;
         read_result r;
         for (int a = 0; a < attempts; ++a) {
             if (a > 0 && halting.load(std::memory_order_relaxed)) break;
             ++o.requests;
-            r = d.chan->lnk->read(d.cfg.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
-                                  static_cast<std::uint16_t>(b.count), d.cfg.timeout,
-                                  d.regs.data());
+            r = d.chan->lnk->read(s.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
+                                  static_cast<std::uint16_t>(b.count), s.timeout, d.regs.data());
             if (r.ok()) return r;
             count_error(d, r, b);
             if (r.err == fault::exception) return r;
@@ -419,15 +422,16 @@ struct poller::impl {
             e.point = d.ids[i];
             e.ts = ts;
             const auto& p = d.cfg.points[i];
+            const auto& ps = of(p);
             if (!ok) {
                 e.quality = quality::bad;
             } else if (is_bit_table(b.tbl)) {
-                e.value = decode_bit(p, static_cast<std::uint8_t>(d.regs[p.address - b.start]));
+                e.value = decode_bit(p, static_cast<std::uint8_t>(d.regs[ps.address - b.start]));
             } else {
-                const auto n = config::register_count(p);
+                const auto n = register_count(p.type, ps);
                 std::size_t repaired = 0;
                 e.value = decode_registers(
-                    p, std::span<const std::uint16_t>(d.regs.data() + (p.address - b.start), n),
+                    p, std::span<const std::uint16_t>(d.regs.data() + (ps.address - b.start), n),
                     &repaired);
                 if (repaired > 0) invalid_text(d, p);
                 if (std::holds_alternative<std::monostate>(e.value))
@@ -664,7 +668,7 @@ std::string poller::impl::prepare_write(std::string_view device, std::string_vie
     if (w.function == 0) return why;
     w.device = d;
     w.point = it->name;
-    w.address = static_cast<std::uint16_t>(it->address);
+    w.address = static_cast<std::uint16_t>(of(*it).address);
     return {};
 }
 
@@ -691,7 +695,8 @@ bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
     cv.notify_one();           // someone else watches the clock meanwhile
     lock.unlock();
     const auto& cfg = w.device->cfg;
-    const auto r = chan->lnk->write(cfg.unit_id, w.function, w.address, w.values, cfg.timeout);
+    const auto r =
+        chan->lnk->write(of(cfg).unit_id, w.function, w.address, w.values, of(cfg).timeout);
     write_result out;
     out.ok = r.ok();
     out.attempted = r.err != fault::connect;

@@ -31,7 +31,7 @@ struct probe_args {
     std::uint16_t port = 502;
     std::optional<config::serial_settings> serial;
     int unit = 1;
-    config::table tbl = config::table::holding;
+    table tbl = table::holding;
     std::optional<std::uint16_t> address;
     std::uint32_t count = 4;
     std::chrono::milliseconds timeout{1000};
@@ -96,13 +96,13 @@ std::string parse(const std::vector<std::string>& args, probe_args& a) {
             a.unit = static_cast<int>(*n);
         } else if (k == "--table") {
             if (v == "holding")
-                a.tbl = config::table::holding;
+                a.tbl = table::holding;
             else if (v == "input")
-                a.tbl = config::table::input;
+                a.tbl = table::input;
             else if (v == "coil")
-                a.tbl = config::table::coil;
+                a.tbl = table::coil;
             else if (v == "discrete")
-                a.tbl = config::table::discrete;
+                a.tbl = table::discrete;
             else
                 return bad;
         } else if (k == "--address") {
@@ -134,15 +134,15 @@ std::string parse(const std::vector<std::string>& args, probe_args& a) {
     return {};
 }
 
-const char* table_name(config::table t) {
+const char* table_name(table t) {
     switch (t) {
-        case config::table::holding:
+        case table::holding:
             return "holding";
-        case config::table::input:
+        case table::input:
             return "input";
-        case config::table::coil:
+        case table::coil:
             return "coil";
-        case config::table::discrete:
+        case table::discrete:
         default:
             return "discrete";
     }

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
 
+#include "core/config_reader.hpp"
 #include "drivers/serial/regex.hpp"
 
 namespace ferry::drivers::serial {
@@ -74,9 +76,61 @@ constexpr option k_parse_options[] = {
      config::k_all_drivers, k_checksum_names},
 };
 
+// `parse`: exactly one format.
+std::optional<parse_settings> read_parse(config::loader& ld, const config::map_reader& m) {
+    if (!m.require("parse")) return std::nullopt;
+    config::map_reader pm(ld, *m.get("parse"), k_parse_options);
+    if (!pm.is_map()) return std::nullopt;
+    pm.check_keys();
+    parse_settings p;
+    int formats = 0;
+    if (auto r = pm.get("regex")) {
+        ++formats;
+        p.format = parse_format::regex;
+        if (auto s = ld.nonempty_str(*r)) {
+            p.regex = *s;
+            ld.remember(m.path() + "#regex", *r);  // finish_names checks its groups
+            if (auto e = check_regex(*s).error; !e.empty()) ld.fail(*r, "invalid regex: " + e);
+        }
+    }
+    if (auto r = pm.get("csv")) {
+        ++formats;
+        p.format = parse_format::csv;
+        for (auto& item : ld.list(*r)) {
+            if (auto s = ld.str(item)) {
+                ld.remember(m.path() + "#csv" + std::to_string(p.csv.size()), item);
+                p.csv.push_back(*s);
+            }
+        }
+        if (p.csv.empty()) ld.fail(*r, "csv needs at least one column");
+        p.separator = ",";
+    }
+    if (auto r = pm.get("json"); r && ld.boolean(*r).value_or(false)) {
+        ++formats;
+        p.format = parse_format::json;
+    }
+    if (auto r = pm.get("kv"); r && ld.boolean(*r).value_or(false)) {
+        ++formats;
+        p.format = parse_format::kv;
+        p.separator = " ";
+    }
+    if (formats != 1)
+        ld.fail(pm.where(), pm.path(), "set exactly one of regex, csv, json: true, kv: true");
+    if (auto r = pm.get("separator")) {
+        if (p.format != parse_format::csv && p.format != parse_format::kv)
+            ld.fail(pm.key_ref("separator"), "'separator' applies only to csv and kv");
+        else if (auto s = ld.nonempty_str(*r))
+            p.separator = *s;
+    }
+    if (auto r = pm.get("checksum"))
+        if (ld.choice(*r, k_checksum_names, "checksum")) p.checksum = "nmea";
+    return p;
+}
+
 void read_device(config::loader& ld, const config::map_reader& m, config::device& d) {
-    if (m.require("serial")) d.serial = config::read_serial(ld, *m.get("serial"));
-    config::framing_settings f;
+    device_settings out;
+    if (m.require("serial")) out.serial = config::read_serial(ld, *m.get("serial"));
+    framing_settings f;
     if (auto r = m.get("framing")) {
         config::map_reader fm(ld, *r, k_framing_options);
         if (fm.is_map()) {
@@ -95,67 +149,22 @@ void read_device(config::loader& ld, const config::map_reader& m, config::device
             }
         }
     }
-    d.framing = f;
+    out.framing = f;
 
     if (auto r = m.get("poll")) {
         config::map_reader qm(ld, *r, k_poll_options);
         if (qm.is_map()) {
             qm.check_keys();
-            config::request_settings q;
+            request_settings q;
             if (qm.require("request"))
                 if (auto s = ld.nonempty_str(*qm.get("request"))) q.request = *s;
             ld.set_dur(qm, "interval", q.interval, true);
-            d.request = std::move(q);
+            out.request = std::move(q);
         }
     }
 
-    if (!m.require("parse")) return;
-    config::map_reader pm(ld, *m.get("parse"), k_parse_options);
-    if (!pm.is_map()) return;
-    pm.check_keys();
-    config::parse_settings p;
-    int formats = 0;
-    if (auto r = pm.get("regex")) {
-        ++formats;
-        p.format = config::parse_format::regex;
-        if (auto s = ld.nonempty_str(*r)) {
-            p.regex = *s;
-            ld.remember(m.path() + "#regex", *r);  // finish_names checks its groups
-            if (auto e = check_regex(*s).error; !e.empty()) ld.fail(*r, "invalid regex: " + e);
-        }
-    }
-    if (auto r = pm.get("csv")) {
-        ++formats;
-        p.format = config::parse_format::csv;
-        for (auto& item : ld.list(*r)) {
-            if (auto s = ld.str(item)) {
-                ld.remember(m.path() + "#csv" + std::to_string(p.csv.size()), item);
-                p.csv.push_back(*s);
-            }
-        }
-        if (p.csv.empty()) ld.fail(*r, "csv needs at least one column");
-        p.separator = ",";
-    }
-    if (auto r = pm.get("json"); r && ld.boolean(*r).value_or(false)) {
-        ++formats;
-        p.format = config::parse_format::json;
-    }
-    if (auto r = pm.get("kv"); r && ld.boolean(*r).value_or(false)) {
-        ++formats;
-        p.format = config::parse_format::kv;
-        p.separator = " ";
-    }
-    if (formats != 1)
-        ld.fail(pm.where(), pm.path(), "set exactly one of regex, csv, json: true, kv: true");
-    if (auto r = pm.get("separator")) {
-        if (p.format != config::parse_format::csv && p.format != config::parse_format::kv)
-            ld.fail(pm.key_ref("separator"), "'separator' applies only to csv and kv");
-        else if (auto s = ld.nonempty_str(*r))
-            p.separator = *s;
-    }
-    if (auto r = pm.get("checksum"))
-        if (ld.choice(*r, k_checksum_names, "checksum")) p.checksum = "nmea";
-    d.parse = std::move(p);
+    out.parse = read_parse(ld, m);
+    d.settings = config::driver_settings::make(std::move(out));
 }
 
 void read_point(config::loader& ld, const config::map_reader& m, config::point& p) {
@@ -164,19 +173,20 @@ void read_point(config::loader& ld, const config::map_reader& m, config::point& 
 
 // Names in the parse settings must be points of this device.
 void finish_device(config::loader& ld, const config::map_reader& m, config::device& d) {
-    if (!d.parse) return;
+    const auto& parse = of(d).parse;
+    if (!parse) return;
     auto known = [&](const std::string& n) {
         return std::any_of(d.points.begin(), d.points.end(),
                            [&](const config::point& p) { return p.name == n; });
     };
     if (auto r = ld.recall(m.path() + "#regex")) {
-        for (const auto& name : check_regex(d.parse->regex).names) {
+        for (const auto& name : check_regex(parse->regex).names) {
             if (!known(name))
                 ld.fail(*r, "named group '" + name + "' is not a point of device '" + d.id + "'");
         }
     }
-    for (std::size_t i = 0; i < d.parse->csv.size(); ++i) {
-        const auto& n = d.parse->csv[i];
+    for (std::size_t i = 0; i < parse->csv.size(); ++i) {
+        const auto& n = parse->csv[i];
         if (n.empty() || known(n)) continue;
         if (auto r = ld.recall(m.path() + "#csv" + std::to_string(i)))
             ld.fail(*r, "'" + n + "' is not a point of device '" + d.id + "'");

@@ -13,13 +13,13 @@
 #include <string>
 #include <string_view>
 
-#include "core/config.hpp"
+#include "drivers/serial/config.hpp"
 
 namespace ferry::drivers::serial {
 
 class framer {
   public:
-    explicit framer(const config::framing_settings& f)
+    explicit framer(const framing_settings& f)
         : delim_(f.delimiter),
           length_(f.length),
           max_(f.max_frame),

@@ -234,7 +234,7 @@ std::optional<ferry::value> convert_json(const nlohmann::json& v, const config::
 }  // namespace
 
 struct line_parser::impl {
-    config::parse_settings settings;
+    parse_settings settings;
     std::vector<config::point> points;
     std::unique_ptr<RE2> re;
     std::vector<int> group_point;  // regex group index → point index, -1: not a point
@@ -323,7 +323,7 @@ struct line_parser::impl {
         };
         if (trim(f).empty()) return;  // a blank line between readings is not a reading
         switch (settings.format) {
-            case config::parse_format::regex: {
+            case parse_format::regex: {
                 std::vector<re2::StringPiece> groups(group_point.size());
                 if (!re->Match(re2::StringPiece(f.data(), f.size()), 0, f.size(), RE2::UNANCHORED,
                                groups.data(), static_cast<int>(groups.size())))
@@ -332,18 +332,18 @@ struct line_parser::impl {
                     if (groups[g].data() != nullptr) add(group_point[g]);
                 return;
             }
-            case config::parse_format::csv:
+            case parse_format::csv:
                 for (int p : csv_point)
                     add(p);
                 return;
-            case config::parse_format::json: {
+            case parse_format::json: {
                 const auto doc = nlohmann::json::parse(f.begin(), f.end(), nullptr, false);
                 if (doc.is_discarded() || !doc.is_object()) return;
                 for (const auto& item : doc.items())
                     add(find(item.key()));
                 return;
             }
-            case config::parse_format::kv:
+            case parse_format::kv:
                 for (;;) {
                     const auto end = f.find(settings.separator);
                     const auto token = trim(f.substr(0, end));
@@ -357,14 +357,14 @@ struct line_parser::impl {
     }
 };
 
-line_parser::line_parser(const config::parse_settings& parse, std::vector<config::point> points)
+line_parser::line_parser(const parse_settings& parse, std::vector<config::point> points)
     : impl_(std::make_unique<impl>()) {
     impl_->settings = parse;
     impl_->points = std::move(points);
     auto& s = impl_->settings;
-    if (s.format == config::parse_format::csv && s.separator.empty()) s.separator.assign(1, ',');
-    if (s.format == config::parse_format::kv && s.separator.empty()) s.separator.assign(1, ' ');
-    if (s.format == config::parse_format::regex) {
+    if (s.format == parse_format::csv && s.separator.empty()) s.separator.assign(1, ',');
+    if (s.format == parse_format::kv && s.separator.empty()) s.separator.assign(1, ' ');
+    if (s.format == parse_format::regex) {
         RE2::Options opts;
         opts.set_log_errors(false);
         impl_->re = std::make_unique<RE2>(to_re2_syntax(s.regex), opts);
@@ -378,7 +378,7 @@ line_parser::line_parser(const config::parse_settings& parse, std::vector<config
             impl_->group_point[static_cast<std::size_t>(index)] = p;
         }
     }
-    if (s.format == config::parse_format::csv) {
+    if (s.format == parse_format::csv) {
         for (const auto& name : s.csv) {
             const int p = name.empty() ? -1 : impl_->find(name);
             if (!name.empty() && p < 0)
@@ -412,22 +412,22 @@ frame_error line_parser::parse(std::string_view frame, std::vector<field>& out,
     // one stray byte in a name must not cost the frame's other values.
     std::size_t repaired = 0;
     std::string repaired_frame;
-    if (impl_->settings.format == config::parse_format::json && !utf8::valid(frame)) {
+    if (impl_->settings.format == parse_format::json && !utf8::valid(frame)) {
         repaired = utf8::append_repaired(repaired_frame, frame);
         frame = repaired_frame;
     }
     frame_error r = frame_error::parse;
     switch (impl_->settings.format) {
-        case config::parse_format::regex:
+        case parse_format::regex:
             r = impl_->regex(frame, out);
             break;
-        case config::parse_format::csv:
+        case parse_format::csv:
             r = impl_->csv(frame, out);
             break;
-        case config::parse_format::json:
+        case parse_format::json:
             r = impl_->json(frame, out);
             break;
-        case config::parse_format::kv:
+        case parse_format::kv:
             r = impl_->kv(frame, out);
             break;
     }

@@ -29,6 +29,7 @@
 
 #include "core/config.hpp"
 #include "core/event.hpp"
+#include "drivers/serial/config.hpp"
 
 namespace ferry::drivers::serial {
 
@@ -67,7 +68,7 @@ class line_parser {
   public:
     // Throws std::invalid_argument for settings it cannot use (a regex that does not
     // compile, a name that is not one of `points`). The config loader checks the same first.
-    line_parser(const config::parse_settings& parse, std::vector<config::point> points);
+    line_parser(const parse_settings& parse, std::vector<config::point> points);
     ~line_parser();
     line_parser(line_parser&&) noexcept;
     line_parser& operator=(line_parser&&) noexcept;

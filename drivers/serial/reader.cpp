@@ -80,8 +80,8 @@ enum class port_state { unknown, up, down };
 struct port_rt : std::enable_shared_from_this<port_rt> {
     port_rt(config::device c, asio::io_context& io)
         : cfg(std::move(c)),
-          parser(*cfg.parse, cfg.points),
-          frm(cfg.framing.value_or(config::framing_settings{})),
+          parser(*of(cfg).parse, cfg.points),
+          frm(of(cfg).framing),
           port(io),
           reopen_timer(io),
           poll_timer(io) {}
@@ -155,7 +155,7 @@ struct reader::impl {
     // Builds a port from its config without touching the port or any series. Throws
     // std::invalid_argument (naming the device) for settings it cannot use.
     std::shared_ptr<port_rt> make(config::device d) {
-        if (d.driver != "serial_line" || !d.serial || !d.parse)
+        if (d.driver != "serial_line" || !of(d).serial || !of(d).parse)
             throw std::invalid_argument("device " + d.id + ": not a serial_line device");
         const std::string id = d.id;
         std::shared_ptr<port_rt> rt;
@@ -209,7 +209,7 @@ struct reader::impl {
 
     void open(port_rt& d) {
         if (stopping || d.retired) return;
-        const auto& s = *d.cfg.serial;
+        const auto& s = *of(d.cfg).serial;
         error_code ec;
         d.port.open(s.port, ec);
         std::string setting;
@@ -241,7 +241,7 @@ struct reader::impl {
         log::info(k_component, "port open",
                   {{"device", d.cfg.id}, {"port", s.port}, {"baud", std::to_string(s.baud)}});
         read(d);
-        if (d.cfg.request) {
+        if (of(d.cfg).request) {
             d.writing = false;
             d.next_poll = steady::now();
             poll_tick(d);
@@ -251,7 +251,7 @@ struct reader::impl {
     // Applies the line settings; on failure says which one the port refused (a pty, for
     // one, takes only 8 data bits).
     static std::string configure(port_rt& d, error_code& ec) {
-        const auto& s = *d.cfg.serial;
+        const auto& s = *of(d.cfg).serial;
         using base = asio::serial_port_base;
         base::parity::type par = base::parity::none;
         if (s.par == config::parity::even) par = base::parity::even;
@@ -272,8 +272,9 @@ struct reader::impl {
     // The port went away (EOF, I/O error): close it, go down, try again later.
     void lost(port_rt& d, const error_code& ec) {
         d.errors[r_io]->Increment();
-        log::warn(k_component, "port lost",
-                  {{"device", d.cfg.id}, {"port", d.cfg.serial->port}, {"error", ec.message()}});
+        log::warn(
+            k_component, "port lost",
+            {{"device", d.cfg.id}, {"port", of(d.cfg).serial->port}, {"error", ec.message()}});
         error_code ignored;
         d.poll_timer.cancel();
         d.port.close(ignored);
@@ -424,7 +425,7 @@ struct reader::impl {
         if (stopping || d.retired || !d.port.is_open()) return;
         if (!d.writing) {
             d.writing = true;
-            asio::async_write(d.port, asio::buffer(d.cfg.request->request),
+            asio::async_write(d.port, asio::buffer(of(d.cfg).request->request),
                               [self = d.shared_from_this()](const error_code& ec, std::size_t) {
                                   self->writing = false;
                                   // A failed write means the port is going; the read side
@@ -437,8 +438,8 @@ struct reader::impl {
         }
         // Fixed rate without drift; slots missed (the thread was blocked) are skipped.
         const auto now = steady::now();
-        d.next_poll += d.cfg.request->interval;
-        if (d.next_poll <= now) d.next_poll = now + d.cfg.request->interval;
+        d.next_poll += of(d.cfg).request->interval;
+        if (d.next_poll <= now) d.next_poll = now + of(d.cfg).request->interval;
         d.poll_timer.expires_at(d.next_poll);
         d.poll_timer.async_wait([this, self = d.shared_from_this()](const error_code& ec) {
             if (!ec) poll_tick(*self);
@@ -488,10 +489,10 @@ std::vector<device_status> reader::status() const {
 
 void reader::check(const std::vector<config::device>& devices) {
     for (const auto& d : devices) {
-        if (d.driver != "serial_line" || !d.serial || !d.parse)
+        if (d.driver != "serial_line" || !of(d).serial || !of(d).parse)
             throw std::invalid_argument("device " + d.id + ": not a serial_line device");
         try {
-            line_parser(*d.parse, d.points);
+            line_parser(*of(d).parse, d.points);
         } catch (const std::invalid_argument& e) {
             throw std::invalid_argument("device " + d.id + ": " + e.what());
         }

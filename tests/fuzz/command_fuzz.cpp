@@ -20,9 +20,11 @@
 #include <nlohmann/json.hpp>
 
 #include "commands/checks.hpp"
+#include "drivers/modbus/config.hpp"
 
 namespace cmd = ferry::commands;
 namespace cfg = ferry::config;
+namespace mb = ferry::drivers::modbus;
 
 namespace {
 
@@ -32,11 +34,9 @@ namespace {
     __builtin_trap();
 }
 
-cfg::point point(cfg::table t, cfg::point_type type, double scale = 1, double offset = 0) {
-    cfg::point p;
-    p.name.push_back('p');  // not = "p": GCC 12 -O2 warns a false -Wrestrict on that
-    p.tbl = t;
-    p.type = type;
+cfg::point point(mb::table t, cfg::point_type type, double scale = 1, double offset = 0) {
+    // std::string(1, 'p'), not "p": GCC 12 -O2 warns a false -Wrestrict on that
+    auto p = mb::make_point(std::string(1, 'p'), t, 0, type);
     p.scale = scale;
     p.offset = offset;
     p.writable = true;
@@ -44,14 +44,14 @@ cfg::point point(cfg::table t, cfg::point_type type, double scale = 1, double of
 }
 
 const cfg::point k_points[] = {
-    point(cfg::table::holding, cfg::point_type::uint32),
-    point(cfg::table::holding, cfg::point_type::int32, 0.001),
-    point(cfg::table::holding, cfg::point_type::int16, 0.1, -5),
-    point(cfg::table::holding, cfg::point_type::int64),
-    point(cfg::table::holding, cfg::point_type::uint16, 0.5, 0.25),
-    point(cfg::table::holding, cfg::point_type::float32),
-    point(cfg::table::coil, cfg::point_type::boolean),
-    point(cfg::table::holding, cfg::point_type::string),
+    point(mb::table::holding, cfg::point_type::uint32),
+    point(mb::table::holding, cfg::point_type::int32, 0.001),
+    point(mb::table::holding, cfg::point_type::int16, 0.1, -5),
+    point(mb::table::holding, cfg::point_type::int64),
+    point(mb::table::holding, cfg::point_type::uint16, 0.5, 0.25),
+    point(mb::table::holding, cfg::point_type::float32),
+    point(mb::table::coil, cfg::point_type::boolean),
+    point(mb::table::holding, cfg::point_type::string),
 };
 
 void check_result_json(const std::optional<std::string>& id, std::string_view text) {
@@ -84,7 +84,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             const auto why = cmd::check_value(pt, p.value, p.decimal);
             if (!why.empty() || !number) continue;
             const bool integer = pt.type != cfg::point_type::float32 &&
-                                 pt.type != cfg::point_type::float64 && pt.tbl != cfg::table::coil;
+                                 pt.type != cfg::point_type::float64 &&
+                                 mb::of(pt).tbl != mb::table::coil;
             if (!integer) continue;
             const double d = *ferry::as_double(p.value);
             const double raw = (d - pt.offset) / pt.scale;

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "core/config.hpp"
+#include "drivers/modbus/config.hpp"
 #include "gateway/components.hpp"
 
 namespace cfg = ferry::config;
@@ -56,7 +57,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (c.gateway.id.size() > cfg::k_max_name) violated("gateway id too long", text);
         for (const auto& d : c.devices) {
             if (d.id.size() > cfg::k_max_name) violated("device id too long", text);
-            if (d.poll_interval > cfg::k_max_duration || d.timeout > cfg::k_max_duration)
+            const bool modbus = d.driver == "modbus_tcp" || d.driver == "modbus_rtu";
+            if (d.poll_interval > cfg::k_max_duration ||
+                (modbus && ferry::drivers::modbus::of(d).timeout > cfg::k_max_duration))
                 violated("duration over the bound", text);
             for (const auto& p : d.points)
                 if (p.name.size() > cfg::k_max_name) violated("point name too long", text);

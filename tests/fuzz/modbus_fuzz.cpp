@@ -30,7 +30,6 @@
 
 using namespace ferry;
 using namespace ferry::drivers::modbus;
-using config::byte_order;
 using config::point_type;
 
 namespace {
@@ -59,11 +58,10 @@ std::vector<decoder>& decoders(point_table& table) {
                 for (double scale : {1.0, 0.1, 1e300}) {
                     if (t == point_type::string && scale != 1.0) continue;
                     decoder d;
-                    d.p.name = "p" + std::to_string(out.size());
-                    d.p.type = t;
-                    d.p.order = o;
+                    d.p = make_point("p" + std::to_string(out.size()),
+                                     drivers::modbus::table::holding, 0, t, o,
+                                     t == point_type::string ? 4 : 0);
                     d.p.scale = scale;
-                    d.p.length = t == point_type::string ? 4 : 0;
                     d.id = table.intern("dev", d.p.name, "");
                     out.push_back(d);
                 }
@@ -93,7 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     static point_table table;
     auto& all = decoders(table);
     if (size < 3) return 0;
-    const auto tbl = static_cast<config::table>(data[0] % 4);
+    const auto tbl = static_cast<drivers::modbus::table>(data[0] % 4);
     const bool bits = is_bit_table(tbl);
     const std::uint32_t limit = bits ? k_max_bits : k_max_registers;
     const auto count = static_cast<std::uint16_t>(
@@ -120,7 +118,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             }
         } else {
             for (const auto& d : all) {
-                const auto n = config::register_count(d.p);
+                const auto n = register_count(d.p);
                 if (n > count) continue;
                 // The first and the last window of the answer: every register position is
                 // reached by some input, and a batch stays small enough to fuzz fast.

@@ -31,7 +31,6 @@
 
 using namespace ferry;
 using namespace ferry::drivers::serial;
-using config::parse_format;
 using config::point_type;
 
 namespace {
@@ -51,7 +50,7 @@ config::point pt(std::string name, point_type t, double scale = 1.0) {
 }
 
 struct device {
-    config::framing_settings framing;
+    framing_settings framing;
     std::vector<config::point> points;
     std::unique_ptr<line_parser> parser;
     std::vector<point_id> ids;
@@ -60,8 +59,8 @@ struct device {
 std::vector<device>& devices(point_table& table) {
     static std::vector<device> all = [&] {
         std::vector<device> out;
-        auto add = [&](config::parse_settings ps, std::vector<config::point> points,
-                       config::framing_settings f = {}) {
+        auto add = [&](parse_settings ps, std::vector<config::point> points,
+                       framing_settings f = {}) {
             device d;
             d.framing = f;
             d.points = std::move(points);
@@ -70,41 +69,41 @@ std::vector<device>& devices(point_table& table) {
                 d.ids.push_back(table.intern("dev" + std::to_string(out.size()), p.name, "u"));
             out.push_back(std::move(d));
         };
-        config::parse_settings regex;
+        parse_settings regex;
         regex.regex = R"(^\$FIX,(?<n>-?\d+),(?<alt>[0-9.]+),(?<id>[^,]*)$)";
         regex.checksum = "nmea";
         add(regex, {pt("n", point_type::int32), pt("alt", point_type::float64),
                     pt("id", point_type::string)});
         regex.checksum.clear();
-        config::framing_settings small;
+        framing_settings small;
         small.max_frame = 64;
         add(regex,
             {pt("n", point_type::int16), pt("alt", point_type::float32, 0.1),
              pt("id", point_type::string)},
             small);
-        config::parse_settings csv;
+        parse_settings csv;
         csv.format = parse_format::csv;
         csv.csv = {"name", "t", "", "on", "big"};
         add(csv, {pt("name", point_type::string), pt("t", point_type::float64),
                   pt("on", point_type::boolean), pt("big", point_type::uint64)});
-        config::parse_settings json;
+        parse_settings json;
         json.format = parse_format::json;
         add(json, {pt("co2", point_type::uint16), pt("id", point_type::string),
                    pt("ok", point_type::boolean), pt("x", point_type::int64, 0.001)});
-        config::parse_settings kv;
+        parse_settings kv;
         kv.format = parse_format::kv;
         kv.checksum = "nmea";
         add(kv, {pt("weight", point_type::float64), pt("tag", point_type::string)});
-        config::parse_settings fixed;
+        parse_settings fixed;
         fixed.regex = "^W(?<weight>[+-][0-9.]+)$";
-        config::framing_settings eight;
+        framing_settings eight;
         eight.length = 8;
         add(fixed, {pt("weight", point_type::float64)}, eight);
-        config::parse_settings crlf;
+        parse_settings crlf;
         crlf.format = parse_format::csv;
         crlf.csv = {"a", "b"};
         crlf.separator = ";";
-        config::framing_settings two;
+        framing_settings two;
         two.delimiter = "\r\n";
         add(crlf, {pt("a", point_type::string), pt("b", point_type::int32)}, two);
         return out;

@@ -22,6 +22,7 @@
 #include "core/bus.hpp"
 #include "core/config.hpp"
 #include "core/topic.hpp"
+#include "drivers/modbus/config.hpp"
 #include "drivers/modbus/poller.hpp"
 #include "tests/support/ferry_run.hpp"
 #include "tests/support/paths.hpp"
@@ -323,33 +324,30 @@ struct rig : ferry::test::poller_rig {
 
 ferry::config::point pt(const std::string& name, std::uint32_t address,
                         ferry::config::point_type type = ferry::config::point_type::uint16) {
-    ferry::config::point p;
-    p.name = name;
-    p.address = address;
-    p.type = type;
-    return p;
+    return modbus::make_point(name, modbus::table::holding, address, type);
 }
 
 ferry::config::device tcp_dev(const std::string& id, std::uint16_t port,
                               std::vector<ferry::config::point> points) {
-    ferry::config::device d;
-    d.id = id;
-    d.driver = "modbus_tcp";
-    d.host = "127.0.0.1";
-    d.port = port;
+    auto d = modbus::make_tcp_device(id, "127.0.0.1", port, std::move(points));
     d.poll_interval = std::chrono::milliseconds(100);
-    d.timeout = std::chrono::milliseconds(100);
-    d.retries = 0;
-    d.points = std::move(points);
+    d.settings.change<modbus::device_settings>([](auto& s) {
+        s.timeout = std::chrono::milliseconds(100);
+        s.retries = 0;
+    });
     return d;
 }
 
 ferry::config::device rtu_dev(const std::string& id, const std::string& port,
                               std::vector<ferry::config::point> points) {
-    auto d = tcp_dev(id, 0, std::move(points));
-    d.driver = "modbus_rtu";
-    d.host.clear();
-    d.serial = ferry::config::serial_settings{port, 19200, ferry::config::parity::none, 8, 1};
+    auto d = modbus::make_rtu_device(
+        id, ferry::config::serial_settings{port, 19200, ferry::config::parity::none, 8, 1}, 1,
+        std::move(points));
+    d.poll_interval = std::chrono::milliseconds(100);
+    d.settings.change<modbus::device_settings>([](auto& s) {
+        s.timeout = std::chrono::milliseconds(100);
+        s.retries = 0;
+    });
     return d;
 }
 
@@ -415,9 +413,9 @@ TEST_CASE("bad data over RTU: CRC errors, short frames and silence give bad even
     auto crc = rtu_dev("crc", pty.a(), {pt("bad", 10), pt("good", k_far)});
     auto shrt = rtu_dev("short", pty.a(), {pt("bad", 20), pt("good", k_far)});
     auto silent = rtu_dev("silent", pty.a(), {pt("bad", 0)});
-    crc.unit_id = 1;
-    shrt.unit_id = 2;
-    silent.unit_id = 9;
+    crc.settings.change<modbus::device_settings>([](auto& s) { s.unit_id = 1; });
+    shrt.settings.change<modbus::device_settings>([](auto& s) { s.unit_id = 2; });
+    silent.settings.change<modbus::device_settings>([](auto& s) { s.unit_id = 9; });
     rig r({crc, shrt, silent});
     check_bad_and_good(r, "bad");
     CHECK(wait_until([&] { return r.errors("crc", "bad_crc") >= 3; }, 3000ms));
@@ -439,7 +437,7 @@ TEST_CASE("illegal address: the block is split down to the offending point, once
     pts.push_back(pt("q30", 30));
     pts.push_back(pt("q45", 45));
     auto dev = tcp_dev("dev", sim.port(), pts);
-    dev.max_gap = 20;
+    dev.settings.change<modbus::device_settings>([](auto& s) { s.max_gap = 20; });
     dev.poll_interval = std::chrono::milliseconds(200);
     rig r({dev});
     REQUIRE(wait_until([&] { return r.of("q45").size() >= 4; }, 5000ms));
@@ -581,7 +579,7 @@ TEST_CASE("illegal address for good inside a bridged gap: whole-block retries ba
     // exception each time, with a doubling wait: 2, 4, 8, ... polls.
     modbus_sim sim(0, {"holding:30=u16:30", "holding:45=u16:45"}, {}, {"--fail", "40-40"});
     auto dev = tcp_dev("gap", sim.port(), {pt("q30", 30), pt("q45", 45)});
-    dev.max_gap = 20;
+    dev.settings.change<modbus::device_settings>([](auto& s) { s.max_gap = 20; });
     dev.poll_interval = std::chrono::milliseconds(50);
     rig r({dev});
     REQUIRE(wait_until([&] { return r.poller->status()[0].polls_ok >= 60; }, 60000ms));

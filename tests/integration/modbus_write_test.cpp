@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "drivers/modbus/config.hpp"
 #include "tests/support/harness.hpp"
 #include "tests/support/poller_rig.hpp"
 
@@ -20,27 +21,26 @@ namespace cfg = ferry::config;
 
 namespace {
 
-cfg::point pt(const std::string& name, cfg::table t, std::uint32_t address, cfg::point_type type,
-              cfg::byte_order order = cfg::byte_order::abcd) {
-    cfg::point p;
-    p.name = name;
-    p.tbl = t;
-    p.address = address;
-    p.type = type;
-    p.order = order;
+cfg::point pt(const std::string& name, modbus::table t, std::uint32_t address, cfg::point_type type,
+              modbus::byte_order order = modbus::byte_order::abcd) {
+    auto p = modbus::make_point(name, t, address, type, order);
     p.writable = true;
     return p;
 }
 
+// Changes a device's Modbus settings.
+template <class F>
+void tune(cfg::device& d, F&& edit) {
+    d.settings.change<modbus::device_settings>(std::forward<F>(edit));
+}
+
 cfg::device device(const std::string& id, std::vector<cfg::point> points) {
-    cfg::device d;
-    d.id = id;
-    d.driver = "modbus_tcp";
-    d.host = "127.0.0.1";
+    auto d = modbus::make_tcp_device(id, "127.0.0.1", 502, std::move(points));
     d.poll_interval = std::chrono::milliseconds(100);
-    d.timeout = std::chrono::milliseconds(500);
-    d.retries = 0;
-    d.points = std::move(points);
+    tune(d, [](auto& s) {
+        s.timeout = std::chrono::milliseconds(500);
+        s.retries = 0;
+    });
     return d;
 }
 
@@ -71,20 +71,20 @@ struct rig : poller_rig {
 
 TEST_CASE("every function code and encoding, read back by pymodbus's client") {
     modbus_sim sim(0, {"holding:0=u16:0"});
-    using cfg::byte_order;
     using cfg::point_type;
-    using cfg::table;
+    using modbus::byte_order;
+    using modbus::table;
     auto scaled = pt("scaled", table::holding, 10, point_type::int16);
     scaled.scale = 0.1;
     scaled.offset = -5;
     auto text = pt("label", table::holding, 40, point_type::string, byte_order::badc);
-    text.length = 3;
+    text.settings.change<modbus::point_settings>([](auto& s) { s.length = 3; });
     auto d = device("d", {pt("pump", table::coil, 5, point_type::boolean), scaled,
                           pt("count", table::holding, 20, point_type::uint32),
                           pt("big", table::holding, 30, point_type::float64, byte_order::dcba),
                           text, pt("sp", table::holding, 50, point_type::float32, byte_order::cdab),
                           pt("flag", table::holding, 60, point_type::boolean)});
-    d.port = sim.port();
+    tune(d, [&](auto& s) { s.port = sim.port(); });
     rig r({d});
 
     CHECK(r.write("d", "pump", true).ok);
@@ -117,9 +117,9 @@ TEST_CASE("writes and continuous polls share one TCP connection without overlapp
     // Every answer takes 2 ms; the device is due again at once (1 ms interval), so the channel
     // is busy polling all the time and writes must wait for it to be free.
     modbus_sim sim(0, {"holding:0=u16:0"}, {}, {"--delay", "2"});
-    auto d = device("d", {pt("v", cfg::table::holding, 0, cfg::point_type::uint16),
-                          pt("w", cfg::table::holding, 1, cfg::point_type::uint16)});
-    d.port = sim.port();
+    auto d = device("d", {pt("v", modbus::table::holding, 0, cfg::point_type::uint16),
+                          pt("w", modbus::table::holding, 1, cfg::point_type::uint16)});
+    tune(d, [&](auto& s) { s.port = sim.port(); });
     d.poll_interval = std::chrono::milliseconds(1);
     rig r({d});
     REQUIRE(wait_until([&] { return r.poller->status()[0].polls_ok >= 5; }, 5s));
@@ -155,12 +155,15 @@ TEST_CASE("writes on an RS-485 line: two units on one bus, polled while written"
     for (int unit : {1, 2}) {
         cfg::device d = device(
             "u" + std::to_string(unit),
-            {pt("v", cfg::table::holding, 0, cfg::point_type::uint16),
-             pt("f", cfg::table::holding, 2, cfg::point_type::float32, cfg::byte_order::cdab),
-             pt("c", cfg::table::coil, 3, cfg::point_type::boolean)});
+            {pt("v", modbus::table::holding, 0, cfg::point_type::uint16),
+             pt("f", modbus::table::holding, 2, cfg::point_type::float32, modbus::byte_order::cdab),
+             pt("c", modbus::table::coil, 3, cfg::point_type::boolean)});
         d.driver = "modbus_rtu";
-        d.serial = cfg::serial_settings{pty.a(), 19200, cfg::parity::none, 8, 1};
-        d.unit_id = unit;
+        tune(d, [&](auto& s) {
+            s.host.clear();
+            s.serial = cfg::serial_settings{pty.a(), 19200, cfg::parity::none, 8, 1};
+            s.unit_id = unit;
+        });
         d.poll_interval = std::chrono::milliseconds(20);
         devices.push_back(std::move(d));
     }
@@ -190,12 +193,12 @@ TEST_CASE("writes on an RS-485 line: two units on one bus, polled while written"
 
 TEST_CASE("refused without I/O, refused by the device, unreachable, and queued at stop") {
     modbus_sim sim(0, {"holding:0=u16:0"}, {}, {"--fail", "7-7"});
-    auto d = device("d", {pt("v", cfg::table::holding, 0, cfg::point_type::uint16),
-                          pt("bad", cfg::table::holding, 7, cfg::point_type::uint16),
-                          pt("c", cfg::table::coil, 3, cfg::point_type::boolean)});
-    d.port = sim.port();
-    auto gone = device("gone", {pt("v", cfg::table::holding, 0, cfg::point_type::uint16)});
-    gone.port = free_port();  // nothing listens
+    auto d = device("d", {pt("v", modbus::table::holding, 0, cfg::point_type::uint16),
+                          pt("bad", modbus::table::holding, 7, cfg::point_type::uint16),
+                          pt("c", modbus::table::coil, 3, cfg::point_type::boolean)});
+    tune(d, [&](auto& s) { s.port = sim.port(); });
+    auto gone = device("gone", {pt("v", modbus::table::holding, 0, cfg::point_type::uint16)});
+    tune(gone, [&](auto& s) { s.port = free_port(); });  // nothing listens
     rig r({d, gone});
 
     auto nope = r.write("x", "v", std::int64_t{1});
@@ -222,9 +225,9 @@ TEST_CASE("refused without I/O, refused by the device, unreachable, and queued a
 TEST_CASE("writes still queued at stop are answered: nothing was written") {
     // A silent device: each request waits its full timeout.
     modbus_sim sim(0, {"holding:0=u16:0"}, {}, {"--silent"});
-    auto d = device("d", {pt("v", cfg::table::holding, 0, cfg::point_type::uint16)});
-    d.port = sim.port();
-    d.timeout = std::chrono::milliseconds(300);
+    auto d = device("d", {pt("v", modbus::table::holding, 0, cfg::point_type::uint16)});
+    tune(d, [&](auto& s) { s.port = sim.port(); });
+    tune(d, [](auto& s) { s.timeout = std::chrono::milliseconds(300); });
     rig r({d});
     std::vector<std::future<modbus::write_result>> results;
     for (int i = 0; i < 5; ++i) {

@@ -13,10 +13,12 @@
 #include "commands/commands.hpp"
 #include "commands/store.hpp"
 #include "drivers/modbus/codec.hpp"
+#include "drivers/modbus/config.hpp"
 #include "tests/unit/unit_support.hpp"
 
 namespace cmd = ferry::commands;
 namespace cfg = ferry::config;
+namespace mb = ferry::drivers::modbus;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
@@ -24,16 +26,13 @@ namespace {
 
 using ferry::unit::tmp_dir;
 
-cfg::point point(const std::string& name, cfg::table t, cfg::point_type type, double scale = 1,
+cfg::point point(const std::string& name, mb::table t, cfg::point_type type, double scale = 1,
                  double offset = 0) {
-    cfg::point p;
-    p.name = name;
-    p.tbl = t;
-    p.type = type;
+    auto p = mb::make_point(name, t, 0, type, mb::byte_order::abcd,
+                            type == cfg::point_type::string ? 4 : 0);
     p.scale = scale;
     p.offset = offset;
     p.writable = true;
-    if (type == cfg::point_type::string) p.length = 4;
     return p;
 }
 
@@ -88,7 +87,7 @@ TEST_CASE("result messages: the contract's shape, id first, null when there was 
 
 TEST_CASE("values must have the point's type and be whole raw steps for integer types") {
     using cfg::point_type;
-    using cfg::table;
+    using mb::table;
     const auto coil = point("pump", table::coil, point_type::boolean);
     CHECK(cmd::check_value(coil, true).empty());
     CHECK(cmd::check_value(coil, std::int64_t{1}) == "value must be true or false (a coil)");
@@ -122,7 +121,7 @@ TEST_CASE("values must have the point's type and be whole raw steps for integer 
 // Issue 14, items 1, 5, 6: the budget, exact steps on the decimal text, ts near ±2^63.
 TEST_CASE("budgets and exact checks: size, depth, duplicate keys, decimal steps, ts overflow") {
     using cfg::point_type;
-    using cfg::table;
+    using mb::table;
     auto p = cmd::parse_payload(R"({"id":"big","value":")" + std::string(5000, 'x') + "\"}");
     CHECK(p.too_large);
     CHECK(p.id == "big");
@@ -179,7 +178,7 @@ TEST_CASE("budgets and exact checks: size, depth, duplicate keys, decimal steps,
 
 TEST_CASE("the inverse of scale/offset, min/max and the raw range: the codec the writer uses") {
     using cfg::point_type;
-    auto p = point("t", cfg::table::holding, point_type::int16, 0.1, -5);
+    auto p = point("t", mb::table::holding, point_type::int16, 0.1, -5);
     p.min = -20;
     p.max = 100;
     std::vector<std::uint16_t> regs;
@@ -190,11 +189,11 @@ TEST_CASE("the inverse of scale/offset, min/max and the raw range: the codec the
     CHECK(regs == std::vector<std::uint16_t>{static_cast<std::uint16_t>(-150)});
     CHECK_FALSE(ferry::drivers::modbus::encode_registers(p, 100.5, regs, &why));
     CHECK(why == "100.5 is above max 100");
-    auto f = point("sp", cfg::table::holding, point_type::float32);
-    f.order = cfg::byte_order::cdab;
+    auto f = point("sp", mb::table::holding, point_type::float32);
+    f.settings.change<mb::point_settings>([](auto& s) { s.order = mb::byte_order::cdab; });
     REQUIRE(ferry::drivers::modbus::encode_registers(f, 12.5, regs, &why));
     CHECK(regs == std::vector<std::uint16_t>{0x0000, 0x4148});  // 12.5f = 0x41480000, CDAB
-    auto u = point("u", cfg::table::holding, point_type::uint16);
+    auto u = point("u", mb::table::holding, point_type::uint16);
     CHECK_FALSE(ferry::drivers::modbus::encode_registers(u, 70000, regs, &why));
     CHECK(why == "70000 does not fit uint16");
 }
@@ -365,17 +364,17 @@ struct rig {
         cfg::device d;
         d.id = "boiler1";
         d.driver = "modbus_tcp";
-        auto sp = point("setpoint", cfg::table::holding, cfg::point_type::float32);
+        auto sp = point("setpoint", mb::table::holding, cfg::point_type::float32);
         sp.max = 90;
         d.points.push_back(sp);
-        auto ro = point("temperature", cfg::table::holding, cfg::point_type::float32);
+        auto ro = point("temperature", mb::table::holding, cfg::point_type::float32);
         ro.writable = false;
         d.points.push_back(ro);
         c.devices.push_back(d);
         cfg::device w;
         w.id = "weather";
         w.driver = "serial_line";
-        w.points.push_back(point("humidity", cfg::table::holding, cfg::point_type::float64));
+        w.points.push_back(point("humidity", mb::table::holding, cfg::point_type::float64));
         c.devices.push_back(w);
         svc = std::make_unique<cmd::service>(
             c, dir.file("commands.db"),

@@ -9,11 +9,14 @@
 
 #include "core/config.hpp"
 #include "core/config_reader.hpp"
+#include "drivers/modbus/config.hpp"
+#include "drivers/serial/config.hpp"
 #include "gateway/components.hpp"
 #include "tests/support/golden.hpp"
 #include "tests/support/paths.hpp"
 
 namespace cfg = ferry::config;
+namespace mb = ferry::drivers::modbus;
 using namespace std::chrono_literals;
 using lines = std::vector<std::string>;
 namespace fs = std::filesystem;
@@ -68,40 +71,40 @@ TEST_CASE("the example config/ferry.yaml loads with the expected values") {
     const auto& b = c.devices[0];
     CHECK(b.id == "boiler1");
     CHECK(b.driver == "modbus_tcp");
-    CHECK(b.host == "127.0.0.1");
-    CHECK(b.port == 5020);
-    CHECK(b.unit_id == 1);
+    CHECK(mb::of(b).host == "127.0.0.1");
+    CHECK(mb::of(b).port == 5020);
+    CHECK(mb::of(b).unit_id == 1);
     CHECK(b.poll_interval == 1s);
-    CHECK(b.timeout == 500ms);
-    CHECK(b.retries == 2);
+    CHECK(mb::of(b).timeout == 500ms);
+    CHECK(mb::of(b).retries == 2);
     CHECK(b.where.line == 15);
     REQUIRE(b.points.size() == 5);
     CHECK(b.points[0].name == "temperature");
-    CHECK(b.points[0].tbl == cfg::table::holding);
-    CHECK(b.points[0].address == 100);
+    CHECK(mb::of(b.points[0]).tbl == mb::table::holding);
+    CHECK(mb::of(b.points[0]).address == 100);
     CHECK(b.points[0].type == cfg::point_type::float32);
-    CHECK(b.points[0].order == cfg::byte_order::abcd);
+    CHECK(mb::of(b.points[0]).order == mb::byte_order::abcd);
     CHECK(b.points[0].unit == "degC");
     CHECK(b.points[1].type == cfg::point_type::int16);
     CHECK(b.points[1].scale == doctest::Approx(0.01));
     CHECK(b.points[2].writable);
     CHECK(b.points[2].min == 20.0);
     CHECK(b.points[2].max == 90.0);
-    CHECK(b.points[3].tbl == cfg::table::coil);
+    CHECK(mb::of(b.points[3]).tbl == mb::table::coil);
     CHECK(b.points[3].type == cfg::point_type::boolean);
     CHECK(b.points[4].type == cfg::point_type::string);
-    CHECK(b.points[4].length == 8);
-    CHECK(cfg::register_count(b.points[4]) == 8);
+    CHECK(mb::of(b.points[4]).length == 8);
+    CHECK(mb::register_count(b.points[4]) == 8);
 
     const auto& m = c.devices[1];
     CHECK(m.id == "meter7");
-    CHECK(m.unit_id == 7);
+    CHECK(mb::of(m).unit_id == 7);
     CHECK(m.poll_interval == 5s);
-    CHECK(m.timeout == 500ms);  // default
+    CHECK(mb::of(m).timeout == 500ms);  // default
     REQUIRE(m.points.size() == 3);
-    CHECK(m.points[0].tbl == cfg::table::input);
+    CHECK(mb::of(m.points[0]).tbl == mb::table::input);
     CHECK(m.points[0].type == cfg::point_type::uint32);
-    CHECK(m.points[0].order == cfg::byte_order::cdab);
+    CHECK(mb::of(m.points[0]).order == mb::byte_order::cdab);
     CHECK(m.points[2].type == cfg::point_type::uint64);
 
     REQUIRE(c.rules.size() == 3);
@@ -260,8 +263,8 @@ TEST_CASE("${NAME} substitution in values") {
     CHECK(c.upstream.spool.path == "/srv/ferry/state/spool.db");
     CHECK(c.upstream.mqtt.client_id == "gw-env");
     REQUIRE(c.devices.size() == 1);
-    CHECK(c.devices[0].host == "10.0.0.5");
-    CHECK(c.devices[0].port == 1502);
+    CHECK(mb::of(c.devices[0]).host == "10.0.0.5");
+    CHECK(mb::of(c.devices[0]).port == 1502);
     CHECK(c.devices[0].points[0].unit == "$HOME and ${not valid} stay");
 
     // A substituted value is checked like a written one.
@@ -316,10 +319,10 @@ TEST_CASE("point checks") {
                                      "t.yaml");
     const auto& p = c.devices[0].points;
     CHECK(p[0].type == cfg::point_type::boolean);
-    CHECK(p[0].tbl == cfg::table::holding);
+    CHECK(mb::of(p[0]).tbl == mb::table::holding);
     CHECK(p[1].type == cfg::point_type::boolean);
-    CHECK(p[2].address == 16);
-    CHECK(cfg::register_count(p[3]) == 4);
+    CHECK(mb::of(p[2]).address == 16);
+    CHECK(mb::register_count(p[3]) == 4);
     CHECK(p[3].where.line == 10);
     CHECK(p[3].where.column == 17);
     // Points that fail their checks: the point_checks case.
@@ -383,22 +386,51 @@ TEST_CASE("parse_size") {
 }
 
 TEST_CASE("register_count") {
-    cfg::point p;
+    mb::point_settings p;
     using t = cfg::point_type;
     const std::pair<t, std::uint32_t> rows[] = {
         {t::boolean, 1}, {t::int16, 1}, {t::uint16, 1}, {t::int32, 2},   {t::uint32, 2},
         {t::float32, 2}, {t::int64, 4}, {t::uint64, 4}, {t::float64, 4},
     };
-    for (auto [type, n] : rows) {
-        p.type = type;
-        CHECK(cfg::register_count(p) == n);
-    }
-    p.type = t::string;
+    for (auto [type, n] : rows)
+        CHECK(mb::register_count(type, p) == n);
     p.length = 8;
-    CHECK(cfg::register_count(p) == 8);
-    p.tbl = cfg::table::coil;
-    p.type = t::boolean;
-    CHECK(cfg::register_count(p) == 1);
+    CHECK(mb::register_count(t::string, p) == 8);
+    p.tbl = mb::table::coil;
+    CHECK(mb::register_count(t::boolean, p) == 1);
+}
+
+// The slot a driver keeps its own keys in (core/config.hpp): compared by value, so a reload
+// tells a changed device from one that only moved; read as another driver's, a loud bug.
+TEST_CASE("driver settings: compared by value, read only as the driver's own type") {
+    using t = cfg::point_type;
+    auto a = mb::make_tcp_device("d", "10.0.0.1", 502,
+                                 {mb::make_point("p", mb::table::holding, 7, t::uint16)});
+    auto b = mb::make_tcp_device("d", "10.0.0.1", 502,
+                                 {mb::make_point("p", mb::table::holding, 7, t::uint16)});
+    b.where = {30, 5};
+    b.points[0].where = {31, 9};
+    CHECK(a.settings == b.settings);  // two allocations, equal values
+    CHECK(cfg::same_settings(a, b));  // moved, not changed
+    b.points[0].settings.change<mb::point_settings>([](auto& s) { s.address = 8; });
+    CHECK_FALSE(cfg::same_settings(a, b));
+    CHECK(mb::of(a.points[0]).address == 7);  // copies share the value; change() replaced b's
+    b = a;
+    b.settings.change<mb::device_settings>([](auto& s) { s.max_gap = 0; });
+    CHECK_FALSE(cfg::same_settings(a, b));
+
+    CHECK(cfg::driver_settings{} == cfg::driver_settings{});
+    CHECK_FALSE(a.settings == cfg::driver_settings{});
+    CHECK_FALSE(a.settings == a.points[0].settings);  // other types never compare equal
+    CHECK(a.points[0].settings.kind().empty());
+    CHECK(mb::make_point("c", mb::table::coil, 0, t::boolean).settings.kind() == "a coil");
+    CHECK_THROWS_WITH_AS(ferry::drivers::serial::of(a),
+                         "config: expected serial_line device settings, found modbus device "
+                         "settings",
+                         std::logic_error);
+    CHECK_THROWS_WITH_AS(mb::of(cfg::point{}),
+                         "config: expected modbus point settings, found no driver settings",
+                         std::logic_error);
 }
 
 namespace {

@@ -13,7 +13,6 @@
 
 using namespace ferry;
 using namespace ferry::drivers::modbus;
-using config::byte_order;
 using config::point_type;
 using regs = std::vector<std::uint16_t>;
 
@@ -21,19 +20,14 @@ namespace {
 
 config::point make(point_type t, byte_order o = byte_order::abcd, double scale = 1.0,
                    double offset = 0.0) {
-    config::point p;
-    p.name = "p";
-    p.type = t;
-    p.order = o;
+    auto p = make_point("p", table::holding, 0, t, o);
     p.scale = scale;
     p.offset = offset;
     return p;
 }
 
 config::point make_string(std::uint32_t length, byte_order o = byte_order::abcd) {
-    auto p = make(point_type::string, o);
-    p.length = length;
-    return p;
+    return make_point("p", table::holding, 0, point_type::string, o, length);
 }
 
 ferry::value decode(const config::point& p, const regs& r) {
@@ -176,9 +170,9 @@ tools::sim_order sim_order_of(byte_order o) {
 
 TEST_CASE("register_count matches the golden register lengths") {
     for (const auto& g : goldens) {
-        CHECK(config::register_count(make(g.type, g.order)) == g.registers.size());
+        CHECK(register_count(make(g.type, g.order)) == g.registers.size());
     }
-    CHECK(config::register_count(make_string(5)) == 5);
+    CHECK(register_count(make_string(5)) == 5);
 }
 
 TEST_CASE("decode: every type in every byte order, against hand-computed registers") {
@@ -274,8 +268,7 @@ TEST_CASE("bool from a register and from a bit") {
     encode_fails(p, 2.0);
     encode_fails(p, 0.5);
 
-    auto coil = make(point_type::boolean);
-    coil.tbl = config::table::coil;
+    const auto coil = make_point("p", table::coil, 0, point_type::boolean);
     CHECK(encode(coil, 1.0) == regs{1});
     encode_fails(coil, -1.0);
 }
@@ -497,8 +490,7 @@ TEST_CASE("decode_all: every decoding of a window, for probe") {
 }
 
 TEST_CASE("is_reading: NaN, infinities and absent values are no reading") {
-    config::point f32;
-    f32.type = config::point_type::float32;
+    const auto f32 = make(config::point_type::float32);
     const std::uint16_t nan[2] = {0x7fc0, 0x0000}, inf[2] = {0x7f80, 0x0000},
                         ok[2] = {0x41ac, 0x0000};
     CHECK_FALSE(is_reading(decode_registers(f32, nan)));
@@ -507,9 +499,8 @@ TEST_CASE("is_reading: NaN, infinities and absent values are no reading") {
     CHECK_FALSE(is_reading(ferry::value{}));
     CHECK(is_reading(ferry::value{std::string("x")}));
     CHECK(is_reading(ferry::value{std::uint64_t{7}}));
-    config::point big;  // a finite double that scale takes past the double range
-    big.type = config::point_type::float64;
-    big.scale = 10;
+    // A finite double that scale takes past the double range.
+    const auto big = make(config::point_type::float64, byte_order::abcd, 10);
     const auto raw = std::bit_cast<std::uint64_t>(1e308);
     const std::uint16_t words[4] = {
         static_cast<std::uint16_t>(raw >> 48), static_cast<std::uint16_t>(raw >> 32),

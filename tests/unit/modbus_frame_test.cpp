@@ -7,7 +7,7 @@
 #include "drivers/modbus/link.hpp"
 
 using namespace ferry::drivers::modbus;
-using ferry::config::table;
+using ferry::drivers::modbus::table;
 using bytes = std::vector<std::uint8_t>;
 
 namespace {

@@ -8,21 +8,21 @@
 #include "drivers/modbus/plan.hpp"
 
 using namespace ferry::config;
+using ferry::drivers::modbus::of;
 using ferry::drivers::modbus::plan_blocks;
 using ferry::drivers::modbus::read_block;
+using ferry::drivers::modbus::register_count;
 using ferry::drivers::modbus::split_block;
+using ferry::drivers::modbus::table;
 
 namespace {
 
 point make(table t, std::uint32_t address, point_type type = point_type::uint16,
            std::uint32_t length = 0) {
-    point p;
-    p.name = "p" + std::to_string(address);
-    p.tbl = t;
-    p.address = address;
-    p.type = t == table::coil || t == table::discrete ? point_type::boolean : type;
-    p.length = length;
-    return p;
+    return ferry::drivers::modbus::make_point(
+        "p" + std::to_string(address), t, address,
+        t == table::coil || t == table::discrete ? point_type::boolean : type,
+        ferry::drivers::modbus::byte_order::abcd, length);
 }
 
 // Every point is inside exactly one block of its table, and each block respects the limits.
@@ -34,9 +34,9 @@ void check_cover(const std::vector<point>& pts, const std::vector<read_block>& b
         CHECK(b.count <= (bits ? 2000u : 125u));
         for (auto i : b.points) {
             ++seen[i];
-            CHECK(pts[i].tbl == b.tbl);
-            CHECK(pts[i].address >= b.start);
-            CHECK(pts[i].address + register_count(pts[i]) <= b.start + b.count);
+            CHECK(of(pts[i]).tbl == b.tbl);
+            CHECK(of(pts[i]).address >= b.start);
+            CHECK(of(pts[i]).address + register_count(pts[i]) <= b.start + b.count);
         }
     }
     for (auto n : seen)
@@ -47,7 +47,7 @@ void check_cover(const std::vector<point>& pts, const std::vector<read_block>& b
 // may cover points i..j when they span at most `limit` registers and no gap exceeds max_gap.
 std::size_t fewest(std::vector<point> pts, std::uint32_t max_gap, std::uint32_t limit) {
     std::sort(pts.begin(), pts.end(),
-              [](const point& a, const point& b) { return a.address < b.address; });
+              [](const point& a, const point& b) { return of(a).address < of(b).address; });
     const std::size_t n = pts.size();
     std::vector<std::size_t> best(n + 1, SIZE_MAX);
     best[0] = 0;
@@ -55,9 +55,9 @@ std::size_t fewest(std::vector<point> pts, std::uint32_t max_gap, std::uint32_t 
         if (best[i] == SIZE_MAX) continue;
         std::uint32_t end = 0;
         for (std::size_t j = i; j < n; ++j) {
-            if (j > i && pts[j].address > end + max_gap) break;
-            end = std::max(end, pts[j].address + register_count(pts[j]));
-            if (end - pts[i].address > limit) break;
+            if (j > i && of(pts[j]).address > end + max_gap) break;
+            end = std::max(end, of(pts[j]).address + register_count(pts[j]));
+            if (end - of(pts[i]).address > limit) break;
             best[j + 1] = std::min(best[j + 1], best[i] + 1);
         }
     }

@@ -47,8 +47,8 @@ std::string show(const ferry::value& v) {
 }
 
 std::string run(const config::device& d, const std::string& input, std::size_t chunk) {
-    framer f(*d.framing);
-    line_parser p(*d.parse, d.points);
+    framer f(of(d).framing);
+    line_parser p(*of(d).parse, d.points);
     std::vector<field> fields;
     parse_details details;
     std::string out;

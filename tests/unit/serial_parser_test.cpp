@@ -37,8 +37,8 @@ framed feed_all(framer& f, const std::vector<std::string>& chunks) {
     return r;
 }
 
-config::framing_settings delim(std::string d, std::uint32_t max = 4096) {
-    config::framing_settings f;
+framing_settings delim(std::string d, std::uint32_t max = 4096) {
+    framing_settings f;
     f.delimiter = std::move(d);
     f.max_frame = max;
     return f;
@@ -84,8 +84,8 @@ TEST_CASE("NMEA checksum: verified and stripped; missing or wrong is refused") {
 }
 
 TEST_CASE("regex: CONTRACT's (?<name>) groups, unanchored search, optional groups") {
-    config::parse_settings s;
-    s.format = config::parse_format::regex;
+    parse_settings s;
+    s.format = parse_format::regex;
     s.regex = R"(^T=(?<temperature>-?[0-9.]+);H=(?<humidity>[0-9.]+)(;S=(?<status>\w+))?$)";
     line_parser p(s, {pt("temperature", point_type::float64), pt("humidity", point_type::float64),
                       pt("status", point_type::string)});
@@ -104,7 +104,7 @@ TEST_CASE("regex: CONTRACT's (?<name>) groups, unanchored search, optional group
 }
 
 TEST_CASE("regex: a pattern that would backtrack exponentially in a backtracking engine") {
-    config::parse_settings s;
+    parse_settings s;
     s.regex = "^(a+)+$(?<x>b)?";
     line_parser p(s, {pt("x", point_type::string)});
     std::vector<field> out;
@@ -126,8 +126,8 @@ TEST_CASE("regex syntax: (?<name> becomes (?P<name>, but not in classes, escapes
 }
 
 TEST_CASE("csv: field list, skipped columns, extra columns, too few columns") {
-    config::parse_settings s;
-    s.format = config::parse_format::csv;
+    parse_settings s;
+    s.format = parse_format::csv;
     s.csv = {"temperature", "", "humidity"};
     s.separator = ",";
     line_parser p(s, {pt("temperature", point_type::float64), pt("humidity", point_type::uint16)});
@@ -144,8 +144,8 @@ TEST_CASE("csv: field list, skipped columns, extra columns, too few columns") {
 }
 
 TEST_CASE("json: flat object, other keys ignored, nested or wrong values refused") {
-    config::parse_settings s;
-    s.format = config::parse_format::json;
+    parse_settings s;
+    s.format = parse_format::json;
     line_parser p(s, {pt("t", point_type::float64), pt("n", point_type::int32),
                       pt("on", point_type::boolean), pt("id", point_type::string)});
     std::vector<field> out;
@@ -163,8 +163,8 @@ TEST_CASE("json: flat object, other keys ignored, nested or wrong values refused
 }
 
 TEST_CASE("kv: pairs, repeated separators, unknown keys, tokens without '='") {
-    config::parse_settings s;
-    s.format = config::parse_format::kv;
+    parse_settings s;
+    s.format = parse_format::kv;
     s.separator = " ";
     line_parser p(s, {pt("a", point_type::int64), pt("b", point_type::float64)});
     std::vector<field> out;
@@ -180,8 +180,8 @@ TEST_CASE("kv: pairs, repeated separators, unknown keys, tokens without '='") {
 }
 
 TEST_CASE("checksum applies before any format") {
-    config::parse_settings s;
-    s.format = config::parse_format::kv;
+    parse_settings s;
+    s.format = parse_format::kv;
     s.separator = " ";
     s.checksum = "nmea";
     line_parser p(s, {pt("a", point_type::int64)});
@@ -192,7 +192,7 @@ TEST_CASE("checksum applies before any format") {
 }
 
 TEST_CASE("parser settings it cannot use are refused at build") {
-    config::parse_settings s;
+    parse_settings s;
     s.regex = "(?<nope>x)";
     CHECK_THROWS_AS(line_parser(s, {pt("t", point_type::float64)}), std::invalid_argument);
     s.regex = "(unclosed";
@@ -203,7 +203,7 @@ TEST_CASE("a failed frame names the points it was meant to carry, when it shows 
     using V = std::vector<std::size_t>;
     std::vector<field> out;
     parse_details d;
-    config::parse_settings re;
+    parse_settings re;
     re.regex = R"(^T=(?<t>[0-9.]+)(;H=(?<h>[0-9.]+))?(;S=(?<s>\w+))?$)";
     line_parser r(re, {pt("t", point_type::float64), pt("h", point_type::float64),
                        pt("s", point_type::string)});
@@ -211,28 +211,28 @@ TEST_CASE("a failed frame names the points it was meant to carry, when it shows 
     CHECK(d.named == V{0, 1});
     CHECK(r.parse("$GPRMC,1,2", out, &d) == frame_error::parse);  // another sentence: none
     CHECK(d.named.empty());
-    config::parse_settings csv;
-    csv.format = config::parse_format::csv;
+    parse_settings csv;
+    csv.format = parse_format::csv;
     csv.csv = {"a", "", "b"};
     line_parser c(csv, {pt("a", point_type::int16), pt("b", point_type::int16)});
     CHECK(c.parse("1,x", out, &d) == frame_error::parse);  // too few columns
     CHECK(d.named == V{0, 1});
     CHECK(c.parse("  ", out, &d) == frame_error::parse);  // a blank line is no reading
     CHECK(d.named.empty());
-    config::parse_settings json;
-    json.format = config::parse_format::json;
+    parse_settings json;
+    json.format = parse_format::json;
     line_parser j(json, {pt("a", point_type::int16), pt("b", point_type::int16)});
     CHECK(j.parse(R"({"b":1.5,"z":1})", out, &d) == frame_error::parse);
     CHECK(d.named == V{1});
     CHECK(j.parse(R"({"b":1)", out, &d) == frame_error::parse);  // not json: none
     CHECK(d.named.empty());
-    config::parse_settings kv;
-    kv.format = config::parse_format::kv;
+    parse_settings kv;
+    kv.format = parse_format::kv;
     line_parser k(kv, {pt("a", point_type::int16), pt("b", point_type::int16)});
     CHECK(k.parse("b=2 a=x a=3 junk", out, &d) == frame_error::parse);
     CHECK(d.named == V{1, 0});
-    config::parse_settings sum;
-    sum.format = config::parse_format::kv;
+    parse_settings sum;
+    sum.format = parse_format::kv;
     sum.checksum = "nmea";
     line_parser n(sum, {pt("a", point_type::int16)});
     CHECK(n.parse("a=1*00", out, &d) == frame_error::checksum);  // wrong checksum: none
@@ -243,8 +243,8 @@ TEST_CASE("string values are valid UTF-8: ill-formed bytes become U+FFFD, and ar
     const std::string fffd = "\xEF\xBF\xBD";
     std::vector<field> out;
     parse_details d;
-    config::parse_settings csv;
-    csv.format = config::parse_format::csv;
+    parse_settings csv;
+    csv.format = parse_format::csv;
     csv.csv = {"name", "t"};
     line_parser c(csv, {pt("name", point_type::string), pt("t", point_type::float64)});
     REQUIRE(c.parse("caf\xE9\xFF\x01,22.5", out, &d) == frame_error::none);
@@ -255,8 +255,8 @@ TEST_CASE("string values are valid UTF-8: ill-formed bytes become U+FFFD, and ar
     CHECK(out[0].value == ferry::value("caf\xC3\xA9"));
     CHECK(d.repaired == 0);
     CHECK(c.parse("x,2\xFF", out, &d) == frame_error::parse);  // not a number: no repair
-    config::parse_settings json;
-    json.format = config::parse_format::json;
+    parse_settings json;
+    json.format = parse_format::json;
     line_parser j(json, {pt("id", point_type::string), pt("n", point_type::int16)});
     // A strict JSON parser would refuse the frame; it is repaired first, the values kept.
     REQUIRE(j.parse("{\"id\":\"S\xED\xA0\x80\",\"n\":3,\"x\":\"\xFF\"}", out, &d) ==
@@ -302,7 +302,7 @@ TEST_CASE("framer: an overlong frame is reported once and the next frame is read
 }
 
 TEST_CASE("framer: fixed length frames across reads; reset drops a partial frame") {
-    config::framing_settings s;
+    framing_settings s;
     s.length = 4;
     framer f(s);
     auto r = feed_all(f, {"abc", "defgh", "ijkl", "m"});
@@ -332,21 +332,21 @@ devices:
                                              "t.yaml");
     REQUIRE(cfg.devices.size() == 2);
     const auto& m = cfg.devices[0];
-    CHECK(m.serial->baud == 19200);
-    CHECK(m.serial->par == config::parity::odd);
-    CHECK(m.serial->data_bits == 7);
-    CHECK(m.serial->stop_bits == 2);
-    CHECK(m.framing->delimiter == "\r\n");
-    CHECK(m.framing->max_frame == 1024);
-    REQUIRE(m.request);
-    CHECK(m.request->request == "READ?\r\n");
-    CHECK(m.request->interval == std::chrono::milliseconds(250));
-    CHECK(m.parse->format == config::parse_format::csv);
-    CHECK(m.parse->separator == ",");
+    CHECK(of(m).serial->baud == 19200);
+    CHECK(of(m).serial->par == config::parity::odd);
+    CHECK(of(m).serial->data_bits == 7);
+    CHECK(of(m).serial->stop_bits == 2);
+    CHECK(of(m).framing.delimiter == "\r\n");
+    CHECK(of(m).framing.max_frame == 1024);
+    REQUIRE(of(m).request);
+    CHECK(of(m).request->request == "READ?\r\n");
+    CHECK(of(m).request->interval == std::chrono::milliseconds(250));
+    CHECK(of(m).parse->format == parse_format::csv);
+    CHECK(of(m).parse->separator == ",");
     const auto& n = cfg.devices[1];
-    CHECK(n.framing->delimiter == "\n");
-    CHECK(n.framing->max_frame == 4096);
-    CHECK(!n.request);
-    CHECK(n.parse->separator == " ");
-    CHECK(n.parse->checksum == "nmea");
+    CHECK(of(n).framing.delimiter == "\n");
+    CHECK(of(n).framing.max_frame == 4096);
+    CHECK(!of(n).request);
+    CHECK(of(n).parse->separator == " ");
+    CHECK(of(n).parse->checksum == "nmea");
 }
