@@ -10,7 +10,9 @@
 //                                      readings it carries (conservation metrics)
 //   topics(topic PRIMARY KEY, last_batch)   last batch number given out per topic
 //   state(key PRIMARY KEY, value)           small persistent key/value (seq high-water mark)
-// `bytes` = topic + payload length, the unit max_bytes is counted in. A version-1 file
+// `payload` is the body as encoded (JSON, first byte '{') or one zstd frame of it (magic
+// 28 b5 2f fd; spool_codec.hpp): the first bytes say which, so older plain rows still read.
+// `bytes` = topic + payload length as stored, the unit max_bytes is counted in. A version-1 file
 // (no `events` column) is migrated at open by one ALTER TABLE (its rows count 0 events). The
 // connection runs in locking_mode=EXCLUSIVE: a second process cannot open the same spool (it gets
 // SQLITE_BUSY and the constructor throws; a busy file is never mistaken for a corrupt one), and the
