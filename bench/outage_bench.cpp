@@ -8,7 +8,8 @@
 //     (db + wal) at the end of the outage;
 //   - the drain: time from the restart until ferry_spool_messages is back to what it held
 //     before the outage, and the drain rate as a multiple of the ingest rate
-//     (backlog values / drain seconds) / (values produced per second);
+//     (backlog values / drain seconds) / (values produced per second), and the part of it
+//     spent waiting for ferry to reconnect (ferry_mqtt_connected; its backoff reaches 30 s);
 //   - ferry's CPU (utime + stime) during the outage and during the drain;
 //   - completeness: every seq between the first and the last seen arrived, and how many
 //     arrived more than once.
@@ -20,6 +21,8 @@
 
 #include <mqtt/async_client.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/plant.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace ferry::test;
@@ -132,33 +136,12 @@ int main(int argc, char** argv) {
     temp_dir dir;
     temp_dir broker_dir;
     mosquitto broker(0, persistence_conf(broker_dir) + "max_queued_messages 0\n");
-    auto sim_port = free_port();
-    std::vector<std::string> sim_args{FERRY_MODBUS_SIM, "--port", std::to_string(sim_port)};
-    for (int r = 0; r < registers; ++r) {
-        sim_args.push_back("--set");
-        sim_args.push_back("holding:" + std::to_string(r) + "=u16:" + std::to_string(r * 3));
-    }
-    process sim(sim_args, dir.file("sim.log"));
-    if (!wait_for_port(sim_port, 10s)) {
-        std::fprintf(stderr, "simulator did not start\n");
-        return 3;
-    }
+    ferry::bench::modbus_plant plant(registers, dir.file("sim.log"));
+    if (!plant.sim) return 3;
     const auto http_port = free_port();
     std::string cfg = "gateway: { id: bench, data_dir: " + dir.path() +
-                      " }\n"
-                      "http: { listen: \"127.0.0.1:" +
-                      std::to_string(http_port) +
-                      "\" }\n"
-                      "devices:\n";
-    for (int d = 0; d < devices; ++d) {
-        cfg +=
-            "  - id: dev" + std::to_string(d) +
-            "\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " + std::to_string(sim_port) +
-            "\n    poll_interval: " + std::to_string(poll_ms) + "ms\n    points:\n";
-        for (int r = 0; r < registers; ++r)
-            cfg += "      - { name: r" + std::to_string(r) + ", address: " + std::to_string(r) +
-                   ", type: uint16, unit: u }\n";
-    }
+                      " }\nhttp: { listen: \"127.0.0.1:" + std::to_string(http_port) + "\" }\n" +
+                      plant.devices_yaml(devices, registers, poll_ms);
     cfg +=
         "rules: [ { name: all, match: \"#\", batch: { max_events: 500, max_age: 1s },\n"
         "          publish: { topic: \"bench/{gateway}/{device}\", qos: 1 } } ]\n"
@@ -206,9 +189,15 @@ int main(int argc, char** argv) {
     // The drain.
     broker.start();
     const auto t1 = std::chrono::steady_clock::now();
+    const double broker_cpu0 = cpu_seconds(broker.pid());
+    const double self_cpu0 = cpu_seconds(::getpid());
     double drain_s = -1;
+    double reconnect_s = -1;  // ferry's reconnect backoff (up to 30 s) is part of the drain
     while (std::chrono::steady_clock::now() - t1 < std::chrono::seconds(outage_s * 4 + 60)) {
-        std::this_thread::sleep_for(50ms);
+        std::this_thread::sleep_for(100ms);
+        if (reconnect_s < 0 && metric_of("ferry_mqtt_connected") == 1)
+            reconnect_s =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
         const double held = metric_of("ferry_spool_messages");
         if (held >= 0 && held <= std::max(live_messages, 2.0 * devices)) {
             drain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
@@ -216,6 +205,8 @@ int main(int argc, char** argv) {
         }
     }
     const double cpu2 = cpu_seconds(ferry.pid());
+    const double broker_cpu = cpu_seconds(broker.pid()) - broker_cpu0;
+    const double self_cpu = cpu_seconds(::getpid()) - self_cpu0;
     const auto io2 = proc_io(ferry.pid());
     const auto load1 = load_average();
 
@@ -264,6 +255,15 @@ int main(int argc, char** argv) {
             "bytes/value\n",
             cpu2 - cpu1, 100.0 * (cpu2 - cpu1) / drain_s,
             static_cast<double>(io2.write_bytes - io1.write_bytes) / produced);
+        const double moving = drain_s - reconnect_s;
+        std::printf(
+            "  of which          %10.1f s until ferry reconnected (its backoff), then %.1f s "
+            "moving the backlog: %.1fx the ingest rate\n",
+            reconnect_s, moving, outage_wall / moving);
+        std::printf(
+            "  others' CPU       mosquitto %.0f %%, this subscriber %.0f %% of one core in "
+            "the drain\n",
+            100.0 * broker_cpu / drain_s, 100.0 * self_cpu / drain_s);
     }
     std::printf("  complete          %10zu of %llu seq, %zu duplicates, %llu missing\n", distinct,
                 static_cast<unsigned long long>(span), arrived - distinct,
