@@ -135,19 +135,8 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
     c_drop_corrupt_ = &dropped.Add({{"reason", "corrupt"}});
     c_ev_too_large_ = &events_dropped(registry, drop::too_large);
 
-    // Pages kept on the freelist for reuse when incremental_vacuum gives the rest back (which
-    // it does once twice this many are free): 1/16 of max_bytes, within [8 pages, 4 MiB].
-    vacuum_slack_pages_ = std::clamp<std::int64_t>(
-        static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 8, 1024);
-    // Room for the WAL to reach its checkpoint size and for the checkpoint to grow the main
-    // file by as much (the WAL size as in setup_connection), plus a margin.
-    disk_reserve_ =
-        2 *
-            static_cast<std::uint64_t>(std::clamp<std::int64_t>(
-                static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 32, 1000)) *
-            static_cast<std::uint64_t>(page_size) +
-        64 * 1024;
-
+    // vacuum_slack_pages_ and disk_reserve_ follow from max_bytes and the file's page size:
+    // setup_connection sets them.
     open_or_recover();
     mark_open();
     set_gauges();

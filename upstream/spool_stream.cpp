@@ -237,7 +237,7 @@ void spool::impl::on_removed(std::uint64_t freed_bytes, std::uint64_t rows, std:
     // Look at the freelist once enough was freed to matter, or when the spool is empty.
     freed_since_vacuum_check_ += freed_bytes;
     if (freed_since_vacuum_check_ >=
-            static_cast<std::uint64_t>(vacuum_slack_pages_ * page_size) / 2 ||
+            static_cast<std::uint64_t>(vacuum_slack_pages_ * page_size_) / 2 ||
         messages_.load() == 0) {
         freed_since_vacuum_check_ = 0;
         maybe_vacuum();
@@ -310,7 +310,7 @@ bool spool::impl::below_disk_reserve(std::uint64_t need) {
     use u(freelist_);
     if (sqlite3_step(*u) == SQLITE_ROW)
         free += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0)) *
-                static_cast<std::uint64_t>(page_size);
+                static_cast<std::uint64_t>(page_size_);
     return free < disk_reserve_ + need * 2;
 }
 
@@ -330,7 +330,8 @@ void spool::impl::maybe_vacuum() {
     // pages do not grow the file (appends reuse them), so wait until they outnumber the live
     // pages 4 to 1, or the spool is empty: a vacuum then moves at most a quarter of what it
     // gives back.
-    const auto live_pages = static_cast<std::int64_t>(bytes_.load() / page_size) + 1;
+    const auto live_pages =
+        static_cast<std::int64_t>(bytes_.load() / static_cast<std::uint64_t>(page_size_)) + 1;
     if (messages_.load() != 0 && free_pages < live_pages * 4) return;
     std::int64_t release = free_pages - vacuum_slack_pages_;
     std::string sql = "PRAGMA incremental_vacuum(";

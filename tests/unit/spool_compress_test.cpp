@@ -267,3 +267,43 @@ TEST_CASE("compressed rows: a damaged frame is dead-lettered, the rows behind it
     CHECK(sp.messages() == 0);
     CHECK(sp.bytes() == 0);
 }
+
+TEST_CASE("compressed spools are created with 1 KiB pages; an existing file keeps its own") {
+    ferry::unit::tmp_dir dir;
+    auto page_size = [](const std::string& path) {
+        sqlite3* h = nullptr;
+        REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
+        sqlite3_stmt* st = nullptr;
+        REQUIRE(sqlite3_prepare_v2(h, "PRAGMA page_size", -1, &st, nullptr) == SQLITE_OK);
+        REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+        const auto n = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        sqlite3_close(h);
+        return n;
+    };
+    const auto z = dir.file("z.db");
+    const auto p = dir.file("p.db");
+    {
+        prometheus::Registry reg;
+        spool zs(zsettings(z, true), reg);
+        spool ps(zsettings(p, false), reg);
+        REQUIRE(zs.append("plant/dev1", 1, false, 500, contract(500)) == append_result::ok);
+        REQUIRE(ps.append("plant/dev1", 1, false, 500, contract(500)) == append_result::ok);
+    }
+    CHECK(page_size(z) == 1024);
+    CHECK(page_size(p) == 4096);
+    // A spool of an earlier version (4 KiB pages) opened with compression: it stays as it is
+    // and takes compressed rows beside its plain ones.
+    {
+        prometheus::Registry reg;
+        spool sp(zsettings(p, true), reg);
+        REQUIRE(sp.append("plant/dev1", 1, false, 500, contract(500)) == append_result::ok);
+        auto all = sp.peek(0, 10);
+        REQUIRE(all.size() == 2);
+        CHECK(all[0].stored_payload_bytes < 0);
+        CHECK(all[1].stored_payload_bytes > 0);
+        for (const auto& m : all)
+            CHECK(ferry::upstream::check_spooled(m, 0, true) == ferry::upstream::dead_reason::none);
+    }
+    CHECK(page_size(p) == 4096);
+}
