@@ -10,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "bench/plant.hpp"
 #include "tests/support/harness.hpp"
 #include "tests/support/paths.hpp"
 
@@ -24,31 +25,11 @@ int main(int argc, char** argv) {
 
     temp_dir dir;
     mosquitto broker;
-    auto sim_port = free_port();
-    std::vector<std::string> sim_args{FERRY_MODBUS_SIM, "--port", std::to_string(sim_port)};
-    for (int r = 0; r < registers; ++r) {
-        sim_args.push_back("--set");
-        sim_args.push_back("holding:" + std::to_string(r) + "=u16:" + std::to_string(r * 3));
-    }
-    process sim(sim_args, dir.file("sim.log"));
-    if (!wait_for_port(sim_port, 10s)) {
-        std::fprintf(stderr, "simulator did not start\n");
-        return 3;
-    }
+    ferry::bench::modbus_plant plant(registers, dir.file("sim.log"));
+    if (!plant.sim) return 3;
 
-    std::string cfg = "gateway: { id: bench, data_dir: " + dir.path() +
-                      " }\n"
-                      "devices:\n";
-    for (int d = 0; d < devices; ++d) {
-        cfg +=
-            "  - id: dev" + std::to_string(d) +
-            "\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: " + std::to_string(sim_port) +
-            "\n    poll_interval: " + std::to_string(poll_ms) + "ms\n    points:\n";
-        for (int r = 0; r < registers; ++r) {
-            cfg += "      - { name: r" + std::to_string(r) + ", address: " + std::to_string(r) +
-                   ", type: uint16, unit: u }\n";
-        }
-    }
+    std::string cfg = "gateway: { id: bench, data_dir: " + dir.path() + " }\n" +
+                      plant.devices_yaml(devices, registers, poll_ms);
     cfg +=
         "rules: [ { name: all, match: \"#\", batch: { max_events: 500, max_age: 1s },\n"
         "          publish: { topic: \"bench/{gateway}/{device}\", qos: 1 } } ]\n"

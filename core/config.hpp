@@ -298,6 +298,7 @@ struct spool_settings {
     std::uint64_t max_bytes = 512ull * 1024 * 1024;
     ferry::config::when_full full = when_full::drop_oldest;
     fsync_mode fsync = fsync_mode::always;
+    bool compress = true;  // batch bodies stored as zstd frames (docs/SPOOL.md)
 
     bool operator==(const spool_settings&) const = default;
 };

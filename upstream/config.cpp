@@ -64,6 +64,9 @@ constexpr option k_spool_options[] = {
      config::k_all_drivers, k_when_full_names},
     {"fsync", "", "always", "When the spool fsyncs: every batch, grouped, or never.",
      config::k_all_drivers, k_fsync_names},
+    {"compress", "bool", "true",
+     "Store batch bodies zstd-compressed (the contract's JSON: about 30x fewer bytes); "
+     "published as they were encoded (docs/SPOOL.md)."},
 };
 
 void read_dead_letter(config::loader& ld, const config::value_ref& v, config::config& c) {
@@ -187,6 +190,7 @@ void read_spool(config::loader& ld, const config::value_ref& v, config::config& 
         if (auto n = ld.size(*r, 1024 * 1024, 16ull << 40)) s.max_bytes = *n;
     ld.set_enum(m, "when_full", s.full, k_when_full_names);
     ld.set_enum(m, "fsync", s.fsync, k_fsync_names);
+    ld.set_bool(m, "compress", s.compress);
 }
 
 void read_upstream(config::loader& ld, const config::value_ref& v, config::config& c) {

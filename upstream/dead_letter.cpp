@@ -74,9 +74,14 @@ dead_reason check_spooled(const spooled_message& m, std::uint64_t max_packet, bo
         return fails(dead_reason::bad_topic, "wildcard or NUL in topic");
     if (!valid_utf8(m.topic)) return fails(dead_reason::bad_topic, "topic is not UTF-8");
     if (m.qos < 0 || m.qos > 2) return fails(dead_reason::bad_qos, "qos " + std::to_string(m.qos));
+    if (!m.decode_error.empty()) return fails(dead_reason::bad_payload, m.decode_error);
     if (m.payload.size() < 2 || m.payload.front() != '{' || m.payload.back() != '}')
         return fails(dead_reason::bad_payload, "payload is not a JSON object");
-    const auto bytes = static_cast<std::int64_t>(m.topic.size() + m.payload.size());
+    // What the row holds: a compressed row stores fewer bytes than the payload it decodes to.
+    const auto stored_payload = m.stored_payload_bytes >= 0
+                                    ? static_cast<std::uint64_t>(m.stored_payload_bytes)
+                                    : static_cast<std::uint64_t>(m.payload.size());
+    const auto bytes = static_cast<std::int64_t>(m.topic.size() + stored_payload);
     if (m.stored_bytes != bytes)
         return fails(dead_reason::bad_bytes, "bytes column " + std::to_string(m.stored_bytes) +
                                                  ", row holds " + std::to_string(bytes));

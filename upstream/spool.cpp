@@ -10,7 +10,9 @@
 //                                      readings it carries (conservation metrics)
 //   topics(topic PRIMARY KEY, last_batch)   last batch number given out per topic
 //   state(key PRIMARY KEY, value)           small persistent key/value (seq high-water mark)
-// `bytes` = topic + payload length, the unit max_bytes is counted in. A version-1 file
+// `payload` is the body as encoded (JSON, first byte '{') or one zstd frame of it (magic
+// 28 b5 2f fd; spool_codec.hpp): the first bytes say which, so older plain rows still read.
+// `bytes` = topic + payload length as stored, the unit max_bytes is counted in. A version-1 file
 // (no `events` column) is migrated at open by one ALTER TABLE (its rows count 0 events). The
 // connection runs in locking_mode=EXCLUSIVE: a second process cannot open the same spool (it gets
 // SQLITE_BUSY and the constructor throws; a busy file is never mistaken for a corrupt one), and the
@@ -133,19 +135,8 @@ spool::impl::impl(const config::spool_settings& s, prometheus::Registry& registr
     c_drop_corrupt_ = &dropped.Add({{"reason", "corrupt"}});
     c_ev_too_large_ = &events_dropped(registry, drop::too_large);
 
-    // Pages kept on the freelist for reuse when incremental_vacuum gives the rest back (which
-    // it does once twice this many are free): 1/16 of max_bytes, within [8 pages, 4 MiB].
-    vacuum_slack_pages_ = std::clamp<std::int64_t>(
-        static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 8, 1024);
-    // Room for the WAL to reach its checkpoint size and for the checkpoint to grow the main
-    // file by as much (the WAL size as in setup_connection), plus a margin.
-    disk_reserve_ =
-        2 *
-            static_cast<std::uint64_t>(std::clamp<std::int64_t>(
-                static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 32, 1000)) *
-            static_cast<std::uint64_t>(page_size) +
-        64 * 1024;
-
+    // vacuum_slack_pages_ and disk_reserve_ follow from max_bytes and the file's page size:
+    // setup_connection sets them.
     open_or_recover();
     mark_open();
     set_gauges();

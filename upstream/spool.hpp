@@ -38,6 +38,12 @@ struct spooled_message {
     std::int64_t created_ms = 0;     // Unix ms when it entered the spool
     std::uint32_t events = 0;        // readings the message carries (conservation metrics)
     std::int64_t stored_bytes = -1;  // the row's `bytes` column as stored (checked, never trusted)
+    // The payload's length as stored (compressed rows hold less than `payload`, which peek
+    // decompressed); -1: the same as payload.size(). What `bytes` and max_bytes count.
+    std::int64_t stored_payload_bytes = -1;
+    // Why a compressed row did not decompress (empty: it did, or it was not compressed).
+    // `payload` then holds the stored bytes; the publisher dead-letters the row.
+    std::string decode_error;
 };
 
 enum class append_result {

@@ -307,10 +307,19 @@ void spool::impl::check_columns(std::int64_t version) {
     check("state", state, 2);
 }
 
+std::int64_t spool::impl::wal_checkpoint_pages() const {
+    return std::clamp<std::int64_t>(static_cast<std::int64_t>(settings_.max_bytes / 16), 32 * 4096,
+                                    1000 * 4096) /
+           page_size_;
+}
+
 void spool::impl::setup_connection(bool fresh) {
     if (fresh) {
         // Only possible before the first table exists.
-        exec("PRAGMA page_size=4096");
+        const std::string ps =
+            "PRAGMA page_size=" +
+            std::to_string(settings_.compress ? compressed_page_size : plain_page_size);
+        exec(ps.c_str());
         exec("PRAGMA auto_vacuum=INCREMENTAL");
     }
     {
@@ -334,17 +343,36 @@ void spool::impl::setup_connection(bool fresh) {
             exec("PRAGMA synchronous=OFF");
             break;
     }
-    // Checkpoint when the WAL holds max_bytes/16 (within [32 pages, 1000 pages = 4 MiB]) and
+    {
+        statement ps;
+        if (ps.prepare(db_, "PRAGMA page_size") == SQLITE_OK &&
+            sqlite3_step(ps.get()) == SQLITE_ROW)
+            page_size_ = std::max<std::int64_t>(512, sqlite3_column_int64(ps.get(), 0));
+    }
+    // Pages kept on the freelist for reuse when incremental_vacuum gives the rest back (which
+    // it does once twice this many are free): 1/16 of max_bytes, within [32 KiB, 4 MiB].
+    vacuum_slack_pages_ =
+        std::clamp<std::int64_t>(static_cast<std::int64_t>(settings_.max_bytes / 16), 32 * 1024,
+                                 4 * 1024 * 1024) /
+        page_size_;
+    // Checkpoint when the WAL holds max_bytes/16 (within [128 KiB, 4,096,000 bytes]) and
     // truncate it to that size afterwards: the WAL is part of the on-disk bound.
-    std::int64_t ckpt = std::clamp<std::int64_t>(
-        static_cast<std::int64_t>(settings_.max_bytes / 16) / page_size, 32, 1000);
+    const std::int64_t ckpt = wal_checkpoint_pages();
+    // Room for the WAL to reach its checkpoint size and for the checkpoint to grow the main
+    // file by as much, plus a margin.
+    disk_reserve_ = 2 * static_cast<std::uint64_t>(ckpt * page_size_) + 64 * 1024;
     std::string sql = "PRAGMA wal_autocheckpoint=";
     sql += std::to_string(ckpt);
     exec(sql.c_str());
     sql = "PRAGMA journal_size_limit=";
-    sql += std::to_string(ckpt * (page_size + 24));
+    sql += std::to_string(ckpt * (page_size_ + 24));
     exec(sql.c_str());
     exec("PRAGMA foreign_keys=OFF");
+    // Debian builds SQLite with SECURE_DELETE: every ack then wrote the deleted row's pages
+    // again as zeros (WAL, then checkpoint), as many bytes as the append had written (issue 16).
+    // FAST still clears what sits on b-tree pages that are written anyway; freed overflow pages
+    // keep their old bytes until an append reuses them. Durability does not depend on it.
+    exec("PRAGMA secure_delete=FAST");
 
     if (fresh) {
         std::string ddl =

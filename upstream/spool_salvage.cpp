@@ -9,6 +9,7 @@
 
 #include "core/conservation.hpp"
 #include "core/log.hpp"
+#include "upstream/spool_codec.hpp"
 
 namespace ferry::upstream {
 
@@ -38,7 +39,13 @@ struct row_mark {
     std::uint64_t batch = 0, seq_first = 0, seq_last = 0;
 };
 
-row_mark mark_of(std::int64_t id, std::string topic, std::string_view payload) {
+row_mark mark_of(std::int64_t id, std::string topic, std::string_view stored) {
+    // A compressed row is read through its frame; one that does not decode marks nothing.
+    thread_local std::string plain;
+    std::string error;
+    std::string_view payload = stored;
+    if (spool_codec::is_compressed(stored))
+        payload = spool_codec::decode(stored, plain, error) ? std::string_view(plain) : "";
     return {id, std::move(topic), json_number(payload, "batch"), json_number(payload, "seq"),
             json_number(payload, "seq", true)};
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/log.hpp"
+#include "upstream/spool_codec.hpp"
 
 namespace ferry::upstream {
 
@@ -39,21 +40,28 @@ int spool::impl::consume_batch_number(const std::string& topic, std::uint64_t ba
 
 append_result spool::impl::append(const std::string& topic, int qos, bool retain,
                                   std::uint32_t events, const encode_fn& encode) {
-    // One buffer per thread, reused: no allocation per append once it has grown.
-    thread_local std::string payload;
+    // Buffers per thread, reused: no allocation per append once they have grown. `encoded` is
+    // what the encoder wrote, `stored` what goes into the row: one zstd frame of it when that
+    // is smaller (spool_codec.hpp). max_bytes and the `bytes` column count what is stored.
+    thread_local std::string encoded;
+    thread_local std::string stored;
     std::unique_lock lock(mu_);
     if (closed_) return append_result::closed;
 
     run_deferred_salvage("append");
     retry_acks();
-    std::uint64_t encoded_for = 0;  // batch number `payload` was encoded for (0: none yet)
+    std::uint64_t encoded_for = 0;  // batch number `stored` was encoded for (0: none yet)
     for (;;) {
         if (db_ == nullptr) return append_result::error;
         const std::uint64_t batch_no = next_batch(topic);
         if (encoded_for != batch_no) {
-            payload.clear();
+            encoded.clear();
             try {
-                encode(batch_no, payload);
+                encode(batch_no, encoded);
+                if (settings_.compress)
+                    spool_codec::encode(encoded, stored);
+                else
+                    stored.swap(encoded);
             } catch (const std::exception& e) {
                 c_errors_[static_cast<int>(err_reason::other)]->Increment();
                 last_append_disk_full_ = false;
@@ -67,7 +75,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
             }
             encoded_for = batch_no;
         }
-        const std::uint64_t need = topic.size() + payload.size();
+        const std::uint64_t need = topic.size() + stored.size();
         const std::uint64_t max = settings_.max_bytes;
 
         if (need > max) {
@@ -156,7 +164,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         {
             use u(insert_);
             sqlite::bind_text(*u, 1, topic);
-            sqlite::bind_blob(*u, 2, payload);
+            sqlite::bind_blob(*u, 2, stored);
             sqlite3_bind_int(*u, 3, qos);
             sqlite3_bind_int(*u, 4, retain ? 1 : 0);
             sqlite3_bind_int64(*u, 5, now_ms());
@@ -229,7 +237,7 @@ void spool::impl::on_removed(std::uint64_t freed_bytes, std::uint64_t rows, std:
     // Look at the freelist once enough was freed to matter, or when the spool is empty.
     freed_since_vacuum_check_ += freed_bytes;
     if (freed_since_vacuum_check_ >=
-            static_cast<std::uint64_t>(vacuum_slack_pages_ * page_size) / 2 ||
+            static_cast<std::uint64_t>(vacuum_slack_pages_ * page_size_) / 2 ||
         messages_.load() == 0) {
         freed_since_vacuum_check_ = 0;
         maybe_vacuum();
@@ -302,7 +310,7 @@ bool spool::impl::below_disk_reserve(std::uint64_t need) {
     use u(freelist_);
     if (sqlite3_step(*u) == SQLITE_ROW)
         free += static_cast<std::uint64_t>(sqlite3_column_int64(*u, 0)) *
-                static_cast<std::uint64_t>(page_size);
+                static_cast<std::uint64_t>(page_size_);
     return free < disk_reserve_ + need * 2;
 }
 
@@ -316,6 +324,15 @@ void spool::impl::maybe_vacuum() {
     }
     // Keeping a slack avoids shrinking and regrowing the file on every append/ack cycle.
     if (free_pages <= vacuum_slack_pages_ * 2) return;
+    // Giving pages back moves the live pages at the end of the file into free ones, and every
+    // page moved is written again (WAL, then checkpoint): during a drain that rewrote the
+    // backlog over and over (issue 16: about 1,160 bytes written per value drained). Free
+    // pages do not grow the file (appends reuse them), so wait until they outnumber the live
+    // pages 4 to 1, or the spool is empty: a vacuum then moves at most a quarter of what it
+    // gives back.
+    const auto live_pages =
+        static_cast<std::int64_t>(bytes_.load() / static_cast<std::uint64_t>(page_size_)) + 1;
+    if (messages_.load() != 0 && free_pages < live_pages * 4) return;
     std::int64_t release = free_pages - vacuum_slack_pages_;
     std::string sql = "PRAGMA incremental_vacuum(";
     sql += std::to_string(release);
@@ -368,7 +385,18 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
                     m.topic = sqlite::column_text(*u, 1);
                     const void* p = sqlite3_column_blob(*u, 2);
                     auto n = static_cast<std::size_t>(sqlite3_column_bytes(*u, 2));
-                    if (p != nullptr) m.payload.assign(static_cast<const char*>(p), n);
+                    const std::string_view stored(p != nullptr ? static_cast<const char*>(p) : "",
+                                                  p != nullptr ? n : 0);
+                    // Decompressed here, so the publisher checks and sends what CONTRACT.md
+                    // says; a row that does not decode keeps its stored bytes and the reason,
+                    // and the publisher dead-letters it (dead_letter.hpp).
+                    if (spool_codec::is_compressed(stored)) {
+                        m.stored_payload_bytes = static_cast<std::int64_t>(stored.size());
+                        if (!spool_codec::decode(stored, m.payload, m.decode_error))
+                            m.payload.assign(stored);
+                    } else {
+                        m.payload.assign(stored);
+                    }
                     // Raw, for the publisher's check (a flipped bit must not pass as 1).
                     const auto qos = sqlite3_column_int64(*u, 3);
                     m.qos = static_cast<int>(std::clamp<std::int64_t>(qos, -1, 256));

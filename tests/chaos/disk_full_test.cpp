@@ -58,8 +58,8 @@ void run_disk_full(const std::string& size, const std::string& max_bytes, bool b
     mosquitto broker(0, persistence_conf(broker_db));
     mqtt_recorder rec(broker.uri(), {"plant/#"});
     broker.stop();  // down: the spool has to hold everything
-    // The spool's reserve for max_bytes 4MiB is 576 KiB (upstream/spool.cpp): leave
-    // 1 MiB above it, 5 s at 2,000 events/s.
+    // The spool's reserve for max_bytes 4MiB is 576 KiB (setup_connection in
+    // upstream/spool_open.cpp): leave 1 MiB above it, 5 s at 2,000 events/s.
     const std::string ballast = disk.dir + "/ballast";
     if (ballast_file) write_file(ballast, std::string(disk.free_bytes() - (1600 << 10), 'b'));
     ferry_options o;
@@ -70,6 +70,9 @@ void run_disk_full(const std::string& size, const std::string& max_bytes, bool b
     o.max_events = 200;
     o.max_age = "1s";
     o.max_bytes = max_bytes;
+    // The fill rates and sizes here are for plain rows; compressed, filling takes about 30
+    // times longer.
+    o.compress = "false";
     o.poll = poll;
     auto ferry = start_ferry(o, outer.file("ferry.yaml"), outer.file("ferry.log"));
     auto metric = [&](const std::string& s) { return metric_value(o.http_port, s); };

@@ -89,6 +89,9 @@ ferry_options options(const modbus_sim& sim, const temp_dir& dir) {
     o.modbus_port = sim.port();
     o.registers = 10;
     o.poll = "100ms";
+    // These cases edit spooled rows in place as the contract's JSON (a flipped bit, a payload
+    // made too large); compressed rows and their damage have their own cases in unit_spool.
+    o.compress = "false";
     return o;
 }
 

@@ -54,6 +54,7 @@ std::string ferry_yaml(const ferry_options& o) {
         y += "    " + k + "\n";
     y += "  spool:\n    path: \"{data_dir}/spool.db\"\n    max_bytes: " + o.max_bytes +
          "\n    when_full: " + o.when_full + "\n    fsync: " + o.fsync + "\n";
+    if (!o.compress.empty()) y += "    compress: " + o.compress + "\n";
     return y;
 }
 

@@ -85,6 +85,7 @@ struct ferry_options {
     std::string max_bytes = "64MiB";
     std::string when_full = "drop_oldest";
     std::string fsync = "batch";
+    std::string compress;  // upstream.spool.compress ("true", "false"); empty: the default
     std::string log_level = "info";
     std::string keepalive;  // upstream.mqtt.keepalive, e.g. "2s"; empty: the default
 };
