@@ -35,6 +35,7 @@
 
 #include "bench/plant.hpp"
 #include "tests/support/harness.hpp"
+#include "tests/support/paths.hpp"
 
 using namespace ferry::test;
 

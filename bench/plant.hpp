@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tests/support/harness.hpp"
+#include "tests/support/paths.hpp"
 
 namespace ferry::bench {
 
