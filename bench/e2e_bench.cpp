@@ -30,15 +30,7 @@ int main(int argc, char** argv) {
 
     std::string cfg = "gateway: { id: bench, data_dir: " + dir.path() + " }\n" +
                       plant.devices_yaml(devices, registers, poll_ms);
-    cfg +=
-        "rules: [ { name: all, match: \"#\", batch: { max_events: 500, max_age: 1s },\n"
-        "          publish: { topic: \"bench/{gateway}/{device}\", qos: 1 } } ]\n"
-        "upstream:\n"
-        "  mqtt: { uris: [\"" +
-        broker.uri() +
-        "\"], inflight: 64 }\n"
-        "  spool: { fsync: " +
-        fsync + " }\n";
+    cfg += ferry::bench::pipeline_yaml(broker.uri(), 64, fsync);
     write_file(dir.file("ferry.yaml"), cfg);
 
     mqtt_recorder rec(broker.uri(), {"bench/#"});

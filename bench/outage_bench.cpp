@@ -143,15 +143,7 @@ int main(int argc, char** argv) {
     std::string cfg = "gateway: { id: bench, data_dir: " + dir.path() +
                       " }\nhttp: { listen: \"127.0.0.1:" + std::to_string(http_port) + "\" }\n" +
                       plant.devices_yaml(devices, registers, poll_ms);
-    cfg +=
-        "rules: [ { name: all, match: \"#\", batch: { max_events: 500, max_age: 1s },\n"
-        "          publish: { topic: \"bench/{gateway}/{device}\", qos: 1 } } ]\n"
-        "upstream:\n"
-        "  mqtt: { uris: [\"" +
-        broker.uri() + "\"], inflight: " + std::to_string(inflight) +
-        " }\n"
-        "  spool: { fsync: " +
-        fsync + " }\n";
+    cfg += ferry::bench::pipeline_yaml(broker.uri(), inflight, fsync);
     write_file(dir.file("ferry.yaml"), cfg);
 
     seq_counter sub(broker.uri());

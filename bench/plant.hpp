@@ -48,4 +48,16 @@ struct modbus_plant {
     }
 };
 
+// The benchmarks' one rule (every point, batches of up to 500 events or 1 s per device topic,
+// QoS 1) and their upstream: the broker at `uri`, `inflight` messages in flight, the spool's
+// fsync mode.
+inline std::string pipeline_yaml(const std::string& uri, int inflight, const std::string& fsync) {
+    return "rules: [ { name: all, match: \"#\", batch: { max_events: 500, max_age: 1s },\n"
+           "          publish: { topic: \"bench/{gateway}/{device}\", qos: 1 } } ]\n"
+           "upstream:\n"
+           "  mqtt: { uris: [\"" +
+           uri + "\"], inflight: " + std::to_string(inflight) + " }\n  spool: { fsync: " + fsync +
+           " }\n";
+}
+
 }  // namespace ferry::bench
