@@ -6,6 +6,9 @@
 //   --rtu DEVICE       serve Modbus RTU on a serial device instead (e.g. one end of a socat
 //                      pty pair); --baud (default 9600) and --parity (default N), 8 data bits,
 //                      1 stop bit
+//   --pace             RTU: answer each request only after the time it and its answer take
+//                      on a real line at --baud, with the 3.5-character silence after each
+//                      (a pty moves bytes at memory speed); what a benchmark of one bus needs
 //   --unit U           repeatable (or U1,U2,...): answer only these unit ids. Over TCP other
 //                      unit ids get exception 0x0B (gateway target device failed to respond);
 //                      over RTU they get no answer, as on a bus where no such slave exists.
@@ -90,6 +93,7 @@ struct options {
     std::vector<corrupt_range> corrupt;
     bool silent = false;
     bool wave = false;
+    bool pace = false;
     int delay_ms = 0;
     int write_delay_ms = 0;
 };
@@ -97,7 +101,8 @@ struct options {
 [[noreturn]] void usage(const std::string& msg) {
     std::fprintf(stderr, "ferry_modbus_sim: %s\n", msg.c_str());
     std::fprintf(stderr,
-                 "usage: ferry_modbus_sim (--port P | --rtu DEVICE [--baud B] [--parity N|E|O])\n"
+                 "usage: ferry_modbus_sim (--port P | --rtu DEVICE [--baud B] [--parity N|E|O] "
+                 "[--pace])\n"
                  "       [--unit U]... [--stats FILE] [--set SPEC]... [--fail FROM-TO]...\n"
                  "       [--fail-first N]\n"
                  "       [--corrupt crc|short|tid|unit:FROM-TO]... [--silent] [--delay MS] "
@@ -173,6 +178,8 @@ options parse_args(int argc, char** argv) {
             o.fail_first = parse_int(next(), 0, 1000000000, "--fail-first");
         } else if (a == "--silent") {
             o.silent = true;
+        } else if (a == "--pace") {
+            o.pace = true;
         } else if (a == "--wave") {
             o.wave = true;
         } else if (a == "--delay") {
@@ -411,6 +418,23 @@ bool serve(modbus_t* ctx, int fd, bool rtu, const std::uint8_t* frame, int len, 
     return stats.answered(write_all(fd, adu));
 }
 
+// How long a request (`need` bytes, `frame` its first) and its answer keep a real line busy
+// at opt.baud: 1 start, 8 data, the parity and 1 stop bit per byte, and the 3.5-character
+// silence that ends each frame (fixed at 1.75 ms above 19200 baud, as the Modbus serial line
+// specification says). Exceptions are taken as full answers.
+std::chrono::microseconds line_time(const options& opt, const std::uint8_t* frame,
+                                    std::size_t need) {
+    const int fc = frame[1];
+    const int quantity = (frame[4] << 8) | frame[5];
+    std::size_t answer = 8;  // writes echo address and value or quantity
+    if (fc == 3 || fc == 4) answer = 5 + 2 * static_cast<std::size_t>(quantity);
+    if (fc == 1 || fc == 2) answer = 5 + (static_cast<std::size_t>(quantity) + 7) / 8;
+    const double char_us = (opt.parity == 'N' ? 10.0 : 11.0) * 1e6 / opt.baud;
+    const double silence_us = opt.baud > 19200 ? 1750.0 : 3.5 * char_us;
+    return std::chrono::microseconds(
+        static_cast<long>(static_cast<double>(need + answer) * char_us + 2 * silence_us));
+}
+
 // Modbus RTU: requests are cut from the byte stream by their function code's length and
 // checked by CRC; a frame for a unit we do not serve is read and left unanswered.
 int run_rtu(const options& opt, modbus_mapping_t* map, stats_file& stats) {
@@ -472,6 +496,7 @@ int run_rtu(const options& opt, modbus_mapping_t* map, stats_file& stats) {
                 buf.clear();
                 break;
             }
+            if (opt.pace) std::this_thread::sleep_for(line_time(opt, buf.data(), need));
             serve(ctx, fd, true, buf.data(), static_cast<int>(need), 1, opt, map, stats, start);
             buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(need));
         }
