@@ -19,17 +19,11 @@
 // env FERRY_BENCH_BINARY: the ferry to run (default: this build's), to compare builds.
 // Not a test: ./scripts/bench outage runs it. The issue's form: bench_outage 20 100 100 300.
 
-#include <mqtt/async_client.h>
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <mutex>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -39,89 +33,8 @@
 
 using namespace ferry::test;
 
-namespace {
-
-struct io_counts {
-    std::uint64_t write_bytes = 0, cancelled = 0, wchar = 0;
-};
-
-io_counts proc_io(pid_t pid) {
-    io_counts c;
-    std::ifstream in("/proc/" + std::to_string(pid) + "/io");
-    std::string key;
-    std::uint64_t v = 0;
-    while (in >> key >> v) {
-        if (key == "write_bytes:") c.write_bytes = v;
-        if (key == "cancelled_write_bytes:") c.cancelled = v;
-        if (key == "wchar:") c.wchar = v;
-    }
-    return c;
-}
-
-std::uint64_t file_size(const std::string& p) {
-    std::error_code ec;
-    auto n = std::filesystem::file_size(p, ec);
-    return ec ? 0 : n;
-}
-
-std::string load_average() {
-    std::ifstream in("/proc/loadavg");
-    std::string a, b, c;
-    in >> a >> b >> c;
-    return a + " " + b + " " + c;
-}
-
-// Records the seq of every event that arrives (QoS 1, persistent session): only numbers are
-// kept, so a long outage does not hold every payload in memory.
-class seq_counter : public virtual mqtt::callback {
-  public:
-    explicit seq_counter(const std::string& uri)
-        : client_(uri, "bench-outage-sub", mqtt::create_options(MQTTVERSION_5)) {
-        client_.set_callback(*this);
-        auto opts =
-            mqtt::connect_options_builder()
-                .mqtt_version(MQTTVERSION_5)
-                .clean_start(false)
-                .properties({{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}})
-                .automatic_reconnect(std::chrono::milliseconds(100), std::chrono::milliseconds(500))
-                .finalize();
-        client_.connect(opts)->wait();
-        client_.subscribe("bench/#", 1)->wait();
-    }
-    ~seq_counter() {
-        try {
-            client_.disconnect()->wait_for(std::chrono::seconds(2));
-        } catch (...) {
-        }
-    }
-    void message_arrived(mqtt::const_message_ptr msg) override {
-        const std::string& p = msg->get_payload_ref().str();
-        std::vector<std::uint64_t> found;
-        for (auto at = p.find("\"seq\":"); at != std::string::npos; at = p.find("\"seq\":", at)) {
-            at += 6;
-            found.push_back(std::strtoull(p.c_str() + at, nullptr, 10));
-        }
-        std::lock_guard lk(mu_);
-        seqs_.insert(seqs_.end(), found.begin(), found.end());
-        ++messages_;
-    }
-    std::size_t values() const {
-        std::lock_guard lk(mu_);
-        return seqs_.size();
-    }
-    std::vector<std::uint64_t> seqs() const {
-        std::lock_guard lk(mu_);
-        return seqs_;
-    }
-
-  private:
-    mutable std::mutex mu_;
-    std::vector<std::uint64_t> seqs_;
-    std::size_t messages_ = 0;
-    mqtt::async_client client_;
-};
-
-}  // namespace
+using ferry::bench::load_average;
+using ferry::bench::proc_io;
 
 int main(int argc, char** argv) {
     const int devices = argc > 1 ? std::atoi(argv[1]) : 20;
@@ -146,7 +59,7 @@ int main(int argc, char** argv) {
     cfg += ferry::bench::pipeline_yaml(broker.uri(), inflight, fsync);
     write_file(dir.file("ferry.yaml"), cfg);
 
-    seq_counter sub(broker.uri());
+    ferry::bench::seq_counter sub(broker.uri(), "bench-outage-sub");
     process ferry({binary, "run", "-c", dir.file("ferry.yaml")}, dir.file("ferry.log"));
     if (!wait_until([&] { return sub.values() > 0; }, 20s)) {
         std::fprintf(stderr, "nothing arrived; see %s\n", dir.file("ferry.log").c_str());
@@ -174,8 +87,8 @@ int main(int argc, char** argv) {
     const double produced1 = metric_of("ferry_events_produced_total");
     const double outage_wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const auto db_bytes = file_size(spool_path);
-    const auto wal_bytes = file_size(spool_path + "-wal");
+    const auto db_bytes = file_size_or_zero(spool_path);
+    const auto wal_bytes = file_size_or_zero(spool_path + "-wal");
     const double spool_bytes = metric_of("ferry_spool_bytes");
     const double spool_messages = metric_of("ferry_spool_messages");
 

@@ -603,7 +603,6 @@ void pymodbus_sim::stop() {
 
 // ---- /proc ---------------------------------------------------------------------------------
 
-namespace {
 std::optional<std::uint64_t> status_field(pid_t pid, const std::string& key) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
     std::string line;
@@ -618,7 +617,6 @@ std::optional<std::uint64_t> status_field(pid_t pid, const std::string& key) {
     }
     return std::nullopt;
 }
-}  // namespace
 
 std::uint64_t rss_kib(pid_t pid) {
     return status_field(pid, "VmRSS").value_or(0);

@@ -239,6 +239,10 @@ bool wait_for_port(std::uint16_t port, std::chrono::milliseconds timeout);
 // SO_RCVBUF before connecting (a small window keeps unread data on the sender's side).
 int connect_loopback(std::uint16_t port, int rcvbuf = 0);
 
+// The number after `key:` in /proc/PID/status (kB for Vm* fields, a count for
+// voluntary_ctxt_switches, ...), nullopt when absent. `pid` may be a thread id: the context
+// switch counts there are that thread's alone.
+std::optional<std::uint64_t> status_field(pid_t pid, const std::string& key);
 // Resident set size of a process in KiB (from /proc/PID/status), 0 if unknown.
 std::uint64_t rss_kib(pid_t pid);
 // Number of threads of a process (from /proc/PID/status).
