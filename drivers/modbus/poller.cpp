@@ -625,7 +625,10 @@ struct poller::impl {
             }
             next->chan->busy = true;
             next->polling = true;
-            cv.notify_one();  // someone else watches the clock while we poll
+            // Someone else watches the clock while we poll, but only when needed: every
+            // wake-up of a worker that finds nothing to do costs a context switch, which on
+            // a VM costs more than the poll's own work (docs/PERFORMANCE.md, End to end).
+            if (needs_another_worker()) cv.notify_one();
             lock.unlock();
             const auto o = poll(*next);
             lock.lock();
@@ -639,8 +642,22 @@ struct poller::impl {
             ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
             reschedule(*next, steady::now());
             if (next->remove_after_poll) finish_remove(next, next->keep_series_after);
-            cv.notify_one();  // the channel is free again
+            // No notify: this worker loops and takes whatever the freed channel allows (a
+            // queued write, the next due poll) itself, or watches the clock for it.
         }
+    }
+
+    // With the lock held, by a worker about to poll: is there work it leaves behind that no
+    // one else is on? A free channel with a write queued, a free device due now, or a free
+    // device due before the time the clock-watching worker (if any) sleeps until.
+    bool needs_another_worker() const {
+        const auto now = steady::now();
+        for (const auto& d : devices) {
+            if (d->chan->busy || d->retiring) continue;
+            if (!d->chan->writes.empty() || d->next_due <= now || d->next_due < timer_at)
+                return true;
+        }
+        return false;
     }
 };
 
