@@ -65,14 +65,23 @@ void subscription::push(std::span<const event> events) {
         }
         queue_.push_back(e);
     }
+    const bool wake = queue_.size() >= wake_at_ || closed_;
     lock.unlock();
-    not_empty_.notify_one();
+    if (wake) not_empty_.notify_one();
 }
 
 std::size_t subscription::pop(std::vector<event>& out, std::size_t max,
-                              std::chrono::steady_clock::time_point deadline) {
+                              std::chrono::steady_clock::time_point deadline,
+                              std::chrono::steady_clock::duration gather) {
     std::unique_lock lock(mu_);
     not_empty_.wait_until(lock, deadline, [&] { return closed_ || !queue_.empty(); });
+    if (gather > std::chrono::steady_clock::duration::zero() && !closed_ && !queue_.empty() &&
+        queue_.size() < max) {
+        wake_at_ = max;
+        not_empty_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + gather),
+                              [&] { return closed_ || queue_.size() >= max; });
+        wake_at_ = 1;
+    }
     std::size_t n = std::min(max, queue_.size());
     for (std::size_t i = 0; i < n; ++i) {
         out.push_back(std::move(queue_.front()));

@@ -67,6 +67,12 @@ using steady = std::chrono::steady_clock;
 // sits here at a shutdown with a full `block` spool is little (it is counted as
 // dropped{shutdown}), large enough for a burst of polls: 8,192 events ≈ 0.5 MiB.
 constexpr std::size_t k_rule_queue = 8192;
+// How long the rule and read-model threads let events gather once the first is queued,
+// instead of waking for each poll's publish (bus.hpp, subscription::pop): at 500 polls/s the
+// rule thread woke ~700 times a second. Batches may leave up to this much later than their
+// max_age; /api/v1/values may lag the device by this much more.
+constexpr auto k_rule_gather = std::chrono::milliseconds(10);
+constexpr auto k_read_gather = std::chrono::milliseconds(50);
 // SIGTERM → exit when nothing is slow: what is left of it after the pipeline stopped is the
 // publisher's time to deliver (at least 100 ms).
 constexpr auto k_stop_budget = std::chrono::milliseconds(1800);
@@ -334,7 +340,8 @@ struct daemon::impl {
         std::vector<event> events;
         for (;;) {
             events.clear();
-            read_sub->pop(events, 4096, steady::now() + std::chrono::milliseconds(500));
+            read_sub->pop(events, 4096, steady::now() + std::chrono::milliseconds(500),
+                          k_read_gather);
             reads->apply(events);
             if (read_sub->drained()) return;
         }
@@ -494,7 +501,7 @@ struct daemon::impl {
             auto now = steady::now();
             auto deadline = std::min(engine->next_deadline(), now + std::chrono::milliseconds(250));
             events.clear();
-            rule_sub->pop(events, 4096, deadline);
+            rule_sub->pop(events, 4096, deadline, k_rule_gather);
             ++rule_progress;
             {
                 std::lock_guard lock(engine_mu);
