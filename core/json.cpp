@@ -20,8 +20,17 @@ void append_number(std::string& out, T v) {
 void append_string(std::string& out, std::string_view s) {
     static constexpr char hex[] = "0123456789abcdef";
     out.push_back('"');
+    // Names, units and most values need no escaping: find the first byte that does and copy
+    // the run before it whole (a byte-by-byte push_back was ~5 % of the rule thread).
+    std::size_t plain = 0;
+    while (plain < s.size()) {
+        const auto u = static_cast<unsigned char>(s[plain]);
+        if (u < 0x20 || u >= 0x7f || u == '"' || u == '\\') break;
+        ++plain;
+    }
+    out.append(s.data(), plain);
     std::size_t bad = 0;
-    for (std::size_t i = 0; i < s.size();) {
+    for (std::size_t i = plain; i < s.size();) {
         const char c = s[i];
         const auto u = static_cast<unsigned char>(c);
         if (u >= 0x80) {
