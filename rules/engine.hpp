@@ -151,6 +151,7 @@ class engine {
         std::int64_t first_ts_ms = 0;
         steady_time opened;
         std::uint64_t generation = 0;  // bumps each time the slot is emitted
+        std::size_t last_bytes = 0;    // the body of the last batch: the next one's reserve
     };
     enum class kind : std::uint8_t { none, absent, number, boolean, string };
     // What a rule remembers per device/tag: the last value it published.
