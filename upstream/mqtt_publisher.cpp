@@ -179,6 +179,15 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
 }
 
 void mqtt_publisher::impl::make_client() {
+    // Paho initialises OpenSSL at its first client unless told not to: loading its config,
+    // providers and error strings touched ~3 MiB of libcrypto pages (RSS) in a Ferry that
+    // never speaks TLS. OpenSSL 3 initialises itself when a TLS connection first needs it.
+    static std::once_flag paho_init;
+    std::call_once(paho_init, [] {
+        MQTTAsync_init_options init = MQTTAsync_init_options_initializer;
+        init.do_openssl_init = 0;
+        MQTTAsync_global_init(&init);
+    });
     std::uint64_t epoch = 0;
     {
         std::lock_guard lk(mu_);
