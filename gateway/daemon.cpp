@@ -412,6 +412,25 @@ struct daemon::impl {
     // Hands a finished batch to the spool. On an I/O error (disk full) it keeps the batch
     // and retries: the rule thread stalls, the bus fills, the drivers skip polls — data
     // already sampled waits in bounded memory instead of being thrown away.
+    // The batches of one pass: as many as the spool takes in one transaction
+    // (append_group), the rest one by one.
+    void to_spool(const std::vector<rules::batch>& batches) {
+        std::size_t done = 0;
+        if (batches.size() > 1) {
+            std::vector<upstream::group_item> items;
+            items.reserve(batches.size());
+            for (const auto& b : batches)
+                items.push_back({b.topic, b.qos, b.retain, static_cast<std::uint32_t>(b.events),
+                                 [&b, this](std::uint64_t batch_no, std::string& out) {
+                                     engine->wrap(b, batch_no, out);
+                                 }});
+            done = spool->append_group(items);
+            if (done > 0) ++rule_progress;
+        }
+        for (std::size_t i = done; i < batches.size(); ++i)
+            to_spool(batches[i]);
+    }
+
     void to_spool(const rules::batch& b) {
         auto encode = [&](std::uint64_t batch_no, std::string& out) {
             engine->wrap(b, batch_no, out);
@@ -471,8 +490,7 @@ struct daemon::impl {
             next = std::move(pending_engine);
         }
         engine->flush_all(out);
-        for (const auto& b : out)
-            to_spool(b);
+        to_spool(out);
         out.clear();
         update_counters();
         const auto& keep = next->rule_names();
@@ -521,8 +539,7 @@ struct daemon::impl {
             // Counted before the spool is asked: a spool that makes us wait (when_full: block)
             // must not hide what the rules already decided.
             update_counters();
-            for (const auto& b : out)
-                to_spool(b);
+            to_spool(out);
             out.clear();
             // Drained, not "this pop found nothing and the queue is closed": this pass may
             // have spent seconds retrying an append (to_spool) after a pop that timed out
@@ -531,8 +548,7 @@ struct daemon::impl {
             if (rule_sub->drained()) break;
         }
         engine->flush_all(out);
-        for (const auto& b : out)
-            to_spool(b);
+        to_spool(out);
         update_counters();
     }
 

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,6 +58,15 @@ enum class append_result {
 // Fills `out` with the payload for batch number `batch_no` on this topic.
 using encode_fn = std::function<void(std::uint64_t batch_no, std::string& out)>;
 
+// One message for spool::append_group: what spool::append takes.
+struct group_item {
+    const std::string& topic;
+    int qos = 1;
+    bool retain = false;
+    std::uint32_t events = 0;
+    encode_fn encode;
+};
+
 class spool {
   public:
     // Opens (creating if needed) the spool at settings.path, a file path. A damaged file is
@@ -75,6 +85,15 @@ class spool {
     // ferry_events_dropped_total{reason="spool_full"|"too_large"} when it drops the message.
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
                          const encode_fn& encode);
+    // Appends several messages in one transaction (one commit; one fsync with `fsync: batch`),
+    // in order, as `append` would one by one, and returns how many of the first were stored:
+    // each of those is accepted as if `append` had returned `ok`. It takes only the plain
+    // case, where every message fits without dropping anything and nothing fails; it stops
+    // before the first message that does not (or returns 0 when the commit fails, nothing
+    // stored), and the caller appends that one and the rest with `append`, which applies
+    // when_full and reports errors. The rule thread hands it the batches of one pass: with
+    // devices polled on one grid, 50 batches close at once (docs/PERFORMANCE.md).
+    std::size_t append_group(std::span<const group_item> items);
 
     // Up to `max` messages with id > after_id, oldest first.
     std::vector<spooled_message> peek(std::int64_t after_id, std::size_t max);

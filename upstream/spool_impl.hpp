@@ -221,6 +221,11 @@ struct spool::impl {
     void maybe_vacuum();
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
                          const encode_fn& encode);
+    std::size_t append_group(std::span<const group_item> items);
+    int insert_row(const group_item& m, std::uint64_t batch_no, const std::string& stored,
+                   std::int64_t& id);
+    void on_stored(const std::string& topic, std::uint64_t batch_no, std::int64_t id,
+                   std::uint64_t need, std::uint32_t events);
 };
 
 }  // namespace ferry::upstream

@@ -154,40 +154,16 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
                 if (rc != SQLITE_DONE) return abort(rc);
             }
         }
-        {
-            use u(upsert_topic_);
-            sqlite::bind_text(*u, 1, topic);
-            sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(batch_no));
-            rc = sqlite3_step(*u);
-            if (rc != SQLITE_DONE) return abort(rc);
-        }
-        {
-            use u(insert_);
-            sqlite::bind_text(*u, 1, topic);
-            sqlite::bind_blob(*u, 2, stored);
-            sqlite3_bind_int(*u, 3, qos);
-            sqlite3_bind_int(*u, 4, retain ? 1 : 0);
-            sqlite3_bind_int64(*u, 5, now_ms());
-            sqlite3_bind_int64(*u, 6, static_cast<std::int64_t>(need));
-            sqlite3_bind_int64(*u, 7, events);
-            rc = sqlite3_step(*u);
-            if (rc != SQLITE_DONE) return abort(rc);
-        }
-        const std::int64_t id = sqlite3_last_insert_rowid(db_);
+        std::int64_t id = 0;
+        rc = insert_row({topic, qos, retain, events, {}}, batch_no, stored, id);
+        if (rc != SQLITE_OK) return abort(rc);
         rc = step_done(commit_);
         if (rc != SQLITE_OK) return abort(rc);
 
-        // Once per topic and spool: where its batch numbers start (tests check the first
-        // message that arrives against it).
-        if (last_batch_.find(topic) == last_batch_.end())
-            log::info(component, "new topic",
-                      {{"topic", topic}, {"first_batch", std::to_string(batch_no)}});
-        last_batch_[topic] = batch_no;
-        last_id_ = id;
-        events_held_ = events_held_ + events - freed_events_held;
-        bytes_ = bytes_.load() + need - freed_bytes;
-        messages_ = messages_.load() + 1 - freed_msgs;
-        c_received_->Increment();
+        on_stored(topic, batch_no, id, need, events);
+        events_held_ = events_held_ - freed_events_held;
+        bytes_ = bytes_.load() - freed_bytes;
+        messages_ = messages_.load() - freed_msgs;
         set_gauges();
         if (freed_delivered > 0) {
             pending_acks_.erase(pending_acks_.begin(), pending_acks_.upper_bound(dropped_upto));
@@ -202,6 +178,46 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
         data_cv_.notify_all();
         return freed_msgs > 0 ? append_result::ok_dropped : append_result::ok;
     }
+}
+
+// The batch number and the row of one message, inside the caller's transaction.
+int spool::impl::insert_row(const group_item& m, std::uint64_t batch_no, const std::string& stored,
+                            std::int64_t& id) {
+    {
+        use u(upsert_topic_);
+        sqlite::bind_text(*u, 1, m.topic);
+        sqlite3_bind_int64(*u, 2, static_cast<std::int64_t>(batch_no));
+        if (const int rc = sqlite3_step(*u); rc != SQLITE_DONE) return rc;
+    }
+    {
+        use u(insert_);
+        sqlite::bind_text(*u, 1, m.topic);
+        sqlite::bind_blob(*u, 2, stored);
+        sqlite3_bind_int(*u, 3, m.qos);
+        sqlite3_bind_int(*u, 4, m.retain ? 1 : 0);
+        sqlite3_bind_int64(*u, 5, now_ms());
+        sqlite3_bind_int64(*u, 6, static_cast<std::int64_t>(m.topic.size() + stored.size()));
+        sqlite3_bind_int64(*u, 7, m.events);
+        if (const int rc = sqlite3_step(*u); rc != SQLITE_DONE) return rc;
+    }
+    id = sqlite3_last_insert_rowid(db_);
+    return SQLITE_OK;
+}
+
+// Accounting once a stored message committed (the caller sets the gauges).
+void spool::impl::on_stored(const std::string& topic, std::uint64_t batch_no, std::int64_t id,
+                            std::uint64_t need, std::uint32_t events) {
+    // Once per topic and spool: where its batch numbers start (tests check the first
+    // message that arrives against it).
+    if (last_batch_.find(topic) == last_batch_.end())
+        log::info(component, "new topic",
+                  {{"topic", topic}, {"first_batch", std::to_string(batch_no)}});
+    last_batch_[topic] = batch_no;
+    last_id_ = id;
+    events_held_ = events_held_ + events;
+    bytes_ = bytes_.load() + need;
+    messages_ = messages_.load() + 1;
+    c_received_->Increment();
 }
 
 // A topic the spool knows goes on +1. One it does not know (new, or its spool was lost or

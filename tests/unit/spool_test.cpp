@@ -1104,3 +1104,50 @@ TEST_CASE("identity: persist succeeds while one copy can be written, fails when 
     CHECK(sp.load_state(ferry::upstream::identity::k_seq_key, 0) == 77);
     CHECK(metric(reg, "ferry_seq_persist_errors_total") == 1);
 }
+
+TEST_CASE("append_group stores a rule pass in one transaction, numbered as one by one") {
+    tmp_dir dir;
+    prometheus::Registry reg;
+    const std::string a = "a", b = "b";
+    SUBCASE("every message fits: all stored, a topic twice takes consecutive numbers") {
+        spool sp(settings(dir.file("spool.db")), reg);
+        REQUIRE(sp.append(a, 1, false, 1, body("zero")) == append_result::ok);
+        const auto base = base_now();
+        std::vector<ferry::upstream::group_item> items{{a, 1, false, 2, body("one")},
+                                                       {b, 0, true, 3, body("two")},
+                                                       {a, 1, false, 4, body("three")}};
+        CHECK(sp.append_group(items) == 3);
+        auto all = sp.peek(0, 10);
+        REQUIRE(all.size() == 4);
+        CHECK(rel(all[1].payload, base) == "one#2");
+        CHECK(all[2].topic == "b");
+        CHECK(all[2].retain);
+        CHECK(all[2].qos == 0);
+        CHECK(rel(all[3].payload, base) == "three#3");
+        CHECK(all[3].events == 4);
+        CHECK(sp.messages() == 4);
+        CHECK(metric(reg, "ferry_spool_received_total") == 4);
+        // The next append of `a` goes on from the group's last number.
+        REQUIRE(sp.append(a, 1, false, 1, body("four")) == append_result::ok);
+        CHECK(rel(sp.peek(all[3].id, 1).at(0).payload, base) == "four#4");
+        CHECK(sp.ack(all[3].id) == 4);
+    }
+    SUBCASE("the group stops before the first message that does not fit; append() takes it") {
+        spool sp(settings(dir.file("spool.db"), 2000), reg);
+        std::vector<ferry::upstream::group_item> items{{a, 1, false, 1, sized(800)},
+                                                       {a, 1, false, 1, sized(800)},
+                                                       {b, 1, false, 1, sized(800)}};
+        CHECK(sp.append_group(items) == 2);
+        CHECK(sp.messages() == 2);
+        // append() applies when_full (drop_oldest) to the rest, as before.
+        CHECK(sp.append(b, 1, false, 1, sized(800)) == append_result::ok_dropped);
+        CHECK(sp.messages() == 2);
+    }
+    SUBCASE("a closed spool takes nothing") {
+        spool sp(settings(dir.file("spool.db")), reg);
+        sp.close();
+        std::vector<ferry::upstream::group_item> items{{a, 1, false, 1, body("x")},
+                                                       {b, 1, false, 1, body("y")}};
+        CHECK(sp.append_group(items) == 0);
+    }
+}
