@@ -76,6 +76,7 @@ void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay) {
     // doubles the backoff as before. The next attempt walks the uris in order as always.
     const bool probing = delay > k_probe_after;
     if (probing) ports_.reset();
+    bool renewed = false;
     auto next_probe = begin;
     std::unique_lock lk(mu_);
     for (;;) {
@@ -100,6 +101,15 @@ void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay) {
                      {"backoff_ms", ms_string(delay)},
                      {"action", "connect now"}});
                 return;
+            }
+            if (!renewed) {
+                // Paho's shared threads, once they have seen a socket, wait for the next one in
+                // a 1 s poll() that a connect completing does not wake: a connect after failures
+                // took ~1 s (docs/DELIVERY.md, Paho notes). Destroying the only client stops
+                // those threads (100 ms in the tests, spent in a wait anyway, after the first
+                // probe saw the port); the next connect starts them afresh with a 10 ms first poll.
+                renew_client();
+                renewed = true;
             }
             next_probe = steady::now() + jittered(k_probe_interval);
             lk.lock();
@@ -245,21 +255,23 @@ void mqtt_publisher::impl::reset_connection(const std::string& why, bool lost) {
     // A fresh client: Paho keeps publishes that were queued but not yet written across a
     // reconnect and sends them first on the new connection. Those would overtake the resend
     // of older messages lost with the old socket, which broke the order in the restart test.
-    // Destroying the client discards its queue. Its late callbacks are ignored from here on.
-    {
-        std::lock_guard lk(mu_);
-        ++client_epoch_;
-    }
-    {
-        std::lock_guard ck(client_mu_);
-        client_.reset();
-        make_client();
-    }
+    // Destroying the client discards its queue.
+    renew_client();
     log::warn(k_component, "disconnected",
               {{"cause", why},
                {"unacked", std::to_string(forgotten)},
                {"action", "resend_from_oldest"},
                {"retry_in_ms", ms_string(backoff_)}});
+}
+
+void mqtt_publisher::impl::renew_client() {
+    {
+        std::lock_guard lk(mu_);
+        ++client_epoch_;  // the old client's late callbacks are ignored from here on
+    }
+    std::lock_guard ck(client_mu_);
+    client_.reset();
+    make_client();
 }
 
 void mqtt_publisher::impl::run() {

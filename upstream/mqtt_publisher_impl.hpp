@@ -117,6 +117,7 @@ struct mqtt_publisher::impl {
     void on_delivered(const mqtt::token& tok, bool ok);
     void on_connection_lost(std::uint64_t epoch, const std::string& cause);
     void make_client();
+    void renew_client();  // the sender thread only
     bool publish_result(const std::string& topic, const std::string& payload);
 
     // Settings.
