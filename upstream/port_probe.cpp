@@ -233,9 +233,10 @@ std::optional<std::size_t> port_probe::round(std::chrono::milliseconds settle) {
                 until - std::chrono::steady_clock::now());
             int n = 0;
             if (!fds.empty()) {
-                n = ::poll(fds.data(), fds.size(),
-                           static_cast<int>(std::max<std::int64_t>(0, left.count())));
-                if (n < 0 && errno != EINTR) n = 0;
+                do {
+                    n = ::poll(fds.data(), fds.size(),
+                               static_cast<int>(std::max<std::int64_t>(0, left.count())));
+                } while (n < 0 && errno == EINTR);  // else a connected socket would count closed
             }
             std::size_t k = 0;
             for (std::size_t i = 0; i < targets_.size(); ++i) {

@@ -9,9 +9,7 @@
 // the recorder was away (broker restart) are queued for it rather than lost. Without that, a
 // test could not tell a publisher loss from a recorder that reconnected later than the
 // publisher did.
-#include <arpa/inet.h>
 #include <doctest/doctest.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <prometheus/registry.h>
 #include <sys/socket.h>
@@ -464,17 +462,7 @@ namespace {
 // refuses us (as a full or misconfigured broker does, or a TLS port with the wrong certificate).
 class refusing_port {
   public:
-    explicit refusing_port(std::uint16_t port) {
-        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        REQUIRE(fd_ >= 0);
-        int one = 1;
-        ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(port);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-        REQUIRE(::listen(fd_, 16) == 0);
+    explicit refusing_port(std::uint16_t port) : fd_(ferry::test::listen_loopback(port)) {
         thread_ = std::thread([this] {
             while (!stop_) {
                 pollfd p{fd_, POLLIN, 0};
