@@ -67,14 +67,14 @@ std::chrono::milliseconds mqtt_publisher::impl::jittered(std::chrono::millisecon
         static_cast<std::int64_t>(static_cast<double>(d.count()) * jitter(rng_)));
 }
 
-void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay) {
+void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay, bool reconnect) {
     const auto begin = steady::now();
     const auto until = begin + delay;
     // A long wait asks the brokers' ports meanwhile: the first probe at once (just after the
     // failed attempt, so a broker that is down is seen closed), then every k_probe_interval.
     // A port that was closed and accepts again ends the wait; a real connect that then fails
     // doubles the backoff as before. The next attempt walks the uris in order as always.
-    const bool probing = delay > k_probe_after;
+    const bool probing = reconnect && delay > k_probe_after;
     if (probing) ports_.reset();
     bool renewed = false;
     auto next_probe = begin;
@@ -293,7 +293,7 @@ void mqtt_publisher::impl::run() {
         }
         if (!connected_) {
             if (!first) {
-                wait_backoff(jittered(backoff_));
+                wait_backoff(jittered(backoff_), true);
                 backoff_ = std::min(backoff_ * 2, k_backoff_max);
                 if (should_exit()) break;
             }

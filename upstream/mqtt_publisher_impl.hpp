@@ -111,7 +111,9 @@ struct mqtt_publisher::impl {
     bool publish_one(spooled_message& m);
     bool dead_lettered(const spooled_message& m);
     std::uint64_t packet_limit() const;
-    void wait_backoff(std::chrono::milliseconds delay);
+    // `reconnect`: a wait for the next connect attempt (disconnected), which may probe the
+    // brokers' ports and renew the client; never while connected (the refusal backoff).
+    void wait_backoff(std::chrono::milliseconds delay, bool reconnect = false);
     std::chrono::milliseconds jittered(std::chrono::milliseconds d);
     void shutdown();
     void on_delivered(const mqtt::token& tok, bool ok);

@@ -848,6 +848,10 @@ TEST_CASE(
     CHECK(indexes(rec.payloads(k_denied_topic)) == std::vector<int>{5, 30});
     CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 0);
     CHECK(metric(reg, "ferry_events_delivered_total") == 60);
+    // The waits between refusals (1.6 s after the 5th) are not reconnect waits: the connection
+    // stays, no port probe, no fresh client (which had cut it, and the resend hid that).
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connection_lost"}}) == 0);
     pub.stop(1000ms);
 }
 
