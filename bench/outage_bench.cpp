@@ -9,7 +9,8 @@
 //   - the drain: time from the restart until ferry_spool_messages is back to what it held
 //     before the outage, and the drain rate as a multiple of the ingest rate
 //     (backlog values / drain seconds) / (values produced per second), and the part of it
-//     spent waiting for ferry to reconnect (ferry_mqtt_connected; its backoff reaches 30 s);
+//     spent waiting for ferry to reconnect (ferry_mqtt_connected; its backoff reaches 30 s,
+//     but a long wait ends when ferry's probe sees the broker's port open again);
 //   - ferry's CPU (utime + stime) during the outage and during the drain;
 //   - completeness: every seq between the first and the last seen arrived, and how many
 //     arrived more than once.
@@ -98,7 +99,8 @@ int main(int argc, char** argv) {
     const double broker_cpu0 = cpu_seconds(broker.pid());
     const double self_cpu0 = cpu_seconds(::getpid());
     double drain_s = -1;
-    double reconnect_s = -1;  // ferry's reconnect backoff (up to 30 s) is part of the drain
+    double reconnect_s =
+        -1;  // the reconnect wait (backoff, cut short by the probe) is part of the drain
     while (std::chrono::steady_clock::now() - t1 < std::chrono::seconds(outage_s * 4 + 60)) {
         std::this_thread::sleep_for(100ms);
         if (reconnect_s < 0 && metric_of("ferry_mqtt_connected") == 1)
@@ -163,7 +165,7 @@ int main(int argc, char** argv) {
             static_cast<double>(io2.write_bytes - io1.write_bytes) / produced);
         const double moving = drain_s - reconnect_s;
         std::printf(
-            "  of which          %10.1f s until ferry reconnected (its backoff), then %.1f s "
+            "  of which          %10.1f s until ferry reconnected (backoff or probe), then %.1f s "
             "moving the backlog: %.1fx the ingest rate\n",
             reconnect_s, moving, outage_wall / moving);
         std::printf(

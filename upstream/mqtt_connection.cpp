@@ -1,6 +1,7 @@
 // The sender thread's connection life cycle (design note in mqtt_publisher.cpp): connect over
-// the uris in order, backoff with jitter, reset after a loss, a failed publish or an ack
-// timeout (a fresh Paho client, resend from the oldest), and the shutdown with "offline".
+// the uris in order, backoff with jitter (cut short when a probed port opens again), reset
+// after a loss, a failed publish or an ack timeout (a fresh Paho client, resend from the
+// oldest), and the shutdown with "offline".
 #include "upstream/mqtt_publisher_impl.hpp"
 
 #include <algorithm>
@@ -60,19 +61,64 @@ bool mqtt_publisher::impl::should_exit() {
     return spool_.messages() == 0;
 }
 
-void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay) {
-    const auto until = steady::now() + delay;
+std::chrono::milliseconds mqtt_publisher::impl::jittered(std::chrono::milliseconds d) {
+    std::uniform_real_distribution<double> jitter(1.0 - k_jitter, 1.0 + k_jitter);
+    return std::chrono::milliseconds(
+        static_cast<std::int64_t>(static_cast<double>(d.count()) * jitter(rng_)));
+}
+
+void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay, bool reconnect) {
+    const auto begin = steady::now();
+    const auto until = begin + delay;
+    // A long wait asks the brokers' ports meanwhile: the first probe at once (just after the
+    // failed attempt, so a broker that is down is seen closed), then every k_probe_interval.
+    // A port that was closed and accepts again ends the wait; a real connect that then fails
+    // doubles the backoff as before. The next attempt walks the uris in order as always.
+    const bool probing = reconnect && delay > k_probe_after;
+    if (probing) ports_.reset();
+    bool renewed = false;
+    auto next_probe = begin;
     std::unique_lock lk(mu_);
-    while (steady::now() < until) {
-        if (stop_requested_ && steady::now() >= deadline_) return;
-        auto wake = stop_requested_ ? std::min(until, deadline_) : until;
-        cv_.wait_until(lk, wake);
+    for (;;) {
+        const auto now = steady::now();
+        if (now >= until) return;
         if (stop_requested_) {
+            if (now >= deadline_) return;
             // The drain may have nothing left to deliver: let should_exit() decide now.
             lk.unlock();
             if (should_exit()) return;
             lk.lock();
         }
+        if (probing && now >= next_probe) {
+            lk.unlock();
+            const auto back = ports_.round(k_probe_settle);
+            if (back) {
+                log::info(
+                    k_component, "broker port open again",
+                    {{"uri", settings_.uris[*back]},
+                     {"waited_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       steady::now() - begin))},
+                     {"backoff_ms", ms_string(delay)},
+                     {"action", "connect now"}});
+                return;
+            }
+            if (!renewed) {
+                // Paho's shared threads, once they have seen a socket, wait for the next one in
+                // a 1 s poll() that a connect completing does not wake: a connect after failures
+                // took ~1 s (docs/DELIVERY.md, Paho notes). Destroying the only client stops
+                // those threads (100 ms in the tests, spent in a wait anyway, after the first
+                // probe saw the port); the next connect starts them afresh with a 10 ms first poll.
+                renew_client();
+                renewed = true;
+            }
+            next_probe = steady::now() + jittered(k_probe_interval);
+            lk.lock();
+            continue;  // stop() may have come during the round
+        }
+        auto wake = until;
+        if (stop_requested_) wake = std::min(wake, deadline_);
+        if (probing) wake = std::min(wake, next_probe);
+        cv_.wait_until(lk, wake);
     }
 }
 
@@ -209,21 +255,23 @@ void mqtt_publisher::impl::reset_connection(const std::string& why, bool lost) {
     // A fresh client: Paho keeps publishes that were queued but not yet written across a
     // reconnect and sends them first on the new connection. Those would overtake the resend
     // of older messages lost with the old socket, which broke the order in the restart test.
-    // Destroying the client discards its queue. Its late callbacks are ignored from here on.
-    {
-        std::lock_guard lk(mu_);
-        ++client_epoch_;
-    }
-    {
-        std::lock_guard ck(client_mu_);
-        client_.reset();
-        make_client();
-    }
+    // Destroying the client discards its queue.
+    renew_client();
     log::warn(k_component, "disconnected",
               {{"cause", why},
                {"unacked", std::to_string(forgotten)},
                {"action", "resend_from_oldest"},
                {"retry_in_ms", ms_string(backoff_)}});
+}
+
+void mqtt_publisher::impl::renew_client() {
+    {
+        std::lock_guard lk(mu_);
+        ++client_epoch_;  // the old client's late callbacks are ignored from here on
+    }
+    std::lock_guard ck(client_mu_);
+    client_.reset();
+    make_client();
 }
 
 void mqtt_publisher::impl::run() {
@@ -245,9 +293,7 @@ void mqtt_publisher::impl::run() {
         }
         if (!connected_) {
             if (!first) {
-                std::uniform_real_distribution<double> jitter(1.0 - k_jitter, 1.0 + k_jitter);
-                wait_backoff(std::chrono::milliseconds(static_cast<std::int64_t>(
-                    static_cast<double>(backoff_.count()) * jitter(rng_))));
+                wait_backoff(jittered(backoff_), true);
                 backoff_ = std::min(backoff_ * 2, k_backoff_max);
                 if (should_exit()) break;
             }

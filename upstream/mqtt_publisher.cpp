@@ -1,7 +1,8 @@
 // The MQTT publisher (see mqtt_publisher.hpp and docs/DELIVERY.md).
 //
 // Design note. One sender thread owns the connection life cycle and the spool cursor:
-//   disconnected -> (backoff) -> connect over all uris -> publish "online" -> cursor = 0
+//   disconnected -> (backoff; a long one ends early when a broker port seen closed accepts
+//   again, port_probe.hpp) -> connect over all uris -> publish "online" -> cursor = 0
 //   -> fill the in-flight window from spool.peek(cursor) -> ... -> connection lost -> forget
 //   every outstanding token, bump the generation, replace the Paho client (its queue of
 //   unwritten publishes would otherwise overtake the resend) -> disconnected.
@@ -119,13 +120,15 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
       m_dropped_too_large_(events_dropped(registry, drop::too_large)),
       m_dropped_corrupt_(events_dropped(registry, drop::corrupt)),
       m_err_notice_(mqtt_error(registry, "dead_letter_notice")),
-      m_latency_(prometheus::BuildHistogram()
-                     .Name("ferry_delivery_latency_seconds")
-                     .Help("From entering the spool to broker acknowledgement")
-                     .Register(registry)
-                     .Add({}, prometheus::Histogram::BucketBoundaries{
-                                  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                                  5.0, 10.0, 30.0, 60.0})) {
+      m_latency_(
+          prometheus::BuildHistogram()
+              .Name("ferry_delivery_latency_seconds")
+              .Help("From entering the spool to broker acknowledgement")
+              .Register(registry)
+              .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                               0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                                               10.0, 30.0, 60.0})),
+      ports_(settings.uris) {
     listener_.owner = this;
     auto& dead = prometheus::BuildCounter()
                      .Name("ferry_upstream_dead_letters_total")

@@ -29,6 +29,7 @@
 
 #include "upstream/dead_letter.hpp"
 #include "upstream/mqtt_publisher.hpp"
+#include "upstream/port_probe.hpp"
 #include "upstream/spool.hpp"
 
 namespace ferry::upstream {
@@ -41,6 +42,12 @@ constexpr std::chrono::seconds k_connect_timeout{3};
 constexpr std::chrono::milliseconds k_backoff_min{100};
 constexpr std::chrono::milliseconds k_backoff_max{30000};
 constexpr double k_jitter = 0.2;
+// In a wait longer than k_probe_after, the brokers' TCP ports are probed every k_probe_interval
+// (jittered like the backoff), each probe given k_probe_settle to connect; a port that was
+// closed and accepts again ends the wait (port_probe.hpp, docs/DELIVERY.md).
+constexpr std::chrono::milliseconds k_probe_after{1000};
+constexpr std::chrono::milliseconds k_probe_interval{1000};
+constexpr std::chrono::milliseconds k_probe_settle{200};
 // A connection this old resets the backoff.
 constexpr std::chrono::seconds k_healthy_after{5};
 // The longest sleep without re-checking state.
@@ -104,11 +111,15 @@ struct mqtt_publisher::impl {
     bool publish_one(spooled_message& m);
     bool dead_lettered(const spooled_message& m);
     std::uint64_t packet_limit() const;
-    void wait_backoff(std::chrono::milliseconds delay);
+    // `reconnect`: a wait for the next connect attempt (disconnected), which may probe the
+    // brokers' ports and renew the client; never while connected (the refusal backoff).
+    void wait_backoff(std::chrono::milliseconds delay, bool reconnect = false);
+    std::chrono::milliseconds jittered(std::chrono::milliseconds d);
     void shutdown();
     void on_delivered(const mqtt::token& tok, bool ok);
     void on_connection_lost(std::uint64_t epoch, const std::string& cause);
     void make_client();
+    void renew_client();  // the sender thread only
     bool publish_result(const std::string& topic, const std::string& payload);
 
     // Settings.
@@ -180,6 +191,7 @@ struct mqtt_publisher::impl {
     std::chrono::milliseconds backoff_ = k_backoff_min;
     steady::time_point connected_at_{};
     std::mt19937 rng_{std::random_device{}()};
+    port_probe ports_;  // asked during long backoff waits
 
     std::thread thread_;
     bool started_ = false;

@@ -10,7 +10,10 @@
 // test could not tell a publisher loss from a recorder that reconnected later than the
 // publisher did.
 #include <doctest/doctest.h>
+#include <poll.h>
 #include <prometheus/registry.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -428,16 +431,126 @@ TEST_CASE("stop() returns promptly when no broker is reachable") {
     mqtt_publisher pub(mqtt_config({"tcp://127.0.0.1:" + std::to_string(port)}), k_gateway, sp,
                        reg);
     pub.start();
-    std::this_thread::sleep_for(1500ms);  // several failed attempts, backoff growing
+    auto drain = 500ms;
+    SUBCASE("in a short backoff wait") {
+        std::this_thread::sleep_for(1500ms);  // several failed attempts, backoff growing
+        CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "error"}}) >= 3);
+    }
+    SUBCASE("in a long wait, while the publisher probes the broker's port") {
+        // Attempts at 0, 0.1, 0.3, 0.7 and 1.5 s: then a 1.6 s wait (1.3-1.9 s), probed.
+        REQUIRE(wait_until(
+            [&] {
+                return metric(reg, "ferry_mqtt_connects_total", {{"result", "error"}}) >= 5;
+            },
+            5s));
+        std::this_thread::sleep_for(500ms);
+        drain = 300ms;
+    }
     CHECK_FALSE(pub.connected());
-    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "error"}}) >= 3);
     const auto t0 = std::chrono::steady_clock::now();
-    pub.stop(500ms);
+    pub.stop(drain);
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - t0);
-    MESSAGE("stop(500ms) with the broker down took " << took.count() << " ms");
+    MESSAGE("stop(" << drain.count() << "ms) with the broker down took " << took.count() << " ms");
     CHECK(took < 1500ms);
     CHECK(sp.messages() == 10);  // nothing is dropped
+}
+
+namespace {
+
+// A port that accepts TCP and closes every connection at once: a broker that is there but
+// refuses us (as a full or misconfigured broker does, or a TLS port with the wrong certificate).
+class refusing_port {
+  public:
+    explicit refusing_port(std::uint16_t port) : fd_(ferry::test::listen_loopback(port)) {
+        thread_ = std::thread([this] {
+            while (!stop_) {
+                pollfd p{fd_, POLLIN, 0};
+                if (::poll(&p, 1, 50) <= 0) continue;
+                const int c = ::accept(fd_, nullptr, nullptr);
+                if (c < 0) continue;
+                ++accepted_;
+                ::close(c);
+            }
+        });
+    }
+    ~refusing_port() { close(); }
+    void close() {
+        if (fd_ < 0) return;
+        stop_ = true;
+        thread_.join();
+        ::close(fd_);
+        fd_ = -1;
+    }
+    int accepted() const { return accepted_; }
+
+  private:
+    int fd_ = -1;
+    std::atomic<bool> stop_{false};
+    std::atomic<int> accepted_{0};
+    std::thread thread_;
+};
+
+}  // namespace
+
+// The reconnect backoff grows to 30 s (DELIVERY.md); while it waits, the publisher probes the
+// broker's TCP port and connects as soon as a port it saw closed accepts again. Before the
+// probe this test failed: the broker came back ~1 s into a 12.8 s wait (10.2-15.4 s with the
+// jitter), and the spool emptied 11.9 s after it; with the probe 1.3-2.0 s, and 0.35 s once the
+// wait also renewed the Paho client. Attempt k follows a wait of 0.1 s x 2^(k-2).
+TEST_CASE(
+    "a broker back after a long outage is reconnected within seconds; one that refuses "
+    "us is not hammered") {
+    temp_dir dir;
+    temp_dir broker_dir;
+    mosquitto broker(0, persistent_conf(broker_dir));
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    // The recorder's session (and subscription) is kept by the broker across its restart.
+    sub_recorder rec(broker.port(), "rec-probe", {"plant/#"});
+    broker.stop();
+
+    // 1. A port that accepts and hangs up: the backoff doubles as it always did, the probe
+    // sees the port open from the start of each wait and leaves it alone.
+    auto refusing = std::make_unique<refusing_port>(broker.port());
+    append_range(sp, 0, 100);
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg);
+    const auto t0 = std::chrono::steady_clock::now();
+    pub.start();
+    auto errors = [&] { return metric(reg, "ferry_mqtt_connects_total", {{"result", "error"}}); };
+    REQUIRE(wait_until([&] { return errors() >= 7; }, 15s));
+    const auto refused_for = std::chrono::steady_clock::now() - t0;
+    // Seven attempts take at least 0.8 x (0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2) = 5.0 s of backoff;
+    // cutting the 1.6 s and 3.2 s waits short on an open port would take 1.5 s.
+    CHECK(refused_for >= 4000ms);
+    MESSAGE("7 refused attempts in "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(refused_for).count() << " ms, "
+            << refusing->accepted() << " connections accepted");
+
+    // 2. The port closes (the broker is down) in the 6.4 s wait, which saw it open and does
+    // not probe it again; the next attempt fails and the wait after it is 12.8 s.
+    refusing->close();
+    REQUIRE(wait_until([&] { return errors() >= 8; }, 15s));
+    append_range(sp, 100, 200);
+    std::this_thread::sleep_for(1000ms);
+
+    // 3. The broker is back.
+    broker.start();
+    const auto t_back = std::chrono::steady_clock::now();
+    REQUIRE(wait_until([&] { return sp.messages() == 0; }, 20s));
+    const auto drained = std::chrono::steady_clock::now() - t_back;
+    MESSAGE("spool empty " << std::chrono::duration_cast<std::chrono::milliseconds>(drained).count()
+                           << " ms after the broker accepted connections again");
+    // Generous for a loaded machine; the old wait left at least 9 s.
+    CHECK(drained < 5000ms);
+    CHECK(errors() == 8);  // the connect after the probe succeeded
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
+
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 200; }, 15s));
+    auto got = rec.payloads(k_data_topic);
+    CHECK(got.size() == 200);
+    check_ordered_with_window(got, 0, 200, 1);
+    pub.stop(1000ms);
 }
 
 TEST_CASE("stop(drain) delivers what the spool holds, then says offline") {
@@ -735,6 +848,10 @@ TEST_CASE(
     CHECK(indexes(rec.payloads(k_denied_topic)) == std::vector<int>{5, 30});
     CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 0);
     CHECK(metric(reg, "ferry_events_delivered_total") == 60);
+    // The waits between refusals (1.6 s after the 5th) are not reconnect waits: the connection
+    // stays, no port probe, no fresh client (which had cut it, and the resend hid that).
+    CHECK(metric(reg, "ferry_mqtt_connects_total", {{"result", "ok"}}) == 1);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connection_lost"}}) == 0);
     pub.stop(1000ms);
 }
 

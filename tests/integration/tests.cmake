@@ -24,3 +24,6 @@ ferry_test(integration_poison integration ${CMAKE_CURRENT_SOURCE_DIR}/integratio
 target_link_libraries(integration_poison PRIVATE SQLite::SQLite3)
 # The system driver (issue 15): the box's health through `ferry run` and mosquitto.
 ferry_test(integration_system integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/system_driver_test.cpp)
+# The broker port probe of the publisher's reconnect wait (issue 16), on loopback sockets.
+ferry_test(integration_port_probe integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/port_probe_test.cpp)
+target_link_libraries(integration_port_probe PRIVATE ferry_upstream)

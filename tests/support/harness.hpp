@@ -26,6 +26,10 @@ using namespace std::chrono_literals;
 // A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
 std::uint16_t free_port();
 
+// A TCP socket listening on 127.0.0.1:port (SO_REUSEADDR, backlog 16); the caller closes it.
+// Throws when the port cannot be bound.
+int listen_loopback(std::uint16_t port);
+
 // Polls `pred` every 20 ms until it is true or `timeout` passes. Returns pred's last value.
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
