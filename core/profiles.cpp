@@ -278,7 +278,12 @@ void loader::device_item(const value_ref& v, std::vector<device>& out,
     if (!own.is_map() || over_budget_) return;
 
     profile* prof = nullptr;
-    if (auto r = own.get("profile")) prof = use_profile(*r);
+    if (auto r = own.get("profile")) {
+        prof = use_profile(*r);
+        // Without its profile the device would be missing what the profile holds (points,
+        // a driver, ...): one error about the profile says it all.
+        if (!prof) return;
+    }
 
     // The device's keys, then the profile's it does not set; points apart.
     point_list points;
