@@ -289,7 +289,8 @@ class loader {
 
     // ---- Profiles and per-value keys (core/profiles.cpp) ----
     struct profile {
-        bool found = false;       // false: the name was looked up and is nowhere
+        bool found = false;       // false: the name was looked up and is nowhere, or broken
+        bool broken = false;      // its file is there but not a profile (reported in it)
         bool used = false;        // some device names it
         std::vector<entry> keys;  // its keys but `id` and `points`, each with its path
         std::optional<value_ref> points;

@@ -173,6 +173,9 @@ loader::profile* loader::use_profile(const value_ref& name_ref) {
                                      : read_file(path, why, k_max_config_file);
         profile p;
         if (text) {
+            // A file that cannot be read as a profile is reported in it, once; the devices
+            // naming it are left out (no error of theirs would say more).
+            p.broken = true;
             const auto source = static_cast<std::uint32_t>(sources_.size());
             sources_.push_back(path);
             if (auto doc = parse(*text, source)) {
@@ -188,16 +191,13 @@ loader::profile* loader::use_profile(const value_ref& name_ref) {
                     else
                         fail(top, "a profile file must be a map of device keys and points");
                 }
-                p.found = true;
-            } else {
-                p.found = true;  // its syntax error is reported in it
             }
         } else {
             fail(name_ref, "unknown profile '" + *name_of +
                                "' (no `profiles:` entry has this id; " + path + ": " + why + ")");
         }
         it = profiles_.emplace(*name_of, std::move(p)).first;
-    } else if (!it->second.found) {
+    } else if (!it->second.found && !it->second.broken) {
         fail(name_ref, "unknown profile '" + *name_of + "'");
     }
     if (!it->second.found) return nullptr;
