@@ -662,7 +662,9 @@ loader::loader(std::string file, const schema& s, const load_hooks& hooks)
         merge(point_options_, schema_.drivers[i]->point_options, bit);
     }
     device_options_.push_back(
-        {"points", "list of maps", "required", "The values read from the device; at least one."});
+        {"points", "list of maps", "required (unless the profile has points)",
+         "The values read from the device; at least one. With a `profile`, added after the "
+         "profile's points."});
 
     top_options_ = {
         {"gateway", "map", "required", "This gateway: id, data directory, log level."},
