@@ -11,21 +11,33 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <tuple>
 #include <utility>
 
 #include "core/config_reader.hpp"
 
 namespace ferry::config {
 
-std::optional<yaml::tree> loader::parse(std::string_view text) {
+std::optional<yaml::tree> loader::parse(std::string_view text, std::uint32_t source) {
+    // yaml-cpp's marks hold a byte offset as pos; ours the file's number.
+    auto at = [source](YAML::Mark m) {
+        m.pos = static_cast<int>(source);
+        return m;
+    };
     try {
-        return yaml::tree::parse(text);
+        return yaml::tree::parse(text, source);
     } catch (const YAML::ParserException& e) {
-        fail(e.mark, "", "YAML syntax error: " + e.msg);
+        fail(at(e.mark), "", "YAML syntax error: " + e.msg);
     } catch (const YAML::Exception& e) {
-        fail(e.mark, "", "YAML error: " + e.msg);
+        fail(at(e.mark), "", "YAML error: " + e.msg);
     }
     return std::nullopt;
+}
+
+std::string loader::expand(std::string&& text) {
+    expand_ = true;
+    load(std::move(text));
+    return std::move(expanded_);
 }
 
 config loader::load(const std::string& text) {
@@ -46,10 +58,15 @@ config loader::load(std::optional<yaml::tree> doc) {
     config c;
     c.file = file_;
     if (!doc) return c;
-    struct forget {  // value_refs kept for `finish` point into the tree
-        std::map<std::string, value_ref>& kept;
-        ~forget() { kept.clear(); }
-    } forget_kept{kept_};
+    struct forget {  // value_refs kept for `finish` point into the trees
+        loader& ld;
+        ~forget() {
+            ld.kept_.clear();
+            ld.built_.clear();
+            ld.profiles_.clear();
+            ld.trees_.clear();
+        }
+    } forget_kept{*this};
     const yaml::node root = doc->root();
     if (!within_budget(root)) return c;
     root_mark_ = root.Mark();
@@ -63,12 +80,15 @@ config loader::load(std::optional<yaml::tree> doc) {
     m.check_keys();
     if (m.require("gateway")) gateway(*m.get("gateway"), c);
     if (auto v = m.get("http")) http(*v, c);
+    if (auto v = m.get("profiles")) profiles(*v);
     if (auto v = m.get("devices")) devices(*v, c);
+    check_unused_profiles();
     for (const auto* sec : schema_.sections)
         if (auto v = m.get(sec->top.name)) sec->read(*this, *v, c);
     // Templates that need the whole file read first.
     for (const auto* sec : schema_.sections)
         if (sec->finish) sec->finish(*this, c);
+    if (expand_ && errors_.empty()) expanded_ = emit_expanded(root);
     return c;
 }
 
@@ -81,6 +101,8 @@ void loader::gateway(const value_ref& v, config& c) {
     if (auto r = m.get("data_dir"))
         if (auto s = nonempty_str(*r)) c.gateway.data_dir = *s;
     set_enum(m, "log_level", c.gateway.level, k_log_level_names);
+    if (auto r = m.get("profiles_dir"))
+        if (auto s = nonempty_str(*r)) profiles_dir_ = resolve(*s);
 }
 
 void loader::http(const value_ref& v, config& c) {
@@ -111,19 +133,14 @@ void loader::http(const value_ref& v, config& c) {
 
 void loader::devices(const value_ref& v, config& c) {
     std::map<std::string, mark> seen;
-    for (auto& item : list(v)) {
-        device d;
-        device_entry(item, d);
-        if (!d.id.empty()) unique(seen, d.id, d.where, item.path + ".id", "device id");
-        c.devices.push_back(std::move(d));
-    }
+    for (auto& item : list(v))
+        device_item(item, c.devices, seen);
 }
 
 // The keys every device has (id, driver, points, and each point's name); the driver's own
-// keys are read by its driver_schema.
-void loader::device_entry(const value_ref& v, device& d) {
-    map_reader m(*this, v, device_options_);
-    if (!m.is_map()) return;
+// keys are read by its driver_schema. `m` holds the device's keys merged with its profile's
+// (core/profiles.cpp), `points` the points of both.
+void loader::device_entry(map_reader& m, device& d, const point_list& points) {
     d.where = to_mark(m.where());
 
     if (m.require("id")) {
@@ -146,34 +163,51 @@ void loader::device_entry(const value_ref& v, device& d) {
     m.check_keys(bit ? bit : k_all_drivers, d.driver);
     if (drv && drv->read_device) drv->read_device(*this, m, d);
 
-    if (m.require("points")) {
-        auto r = *m.get("points");
-        auto items = list(r);
-        d.points.reserve(items.size());  // exactly: 50,000 points held 199 bytes each, not 152
-        if (items.empty() && (r.node.IsNull() || r.node.IsSequence()))
-            fail(r, "a device needs at least one point");
-        std::map<std::string, mark> seen;
-        for (auto& item : items) {
-            point p;
-            point_entry(item, p, bit, d.driver, drv);
-            if (!p.name.empty()) unique(seen, p.name, p.where, item.path + ".name", "point name");
-            d.points.push_back(std::move(p));
+    if (points.items.empty()) {
+        if (points.own && (points.own->node.IsNull() || points.own->node.IsSequence()))
+            fail(*points.own, "a device needs at least one point");
+        else if (!points.own && points.profile)
+            fail(*points.profile, "a device needs at least one point");
+        else if (!points.own)
+            m.require("points");
+    }
+    d.points.reserve(points.items.size());  // exactly: 50,000 points held 199 bytes each, not 152
+    std::map<std::string, YAML::Mark> seen;
+    for (const auto& item : points.items) {
+        point p;
+        const auto at = point_entry(item, p, bit, d.driver, drv);
+        if (!p.name.empty()) {
+            auto [first, fresh] = seen.emplace(p.name, at);
+            if (!fresh) {
+                // The first may stand in the profile's file and this one in the config.
+                const auto line = std::to_string(to_mark(first->second).line);
+                fail(
+                    at, item.path + ".name",
+                    "duplicate point name '" + p.name + "' (first at " +
+                        (first->second.pos == at.pos
+                             ? "line " + line
+                             : sources_[static_cast<std::size_t>(first->second.pos)] + ":" + line) +
+                        ")");
+            }
         }
+        d.points.push_back(std::move(p));
     }
     if (drv && drv->finish_device) drv->finish_device(*this, m, d);
 }
 
-void loader::point_entry(const value_ref& v, point& p, driver_mask bit, std::string_view driver,
-                         const driver_schema* drv) {
+YAML::Mark loader::point_entry(const value_ref& v, point& p, driver_mask bit,
+                               std::string_view driver, const driver_schema* drv) {
     map_reader m(*this, v, point_options_);
-    if (!m.is_map()) return;
-    p.where = to_mark(m.where());
+    if (!m.is_map()) return m.where();
+    YAML::Mark at = m.where();
+    p.where = to_mark(at);
     m.check_keys(bit ? bit : k_all_drivers, driver);
     if (m.require("name")) {
         auto r = *m.get("name");
         if (auto s = name(r, "point name", true)) {
             p.name = *s;
-            p.where = to_mark(r.where);
+            at = r.where;
+            p.where = to_mark(at);
         }
     }
     if (drv && drv->read_point) drv->read_point(*this, m, p);
@@ -189,6 +223,7 @@ void loader::point_entry(const value_ref& v, point& p, driver_mask bit, std::str
     }
     set_number(m, "offset", p.offset);
     set_str(m, "unit", p.unit);
+    return at;
 }
 
 std::optional<serial_settings> read_serial(loader& ld, const value_ref& v) {
@@ -228,16 +263,28 @@ errors::errors(std::vector<error> list)
     : std::runtime_error(join_errors(list)), list_(std::move(list)) {}
 
 namespace {
-// Every error of the load, in the order of the file, or the config.
-config checked(loader& ld, config c) {
+// Throws every error of the load: the config file's in the order of the file, then those of
+// profile files, by file name and line.
+void throw_errors(loader& ld, const std::string& file) {
     auto list = ld.take_errors();
-    if (!list.empty()) {
-        std::stable_sort(list.begin(), list.end(), [](const error& a, const error& b) {
-            return std::pair(a.line, a.column) < std::pair(b.line, b.column);
-        });
-        throw errors(std::move(list));
-    }
+    if (list.empty()) return;
+    std::stable_sort(list.begin(), list.end(), [&](const error& a, const error& b) {
+        return std::tuple(a.file != file, a.file, a.line, a.column) <
+               std::tuple(b.file != file, b.file, b.line, b.column);
+    });
+    throw errors(std::move(list));
+}
+
+config checked(loader& ld, config c) {
+    throw_errors(ld, c.file);
     return c;
+}
+
+std::string read_config(const std::string& file) {
+    std::string why;
+    auto text = read_file(file, why, k_max_config_file);
+    if (!text) throw errors({error{file, 0, 0, "", "cannot read file: " + why}});
+    return std::move(*text);
 }
 }  // namespace
 
@@ -248,11 +295,15 @@ config load_config_text(const std::string& text, const std::string& file, const 
 }
 
 config load_config(const std::string& file, const schema& s) {
-    std::string why;
-    auto text = read_file(file, why, k_max_config_file);
-    if (!text) throw errors({error{file, 0, 0, "", "cannot read file: " + why}});
     loader ld(file, s, {});
-    return checked(ld, ld.load(std::move(*text)));
+    return checked(ld, ld.load(read_config(file)));
+}
+
+std::string expand_config(const std::string& file, const schema& s) {
+    loader ld(file, s, {});
+    auto out = ld.expand(read_config(file));
+    throw_errors(ld, file);
+    return out;
 }
 
 std::optional<duration> parse_duration(std::string_view text) {

@@ -375,6 +375,13 @@ config load_config(const std::string& file, const schema& s);
 config load_config_text(const std::string& text, const std::string& file, const schema& s,
                         const load_hooks& hooks = {});
 
+// FILE resolved, as YAML: what `ferry check --expand` prints. Every device after profiles and
+// unit-id ranges (one device per unit id), each with its points, keys as written (defaults
+// are not filled in and ${NAME} is not substituted, so no secret from the environment is
+// shown); `profiles:` is left out, every other section is copied. Loads FILE first and throws
+// `errors` as load_config does.
+std::string expand_config(const std::string& file, const schema& s);
+
 // "250ms" "2s" "5m" "1h"; nullopt if malformed.
 std::optional<duration> parse_duration(std::string_view text);
 // "512" "64KiB" "512MiB" "1GiB" (also KB/MB/GB as powers of 1000? no: only the IEC forms and bare

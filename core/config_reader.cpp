@@ -273,23 +273,23 @@ void map_reader::check_keys(driver_mask mask, std::string_view driver) {
             std::string msg = "unknown key";
             if (auto s = suggest(e.name, opts_, mask); !s.empty())
                 msg += " (did you mean '" + std::string(s) + "'?)";
-            ld_.fail(e.key.Mark(), sub(e.name), msg);
+            ld_.fail(e.key.Mark(), path_of(e), msg);
             continue;
         }
         if (!(it->drivers & mask)) {
-            ld_.fail(e.key.Mark(), sub(e.name),
+            ld_.fail(e.key.Mark(), path_of(e),
                      "'" + e.name + "' does not apply to driver '" + std::string(driver) + "'");
             continue;
         }
         for (const auto& row : k_not_built_yet) {
-            if (row.key != generic_path(sub(e.name))) continue;
+            if (row.key != generic_path(path_of(e))) continue;
             if (row.value.empty()) {
-                ld_.fail(e.key.Mark(), sub(e.name),
+                ld_.fail(e.key.Mark(), path_of(e),
                          std::string(row.what) + " is not built yet in this version of Ferry");
             } else if (e.value.IsScalar()) {
                 auto text = ld_.expand_env(std::string(e.value.Scalar()), nullptr);
                 if (text && *text == row.value)
-                    ld_.fail(e.value.Mark(), sub(e.name),
+                    ld_.fail(e.value.Mark(), path_of(e),
                              std::string(row.what) + " is not built yet in this version of Ferry");
             }
         }
@@ -577,7 +577,8 @@ bool loader::within_budget(const yaml::node& root) {
         }
         return path;
     };
-    std::size_t count = 0;
+    // Counted on from the trees read before (the config, then each profile file).
+    std::size_t& count = values_;
     // Visits a value: counts it, then opens a frame for its children.
     auto visit = [&](const yaml::node& n, const YAML::Mark& at, std::size_t from) {
         if (++count > k_max_config_nodes) {
@@ -619,7 +620,12 @@ bool loader::within_budget(const yaml::node& root) {
 // ---- The loader's own services ---------------------------------------------------------------
 
 loader::loader(std::string file, const schema& s, const load_hooks& hooks)
-    : file_(std::move(file)), base_dir_(dir_of(file_)), schema_(s), hooks_(hooks) {
+    : file_(std::move(file)),
+      base_dir_(dir_of(file_)),
+      schema_(s),
+      hooks_(hooks),
+      profiles_dir_(s.profiles_dir),
+      sources_{file_} {
     // One table of device keys and one of point keys, over every driver: a key one driver
     // takes and another does not is then "does not apply to driver", not "unknown key". Rows
     // keep the order of their first declaration.
@@ -642,6 +648,11 @@ loader::loader(std::string file, const schema& s, const load_hooks& hooks)
         driver_names_.push_back(d->name);
     device_options_.push_back(
         {"driver", "", "required", "How the device is read.", k_all_drivers, driver_names_});
+    device_options_.push_back(
+        {"profile", "string", "none",
+         "Takes the keys and points of this profile (`profiles[]`, or NAME.yaml in "
+         "`gateway.profiles_dir`); the device's own keys override the profile's, its own "
+         "`points` are added after the profile's."});
     point_options_.push_back({"name", "string [A-Za-z0-9_.-]+", "required",
                               "Tag name, unique within the device; the second level of "
                               "`device/tag`."});
@@ -651,30 +662,45 @@ loader::loader(std::string file, const schema& s, const load_hooks& hooks)
         merge(point_options_, schema_.drivers[i]->point_options, bit);
     }
     device_options_.push_back(
-        {"points", "list of maps", "required", "The values read from the device; at least one."});
+        {"points", "list of maps", "required (unless the profile has points)",
+         "The values read from the device; at least one. With a `profile`, added after the "
+         "profile's points."});
 
     top_options_ = {
         {"gateway", "map", "required", "This gateway: id, data directory, log level."},
         {"http", "map", "absent: no HTTP server",
          "The HTTP server for /metrics, /healthz, /readyz and /api/v1/*."},
         {"devices", "list of maps", "[]", "The devices to poll."},
+        {"profiles", "list of maps", "[]",
+         "Reusable devices: each has an `id` and any device keys but `id` and `profile` "
+         "(docs/PROFILES.md)."},
     };
     for (const auto* sec : schema_.sections)
         top_options_.push_back(sec->top);
 }
 
+// A mark's pos is the number of the file it stands in (core/yaml_tree.hpp). The same error
+// twice is reported once: a profile's keys are read again for each device that uses it, and
+// a device's own keys for each unit id of its range.
 void loader::fail(const YAML::Mark& m, std::string path, std::string message) {
     auto pos = to_mark(m);
-    errors_.push_back({file_, pos.line, pos.column, std::move(path), std::move(message)});
+    const auto source = static_cast<std::size_t>(m.pos < 0 ? 0 : m.pos);
+    error e{source < sources_.size() ? sources_[source] : file_, pos.line, pos.column,
+            std::move(path), std::move(message)};
+    if (!reported_.insert(e.to_string()).second) return;
+    errors_.push_back(std::move(e));
 }
 
 void loader::unique(std::map<std::string, mark>& seen, const std::string& name, const mark& here,
                     std::string path, std::string_view what) {
     auto [it, fresh] = seen.emplace(name, here);
     if (fresh) return;
-    errors_.push_back({file_, here.line, here.column, std::move(path),
-                       "duplicate " + std::string(what) + " '" + name + "' (first at line " +
-                           std::to_string(it->second.line) + ")"});
+    YAML::Mark at;
+    at.line = here.line - 1;
+    at.column = here.column - 1;
+    fail(at, std::move(path),
+         "duplicate " + std::string(what) + " '" + name + "' (first at line " +
+             std::to_string(it->second.line) + ")");
 }
 
 std::optional<std::string> loader::name(const value_ref& v, std::string_view what, bool allow_dot) {

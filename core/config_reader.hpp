@@ -20,7 +20,9 @@
 #include <cstdint>
 #include <initializer_list>
 #include <map>
+#include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -87,24 +89,49 @@ struct driver_schema {
     void (*read_point)(loader&, const map_reader&, point&) = nullptr;
     // After the points (checks across them); may be null.
     void (*finish_device)(loader&, const map_reader&, device&) = nullptr;
+    // A device key that may also be a range ("1-30") or a list ([1, 2, 5]) of integers in
+    // lo..hi (Modbus: unit_id). The loader then makes one device per value, each with the key
+    // set to that value and `{key}` in its id replaced by it (docs/PROFILES.md); the driver
+    // reads the key as a plain integer. Empty `key`: the driver has none.
+    struct per_value_key {
+        std::string_view key;
+        std::int64_t lo;
+        std::int64_t hi;
+    } each = {};
 };
 
 // Everything the loader knows: what the composition root registered.
 struct schema {
     std::vector<const driver_schema*> drivers;
     std::vector<const section_schema*> sections;
+    // Where `profile: NAME` finds NAME.yaml when `gateway.profiles_dir` is not set: the
+    // profiles the package installs (the composition root knows where).
+    std::string profiles_dir;
 };
 
 struct entry {
     std::string name;
     yaml::node key;
     yaml::node value;
+    // The key path of the value when it is not the map's path + name: a device's key taken
+    // from a profile keeps the profile's path (profiles[0].points), as its errors do.
+    std::string path = {};
 };
 
 // One map of the file, read against its declared options.
 class map_reader {
   public:
     map_reader(loader& ld, const value_ref& v, std::span<const option> opts);
+    // A map put together by the loader (a device merged with its profile): entries with no
+    // duplicate names, each from wherever it stood.
+    map_reader(loader& ld, std::string path, YAML::Mark where, std::span<const option> opts,
+               std::vector<entry> entries)
+        : ld_(ld),
+          opts_(opts),
+          path_(std::move(path)),
+          where_(where),
+          is_map_(true),
+          entries_(std::move(entries)) {}
 
     bool is_map() const { return is_map_; }
     const YAML::Mark& where() const { return where_; }
@@ -118,16 +145,19 @@ class map_reader {
         return nullptr;
     }
     bool has(std::string_view name) const { return find(name) != nullptr; }
+    std::string path_of(const entry& e) const { return e.path.empty() ? sub(e.name) : e.path; }
     value_ref ref(const entry& e) const {
-        return {e.value, e.value.IsNull() ? e.key.Mark() : e.value.Mark(), sub(e.name)};
+        return {e.value, e.value.IsNull() ? e.key.Mark() : e.value.Mark(), path_of(e)};
     }
     std::optional<value_ref> get(std::string_view name) const {
         if (auto* e = find(name)) return ref(*e);
         return std::nullopt;
     }
     value_ref key_ref(std::string_view name) const {
-        return {{}, find(name)->key.Mark(), sub(name)};
+        const entry* e = find(name);
+        return {{}, e->key.Mark(), path_of(*e)};
     }
+    const std::vector<entry>& entries() const { return entries_; }
 
     // Reports unknown keys, keys the driver does not take, and features not built yet.
     void check_keys(driver_mask mask = k_all_drivers, std::string_view driver = {});
@@ -150,6 +180,9 @@ class loader {
     // Loads a whole file's text. Given the text to own, frees it once the document is parsed.
     config load(const std::string& text);
     config load(std::string&& text);
+    // Loads the text and gives it back resolved, as YAML: every device after profiles and
+    // per-value keys, keys as written (`ferry check --expand`; empty when there were errors).
+    std::string expand(std::string&& text);
 
     void fail(const YAML::Mark& m, std::string path, std::string message);
     void fail(const value_ref& v, std::string message) {
@@ -235,16 +268,52 @@ class loader {
     key_tables tables() const { return {top_options_, device_options_, point_options_}; }
 
   private:
-    // The document, or nullopt with the syntax error reported.
-    std::optional<yaml::tree> parse(std::string_view text);
+    // The document, or nullopt with the syntax error reported. `source` numbers the file
+    // (sources_).
+    std::optional<yaml::tree> parse(std::string_view text, std::uint32_t source = 0);
     config load(std::optional<yaml::tree> doc);
     bool within_budget(const yaml::node& root);
     void gateway(const value_ref& v, config& c);
     void http(const value_ref& v, config& c);
     void devices(const value_ref& v, config& c);
-    void device_entry(const value_ref& v, device& d);
-    void point_entry(const value_ref& v, point& p, driver_mask bit, std::string_view driver,
-                     const driver_schema* drv);
+    // The points a device is built with: its profile's, then its own.
+    struct point_list {
+        std::vector<value_ref> items;
+        std::optional<value_ref> own;      // the device's `points`
+        std::optional<value_ref> profile;  // the profile's `points`
+    };
+    void device_entry(map_reader& m, device& d, const point_list& points);
+    // Returns where the point's name stood (duplicates are reported there).
+    YAML::Mark point_entry(const value_ref& v, point& p, driver_mask bit, std::string_view driver,
+                           const driver_schema* drv);
+
+    // ---- Profiles and per-value keys (core/profiles.cpp) ----
+    struct profile {
+        bool found = false;       // false: the name was looked up and is nowhere, or broken
+        bool broken = false;      // its file is there but not a profile (reported in it)
+        bool used = false;        // some device names it
+        std::vector<entry> keys;  // its keys but `id` and `points`, each with its path
+        std::optional<value_ref> points;
+        driver_mask mask = k_all_drivers;  // its driver's, when it names one
+        std::string driver;
+        std::size_t values = 0;  // values it holds: counted again at each use (budget)
+    };
+    void profiles(const value_ref& v);
+    profile read_profile(const value_ref& v, std::string_view file_name);
+    profile* use_profile(const value_ref& name_ref);
+    void check_unused_profiles();
+    // One `devices[]` item: merged with its profile, then one device per value of a range.
+    void device_item(const value_ref& v, std::vector<device>& out,
+                     std::map<std::string, mark>& seen);
+    // The values of a range or list key, or nullopt when it is neither (a plain value, left to
+    // the driver). An empty list after an error (reported).
+    std::optional<std::vector<std::int64_t>> per_values(const value_ref& v,
+                                                        const driver_schema::per_value_key& k);
+    std::string emit_expanded(const yaml::node& root) const;
+    struct built_device {
+        std::vector<entry> keys;
+        std::vector<value_ref> points;
+    };
 
     std::string file_;
     std::string base_dir_;
@@ -258,6 +327,19 @@ class loader {
     std::vector<option> point_options_;
     std::vector<std::string_view> driver_names_;
     std::vector<option> top_options_;
+
+    std::string profiles_dir_;
+    std::map<std::string, profile> profiles_;  // by name: inline ones, then files as used
+    // Trees that hold what the load reads besides the file's own: profile files and the
+    // values synthesized for devices of a range. Kept until load() returns.
+    std::vector<std::unique_ptr<yaml::tree>> trees_;
+    std::vector<std::string> sources_;  // the file of each tree's source number; 0: file_
+    std::set<std::string> reported_;    // errors so far: a repeated one is dropped
+    std::size_t values_ = 0;            // values read and expanded, against k_max_config_nodes
+    bool over_budget_ = false;
+    bool expand_ = false;  // record built devices for emit_expanded
+    std::vector<built_device> built_;
+    std::string expanded_;
 };
 
 // ---- Shared vocabulary ----------------------------------------------------------------------
@@ -286,6 +368,9 @@ inline constexpr option k_gateway_options[] = {
      "Names this gateway in topics, client id and payloads. `{gateway}` in templates."},
     {"data_dir", "path", "/var/lib/ferry", "Spool and state live here. `{data_dir}` in templates."},
     {"log_level", "", "info", "Least severe log level written.", k_all_drivers, k_log_level_names},
+    {"profiles_dir", "path", "/usr/share/ferry/profiles",
+     "Where `profile: NAME` finds NAME.yaml when no `profiles:` entry has that id; relative to "
+     "the config file. The default holds the profiles the package installs (config/profiles/)."},
 };
 inline constexpr option k_http_options[] = {
     {"listen", "host:port", "127.0.0.1:9108",

@@ -135,8 +135,9 @@ class builder : public YAML::EventHandler {
     std::vector<std::uint32_t> anchors_;  // anchor id (from 1) -> node
 };
 
-tree tree::parse(std::string_view text) {
+tree tree::parse(std::string_view text, std::uint32_t source) {
     tree t;
+    t.source_ = source;
     // Room for the largest tree such a text is likely to make, reserved, not touched: pages
     // never written cost no RSS, while a vector that doubles holds its old and new arrays at
     // once, and a shrink_to_fit copies the whole array again. (50,000 points: 2.9 MB of text,
@@ -149,6 +150,17 @@ tree tree::parse(std::string_view text) {
     YAML::Parser parser(in);
     builder b(t);
     parser.HandleNextDocument(b);
+    return t;
+}
+
+tree tree::scalars(const std::vector<std::pair<std::string, YAML::Mark>>& values) {
+    tree t;
+    if (!values.empty()) t.source_ = clamp_mark(values.front().second.pos);
+    builder b(t);
+    b.OnSequenceStart(YAML::Mark(), "", 0, YAML::EmitterStyle::Default);
+    for (const auto& [text, mark] : values)
+        b.OnScalar(mark, "", 0, text);
+    b.OnSequenceEnd();
     return t;
 }
 
@@ -173,6 +185,7 @@ YAML::Mark node::Mark() const {
     YAML::Mark m;
     m.line = static_cast<int>(s.line);
     m.column = static_cast<int>(s.column & tree::k_column_mask);
+    m.pos = static_cast<int>(tree_->source_);
     return m;
 }
 

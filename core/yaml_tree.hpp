@@ -24,6 +24,12 @@
 // - `node` keeps the names of YAML::Node's read API (IsNull, IsScalar, IsSequence, IsMap,
 //   Scalar, Mark): components' read hooks test `value_ref::node` with them.
 //
+// Sources: a config is read from more than one file (profiles, core/config.hpp), so each tree
+// carries a source number given by whoever parses it, and Mark().pos holds that number instead
+// of a byte offset (nothing reads offsets). An error's mark alone then tells which file it
+// stands in. `scalars()` makes the few values the loader synthesizes (the id and unit id of
+// each device of a range) with the mark of what they replace, source included.
+//
 // Errors: parse() throws what yaml-cpp's parser throws (YAML::ParserException with a 0-based
 // mark, or another YAML::Exception); no tree is left behind then.
 //
@@ -37,6 +43,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace ferry::yaml {
@@ -58,7 +65,8 @@ class node {
     bool IsMap() const { return type() == kind::map; }
     // A scalar's text (after YAML's quoting and folding); empty for other kinds.
     std::string_view Scalar() const;
-    // Where the value starts, 0-based; YAML::Mark::null_mark() for a default node.
+    // Where the value starts, 0-based, with the tree's source number as `pos`;
+    // YAML::Mark::null_mark() for a default node.
     YAML::Mark Mark() const;
 
     // Items of a sequence, pairs of a map; 0 for other kinds.
@@ -81,8 +89,10 @@ class node {
 
 class tree {
   public:
-    // Parses the first document of `text` (see Errors above).
-    static tree parse(std::string_view text);
+    // Parses the first document of `text` (see Errors above); its marks carry `source`.
+    static tree parse(std::string_view text, std::uint32_t source = 0);
+    // A sequence of scalars, each with its given text and mark (the mark's pos is the source).
+    static tree scalars(const std::vector<std::pair<std::string, YAML::Mark>>& values);
 
     // The document's root; a default node when the text holds no document.
     node root() const { return has_root_ ? node(this, root_) : node(); }
@@ -117,6 +127,7 @@ class tree {
     std::vector<std::uint32_t> kids_;
     std::string arena_;
     std::uint32_t root_ = 0;
+    std::uint32_t source_ = 0;
     bool has_root_ = false;
 };
 

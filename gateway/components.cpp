@@ -16,6 +16,7 @@ const config::schema& config_schema() {
         // Top-level sections beside the core's gateway, http and devices, in REFERENCE order.
         out.sections = {&rules::config_section(), &upstream::dead_letter_section(),
                         &commands::config_section(), &upstream::config_section()};
+        out.profiles_dir = FERRY_PROFILES_DIR;  // where the package installs config/profiles
         return out;
     }();
     return s;
@@ -28,6 +29,10 @@ config::config load_config(const std::string& file) {
 config::config load_config_text(const std::string& text, const std::string& file,
                                 const config::load_hooks& hooks) {
     return config::load_config_text(text, file, config_schema(), hooks);
+}
+
+std::string expand_config(const std::string& file) {
+    return config::expand_config(file, config_schema());
 }
 
 std::string reference_markdown() {

@@ -17,6 +17,9 @@ config::config load_config(const std::string& file);
 config::config load_config_text(const std::string& text, const std::string& file,
                                 const config::load_hooks& hooks = {});
 
+// config::expand_config with config_schema(): `ferry check --expand`.
+std::string expand_config(const std::string& file);
+
 // config/REFERENCE.md's generated part.
 std::string reference_markdown();
 

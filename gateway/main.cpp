@@ -26,6 +26,9 @@ constexpr int k_runtime = 3;
 const char* const k_usage_text =
     "usage: ferry run   -c FILE    run in the foreground\n"
     "       ferry check -c FILE    validate a config file\n"
+    "       ferry check --expand -c FILE\n"
+    "                              validate, then print the config resolved (profiles,\n"
+    "                              unit-id ranges) as YAML\n"
     "       ferry version          version, build type, target architecture\n"
     "       ferry probe modbus ... read registers once and print every decoding\n";
 
@@ -35,11 +38,15 @@ int usage(const char* why) {
     return k_usage;
 }
 
-// Parses "-c FILE" / "--config FILE" / "--config=FILE"; nothing else is accepted.
-bool config_arg(const std::vector<std::string>& args, std::string& file, std::string& why) {
+// Parses "-c FILE" / "--config FILE" / "--config=FILE", and "--expand" where `expand` is given
+// (ferry check); nothing else is accepted.
+bool config_arg(const std::vector<std::string>& args, std::string& file, std::string& why,
+                bool* expand = nullptr) {
     for (std::size_t i = 0; i < args.size(); ++i) {
         const auto& a = args[i];
-        if (a == "-c" || a == "--config") {
+        if (a == "--expand" && expand) {
+            *expand = true;
+        } else if (a == "-c" || a == "--config") {
             if (i + 1 >= args.size()) {
                 why = a + " needs a file";
                 return false;
@@ -62,6 +69,19 @@ bool config_arg(const std::vector<std::string>& args, std::string& file, std::st
 int load(const std::string& file, ferry::config::config& out) {
     try {
         out = ferry::load_config(file);
+        return k_ok;
+    } catch (const ferry::config::errors& e) {
+        for (const auto& err : e.list())
+            std::fprintf(stderr, "%s\n", err.to_string().c_str());
+        return k_invalid;
+    }
+}
+
+// ferry check --expand: the resolved config on stdout, or the errors as `ferry check` prints
+// them.
+int expand(const std::string& file) {
+    try {
+        std::fputs(ferry::expand_config(file).c_str(), stdout);
         return k_ok;
     } catch (const ferry::config::errors& e) {
         for (const auto& err : e.list())
@@ -95,7 +115,10 @@ int main(int argc, char** argv) {
     if (cmd != "run" && cmd != "check") return usage(("unknown command '" + cmd + "'").c_str());
 
     std::string file, why;
-    if (!config_arg(args, file, why)) return usage(why.c_str());
+    bool expand_it = false;
+    if (!config_arg(args, file, why, cmd == "check" ? &expand_it : nullptr))
+        return usage(why.c_str());
+    if (expand_it) return expand(file);
 
     ferry::config::config cfg;
     if (int rc = load(file, cfg); rc != k_ok) return rc;

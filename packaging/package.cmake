@@ -5,6 +5,7 @@
 #   /usr/bin/ferry                          the daemon (stripped)
 #   /lib/systemd/system/ferry.service       the hardened unit (systemd/ferry.service)
 #   /etc/ferry/ferry.yaml                   the default config, a conffile
+#   /usr/share/ferry/profiles/*.yaml        device profiles (config/profiles; FERRY_PROFILES_DIR)
 #   /var/lib/ferry                          made by postinst, owned by the system user ferry
 #   /usr/share/doc/ferry/                   DEPLOY.md, REFERENCE.md, copyright
 # Maintainer scripts: packaging/debian/{postinst,prerm,postrm}.
@@ -14,6 +15,9 @@ install(FILES ${PROJECT_SOURCE_DIR}/systemd/ferry.service
         DESTINATION /lib/systemd/system)
 install(FILES ${PROJECT_SOURCE_DIR}/packaging/ferry.yaml
         DESTINATION /etc/ferry)
+file(GLOB FERRY_SHIPPED_PROFILES ${PROJECT_SOURCE_DIR}/config/profiles/*.yaml)
+install(FILES ${FERRY_SHIPPED_PROFILES}
+        DESTINATION ${FERRY_PROFILES_DIR})
 install(FILES ${PROJECT_SOURCE_DIR}/docs/DEPLOY.md ${PROJECT_SOURCE_DIR}/config/REFERENCE.md
               ${PROJECT_SOURCE_DIR}/packaging/copyright
         DESTINATION ${CMAKE_INSTALL_DOCDIR})

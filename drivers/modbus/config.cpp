@@ -16,9 +16,10 @@ constexpr std::string_view k_byte_order_names[] = {"ABCD", "DCBA", "BADC", "CDAB
 
 // Keys both take (unit_id's range differs: read_device checks it).
 constexpr option k_common_device[] = {
-    {"unit_id", "integer", "1",
+    {"unit_id", "integer, range or list", "1",
      "The Modbus unit (slave) id: 0..255 for modbus_tcp, 1..247 for modbus_rtu; on one serial "
-     "port each unit id belongs to one device."},
+     "port each unit id belongs to one device. A range (\"1-30\") or a list ([1, 2, 5]) makes "
+     "one device per unit id; the `id` must then contain `{unit_id}` (docs/PROFILES.md)."},
     {"poll_interval", "duration 1ms..720h", "1s",
      "Fixed rate, no drift: a poll that overruns skips the missed slots and counts them "
      "(`ferry_driver_overruns_total`)."},
@@ -170,7 +171,7 @@ void read_point(config::loader& ld, const config::map_reader& m, config::point& 
 
 const config::driver_schema& tcp_schema() {
     static const config::driver_schema s{"modbus_tcp", k_tcp_device, k_point, {},
-                                         read_tcp,     read_point,   nullptr};
+                                         read_tcp,     read_point,   nullptr, {"unit_id", 0, 255}};
     return s;
 }
 
@@ -182,7 +183,8 @@ const config::driver_schema& rtu_schema() {
         {{"devices[].serial", "modbus_rtu and serial_line.", config::k_serial_options}},
         read_rtu,
         read_point,
-        nullptr};
+        nullptr,
+        {"unit_id", 1, 247}};
     return s;
 }
 

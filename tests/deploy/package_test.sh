@@ -38,6 +38,16 @@ runuser -u ferry -- /usr/bin/ferry check -c /etc/ferry/ferry.yaml >/dev/null ||
   fail "the ferry user cannot read and validate /etc/ferry/ferry.yaml"
 echo "ok: ferry check -c /etc/ferry/ferry.yaml passes (as root and as the ferry user)"
 
+# The shipped profiles are where gateway.profiles_dir points by default (docs/PROFILES.md).
+profile_cfg=$(mktemp /tmp/ferry-profile-XXXXXX.yaml)
+printf '%s\n' 'gateway: { id: pkg }' 'devices:' \
+  '  - { id: "m{unit_id}", driver: modbus_rtu, serial: { port: /dev/ttyUSB0 }, unit_id: "1-3", profile: eastron_sdm630 }' \
+  >"$profile_cfg"
+[ "$(/usr/bin/ferry check --expand -c "$profile_cfg" | grep -c 'name: energy_total,')" = 3 ] ||
+  fail "the installed profile eastron_sdm630 is not found by default"
+rm -f "$profile_cfg"
+echo "ok: /usr/share/ferry/profiles/eastron_sdm630.yaml found by name"
+
 getent passwd ferry | grep -q ':/var/lib/ferry:/usr/sbin/nologin$' || fail "user ferry: $(getent passwd ferry)"
 id -nG ferry | tr ' ' '\n' | grep -qx dialout || fail "user ferry is not in dialout"
 [ "$(stat -c '%U:%G %a' /var/lib/ferry)" = "ferry:ferry 750" ] ||

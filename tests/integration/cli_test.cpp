@@ -39,6 +39,20 @@ std::vector<std::string> lines_of(const std::string& s) {
 
 const std::string k_cases = std::string(FERRY_SOURCE_DIR) + "/tests/testcases/config/";
 
+// `ferry COMMAND -c ./ferry.yaml` run in a golden case's folder, as a user would: what it
+// prints (stdout and stderr); CHECKs its exit code.
+std::string check_in_case(const std::filesystem::path& dir, const std::string& command,
+                          int expected_code) {
+    temp_dir out;
+    process p({"/bin/sh", "-c", "cd \"$1\" && exec \"$0\" " + command + " -c ./ferry.yaml",
+               FERRY_BINARY, dir.string()},
+              out.file("out"));
+    auto code = p.wait(60s);
+    REQUIRE(code);
+    CHECK(*code == expected_code);
+    return read_file(out.file("out"));
+}
+
 }  // namespace
 
 TEST_CASE("ferry check: each config error case exits 1 and prints exactly its `errors` file") {
@@ -46,14 +60,7 @@ TEST_CASE("ferry check: each config error case exits 1 and prints exactly its `e
     // loader on them): `ferry check -c ./ferry.yaml`, run in the case folder as a user would,
     // prints exactly `errors`, nothing else, and exits 1.
     const auto cases = check_golden("config", "errors", [](const std::filesystem::path& dir) {
-        temp_dir out;
-        process p({"/bin/sh", "-c", "cd \"$1\" && exec \"$0\" check -c ./ferry.yaml", FERRY_BINARY,
-                   dir.string()},
-                  out.file("out"));
-        auto code = p.wait(60s);
-        REQUIRE(code);
-        CHECK(*code == 1);
-        return read_file(out.file("out"));
+        return check_in_case(dir, "check", 1);
     });
     CHECK(cases >= 25);
 }
@@ -195,4 +202,84 @@ TEST_CASE("names longer than 128 bytes are refused: they would make topics too l
     // 128 is fine.
     write_file(dir.file("f.yaml"), k_head + "devices:\n" + device(std::string(128, 'd')));
     CHECK(check_file(dir.file("f.yaml")).code == 0);
+}
+
+// ---- ferry check --expand (profiles and unit-id ranges, docs/PROFILES.md) ----------------
+
+TEST_CASE("ferry check --expand: each expand case prints exactly its `expected` file") {
+    const auto cases = check_golden("expand", "expected", [](const std::filesystem::path& dir) {
+        return check_in_case(dir, "check --expand", 0);
+    });
+    CHECK(cases >= 1);
+}
+
+TEST_CASE("30 meters through a shipped profile: --expand lists every point; a typo is one line") {
+    const std::string shipped = std::string(FERRY_SOURCE_DIR) + "/config/profiles";
+    temp_dir dir;
+    auto config = [](const std::string& profiles_dir) {
+        return "gateway: { id: plant, profiles_dir: " + profiles_dir +
+               " }\n"
+               "devices:\n"
+               "  - id: \"meter{unit_id}\"\n"
+               "    driver: modbus_rtu\n"
+               "    serial: { port: /dev/ttyUSB0, baud: 9600 }\n"
+               "    unit_id: \"1-30\"\n"
+               "    profile: eastron_sdm630\n";
+    };
+    write_file(dir.file("ferry.yaml"), config(shipped));
+    CHECK(lines_of(read_file(dir.file("ferry.yaml"))).size() <= 15);
+    auto r = run_ferry({"check", "--expand", "-c", dir.file("ferry.yaml")});
+    CHECK(r.code == 0);
+    const auto profile = read_file(shipped + "/eastron_sdm630.yaml");
+    std::vector<std::string> names;
+    for (const auto& line : lines_of(profile)) {
+        const auto at = line.find("- { name: ");
+        if (at != std::string::npos)
+            names.push_back(line.substr(at + 10, line.find(',', at) - at - 10));
+    }
+    REQUIRE(names.size() == 36);
+    // Each meter's block lists every point of the profile, in order.
+    const auto out = lines_of(r.output);
+    for (int m = 1; m <= 30; ++m) {
+        CAPTURE(m);
+        auto it = std::find(out.begin(), out.end(), "  - id: meter" + std::to_string(m));
+        REQUIRE(it != out.end());
+        CHECK(std::find(it, out.end(), "    unit_id: " + std::to_string(m)) != out.end());
+        for (const auto& name : names) {
+            it = std::find_if(it, out.end(), [&](const std::string& l) {
+                return l.find("- {name: " + name + ",") != std::string::npos;
+            });
+            CHECK(it != out.end());
+        }
+    }
+
+    // The same profile with a typo, from a profiles directory of the user's.
+    std::filesystem::create_directory(dir.file("profiles"));
+    // An optional key misspelt: one error (a required one would also be missing).
+    const std::string good = "address: 0x0034, type: float32, unit: W";
+    auto bad = profile;
+    const auto at = bad.find(good);
+    REQUIRE(at != std::string::npos);
+    bad.replace(at, good.size(), "address: 0x0034, type: float32, unti: W");
+    write_file(dir.file("profiles/eastron_sdm630.yaml"), bad);
+    write_file(dir.file("ferry.yaml"), config("profiles"));
+    r = run_ferry({"check", "-c", dir.file("ferry.yaml")});
+    CHECK(r.code == 1);
+    const auto line =
+        std::to_string(std::count(bad.begin(), bad.begin() + static_cast<long>(at), '\n') + 1);
+    const auto column = std::to_string(at - bad.rfind('\n', at) +
+                                       std::string("address: 0x0034, type: float32, ").size());
+    CHECK(lines_of(r.output) ==
+          std::vector<std::string>{dir.file("profiles/eastron_sdm630.yaml") + ":" + line + ":" +
+                                   column +
+                                   ": points[21].unti: unknown key (did you mean 'unit'?)"});
+    r = run_ferry({"check", "--expand", "-c", dir.file("ferry.yaml")});
+    CHECK(r.code == 1);
+    CHECK(lines_of(r.output).size() == 1);
+}
+
+TEST_CASE("--expand belongs to check: ferry run --expand is a usage error") {
+    auto r = run_ferry({"run", "--expand", "-c", k_cases + "every_feature.yaml"});
+    CHECK(r.code == 2);
+    CHECK(r.output.find("unknown argument '--expand'") != std::string::npos);
 }

@@ -1,13 +1,15 @@
 // SIGHUP reload through the real daemon: an invalid file is rejected and the running config
 // goes on; a valid one is applied live — a changed device restarts alone, the other devices
 // poll on without a pause, added and removed devices come and go, rules change — while the
-// spool and the MQTT session stay; a file that changes a restart-only section is not applied.
+// spool and the MQTT session stay; a file that changes a restart-only section is not applied;
+// a changed profile file changes every device that uses it (docs/PROFILES.md).
 #include <doctest/doctest.h>
 
 #include <signal.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <thread>
 
 #include "tests/support/ferry_run.hpp"
@@ -178,4 +180,51 @@ TEST_CASE("SIGHUP applies devices and rules live; other devices, the spool and M
     for (const auto& msg : rec.messages_on("ferry/hup-gw/status"))
         online += msg.payload == "online" ? 1 : 0;
     CHECK(online == 1);
+}
+
+TEST_CASE("SIGHUP after a profile file changed restarts every device that uses it, and no other") {
+    modbus_sim sim(0, {"holding:0=u16:11", "holding:1=u16:22"});
+    mosquitto broker;
+    temp_dir dir;
+    auto http_port = free_port();
+    std::filesystem::create_directory(dir.file("profiles"));
+    write_file(dir.file("profiles/meter.yaml"), "points: [ { name: a, address: 0 } ]\n");
+    use_config(dir, "profile_meters");
+    auto env = ferry_vars(dir.path(), http_port, 0, broker.uri());
+    env["D1_PORT"] = std::to_string(sim.port());
+    auto ferry_p = ferry_process(dir.file("ferry.yaml"), dir.file("ferry.log"), env);
+    auto& ferry = *ferry_p;
+    wait_ready(ferry, http_port, 10s);
+    auto value_of = [&](const std::string& device) {
+        return "\"device\":\"" + device + "\",\"tag\":\"a\",\"value\":";
+    };
+    REQUIRE(wait_until(
+        [&] {
+            return http_get(http_port, "/api/v1/values").body.find(value_of("m3") + "11") !=
+                   std::string::npos;
+        },
+        10s));
+
+    // The profile's point moves to address 1: m1..m3 change, `other` does not.
+    write_file(dir.file("profiles/meter.yaml"), "points: [ { name: a, address: 1 } ]\n");
+    REQUIRE(::kill(ferry.pid(), SIGHUP) == 0);
+    REQUIRE(reloaded(http_port, "applied", 1));
+    auto log = read_file(dir.file("ferry.log"));
+    CHECK(log.find("devices_added=0 devices_changed=3 devices_removed=0") != std::string::npos);
+    for (const char* m : {"m1", "m2", "m3"})
+        CHECK(log.find("msg=\"device changed; restarting it\" device=" + std::string(m)) !=
+              std::string::npos);
+    CHECK(log.find("restarting it\" device=other") == std::string::npos);
+    for (const char* m : {"m1", "m2", "m3"}) {
+        CAPTURE(m);
+        CHECK(wait_until(
+            [&] {
+                return http_get(http_port, "/api/v1/values").body.find(value_of(m) + "22") !=
+                       std::string::npos;
+            },
+            5s));
+    }
+    CHECK(http_get(http_port, "/api/v1/values").body.find(value_of("other") + "11") !=
+          std::string::npos);
+    CHECK(ferry.stop() == 0);
 }
