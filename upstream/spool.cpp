@@ -20,7 +20,8 @@
 //
 // What is fsynced when. Every append is one transaction (BEGIN IMMEDIATE ... COMMIT), which
 // also holds the batch-number update and any drop_oldest deletions, so a crash never leaves
-// a message without its batch number or a half-applied drop.
+// a message without its batch number or a half-applied drop. append_group puts the batches
+// of one rule pass (only when all fit) in one transaction: accepted together at its COMMIT.
 //   always: synchronous=FULL   the WAL is fsynced at every COMMIT: once append() returned
 //                              ok, the message survives power loss.
 //   batch:  synchronous=NORMAL the WAL is written (write(2)) at every COMMIT and fsynced

@@ -85,7 +85,8 @@ class spool {
     // ferry_events_dropped_total{reason="spool_full"|"too_large"} when it drops the message.
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
                          const encode_fn& encode);
-    // Appends several messages in one transaction (one commit; one fsync with `fsync: batch`),
+    // Appends several messages in one transaction (one commit: one WAL write, one fsync with
+    // `fsync: always`),
     // in order, as `append` would one by one, and returns how many of the first were stored:
     // each of those is accepted as if `append` had returned `ok`. It takes only the plain
     // case, where every message fits without dropping anything and nothing fails; it stops
