@@ -2,6 +2,7 @@
 // plain case; anything else is left to append(), which has the policies and the errors.
 #include <unordered_map>
 
+#include "core/log.hpp"
 #include "upstream/spool_codec.hpp"
 #include "upstream/spool_impl.hpp"
 
@@ -68,10 +69,16 @@ std::size_t spool::impl::append_group(std::span<const group_item> items) {
     }
     if (!open) return 0;
     if (const int rc = step_done(commit_); rc != SQLITE_OK) return give_up(rc);
-    for (std::size_t i = 0; i < stored_rows.size(); ++i)
-        on_stored(items[i].topic, stored_rows[i].batch_no, stored_rows[i].id, stored_rows[i].need,
-                  items[i].events);
-    set_gauges();
+    // Committed: from here on nothing may make the caller append these again (the public
+    // append_group answers 0 to an exception, and the caller would store them twice).
+    try {
+        for (std::size_t i = 0; i < stored_rows.size(); ++i)
+            on_stored(items[i].topic, stored_rows[i].batch_no, stored_rows[i].id,
+                      stored_rows[i].need, items[i].events);
+        set_gauges();
+    } catch (...) {
+        log::error(component, "accounting after a grouped append failed");
+    }
     lock.unlock();
     data_cv_.notify_all();
     return stored_rows.size();
