@@ -27,11 +27,18 @@ constexpr option k_common_device[] = {
      "Answer timeout of one request (RTU: also the longest silence between two bytes of an "
      "answer)."},
     {"retries", "integer 0..100", "2",
-     "Extra attempts of a failed request while the device is up; a device that is down gets "
-     "one attempt per poll."},
+     "Extra attempts of a failed request while the device answers; a device whose last poll "
+     "went unanswered gets one attempt per request."},
     {"max_gap", "integer 0..124", "16",
      "Unused registers (or bits) a request may bridge to join two points; 0 reads only adjacent "
      "points together."},
+    {"down_after", "integer 1..100", "3",
+     "Polls in a row without any answer (timeouts, refused or broken connections) after which "
+     "the device is down: `ferry_device_up` 0 and tried once per `retry_every` instead of every "
+     "poll, so that the units that answer keep their schedule."},
+    {"retry_every", "duration 1s..24h", "30s",
+     "How often a down device is tried: one attempt, ±20 % jitter, off the poll grid. The first "
+     "answer brings it up and back onto its poll schedule at once."},
 };
 
 template <std::size_t A, std::size_t B>
@@ -86,12 +93,31 @@ constexpr option k_point[] = {
     {"max", "number", "none", "Highest value a command may write, in engineering units."},
 };
 
+// A duration key within lo..hi (the loader checks the form, this the range).
+void set_dur_within(config::loader& ld, const config::map_reader& m, std::string_view key,
+                    config::duration& out, config::duration lo, config::duration hi,
+                    std::string_view range) {
+    const auto v = m.get(key);
+    if (!v) return;
+    config::duration x = out;
+    ld.set_dur(m, key, x, false);
+    if (x < lo || x > hi)
+        ld.fail(*v, "duration '" + std::string(v->node.Scalar()) + "' is out of range (" +
+                        std::string(range) + ")");
+    else
+        out = x;
+}
+
 void read_common(config::loader& ld, const config::map_reader& m, config::device& d,
                  device_settings& s) {
+    using std::chrono::hours;
+    using std::chrono::seconds;
     ld.set_dur(m, "poll_interval", d.poll_interval, true);
     ld.set_dur(m, "timeout", s.timeout, true);
     ld.set(m, "retries", s.retries, 0, 100);
     ld.set(m, "max_gap", s.max_gap, 0, 124);
+    ld.set(m, "down_after", s.down_after, 1, 100);
+    set_dur_within(ld, m, "retry_every", s.retry_every, seconds(1), hours(24), "1s..24h");
 }
 
 void read_tcp(config::loader& ld, const config::map_reader& m, config::device& d) {

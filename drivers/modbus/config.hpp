@@ -32,7 +32,9 @@ struct device_settings {
     int unit_id = 1;
     config::duration timeout{500};
     int retries = 2;
-    std::uint32_t max_gap = 16;                     // unused registers bridged to save a request
+    std::uint32_t max_gap = 16;           // unused registers bridged to save a request
+    int down_after = 3;                   // polls without any answer before the device is down
+    config::duration retry_every{30000};  // a down device is tried once per this (jittered)
     std::optional<config::serial_settings> serial;  // modbus_rtu
 
     bool operator==(const device_settings&) const = default;

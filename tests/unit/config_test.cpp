@@ -567,3 +567,19 @@ TEST_CASE("load_hooks replace file reads and the environment; their budgets stil
               "larger than 65536 bytes");
     }
 }
+
+TEST_CASE("modbus down_after and retry_every (issue 17)") {
+    const std::string head =
+        "gateway: { id: g }\ndevices:\n  - id: d\n    driver: modbus_tcp\n"
+        "    host: h\n    points: [ { name: t, address: 0 } ]\n";
+    auto c = ferry::load_config_text(head, "t.yaml");
+    CHECK(mb::of(c.devices[0]).down_after == 3);
+    CHECK(mb::of(c.devices[0]).retry_every == 30s);
+    c = ferry::load_config_text(head + "    down_after: 1\n    retry_every: 1s\n", "t.yaml");
+    CHECK(mb::of(c.devices[0]).down_after == 1);
+    CHECK(mb::of(c.devices[0]).retry_every == 1s);
+    c = ferry::load_config_text(head + "    down_after: 100\n    retry_every: 24h\n", "t.yaml");
+    CHECK(mb::of(c.devices[0]).down_after == 100);
+    CHECK(mb::of(c.devices[0]).retry_every == 24h);
+    // Out of range and malformed values: the modbus_backoff_keys golden case.
+}
