@@ -269,7 +269,7 @@ struct poller::impl {
             if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
             rt->ids.push_back(*id);
         }
-        for (auto& b : plan_blocks(d.points, of(d).max_gap)) {
+        for (auto& b : plan_blocks(d.points, of(d).max_gap, of(d).max_registers, of(d).max_coils)) {
             block_group g;
             g.parts.push_back(b);
             g.whole = std::move(b);
@@ -301,7 +301,7 @@ struct poller::impl {
         channels.push_back(std::make_unique<channel>());
         auto& ch = *channels.back();
         if (d.driver == "modbus_tcp") {
-            ch.lnk = make_tcp_link(s.host, s.port);
+            ch.lnk = make_tcp_link(s.host, s.port, s.connect_delay);
         } else {
             ch.lnk = make_rtu_link(*s.serial);
             ch.port = s.serial->port;
@@ -424,6 +424,7 @@ struct poller::impl {
         for (int a = 0; a < attempts; ++a) {
             if (a > 0 && halting.load(std::memory_order_relaxed)) break;
             ++o.requests;
+            pause_before_request(s);
             r = d.chan->lnk->read(s.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
                                   static_cast<std::uint16_t>(b.count), s.timeout, d.regs.data());
             if (r.ok()) return r;
@@ -431,6 +432,18 @@ struct poller::impl {
             if (r.err == fault::exception) return r;
         }
         return r;
+    }
+
+    // request_delay: the device's pause before each request, the channel held (a serial line
+    // stays quiet). Cut short when the poller stops, which then waits for one request only.
+    void pause_before_request(const device_settings& s) const {
+        auto left = s.request_delay;
+        while (left.count() > 0 && !halting.load(std::memory_order_relaxed)) {
+            const auto step =
+                std::min<std::chrono::milliseconds>(left, std::chrono::milliseconds(50));
+            std::this_thread::sleep_for(step);
+            left -= step;
+        }
     }
 
     void emit(device_rt& d, const read_block& b, bool ok, wall_clock::time_point ts) {
@@ -559,6 +572,8 @@ struct poller::impl {
                 g.clean_polls = parts_ok ? g.clean_polls + 1 : 0;
             }
         }
+        // A device that serves one client at a time: let the others in until the next poll.
+        if (of(d.cfg).close_after_poll) d.chan->lnk->close();
         if (!d.out.empty()) {
             const auto first = ctx.seq.next_n(d.out.size());
             for (std::size_t i = 0; i < d.out.size(); ++i)
@@ -737,8 +752,10 @@ bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
     cv.notify_one();           // someone else watches the clock meanwhile
     lock.unlock();
     const auto& cfg = w.device->cfg;
+    pause_before_request(of(cfg));
     const auto r =
         chan->lnk->write(of(cfg).unit_id, w.function, w.address, w.values, of(cfg).timeout);
+    if (of(cfg).close_after_poll) chan->lnk->close();
     write_result out;
     out.ok = r.ok();
     out.attempted = r.err != fault::connect;

@@ -34,7 +34,8 @@
 // are never retried: a write that timed out may have happened.
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
-// finishes or times out first, at most `timeout`; the poll it belongs to skips its retries
+// finishes or times out first, at most `timeout`, plus `connect_delay` when it connects; a
+// `request_delay` is cut short; the poll it belongs to skips its retries
 // and remaining blocks and publishes what it read, so a slow device with many blocks does not
 // hold up a stop). Building checks the configuration
 // (conflicting serial settings, a unit id twice on one port) and touches no device.

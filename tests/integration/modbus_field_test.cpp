@@ -4,7 +4,10 @@
 //   1. failing units backed off: 30 slaves on one RS-485 line at 9600 baud over a socat pty,
 //      3 of them silent (one of which starts answering mid-run): the 27 live ones keep their
 //      schedule, each silent one is tried once per retry_every, and the one that comes back
-//      is polled on its schedule again at once.
+//      is polled on its schedule again at once;
+//   2. quirk settings, over TCP: max_registers and max_coils cap each request,
+//      request_delay spaces requests, connect_delay waits after connecting,
+//      close_after_poll opens a new connection for every poll.
 // The poller runs in process (tests/support/poller_rig.hpp) so that its events and counters
 // are read directly.
 #include <doctest/doctest.h>
@@ -12,9 +15,11 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "core/config.hpp"
@@ -37,6 +42,7 @@ struct request {
     int function = 0;
     int address = 0;
     int count = 0;
+    bool connect = false;  // a TCP connection accepted, no request
 };
 
 std::vector<request> request_log(const std::string& path) {
@@ -47,7 +53,11 @@ std::vector<request> request_log(const std::string& path) {
         request r;
         std::string unit, what;
         f >> r.ms >> unit >> what;
-        if (unit == "connect") continue;
+        if (unit == "connect") {
+            r.connect = true;
+            out.push_back(r);
+            continue;
+        }
         r.unit = std::stoi(unit);
         r.answered = what != "silent";
         if (r.answered) {
@@ -62,8 +72,24 @@ std::vector<request> request_log(const std::string& path) {
 std::vector<request> of_unit(const std::vector<request>& all, int unit) {
     std::vector<request> out;
     std::copy_if(all.begin(), all.end(), std::back_inserter(out),
-                 [&](const request& r) { return r.unit == unit; });
+                 [&](const request& r) { return !r.connect && r.unit == unit; });
     return out;
+}
+
+ferry::config::device tcp_device(const std::string& id, std::uint16_t port, int unit,
+                                 std::vector<ferry::config::point> points) {
+    auto d = modbus::make_tcp_device(id, "127.0.0.1", port, std::move(points));
+    d.poll_interval = 1000ms;
+    d.settings.change<modbus::device_settings>([&](auto& s) {
+        s.unit_id = unit;
+        s.timeout = 500ms;
+    });
+    return d;
+}
+
+ferry::config::point holding(std::uint32_t address) {
+    return modbus::make_point("h" + std::to_string(address), modbus::table::holding, address,
+                              ferry::config::point_type::uint16);
 }
 
 }  // namespace
@@ -202,4 +228,79 @@ TEST_CASE("failing units backed off: 27 live slaves keep their schedule among 3 
     CHECK(last.at("m15/a").quality == ferry::quality::bad);
     CHECK(last.at("m25/b").quality == ferry::quality::good);
     CHECK(last.at("m25/b").value == ferry::value{std::uint64_t{8}});
+}
+
+TEST_CASE("quirk settings: each one seen in pymodbus's request log (TCP)") {
+    temp_dir dir;
+    // Server 1: unit 1 reads with max_registers 4 and max_coils 2, unit 2 with request_delay;
+    // server 2: one device with connect_delay and close_after_poll.
+    pymodbus_sim server1(0, {}, {}, {"--log", dir.file("one.log")});
+    pymodbus_sim server2(0, {}, {}, {"--log", dir.file("two.log")});
+    std::vector<ferry::config::point> capped;
+    for (std::uint32_t a = 0; a < 10; ++a)
+        capped.push_back(holding(a));
+    for (std::uint32_t a = 0; a < 5; ++a)
+        capped.push_back(modbus::make_point("c" + std::to_string(a), modbus::table::coil, a,
+                                            ferry::config::point_type::boolean));
+    auto cap = tcp_device("cap", server1.port(), 1, std::move(capped));
+    cap.settings.change<modbus::device_settings>([](auto& s) {
+        s.max_registers = 4;
+        s.max_coils = 2;
+    });
+    auto slow = tcp_device("slow", server1.port(), 2, {holding(0), holding(100), holding(200)});
+    slow.poll_interval = 2000ms;
+    slow.settings.change<modbus::device_settings>([](auto& s) { s.request_delay = 250ms; });
+    auto once = tcp_device("once", server2.port(), 1, {holding(0)});
+    once.settings.change<modbus::device_settings>([](auto& s) {
+        s.connect_delay = 300ms;
+        s.close_after_poll = true;
+    });
+    {
+        poller_rig rig({cap, slow, once});
+        std::this_thread::sleep_for(4500ms);
+    }
+    const auto one = request_log(dir.file("one.log"));
+    const auto two = request_log(dir.file("two.log"));
+
+    // max_registers 4 and max_coils 2: 10 registers in 4 + 4 + 2, 5 coils in 2 + 2 + 1.
+    const std::set<std::tuple<int, int, int>> planned{{3, 0, 4}, {3, 4, 4}, {3, 8, 2},
+                                                      {1, 0, 2}, {1, 2, 2}, {1, 4, 1}};
+    std::map<std::tuple<int, int, int>, int> seen;
+    for (const auto& r : of_unit(one, 1)) {
+        INFO("fc " << r.function << " address " << r.address << " count " << r.count);
+        CHECK(planned.count({r.function, r.address, r.count}) == 1);
+        ++seen[{r.function, r.address, r.count}];
+    }
+    CHECK(seen.size() == planned.size());
+    for (const auto& [req, n] : seen)
+        CHECK(n >= 4);  // 5 polls in 4.5 s
+
+    // request_delay 250 ms: the 3 requests of a poll at least 250 ms apart (polls 2 s apart).
+    const auto delayed = of_unit(one, 2);
+    REQUIRE(delayed.size() >= 6);
+    int spaced = 0;
+    for (std::size_t i = 1; i < delayed.size(); ++i) {
+        const double gap = delayed[i].ms - delayed[i - 1].ms;
+        CHECK(gap >= 245);
+        if (gap < 1000) ++spaced;  // within one poll
+    }
+    CHECK(spaced >= 4);
+    MESSAGE("request_delay 250 ms: requests of a poll " << (delayed[1].ms - delayed[0].ms)
+                                                        << " ms apart");
+
+    // Devices without close_after_poll keep one connection each (and the harness's probe).
+    CHECK(std::count_if(one.begin(), one.end(), [](const request& r) { return r.connect; }) <= 3);
+
+    // close_after_poll: a new connection before every request; connect_delay 300 ms: the
+    // request comes at least 300 ms after its connection.
+    std::size_t requests = 0;
+    for (std::size_t i = 0; i < two.size(); ++i) {
+        if (two[i].connect) continue;
+        ++requests;
+        REQUIRE(i > 0);
+        CHECK(two[i - 1].connect);
+        CHECK(two[i].ms - two[i - 1].ms >= 295);
+        CHECK(two[i].ms - two[i - 1].ms <= 450);
+    }
+    CHECK(requests >= 4);
 }
