@@ -7,7 +7,8 @@
 //      is polled on its schedule again at once;
 //   2. quirk settings, over TCP: max_registers and max_coils cap each request,
 //      request_delay spaces requests, connect_delay waits after connecting,
-//      close_after_poll opens a new connection for every poll.
+//      close_after_poll opens a new connection for every poll; over RTU: request_delay keeps
+//      the line quiet before each request of its device, whoever spoke last.
 // The poller runs in process (tests/support/poller_rig.hpp) so that its events and counters
 // are read directly.
 #include <doctest/doctest.h>
@@ -303,4 +304,41 @@ TEST_CASE("quirk settings: each one seen in pymodbus's request log (TCP)") {
         CHECK(two[i].ms - two[i - 1].ms <= 450);
     }
     CHECK(requests >= 4);
+}
+
+TEST_CASE("quirk settings: request_delay keeps an RTU line quiet before each request") {
+    socat_pair pty;
+    const std::string log = pty.dir().file("requests.log");
+    rtu_server server(pty, true, {}, {"--log", log});
+    auto rtu = [&](const std::string& id, int unit) {
+        auto d = modbus::make_rtu_device(
+            id, ferry::config::serial_settings{pty.a(), 19200, ferry::config::parity::none, 8, 1},
+            unit, {holding(0), holding(100)});  // two requests per poll
+        d.poll_interval = 1000ms;
+        d.settings.change<modbus::device_settings>([](auto& s) { s.timeout = 300ms; });
+        return d;
+    };
+    auto quiet = rtu("quiet", 1);
+    quiet.settings.change<modbus::device_settings>([](auto& s) { s.request_delay = 150ms; });
+    {
+        poller_rig rig({rtu("plain", 2), quiet});
+        std::this_thread::sleep_for(3500ms);
+    }
+    const auto all = request_log(log);
+    // Each request to unit 1 comes at least 150 ms after the line's previous request (unit 2's
+    // or its own); unit 2's follow at once.
+    std::size_t checked = 0;
+    double plain_gap = 1e9;
+    for (std::size_t i = 1; i < all.size(); ++i) {
+        const double gap = all[i].ms - all[i - 1].ms;
+        if (all[i].unit == 1) {
+            CHECK(gap >= 145);
+            ++checked;
+        } else if (all[i - 1].unit == 2) {
+            plain_gap = std::min(plain_gap, gap);
+        }
+    }
+    CHECK(checked >= 6);
+    CHECK(plain_gap < 100);
+    MESSAGE("unit 2 (no request_delay): its second request " << plain_gap << " ms after its first");
 }
