@@ -156,7 +156,15 @@ TEST_CASE(
     CHECK(after[0]["value"].is_null());
     auto d = nlohmann::json::parse(http_get(http_port, "/api/v1/devices").body);
     CHECK(d[0]["errors"].get<int>() >= 1);
-    auto m = http_get(http_port, "/metrics").body;
+    // The API shows the newest value bad at once; ferry_device_up turns 0 once the device is
+    // down, after down_after (3) silent polls of 100 ms (plus their 500 ms timeouts).
+    std::string m;
+    CHECK(wait_until(
+        [&] {
+            m = http_get(http_port, "/metrics").body;
+            return metric(m, "ferry_device_up{device=\"boiler1\"}") == 0.0;
+        },
+        10s));
     CHECK(metric(m, "ferry_device_up{device=\"boiler1\"}") == 0.0);
     CHECK(ferry.stop() == 0);
 }

@@ -214,7 +214,8 @@ TEST_CASE("fairness: a silent unit on an RTU bus costs the others at most its ti
         CHECK(polls >= 17);
         CHECK(polls <= 21);
     }
-    // The silent unit is retried with backoff, not at the poll rate.
+    // The silent unit is down after 3 polls and then tried once per retry_every (30 s), not at
+    // the poll rate.
     const auto silent = after.at("unit3") - before.at("unit3");
     CHECK(silent <= 8);
     CHECK(f.proc->stop() == 0);
@@ -304,19 +305,6 @@ struct rig : ferry::test::poller_rig {
             if (points.get(e.point).tag == tag) out.push_back(e);
         return out;
     }
-    double metric(const std::string& name, const std::map<std::string, std::string>& labels) {
-        double sum = 0;
-        for (const auto& fam : registry.Collect()) {
-            if (fam.name != name) continue;
-            for (const auto& m : fam.metric) {
-                std::size_t hits = 0;
-                for (const auto& l : m.label)
-                    hits += labels.count(l.name) && labels.at(l.name) == l.value ? 1 : 0;
-                if (hits == labels.size()) sum += m.counter.value + m.gauge.value;
-            }
-        }
-        return sum;
-    }
     double errors(const std::string& device, const std::string& reason) {
         return metric("ferry_driver_errors_total", {{"device", device}, {"reason", reason}});
     }
@@ -391,7 +379,7 @@ TEST_CASE("bad data over TCP: short frame, exception, answer from another unit")
     CHECK(sim.stats()["accepted"] <= 3 + 1);  // one connection per device (+ wait_for_port's)
 }
 
-TEST_CASE("bad data: a timeout turns the device down, then backoff; it comes back up") {
+TEST_CASE("bad data: timeouts turn the device down, then one try per retry_every") {
     modbus_sim sim(0, {}, {}, {"--silent"});
     auto dev = tcp_dev("dev", sim.port(), {pt("v", 0)});
     rig r({dev});
@@ -400,9 +388,11 @@ TEST_CASE("bad data: a timeout turns the device down, then backoff; it comes bac
         CHECK(e.quality == ferry::quality::bad);
     CHECK(wait_until([&] { return r.errors("dev", "timeout") >= 2; }, 3000ms));
     CHECK(r.metric("ferry_device_up", {{"device", "dev"}}) == 0);
-    // Backoff: after 2 s at a 100 ms poll interval, far fewer than 20 attempts.
+    // Down after down_after (3) silent polls: after 2 s at a 100 ms poll interval, far fewer
+    // than 20 attempts; with retry_every 30 s, exactly those 3.
     std::this_thread::sleep_for(2000ms);
     CHECK(sim.requests() <= 8);
+    CHECK(sim.requests() == 3);
     CHECK(r.metric("ferry_driver_polls_total", {{"device", "dev"}, {"result", "error"}}) >= 2);
 }
 
