@@ -53,6 +53,8 @@ struct device_rt {
     std::vector<point_id> ids;
     std::vector<block_group> groups;
     bool up = false;
+    bool reported = false;   // its first outcome went to ctx.on_status
+    std::string last_error;  // the reason of its last failed request, for ctx.on_status
     steady::time_point next_due;
     steady::time_point retry_at;
     std::chrono::milliseconds backoff{0};
@@ -373,13 +375,18 @@ struct poller::impl {
     }
 
     void set_up(device_rt& d, bool is_up) {
-        if (d.up == is_up) return;
-        d.up = is_up;
-        d.up_gauge->Set(is_up ? 1 : 0);
-        if (is_up)
-            log::info("modbus", "device up", {{"device", d.cfg.id}});
-        else
-            log::warn("modbus", "device down", {{"device", d.cfg.id}});
+        const bool first = !d.reported;
+        d.reported = true;
+        if (d.up == is_up && !first) return;
+        if (d.up != is_up) {
+            d.up = is_up;
+            d.up_gauge->Set(is_up ? 1 : 0);
+            if (is_up)
+                log::info("modbus", "device up", {{"device", d.cfg.id}});
+            else
+                log::warn("modbus", "device down", {{"device", d.cfg.id}});
+        }
+        if (ctx.on_status) ctx.on_status(d.cfg.id, is_up, is_up ? std::string() : d.last_error);
     }
 
     // ferry_driver_errors_total{device,reason} (and ferry_input_rejected_total for answers
@@ -397,6 +404,7 @@ struct poller::impl {
     void count_error(device_rt& d, const read_result& r, const read_block& b) {
         auto why = reason(r);
         count_reason(d, why);
+        d.last_error = r.err == fault::connect ? why + ": " + d.chan->lnk->name() : why;
         log::debug("modbus", "request failed",
                    {{"device", d.cfg.id},
                     {"reason", why},

@@ -20,6 +20,8 @@
 // request is counted by reason (link.hpp); retries apply to devices that are up. A device that
 // gives no answer at all in a poll goes down
 // (`ferry_device_up` 0, every point `bad`) and is retried with exponential backoff and jitter.
+// Each change of up/down, and a device's first outcome, goes to ctx.on_status (the reason of
+// its last failed request when down: "timeout", "connect: HOST:PORT", ...).
 //
 // Backpressure: publishing to the bus may block (a full spool with when_full: block); while
 // it does, the worker does not poll, and the missed slots are counted as overruns.
