@@ -21,6 +21,7 @@
 #include "core/log.hpp"
 #include "drivers/modbus/codec.hpp"
 #include "drivers/modbus/link.hpp"
+#include "drivers/modbus/link_metrics.hpp"
 #include "drivers/modbus/plan.hpp"
 
 namespace ferry::drivers::modbus {
@@ -307,6 +308,7 @@ struct poller::impl {
             ch.lnk = make_rtu_link(*s.serial);
             ch.port = s.serial->port;
         }
+        ch.lnk = with_metrics(std::move(ch.lnk), ctx.registry);  // per-channel requests
         return &ch;
     }
 
