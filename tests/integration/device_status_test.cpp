@@ -45,6 +45,9 @@ std::map<std::string, mqtt_message> retained_now(const std::string& uri,
             return true;
         },
         timeout);
+    // The broker sends all retained messages at once, in no promised order: let the others
+    // (those not waited for) arrive too.
+    std::this_thread::sleep_for(200ms);
     std::map<std::string, mqtt_message> out;
     for (const auto& m : late.messages())
         out[m.topic] = m;  // the newest per topic
@@ -128,8 +131,10 @@ TEST_CASE(
     // ---- 2. The dead device comes back: "online", with a later since. ----
     modbus_sim revived(dead_port, {"holding:0=u16:9"});
     const auto revived_ms = now_ms();
-    // The dead device is tried on its backoff (up to 30 s; with retry_every, once per it).
-    REQUIRE(wait_until([&] { return !newest_with_state(rec, k_dead, "online").is_null(); }, 40s));
+    // The dead device is tried on its backoff: here after about 3 s (the poll interval doubling
+    // from 200 ms); a down unit probed once per `retry_every` (30 s by default, jittered) needs
+    // up to that, hence the long wait.
+    REQUIRE(wait_until([&] { return !newest_with_state(rec, k_dead, "online").is_null(); }, 60s));
     const auto back = newest_with_state(rec, k_dead, "online");
     CHECK(back["since"].get<std::int64_t>() > dead_since);
     CHECK(back["since"].get<std::int64_t>() >= revived_ms);
@@ -166,18 +171,19 @@ TEST_CASE(
             return metric_value(http_port, "ferry_config_reloads_total{result=\"applied\"}") == 1;
         },
         10s));
+    // (`rec` may still be resubscribing after the broker restart: late subscribers ask.)
     REQUIRE(wait_until(
         [&] {
-            const auto on_dead = rec.messages_on(k_dead);
-            return !on_dead.empty() && on_dead.back().payload.empty();
+            return retained_now(broker.uri(), {k_live, k_box}).count(k_dead) == 0;
         },
         10s));
-    auto fourth = retained_now(broker.uri(), {k_live});
+    auto fourth = retained_now(broker.uri(), {k_live, k_box});
     CHECK(fourth.count(k_dead) == 0);
     REQUIRE(fourth.count(k_live) == 1);
     CHECK(json::parse(fourth[k_live].payload) == live_doc);
 
     // ---- 5. A clean stop: "live" goes offline, reason "stopped", then the gateway. ----
+    mqtt_recorder at_stop(broker.uri(), {"ferry/#"});  // subscribed now, on the new broker
     const auto stop_ms = now_ms();
     CHECK(ferry.stop() == 0);
     auto fifth = retained_now(broker.uri(), {k_live, k_box});
@@ -190,7 +196,13 @@ TEST_CASE(
     REQUIRE(fifth.count(k_box) == 1);
     CHECK(json::parse(fifth[k_box].payload)["reason"] == "stopped");
     // The device's "offline" came before the gateway's own.
-    const auto all = rec.messages();
+    REQUIRE(wait_until(
+        [&] {
+            const auto gw = at_stop.messages_on("ferry/status-gw/status");
+            return !gw.empty() && gw.back().payload == "offline";
+        },
+        5s));
+    const auto all = at_stop.messages();
     std::size_t device_off = all.size(), gateway_off = all.size();
     for (std::size_t i = 0; i < all.size(); ++i) {
         if (all[i].topic == k_live && all[i].payload.find("stopped") != std::string::npos)
