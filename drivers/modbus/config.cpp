@@ -27,11 +27,27 @@ constexpr option k_common_device[] = {
      "Answer timeout of one request (RTU: also the longest silence between two bytes of an "
      "answer)."},
     {"retries", "integer 0..100", "2",
-     "Extra attempts of a failed request while the device is up; a device that is down gets "
-     "one attempt per poll."},
+     "Extra attempts of a failed request while the device answers; a device whose last poll "
+     "went unanswered gets one attempt per request."},
     {"max_gap", "integer 0..124", "16",
      "Unused registers (or bits) a request may bridge to join two points; 0 reads only adjacent "
      "points together."},
+    {"down_after", "integer 1..100", "3",
+     "Polls in a row without any answer (timeouts, refused or broken connections) after which "
+     "the device is down: `ferry_device_up` 0 and tried once per `retry_every` instead of every "
+     "poll, so that the units that answer keep their schedule."},
+    {"retry_every", "duration 1s..24h", "30s",
+     "How often a down device is tried: one attempt, ±20 % jitter, off the poll grid. The first "
+     "answer brings it up and back onto its poll schedule at once."},
+    {"max_registers", "integer 1..125", "125",
+     "Registers per read request (FC 3/4), for devices that refuse long reads; each point must "
+     "fit in one request."},
+    {"max_coils", "integer 1..2000", "2000",
+     "Bits per read request (FC 1/2: coils and discrete inputs), for devices that refuse long "
+     "reads."},
+    {"request_delay", "duration 0s..10s", "0s",
+     "Pause before each request to the device (reads and writes; a serial line stays quiet "
+     "meanwhile), for devices that need a gap between requests."},
 };
 
 template <std::size_t A, std::size_t B>
@@ -47,6 +63,12 @@ constexpr std::array<option, A + B> concat(const option (&a)[A], const option (&
 constexpr option k_tcp_only[] = {
     {"host", "string", "required", "IP address or host name of the Modbus TCP server."},
     {"port", "integer 1..65535", "502", "TCP port."},
+    {"connect_delay", "duration 0s..10s", "0s",
+     "Wait after a connection opens before its first request, for devices (and gateways) that "
+     "drop a request sent at once."},
+    {"close_after_poll", "bool", "false",
+     "Close the connection after each poll and each write, for devices that serve one client "
+     "at a time; the next poll connects again."},
 };
 constexpr option k_rtu_only[] = {
     {"serial", "map", "required",
@@ -86,12 +108,34 @@ constexpr option k_point[] = {
     {"max", "number", "none", "Highest value a command may write, in engineering units."},
 };
 
+// A duration key within lo..hi (the loader checks the form, this the range).
+void set_dur_within(config::loader& ld, const config::map_reader& m, std::string_view key,
+                    config::duration& out, config::duration lo, config::duration hi,
+                    std::string_view range) {
+    const auto v = m.get(key);
+    if (!v) return;
+    config::duration x = out;
+    ld.set_dur(m, key, x, false);
+    if (x < lo || x > hi)
+        ld.fail(*v, "duration '" + std::string(v->node.Scalar()) + "' is out of range (" +
+                        std::string(range) + ")");
+    else
+        out = x;
+}
+
 void read_common(config::loader& ld, const config::map_reader& m, config::device& d,
                  device_settings& s) {
+    using std::chrono::hours;
+    using std::chrono::seconds;
     ld.set_dur(m, "poll_interval", d.poll_interval, true);
     ld.set_dur(m, "timeout", s.timeout, true);
     ld.set(m, "retries", s.retries, 0, 100);
     ld.set(m, "max_gap", s.max_gap, 0, 124);
+    ld.set(m, "down_after", s.down_after, 1, 100);
+    set_dur_within(ld, m, "retry_every", s.retry_every, seconds(1), hours(24), "1s..24h");
+    ld.set(m, "max_registers", s.max_registers, 1, 125);
+    ld.set(m, "max_coils", s.max_coils, 1, 2000);
+    set_dur_within(ld, m, "request_delay", s.request_delay, seconds(0), seconds(10), "0s..10s");
 }
 
 void read_tcp(config::loader& ld, const config::map_reader& m, config::device& d) {
@@ -101,6 +145,9 @@ void read_tcp(config::loader& ld, const config::map_reader& m, config::device& d
     ld.set(m, "port", s.port, 1, 65535);
     ld.set(m, "unit_id", s.unit_id, 0, 255);
     read_common(ld, m, d, s);
+    set_dur_within(ld, m, "connect_delay", s.connect_delay, std::chrono::seconds(0),
+                   std::chrono::seconds(10), "0s..10s");
+    ld.set_bool(m, "close_after_poll", s.close_after_poll);
     d.settings = config::driver_settings::make(std::move(s));
 }
 
@@ -167,11 +214,28 @@ void read_point(config::loader& ld, const config::map_reader& m, config::point& 
     p.settings = config::driver_settings::make(s);
 }
 
+// Every point must fit in one request of max_registers (a point is never cut in two).
+void finish_device(config::loader& ld, const config::map_reader& m, config::device& d) {
+    const auto& s = of(d);
+    // Only a max_registers below the protocol's 125 can be too small for a point.
+    const auto v = m.get("max_registers");
+    if (!v) return;
+    for (const auto& p : d.points) {
+        if (is_bit_table(of(p).tbl)) continue;
+        const auto n = register_count(p);
+        if (n > s.max_registers)
+            ld.fail(*v, "point '" + p.name + "' takes " + std::to_string(n) +
+                            " registers, and a point is read in one request: at least " +
+                            std::to_string(n) + " needed");
+    }
+}
+
 }  // namespace
 
 const config::driver_schema& tcp_schema() {
-    static const config::driver_schema s{"modbus_tcp", k_tcp_device, k_point, {},
-                                         read_tcp,     read_point,   nullptr, {"unit_id", 0, 255}};
+    static const config::driver_schema s{
+        "modbus_tcp", k_tcp_device, k_point,       {},
+        read_tcp,     read_point,   finish_device, {"unit_id", 0, 255}};
     return s;
 }
 
@@ -183,7 +247,7 @@ const config::driver_schema& rtu_schema() {
         {{"devices[].serial", "modbus_rtu and serial_line.", config::k_serial_options}},
         read_rtu,
         read_point,
-        nullptr,
+        finish_device,
         {"unit_id", 1, 247}};
     return s;
 }

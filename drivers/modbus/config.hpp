@@ -32,7 +32,15 @@ struct device_settings {
     int unit_id = 1;
     config::duration timeout{500};
     int retries = 2;
-    std::uint32_t max_gap = 16;                     // unused registers bridged to save a request
+    std::uint32_t max_gap = 16;           // unused registers bridged to save a request
+    int down_after = 3;                   // polls without any answer before the device is down
+    config::duration retry_every{30000};  // a down device is tried once per this (jittered)
+    // Quirks of devices that cannot take what the protocol allows (README "Quirks").
+    std::uint32_t max_registers = 125;  // per read request (FC 3/4)
+    std::uint32_t max_coils = 2000;     // bits per read request (FC 1/2)
+    config::duration request_delay{0};  // pause before each request
+    config::duration connect_delay{0};  // modbus_tcp: after connecting, before the first request
+    bool close_after_poll = false;      // modbus_tcp: a new connection for every poll
     std::optional<config::serial_settings> serial;  // modbus_rtu
 
     bool operator==(const device_settings&) const = default;

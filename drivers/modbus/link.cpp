@@ -13,6 +13,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 namespace ferry::drivers::modbus {
 
@@ -152,7 +153,8 @@ int ms_until(steady::time_point deadline) {
 // Modbus TCP on a plain non-blocking socket: send, poll, recv; usually one recv per answer.
 class tcp_link final : public link {
   public:
-    tcp_link(std::string host, std::uint16_t port) : host_(std::move(host)), port_(port) {}
+    tcp_link(std::string host, std::uint16_t port, std::chrono::milliseconds connect_delay)
+        : host_(std::move(host)), port_(port), connect_delay_(connect_delay) {}
     ~tcp_link() override { close(); }
 
     std::string name() const override { return host_ + ":" + std::to_string(port_); }
@@ -190,8 +192,14 @@ class tcp_link final : public link {
     // on success `answer` is the answer's PDU (inside buf_, valid until the next exchange).
     read_result exchange(int unit, std::span<const std::uint8_t> pdu,
                          std::chrono::milliseconds timeout, std::span<const std::uint8_t>& answer) {
-        const auto deadline = steady::now() + timeout;
-        if (fd_ < 0 && !open(deadline)) return {fault::connect};
+        auto deadline = steady::now() + timeout;
+        if (fd_ < 0) {
+            if (!open(deadline)) return {fault::connect};
+            if (connect_delay_.count() > 0) {
+                std::this_thread::sleep_for(connect_delay_);
+                deadline = steady::now() + timeout;
+            }
+        }
         ++tid_;
         std::array<std::uint8_t, 7 + 253> req{};
         const std::size_t length = 1 + pdu.size();
@@ -305,6 +313,7 @@ class tcp_link final : public link {
 
     std::string host_;
     std::uint16_t port_;
+    std::chrono::milliseconds connect_delay_;
     int fd_ = -1;
     std::uint16_t tid_ = 0;
     std::array<std::uint8_t, 512> buf_{};
@@ -417,8 +426,9 @@ class rtu_link final : public link {
 
 }  // namespace
 
-std::unique_ptr<link> make_tcp_link(std::string host, std::uint16_t port) {
-    return std::make_unique<tcp_link>(std::move(host), port);
+std::unique_ptr<link> make_tcp_link(std::string host, std::uint16_t port,
+                                    std::chrono::milliseconds connect_delay) {
+    return std::make_unique<tcp_link>(std::move(host), port, connect_delay);
 }
 
 std::unique_ptr<link> make_rtu_link(config::serial_settings serial) {

@@ -98,7 +98,10 @@ class link {
     virtual std::string name() const = 0;
 };
 
-std::unique_ptr<link> make_tcp_link(std::string host, std::uint16_t port);
+// `connect_delay`: the wait after a connection opens, before its first request (a device's
+// quirk); the request's timeout starts after it.
+std::unique_ptr<link> make_tcp_link(std::string host, std::uint16_t port,
+                                    std::chrono::milliseconds connect_delay = {});
 std::unique_ptr<link> make_rtu_link(config::serial_settings serial);
 
 }  // namespace ferry::drivers::modbus

@@ -26,8 +26,8 @@ read_block block_of(const std::vector<config::point>& points,
 
 }  // namespace
 
-std::vector<read_block> plan_blocks(const std::vector<config::point>& points,
-                                    std::uint32_t max_gap) {
+std::vector<read_block> plan_blocks(const std::vector<config::point>& points, std::uint32_t max_gap,
+                                    std::uint32_t max_registers, std::uint32_t max_bits) {
     std::vector<std::size_t> order(points.size());
     for (std::size_t i = 0; i < order.size(); ++i)
         order[i] = i;
@@ -40,7 +40,7 @@ std::vector<read_block> plan_blocks(const std::vector<config::point>& points,
     for (auto i : order) {
         const auto& p = of(points[i]);
         const std::uint32_t n = register_count(points[i].type, p);
-        const std::uint32_t limit = is_bit_table(p.tbl) ? k_max_bits : k_max_registers;
+        const std::uint32_t limit = is_bit_table(p.tbl) ? max_bits : max_registers;
         if (!blocks.empty()) {
             auto& b = blocks.back();
             const std::uint32_t end = std::max(b.start + b.count, p.address + n);

@@ -28,7 +28,6 @@ namespace ferry::drivers::modbus {
 namespace {
 
 using steady = std::chrono::steady_clock;
-constexpr auto k_max_backoff = std::chrono::seconds(30);
 // A planned block split on an illegal address is read whole again after this many polls in
 // which all of its pieces were answered; the wait doubles each time the device refuses it
 // again, up to k_regroup_max polls (an address missing for good inside a bridged gap then
@@ -54,11 +53,12 @@ struct device_rt {
     std::vector<point_id> ids;
     std::vector<block_group> groups;
     bool up = false;
+    // Polls in a row in which the device answered nothing; at `down_after` it is down and
+    // tried once per `retry_every`, off the grid, until it answers.
+    int silent_polls = 0;
     bool reported = false;   // its first outcome went to ctx.on_status
     std::string last_error;  // the reason of its last failed request, for ctx.on_status
     steady::time_point next_due;
-    steady::time_point retry_at;
-    std::chrono::milliseconds backoff{0};
     device_status status;  // written by the polling worker under the poller's lock
     std::vector<std::uint16_t> regs = std::vector<std::uint16_t>(k_max_bits);
     std::vector<event> out;
@@ -70,6 +70,7 @@ struct device_rt {
     bool remove_after_poll = false;  // taken out by the worker once its publish returns
     bool keep_series_after = false;
     bool on_grid = false;  // its polls fall on the poller's grid (poller::impl::grid_epoch)
+    bool down() const { return silent_polls >= of(cfg).down_after; }
 
     prometheus::Counter* polls_ok = nullptr;
     prometheus::Counter* polls_error = nullptr;
@@ -271,7 +272,7 @@ struct poller::impl {
             if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
             rt->ids.push_back(*id);
         }
-        for (auto& b : plan_blocks(d.points, of(d).max_gap)) {
+        for (auto& b : plan_blocks(d.points, of(d).max_gap, of(d).max_registers, of(d).max_coils)) {
             block_group g;
             g.parts.push_back(b);
             g.whole = std::move(b);
@@ -303,7 +304,7 @@ struct poller::impl {
         channels.push_back(std::make_unique<channel>());
         auto& ch = *channels.back();
         if (d.driver == "modbus_tcp") {
-            ch.lnk = make_tcp_link(s.host, s.port);
+            ch.lnk = make_tcp_link(s.host, s.port, s.connect_delay);
         } else {
             ch.lnk = make_rtu_link(*s.serial);
             ch.port = s.serial->port;
@@ -383,12 +384,21 @@ struct poller::impl {
         if (d.up != is_up) {
             d.up = is_up;
             d.up_gauge->Set(is_up ? 1 : 0);
-            if (is_up)
-                log::info("modbus", "device up", {{"device", d.cfg.id}});
-            else
-                log::warn("modbus", "device down", {{"device", d.cfg.id}});
+            if (is_up) log::info("modbus", "device up", {{"device", d.cfg.id}});
         }
         if (ctx.on_status) ctx.on_status(d.cfg.id, is_up, is_up ? std::string() : d.last_error);
+    }
+
+    // `down_after` polls in a row went unanswered: also logged for a device that never
+    // answered since the start (it was never up, but from now on it is tried only once per
+    // retry_every).
+    void set_down(device_rt& d) {
+        set_up(d, false);
+        const auto& s = of(d.cfg);
+        log::warn("modbus", "device down; trying it once per retry_every",
+                  {{"device", d.cfg.id},
+                   {"silent_polls", std::to_string(s.down_after)},
+                   {"retry_every_ms", std::to_string(s.retry_every.count())}});
     }
 
     // ferry_driver_errors_total{device,reason} (and ferry_input_rejected_total for answers
@@ -414,15 +424,17 @@ struct poller::impl {
                     {"count", std::to_string(b.count)}});
     }
 
-    // One block, with retries for a device that is up. A protocol exception is the device's
-    // definite answer and is not retried.
+    // One block, with retries for a device that answered its last poll. A protocol exception
+    // is the device's definite answer and is not retried. A device that went silent gets one
+    // attempt per request: on a serial line each retry would cost the other units a timeout.
     read_result read_block_once(device_rt& d, const read_block& b, poll_outcome& o) {
         const auto& s = of(d.cfg);
-        const int attempts = d.up ? 1 + s.retries : 1;
+        const int attempts = d.up && d.silent_polls == 0 ? 1 + s.retries : 1;
         read_result r;
         for (int a = 0; a < attempts; ++a) {
             if (a > 0 && halting.load(std::memory_order_relaxed)) break;
             ++o.requests;
+            pause_before_request(s);
             r = d.chan->lnk->read(s.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
                                   static_cast<std::uint16_t>(b.count), s.timeout, d.regs.data());
             if (r.ok()) return r;
@@ -430,6 +442,18 @@ struct poller::impl {
             if (r.err == fault::exception) return r;
         }
         return r;
+    }
+
+    // request_delay: the device's pause before each request, the channel held (a serial line
+    // stays quiet). Cut short when the poller stops, which then waits for one request only.
+    void pause_before_request(const device_settings& s) const {
+        auto left = s.request_delay;
+        while (left.count() > 0 && !halting.load(std::memory_order_relaxed)) {
+            const auto step =
+                std::min<std::chrono::milliseconds>(left, std::chrono::milliseconds(50));
+            std::this_thread::sleep_for(step);
+            left -= step;
+        }
     }
 
     void emit(device_rt& d, const read_block& b, bool ok, wall_clock::time_point ts) {
@@ -558,6 +582,8 @@ struct poller::impl {
                 g.clean_polls = parts_ok ? g.clean_polls + 1 : 0;
             }
         }
+        // A device that serves one client at a time: let the others in until the next poll.
+        if (of(d.cfg).close_after_poll) d.chan->lnk->close();
         if (!d.out.empty()) {
             const auto first = ctx.seq.next_n(d.out.size());
             for (std::size_t i = 0; i < d.out.size(); ++i)
@@ -565,25 +591,17 @@ struct poller::impl {
         }
         d.poll_seconds->Observe(std::chrono::duration<double>(steady::now() - began).count());
         o.ok = all_ok;
-        if (all_ok) {
+        if (all_ok)
             d.polls_ok->Increment();
-            d.backoff = std::chrono::milliseconds(0);
-            d.retry_at = {};
-        } else {
+        else
             d.polls_error->Increment();
-        }
         if (answered) {
+            d.silent_polls = 0;
             set_up(d, true);
-            d.backoff = std::chrono::milliseconds(0);
-            d.retry_at = {};
-        } else {
-            set_up(d, false);
-            // Exponential backoff with jitter for a device that does not answer at all.
-            const auto base = d.backoff.count() == 0 ? d.cfg.poll_interval : d.backoff * 2;
-            d.backoff = std::min<std::chrono::milliseconds>(base, k_max_backoff);
-            std::uniform_real_distribution<double> jitter(0.8, 1.2);
-            d.retry_at = steady::now() + std::chrono::milliseconds(static_cast<std::int64_t>(
-                                             static_cast<double>(d.backoff.count()) * jitter(rng)));
+        } else if (++d.silent_polls == of(d.cfg).down_after) {
+            set_down(d);
+        } else if (d.down()) {
+            d.silent_polls = of(d.cfg).down_after;  // no overflow however long it stays down
         }
         std::uint64_t good = 0;
         for (const auto& e : d.out)
@@ -600,14 +618,24 @@ struct poller::impl {
         return o;
     }
 
+    // With the lock held (rng).
     void reschedule(device_rt& d, steady::time_point now) {
+        if (d.down()) {
+            // Tried once per retry_every, jittered so that the down units of a line do not
+            // all fall on one slot, and off the grid: one timeout, at a random time.
+            std::uniform_real_distribution<double> jitter(0.8, 1.2);
+            d.on_grid = false;
+            d.next_due =
+                now + std::chrono::milliseconds(static_cast<std::int64_t>(
+                          static_cast<double>(of(d.cfg).retry_every.count()) * jitter(rng)));
+            return;
+        }
         if (!d.on_grid) {
-            // Added by a reload: its first poll went at once; from now on it keeps the grid.
+            // Added by a reload, or back up after being down: its poll went at once; from now
+            // on it keeps the grid.
             d.on_grid = true;
             const auto iv = d.cfg.poll_interval;
             d.next_due = grid_epoch + ((now - grid_epoch) / iv + 1) * iv;
-            while (d.next_due < d.retry_at)
-                d.next_due += iv;
             return;
         }
         d.next_due += d.cfg.poll_interval;
@@ -617,9 +645,6 @@ struct poller::impl {
             d.overruns->Increment(static_cast<double>(missed));
             d.status.overruns += static_cast<std::uint64_t>(missed);
         }
-        // A device in backoff waits for its retry time, aligned to its poll grid.
-        while (d.next_due < d.retry_at)
-            d.next_due += d.cfg.poll_interval;
     }
 
     void worker() {
@@ -737,8 +762,10 @@ bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
     cv.notify_one();           // someone else watches the clock meanwhile
     lock.unlock();
     const auto& cfg = w.device->cfg;
+    pause_before_request(of(cfg));
     const auto r =
         chan->lnk->write(of(cfg).unit_id, w.function, w.address, w.values, of(cfg).timeout);
+    if (of(cfg).close_after_poll) chan->lnk->close();
     write_result out;
     out.ok = r.ok();
     out.attempted = r.err != fault::connect;

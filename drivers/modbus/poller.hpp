@@ -4,8 +4,8 @@
 // Channels: a TCP device is a channel of its own (one connection); all modbus_rtu devices on
 // one serial port form one channel (one libmodbus context, every unit id on it). A channel is
 // served by one worker at a time, so a serial bus is one scheduler: a silent unit costs the others
-// its timeout and nothing more (a device that is down gets one attempt per poll, no retries, and
-// polls on its backoff schedule).
+// its timeout and nothing more (a device whose last poll went unanswered gets one attempt per
+// poll, no retries; once down, one attempt per retry_every).
 //
 // Scheduling: every device polls at a fixed rate without drift (next = previous + interval);
 // a poll that overruns its slot skips the missed slots and counts them as overruns — missed
@@ -17,9 +17,10 @@
 // have been answered for a few polls it is read whole again (the exception may have passed:
 // a booting device), with a doubling wait while the device keeps refusing it. A NaN or
 // infinite value is published `bad` (reason not_finite), never `good` with null. Every failed
-// request is counted by reason (link.hpp); retries apply to devices that are up. A device that
-// gives no answer at all in a poll goes down
-// (`ferry_device_up` 0, every point `bad`) and is retried with exponential backoff and jitter.
+// request is counted by reason (link.hpp); retries apply to devices that answered their last
+// poll. A device that answers nothing in `down_after` polls in a row goes down
+// (`ferry_device_up` 0) and is tried once per `retry_every` (±20 %), off the poll grid; the
+// first answer brings it up and back onto the grid at once. Unanswered points are `bad`.
 // Each change of up/down, and a device's first outcome, goes to ctx.on_status (the reason of
 // its last failed request when down: "timeout", "connect: HOST:PORT", ...).
 //
@@ -35,7 +36,8 @@
 // are never retried: a write that timed out may have happened.
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
-// finishes or times out first, at most `timeout`; the poll it belongs to skips its retries
+// finishes or times out first, at most `timeout`, plus `connect_delay` when it connects; a
+// `request_delay` is cut short; the poll it belongs to skips its retries
 // and remaining blocks and publishes what it read, so a slow device with many blocks does not
 // hold up a stop). Building checks the configuration
 // (conflicting serial settings, a unit id twice on one port) and touches no device.

@@ -304,19 +304,6 @@ struct rig : ferry::test::poller_rig {
             if (points.get(e.point).tag == tag) out.push_back(e);
         return out;
     }
-    double metric(const std::string& name, const std::map<std::string, std::string>& labels) {
-        double sum = 0;
-        for (const auto& fam : registry.Collect()) {
-            if (fam.name != name) continue;
-            for (const auto& m : fam.metric) {
-                std::size_t hits = 0;
-                for (const auto& l : m.label)
-                    hits += labels.count(l.name) && labels.at(l.name) == l.value ? 1 : 0;
-                if (hits == labels.size()) sum += m.counter.value + m.gauge.value;
-            }
-        }
-        return sum;
-    }
     double errors(const std::string& device, const std::string& reason) {
         return metric("ferry_driver_errors_total", {{"device", device}, {"reason", reason}});
     }

@@ -598,7 +598,8 @@ std::map<std::string, std::uint64_t> rtu_server::stats() const {
 
 // ---- pymodbus_sim --------------------------------------------------------------------------
 
-pymodbus_sim::pymodbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file)
+pymodbus_sim::pymodbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file,
+                           std::vector<std::string> extra)
     : port_(port ? port : free_port()), dir_(std::make_unique<temp_dir>()) {
     std::vector<std::string> argv{"/usr/bin/python3",
                                   std::string(FERRY_SOURCE_DIR) + "/tests/tools/pymodbus_server.py",
@@ -607,6 +608,8 @@ pymodbus_sim::pymodbus_sim(std::uint16_t port, std::vector<std::string> sets, st
         argv.push_back("--set");
         argv.push_back(std::move(s));
     }
+    for (auto& e : extra)
+        argv.push_back(std::move(e));
     if (log_file.empty()) log_file = dir_->file("pymodbus_server.log");
     proc_ = start_server(argv, log_file, port_, 20000ms);  // Python imports take a while
 }

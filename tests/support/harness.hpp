@@ -158,10 +158,12 @@ class modbus_sim {
 
 // pymodbus's server (tests/tools/pymodbus_server.py, run by /usr/bin/python3) on
 // 127.0.0.1:port (0: a free port) with the same "--set" syntax: an independent Modbus
-// implementation. Answers any unit id. The constructor returns once the port accepts.
+// implementation. Answers any unit id. The constructor returns once the port accepts. `extra`
+// goes to the server as it is (e.g. {"--log", FILE}: its request log).
 class pymodbus_sim {
   public:
-    pymodbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file = {});
+    pymodbus_sim(std::uint16_t port, std::vector<std::string> sets, std::string log_file = {},
+                 std::vector<std::string> extra = {});
     ~pymodbus_sim();
     std::uint16_t port() const { return port_; }
     void stop();

@@ -6,7 +6,9 @@
 #include <prometheus/registry.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/bus.hpp"
@@ -39,6 +41,21 @@ struct poller_rig {
     ~poller_rig() { poller->stop(); }
     poller_rig(const poller_rig&) = delete;
     poller_rig& operator=(const poller_rig&) = delete;
+
+    // The sum of the counters and gauges of `name` whose labels include `labels`.
+    double metric(const std::string& name, const std::map<std::string, std::string>& labels) {
+        double sum = 0;
+        for (const auto& fam : registry.Collect()) {
+            if (fam.name != name) continue;
+            for (const auto& m : fam.metric) {
+                std::size_t hits = 0;
+                for (const auto& l : m.label)
+                    hits += labels.count(l.name) && labels.at(l.name) == l.value ? 1 : 0;
+                if (hits == labels.size()) sum += m.counter.value + m.gauge.value;
+            }
+        }
+        return sum;
+    }
 
     // Every event so far, in order.
     const std::vector<ferry::event>& events() {

@@ -26,6 +26,13 @@ Strings: two characters per register, high byte first; badc/dcba swap the bytes 
 register. The encoding here is written with `struct`, independently of modbus_encode.hpp,
 so that the two simulators cross-check each other.
 
+--units SPEC answers only these unit ids ("1-27", "1,2,5" or both: "1-3,7"); the others get
+no answer at all (a unit that is not there). --answer-after UNIT=SECONDS makes UNIT answer only
+from SECONDS after the server serves (a unit that comes back). --log FILE writes one line per
+request, flushed: "MS UNIT FC ADDRESS COUNT" for a read or write of the datastore, "MS UNIT
+silent" for a request left unanswered, and "MS connect" for each TCP connection accepted (MS:
+Unix time in milliseconds, with a fraction).
+
 Addresses are 0-based protocol addresses. pymodbus's ModbusSlaveContext adds 1 to every
 address unless zero_mode=True (its "Modicon 1-based" convention); we use zero_mode=True so
 that a read of protocol address N returns what --set put at N.
@@ -39,13 +46,19 @@ import logging
 import signal
 import struct
 import sys
+import time
 
 from pymodbus.datastore import (
     ModbusSequentialDataBlock,
     ModbusServerContext,
     ModbusSlaveContext,
 )
-from pymodbus.server.async_io import ModbusSerialServer, ModbusTcpServer
+from pymodbus.exceptions import NoSuchSlaveException
+from pymodbus.server.async_io import (
+    ModbusConnectedRequestHandler,
+    ModbusSerialServer,
+    ModbusTcpServer,
+)
 from pymodbus.transaction import ModbusRtuFramer
 
 SIZE = 65536  # every table covers the whole protocol address space
@@ -117,6 +130,65 @@ def parse_set(spec: str):
     return table, address, values
 
 
+def parse_units(spec: str) -> set:
+    """'1-3,7' -> {1, 2, 3, 7}."""
+    units = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        units.update(range(int(lo), int(hi or lo) + 1))
+    return units
+
+
+class RequestLog:
+    """The --log file: one flushed line per request."""
+
+    def __init__(self, path):
+        self.out = open(path, "a", encoding="ascii") if path else None
+
+    def write(self, *fields) -> None:
+        if self.out:
+            print(f"{time.time() * 1000:.1f}", *fields, file=self.out, flush=True)
+
+
+class LoggingSlave(ModbusSlaveContext):
+    """The datastore, logging each access with the unit id the request named."""
+
+    def __init__(self, log, **kwargs):
+        super().__init__(**kwargs)
+        self.log = log
+        self.unit = 0  # set by UnitFilter before each request (one request at a time)
+
+    def getValues(self, fc_as_hex, address, count=1):
+        self.log.write(self.unit, fc_as_hex, address, count)
+        return super().getValues(fc_as_hex, address, count)
+
+    def setValues(self, fc_as_hex, address, values):
+        self.log.write(self.unit, fc_as_hex, address, len(values))
+        super().setValues(fc_as_hex, address, values)
+
+
+class UnitFilter(ModbusServerContext):
+    """One datastore for every unit id that answers (--units, --answer-after); no answer for
+    the others (with ignore_missing_slaves: pymodbus then sends nothing)."""
+
+    def __init__(self, slave, units, answer_after, log):
+        super().__init__(slaves=slave, single=True)
+        self.slave = slave
+        self.units = units  # None: every unit id
+        self.answer_after = answer_after  # unit -> monotonic time from which it answers
+        self.log = log
+
+    def __getitem__(self, unit):
+        late = self.answer_after.get(unit)
+        if (self.units is not None and unit not in self.units and late is None) or (
+            late is not None and time.monotonic() < late
+        ):
+            self.log.write(unit, "silent")
+            raise NoSuchSlaveException(f"unit {unit} does not answer")
+        self.slave.unit = unit
+        return self.slave
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group(required=True)
@@ -125,7 +197,16 @@ def main() -> int:
     parser.add_argument("--baud", type=int, default=9600)
     parser.add_argument("--parity", choices=("N", "E", "O"), default="N")
     parser.add_argument("--set", action="append", default=[], dest="sets")
+    parser.add_argument("--units")
+    parser.add_argument("--answer-after", action="append", default=[], dest="answer_after")
+    parser.add_argument("--log")
     args = parser.parse_args()
+    log = RequestLog(args.log)
+    units = parse_units(args.units) if args.units else None
+    answer_after = {}
+    for spec in args.answer_after:
+        unit, _, seconds = spec.partition("=")
+        answer_after[int(unit)] = float(seconds)
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -139,14 +220,26 @@ def main() -> int:
         blocks[table].setValues(address, values)
 
     # zero_mode=True: protocol address N is datastore address N (see the module docstring).
-    slave = ModbusSlaveContext(
+    slave = LoggingSlave(
+        log,
         hr=blocks["holding"],
         ir=blocks["input"],
         co=blocks["coil"],
         di=blocks["discrete"],
         zero_mode=True,
     )
-    context = ModbusServerContext(slaves=slave, single=True)  # answers any unit id
+    context = UnitFilter(slave, units, answer_after, log)
+
+    class LoggingHandler(ModbusConnectedRequestHandler):
+        def connection_made(self, transport):
+            log.write("connect")
+            super().connection_made(transport)
+
+    def start_clock() -> None:
+        # --answer-after counts from when the server serves.
+        now = time.monotonic()
+        for unit in answer_after:
+            answer_after[unit] += now
 
     async def run_serial() -> None:
         server = ModbusSerialServer(
@@ -157,6 +250,7 @@ def main() -> int:
             parity=args.parity,
             bytesize=8,
             stopbits=1,
+            ignore_missing_slaves=True,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -165,13 +259,18 @@ def main() -> int:
         await server.start()
         if server.transport is None:
             raise OSError(f"cannot open {args.serial}")
+        start_clock()
         print(f"pymodbus_server: serving RTU on {args.serial}", file=sys.stderr, flush=True)
         await stop.wait()
         await server.shutdown()
 
     async def run() -> None:
         server = ModbusTcpServer(
-            context, address=("127.0.0.1", args.port), allow_reuse_address=True
+            context,
+            address=("127.0.0.1", args.port),
+            allow_reuse_address=True,
+            handler=LoggingHandler,
+            ignore_missing_slaves=True,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -183,6 +282,7 @@ def main() -> int:
         await asyncio.wait({serving, server.serving}, return_when=asyncio.FIRST_COMPLETED)
         if serving.done():
             serving.result()  # raises the bind error
+        start_clock()
         print(f"pymodbus_server: listening on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
         await stop.wait()
         await server.shutdown()

@@ -567,3 +567,53 @@ TEST_CASE("load_hooks replace file reads and the environment; their budgets stil
               "larger than 65536 bytes");
     }
 }
+
+TEST_CASE("modbus down_after and retry_every (issue 17)") {
+    const std::string head =
+        "gateway: { id: g }\ndevices:\n  - id: d\n    driver: modbus_tcp\n"
+        "    host: h\n    points: [ { name: t, address: 0 } ]\n";
+    auto c = ferry::load_config_text(head, "t.yaml");
+    CHECK(mb::of(c.devices[0]).down_after == 3);
+    CHECK(mb::of(c.devices[0]).retry_every == 30s);
+    c = ferry::load_config_text(head + "    down_after: 1\n    retry_every: 1s\n", "t.yaml");
+    CHECK(mb::of(c.devices[0]).down_after == 1);
+    CHECK(mb::of(c.devices[0]).retry_every == 1s);
+    c = ferry::load_config_text(head + "    down_after: 100\n    retry_every: 24h\n", "t.yaml");
+    CHECK(mb::of(c.devices[0]).down_after == 100);
+    CHECK(mb::of(c.devices[0]).retry_every == 24h);
+    // Out of range and malformed values: the modbus_backoff_keys golden case.
+}
+
+TEST_CASE(
+    "modbus quirk settings: max_registers, max_coils, request_delay, connect_delay, "
+    "close_after_poll (issue 17)") {
+    const std::string head =
+        "gateway: { id: g }\ndevices:\n  - id: d\n    driver: modbus_tcp\n"
+        "    host: h\n    points: [ { name: t, address: 0 } ]\n";
+    auto c = ferry::load_config_text(head, "t.yaml");
+    auto s = mb::of(c.devices[0]);
+    CHECK(s.max_registers == 125);
+    CHECK(s.max_coils == 2000);
+    CHECK(s.request_delay == 0ms);
+    CHECK(s.connect_delay == 0ms);
+    CHECK_FALSE(s.close_after_poll);
+    c = ferry::load_config_text(head +
+                                    "    max_registers: 1\n    max_coils: 1\n"
+                                    "    request_delay: 20ms\n    connect_delay: 10s\n"
+                                    "    close_after_poll: true\n",
+                                "t.yaml");
+    s = mb::of(c.devices[0]);
+    CHECK(s.max_registers == 1);
+    CHECK(s.max_coils == 1);
+    CHECK(s.request_delay == 20ms);
+    CHECK(s.connect_delay == 10s);
+    CHECK(s.close_after_poll);
+    // A point fits in max_registers exactly; a string of 8 needs 8.
+    CHECK_NOTHROW(ferry::load_config_text(
+        "gateway: { id: g }\ndevices:\n  - id: d\n    driver: modbus_rtu\n"
+        "    serial: { port: /dev/x }\n    max_registers: 8\n"
+        "    points: [ { name: s, address: 0, type: string, length: 8 } ]\n",
+        "t.yaml"));
+    // Out of range, malformed, on the wrong driver, a point too long: the modbus_quirk_keys
+    // golden case.
+}

@@ -140,3 +140,61 @@ TEST_CASE("split_block cuts at the widest gap, bisecting runs of equal gaps") {
     CHECK(d.points.size() == 4);
     CHECK(d.start == 4);
 }
+
+TEST_CASE("max_registers and max_coils cap a request; a point is never cut (issue 17)") {
+    std::vector<point> regs;
+    for (std::uint32_t a = 0; a < 10; ++a)
+        regs.push_back(make(table::holding, a));
+    auto blocks = plan_blocks(regs, 16, 4, 2000);
+    REQUIRE(blocks.size() == 3);
+    CHECK(blocks[0].start == 0);
+    CHECK(blocks[0].count == 4);
+    CHECK(blocks[1].start == 4);
+    CHECK(blocks[1].count == 4);
+    CHECK(blocks[2].start == 8);
+    CHECK(blocks[2].count == 2);
+    // A float32 at 3..4 does not fit beside 0..2 in 4 registers: it starts the next request.
+    std::vector<point> mixed{make(table::holding, 0), make(table::holding, 1),
+                             make(table::holding, 2), make(table::holding, 3, point_type::float32),
+                             make(table::holding, 5)};
+    blocks = plan_blocks(mixed, 16, 4, 2000);
+    REQUIRE(blocks.size() == 2);
+    CHECK(blocks[0].count == 3);
+    CHECK(blocks[1].start == 3);
+    CHECK(blocks[1].count == 3);
+    // The cap counts bridged gaps too: 0 and 3 fit in 4 registers, 0 and 4 do not.
+    CHECK(plan_blocks({make(table::holding, 0), make(table::holding, 3)}, 16, 4, 2000).size() == 1);
+    CHECK(plan_blocks({make(table::holding, 0), make(table::holding, 4)}, 16, 4, 2000).size() == 2);
+    // Bits: 5 coils and 3 discrete inputs at max_coils 2.
+    std::vector<point> bits;
+    for (std::uint32_t a = 0; a < 5; ++a)
+        bits.push_back(make(table::coil, a));
+    for (std::uint32_t a = 0; a < 3; ++a)
+        bits.push_back(make(table::discrete, a));
+    blocks = plan_blocks(bits, 16, 125, 2);
+    check_cover(bits, blocks);
+    CHECK(blocks.size() == 3 + 2);
+    for (const auto& b : blocks)
+        CHECK(b.count <= 2);
+    // Random layouts: every block within the caps, every point covered once.
+    std::mt19937 rng(17);
+    for (int round = 0; round < 200; ++round) {
+        std::vector<point> pts;
+        std::uniform_int_distribution<std::uint32_t> addr(0, 300);
+        for (int i = 0; i < 30; ++i)
+            pts.push_back(make(table::holding, addr(rng),
+                               i % 3 == 0 ? point_type::float32 : point_type::uint16));
+        std::sort(pts.begin(), pts.end(),
+                  [](const point& a, const point& b) { return of(a).address < of(b).address; });
+        pts.erase(std::unique(pts.begin(), pts.end(),
+                              [](const point& a, const point& b) {
+                                  return of(a).address == of(b).address;
+                              }),
+                  pts.end());
+        const std::uint32_t cap = 2 + static_cast<std::uint32_t>(round % 20);
+        blocks = plan_blocks(pts, static_cast<std::uint32_t>(round % 8), cap, 2000);
+        check_cover(pts, blocks);
+        for (const auto& b : blocks)
+            CHECK(b.count <= cap);
+    }
+}
