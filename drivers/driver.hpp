@@ -7,6 +7,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include <functional>
 #include <string>
 
 #include "core/bus.hpp"
@@ -15,6 +16,14 @@
 
 namespace ferry::drivers {
 
+// A device's state as its driver sees it: `up` (it answers) or not, and when not, why (a
+// short reason: "timeout", "connect: 127.0.0.1:502", "port lost: ..."). Called on every
+// change, and once for the first outcome after the device starts (or restarts after a reload),
+// from the driver's thread without its locks held: it must return quickly and must not call
+// back into the driver.
+using status_hook =
+    std::function<void(const std::string& device, bool up, const std::string& reason)>;
+
 struct driver_context {
     ferry::bus& bus;
     seq_source& seq;
@@ -22,6 +31,9 @@ struct driver_context {
     prometheus::Registry& registry;
     // The spool's file (upstream.spool.path), for drivers that report on the box itself.
     std::string spool_path = {};
+    // Where device state changes go (the daemon: ferry/{gateway}/device/{device}/status);
+    // may be empty.
+    status_hook on_status = {};
 };
 
 // Registering a family twice returns the same family, so each driver builds its own view.

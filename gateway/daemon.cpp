@@ -1,13 +1,15 @@
 // The daemon: builds the pipeline from a loaded config, runs it, reloads it, stops it.
 //
 // Build (constructor): the spool, then the identity (seq marks) and the seq source, the bus,
-// the rule engine and its `block` subscription, one source per registered driver
-// (drivers/registry.hpp; they get their devices, not started), the publisher, the HTTP server
+// the rule engine and its `block` subscription, the device status board (device_status.hpp),
+// one source per registered driver (drivers/registry.hpp; they get their devices, not
+// started, and report up/down to the board), the publisher, the HTTP server
 // and read model, the command service. Nothing runs yet.
 // Start (run): HTTP, the read thread, commands, the publisher, the rule thread, and last the
 // sources: every consumer is there before the first event is sampled.
 // Stop (SIGTERM/SIGINT): the reverse where it matters for data: the sources stop first (a
-// poll under way finishes; queued writes are answered unsent), then commands; the rule
+// poll under way finishes; queued writes are answered unsent; online devices' statuses turn
+// "offline", reason "stopped"), then commands; the rule
 // subscription closes and the rule thread drains it and writes every open batch to the spool;
 // then the read thread; the publisher delivers from the spool for what is left of the stop
 // budget; the spool closes; HTTP last. A guard releases a wedged pipeline (no room in a
@@ -15,9 +17,9 @@
 // Reload (SIGHUP): load and validate the whole file; sections that change only at a restart
 // are compared first (restart_required); each driver's check runs on its new devices; then,
 // past the last point that can fail: new points interned and routed, a new rule engine
-// handed to the rule thread, the read model, each source updated (devices that changed
-// driver leave the old source before they join the new one), the command service's devices,
-// the log level.
+// handed to the rule thread, the read model, the device status board, each source updated (devices
+// that changed driver leave the old source before they join the new one), the command service's
+// devices, the log level.
 #include "gateway/daemon.hpp"
 
 #include <malloc.h>
@@ -41,6 +43,7 @@
 #include "core/seq.hpp"
 #include "drivers/registry.hpp"
 #include "gateway/components.hpp"
+#include "gateway/device_status.hpp"
 #include "gateway/http_server.hpp"
 #include "gateway/read_model.hpp"
 #include "rules/engine.hpp"
@@ -112,6 +115,9 @@ struct daemon::impl {
     std::unique_ptr<ferry::bus> bus;
     std::unique_ptr<rules::engine> engine;
     std::shared_ptr<subscription> rule_sub;
+    // Device status upstream (ferry/{gateway}/device/{device}/status), from the drivers'
+    // reports to the publisher's retained states.
+    std::unique_ptr<device_status_board> statuses;
     // One source per registered driver, in drivers::registered() order.
     std::vector<std::unique_ptr<drivers::source>> sources;
     std::unique_ptr<upstream::mqtt_publisher> publisher;
@@ -241,11 +247,24 @@ struct daemon::impl {
         lost_mirror.counter = events_dropped_by[static_cast<std::size_t>(drop::shutdown)];
 
         // Each driver gets its devices; the loader accepted only drivers that are registered.
+        // Their reports of up/down reach the board only once everything runs (start()).
+        statuses = std::make_unique<device_status_board>(
+            cfg.gateway.id, drivers::device_ids(cfg.devices),
+            [this](const std::string& topic, std::string payload) {
+                publisher->set_retained(topic, std::move(payload));
+            });
+        const drivers::driver_context ctx{
+            *bus,
+            *seq,
+            points,
+            registry,
+            cfg.upstream.spool.path,
+            [this](const std::string& device, bool up, const std::string& reason) {
+                statuses->report(device, up, reason);
+            }};
         auto devices_of = split_by_driver(cfg.devices);
         for (std::size_t i = 0; i < devices_of.size(); ++i)
-            sources.push_back(drivers::registered()[i]->make(
-                std::move(devices_of[i]),
-                drivers::driver_context{*bus, *seq, points, registry, cfg.upstream.spool.path}));
+            sources.push_back(drivers::registered()[i]->make(std::move(devices_of[i]), ctx));
         publisher = std::make_unique<upstream::mqtt_publisher>(
             cfg.upstream.mqtt, cfg.gateway.id, *spool, registry, cfg.dead_letter.topic);
         if (cfg.http.enabled) {
@@ -617,6 +636,7 @@ struct daemon::impl {
         // A source that takes writes answers those still queued: nothing was written.
         for (auto& src : sources)
             src->stop();
+        statuses->stopped();  // published before the gateway's "offline" (publisher->stop)
         commands->stop();
         rule_sub->close();
         rule_thread.join();
@@ -769,6 +789,9 @@ bool daemon::impl::apply(config::config next) {
             refs.push_back({d.id, d.driver});
         reads->reconfigure(std::move(refs), live);
     }
+    // Before the sources run new devices (their reports would be ignored); clears the topics
+    // of removed ones.
+    statuses->reconfigure(drivers::device_ids(next.devices));
     // A device that changed driver leaves the old one before it joins the new one (they
     // share its series).
     const auto registered = drivers::registered();

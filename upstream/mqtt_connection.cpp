@@ -1,7 +1,8 @@
 // The sender thread's connection life cycle (design note in mqtt_publisher.cpp): connect over
 // the uris in order, backoff with jitter (cut short when a probed port opens again), reset
 // after a loss, a failed publish or an ack timeout (a fresh Paho client, resend from the
-// oldest), and the shutdown with "offline".
+// oldest), and the shutdown with "offline". Retained states (mqtt_states.cpp) go after each
+// connect's "online" and before the shutdown's "offline".
 #include "upstream/mqtt_publisher_impl.hpp"
 
 #include <algorithm>
@@ -206,6 +207,9 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                 log::warn(k_component, "status publish failed",
                           {{"topic", status_topic_}, {"error", e.what()}});
             }
+            // Every device's status again, after the gateway's: the broker may have lost them
+            // (a restart without persistence), or missed a change while we were away.
+            states_after_connect();
             subscribe_after_connect();
             return true;
         } catch (const mqtt::exception& e) {
@@ -320,6 +324,7 @@ void mqtt_publisher::impl::run() {
             settle_refusals(cursor);
             continue;
         }
+        publish_states();
         fill_window(cursor);
     }
     shutdown();
@@ -328,6 +333,8 @@ void mqtt_publisher::impl::run() {
 void mqtt_publisher::impl::shutdown() {
     const bool was_connected = connected_ && client_->is_connected();
     if (was_connected) {
+        // States set during the stop (devices "offline"), before the gateway's own "offline".
+        publish_states(true);
         // A clean DISCONNECT does not fire the will, so say "offline" ourselves.
         try {
             auto tok = client_->publish(status_topic_, std::string("offline"), 1, true);

@@ -157,8 +157,9 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
     conn_opts_.set_connect_timeout(k_connect_timeout);
     conn_opts_.set_automatic_reconnect(false);
     // Room for the window plus the status message, plus answers to downlink commands
-    // (publish_result), which do not count against the spool's window.
-    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2 + k_result_room);
+    // (publish_result) and retained states (device status), which do not count against the
+    // spool's window.
+    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2 + k_result_room + k_state_room);
     if (!settings_.username.empty()) conn_opts_.set_user_name(settings_.username);
     if (!settings_.password.empty()) conn_opts_.set_password(settings_.password);
     conn_opts_.set_will(mqtt::will_options(status_topic_, std::string("offline"), 1, true));

@@ -15,6 +15,8 @@
 // dead_letters table, counted, announced on the dead-letter topic; the stream goes on in order.
 // Publishes a retained "online" on ferry/{gateway}/status after each connect, with a retained
 // last will "offline".
+// Retained states (set_retained: device status) are kept apart from the spool, newest payload
+// per topic, and published after that "online" at every connect and on every change.
 //
 // Downlink (commands): with set_subscription(), the publisher subscribes to one topic filter
 // at QoS 1 after every connect (sessions start clean, so also after every reconnect) and
@@ -74,6 +76,14 @@ class mqtt_publisher {
     // Publishes at QoS 1, not retained, without the spool. Thread-safe. False (and logged)
     // when not connected or Paho refuses it: the message is then dropped.
     bool publish_result(const std::string& topic, const std::string& payload);
+
+    // ---- Retained states (device status) ----
+    // Makes `payload` the retained message of `topic` (QoS 1), apart from the spool: the
+    // sender thread publishes it within ~0.1 s while connected, and again after every connect
+    // (only the newest payload of a topic). An empty payload clears the topic's retained
+    // message on the broker once (now or at the next connect) and forgets the topic. States set
+    // before stop() are published before the "offline" status. Thread-safe.
+    void set_retained(const std::string& topic, std::string payload);
 
   private:
     struct impl;

@@ -4,6 +4,7 @@
 //   mqtt_connection.cpp    the sender thread: connect and failover, backoff, reset, shutdown
 //   mqtt_window.cpp        the in-flight window: publish, deliveries, ack timeout, refusals
 //   mqtt_dead_letters.cpp  spooled messages that can never be delivered
+//   mqtt_states.cpp        retained states beside the spool (device status)
 // Members are guarded as the comments in impl say (mu_, client_mu_, or the sender thread).
 #pragma once
 
@@ -26,6 +27,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "upstream/dead_letter.hpp"
 #include "upstream/mqtt_publisher.hpp"
@@ -56,6 +58,7 @@ constexpr std::chrono::milliseconds k_idle_wait{100};
 constexpr std::chrono::milliseconds k_status_timeout{500};
 constexpr std::chrono::milliseconds k_disconnect_timeout{300};
 constexpr int k_result_room = 16;  // command results in flight beside the window
+constexpr int k_state_room = 16;   // retained states (device status) in flight beside both
 constexpr std::uint32_t k_min_packet_limit =
     1024;  // a CONNACK's Maximum Packet Size below: ignored
 constexpr const char* k_component = "mqtt";
@@ -121,6 +124,10 @@ struct mqtt_publisher::impl {
     void make_client();
     void renew_client();  // the sender thread only
     bool publish_result(const std::string& topic, const std::string& payload);
+    // Retained states (mqtt_states.cpp).
+    void set_retained(const std::string& topic, std::string payload);
+    void publish_states(bool all = false);  // the sender thread, connected
+    void states_after_connect();            // the sender thread
 
     // Settings.
     config::mqtt_settings settings_;
@@ -204,6 +211,17 @@ struct mqtt_publisher::impl {
     mqtt_publisher::message_handler sub_handler_;
     std::mutex client_mu_;
     void subscribe_after_connect();
+
+    // Retained states (device status), newest payload per topic: set from any thread under
+    // states_mu_, published by the sender thread (`dirty`: not yet on this connection).
+    struct retained_state {
+        std::string payload;
+        bool dirty = true;
+    };
+    std::mutex states_mu_;
+    std::map<std::string, retained_state> states_;
+    std::atomic<bool> states_dirty_{false};  // some state waits: spares the loop the lock
+    std::vector<mqtt::delivery_token_ptr> state_tokens_;  // sender thread: states in flight
 
     // Declared after everything its callbacks touch, so it is destroyed first.
     delivery_listener listener_;

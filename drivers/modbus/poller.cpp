@@ -21,6 +21,7 @@
 #include "core/log.hpp"
 #include "drivers/modbus/codec.hpp"
 #include "drivers/modbus/link.hpp"
+#include "drivers/modbus/link_metrics.hpp"
 #include "drivers/modbus/plan.hpp"
 
 namespace ferry::drivers::modbus {
@@ -55,6 +56,8 @@ struct device_rt {
     // Polls in a row in which the device answered nothing; at `down_after` it is down and
     // tried once per `retry_every`, off the grid, until it answers.
     int silent_polls = 0;
+    bool reported = false;   // its first outcome went to ctx.on_status
+    std::string last_error;  // the reason of its last failed request, for ctx.on_status
     steady::time_point next_due;
     device_status status;  // written by the polling worker under the poller's lock
     std::vector<std::uint16_t> regs = std::vector<std::uint16_t>(k_max_bits);
@@ -306,6 +309,7 @@ struct poller::impl {
             ch.lnk = make_rtu_link(*s.serial);
             ch.port = s.serial->port;
         }
+        ch.lnk = with_metrics(std::move(ch.lnk), ctx.registry);  // per-channel requests
         return &ch;
     }
 
@@ -374,10 +378,15 @@ struct poller::impl {
     }
 
     void set_up(device_rt& d, bool is_up) {
-        if (d.up == is_up) return;
-        d.up = is_up;
-        d.up_gauge->Set(is_up ? 1 : 0);
-        if (is_up) log::info("modbus", "device up", {{"device", d.cfg.id}});
+        const bool first = !d.reported;
+        d.reported = true;
+        if (d.up == is_up && !first) return;
+        if (d.up != is_up) {
+            d.up = is_up;
+            d.up_gauge->Set(is_up ? 1 : 0);
+            if (is_up) log::info("modbus", "device up", {{"device", d.cfg.id}});
+        }
+        if (ctx.on_status) ctx.on_status(d.cfg.id, is_up, is_up ? std::string() : d.last_error);
     }
 
     // `down_after` polls in a row went unanswered: also logged for a device that never
@@ -407,6 +416,7 @@ struct poller::impl {
     void count_error(device_rt& d, const read_result& r, const read_block& b) {
         auto why = reason(r);
         count_reason(d, why);
+        d.last_error = r.err == fault::connect ? why + ": " + d.chan->lnk->name() : why;
         log::debug("modbus", "request failed",
                    {{"device", d.cfg.id},
                     {"reason", why},

@@ -21,6 +21,8 @@
 // poll. A device that answers nothing in `down_after` polls in a row goes down
 // (`ferry_device_up` 0) and is tried once per `retry_every` (±20 %), off the poll grid; the
 // first answer brings it up and back onto the grid at once. Unanswered points are `bad`.
+// Each change of up/down, and a device's first outcome, goes to ctx.on_status (the reason of
+// its last failed request when down: "timeout", "connect: HOST:PORT", ...).
 //
 // Backpressure: publishing to the bus may block (a full spool with when_full: block); while
 // it does, the worker does not poll, and the missed slots are counted as overruns.

@@ -225,7 +225,7 @@ struct reader::impl {
                  {"port", s.port},
                  {"setting", setting.empty() ? std::string("-") : setting},
                  {"error", ec.message()}});
-            go_down(d);
+            go_down(d, "cannot open port: " + ec.message());
             schedule_reopen(d);
             return;
         }
@@ -240,6 +240,7 @@ struct reader::impl {
         }
         log::info(k_component, "port open",
                   {{"device", d.cfg.id}, {"port", s.port}, {"baud", std::to_string(s.baud)}});
+        if (ctx.on_status) ctx.on_status(d.cfg.id, true, "");
         read(d);
         if (of(d.cfg).request) {
             d.writing = false;
@@ -278,14 +279,15 @@ struct reader::impl {
         error_code ignored;
         d.poll_timer.cancel();
         d.port.close(ignored);
-        go_down(d);
+        go_down(d, "port lost: " + ec.message());
         schedule_reopen(d);
     }
 
     // Once per outage: the gauge drops and every point gets one `bad` event, so consumers see
     // that the values they hold are stale.
-    void go_down(port_rt& d) {
+    void go_down(port_rt& d, const std::string& why) {
         if (d.state == port_state::down) return;
+        if (ctx.on_status) ctx.on_status(d.cfg.id, false, why);
         d.state = port_state::down;
         d.up_gauge->Set(0);
         {

@@ -16,7 +16,8 @@
 // cannot be opened or stops working (a USB adapter pulled: EOF or an I/O error) marks the device
 // down (ferry_device_up 0, one `bad` event per point) and is reopened with exponential backoff (250
 // ms doubling to 10 s, ±20 % jitter), counted as reasons `open` and `io`. Data resumes when the
-// port returns.
+// port returns. Each open and each loss goes to ctx.on_status ("cannot open port: ...",
+// "port lost: ...").
 //
 // Lifetime: building checks the parse settings and touches no port; start() opens the ports
 // and starts the thread (also with no port yet: a reload may add some); update() applies a

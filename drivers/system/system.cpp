@@ -171,6 +171,7 @@ class system_source final : public source {
         std::vector<std::pair<metric, point_id>> points;
         steady::time_point due;
         bool up = false;
+        bool reported = false;  // its first outcome went to ctx_.on_status
         std::uint64_t ok = 0, failed = 0;
         prometheus::Gauge* up_gauge = nullptr;
         prometheus::Counter* received = nullptr;
@@ -228,12 +229,18 @@ class system_source final : public source {
             auto next = steady::time_point::max();
             for (auto& d : devices_) {
                 if (steady::now() >= d.due) {
+                    const bool was_up = d.up, first = !d.reported;
                     poll(d, out);
+                    d.reported = true;
+                    const bool report = ctx_.on_status && (first || was_up != d.up);
+                    const auto id = report ? d.cfg.id : std::string();
+                    const bool up = d.up;
                     // Fixed rate; after a long stall the next poll is one interval away.
                     d.due = std::max(d.due + d.cfg.poll_interval, steady::now());
                     // Publishing may wait for room on the bus (a full `block` spool): not
                     // under the lock, so stop() and update() stay prompt.
                     lock.unlock();
+                    if (report) ctx_.on_status(id, up, up ? "" : "unavailable");
                     publish(out);
                     lock.lock();
                     if (stopping_) return;

@@ -30,3 +30,6 @@ ferry_test(integration_system integration ${CMAKE_CURRENT_SOURCE_DIR}/integratio
 # The broker port probe of the publisher's reconnect wait (issue 16), on loopback sockets.
 ferry_test(integration_port_probe integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/port_probe_test.cpp)
 target_link_libraries(integration_port_probe PRIVATE ferry_upstream)
+# Per-device status (issue 17): retained ferry/{gateway}/device/{device}/status through `ferry
+# run`, mosquitto and the simulator; the per-channel request metrics.
+ferry_test(integration_device_status integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/device_status_test.cpp)

@@ -36,6 +36,9 @@ ferry_test(unit_spool_faults unit ${U}/spool_faults_test.cpp
 target_link_libraries(unit_spool_faults PRIVATE ferry_upstream)
 ferry_test(unit_http unit ${U}/http_test.cpp)
 target_link_libraries(unit_http PRIVATE ferry_daemon)
+# gateway/device_status.hpp: the per-device status messages, without a broker.
+ferry_test(unit_device_status unit ${U}/device_status_test.cpp)
+target_link_libraries(unit_device_status PRIVATE ferry_daemon nlohmann_json::nlohmann_json)
 ferry_test(unit_utf8 unit ${U}/utf8_test.cpp)
 target_link_libraries(unit_utf8 PRIVATE ferry_core nlohmann_json::nlohmann_json)
 ferry_test(unit_port_probe unit ${U}/port_probe_test.cpp)
