@@ -100,6 +100,10 @@ constexpr option k_point[] = {
      "that reads back as the same float."},
     {"offset", "number", "0", "value = raw * scale + offset."},
     {"unit", "string", "\"\"", "Carried in every event, e.g. degC."},
+    {"poll_interval", "duration 1ms..720h", "the device's",
+     "The point's own poll rate, for a device with fast and slow points: the device's points "
+     "of one poll interval form a poll group, read in as few requests as the group allows and "
+     "polled on its own fixed-rate schedule (README \"Poll groups\")."},
     {"writable", "bool", "false",
      "May downlink commands write it? Only holding and coil points can be writable."},
     {"min", "number", "none",
@@ -201,6 +205,10 @@ void read_point(config::loader& ld, const config::map_reader& m, config::point& 
         }
     }
 
+    config::duration own{0};
+    ld.set_dur(m, "poll_interval", own, true);
+    s.poll_interval_ms = static_cast<std::uint32_t>(own.count());
+
     ld.set_bool(m, "writable", p.writable);
     if (p.writable && (s.tbl == table::input || s.tbl == table::discrete))
         ld.fail(*m.get("writable"), "table '" +
@@ -275,11 +283,13 @@ std::uint32_t register_count(config::point_type type, const point_settings& s) {
 }
 
 config::point make_point(std::string name, table tbl, std::uint32_t address,
-                         config::point_type type, byte_order order, std::uint32_t length) {
+                         config::point_type type, byte_order order, std::uint32_t length,
+                         config::duration poll_interval) {
     config::point p;
     p.name = std::move(name);
     p.type = type;
-    p.settings = config::driver_settings::make(point_settings{tbl, address, order, length});
+    p.settings = config::driver_settings::make(point_settings{
+        tbl, order, address, length, static_cast<std::uint32_t>(poll_interval.count())});
     return p;
 }
 

@@ -20,8 +20,8 @@ struct driver_schema;
 
 namespace ferry::drivers::modbus {
 
-enum class table { holding, input, coil, discrete };
-enum class byte_order { abcd, dcba, badc, cdab };
+enum class table : std::uint8_t { holding, input, coil, discrete };
+enum class byte_order : std::uint8_t { abcd, dcba, badc, cdab };
 
 // A device's Modbus keys: where it is and how patiently it is asked.
 struct device_settings {
@@ -52,9 +52,12 @@ struct point_settings {
     static constexpr std::string_view k_what = "modbus point settings";
 
     table tbl = table::holding;
-    std::uint32_t address = 0;
     byte_order order = byte_order::abcd;
+    std::uint32_t address = 0;
     std::uint32_t length = 0;  // registers, for strings
+    // The point's own poll rate in ms (its poll group, README "Poll groups"); 0: the device's
+    // poll_interval.
+    std::uint32_t poll_interval_ms = 0;
 
     bool operator==(const point_settings&) const = default;
     // A refused command says "a coil" rather than "type bool" (commands/checks.hpp).
@@ -73,6 +76,12 @@ inline const point_settings& of(const config::point& p) {
     return p.settings.as<point_settings>();
 }
 
+// How often a point is read: its own poll_interval, or its device's.
+inline config::duration poll_interval_of(const config::device& d, const config::point& p) {
+    const auto own = of(p).poll_interval_ms;
+    return own > 0 ? config::duration(own) : d.poll_interval;
+}
+
 // Number of registers a point occupies (bits count 1 for coil and discrete).
 std::uint32_t register_count(config::point_type type, const point_settings& s);
 inline std::uint32_t register_count(const config::point& p) {
@@ -83,7 +92,7 @@ inline std::uint32_t register_count(const config::point& p) {
 // other keys with `settings.change<device_settings>(...)`.
 config::point make_point(std::string name, table tbl, std::uint32_t address,
                          config::point_type type, byte_order order = byte_order::abcd,
-                         std::uint32_t length = 0);
+                         std::uint32_t length = 0, config::duration poll_interval = {});
 config::device make_tcp_device(std::string id, std::string host, std::uint16_t port,
                                std::vector<config::point> points);
 config::device make_rtu_device(std::string id, config::serial_settings serial, int unit_id,

@@ -28,9 +28,15 @@ read_block block_of(const std::vector<config::point>& points,
 
 std::vector<read_block> plan_blocks(const std::vector<config::point>& points, std::uint32_t max_gap,
                                     std::uint32_t max_registers, std::uint32_t max_bits) {
-    std::vector<std::size_t> order(points.size());
-    for (std::size_t i = 0; i < order.size(); ++i)
-        order[i] = i;
+    std::vector<std::size_t> all(points.size());
+    for (std::size_t i = 0; i < all.size(); ++i)
+        all[i] = i;
+    return plan_blocks(points, std::move(all), max_gap, max_registers, max_bits);
+}
+
+std::vector<read_block> plan_blocks(const std::vector<config::point>& points,
+                                    std::vector<std::size_t> order, std::uint32_t max_gap,
+                                    std::uint32_t max_registers, std::uint32_t max_bits) {
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
         const auto &x = of(points[a]), &y = of(points[b]);
         if (x.tbl != y.tbl) return x.tbl < y.tbl;

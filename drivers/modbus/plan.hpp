@@ -26,7 +26,13 @@ struct read_block {
     std::vector<std::size_t> points;  // indexes into the device's points, by address
 };
 
-// The blocks for every point of a device; `max_registers` and `max_bits` cap a request.
+// The blocks for the points `which` (indexes into `points`: a poll group); `max_registers`
+// and `max_bits` cap a request.
+std::vector<read_block> plan_blocks(const std::vector<config::point>& points,
+                                    std::vector<std::size_t> which, std::uint32_t max_gap,
+                                    std::uint32_t max_registers = k_max_registers,
+                                    std::uint32_t max_bits = k_max_bits);
+// The blocks for every point of a device.
 std::vector<read_block> plan_blocks(const std::vector<config::point>& points, std::uint32_t max_gap,
                                     std::uint32_t max_registers = k_max_registers,
                                     std::uint32_t max_bits = k_max_bits);

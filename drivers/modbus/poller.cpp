@@ -17,6 +17,7 @@
 #include <span>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "core/log.hpp"
 #include "drivers/modbus/codec.hpp"
@@ -47,19 +48,31 @@ struct block_group {
     bool split() const { return parts.size() > 1; }
 };
 
+// The points of a device that share one poll interval (their own `poll_interval`, or the
+// device's), planned together and polled on their own fixed-rate schedule. Every group of a
+// device that is due is read in one poll: on the grid, the 10 s points come with every tenth
+// poll of the 1 s points, one turn of the channel and one publish.
+struct poll_group {
+    config::duration interval{1000};
+    std::vector<block_group> blocks;
+    steady::time_point next_due;
+    bool on_grid = false;  // its polls fall on the poller's grid (poller::impl::grid_epoch)
+    bool due = false;      // read by the poll under way (set under the poller's lock)
+};
+
 struct device_rt {
     config::device cfg;
     channel* chan = nullptr;
     std::vector<point_id> ids;
-    std::vector<block_group> groups;
+    std::vector<poll_group> groups;  // by interval, fastest first
     bool up = false;
     // Polls in a row in which the device answered nothing; at `down_after` it is down and
     // tried once per `retry_every`, off the grid, until it answers.
     int silent_polls = 0;
-    bool reported = false;   // its first outcome went to ctx.on_status
-    std::string last_error;  // the reason of its last failed request, for ctx.on_status
-    steady::time_point next_due;
-    device_status status;  // written by the polling worker under the poller's lock
+    bool reported = false;        // its first outcome went to ctx.on_status
+    std::string last_error;       // the reason of its last failed request, for ctx.on_status
+    steady::time_point next_due;  // the earliest of its groups' (kept by set_due)
+    device_status status;         // written by the polling worker under the poller's lock
     std::vector<std::uint16_t> regs = std::vector<std::uint16_t>(k_max_bits);
     std::vector<event> out;
     bool polling = false;   // a worker polls it now
@@ -69,8 +82,12 @@ struct device_rt {
     bool publishing = false;
     bool remove_after_poll = false;  // taken out by the worker once its publish returns
     bool keep_series_after = false;
-    bool on_grid = false;  // its polls fall on the poller's grid (poller::impl::grid_epoch)
     bool down() const { return silent_polls >= of(cfg).down_after; }
+    void set_due() {
+        next_due = steady::time_point::max();
+        for (const auto& g : groups)
+            next_due = std::min(next_due, g.next_due);
+    }
 
     prometheus::Counter* polls_ok = nullptr;
     prometheus::Counter* polls_error = nullptr;
@@ -166,6 +183,15 @@ std::string describe_write_error(const read_result& r, const config::device& d, 
 struct poll_outcome {
     bool ok = false;
     std::uint64_t requests = 0;
+};
+
+// What a poll has learnt so far, across its groups and blocks.
+struct poll_progress {
+    bool all_ok = true;
+    bool answered = false;  // some request was answered (an exception counts)
+    bool reachable = true;  // no request went unanswered yet
+    std::size_t requested = 0;
+    bool halted = false;  // stopping: the rest of the poll is skipped
 };
 
 }  // namespace
@@ -272,11 +298,20 @@ struct poller::impl {
             if (!id) throw std::logic_error("point not interned: " + d.id + "/" + p.name);
             rt->ids.push_back(*id);
         }
-        for (auto& b : plan_blocks(d.points, of(d).max_gap, of(d).max_registers, of(d).max_coils)) {
-            block_group g;
-            g.parts.push_back(b);
-            g.whole = std::move(b);
-            rt->groups.push_back(std::move(g));
+        std::map<config::duration, std::vector<std::size_t>> by_interval;
+        for (std::size_t i = 0; i < d.points.size(); ++i)
+            by_interval[poll_interval_of(d, d.points[i])].push_back(i);
+        for (auto& [interval, which] : by_interval) {
+            poll_group pg;
+            pg.interval = interval;
+            for (auto& b : plan_blocks(d.points, std::move(which), of(d).max_gap,
+                                       of(d).max_registers, of(d).max_coils)) {
+                block_group g;
+                g.parts.push_back(b);
+                g.whole = std::move(b);
+                pg.blocks.push_back(std::move(g));
+            }
+            rt->groups.push_back(std::move(pg));
         }
         rt->polls_ok = &polls->Add({{"device", d.id}, {"result", "ok"}});
         rt->polls_error = &polls->Add({{"device", d.id}, {"result", "error"}});
@@ -427,14 +462,20 @@ struct poller::impl {
     // One block, with retries for a device that answered its last poll. A protocol exception
     // is the device's definite answer and is not retried. A device that went silent gets one
     // attempt per request: on a serial line each retry would cost the other units a timeout.
-    read_result read_block_once(device_rt& d, const read_block& b, poll_outcome& o) {
+    // A stop that cuts the device's request_delay short sets p.halted: the request is not
+    // sent (the device asked for that pause), and the block counts as not read.
+    read_result read_block_once(device_rt& d, const read_block& b, poll_outcome& o,
+                                poll_progress& p) {
         const auto& s = of(d.cfg);
         const int attempts = d.up && d.silent_polls == 0 ? 1 + s.retries : 1;
         read_result r;
         for (int a = 0; a < attempts; ++a) {
             if (a > 0 && halting.load(std::memory_order_relaxed)) break;
+            if (!pause_before_request(s)) {
+                p.halted = true;
+                return r;
+            }
             ++o.requests;
-            pause_before_request(s);
             r = d.chan->lnk->read(s.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
                                   static_cast<std::uint16_t>(b.count), s.timeout, d.regs.data());
             if (r.ok()) return r;
@@ -445,15 +486,18 @@ struct poller::impl {
     }
 
     // request_delay: the device's pause before each request, the channel held (a serial line
-    // stays quiet). Cut short when the poller stops, which then waits for one request only.
-    void pause_before_request(const device_settings& s) const {
+    // stays quiet). False when the poller stops meanwhile: the request is then not sent (not
+    // without the pause its device needs), and a stop does not wait for the pause.
+    bool pause_before_request(const device_settings& s) const {
         auto left = s.request_delay;
-        while (left.count() > 0 && !halting.load(std::memory_order_relaxed)) {
+        while (left.count() > 0) {
+            if (halting.load(std::memory_order_relaxed)) return false;
             const auto step =
                 std::min<std::chrono::milliseconds>(left, std::chrono::milliseconds(50));
             std::this_thread::sleep_for(step);
             left -= step;
         }
+        return true;
     }
 
     void emit(device_rt& d, const read_block& b, bool ok, wall_clock::time_point ts) {
@@ -513,74 +557,77 @@ struct poller::impl {
                     {"value", std::isnan(x) ? "nan" : (x > 0 ? "inf" : "-inf")}});
     }
 
+    // Reads one planned block (or the pieces it was split into) and emits its points' events.
+    void read_group(device_rt& d, block_group& g, poll_outcome& o, poll_progress& p) {
+        // A split block whose pieces were all answered for a while is tried whole again: the
+        // exception may have been passing (a device answers "illegal address" while it boots),
+        // and one request is cheaper than many.
+        const bool regrouping = g.split() && g.clean_polls >= g.regroup_after;
+        if (regrouping) g.parts.assign(1, g.whole);
+        bool resplit = false;
+        bool parts_ok = true;
+        // g.parts may grow while we go: a part split on an illegal address is replaced by its
+        // two halves, and the first half is read next.
+        for (std::size_t k = 0; k < g.parts.size(); ++k) {
+            // Stopping: what was read is published, the rest was never sampled (no loss).
+            if (p.requested > 0 && halting.load(std::memory_order_relaxed)) {
+                p.halted = true;
+                return;  // the block was not read through: nothing to learn from it
+            }
+            read_result r{fault::timeout};
+            if (p.reachable) r = read_block_once(d, g.parts[k], o, p);
+            if (p.halted) return;  // a stop cut its request_delay short: not read
+            ++p.requested;
+            if (!r.unanswered()) p.answered = true;
+            if (r.err == fault::exception && r.exception == k_illegal_address &&
+                g.parts[k].points.size() > 1) {
+                auto halves = split_block(g.parts[k], d.cfg.points);
+                log::write(regrouping ? config::log_level::debug : config::log_level::info,
+                           "modbus", "illegal address: splitting a block",
+                           {{"device", d.cfg.id},
+                            {"address", std::to_string(g.parts[k].start)},
+                            {"count", std::to_string(g.parts[k].count)}});
+                g.parts[k] = std::move(halves.first);
+                g.parts.insert(g.parts.begin() + static_cast<std::ptrdiff_t>(k) + 1,
+                               std::move(halves.second));
+                resplit = true;
+                --k;
+                continue;
+            }
+            if (!r.ok()) {
+                p.all_ok = false;
+                parts_ok = false;
+            }
+            // No answer at all: the device (or the connection) is gone; the rest would only
+            // cost more timeouts, on a shared serial port at the other units' expense.
+            if (r.unanswered()) p.reachable = false;
+            emit(d, g.parts[k], r.ok(), wall_clock::now());
+        }
+        if (regrouping && resplit) {
+            // Refused again: wait twice as long before the next try.
+            g.regroup_after = std::min(g.regroup_after * 2, k_regroup_max);
+            g.clean_polls = 0;
+        } else if (regrouping) {
+            log::info("modbus", "illegal address gone: reading a split block whole again",
+                      {{"device", d.cfg.id},
+                       {"address", std::to_string(g.whole.start)},
+                       {"count", std::to_string(g.whole.count)}});
+            g.regroup_after = k_regroup_first;
+            g.clean_polls = 0;
+        } else if (g.split()) {
+            g.clean_polls = parts_ok ? g.clean_polls + 1 : 0;
+        }
+    }
+
+    // Reads the device's due groups and publishes their events.
     poll_outcome poll(device_rt& d) {
         const auto began = steady::now();
         poll_outcome o;
         d.out.clear();
-        bool all_ok = true;
-        bool answered = false;
-        bool reachable = true;
-        std::size_t requested = 0;
-        bool halted = false;
-        for (auto& g : d.groups) {
-            // A split block whose pieces were all answered for a while is tried whole again:
-            // the exception may have been passing (a device answers "illegal address" while
-            // it boots), and one request is cheaper than many.
-            const bool regrouping = g.split() && g.clean_polls >= g.regroup_after;
-            if (regrouping) g.parts.assign(1, g.whole);
-            bool resplit = false;
-            bool parts_ok = true;
-            // g.parts may grow while we go: a part split on an illegal address is replaced by
-            // its two halves, and the first half is read next.
-            for (std::size_t k = 0; k < g.parts.size(); ++k) {
-                // Stopping: what was read is published, the rest was never sampled (no loss).
-                if (requested > 0 && halting.load(std::memory_order_relaxed)) {
-                    halted = true;
-                    break;
-                }
-                read_result r{fault::timeout};
-                if (reachable) r = read_block_once(d, g.parts[k], o);
-                ++requested;
-                if (!r.unanswered()) answered = true;
-                if (r.err == fault::exception && r.exception == k_illegal_address &&
-                    g.parts[k].points.size() > 1) {
-                    auto halves = split_block(g.parts[k], d.cfg.points);
-                    log::write(regrouping ? config::log_level::debug : config::log_level::info,
-                               "modbus", "illegal address: splitting a block",
-                               {{"device", d.cfg.id},
-                                {"address", std::to_string(g.parts[k].start)},
-                                {"count", std::to_string(g.parts[k].count)}});
-                    g.parts[k] = std::move(halves.first);
-                    g.parts.insert(g.parts.begin() + static_cast<std::ptrdiff_t>(k) + 1,
-                                   std::move(halves.second));
-                    resplit = true;
-                    --k;
-                    continue;
-                }
-                if (!r.ok()) {
-                    all_ok = false;
-                    parts_ok = false;
-                }
-                // No answer at all: the device (or the connection) is gone; the rest would only
-                // cost more timeouts, on a shared serial port at the other units' expense.
-                if (r.unanswered()) reachable = false;
-                emit(d, g.parts[k], r.ok(), wall_clock::now());
-            }
-            if (halted) break;  // the group was not read through: nothing to learn from it
-            if (regrouping && resplit) {
-                // Refused again: wait twice as long before the next try.
-                g.regroup_after = std::min(g.regroup_after * 2, k_regroup_max);
-                g.clean_polls = 0;
-            } else if (regrouping) {
-                log::info("modbus", "illegal address gone: reading a split block whole again",
-                          {{"device", d.cfg.id},
-                           {"address", std::to_string(g.whole.start)},
-                           {"count", std::to_string(g.whole.count)}});
-                g.regroup_after = k_regroup_first;
-                g.clean_polls = 0;
-            } else if (g.split()) {
-                g.clean_polls = parts_ok ? g.clean_polls + 1 : 0;
-            }
+        poll_progress p;
+        for (auto& pg : d.groups) {
+            for (auto it = pg.blocks.begin(); pg.due && !p.halted && it != pg.blocks.end(); ++it)
+                read_group(d, *it, o, p);
         }
         // A device that serves one client at a time: let the others in until the next poll.
         if (of(d.cfg).close_after_poll) d.chan->lnk->close();
@@ -590,14 +637,16 @@ struct poller::impl {
                 d.out[i].seq = first + i;
         }
         d.poll_seconds->Observe(std::chrono::duration<double>(steady::now() - began).count());
-        o.ok = all_ok;
-        if (all_ok)
+        o.ok = p.all_ok;
+        if (p.all_ok)
             d.polls_ok->Increment();
         else
             d.polls_error->Increment();
-        if (answered) {
+        if (p.answered) {
             d.silent_polls = 0;
             set_up(d, true);
+        } else if (p.halted) {
+            // Cut short by a stop: the silence of part of a poll says nothing of the device.
         } else if (++d.silent_polls == of(d.cfg).down_after) {
             set_down(d);
         } else if (d.down()) {
@@ -618,33 +667,43 @@ struct poller::impl {
         return o;
     }
 
-    // With the lock held (rng).
+    // With the lock held (rng). Moves on the groups the poll just read.
     void reschedule(device_rt& d, steady::time_point now) {
         if (d.down()) {
             // Tried once per retry_every, jittered so that the down units of a line do not
-            // all fall on one slot, and off the grid: one timeout, at a random time.
+            // all fall on one slot, and off the grid: one timeout, at a random time, every
+            // group at once (the first unanswered request ends the poll).
             std::uniform_real_distribution<double> jitter(0.8, 1.2);
-            d.on_grid = false;
-            d.next_due =
+            const auto at =
                 now + std::chrono::milliseconds(static_cast<std::int64_t>(
                           static_cast<double>(of(d.cfg).retry_every.count()) * jitter(rng)));
+            for (auto& g : d.groups) {
+                g.due = false;
+                g.on_grid = false;
+                g.next_due = at;
+            }
+            d.next_due = at;
             return;
         }
-        if (!d.on_grid) {
-            // Added by a reload, or back up after being down: its poll went at once; from now
-            // on it keeps the grid.
-            d.on_grid = true;
-            const auto iv = d.cfg.poll_interval;
-            d.next_due = grid_epoch + ((now - grid_epoch) / iv + 1) * iv;
-            return;
+        for (auto& g : d.groups) {
+            if (!std::exchange(g.due, false)) continue;
+            const auto iv = g.interval;
+            if (!g.on_grid) {
+                // Added by a reload, or back up after being down: its poll went at once; from
+                // now on it keeps the grid.
+                g.on_grid = true;
+                g.next_due = grid_epoch + ((now - grid_epoch) / iv + 1) * iv;
+                continue;
+            }
+            g.next_due += iv;
+            if (g.next_due <= now) {
+                const auto missed = (now - g.next_due) / iv + 1;
+                g.next_due += iv * missed;
+                d.overruns->Increment(static_cast<double>(missed));
+                d.status.overruns += static_cast<std::uint64_t>(missed);
+            }
         }
-        d.next_due += d.cfg.poll_interval;
-        if (d.next_due <= now) {
-            const auto missed = (now - d.next_due) / d.cfg.poll_interval + 1;
-            d.next_due += d.cfg.poll_interval * missed;
-            d.overruns->Increment(static_cast<double>(missed));
-            d.status.overruns += static_cast<std::uint64_t>(missed);
-        }
+        d.set_due();
     }
 
     void worker() {
@@ -660,7 +719,8 @@ struct poller::impl {
                 cv.wait(lock);
                 continue;
             }
-            if (next->next_due > steady::now()) {
+            const auto now = steady::now();
+            if (next->next_due > now) {
                 // One worker sleeps until the next due time, the others until notified: no
                 // herd of workers waking at every due time to find the device taken.
                 if (next->next_due < timer_at) {
@@ -675,6 +735,8 @@ struct poller::impl {
             }
             next->chan->busy = true;
             next->polling = true;
+            for (auto& g : next->groups)
+                g.due = g.next_due <= now;
             // Someone else watches the clock while we poll, but only when needed: every
             // wake-up of a worker that finds nothing to do costs a context switch, which on
             // a VM costs more than the poll's own work (docs/PERFORMANCE.md, End to end).
@@ -762,21 +824,27 @@ bool poller::impl::serve_write(std::unique_lock<std::mutex>& lock) {
     cv.notify_one();           // someone else watches the clock meanwhile
     lock.unlock();
     const auto& cfg = w.device->cfg;
-    pause_before_request(of(cfg));
-    const auto r =
-        chan->lnk->write(of(cfg).unit_id, w.function, w.address, w.values, of(cfg).timeout);
-    if (of(cfg).close_after_poll) chan->lnk->close();
     write_result out;
-    out.ok = r.ok();
-    out.attempted = r.err != fault::connect;
-    if (!r.ok()) out.error = describe_write_error(r, cfg, *chan->lnk);
+    read_result r{fault::connect};
+    const bool sent = pause_before_request(of(cfg));
+    if (!sent) {
+        out = {false, false, "ferry is stopping; nothing was written"};
+    } else {
+        r = chan->lnk->write(of(cfg).unit_id, w.function, w.address, w.values, of(cfg).timeout);
+        if (of(cfg).close_after_poll) chan->lnk->close();
+        out.ok = r.ok();
+        out.attempted = r.err != fault::connect;
+        if (!r.ok()) out.error = describe_write_error(r, cfg, *chan->lnk);
+    }
     log::debug("modbus", "write",
                {{"device", cfg.id},
                 {"point", w.point},
                 {"function", std::to_string(w.function)},
                 {"address", std::to_string(w.address)},
                 {"registers", std::to_string(w.values.size())},
-                {"result", r.ok() ? "ok" : reason(r)}});
+                {"result", !sent    ? "not sent: stopping"
+                           : r.ok() ? "ok"
+                                    : reason(r)}});
     w.done(std::move(out));
     lock.lock();
     chan->busy = false;
@@ -848,8 +916,11 @@ namespace {
 // the grid already (it starts now), those a reload adds join it after their first poll.
 void poll_now(std::span<device_rt* const> devs, steady::time_point now, bool on_grid) {
     for (auto* d : devs) {
+        for (auto& g : d->groups) {
+            g.next_due = now;
+            g.on_grid = on_grid;
+        }
         d->next_due = now;
-        d->on_grid = on_grid;
     }
 }
 

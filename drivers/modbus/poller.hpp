@@ -7,10 +7,13 @@
 // its timeout and nothing more (a device whose last poll went unanswered gets one attempt per
 // poll, no retries; once down, one attempt per retry_every).
 //
-// Scheduling: every device polls at a fixed rate without drift (next = previous + interval);
-// a poll that overruns its slot skips the missed slots and counts them as overruns — missed
-// polls are never queued up. A bounded pool of worker threads serves all channels: the thread
-// count does not grow with the device count.
+// Scheduling: the points of a device that share a poll interval (their own `poll_interval`,
+// or the device's) form a poll group; every group polls at a fixed rate without drift (next =
+// previous + interval, on one grid for the whole poller, so that groups and devices of one
+// interval, or of multiples, fall due together); a poll reads every group of the device that is
+// due, in one turn of the channel and one publish. A poll that overruns a group's slot skips the
+// missed slots and counts them as overruns — missed polls are never queued up. A bounded pool of
+// worker threads serves all channels: the thread count does not grow with the device count.
 //
 // Reads are coalesced (plan.hpp). A block answered with an illegal-address exception is
 // split at once, down to the offending points, which alone turn `bad`; once all of its pieces
@@ -37,9 +40,10 @@
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
 // finishes or times out first, at most `timeout`, plus `connect_delay` when it connects; a
-// `request_delay` is cut short; the poll it belongs to skips its retries
-// and remaining blocks and publishes what it read, so a slow device with many blocks does not
-// hold up a stop). Building checks the configuration
+// request still in its `request_delay` is not sent, nor a write waiting there, which is
+// answered as not written; the poll it belongs to skips its retries and remaining blocks and
+// publishes what it read, so a slow device with many blocks does not hold up a stop, and does
+// not count towards `down_after` unless answered). Building checks the configuration
 // (conflicting serial settings, a unit id twice on one port) and touches no device.
 #pragma once
 

@@ -584,6 +584,22 @@ TEST_CASE("modbus down_after and retry_every (issue 17)") {
     // Out of range and malformed values: the modbus_backoff_keys golden case.
 }
 
+TEST_CASE("modbus poll groups: a point's own poll_interval overrides the device's (issue 17)") {
+    const auto c = ferry::load_config_text(
+        "gateway: { id: g }\ndevices:\n  - id: d\n    driver: modbus_tcp\n"
+        "    host: h\n    poll_interval: 10s\n    points:\n"
+        "      - { name: fast, address: 0, poll_interval: 1s }\n"
+        "      - { name: slow, address: 1 }\n"
+        "      - { name: hourly, address: 2, poll_interval: 1h }\n",
+        "t.yaml");
+    const auto& d = c.devices[0];
+    CHECK(mb::poll_interval_of(d, d.points[0]) == 1s);
+    CHECK(mb::poll_interval_of(d, d.points[1]) == 10s);
+    CHECK(mb::poll_interval_of(d, d.points[2]) == 1h);
+    CHECK(mb::of(d.points[1]).poll_interval_ms == 0);  // the device's, whatever it becomes
+    // Zero, too long, malformed, on another driver: the modbus_poll_groups golden case.
+}
+
 TEST_CASE(
     "modbus quirk settings: max_registers, max_coils, request_delay, connect_delay, "
     "close_after_poll (issue 17)") {
