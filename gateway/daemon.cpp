@@ -261,6 +261,7 @@ struct daemon::impl {
             cfg.upstream.spool.path,
             [this](const std::string& device, bool up, const std::string& reason) {
                 statuses->report(device, up, reason);
+                if (reads) reads->report(device, up);
             }};
         auto devices_of = split_by_driver(cfg.devices);
         for (std::size_t i = 0; i < devices_of.size(); ++i)

@@ -39,7 +39,7 @@ void read_model::reconfigure(std::vector<device_ref> devices, std::span<const po
         if (it != devices_.end() && it->ref.driver == d.driver)
             next.push_back(std::move(*it));
         else
-            next.push_back(device_state{std::move(d), -1, false, -1, 0});
+            next.push_back(device_state{std::move(d)});
     }
     devices_ = std::move(next);
     std::unordered_map<std::string_view, std::size_t> index;
@@ -81,6 +81,18 @@ void read_model::apply(std::span<const event> events) {
             d.last_ok_ts = std::max(d.last_ok_ts, ts);
         else
             ++d.errors;
+    }
+}
+
+void read_model::report(const std::string& device, bool up) {
+    std::lock_guard lock(mu_);
+    for (auto& d : devices_) {
+        if (d.ref.id != device) continue;
+        if (d.reported && d.reported_up == up) return;
+        d.reported = true;
+        d.reported_up = up;
+        ++version_;
+        return;
     }
 }
 
@@ -143,7 +155,7 @@ std::string read_model::build_devices() const {
         out += ",\"driver\":";
         json::append_string(out, d.ref.driver);
         out += ",\"state\":\"";
-        out += d.newest_good ? "up" : "down";
+        out += d.up() ? "up" : "down";
         out += "\",\"last_ok_ts\":";
         if (d.last_ok_ts < 0)
             out += "null";

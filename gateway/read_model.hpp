@@ -2,9 +2,12 @@
 // the state of every device, materialised from the bus and served by /api/v1/values and
 // /api/v1/devices.
 //
-// Device state is derived from the device's events: a device is `up` while the newest
-// sampling round (events sharing its newest ts) holds at least one good value, `down` when
-// it holds only bad ones or before its first event. `errors` counts its
+// Device state is the driver's, as it reports it (report(): the same reports that set
+// `ferry_device_up` and the retained status topics), so the API, the metrics and the status
+// messages agree: a Modbus device is `down` only after `down_after` silent polls, not at its
+// first bad value. Before a device's first report the state is derived from its events: `up`
+// while the newest sampling round (events sharing its newest ts) holds at least one good value,
+// `down` when it holds only bad ones or before its first event. `errors` counts its
 // bad-quality events; `last_ok_ts` is the newest ts of a good event.
 //
 // The JSON snapshots are built at most once per change of the model (every apply() and
@@ -43,6 +46,9 @@ class read_model {
     void reconfigure(std::vector<device_ref> devices, std::span<const point_id> live);
 
     void apply(std::span<const event> events);
+    // A driver's report of a device's state (drivers::status_hook). Ignored for a device not
+    // configured (removed by a reload while polled).
+    void report(const std::string& device, bool up);
 
     using json_ptr = std::shared_ptr<const std::string>;
     // [{"device","tag","value","quality","ts","seq"}], one per point that has been sampled.
@@ -57,6 +63,9 @@ class read_model {
         bool newest_good = false;
         std::int64_t last_ok_ts = -1;
         std::uint64_t errors = 0;
+        bool reported = false;  // the driver reported its state: reported_up is it
+        bool reported_up = false;
+        bool up() const { return reported ? reported_up : newest_good; }
     };
 
     // A snapshot and the version of the model it shows.

@@ -107,3 +107,43 @@ TEST_CASE("the read model builds its JSON once per change and shares it") {
     CHECK(c->find("\"seq\":8") != std::string::npos);
     CHECK(a->find("\"seq\":7") != std::string::npos);  // a holder's snapshot stays as it was
 }
+
+TEST_CASE("the read model's device state is the driver's report once there is one") {
+    point_table points;
+    auto t = points.intern("boiler1", "t", "degC");
+    read_model model(points, {{"boiler1", "modbus_tcp"}});
+    const auto state = [&] {
+        const auto& j = *model.devices_json();
+        const auto at = j.find("\"state\":\"");
+        REQUIRE(at != std::string::npos);
+        return j.substr(at + 9, j.find('"', at + 9) - at - 9);
+    };
+    CHECK(state() == "down");  // nothing known yet
+    event e;
+    e.seq = 1;
+    e.point = t;
+    e.value = std::int64_t{21};
+    model.apply({&e, 1});
+    CHECK(state() == "up");  // no report yet: the newest values say so
+    model.report("boiler1", true);
+    // A bad value: the driver has not given up on the device (down_after polls): still up.
+    e.seq = 2;
+    e.ts += std::chrono::seconds(1);
+    e.value = std::monostate{};
+    e.quality = quality::bad;
+    model.apply({&e, 1});
+    CHECK(state() == "up");
+    const auto before = model.devices_json();
+    model.report("boiler1", false);  // now it has
+    CHECK(state() == "down");
+    CHECK(model.devices_json().get() != before.get());  // a new snapshot for the change
+    model.report("nobody", false);                      // not configured: ignored
+    e.seq = 3;
+    e.ts += std::chrono::seconds(1);
+    e.value = std::int64_t{22};
+    e.quality = quality::good;
+    model.apply({&e, 1});
+    CHECK(state() == "down");  // until the driver says it is back
+    model.report("boiler1", true);
+    CHECK(state() == "up");
+}
