@@ -153,8 +153,9 @@ int ms_until(steady::time_point deadline) {
 // Modbus TCP on a plain non-blocking socket: send, poll, recv; usually one recv per answer.
 class tcp_link final : public link {
   public:
-    tcp_link(std::string host, std::uint16_t port, std::chrono::milliseconds connect_delay)
-        : host_(std::move(host)), port_(port), connect_delay_(connect_delay) {}
+    tcp_link(std::string host, std::uint16_t port, std::chrono::milliseconds connect_delay,
+             const std::atomic<bool>* halt)
+        : host_(std::move(host)), port_(port), connect_delay_(connect_delay), halt_(halt) {}
     ~tcp_link() override { close(); }
 
     std::string name() const override { return host_ + ":" + std::to_string(port_); }
@@ -196,7 +197,10 @@ class tcp_link final : public link {
         if (fd_ < 0) {
             if (!open(deadline)) return {fault::connect};
             if (connect_delay_.count() > 0) {
-                std::this_thread::sleep_for(connect_delay_);
+                if (!wait_connect_delay()) {
+                    close();
+                    return {fault::connect};
+                }
                 deadline = steady::now() + timeout;
             }
         }
@@ -311,9 +315,21 @@ class tcp_link final : public link {
         return true;
     }
 
+    // False when halted meanwhile (checked every 50 ms).
+    bool wait_connect_delay() const {
+        for (auto left = connect_delay_; left.count() > 0;) {
+            if (halt_ && halt_->load(std::memory_order_relaxed)) return false;
+            const auto step = std::min(left, std::chrono::milliseconds(50));
+            std::this_thread::sleep_for(step);
+            left -= step;
+        }
+        return !(halt_ && halt_->load(std::memory_order_relaxed));
+    }
+
     std::string host_;
     std::uint16_t port_;
     std::chrono::milliseconds connect_delay_;
+    const std::atomic<bool>* halt_;
     int fd_ = -1;
     std::uint16_t tid_ = 0;
     std::array<std::uint8_t, 512> buf_{};
@@ -427,8 +443,9 @@ class rtu_link final : public link {
 }  // namespace
 
 std::unique_ptr<link> make_tcp_link(std::string host, std::uint16_t port,
-                                    std::chrono::milliseconds connect_delay) {
-    return std::make_unique<tcp_link>(std::move(host), port, connect_delay);
+                                    std::chrono::milliseconds connect_delay,
+                                    const std::atomic<bool>* halt) {
+    return std::make_unique<tcp_link>(std::move(host), port, connect_delay, halt);
 }
 
 std::unique_ptr<link> make_rtu_link(config::serial_settings serial) {

@@ -12,6 +12,7 @@
 // A link is used by one thread at a time (the driver's scheduler guarantees it).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -99,9 +100,12 @@ class link {
 };
 
 // `connect_delay`: the wait after a connection opens, before its first request (a device's
-// quirk); the request's timeout starts after it.
+// quirk); the request's timeout starts after it. When `*halt` turns true (the poller stops)
+// the wait ends at once, the connection is closed and the request fails with fault::connect
+// unsent: a stop does not wait out a 10 s delay.
 std::unique_ptr<link> make_tcp_link(std::string host, std::uint16_t port,
-                                    std::chrono::milliseconds connect_delay = {});
+                                    std::chrono::milliseconds connect_delay = {},
+                                    const std::atomic<bool>* halt = nullptr);
 std::unique_ptr<link> make_rtu_link(config::serial_settings serial);
 
 }  // namespace ferry::drivers::modbus

@@ -339,7 +339,7 @@ struct poller::impl {
         channels.push_back(std::make_unique<channel>());
         auto& ch = *channels.back();
         if (d.driver == "modbus_tcp") {
-            ch.lnk = make_tcp_link(s.host, s.port, s.connect_delay);
+            ch.lnk = make_tcp_link(s.host, s.port, s.connect_delay, &halting);
         } else {
             ch.lnk = make_rtu_link(*s.serial);
             ch.port = s.serial->port;
@@ -479,6 +479,10 @@ struct poller::impl {
             r = d.chan->lnk->read(s.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
                                   static_cast<std::uint16_t>(b.count), s.timeout, d.regs.data());
             if (r.ok()) return r;
+            if (r.unanswered() && halting.load(std::memory_order_relaxed)) {
+                p.halted = true;  // perhaps the stop's doing (a connect_delay cut short)
+                return r;
+            }
             count_error(d, r, b);
             if (r.err == fault::exception) return r;
         }

@@ -39,8 +39,8 @@
 // are never retried: a write that timed out may have happened.
 //
 // Lifetime: start() spawns the workers; stop() wakes and joins them (a request in flight
-// finishes or times out first, at most `timeout`, plus `connect_delay` when it connects; a
-// request still in its `request_delay` is not sent, nor a write waiting there, which is
+// finishes or times out first, at most `timeout`; a request still in its `connect_delay` or
+// `request_delay` is not sent, nor a write waiting there, which is
 // answered as not written; the poll it belongs to skips its retries and remaining blocks and
 // publishes what it read, so a slow device with many blocks does not hold up a stop, and does
 // not count towards `down_after` unless answered). Building checks the configuration

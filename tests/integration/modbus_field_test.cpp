@@ -160,3 +160,24 @@ TEST_CASE("quirk settings: request_delay keeps an RTU line quiet before each req
     CHECK(plain_gap < 100);
     MESSAGE("unit 2 (no request_delay): its second request " << plain_gap << " ms after its first");
 }
+
+TEST_CASE("a stop does not wait out a connect_delay, nor send the request it delays") {
+    temp_dir dir;
+    pymodbus_sim server(0, {}, {}, {"--log", dir.file("requests.log")});
+    auto slow = tcp_device("slow", server.port(), 1, {holding(0)});
+    slow.settings.change<modbus::device_settings>([](auto& s) { s.connect_delay = 10s; });
+    poller_rig rig({slow});
+    std::this_thread::sleep_for(500ms);  // connected, waiting out its delay
+    const auto before = std::chrono::steady_clock::now();
+    rig.poller->stop();
+    const auto took = std::chrono::steady_clock::now() - before;
+    MESSAGE("stop took " << std::chrono::duration<double, std::milli>(took).count() << " ms");
+    CHECK(took < 1s);
+    const auto log = request_log(dir.file("requests.log"));
+    CHECK(std::count_if(log.begin(), log.end(), [](const request& r) { return r.connect; }) ==
+          2);                        // the harness's probe and the poller's connection
+    CHECK(of_unit(log, 1).empty());  // no request: it was never sent without its delay
+    // Nothing went down: a stop is not the device's silence.
+    CHECK(rig.metric("ferry_driver_errors_total", {{"device", "slow"}}) == 0);
+    CHECK(rig.events().empty());
+}
