@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "tests/support/ferry_run.hpp"
 #include "tests/support/paths.hpp"
@@ -380,6 +381,8 @@ TEST_CASE("invalid UTF-8 from a sensor: upstream and /api/v1/values stay strict 
 
 TEST_CASE("unplug and replug: the device goes down with bad values, then resumes") {
     rig env;
+    const std::string status_topic = "ferry/serial-gw/device/probe/status";
+    mqtt_recorder statuses(env.broker.uri(), {status_topic});
     auto cable = std::make_unique<pty_pair>(env.dir.file("usb0"), env.dir.file("usb0.s"));
     env.run(
         "  - id: probe\n"
@@ -412,6 +415,25 @@ TEST_CASE("unplug and replug: the device goes down with bad values, then resumes
     CHECK(r.size() == 3);  // one bad event for the outage, not one per retry
     CHECK(r[2].quality == "good");
     CHECK(r[2].value == 2.0);
+
+    // Its retained status followed: online, offline with the reason, online again; one
+    // message per change (the reopen attempts while unplugged change nothing).
+    REQUIRE(statuses.wait_for_count(status_topic, 3, 10s));
+    std::this_thread::sleep_for(300ms);
+    const auto seen = statuses.messages_on(status_topic);
+    REQUIRE(seen.size() == 3);
+    const auto first = nlohmann::json::parse(seen[0].payload);
+    const auto lost = nlohmann::json::parse(seen[1].payload);
+    const auto back = nlohmann::json::parse(seen[2].payload);
+    CHECK(first["state"] == "online");
+    CHECK(lost["state"] == "offline");
+    CHECK(lost["reason"].get<std::string>().rfind("port lost: ", 0) == 0);
+    CHECK(back["state"] == "online");
+    CHECK(back["since"].get<std::int64_t>() > lost["since"].get<std::int64_t>());
+    mqtt_recorder late(env.broker.uri(), {status_topic});
+    REQUIRE(late.wait_for_count(status_topic, 1, 10s));
+    CHECK(late.messages_on(status_topic)[0].retained);
+    CHECK(nlohmann::json::parse(late.messages_on(status_topic)[0].payload) == back);
     CHECK(env.ferry->stop() == 0);
 }
 
