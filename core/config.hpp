@@ -303,9 +303,20 @@ struct spool_settings {
     bool operator==(const spool_settings&) const = default;
 };
 
+// How the backlog goes out after a reconnect (docs/DELIVERY.md, Live first).
+enum class replay_order { live_first, strict };
+struct replay_settings {
+    replay_order order = replay_order::live_first;
+    std::uint32_t rate = 0;              // backlog messages per second; 0: unpaced
+    std::uint64_t bytes_per_second = 0;  // backlog payload bytes per second; 0: unpaced
+
+    bool operator==(const replay_settings&) const = default;
+};
+
 struct upstream_section {
     mqtt_settings mqtt;
     spool_settings spool;
+    replay_settings replay;
 
     bool operator==(const upstream_section&) const = default;
 };

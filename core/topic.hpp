@@ -16,12 +16,16 @@
 
 namespace ferry {
 
+// What a replayed JSON batch carries after its opening brace (docs/DELIVERY.md, Live first).
+constexpr std::string_view k_replay_mark = "\"replay\":true,";
+
 // The most bytes an MQTT PUBLISH on a topic of `topic_bytes` adds around its payload, whatever
 // its QoS and protocol version: fixed header (1), remaining length (up to 4), topic length (2)
-// and topic, packet id (2), MQTT 5 property length (1, no properties). Batches are cut so that
-// payload + this stays within the broker's Maximum Packet Size.
+// and topic, packet id (2), MQTT 5 property length (1, no properties), and the replay mark a
+// batch may get when it is sent as part of a backlog. Batches are cut so that payload + this
+// stays within the broker's Maximum Packet Size.
 constexpr std::size_t publish_overhead(std::size_t topic_bytes) {
-    return 1 + 4 + 2 + topic_bytes + 2 + 1;
+    return 1 + 4 + 2 + topic_bytes + 2 + 1 + k_replay_mark.size();
 }
 
 class topic_pattern {

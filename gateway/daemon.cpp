@@ -267,7 +267,8 @@ struct daemon::impl {
         for (std::size_t i = 0; i < devices_of.size(); ++i)
             sources.push_back(drivers::registered()[i]->make(std::move(devices_of[i]), ctx));
         publisher = std::make_unique<upstream::mqtt_publisher>(
-            cfg.upstream.mqtt, cfg.gateway.id, *spool, registry, cfg.dead_letter.topic);
+            cfg.upstream.mqtt, cfg.gateway.id, *spool, registry, cfg.dead_letter.topic,
+            cfg.upstream.replay);
         if (cfg.http.enabled) {
             http = std::make_unique<http_server>(cfg.http.host, cfg.http.port, registry,
                                                  [this] { return ready(); });

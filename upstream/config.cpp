@@ -12,6 +12,7 @@ using config::option;
 constexpr std::string_view k_when_full_names[] = {"drop_oldest", "drop_newest", "block"};
 constexpr std::string_view k_fsync_names[] = {"always", "batch", "never"};
 constexpr std::string_view k_refused_names[] = {"block", "drop"};
+constexpr std::string_view k_replay_order_names[] = {"live_first", "strict"};
 
 constexpr option k_dead_letter_options[] = {
     {"topic", "topic template", "ferry/{gateway}/dead-letter",
@@ -21,6 +22,21 @@ constexpr option k_dead_letter_options[] = {
 constexpr option k_upstream_options[] = {
     {"mqtt", "map", "", "The broker connection (see `upstream.mqtt`)."},
     {"spool", "map", "", "The on-disk queue (see `upstream.spool`)."},
+    {"replay", "map", "", "How the backlog goes out after a reconnect (see `upstream.replay`)."},
+};
+
+constexpr option k_replay_options[] = {
+    {"order", "", "live_first",
+     "live_first: after a reconnect new batches go out at once and the backlog (what the spool "
+     "held when the connection came up) is replayed beside them, oldest first, each JSON batch "
+     "marked `\"replay\":true`; in order within each stream, `seq` merges them. strict: one "
+     "stream, oldest first, live data behind the backlog (docs/DELIVERY.md, Live first).",
+     config::k_all_drivers, k_replay_order_names},
+    {"rate", "integer 1..1000000", "none: unpaced",
+     "Backlog messages per second at most (a token bucket with 100 ms of burst), so that a long "
+     "backlog neither crowds out live data nor trips a cloud broker's rate limits."},
+    {"bytes_per_second", "size 1KiB..1GiB", "none: unpaced",
+     "Backlog payload bytes per second at most; with `rate`, both limits hold."},
 };
 
 constexpr option k_mqtt_options[] = {
@@ -193,12 +209,27 @@ void read_spool(config::loader& ld, const config::value_ref& v, config::config& 
     ld.set_bool(m, "compress", s.compress);
 }
 
+void read_replay(config::loader& ld, const config::value_ref& v, config::config& c) {
+    config::map_reader m(ld, v, k_replay_options);
+    if (!m.is_map()) return;
+    m.check_keys();
+    auto& r = c.upstream.replay;
+    ld.set_enum(m, "order", r.order, k_replay_order_names);
+    ld.set(m, "rate", r.rate, 1, 1000000);
+    if (auto x = m.get("bytes_per_second"))
+        if (auto n = ld.size(*x, 1024, 1ull << 30)) r.bytes_per_second = *n;
+    if (r.order == config::replay_order::strict && (m.has("rate") || m.has("bytes_per_second")))
+        ld.fail(m.key_ref(m.has("rate") ? "rate" : "bytes_per_second"),
+                "pacing applies to a replay beside live data: it needs order live_first");
+}
+
 void read_upstream(config::loader& ld, const config::value_ref& v, config::config& c) {
     config::map_reader m(ld, v, k_upstream_options);
     if (!m.is_map()) return;
     m.check_keys();
     if (auto r = m.get("mqtt")) read_mqtt(ld, *r, c);
     if (auto r = m.get("spool")) read_spool(ld, *r, c);
+    if (auto r = m.get("replay")) read_replay(ld, *r, c);
 }
 
 // Templates that need the gateway id (and data_dir) read first.
@@ -234,7 +265,8 @@ const config::section_schema& config_section() {
         {{"upstream", "", k_upstream_options},
          {"upstream.mqtt", "", k_mqtt_options},
          {"upstream.mqtt.tls", "Present: TLS is used.", k_tls_options},
-         {"upstream.spool", "", k_spool_options}},
+         {"upstream.spool", "", k_spool_options},
+         {"upstream.replay", "", k_replay_options}},
         read_upstream,
         finish_upstream};
     return s;

@@ -236,7 +236,7 @@ void mqtt_publisher::impl::reset_connection(const std::string& why, bool lost) {
         // settle_refusals treats it as accepted, so the refused message never follows it.
         if (!refused_.empty()) {
             for (const auto& [pub, p] : outstanding_) {
-                auto& maybe = maybe_acked_[p.topic];
+                auto& maybe = maybe_acked_[{p.topic, p.replay}];
                 maybe = std::max(maybe, p.id);
             }
         }
@@ -279,7 +279,7 @@ void mqtt_publisher::impl::renew_client() {
 }
 
 void mqtt_publisher::impl::run() {
-    std::int64_t cursor = 0;
+    cursors cursor;
     std::uint64_t attempt = 0;
     bool first = true;
     while (!should_exit()) {
@@ -305,7 +305,7 @@ void mqtt_publisher::impl::run() {
             ++attempt;
             if (try_connect(attempt)) {
                 attempt = 0;
-                cursor = 0;  // resend everything still in the spool, oldest first
+                cursor = start_streams();  // resend everything still in the spool
             }
             continue;
         }

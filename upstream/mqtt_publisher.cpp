@@ -55,8 +55,11 @@ prometheus::Counter& mqtt_error(prometheus::Registry& registry, const char* reas
 using namespace std::chrono_literals;
 
 mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
-                           prometheus::Registry& registry, const std::string& dead_letter_topic)
+                           prometheus::Registry& registry, const std::string& dead_letter_topic,
+                           const config::replay_settings& replay)
     : settings_(settings),
+      replay_(replay),
+      pacer_(replay.rate, replay.bytes_per_second),
       gateway_id_(std::move(gateway_id)),
       status_topic_("ferry/" + gateway_id_ + "/status"),
       inflight_max_(static_cast<std::size_t>(std::max(1, settings.inflight))),
@@ -91,6 +94,12 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
                             .Help("Connection attempts (each over the whole uris list)")
                             .Register(registry)
                             .Add({{"result", "error"}})),
+      m_replayed_(prometheus::BuildCounter()
+                      .Name("ferry_upstream_replayed_total")
+                      .Help("Spool messages sent as replay: the backlog a connect found, beside "
+                            "the live stream (resends included)")
+                      .Register(registry)
+                      .Add({})),
       m_received_(prometheus::BuildCounter()
                       .Name("ferry_mqtt_received_total")
                       .Help("Distinct spool messages taken for sending")
@@ -289,9 +298,10 @@ bool mqtt_publisher::impl::publish_result(const std::string& topic, const std::s
 
 mqtt_publisher::mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id,
                                spool& sp, prometheus::Registry& registry,
-                               const std::string& dead_letter_topic)
-    : impl_(std::make_unique<impl>(settings, std::move(gateway_id), sp, registry,
-                                   dead_letter_topic)) {}
+                               const std::string& dead_letter_topic,
+                               const config::replay_settings& replay)
+    : impl_(std::make_unique<impl>(settings, std::move(gateway_id), sp, registry, dead_letter_topic,
+                                   replay)) {}
 
 std::uint64_t mqtt_publisher::max_packet_size() const {
     return impl_->packet_limit();

@@ -4,7 +4,11 @@
 //
 // Paho's async client with its own persistence off (the spool is the only source of truth).
 // At most `inflight` messages are outstanding; on reconnect every unacknowledged message is
-// sent again from the oldest, so duplicates appear only within the in-flight window.
+// sent again, so duplicates appear only within the in-flight window. Live first (the
+// default, upstream.replay): after a connect, what the spool held then is the backlog, replayed
+// from the oldest (paced, when configured; JSON marked "replay":true) beside the live stream of
+// everything newer, which goes out at once; each stream is in order. `order: strict`: one
+// stream, oldest first.
 // Reconnects with exponential backoff and jitter, failing over across `uris` in order.
 // A publish not acknowledged within `ack_timeout` resets the connection (resend from the oldest).
 // A publish the broker refuses follows `refused` (block | drop after `refused_attempts`) and
@@ -46,9 +50,11 @@ class mqtt_publisher {
   public:
     // `dead_letter_topic`: the template (config `dead_letter.topic`) where notices of
     // dead-lettered spool messages go; {device}, {tag} and {rule} expand to "upstream".
+    // `replay`: how the backlog goes out after a connect (docs/DELIVERY.md, Live first).
     mqtt_publisher(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
                    prometheus::Registry& registry,
-                   const std::string& dead_letter_topic = "ferry/{gateway}/dead-letter");
+                   const std::string& dead_letter_topic = "ferry/{gateway}/dead-letter",
+                   const config::replay_settings& replay = {});
     ~mqtt_publisher();
     mqtt_publisher(const mqtt_publisher&) = delete;
     mqtt_publisher& operator=(const mqtt_publisher&) = delete;

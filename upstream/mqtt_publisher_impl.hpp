@@ -32,6 +32,7 @@
 #include "upstream/dead_letter.hpp"
 #include "upstream/mqtt_publisher.hpp"
 #include "upstream/port_probe.hpp"
+#include "upstream/replay_pacer.hpp"
 #include "upstream/spool.hpp"
 
 namespace ferry::upstream {
@@ -88,16 +89,28 @@ struct mqtt_publisher::impl {
         steady::time_point sent{};  // for ack_timeout
         std::string topic;          // for the refusal rules (order per topic)
         std::uint64_t batch = 0;    // for log lines
+        bool replay = false;        // sent as part of the backlog's replay
     };
     // A publish the broker refused (MQTT 5 reason >= 0x80), waiting for the rest of its window.
     struct refused_publish {
         std::string topic;
         std::uint64_t batch = 0;
         int reason = 0;
+        bool replay = false;
+    };
+    // Where the sender is in the spool (docs/DELIVERY.md, Live first): ids up to `boundary`
+    // (the highest id stored when the connection came up) are the backlog, replayed from
+    // `replay`; newer ones are live, sent from `live`. strict: boundary 0, one stream.
+    struct cursors {
+        std::int64_t live = 0;
+        std::int64_t replay = 0;
+        std::int64_t boundary = 0;
+        bool replaying() const { return replay < boundary; }
     };
 
     impl(const config::mqtt_settings& settings, std::string gateway_id, spool& sp,
-         prometheus::Registry& registry, const std::string& dead_letter_topic);
+         prometheus::Registry& registry, const std::string& dead_letter_topic,
+         const config::replay_settings& replay);
     ~impl();
 
     void start();
@@ -107,11 +120,12 @@ struct mqtt_publisher::impl {
     bool should_exit();
     bool try_connect(std::uint64_t attempt);
     void reset_connection(const std::string& why, bool lost = true);
-    void fill_window(std::int64_t& cursor);
+    cursors start_streams();  // after a connect, or once refusals are settled
+    void fill_window(cursors& c);
     bool ack_overdue();
     bool refusals_settled();
-    void settle_refusals(std::int64_t& cursor);
-    bool publish_one(spooled_message& m);
+    void settle_refusals(cursors& c);
+    bool publish_one(spooled_message& m, bool replay);
     bool dead_lettered(const spooled_message& m);
     std::uint64_t packet_limit() const;
     // `reconnect`: a wait for the next connect attempt (disconnected), which may probe the
@@ -131,6 +145,8 @@ struct mqtt_publisher::impl {
 
     // Settings.
     config::mqtt_settings settings_;
+    config::replay_settings replay_;
+    replay_pacer pacer_;  // sender thread only
     std::string gateway_id_;
     std::string status_topic_;
     std::size_t inflight_max_;  // from the config
@@ -145,6 +161,7 @@ struct mqtt_publisher::impl {
     prometheus::Counter& m_published_error_;
     prometheus::Counter& m_connects_ok_;
     prometheus::Counter& m_connects_error_;
+    prometheus::Counter& m_replayed_;
     prometheus::Counter& m_received_;
     prometheus::Counter& m_sent_;
     prometheus::Counter& m_err_connect_;
@@ -180,11 +197,13 @@ struct mqtt_publisher::impl {
     bool stop_requested_ = false;
     steady::time_point deadline_{};
     // Refusals (see settle_refusals): refused publishes not yet settled, the newest spool id
-    // the broker accepted per topic, and per topic the newest id whose outcome a lost
-    // connection hid while a refusal was pending (it may have been accepted).
+    // the broker accepted per topic and stream (stream_key), and per topic and stream the
+    // newest id whose outcome a lost connection hid while a refusal was pending (it may have
+    // been accepted).
     std::map<std::int64_t, refused_publish> refused_;
-    std::unordered_map<std::string, std::int64_t> newest_acked_;
-    std::unordered_map<std::string, std::int64_t> maybe_acked_;
+    using stream_key = std::pair<std::string, bool>;  // topic, replay
+    std::map<stream_key, std::int64_t> newest_acked_;
+    std::map<stream_key, std::int64_t> maybe_acked_;
     bool probe_ = false;  // after a refusal: one message at a time until one is accepted
     std::unordered_map<std::int64_t, int> refusals_;  // spool id -> times refused so far
 

@@ -10,10 +10,18 @@
 #include <vector>
 
 #include "core/log.hpp"
+#include "core/topic.hpp"
 
 namespace ferry::upstream {
 
 namespace {
+
+// A replayed JSON batch says so: {"replay":true,"gateway":...} (CONTRACT.md). Other payloads
+// go as they are.
+void mark_replay(std::string& payload) {
+    if (payload.size() > 2 && payload[0] == '{' && payload[1] == '"')
+        payload.insert(1, k_replay_mark);
+}
 
 // Return codes with which Paho fails a publish because the connection is (being) closed.
 bool cancelled(int rc) {
@@ -63,12 +71,12 @@ void mqtt_publisher::impl::on_delivered(const mqtt::token& tok, bool ok) {
         // itself is handled once, by the connection-lost path, and everything is resent.
         if (!ok && cancelled(tok.get_return_code())) current = false;
         if (refused) {
-            refused_[p.id] = refused_publish{p.topic, p.batch, reason};
+            refused_[p.id] = refused_publish{p.topic, p.batch, reason, p.replay};
         } else if (!ok && current) {
             publish_failed_ = true;
         }
         if (ok) {
-            auto& newest = newest_acked_[p.topic];
+            auto& newest = newest_acked_[{p.topic, p.replay}];
             newest = std::max(newest, p.id);
             probe_ = false;  // the broker takes messages again: open the window
             refusals_.erase(p.id);
@@ -112,18 +120,22 @@ void mqtt_publisher::impl::on_delivered(const mqtt::token& tok, bool ok) {
     cv_.notify_all();
 }
 
-bool mqtt_publisher::impl::publish_one(spooled_message& m) {
+bool mqtt_publisher::impl::publish_one(spooled_message& m, bool replay) {
     std::uint64_t pub = 0;
     {
         std::lock_guard lk(mu_);
         pub = next_pub_++;
         outstanding_[pub] =
-            pending{gen_, m.id, m.created_ms, steady::now(), m.topic, batch_of(m.payload)};
+            pending{gen_, m.id, m.created_ms, steady::now(), m.topic, batch_of(m.payload), replay};
         m_inflight_.Set(static_cast<double>(outstanding_.size()));
     }
     if (m.id > highest_taken_) {
         highest_taken_ = m.id;
         m_received_.Increment();
+    }
+    if (replay) {
+        m_replayed_.Increment();
+        mark_replay(m.payload);
     }
     try {
         auto msg =
@@ -155,33 +167,66 @@ bool mqtt_publisher::impl::publish_one(spooled_message& m) {
     }
 }
 
-void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
-    std::size_t room = 0;
+mqtt_publisher::impl::cursors mqtt_publisher::impl::start_streams() {
+    cursors c;
+    if (replay_.order == config::replay_order::live_first) c.boundary = spool_.last_id();
+    c.live = c.boundary;
+    pacer_.reset(steady::now());
+    if (c.boundary > 0 && spool_.messages() > 0)
+        log::info(k_component, "replaying the backlog beside live data",
+                  {{"backlog_messages_at_most", std::to_string(spool_.messages())},
+                   {"up_to_id", std::to_string(c.boundary)},
+                   {"rate", replay_.rate > 0 ? std::to_string(replay_.rate) : "unpaced"}});
+    return c;
+}
+
+// Fills the window from the spool: live messages first, then the backlog's replay (at the
+// pacer's rate) in the room left. A live message that finds the window full waits for one
+// acknowledgement; pacing the replay keeps room for it. Each stream keeps the sliding-window
+// rule on its own.
+void mqtt_publisher::impl::fill_window(cursors& c) {
     // Acked rows the spool could not delete yet (disk errors) keep their slot: a crash now
     // would resend them, and resends must stay within the window (the 31-min fault campaign,
     // seed 3290849218, saw 17 back with a window of 16 after write errors and a kill -9).
     const std::size_t unsettled = spool_.unsettled_acks();
-    // The window also slides: no message newer than the oldest unacknowledged one plus the
-    // window goes out (spool ids), so a resend never reaches further back than the window
-    // even when the broker acknowledges later messages but not an earlier one (the campaign,
-    // seed 1336295787: PUBACKs withheld, then passed again, a resend 17 back with 12 in flight).
-    std::int64_t last_allowed = std::numeric_limits<std::int64_t>::max();
+    // The window also slides: in each stream, no message newer than the oldest unacknowledged
+    // one of that stream plus the window goes out (spool ids), so a resend never reaches
+    // further back than the window even when the broker acknowledges later messages but not an
+    // earlier one (the campaign, seed 1336295787: PUBACKs withheld, then passed again, a resend
+    // 17 back with 12 in flight).
+    struct room {
+        std::size_t free = 0, live = 0, replay = 0;
+        std::int64_t last_live = std::numeric_limits<std::int64_t>::max();
+        std::int64_t last_replay = std::numeric_limits<std::int64_t>::max();
+    } r;
     {
         std::unique_lock lk(mu_);
         // After a refusal nothing new is taken until the window has settled, then one message
         // at a time until the broker accepts one (see settle_refusals).
         const std::size_t window = !refused_.empty() ? 0 : probe_ ? 1 : window_;
-        const auto slide_room = [&]() -> std::size_t {
-            if (outstanding_.empty() || window == 0) return window;
-            std::int64_t oldest = std::numeric_limits<std::int64_t>::max();
-            for (const auto& [pub, p] : outstanding_)
+        const auto rooms = [&] {
+            room out;
+            const std::size_t busy = outstanding_.size() + unsettled;
+            out.free = window - std::min(window, busy);
+            std::int64_t oldest_live = std::numeric_limits<std::int64_t>::max();
+            std::int64_t oldest_replay = oldest_live;
+            for (const auto& [pub, p] : outstanding_) {
+                auto& oldest = p.replay ? oldest_replay : oldest_live;
                 oldest = std::min(oldest, p.id);
-            last_allowed = oldest + static_cast<std::int64_t>(window) - 1;
-            return cursor >= last_allowed ? 0 : static_cast<std::size_t>(last_allowed - cursor);
+            }
+            const auto slide = [&](std::int64_t oldest, std::int64_t cursor, std::int64_t& last) {
+                if (oldest == std::numeric_limits<std::int64_t>::max() || window == 0)
+                    return window;
+                last = oldest + static_cast<std::int64_t>(window) - 1;
+                return cursor >= last ? std::size_t{0} : static_cast<std::size_t>(last - cursor);
+            };
+            out.live = std::min(out.free, slide(oldest_live, c.live, out.last_live));
+            if (c.replaying())
+                out.replay = std::min(out.free, slide(oldest_replay, c.replay, out.last_replay));
+            return out;
         };
-        const std::size_t busy = outstanding_.size() + unsettled;
-        room = std::min(window - std::min(window, busy), slide_room());
-        if (room == 0) {
+        r = rooms();
+        if (r.live == 0 && r.replay == 0) {
             if (unsettled != 0 && outstanding_.size() < window) {
                 // Only the spool holds the window: nothing here will signal, so re-check soon.
                 cv_.wait_for(lk, k_idle_wait,
@@ -190,27 +235,55 @@ void mqtt_publisher::impl::fill_window(std::int64_t& cursor) {
             }
             // Window full: wait for an ack (or loss, or stop).
             cv_.wait_for(lk, k_idle_wait, [&] {
-                return (refused_.empty() && outstanding_.size() < window && slide_room() > 0) ||
-                       (!refused_.empty() && outstanding_.empty()) || lost_ || publish_failed_ ||
-                       stop_requested_;
+                if (lost_ || publish_failed_ || stop_requested_) return true;
+                if (!refused_.empty()) return outstanding_.empty();
+                const auto now = rooms();
+                return now.live > 0 || now.replay > 0;
             });
             return;
         }
     }
-    auto msgs = spool_.peek(cursor, room);
-    if (msgs.empty()) {
-        spool_.wait_for_messages(cursor, k_idle_wait);
-        return;
-    }
-    for (auto& m : msgs) {
-        if (m.id > last_allowed) return;  // beyond the sliding window (ids may have gaps)
-        if (dead_lettered(m)) {
-            cursor = m.id;
-            continue;
+    bool sent = false;
+    if (r.live > 0) {
+        auto msgs = spool_.peek(c.live, r.live);
+        for (auto& m : msgs) {
+            if (m.id > r.last_live) break;  // beyond the sliding window (ids may have gaps)
+            if (!dead_lettered(m)) {
+                if (!publish_one(m, false)) return;
+                --r.free;
+            }
+            c.live = m.id;
+            sent = true;
         }
-        if (!publish_one(m)) return;
-        cursor = m.id;
     }
+    r.replay = std::min(r.replay, r.free);
+    auto wake = steady::now() + k_idle_wait;
+    if (r.replay > 0) {
+        const auto now = steady::now();
+        auto msgs = spool_.peek(c.replay, r.replay);
+        if (msgs.empty() || msgs.front().id > c.boundary) c.replay = c.boundary;  // all sent
+        for (auto& m : msgs) {
+            if (m.id > c.boundary) {
+                c.replay = c.boundary;  // the backlog is through: the rest is live
+                log::info(k_component, "backlog replayed", {{"up_to_id", std::to_string(m.id)}});
+                break;
+            }
+            if (m.id > r.last_replay) break;
+            if (!dead_lettered(m)) {
+                if (!pacer_.take(m.payload.size(), now)) {
+                    wake = std::min(wake, pacer_.next(now));
+                    break;
+                }
+                if (!publish_one(m, true)) return;
+            }
+            c.replay = m.id;
+            sent = true;
+        }
+    }
+    // Nothing to send: wait for a live message (or the pacer's next token, or an ack's room).
+    if (!sent)
+        spool_.wait_for_messages(c.live, std::chrono::ceil<std::chrono::milliseconds>(
+                                             std::max(wake - steady::now(), steady::duration{})));
 }
 
 // The oldest outstanding publish has waited longer than ack_timeout. A broker (or anything in
@@ -259,7 +332,7 @@ bool mqtt_publisher::impl::refusals_settled() {
 //    message at a time until the broker accepts one, after a backoff that doubles with each
 //    refusal of the same message: nothing newer overtakes it, and `block` does not creep.
 // Messages the broker accepted in the window were acked as usual: the consumer has them.
-void mqtt_publisher::impl::settle_refusals(std::int64_t& cursor) {
+void mqtt_publisher::impl::settle_refusals(cursors& cursor) {
     struct verdict {
         std::int64_t id;
         refused_publish r;
@@ -271,9 +344,11 @@ void mqtt_publisher::impl::settle_refusals(std::int64_t& cursor) {
         std::lock_guard lk(mu_);
         for (auto& [id, r] : refused_) {
             std::int64_t newer = 0;
-            if (auto it = newest_acked_.find(r.topic); it != newest_acked_.end())
-                newer = it->second;
-            if (auto it = maybe_acked_.find(r.topic); it != maybe_acked_.end())
+            // Order is per topic within a stream: a live message accepted after a refused
+            // replayed one is the point of live first, not an overtaking.
+            const stream_key key{r.topic, r.replay};
+            if (auto it = newest_acked_.find(key); it != newest_acked_.end()) newer = it->second;
+            if (auto it = maybe_acked_.find(key); it != maybe_acked_.end())
                 newer = std::max(newer, it->second);
             verdicts.push_back({id, std::move(r), ++refusals_[id], newer > id});
         }
@@ -304,7 +379,9 @@ void mqtt_publisher::impl::settle_refusals(std::int64_t& cursor) {
                     {"why", v.overtaken ? "a later message on the topic was accepted"
                                         : "refused_attempts reached"}});
     }
-    cursor = 0;  // every publish has its answer: go on from the oldest message in the spool
+    // Every publish has its answer: go on from the oldest message of each stream.
+    cursor.live = cursor.boundary;
+    cursor.replay = 0;
     if (kept_times == 0) return;
     {
         std::lock_guard lk(mu_);

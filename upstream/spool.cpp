@@ -185,6 +185,11 @@ spool::~spool() {
     close();
 }
 
+std::int64_t spool::last_id() const {
+    std::lock_guard lock(impl_->mu_);
+    return impl_->last_id_;
+}
+
 std::uint64_t spool::bytes() const {
     return impl_->bytes_.load();
 }

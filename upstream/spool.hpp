@@ -129,6 +129,10 @@ class spool {
     std::uint64_t load_state(const std::string& key, std::uint64_t fallback);
     bool store_state(const std::string& key, std::uint64_t value);  // false: not stored (logged)
 
+    // The highest id ever stored (held now or not): the publisher's boundary between the
+    // backlog and live messages at a connect (docs/DELIVERY.md, Live first).
+    std::int64_t last_id() const;
+
     std::uint64_t bytes() const;               // payload+topic bytes held
     std::uint64_t messages() const;            // messages held
     std::uint64_t corrupt_recoveries() const;  // damaged files moved aside and salvaged

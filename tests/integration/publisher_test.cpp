@@ -31,6 +31,7 @@
 
 #include "core/config.hpp"
 #include "core/log.hpp"
+#include "core/topic.hpp"
 #include "tests/support/harness.hpp"
 #include "tests/support/mqtt_proxy.hpp"
 #include "upstream/mqtt_publisher.hpp"
@@ -167,6 +168,16 @@ std::optional<received> retained_of(std::uint16_t port, const std::string& topic
     return received{topic, text.substr(2, nl - 2), text[0] == '1'};
 }
 
+// Most cases check the one-stream order (upstream.replay.order: strict); live first, where the
+// spool's backlog at a connect is replayed beside newer messages, has cases of its own below.
+const std::string k_dead_letter = "ferry/{gateway}/dead-letter";
+const ferry::config::replay_settings k_strict{ferry::config::replay_order::strict};
+
+// `payload` as it arrives when it is replayed (docs/DELIVERY.md, Live first).
+std::string replayed(const std::string& payload) {
+    return "{" + std::string(ferry::k_replay_mark) + payload.substr(1);
+}
+
 // A JSON object, as every spooled payload is (the publisher dead-letters anything else).
 std::string payload_of(int i) {
     char buf[32];
@@ -287,8 +298,10 @@ TEST_CASE("delivers the spool in order, says online and offline, empties the spo
             << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
     auto got = rec.payloads(k_data_topic);
     REQUIRE(got.size() == 200);  // no broker trouble: no duplicates at all
+    // All 200 were in the spool when the connection came up: the backlog, replayed and marked.
     for (int i = 0; i < 200; ++i)
-        CHECK(got[static_cast<std::size_t>(i)] == payload_of(i));
+        CHECK(got[static_cast<std::size_t>(i)] == replayed(payload_of(i)));
+    CHECK(metric(reg, "ferry_upstream_replayed_total") == 200);
     CHECK(pub.connected());
 
     REQUIRE(wait_until([&] { return rec.has(k_status_topic, "online"); }, 2s));
@@ -306,10 +319,11 @@ TEST_CASE("delivers the spool in order, says online and offline, empties the spo
     CHECK(metric(reg, "ferry_delivery_latency_seconds") == 200);
     CHECK(metric(reg, "ferry_events_delivered_total") == 200);  // one event per message here
 
-    // Messages appended while running go out too.
+    // Messages appended while running go out too: live, not marked.
     append_range(sp, 200, 210);
     REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 210; }, 5s));
     CHECK(rec.payloads(k_data_topic).back() == payload_of(209));
+    CHECK(metric(reg, "ferry_upstream_replayed_total") == 200);
 
     pub.stop(2000ms);
     CHECK_FALSE(pub.connected());
@@ -321,6 +335,54 @@ TEST_CASE("delivers the spool in order, says online and offline, empties the spo
     CHECK(offline->retained);
 }
 
+TEST_CASE(
+    "live first: newer messages go out at once, the backlog beside them, paced, marked, each "
+    "stream in order") {
+    temp_dir dir;
+    mosquitto broker;
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 300);  // what an outage left: the backlog at the connect
+    sub_recorder rec(broker.port(), "rec-live", {"plant/#"});
+    ferry::config::replay_settings paced;
+    paced.rate = 50;  // 300 backlog messages: about 6 s
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg, k_dead_letter, paced);
+    const auto t0 = std::chrono::steady_clock::now();
+    pub.start();
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 10; }, 10s));
+    append_range(sp, 300, 320);  // live data, while the backlog is being replayed
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 320 && sp.messages() == 0; }, 20s));
+    const auto took = std::chrono::steady_clock::now() - t0;
+    const auto got = rec.payloads(k_data_topic);
+    REQUIRE(got.size() == 320);  // no broker trouble: no duplicates
+    std::vector<int> backlog, live;
+    std::size_t last_live_at = 0, last_backlog_at = 0;
+    for (std::size_t k = 0; k < got.size(); ++k) {
+        const bool marked = got[k].rfind("{" + std::string(ferry::k_replay_mark), 0) == 0;
+        const int i = marked ? index_of("{" + got[k].substr(1 + ferry::k_replay_mark.size()))
+                             : index_of(got[k]);
+        (marked ? backlog : live).push_back(i);
+        (marked ? last_backlog_at : last_live_at) = k;
+    }
+    std::vector<int> want_backlog(300), want_live(20);
+    for (int i = 0; i < 300; ++i)
+        want_backlog[static_cast<std::size_t>(i)] = i;
+    for (int i = 0; i < 20; ++i)
+        want_live[static_cast<std::size_t>(i)] = 300 + i;
+    CHECK(backlog == want_backlog);  // the backlog marked, in order
+    CHECK(live == want_live);        // live unmarked, in order
+    // Live data did not wait for the backlog: all of it arrived while the replay went on.
+    CHECK(last_live_at < last_backlog_at);
+    MESSAGE("last live message arrived as message "
+            << last_live_at + 1 << " of 320; the replay took "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    // Paced: 300 messages at 50/s cannot take much under 6 s (5 of them in the first burst).
+    CHECK(took >= 5500ms);
+    CHECK(metric(reg, "ferry_upstream_replayed_total") == 300);
+    CHECK(metric(reg, "ferry_events_delivered_total") == 320);
+    pub.stop(2000ms);
+}
+
 TEST_CASE("MQTT 3.1.1 delivers too") {
     temp_dir dir;
     mosquitto broker;
@@ -330,7 +392,7 @@ TEST_CASE("MQTT 3.1.1 delivers too") {
     sub_recorder rec(broker.port(), "rec-311", {"plant/#"});
     auto cfg = mqtt_config({broker.uri()});
     cfg.version = 4;
-    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    mqtt_publisher pub(cfg, k_gateway, sp, reg, k_dead_letter, k_strict);
     pub.start();
     REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 50 && sp.messages() == 0; }, 10s));
     check_ordered_with_window(rec.payloads(k_data_topic), 0, 50, 1);
@@ -348,7 +410,8 @@ TEST_CASE("a broker restart mid-stream loses nothing; duplicates only within the
     spool sp(spool_config(dir), reg);
     sub_recorder rec(broker.port(), "rec-restart", {"plant/#"});
 
-    mqtt_publisher pub(mqtt_config({broker.uri()}, k_inflight), k_gateway, sp, reg);
+    mqtt_publisher pub(mqtt_config({broker.uri()}, k_inflight), k_gateway, sp, reg, k_dead_letter,
+                       k_strict);
     pub.start();
 
     // A steady producer, so the outage lands mid-stream and the spool grows during it.
@@ -407,7 +470,8 @@ TEST_CASE("failover: the first uri stops, delivery continues on the second") {
     sub_recorder rec1(b1.port(), "rec-b1", {"plant/#", "ferry/#"});
     sub_recorder rec2(b2.port(), "rec-b2", {"plant/#", "ferry/#"});
 
-    mqtt_publisher pub(mqtt_config({b1.uri(), b2.uri()}), k_gateway, sp, reg);
+    mqtt_publisher pub(mqtt_config({b1.uri(), b2.uri()}), k_gateway, sp, reg, k_dead_letter,
+                       k_strict);
     append_range(sp, 0, 100);
     pub.start();
     REQUIRE(wait_until([&] { return rec1.count(k_data_topic) >= 100 && sp.messages() == 0; }, 10s));
@@ -428,8 +492,8 @@ TEST_CASE("stop() returns promptly when no broker is reachable") {
     spool sp(spool_config(dir), reg);
     append_range(sp, 0, 10);
     const auto port = ferry::test::free_port();  // nothing listens here
-    mqtt_publisher pub(mqtt_config({"tcp://127.0.0.1:" + std::to_string(port)}), k_gateway, sp,
-                       reg);
+    mqtt_publisher pub(mqtt_config({"tcp://127.0.0.1:" + std::to_string(port)}), k_gateway, sp, reg,
+                       k_dead_letter, k_strict);
     pub.start();
     auto drain = 500ms;
     SUBCASE("in a short backoff wait") {
@@ -514,7 +578,7 @@ TEST_CASE(
     // sees the port open from the start of each wait and leaves it alone.
     auto refusing = std::make_unique<refusing_port>(broker.port());
     append_range(sp, 0, 100);
-    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg);
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg, k_dead_letter, k_strict);
     const auto t0 = std::chrono::steady_clock::now();
     pub.start();
     auto errors = [&] { return metric(reg, "ferry_mqtt_connects_total", {{"result", "error"}}); };
@@ -560,7 +624,7 @@ TEST_CASE("stop(drain) delivers what the spool holds, then says offline") {
     spool sp(spool_config(dir), reg);
     sub_recorder rec(broker.port(), "rec-drain", {"plant/#", "ferry/#"});
     append_range(sp, 0, 500);
-    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg);
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg, k_dead_letter, k_strict);
     pub.start();
     pub.stop(5000ms);  // at once: everything must still go out within the drain
     CHECK(sp.messages() == 0);
@@ -598,7 +662,7 @@ TEST_CASE("TLS: verified server, client certificate; a wrong CA never connects")
         append_range(sp, 0, 20);
         auto cfg = mqtt_config({tls_uri});
         cfg.tls = ferry::config::tls_settings{pki.ca, pki.client, pki.client_key, true};
-        mqtt_publisher pub(cfg, k_gateway, sp, reg);
+        mqtt_publisher pub(cfg, k_gateway, sp, reg, k_dead_letter, k_strict);
         pub.start();
         REQUIRE(
             wait_until([&] { return rec.count(k_data_topic) >= 20 && sp.messages() == 0; }, 10s));
@@ -612,7 +676,7 @@ TEST_CASE("TLS: verified server, client certificate; a wrong CA never connects")
         append_range(sp, 0, 5);
         auto cfg = mqtt_config({tls_uri});
         cfg.tls = ferry::config::tls_settings{pki.other_ca, pki.client, pki.client_key, true};
-        mqtt_publisher pub(cfg, k_gateway, sp, reg);
+        mqtt_publisher pub(cfg, k_gateway, sp, reg, k_dead_letter, k_strict);
         pub.start();
         REQUIRE(wait_until(
             [&] {
@@ -641,7 +705,8 @@ TEST_CASE("throughput (informational): 5000 QoS 1 messages") {
         scfg.fsync = mode;
         spool sp(scfg, reg);
         append_range(sp, 0, 5000);
-        mqtt_publisher pub(mqtt_config({broker.uri()}, inflight), k_gateway, sp, reg);
+        mqtt_publisher pub(mqtt_config({broker.uri()}, inflight), k_gateway, sp, reg, k_dead_letter,
+                           k_strict);
         pub.start();
         REQUIRE(wait_until([&] { return pub.connected(); }, 10s));
         const auto t0 = std::chrono::steady_clock::now();
@@ -672,7 +737,7 @@ TEST_CASE("a PUBACK that never comes: reconnect after ack_timeout, resend from t
     proxy.withhold_puback();
     auto cfg = mqtt_config({proxy.uri()});
     cfg.ack_timeout = 2s;
-    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    mqtt_publisher pub(cfg, k_gateway, sp, reg, k_dead_letter, k_strict);
     CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "ack_timeout"}}) == 0);
     pub.start();
 
@@ -768,7 +833,7 @@ TEST_CASE("refused publishes, policy drop: dropped after refused_attempts, order
     auto cfg = mqtt_config({b.broker->uri()});
     cfg.refused = ferry::config::refused_policy::drop;
     cfg.refused_attempts = 2;
-    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    mqtt_publisher pub(cfg, k_gateway, sp, reg, k_dead_letter, k_strict);
     CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "refused"}}) == 0);
     CHECK(metric(reg, "ferry_events_dropped_total", {{"reason", "refused"}}) == 0);
     pub.start();
@@ -808,7 +873,7 @@ TEST_CASE(
     sub_recorder rec(b.broker->port(), "rec-refused-block", {"plant/#"});
     auto cfg = mqtt_config({b.broker->uri()});  // refused: block (the default)
     REQUIRE(cfg.refused == ferry::config::refused_policy::block);
-    mqtt_publisher pub(cfg, k_gateway, sp, reg);
+    mqtt_publisher pub(cfg, k_gateway, sp, reg, k_dead_letter, k_strict);
     pub.start();
 
     // The window that held 5 is answered: 5 refused, the others accepted (the window slides,
@@ -871,7 +936,8 @@ TEST_CASE(
     }) == ferry::upstream::append_result::ok);
     append_range(sp, 4, 10);
     sub_recorder rec(broker.port(), "rec-overtaken", {"plant/#"});
-    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg);  // block
+    mqtt_publisher pub(mqtt_config({broker.uri()}), k_gateway, sp, reg, k_dead_letter,
+                       k_strict);  // block
     pub.start();
     const bool drained = wait_until([&] { return sp.messages() == 0; }, 15s);
     MESSAGE("spool " << sp.messages() << ", refused "

@@ -33,7 +33,9 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
+#include "core/topic.hpp"
 #include "tests/support/paths.hpp"
 
 namespace ferry::test {
@@ -857,6 +859,10 @@ std::vector<upstream_message> parse_upstream(const std::vector<mqtt_message>& ms
         upstream_message u;
         u.topic = m.topic;
         u.payload = m.payload;
+        u.replay = j.value("replay", false);
+        u.body = m.payload;
+        if (u.replay && u.body.compare(1, k_replay_mark.size(), k_replay_mark) == 0)
+            u.body.erase(1, k_replay_mark.size());
         u.batch = j.at("batch").get<std::uint64_t>();
         for (const auto& e : j.at("events")) {
             upstream_event ev;
@@ -873,13 +879,13 @@ std::vector<upstream_message> parse_upstream(const std::vector<mqtt_message>& ms
 }
 
 std::string delivery_check::summary() const {
-    std::string s = "arrived=" + std::to_string(arrived) + " distinct=" + std::to_string(distinct) +
-                    " repeats=" + std::to_string(repeats) +
-                    " max_repeat_distance=" + std::to_string(max_repeat_distance) +
-                    " conflicting=" + std::to_string(conflicting) +
-                    " reordered=" + std::to_string(reordered) +
-                    " events=" + std::to_string(events) + " seq=" + std::to_string(first_seq) +
-                    ".." + std::to_string(last_seq);
+    std::string s =
+        "arrived=" + std::to_string(arrived) + " distinct=" + std::to_string(distinct) +
+        " replayed=" + std::to_string(replayed) + " repeats=" + std::to_string(repeats) +
+        " max_repeat_distance=" + std::to_string(max_repeat_distance) +
+        " conflicting=" + std::to_string(conflicting) + " reordered=" + std::to_string(reordered) +
+        " events=" + std::to_string(events) + " seq=" + std::to_string(first_seq) + ".." +
+        std::to_string(last_seq);
     for (const auto& [topic, first] : first_batch) {
         s += " " + topic + ":batch=" + std::to_string(first) + ".." +
              std::to_string(last_batch.at(topic));
@@ -901,26 +907,32 @@ std::string delivery_check::summary() const {
 delivery_check check_delivery(const std::vector<upstream_message>& msgs) {
     delivery_check c;
     std::map<std::pair<std::string, std::uint64_t>, const upstream_message*> seen;
-    std::map<std::string, std::uint64_t> newest;  // highest batch seen per topic
-    std::map<std::pair<std::string, std::string>, std::uint64_t> last_seq_of;  // device/tag
-    std::map<std::uint64_t, std::int64_t> seqs;                                // seq -> ts
+    // Highest batch seen per topic and stream.
+    std::map<std::pair<std::string, bool>, std::uint64_t> newest;
+    // Per device/tag and stream.
+    std::map<std::tuple<std::string, std::string, bool>, std::uint64_t> last_seq_of;
+    std::map<std::uint64_t, std::int64_t> seqs;  // seq -> ts
     for (const auto& m : msgs) {
         ++c.arrived;
         auto key = std::make_pair(m.topic, m.batch);
+        const std::pair<std::string, bool> stream{m.topic, m.replay};
         if (auto it = seen.find(key); it != seen.end()) {
             ++c.repeats;
-            if (it->second->payload != m.payload) ++c.conflicting;
-            c.max_repeat_distance = std::max(c.max_repeat_distance, newest[m.topic] - m.batch);
+            if (it->second->body != m.body) ++c.conflicting;
+            const auto nw = newest[stream];
+            c.max_repeat_distance =
+                std::max(c.max_repeat_distance, nw > m.batch ? nw - m.batch : 0);
             continue;
         }
         seen.emplace(key, &m);
         ++c.distinct;
-        auto nw = newest.find(m.topic);
+        if (m.replay) ++c.replayed;
+        auto nw = newest.find(stream);
         if (nw != newest.end() && m.batch < nw->second) ++c.reordered;
-        if (nw == newest.end() || m.batch > nw->second) newest[m.topic] = m.batch;
+        if (nw == newest.end() || m.batch > nw->second) newest[stream] = m.batch;
         for (const auto& e : m.events) {
             if (!seqs.emplace(e.seq, e.ts).second) continue;  // a seq seen before (dedupe)
-            auto& last = last_seq_of[{e.device, e.tag}];
+            auto& last = last_seq_of[{e.device, e.tag, m.replay}];
             if (e.seq <= last) ++c.reordered;
             last = std::max(last, e.seq);
         }

@@ -326,6 +326,8 @@ struct upstream_event {
 struct upstream_message {
     std::string topic;
     std::string payload;
+    std::string body;     // the payload without a replay mark: what a resend must repeat
+    bool replay = false;  // "replay":true, a batch of the backlog (docs/DELIVERY.md, Live first)
     std::uint64_t batch = 0;
     std::vector<upstream_event> events;
 };
@@ -334,9 +336,11 @@ struct upstream_message {
 std::vector<upstream_message> parse_upstream(const std::vector<mqtt_message>& msgs,
                                              const std::string& prefix = "plant/");
 
-// What a consumer deduplicating on (gateway, seq) and watching `batch` sees in a stream.
+// What a consumer deduplicating on (gateway, seq) and watching `batch` sees in a stream. With
+// live first, order is checked within each stream (live, replay) as the contract promises.
 struct delivery_check {
     std::size_t arrived = 0;   // messages, repeats included
+    std::size_t replayed = 0;  // distinct messages whose first arrival was marked replay
     std::size_t distinct = 0;  // distinct (topic, batch)
     std::size_t repeats = 0;   // arrivals of a (topic, batch) seen before
     // How many batches behind the newest one on its topic a repeat was (0 if no repeat): a
@@ -344,7 +348,7 @@ struct delivery_check {
     std::uint64_t max_repeat_distance = 0;
     std::size_t conflicting = 0;  // a repeated batch number with different content
     std::size_t reordered = 0;    // first arrivals out of batch order, or out of seq order per
-                                  // device/tag after dropping repeated seqs
+                                  // device/tag after dropping repeated seqs, within a stream
     std::map<std::string, std::uint64_t> first_batch, last_batch;  // per topic
     // Per topic: (last batch before, first batch after) for every hole in the batch numbers.
     std::map<std::string, std::vector<std::pair<std::uint64_t, std::uint64_t>>> batch_gaps;
