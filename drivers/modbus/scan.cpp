@@ -226,18 +226,21 @@ int scan_main(const probe_args& a, link& lnk, std::FILE* out, std::FILE* err,
                  a.count, is_bit_table(a.tbl) ? "bit" : "register", a.count == 1 ? "" : "s",
                  static_cast<long long>(a.timeout.count()));
     std::vector<int> present;
+    bool reached = false;  // the line was opened (connected) at least once
     std::vector<std::uint16_t> values(a.count);
     for (const int unit : a.scan) {
         const auto t0 = steady::now();
         const auto r = lnk.read(unit, a.tbl, *a.address, static_cast<std::uint16_t>(a.count),
                                 a.timeout, values.data());
         const double ms = std::chrono::duration<double, std::milli>(steady::now() - t0).count();
-        if (r.err == fault::connect) {
-            // Nothing on this line can be reached: the first unit says it for all.
+        if (r.err == fault::connect && !reached) {
+            // Nothing on this line can be reached: the first unit says it for all. (Later, a
+            // TCP gateway that stops accepting after a timeout is one unit's "no answer".)
             std::fprintf(err, "ferry: probe: cannot %s %s\n", a.serial ? "open" : "connect to",
                          lnk.name().c_str());
             return k_none;
         }
+        reached = true;
         std::fprintf(out, "unit %-4d %-40s %7.1f ms\n", unit, describe(r).c_str(), ms);
         std::fflush(out);  // a long scan shows its progress
         if (answered(r)) present.push_back(unit);
