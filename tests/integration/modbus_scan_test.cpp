@@ -2,8 +2,9 @@
 // independent server: several units on one RTU line over a socat pty, some silent, each with a
 // sparse register map of its own (a read of an address it lacks is answered with exception 2),
 // one map the shipped Eastron SDM630 profile fits and others it does not; a late answer on the
-// line (our simulator's --delay) never taken for the next unit's; a TCP line with a silent unit;
-// and the suggested YAML loading with `ferry check`.
+// line (our simulator's --delay) never taken for the next unit's; TCP lines with silent units
+// (no answer at all, or a gateway's exception 0x0B); profiles of a directory of one's own; and
+// the suggested YAML loading with `ferry check`.
 #include <doctest/doctest.h>
 
 #include <sstream>
@@ -180,5 +181,38 @@ TEST_CASE("a scan over TCP: a unit the server does not have is no answer, the ne
 
     CHECK(ferry_cli({"probe", "modbus", "--host", "127.0.0.1", "--port",
                      std::to_string(free_port()), "--scan", "1-3"})
+              .code == 3);
+}
+
+TEST_CASE("a TCP gateway's 'target failed to respond' is no answer; profiles of your own") {
+    // Our simulator over TCP answers unit 2 only and gives the others exception 0x0B, as a
+    // Modbus TCP gateway does for a slave behind it that is silent.
+    modbus_sim server(0, {"holding:0=u16:7", "holding:1=u16:8"}, {}, {"--unit", "2"});
+    temp_dir profiles;
+    write_file(profiles.file("pump.yaml"),
+               "points:\n  - { name: speed, address: 1, type: uint16 }\n");
+    write_file(profiles.file("broken.yaml"),
+               "points:\n  - { name: speed, address: 1, type: unit16 }\n");
+    write_file(profiles.file("README.md"), "not a profile\n");
+    const auto r =
+        ferry_cli({"probe", "modbus", "--host", "127.0.0.1", "--port",
+                   std::to_string(server.port()), "--scan", "1-3", "--profiles", profiles.path()});
+    INFO(r.out);
+    CHECK(r.code == 0);
+    CHECK(has(line_of(r.out, "unit 1 "), " no answer (gateway: exception 11 gateway_target) "));
+    CHECK(has(line_of(r.out, "unit 2 "), " answers "));
+    CHECK(has(line_of(r.out, "unit 3 "), " no answer (gateway: exception 11 gateway_target) "));
+    CHECK(has(r.out, "1 of 3 unit ids answered"));
+    // The broken profile is reported as `ferry check` would, at its line, and left out.
+    CHECK(has(r.out,
+              "ferry: probe: profile broken left out: " + profiles.file("broken.yaml") + ":2:"));
+    CHECK(has(r.out, "profiles in " + profiles.path() + ": pump\n"));
+    CHECK(line_of(r.out, "unit 2 ", 2) == "unit 2    fits pump");
+    CHECK(has(r.out,
+              "with gateway.profiles_dir: \"" + profiles.path() + "\"\n- id: \"pump-{unit_id}\""));
+    CHECK(has(r.out, "  unit_id: 2\n  profile: pump\n"));
+
+    CHECK(ferry_cli({"probe", "modbus", "--host", "127.0.0.1", "--port",
+                     std::to_string(server.port()), "--scan", "1,3"})
               .code == 3);
 }
