@@ -127,8 +127,18 @@ std::string misfit(link& lnk, int unit, const known_profile& p, std::chrono::mil
     const auto& d = p.device;
     const auto& ds = of(d);
     timeout = std::max(timeout, std::chrono::milliseconds(ds.timeout));
+    // The requests `ferry run` would make: each poll group planned on its own.
+    std::map<config::duration, std::vector<std::size_t>> groups;
+    for (std::size_t i = 0; i < d.points.size(); ++i)
+        groups[poll_interval_of(d, d.points[i])].push_back(i);
+    std::vector<read_block> blocks;
+    for (auto& [interval, which] : groups) {
+        auto mine =
+            plan_blocks(d.points, std::move(which), ds.max_gap, ds.max_registers, ds.max_coils);
+        blocks.insert(blocks.end(), mine.begin(), mine.end());
+    }
     std::vector<std::uint16_t> regs;
-    for (const auto& b : plan_blocks(d.points, ds.max_gap, ds.max_registers, ds.max_coils)) {
+    for (const auto& b : blocks) {
         if (ds.request_delay.count() > 0) std::this_thread::sleep_for(ds.request_delay);
         regs.assign(b.count, 0);
         const auto r = lnk.read(unit, b.tbl, static_cast<std::uint16_t>(b.start),

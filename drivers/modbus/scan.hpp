@@ -22,11 +22,12 @@
 //
 // The suggestion: every NAME.yaml of the profiles directory is loaded by the config loader as a
 // device of the probe's driver naming `profile: NAME` (so its keys are read as `ferry run` reads
-// them), its points planned with plan_blocks under the profile's max_registers, max_coils and
-// max_gap, and read from each answering unit (request_delay honoured; timeout: the larger of
-// --timeout and the profile's). A profile fits a unit when every request is answered with data
-// and every point decodes to a reading (codec.hpp is_reading: finite). Then, per profile that
-// fits some unit, a YAML item for `devices:` with those unit ids.
+// them), its points planned with plan_blocks as `ferry run` plans them (per poll group, under
+// the profile's max_registers, max_coils and max_gap) and read from each answering unit
+// (request_delay honoured; timeout: the larger of --timeout and the profile's). A profile fits a
+// unit when every request is answered with data and every point decodes to a reading (codec.hpp
+// is_reading: finite). Then, per profile that fits some unit, a YAML item for `devices:` with those
+// unit ids.
 //
 // Output (stdout, one line per unit, in this order; stable, documented in the README):
 //   scanning units ... at LINK: TABLE ADDRESS (COUNT), timeout MS ms, one attempt each

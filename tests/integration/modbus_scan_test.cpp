@@ -187,10 +187,16 @@ TEST_CASE("a scan over TCP: a unit the server does not have is no answer, the ne
 TEST_CASE("a TCP gateway's 'target failed to respond' is no answer; profiles of your own") {
     // Our simulator over TCP answers unit 2 only and gives the others exception 0x0B, as a
     // Modbus TCP gateway does for a slave behind it that is silent.
-    modbus_sim server(0, {"holding:0=u16:7", "holding:1=u16:8"}, {}, {"--unit", "2"});
+    // Address 5 refuses every read: planned as one request (max_gap bridges 2..9), the pump's
+    // two points would touch it; `ferry run` reads them apart, as two poll groups.
+    modbus_sim server(0, {"holding:0=u16:7", "holding:1=u16:8"}, {},
+                      {"--unit", "2", "--fail", "5-5"});
     temp_dir profiles;
     write_file(profiles.file("pump.yaml"),
-               "points:\n  - { name: speed, address: 1, type: uint16 }\n");
+               "points:\n"
+               "  - { name: speed, address: 1, type: uint16 }\n"
+               "  - { name: hours, address: 10, type: uint16, "
+               "poll_interval: 10s }\n");
     write_file(profiles.file("broken.yaml"),
                "points:\n  - { name: speed, address: 1, type: unit16 }\n");
     write_file(profiles.file("README.md"), "not a profile\n");
