@@ -215,6 +215,39 @@ std::optional<std::int64_t> parse_integer(std::string_view s) {
     return neg ? -v : v;
 }
 
+std::optional<int_range> parse_range(std::string_view text) {
+    auto number = [](std::string_view s) -> std::optional<std::int64_t> {
+        while (!s.empty() && s.front() == ' ')
+            s.remove_prefix(1);
+        while (!s.empty() && s.back() == ' ')
+            s.remove_suffix(1);
+        std::int64_t v = 0;
+        auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (s.empty() || s[0] == '-' || ec != std::errc{} || p != s.data() + s.size())
+            return std::nullopt;
+        return v;
+    };
+    const auto dash = text.find('-', 1);
+    if (dash == std::string_view::npos) return std::nullopt;
+    auto first = number(text.substr(0, dash));
+    auto last = number(text.substr(dash + 1));
+    if (!first || !last) return std::nullopt;
+    return int_range{*first, *last};
+}
+
+std::string check_range(const int_range& r, std::int64_t lo, std::int64_t hi,
+                        std::string_view what) {
+    for (const auto x : {r.first, r.last})
+        if (x < lo || x > hi)
+            return std::string(what) + " " + std::to_string(x) + " is out of range (" +
+                   std::to_string(lo) + ".." + std::to_string(hi) + ")";
+    if (r.first > r.last)
+        return "the range " + std::to_string(r.first) + "-" + std::to_string(r.last) +
+               " runs backwards (write \"" + std::to_string(r.last) + "-" +
+               std::to_string(r.first) + "\")";
+    return {};
+}
+
 mark to_mark(const YAML::Mark& m) {
     return {m.line < 0 ? 0 : m.line + 1, m.column < 0 ? 0 : m.column + 1};
 }

@@ -379,6 +379,18 @@ inline constexpr option k_http_options[] = {
 };
 // "0x10" or "-12": integers as config files write them.
 std::optional<std::int64_t> parse_integer(std::string_view s);
+// A range of integers "FIRST-LAST", both ends included, blanks around each end allowed: how a
+// per-value key (unit_id: "1-30", docs/PROFILES.md) and `ferry probe modbus --scan` write one.
+// nullopt unless both ends are decimal integers >= 0.
+struct int_range {
+    std::int64_t first = 0;
+    std::int64_t last = 0;
+};
+std::optional<int_range> parse_range(std::string_view text);
+// Why `r` is no range of values of `what` in lo..hi ("unit_id 250 is out of range (1..247)",
+// "the range 30-1 runs backwards (write \"1-30\")"), or "" when it is one.
+std::string check_range(const int_range& r, std::int64_t lo, std::int64_t hi,
+                        std::string_view what);
 // Reads a whole file of at most `max_bytes`; on failure nullopt, with `why` set.
 std::optional<std::string> read_file(const std::string& path, std::string& why,
                                      std::size_t max_bytes);

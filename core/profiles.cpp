@@ -54,14 +54,6 @@ std::optional<std::int64_t> digits(std::string_view s) {
     return v;
 }
 
-std::string trim(std::string_view s) {
-    while (!s.empty() && s.front() == ' ')
-        s.remove_prefix(1);
-    while (!s.empty() && s.back() == ' ')
-        s.remove_suffix(1);
-    return std::string(s);
-}
-
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
     for (auto at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
         s.replace(at, from.size(), to);
@@ -220,12 +212,6 @@ void loader::check_unused_profiles() {
 std::optional<std::vector<std::int64_t>> loader::per_values(const value_ref& v,
                                                             const driver_schema::per_value_key& k) {
     const std::string key(k.key);
-    auto in_range = [&](std::int64_t x, const value_ref& at) {
-        if (x >= k.lo && x <= k.hi) return true;
-        fail(at, key + " " + std::to_string(x) + " is out of range (" + std::to_string(k.lo) +
-                     ".." + std::to_string(k.hi) + ")");
-        return false;
-    };
     std::vector<std::int64_t> out;
     if (v.node.IsSequence()) {
         if (v.node.size() == 0) {
@@ -252,22 +238,18 @@ std::optional<std::vector<std::int64_t>> loader::per_values(const value_ref& v,
     if (!v.node.IsScalar()) return std::nullopt;
     auto text = expand_env(std::string(v.node.Scalar()), nullptr);
     if (!text) return std::nullopt;
-    const auto dash = text->find('-', 1);
-    if (dash == std::string::npos) return std::nullopt;  // a plain value: the driver reads it
-    auto first = digits(trim(std::string_view(*text).substr(0, dash)));
-    auto last = digits(trim(std::string_view(*text).substr(dash + 1)));
-    if (!first || !last) {
+    if (text->find('-', 1) == std::string::npos) return std::nullopt;  // a plain value
+    const auto range = parse_range(*text);
+    if (!range) {
         fail(v, "expected an integer, a range such as \"1-30\" or a list such as [1, 2, 5], got '" +
                     *text + "'");
         return out;
     }
-    if (!in_range(*first, v) || !in_range(*last, v)) return out;
-    if (*first > *last) {
-        fail(v, "the range " + *text + " runs backwards (write \"" + std::to_string(*last) + "-" +
-                    std::to_string(*first) + "\")");
+    if (auto why = check_range(*range, k.lo, k.hi, key); !why.empty()) {
+        fail(v, why);
         return out;
     }
-    for (auto x = *first; x <= *last; ++x)
+    for (auto x = range->first; x <= range->last; ++x)
         out.push_back(x);
     return out;
 }

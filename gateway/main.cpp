@@ -1,5 +1,5 @@
 // ferry: the command line of CONTRACT.md.
-//   ferry run -c FILE | ferry check -c FILE | ferry version | ferry probe modbus ...
+//   ferry run -c FILE | ferry check -c FILE | ferry version | ferry probe modbus [--scan] ...
 // Exit codes: 0 ok, 1 invalid config or input, 2 usage error, 3 runtime failure.
 #include <malloc.h>
 #include <signal.h>
@@ -30,7 +30,10 @@ const char* const k_usage_text =
     "                              validate, then print the config resolved (profiles,\n"
     "                              unit-id ranges) as YAML\n"
     "       ferry version          version, build type, target architecture\n"
-    "       ferry probe modbus ... read registers once and print every decoding\n";
+    "       ferry probe modbus ... read registers once and print every decoding\n"
+    "       ferry probe modbus ... --scan RANGE\n"
+    "                              which unit ids of a line answer, and which profiles\n"
+    "                              their registers fit (ferry probe modbus --help)\n";
 
 int usage(const char* why) {
     if (why) std::fprintf(stderr, "ferry: %s\n", why);
@@ -111,7 +114,8 @@ int main(int argc, char** argv) {
         std::fputs(k_usage_text, stdout);
         return k_ok;
     }
-    if (cmd == "probe") return ferry::drivers::modbus::probe_main(args, stdout, stderr);
+    if (cmd == "probe")
+        return ferry::drivers::modbus::probe_main(args, stdout, stderr, ferry::config_schema());
     if (cmd != "run" && cmd != "check") return usage(("unknown command '" + cmd + "'").c_str());
 
     std::string file, why;

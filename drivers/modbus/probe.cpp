@@ -1,5 +1,6 @@
 #include "drivers/modbus/probe.hpp"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdlib>
 #include <optional>
@@ -8,6 +9,7 @@
 
 #include "drivers/modbus/codec.hpp"
 #include "drivers/modbus/link.hpp"
+#include "drivers/modbus/scan.hpp"
 
 namespace ferry::drivers::modbus {
 namespace {
@@ -22,20 +24,15 @@ const char* const k_probe_usage =
     "       ferry probe modbus --serial DEVICE [--baud 9600] [--parity N|E|O]\n"
     "                          [--data-bits 8] [--stop-bits 1] [--unit 1] [--table holding]\n"
     "                          --address A [--count 4] [--timeout 1000]\n"
+    "       ferry probe modbus (--host H [--port 502] | --serial DEVICE [--baud ...])\n"
+    "                          --scan RANGE [--table holding] [--address 0] [--count 1]\n"
+    "                          [--timeout 200] [--profiles DIR]\n"
     "  --table    holding | input | coil | discrete\n"
     "  --address  0-based protocol address; --count registers (1..125) or bits (1..2000)\n"
-    "  --timeout  answer timeout in milliseconds\n";
-
-struct probe_args {
-    std::string host;
-    std::uint16_t port = 502;
-    std::optional<config::serial_settings> serial;
-    int unit = 1;
-    table tbl = table::holding;
-    std::optional<std::uint16_t> address;
-    std::uint32_t count = 4;
-    std::chrono::milliseconds timeout{1000};
-};
+    "  --timeout  answer timeout in milliseconds\n"
+    "  --scan     unit ids to try, one read each, no retry: 1-30, 1,2,5 or 1-10,20\n"
+    "             (RTU 1..247, TCP 0..255); then the profiles each answering unit fits\n"
+    "  --profiles where profile files NAME.yaml are (default: gateway.profiles_dir's)\n";
 
 std::optional<long> parse_long(const std::string& s, long lo, long hi) {
     if (s.empty()) return std::nullopt;
@@ -45,11 +42,13 @@ std::optional<long> parse_long(const std::string& s, long lo, long hi) {
     return v;
 }
 
-// Returns an error message, or "" when the arguments are complete.
-std::string parse(const std::vector<std::string>& args, probe_args& a) {
+}  // namespace
+
+std::string parse_probe_args(const std::vector<std::string>& args, probe_args& a) {
     if (args.empty() || args[0] != "modbus") return "probe takes 'modbus' first";
     config::serial_settings serial;
-    bool serial_keys = false;
+    bool serial_keys = false, unit_given = false, count_given = false, timeout_given = false;
+    std::optional<std::string> scan;
     for (std::size_t i = 1; i < args.size(); ++i) {
         const std::string& k = args[i];
         if (i + 1 >= args.size()) return k + " needs a value";
@@ -94,6 +93,7 @@ std::string parse(const std::vector<std::string>& args, probe_args& a) {
             auto n = num(0, 255);
             if (!n) return bad;
             a.unit = static_cast<int>(*n);
+            unit_given = true;
         } else if (k == "--table") {
             if (v == "holding")
                 a.tbl = table::holding;
@@ -113,10 +113,17 @@ std::string parse(const std::vector<std::string>& args, probe_args& a) {
             auto n = num(1, 2000);
             if (!n) return bad;
             a.count = static_cast<std::uint32_t>(*n);
+            count_given = true;
         } else if (k == "--timeout") {
             auto n = num(1, 600000);
             if (!n) return bad;
             a.timeout = std::chrono::milliseconds(*n);
+            timeout_given = true;
+        } else if (k == "--scan") {
+            scan = v;
+        } else if (k == "--profiles") {
+            if (v.empty()) return bad;
+            a.profiles_dir = v;
         } else {
             return "unknown argument '" + k + "'";
         }
@@ -127,6 +134,18 @@ std::string parse(const std::vector<std::string>& args, probe_args& a) {
     }
     if (a.host.empty() == !a.serial.has_value()) return "give exactly one of --host and --serial";
     if (serial_keys && !a.serial) return "--baud, --parity, --data-bits, --stop-bits need --serial";
+    if (scan) {
+        if (unit_given) return "--scan and --unit exclude each other";
+        std::string why;
+        // 0 is the broadcast address on a serial line: nothing answers it.
+        a.scan = a.serial ? parse_unit_ids(*scan, 1, 247, why) : parse_unit_ids(*scan, 0, 255, why);
+        if (a.scan.empty()) return "bad value for --scan: " + why;
+        if (!a.address) a.address = 0;
+        if (!count_given) a.count = 1;
+        if (!timeout_given) a.timeout = k_scan_timeout;
+    } else if (!a.profiles_dir.empty()) {
+        return "--profiles needs --scan";
+    }
     if (!a.address) return "missing --address";
     const std::uint32_t limit = is_bit_table(a.tbl) ? k_max_bits : k_max_registers;
     if (a.count > limit) return "--count is at most " + std::to_string(limit) + " for this table";
@@ -147,6 +166,8 @@ const char* table_name(table t) {
             return "discrete";
     }
 }
+
+namespace {
 
 // Prints `first` and then the columns, 24 characters apart, without trailing blanks.
 void print_columns(std::FILE* out, const std::string& first, const std::vector<std::string>& cols) {
@@ -220,13 +241,19 @@ void print_registers(std::FILE* out, const probe_args& a, const std::vector<std:
 
 }  // namespace
 
-int probe_main(const std::vector<std::string>& args, std::FILE* out, std::FILE* err) {
+int probe_main(const std::vector<std::string>& args, std::FILE* out, std::FILE* err,
+               const config::schema& s) {
+    if (std::find(args.begin(), args.end(), "--help") != args.end()) {
+        std::fputs(k_probe_usage, out);
+        return k_ok;
+    }
     probe_args a;
-    if (const auto why = parse(args, a); !why.empty()) {
+    if (const auto why = parse_probe_args(args, a); !why.empty()) {
         std::fprintf(err, "ferry: probe: %s\n%s", why.c_str(), k_probe_usage);
         return k_usage;
     }
     auto lnk = a.serial ? make_rtu_link(*a.serial) : make_tcp_link(a.host, a.port);
+    if (!a.scan.empty()) return scan_main(a, *lnk, out, err, s);
     std::vector<std::uint16_t> values(a.count);
     const auto r = lnk->read(a.unit, a.tbl, *a.address, static_cast<std::uint16_t>(a.count),
                              a.timeout, values.data());

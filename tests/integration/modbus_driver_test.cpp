@@ -590,18 +590,8 @@ TEST_CASE("illegal address for good inside a bridged gap: whole-block retries ba
 
 // ---- probe ----------------------------------------------------------------------------------
 
-struct cli_result {
-    int code;
-    std::string out;
-};
-
 cli_result run_ferry(const std::vector<std::string>& args) {
-    temp_dir dir;
-    std::vector<std::string> argv{FERRY_BINARY};
-    argv.insert(argv.end(), args.begin(), args.end());
-    process p(argv, dir.file("out"));
-    const auto code = p.wait(10000ms);
-    return {code.value_or(-1), read_file(dir.file("out"))};
+    return ferry_cli(args, 10000ms);
 }
 
 TEST_CASE("ferry probe modbus prints every decoding; exit codes 0, 2, 3") {

@@ -17,6 +17,8 @@ target_link_libraries(integration_modbus_field PRIVATE ferry_modbus)
 ferry_test(integration_modbus_line integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/modbus_line_test.cpp)
 ferry_test(integration_modbus_groups integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/modbus_groups_test.cpp)
 target_link_libraries(integration_modbus_groups PRIVATE ferry_modbus)
+# Issue 17 item 6: `ferry probe modbus --scan` through the binary, pymodbus on a pty line.
+ferry_test(integration_modbus_scan integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/modbus_scan_test.cpp)
 ferry_test(integration_reload integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/reload_test.cpp)
 ferry_test(integration_serial integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/serial_line_test.cpp)
 ferry_test(integration_secrets integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/secrets_test.cpp)

@@ -70,6 +70,15 @@ std::unique_ptr<process> start_server(const std::vector<std::string>& argv, cons
 
 }  // namespace
 
+cli_result ferry_cli(const std::vector<std::string>& args, std::chrono::milliseconds timeout) {
+    temp_dir dir;
+    std::vector<std::string> argv{FERRY_BINARY};
+    argv.insert(argv.end(), args.begin(), args.end());
+    process p(argv, dir.file("out"));
+    const auto code = p.wait(timeout);
+    return {code.value_or(-1), read_file_if_exists(dir.file("out"))};
+}
+
 std::uint16_t free_port() {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) throw std::runtime_error("free_port: socket: " + std::string(strerror(errno)));

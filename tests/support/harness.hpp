@@ -73,6 +73,15 @@ class process {
     std::string log_;
 };
 
+// `ferry ARGS...` (the binary under test) run to its end, at most `timeout`: its exit code (-1
+// when it did not end in time) and what it wrote to stdout and stderr, together.
+struct cli_result {
+    int code = -1;
+    std::string out;
+};
+cli_result ferry_cli(const std::vector<std::string>& args,
+                     std::chrono::milliseconds timeout = 60000ms);
+
 // A real mosquitto on 127.0.0.1:port, with its own config in a temp dir; persistence off.
 // `extra_conf` is appended to its config (e.g. TLS listener settings).
 class mosquitto {

@@ -26,6 +26,13 @@ Strings: two characters per register, high byte first; badc/dcba swap the bytes 
 register. The encoding here is written with `struct`, independently of modbus_encode.hpp,
 so that the two simulators cross-check each other.
 
+--unit-set UNITS:SPEC (repeatable) sets a value for these unit ids only ("5:input:0=f32:230",
+"3-4:holding:10=u16:1"): each unit named by a --unit-set has a datastore of its own, holding the
+--set values and then its own; the others share one. --sparse: a table holds only the registers
+(and bits) that --set and --unit-set define, and a read or write touching any other address is
+answered with exception 2 (ILLEGAL DATA ADDRESS), as a real device with gaps in its register map
+answers; without it every table covers the whole address space, zero where nothing is set.
+
 --units SPEC answers only these unit ids ("1-27", "1,2,5" or both: "1-3,7"); the others get
 no answer at all (a unit that is not there). --answer-after UNIT=SECONDS makes UNIT answer only
 from SECONDS after the server serves (a unit that comes back). --log FILE writes one line per
@@ -50,6 +57,7 @@ import time
 
 from pymodbus.datastore import (
     ModbusSequentialDataBlock,
+    ModbusSparseDataBlock,
     ModbusServerContext,
     ModbusSlaveContext,
 )
@@ -168,12 +176,14 @@ class LoggingSlave(ModbusSlaveContext):
 
 
 class UnitFilter(ModbusServerContext):
-    """One datastore for every unit id that answers (--units, --answer-after); no answer for
-    the others (with ignore_missing_slaves: pymodbus then sends nothing)."""
+    """The datastore of each unit id that answers (--units, --answer-after): its own (--unit-set)
+    or the shared one; no answer for the others (with ignore_missing_slaves: pymodbus then sends
+    nothing)."""
 
-    def __init__(self, slave, units, answer_after, log):
+    def __init__(self, slave, slaves, units, answer_after, log):
         super().__init__(slaves=slave, single=True)
         self.slave = slave
+        self.own = slaves  # unit -> its own datastore (not `slaves`: a method of the base)
         self.units = units  # None: every unit id
         self.answer_after = answer_after  # unit -> monotonic time from which it answers
         self.log = log
@@ -185,8 +195,9 @@ class UnitFilter(ModbusServerContext):
         ):
             self.log.write(unit, "silent")
             raise NoSuchSlaveException(f"unit {unit} does not answer")
-        self.slave.unit = unit
-        return self.slave
+        slave = self.own.get(unit, self.slave)
+        slave.unit = unit
+        return slave
 
 
 def main() -> int:
@@ -197,6 +208,8 @@ def main() -> int:
     parser.add_argument("--baud", type=int, default=9600)
     parser.add_argument("--parity", choices=("N", "E", "O"), default="N")
     parser.add_argument("--set", action="append", default=[], dest="sets")
+    parser.add_argument("--unit-set", action="append", default=[], dest="unit_sets")
+    parser.add_argument("--sparse", action="store_true")
     parser.add_argument("--units")
     parser.add_argument("--answer-after", action="append", default=[], dest="answer_after")
     parser.add_argument("--log")
@@ -210,25 +223,39 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    blocks = {t: ModbusSequentialDataBlock(0, [0] * SIZE) for t in TABLES}
-    for spec in args.sets:
-        try:
-            table, address, values = parse_set(spec)
-        except (ValueError, struct.error) as exc:
-            print(f"pymodbus_server: --set {spec}: {exc}", file=sys.stderr)
-            return 2
-        blocks[table].setValues(address, values)
+    common = []  # (table, address, values) of every --set
+    own = {}  # unit -> the same for its --unit-set values
+    try:
+        for spec in args.sets:
+            common.append(parse_set(spec))
+        for spec in args.unit_sets:
+            which, _, rest = spec.partition(":")
+            for unit in parse_units(which):
+                own.setdefault(unit, []).append(parse_set(rest))
+    except (ValueError, struct.error) as exc:
+        print(f"pymodbus_server: --set {spec}: {exc}", file=sys.stderr)
+        return 2
 
-    # zero_mode=True: protocol address N is datastore address N (see the module docstring).
-    slave = LoggingSlave(
-        log,
-        hr=blocks["holding"],
-        ir=blocks["input"],
-        co=blocks["coil"],
-        di=blocks["discrete"],
-        zero_mode=True,
-    )
-    context = UnitFilter(slave, units, answer_after, log)
+    def make_slave(sets):
+        if args.sparse:
+            blocks = {t: ModbusSparseDataBlock({}) for t in TABLES}
+        else:
+            blocks = {t: ModbusSequentialDataBlock(0, [0] * SIZE) for t in TABLES}
+        for table, address, values in sets:
+            blocks[table].setValues(address, values)
+        # zero_mode=True: protocol address N is datastore address N (see the module docstring).
+        return LoggingSlave(
+            log,
+            hr=blocks["holding"],
+            ir=blocks["input"],
+            co=blocks["coil"],
+            di=blocks["discrete"],
+            zero_mode=True,
+        )
+
+    slave = make_slave(common)
+    slaves = {unit: make_slave(common + sets) for unit, sets in own.items()}
+    context = UnitFilter(slave, slaves, units, answer_after, log)
 
     class LoggingHandler(ModbusConnectedRequestHandler):
         def connection_made(self, transport):
