@@ -1,0 +1,116 @@
+// Session hooks (mqtt_publisher.hpp; Sparkplug B, docs/SPARKPLUG.md): the will of each
+// connect, the messages sent first after it, the rewrite before each publish, the inbound
+// messages a hook claims, and messages sent beside the spool (send_now). The spool's stream
+// and its promises (docs/DELIVERY.md) are untouched: these messages never enter the spool.
+#include <limits>
+
+#include "core/log.hpp"
+#include "upstream/mqtt_publisher_impl.hpp"
+
+namespace ferry::upstream {
+
+namespace {
+
+// Messages beside the spool written before waiting for the oldest of them: Paho refuses
+// publishes beyond its buffer of unwritten commands (create_options, 100 and more).
+constexpr std::size_t k_beside_room = 32;
+
+}  // namespace
+
+void mqtt_publisher::impl::apply_will(mqtt::connect_options& opts) {
+    if (!hooks_.will) return;
+    auto w = hooks_.will();
+    opts.set_will(mqtt::will_options(w.topic, w.payload.data(), w.payload.size(), w.qos, w.retain));
+}
+
+bool mqtt_publisher::impl::publish_beside(mqtt_publisher::outbound& m,
+                                          std::vector<mqtt::delivery_token_ptr>& toks) {
+    if (hooks_.before_send)
+        hooks_.before_send(m.topic, m.payload, std::numeric_limits<std::int64_t>::max());
+    if (toks.size() >= k_beside_room) {
+        toks.front()->wait_for(k_status_timeout);
+        toks.erase(toks.begin());
+    }
+    try {
+        toks.push_back(
+            client_->publish(m.topic, m.payload.data(), m.payload.size(), m.qos, m.retain));
+        return true;
+    } catch (const mqtt::exception& e) {
+        m_err_status_.Increment();
+        log::warn(k_component, "publish beside the spool failed",
+                  {{"topic", m.topic}, {"error", e.what()}});
+        return false;
+    }
+}
+
+void mqtt_publisher::impl::hooks_after_connect() {
+    {
+        std::lock_guard lk(direct_mu_);
+        direct_.clear();  // after_connect says the whole state
+        direct_waiting_ = false;
+    }
+    if (!hooks_.filters.empty()) {
+        for (const auto& f : hooks_.filters) {
+            try {
+                auto tok = client_->subscribe(f, 1);
+                if (!tok->wait_for(k_connect_timeout)) throw mqtt::exception(-1);
+                log::info(k_component, "subscribed", {{"filter", f}, {"qos", "1"}});
+            } catch (const mqtt::exception& e) {
+                m_err_subscribe_.Increment();
+                log::error(k_component, "subscribe failed", {{"filter", f}, {"error", e.what()}});
+            }
+        }
+    }
+    if (!hooks_.after_connect) return;
+    auto msgs = hooks_.after_connect();
+    std::vector<mqtt::delivery_token_ptr> toks;
+    for (auto& m : msgs)
+        if (!publish_beside(m, toks)) return;
+}
+
+void mqtt_publisher::impl::publish_direct() {
+    if (!direct_waiting_.load()) return;
+    std::vector<mqtt_publisher::outbound> msgs;
+    {
+        std::lock_guard lk(direct_mu_);
+        msgs.swap(direct_);
+        direct_waiting_ = false;
+    }
+    std::vector<mqtt::delivery_token_ptr> toks;
+    for (auto& m : msgs)
+        if (!publish_beside(m, toks)) return;
+}
+
+void mqtt_publisher::impl::hooks_before_disconnect() {
+    if (!hooks_.before_disconnect) return;
+    auto msgs = hooks_.before_disconnect();
+    std::vector<mqtt::delivery_token_ptr> toks;
+    for (auto& m : msgs)
+        if (!publish_beside(m, toks)) return;
+    for (auto& t : toks)
+        t->wait_for(k_status_timeout);
+}
+
+void mqtt_publisher::impl::dispatch(const mqtt::const_message_ptr& msg) {
+    if (!msg) return;
+    const auto& topic = msg->get_topic();
+    if (hooks_.inbound && hooks_.inbound(topic, msg->get_payload_str(), msg->is_retained())) return;
+    if (sub_handler_) sub_handler_(topic, msg->get_payload_str(), msg->is_retained());
+}
+
+void mqtt_publisher::set_session_hooks(session_hooks hooks) {
+    impl_->hooks_ = std::move(hooks);
+    impl_->make_client();  // the current client gets the message callback too
+}
+
+void mqtt_publisher::send_now(std::vector<outbound> messages) {
+    {
+        std::lock_guard lk(impl_->direct_mu_);
+        for (auto& m : messages)
+            impl_->direct_.push_back(std::move(m));
+        impl_->direct_waiting_ = true;
+    }
+    impl_->cv_.notify_all();
+}
+
+}  // namespace ferry::upstream
