@@ -297,7 +297,8 @@ struct daemon::impl {
         if (!sparkplug) return;
         upstream::mqtt_publisher::session_hooks h;
         h.will = [this] { return sparkplug->will(); };
-        h.after_connect = [this] { return sparkplug->births(); };
+        h.after_connect = [this] { return sparkplug->after_connect(); };
+        if (!sparkplug->state_topic().empty()) h.gate = [this] { return sparkplug->gate(); };
         h.before_disconnect = [this] {
             return std::vector<upstream::mqtt_publisher::outbound>{sparkplug->death()};
         };
@@ -306,8 +307,18 @@ struct daemon::impl {
             sparkplug->before_send(topic, payload, created_ms);
         };
         h.filters = sparkplug->command_filters();
+        if (!sparkplug->state_topic().empty()) h.filters.push_back(sparkplug->state_topic());
         h.inbound = [this](const std::string& topic, const std::string& payload, bool retained) {
             if (!topic.starts_with("spBv1.0/")) return false;
+            if (topic == sparkplug->state_topic()) {
+                if (auto online = sparkplug->host_state(payload))
+                    log::info("sparkplug",
+                              *online ? "primary host online: births, then the held "
+                                        "data (historical)"
+                                      : "primary host offline: data held in the spool",
+                              {{"topic", topic}});
+                return true;
+            }
             on_sparkplug_command(topic, payload, retained);
             return true;
         };

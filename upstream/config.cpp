@@ -299,14 +299,8 @@ void finish_sparkplug(config::loader& ld, config::config& c) {
             check_sparkplug_id(ld, ref, *out);
         }
     }
-    if (auto ref = ld.recall("upstream.sparkplug.primary_host_id")) {
+    if (auto ref = ld.recall("upstream.sparkplug.primary_host_id"))
         check_sparkplug_id(ld, *ref, s.primary_host_id);
-        // Refused rather than accepted and ignored: a user who names a primary host expects
-        // data held while it is offline.
-        ld.fail(*ref,
-                "not built yet: store-and-forward on a primary host's STATE; remove "
-                "primary_host_id (docs/SPARKPLUG.md)");
-    }
 }
 
 // Templates that need the gateway id (and data_dir) read first.

@@ -327,6 +327,7 @@ void mqtt_publisher::impl::run() {
             continue;
         }
         publish_states();
+        if (!gate_open()) continue;  // session hooks: Sparkplug's primary host is offline
         publish_direct();
         fill_window(cursor);
     }

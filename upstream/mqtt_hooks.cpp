@@ -81,6 +81,27 @@ void mqtt_publisher::impl::publish_direct() {
         if (!publish_beside(m, toks)) return;
 }
 
+bool mqtt_publisher::impl::gate_open() {
+    if (!hooks_.gate) return true;
+    auto first = hooks_.gate();
+    if (!first) {
+        // Held: the spool keeps what comes meanwhile; re-asked within k_idle_wait.
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, k_idle_wait, [&] { return lost_ || publish_failed_ || stop_requested_; });
+        return false;
+    }
+    if (first->empty()) return true;
+    {
+        std::lock_guard lk(direct_mu_);
+        direct_.clear();  // the gate's messages say the whole state
+        direct_waiting_ = false;
+    }
+    std::vector<mqtt::delivery_token_ptr> toks;
+    for (auto& m : *first)
+        if (!publish_beside(m, toks)) return false;
+    return true;
+}
+
 void mqtt_publisher::impl::hooks_before_disconnect() {
     if (!hooks_.before_disconnect) return;
     auto msgs = hooks_.before_disconnect();

@@ -40,7 +40,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/config.hpp"
 
@@ -123,6 +125,11 @@ class mqtt_publisher {
         // At a clean stop, after the retained states and before the "offline" status: a clean
         // DISCONNECT does not fire the will, so what the will would say is sent here.
         std::function<std::vector<outbound>()> before_disconnect;
+        // Asked by the sender thread while connected, before messages of send_now and of the
+        // spool go out: nullopt holds both (the spool keeps its messages; Sparkplug: the
+        // primary host is offline); otherwise the messages to send first (they say the whole
+        // state, so send_now messages queued until then are dropped), then the stream flows.
+        std::function<std::optional<std::vector<outbound>>()> gate;
         // Filters subscribed to at QoS 1 after each connect, for `inbound`.
         std::vector<std::string> filters;
     };

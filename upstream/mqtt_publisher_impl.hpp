@@ -252,6 +252,7 @@ struct mqtt_publisher::impl {
     void hooks_after_connect();                    // the sender thread, connected
     void publish_direct();                         // the sender thread, connected
     void hooks_before_disconnect();                // the sender thread, at a clean stop
+    bool gate_open();                              // the sender thread, connected
     // Publishes one message beside the spool after before_send; false: the connection is going.
     bool publish_beside(mqtt_publisher::outbound& m, std::vector<mqtt::delivery_token_ptr>& toks);
     void dispatch(const mqtt::const_message_ptr& msg);  // Paho's callback thread

@@ -331,3 +331,86 @@ TEST_CASE(
     all = decode_all(dir, rec.messages_on(k_ndeath));
     CHECK((*metric(all[0].payload, "bdSeq"))["value"] == bd2);
 }
+
+TEST_CASE(
+    "sparkplug: store-and-forward on the primary host's STATE: held while offline, births "
+    "then historical replay when online") {
+    modbus_sim sim(
+        0, {"holding:0=u16:7", "holding:1=i16:-5", "holding:2=f32:abcd:21.5", "coil:5=bool:1"});
+    mosquitto broker;
+    temp_dir dir;
+    const auto http_port = free_port();
+    copy_config(dir, "sparkplug", "    primary_host_id: scada\n");
+    const std::string state = "spBv1.0/STATE/scada";
+    auto host_state = [&](bool online, std::int64_t ts) {
+        const auto cmd = "mosquitto_pub -h 127.0.0.1 -p " + std::to_string(broker.port()) +
+                         " -q 1 -r -t " + state + " -m '" +
+                         json{{"online", online}, {"timestamp", ts}}.dump() + "'";
+        REQUIRE(std::system(cmd.c_str()) == 0);
+    };
+    const auto t0 = now_ms();
+    host_state(false, t0);  // the host's retained STATE: offline
+    mqtt_recorder rec(broker.uri(), {"spBv1.0/plant-a/#"});
+    auto env = ferry_vars(dir.path(), http_port, sim.port(), broker.uri());
+    env["DEAD_PORT"] = std::to_string(free_port());
+    auto ferry_p = ferry_process(dir.file("ferry.yaml"), dir.file("ferry.log"), env);
+    wait_ready(*ferry_p, http_port);
+    INFO("ferry log: " << dir.file("ferry.log"));
+
+    // ---- 1. Host offline: no birth, no data; the spool holds the DDATA ----
+    REQUIRE(wait_until([&] { return metric_value(http_port, "ferry_spool_messages") >= 3; }, 10s));
+    CHECK(rec.count() == 0);
+
+    // ---- 2. Host online: NBIRTH first, DBIRTHs, then the held DDATA flagged historical ----
+    const auto online_ms = now_ms();
+    host_state(true, t0 + 1);
+    REQUIRE(wait_until(
+        [&] {
+            for (const auto& d : decode_all(dir, rec.messages_on(k_ddata_live)))
+                for (const auto& m : d.payload["metrics"])
+                    if (!m.value("isHistorical", false)) return true;
+            return false;
+        },
+        10s));
+    auto all = decode_all(dir, rec.messages());
+    REQUIRE(!all.empty());
+    CHECK(all[0].topic == k_nbirth);
+    const auto bd = (*metric(all[0].payload, "bdSeq"))["value"];
+    std::size_t historical = 0;
+    bool live_seen = false;
+    for (const auto& d : on(all, k_ddata_live)) {
+        for (const auto& m : d.payload["metrics"]) {
+            if (m.value("isHistorical", false)) {
+                CHECK_FALSE(live_seen);  // the held data first, in spool order
+                CHECK(m["timestamp"].get<std::int64_t>() <= online_ms + 500);
+                ++historical;
+            } else {
+                live_seen = true;
+            }
+        }
+    }
+    CHECK(historical >= 3);
+    check_seq(all);
+
+    // ---- 3. Offline again: DDATA stops (what was in flight may still land) ----
+    host_state(false, t0 + 2);
+    std::this_thread::sleep_for(500ms);
+    const auto before = rec.messages_on(k_ddata_live).size();
+    // Heartbeats (2 s) keep producing DDATA: it stays in the spool.
+    REQUIRE(wait_until([&] { return metric_value(http_port, "ferry_spool_messages") >= 2; }, 10s));
+    CHECK(rec.messages_on(k_ddata_live).size() <= before + 1);
+
+    // ---- 4. Online again: rebirth on the same connection (same bdSeq), then the held data ----
+    rec.clear();
+    host_state(true, t0 + 3);
+    REQUIRE(wait_until([&] { return rec.messages_on(k_ddata_live).size() >= 2; }, 10s));
+    all = decode_all(dir, rec.messages());
+    CHECK(all[0].topic == k_nbirth);
+    CHECK(all[0].payload["seq"] == 0);
+    CHECK((*metric(all[0].payload, "bdSeq"))["value"] == bd);
+    const auto replay = on(all, k_ddata_live);
+    REQUIRE(!replay.empty());
+    CHECK(replay[0].payload["metrics"][0].value("isHistorical", false));
+    check_seq(all);
+    CHECK(ferry_p->stop() == 0);
+}

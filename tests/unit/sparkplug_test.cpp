@@ -353,3 +353,45 @@ TEST_CASE("sparkplug: a sparkplug_b rule's batches are DDATA per device") {
     // Without a codec the rule is refused.
     CHECK_THROWS_AS(ferry::rules::engine({r}, f.points, "gw1"), std::invalid_argument);
 }
+
+TEST_CASE("sparkplug: a primary host's STATE holds and releases the stream") {
+    fixture f;
+    // Without a primary host the gate is always open and a connect sends the births.
+    CHECK(f.n->state_topic().empty());
+    REQUIRE(f.n->gate());
+    CHECK(f.n->gate()->empty());
+    CHECK(f.n->after_connect().size() == 2);
+
+    ferry::config::sparkplug_settings s;
+    s.group_id = "plant";
+    s.edge_node_id = "gw1";
+    s.primary_host_id = "scada";
+    node n(s, *f.sp);
+    n.configure(f.devices, f.points);
+    CHECK(n.state_topic() == "spBv1.0/STATE/scada");
+    CHECK(n.after_connect().empty());  // births wait for the host
+    CHECK_FALSE(n.gate());             // held: nothing known yet
+    CHECK(n.host_state(R"({"online":false,"timestamp":100})") == std::optional<bool>{});
+    CHECK_FALSE(n.gate());
+    CHECK(n.host_state(R"({"online":true,"timestamp":200})") == std::optional<bool>{true});
+    auto first = n.gate();
+    REQUIRE(first);
+    REQUIRE(first->size() == 2);  // NBIRTH, DBIRTH: before anything else
+    CHECK((*first)[0].topic == "spBv1.0/plant/NBIRTH/gw1");
+    CHECK(n.gate()->empty());  // then the stream flows
+    // An older STATE (a retained one replayed late) changes nothing.
+    CHECK(n.host_state(R"({"online":false,"timestamp":150})") == std::optional<bool>{});
+    CHECK(n.gate()->empty());
+    CHECK(n.host_state(R"({"online":false,"timestamp":300})") == std::optional<bool>{false});
+    CHECK_FALSE(n.gate());
+    CHECK(n.host_state("not json") == std::optional<bool>{});
+    CHECK(n.host_state(R"({"online":true,"timestamp":400})") == std::optional<bool>{true});
+    CHECK(n.gate()->size() == 2);  // born again
+    // A reconnect waits for the (retained) STATE again.
+    CHECK(n.after_connect().empty());
+    CHECK_FALSE(n.gate());
+    CHECK(n.host_state(R"({"online":true,"timestamp":400})") == std::optional<bool>{true});
+    CHECK(n.gate()->size() == 2);
+    // Hosts before 3.0 say ONLINE / OFFLINE.
+    CHECK(n.host_state("OFFLINE") == std::optional<bool>{});  // timestamp 0 < 400: ignored
+}

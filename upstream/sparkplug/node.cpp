@@ -10,6 +10,8 @@
 #include <shared_mutex>
 #include <stdexcept>
 
+#include <nlohmann/json.hpp>
+
 #include "upstream/sparkplug/sparkplug_b.pb.h"
 #include "upstream/spool.hpp"
 
@@ -213,6 +215,9 @@ struct node::impl {
     // point id -> (device, metric index), for the codec.
     std::vector<std::pair<device_def*, std::size_t>> by_point;
     std::unordered_map<std::uint64_t, std::pair<device_def*, std::size_t>> by_alias;
+    bool host_online = false;
+    std::int64_t host_ts = -1;  // timestamp of the last STATE taken
+    bool born = false;          // births sent since the last connect or host change
     std::uint64_t bd_seq = 0;
     std::uint64_t seq = 0;  // the next seq to give
     std::int64_t birth_ms = 0;
@@ -441,6 +446,57 @@ void node::before_send(const std::string& topic, std::string& payload, std::int6
     pb::Payload tail;
     tail.set_seq(seq);
     tail.AppendToString(&payload);
+}
+
+std::string node::state_topic() const {
+    if (impl_->settings.primary_host_id.empty()) return {};
+    return std::string(k_namespace) + "/STATE/" + impl_->settings.primary_host_id;
+}
+
+std::optional<bool> node::host_state(const std::string& payload) {
+    bool online = false;
+    std::int64_t ts = 0;
+    if (payload == "ONLINE" || payload == "OFFLINE") {
+        online = payload == "ONLINE";
+    } else {
+        const auto doc = nlohmann::json::parse(payload, nullptr, false);
+        if (!doc.is_object() || !doc.contains("online") || !doc["online"].is_boolean())
+            return std::nullopt;
+        online = doc["online"].get<bool>();
+        if (doc.contains("timestamp") && doc["timestamp"].is_number_integer())
+            ts = doc["timestamp"].get<std::int64_t>();
+    }
+    std::lock_guard lk(impl_->mu);
+    if (ts < impl_->host_ts) return std::nullopt;  // older than one already taken
+    impl_->host_ts = ts;
+    if (online == impl_->host_online) return std::nullopt;
+    impl_->host_online = online;
+    impl_->born = false;  // online: births first; offline: they are due at the next online
+    return online;
+}
+
+std::vector<message> node::after_connect() {
+    {
+        std::lock_guard lk(impl_->mu);
+        impl_->born = false;
+        if (!impl_->settings.primary_host_id.empty()) {
+            // Each connection waits for the host's retained STATE (it may have gone offline
+            // while we were away): the subscription delivers it again at once.
+            impl_->host_online = false;
+            return {};
+        }
+    }
+    return births();
+}
+
+std::optional<std::vector<message>> node::gate() {
+    {
+        std::lock_guard lk(impl_->mu);
+        if (impl_->settings.primary_host_id.empty() || impl_->born) return std::vector<message>{};
+        if (!impl_->host_online) return std::nullopt;
+        impl_->born = true;
+    }
+    return births();
 }
 
 std::optional<message> node::device_state(const std::string& device, bool up) {

@@ -21,6 +21,10 @@
 // bdSeq rises by one (mod 256) per connect attempt (will()) and is kept in the spool's state
 // table, so it keeps rising across restarts.
 //
+// With primary_host_id (store-and-forward): nothing is born and no DDATA leaves the spool until
+// the host's STATE says online; when it goes offline, the spool holds DDATA again, and when it
+// is back, NBIRTH and the DBIRTHs go out first, then the held DDATA, flagged is_historical.
+//
 // Threading: every method may be called from any thread (one internal mutex); the codec
 // methods run on the rule thread, will/births/before_send on the publisher's sender thread,
 // device_state on driver threads, parse_command on Paho's callback thread.
@@ -107,6 +111,21 @@ class node final : public batch_codec {
     // Gives `payload` its seq (and flags DDATA spooled before the current NBIRTH
     // is_historical). Topics outside this node's namespace are left alone.
     void before_send(const std::string& topic, std::string& payload, std::int64_t created_ms);
+
+    // ---- Primary host (store-and-forward, specification 3.0 chapter 5) ----
+    // spBv1.0/STATE/{primary_host_id}; empty without primary_host_id.
+    std::string state_topic() const;
+    // A STATE message of the primary host: JSON {"online":bool,"timestamp":ms} (3.0), or the
+    // text ONLINE / OFFLINE of older hosts. One with an older timestamp than the last taken is
+    // ignored (the specification). Returns the new state when it changed.
+    std::optional<bool> host_state(const std::string& payload);
+    // After each connect: the births, or nothing when a primary host is configured (gate()
+    // sends them once it is online).
+    std::vector<message> after_connect();
+    // The publisher's gate: without a primary host always open (empty). With one: nullopt
+    // while it is offline (DDATA stays in the spool, births wait), the births once it is
+    // online and this connection has not had them since, else empty.
+    std::optional<std::vector<message>> gate();
 
     // ---- Devices ----
     // A driver's report: DDEATH when a device goes down, DBIRTH when it comes back; nothing
