@@ -327,6 +327,7 @@ void mqtt_publisher::impl::run() {
             continue;
         }
         publish_states();
+        keep_status_will();          // session hooks: the status will's own connection
         if (!gate_open()) continue;  // session hooks: Sparkplug's primary host is offline
         publish_direct();
         fill_window(cursor);
@@ -355,6 +356,7 @@ void mqtt_publisher::impl::shutdown() {
         client_->disconnect(k_disconnect_timeout)->wait_for(k_disconnect_timeout * 2);
     } catch (const mqtt::exception&) {
     }
+    drop_status_will();
     std::size_t unacked = 0;
     {
         std::lock_guard lk(mu_);

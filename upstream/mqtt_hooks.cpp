@@ -2,6 +2,14 @@
 // connect, the messages sent first after it, the rewrite before each publish, the inbound
 // messages a hook claims, and messages sent beside the spool (send_now). The spool's stream
 // and its promises (docs/DELIVERY.md) are untouched: these messages never enter the spool.
+//
+// A connection has one will. When a hook takes it (Sparkplug's NDEATH), the status topic's
+// retained "offline" will rides on a second connection, the status sentinel (client id
+// "{client_id}-status", the same broker settings), which sends nothing but a retained
+// "online" after each of its connects: a crash or a lost network closes both, and the broker
+// publishes both wills (CONTRACT.md: "offline" as the last will). It is (re)connected from the
+// sender thread while the main connection is up, at most every 5 s, and disconnected cleanly
+// at a stop, after the main connection's own "offline".
 #include <limits>
 
 #include "core/log.hpp"
@@ -14,6 +22,7 @@ namespace {
 // Messages beside the spool written before waiting for the oldest of them: Paho refuses
 // publishes beyond its buffer of unwritten commands (create_options, 100 and more).
 constexpr std::size_t k_beside_room = 32;
+constexpr std::chrono::seconds k_sentinel_retry{5};
 
 }  // namespace
 
@@ -79,6 +88,48 @@ void mqtt_publisher::impl::publish_direct() {
     std::vector<mqtt::delivery_token_ptr> toks;
     for (auto& m : msgs)
         if (!publish_beside(m, toks)) return;
+}
+
+void mqtt_publisher::impl::keep_status_will() {
+    if (!hooks_.will) return;
+    if (sentinel_ && sentinel_->is_connected()) return;
+    const auto now = steady::now();
+    if (now < sentinel_next_) return;
+    sentinel_next_ = now + k_sentinel_retry;
+    try {
+        if (!sentinel_) {
+            sentinel_listener_.owner = this;
+            sentinel_ = std::make_unique<mqtt::async_client>(
+                settings_.uris.front(), settings_.client_id + "-status", create_opts_, nullptr);
+        }
+        // conn_opts_ carries the status topic's "offline" will, TLS and credentials.
+        sentinel_->connect(conn_opts_, nullptr, sentinel_listener_);
+    } catch (const mqtt::exception& e) {
+        m_err_status_.Increment();
+        log::warn(k_component, "status sentinel connect failed", {{"error", e.what()}});
+    }
+}
+
+void mqtt_publisher::impl::sentinel_listener::on_success(const mqtt::token&) {
+    {
+        std::lock_guard lk(owner->mu_);
+        if (owner->stop_requested_) return;
+    }
+    try {
+        owner->sentinel_->publish(owner->status_topic_, std::string("online"), 1, true);
+        log::info(k_component, "status sentinel connected",
+                  {{"client_id", owner->settings_.client_id + "-status"}});
+    } catch (const mqtt::exception&) {
+    }
+}
+
+void mqtt_publisher::impl::drop_status_will() {
+    if (!sentinel_) return;
+    try {
+        // Clean: the broker drops the will; the main connection said "offline" already.
+        sentinel_->disconnect(k_disconnect_timeout)->wait_for(k_disconnect_timeout * 2);
+    } catch (const mqtt::exception&) {
+    }
 }
 
 bool mqtt_publisher::impl::gate_open() {

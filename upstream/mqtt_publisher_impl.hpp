@@ -253,6 +253,17 @@ struct mqtt_publisher::impl {
     void publish_direct();                         // the sender thread, connected
     void hooks_before_disconnect();                // the sender thread, at a clean stop
     bool gate_open();                              // the sender thread, connected
+    // The status sentinel (mqtt_hooks.cpp): with a hook's will, a second connection carries
+    // the retained "offline" will of the status topic. The sender thread only.
+    void keep_status_will();
+    void drop_status_will();
+    struct sentinel_listener final : mqtt::iaction_listener {
+        impl* owner = nullptr;
+        void on_success(const mqtt::token&) override;
+        void on_failure(const mqtt::token&) override {}
+    };
+    sentinel_listener sentinel_listener_;
+    steady::time_point sentinel_next_{};
     // Publishes one message beside the spool after before_send; false: the connection is going.
     bool publish_beside(mqtt_publisher::outbound& m, std::vector<mqtt::delivery_token_ptr>& toks);
     void dispatch(const mqtt::const_message_ptr& msg);  // Paho's callback thread
@@ -260,6 +271,7 @@ struct mqtt_publisher::impl {
     // Declared after everything its callbacks touch, so it is destroyed first.
     delivery_listener listener_;
     std::unique_ptr<mqtt::async_client> client_;
+    std::unique_ptr<mqtt::async_client> sentinel_;  // destroyed first: its callbacks use the rest
 };
 
 }  // namespace ferry::upstream

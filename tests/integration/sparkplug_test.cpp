@@ -160,6 +160,7 @@ TEST_CASE(
     const auto http_port = free_port();
     copy_config(dir, "sparkplug");
     mqtt_recorder rec(broker.uri(), {"spBv1.0/#", "ferry/spb-gw/cmd/#"});
+    mqtt_recorder status(broker.uri(), {"ferry/spb-gw/status"});
     auto env = ferry_vars(dir.path(), http_port, sim.port(), broker.uri());
     env["DEAD_PORT"] = std::to_string(free_port());
     const auto started_ms = now_ms();
@@ -307,13 +308,24 @@ TEST_CASE(
     CHECK(live_after > 0);
     check_seq(std::vector<decoded>(all.begin() + static_cast<std::ptrdiff_t>(at), all.end()));
 
-    // ---- 5. kill -9: the broker publishes the will, NDEATH with the NBIRTH's bdSeq ----
+    // ---- 5. kill -9: the broker publishes the will, NDEATH with the NBIRTH's bdSeq, and
+    //         the status topic's "offline" (its will rides on a second connection) ----
+    REQUIRE(wait_until(
+        [&] {
+            const auto s = status.messages();
+            return !s.empty() && s.back().payload == "online";
+        },
+        10s));
     rec.clear();
+    status.clear();
     ferry_p->kill9();
     REQUIRE(rec.wait_for_count(k_ndeath, 1, 10s));
     all = decode_all(dir, rec.messages_on(k_ndeath));
     CHECK((*metric(all[0].payload, "bdSeq"))["value"] == bd1);
     CHECK_FALSE(all[0].payload.contains("seq"));
+    REQUIRE(status.wait_for_count(1, 10s));
+    CHECK(status.messages().back().payload == "offline");
+    CHECK(status.messages().back().retained);
 
     // ---- 6. A restart on the same data_dir: bdSeq goes on rising ----
     rec.clear();
@@ -326,10 +338,17 @@ TEST_CASE(
 
     // ---- 7. A clean stop says NDEATH itself (a DISCONNECT does not fire the will) ----
     rec.clear();
+    status.clear();
     CHECK(ferry_p->stop() == 0);
     REQUIRE(rec.wait_for_count(k_ndeath, 1, 5s));
     all = decode_all(dir, rec.messages_on(k_ndeath));
     CHECK((*metric(all[0].payload, "bdSeq"))["value"] == bd2);
+    // "offline" once, from the stop itself, not also from the status sentinel's will.
+    std::this_thread::sleep_for(500ms);
+    std::size_t offline = 0;
+    for (const auto& m : status.messages())
+        offline += m.payload == "offline" ? 1 : 0;
+    CHECK(offline == 1);
 }
 
 TEST_CASE(
