@@ -215,8 +215,8 @@ struct daemon::impl {
 
         bus = std::make_unique<ferry::bus>(points);
         if (cfg.upstream.sparkplug) {
-            sparkplug =
-                std::make_unique<upstream::sparkplug::node>(*cfg.upstream.sparkplug, *spool);
+            sparkplug = std::make_unique<upstream::sparkplug::node>(*cfg.upstream.sparkplug, *spool,
+                                                                    &registry);
             sparkplug->configure(cfg.devices, points);
         }
         engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id,

@@ -248,6 +248,11 @@ TEST_CASE(
     CHECK((*metric(reborn[0].payload, "bdSeq"))["value"] == bd0);
     REQUIRE(on(all, k_dbirth_live).size() == 1);
     check_seq(all);
+    // The same in the metrics.
+    CHECK(metric_value(http_port, "ferry_sparkplug_sent_total{type=\"NBIRTH\"}") == 2);
+    CHECK(metric_value(http_port, "ferry_sparkplug_received_total{type=\"NCMD\"}") == 1);
+    CHECK(metric_value(http_port, "ferry_sparkplug_bdseq") == static_cast<double>(bd0));
+    CHECK(metric_value(http_port, "ferry_sparkplug_sent_total{type=\"DDATA\"}") >= 1);
 
     // ---- 3. DCMD: a write through the command path; the new value comes back in DDATA ----
     rec.clear();
@@ -272,6 +277,8 @@ TEST_CASE(
                     {"metrics", {{{"name", "setpoint"}, {"type", "UInt16"}, {"value", 5000}}}}});
     REQUIRE(rec.wait_for_count(result_topic, 2, 10s));
     CHECK(json::parse(rec.messages_on(result_topic)[1].payload)["ok"] == false);
+    CHECK(metric_value(http_port, "ferry_sparkplug_received_total{type=\"DCMD\"}") == 2);
+    CHECK(metric_value(http_port, "ferry_sparkplug_errors_total{reason=\"command\"}") == 0);
 
     // ---- 4. Broker outage: DDATA spooled meanwhile comes after the new NBIRTH, historical ----
     rec.clear();
@@ -379,6 +386,7 @@ TEST_CASE(
     // ---- 1. Host offline: no birth, no data; the spool holds the DDATA ----
     REQUIRE(wait_until([&] { return metric_value(http_port, "ferry_spool_messages") >= 3; }, 10s));
     CHECK(rec.count() == 0);
+    CHECK(metric_value(http_port, "ferry_sparkplug_primary_host_online") == 0);
 
     // ---- 2. Host online: NBIRTH first, DBIRTHs, then the held DDATA flagged historical ----
     const auto online_ms = now_ms();
@@ -410,6 +418,7 @@ TEST_CASE(
     }
     CHECK(historical >= 3);
     check_seq(all);
+    CHECK(metric_value(http_port, "ferry_sparkplug_primary_host_online") == 1);
 
     // ---- 3. Offline again: DDATA stops (what was in flight may still land) ----
     host_state(false, t0 + 2);

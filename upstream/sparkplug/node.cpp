@@ -10,6 +10,9 @@
 #include <shared_mutex>
 #include <stdexcept>
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
 #include <nlohmann/json.hpp>
 
 #include "upstream/sparkplug/sparkplug_b.pb.h"
@@ -222,7 +225,51 @@ struct node::impl {
     std::uint64_t seq = 0;  // the next seq to give
     std::int64_t birth_ms = 0;
 
+    // Metrics (null without a registry).
+    std::map<std::string, prometheus::Counter*, std::less<>> sent;
+    std::map<std::string, prometheus::Counter*, std::less<>> received;
+    prometheus::Counter* err_command = nullptr;
+    prometheus::Counter* err_state = nullptr;
+    prometheus::Gauge* g_bdseq = nullptr;
+    prometheus::Gauge* g_host = nullptr;
+
     impl(config::sparkplug_settings s, spool& p) : settings(std::move(s)), sp(p) {}
+
+    void metrics(prometheus::Registry& r) {
+        auto& s = prometheus::BuildCounter()
+                      .Name("ferry_sparkplug_sent_total")
+                      .Help("Sparkplug messages handed to the broker, by type")
+                      .Register(r);
+        for (const char* t : {"NBIRTH", "DBIRTH", "DDATA", "DDEATH", "NDEATH"})
+            sent[t] = &s.Add({{"type", t}});
+        auto& in = prometheus::BuildCounter()
+                       .Name("ferry_sparkplug_received_total")
+                       .Help("Sparkplug messages received, by type")
+                       .Register(r);
+        for (const char* t : {"NCMD", "DCMD", "STATE"})
+            received[t] = &in.Add({{"type", t}});
+        auto& e = prometheus::BuildCounter()
+                      .Name("ferry_sparkplug_errors_total")
+                      .Help("Sparkplug messages not understood, by reason")
+                      .Register(r);
+        err_command = &e.Add({{"reason", "command"}});
+        err_state = &e.Add({{"reason", "state"}});
+        g_bdseq = &prometheus::BuildGauge()
+                       .Name("ferry_sparkplug_bdseq")
+                       .Help("The bdSeq of the current (or next) connection")
+                       .Register(r)
+                       .Add({});
+        g_host = &prometheus::BuildGauge()
+                      .Name("ferry_sparkplug_primary_host_online")
+                      .Help("1 while the primary host's STATE says online (1 without one)")
+                      .Register(r)
+                      .Add({});
+        g_host->Set(settings.primary_host_id.empty() ? 1 : 0);
+    }
+    void count(const std::map<std::string, prometheus::Counter*, std::less<>>& m,
+               std::string_view type) const {
+        if (auto it = m.find(type); it != m.end()) it->second->Increment();
+    }
 
     std::string topic(std::string_view type, std::string_view device) const {
         std::string t = std::string(k_namespace) + "/" + settings.group_id + "/" +
@@ -267,9 +314,13 @@ struct node::impl {
     }
 };
 
-node::node(config::sparkplug_settings settings, spool& sp)
+node::node(config::sparkplug_settings settings, spool& sp, prometheus::Registry* registry)
     : impl_(std::make_unique<impl>(std::move(settings), sp)) {
     impl_->bd_seq = sp.load_state(k_bdseq_key, 0);
+    if (registry != nullptr) {
+        impl_->metrics(*registry);
+        impl_->g_bdseq->Set(static_cast<double>(impl_->bd_seq));
+    }
 }
 
 node::~node() = default;
@@ -378,6 +429,7 @@ message node::will() {
         std::lock_guard lk(impl_->mu);
         impl_->bd_seq = (impl_->bd_seq + 1) % 256;
         impl_->sp.store_state(k_bdseq_key, impl_->bd_seq);
+        if (impl_->g_bdseq) impl_->g_bdseq->Set(static_cast<double>(impl_->bd_seq));
     }
     return death();
 }
@@ -424,6 +476,7 @@ void node::before_send(const std::string& topic, std::string& payload, std::int6
     if (topic.compare(0, prefix.size(), prefix) != 0) return;
     auto type = std::string_view(topic).substr(prefix.size());
     type = type.substr(0, type.find('/'));
+    impl_->count(impl_->sent, type);
     if (type == "NDEATH") return;
     std::uint64_t seq = 0;
     std::int64_t birth = 0;
@@ -454,14 +507,17 @@ std::string node::state_topic() const {
 }
 
 std::optional<bool> node::host_state(const std::string& payload) {
+    impl_->count(impl_->received, "STATE");
     bool online = false;
     std::int64_t ts = 0;
     if (payload == "ONLINE" || payload == "OFFLINE") {
         online = payload == "ONLINE";
     } else {
         const auto doc = nlohmann::json::parse(payload, nullptr, false);
-        if (!doc.is_object() || !doc.contains("online") || !doc["online"].is_boolean())
+        if (!doc.is_object() || !doc.contains("online") || !doc["online"].is_boolean()) {
+            if (impl_->err_state) impl_->err_state->Increment();
             return std::nullopt;
+        }
         online = doc["online"].get<bool>();
         if (doc.contains("timestamp") && doc["timestamp"].is_number_integer())
             ts = doc["timestamp"].get<std::int64_t>();
@@ -471,6 +527,7 @@ std::optional<bool> node::host_state(const std::string& payload) {
     impl_->host_ts = ts;
     if (online == impl_->host_online) return std::nullopt;
     impl_->host_online = online;
+    if (impl_->g_host) impl_->g_host->Set(online ? 1 : 0);
     impl_->born = false;  // online: births first; offline: they are due at the next online
     return online;
 }
@@ -483,6 +540,7 @@ std::vector<message> node::after_connect() {
             // Each connection waits for the host's retained STATE (it may have gone offline
             // while we were away): the subscription delivers it again at once.
             impl_->host_online = false;
+            if (impl_->g_host) impl_->g_host->Set(0);
             return {};
         }
     }
@@ -510,7 +568,15 @@ std::optional<message> node::device_state(const std::string& device, bool up) {
 }
 
 command node::parse_command(const std::string& topic, const std::string& payload) const {
+    command out = parse(topic, payload);
+    if (impl_->err_command && !out.errors.empty())
+        impl_->err_command->Increment(static_cast<double>(out.errors.size()));
+    return out;
+}
+
+command node::parse(const std::string& topic, const std::string& payload) const {
     command out;
+    impl_->count(impl_->received, topic.starts_with(impl_->topic("NCMD", {})) ? "NCMD" : "DCMD");
     pb::Payload p;
     if (!p.ParseFromString(payload)) {
         out.errors.push_back("payload is not a Sparkplug B payload");

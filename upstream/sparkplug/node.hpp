@@ -44,6 +44,9 @@
 #include "core/event.hpp"
 #include "upstream/mqtt_publisher.hpp"
 
+namespace prometheus {
+class Registry;
+}
 namespace ferry::upstream {
 class spool;
 }
@@ -80,8 +83,12 @@ std::uint64_t alias_of(std::string_view device, std::string_view tag);
 
 class node final : public batch_codec {
   public:
-    // Reads the last bdSeq from the spool's state table.
-    node(config::sparkplug_settings settings, spool& sp);
+    // Reads the last bdSeq from the spool's state table. With a registry: the component's
+    // metrics, ferry_sparkplug_sent_total{type} (messages handed to the broker, by Sparkplug
+    // type: NBIRTH DBIRTH DDATA DDEATH NDEATH), ferry_sparkplug_received_total{type} (NCMD DCMD
+    // STATE), ferry_sparkplug_errors_total{reason} (command: a command not understood; state: a
+    // STATE not understood), ferry_sparkplug_bdseq, ferry_sparkplug_primary_host_online.
+    node(config::sparkplug_settings settings, spool& sp, prometheus::Registry* registry = nullptr);
     ~node() override;
 
     // The devices and their points (at start and after a reload; call rebirth afterwards).
@@ -138,6 +145,7 @@ class node final : public batch_codec {
     std::uint64_t bd_seq() const;
 
   private:
+    command parse(const std::string& topic, const std::string& payload) const;
     struct impl;
     std::unique_ptr<impl> impl_;
 };
