@@ -9,6 +9,7 @@
 // `kill -9` with the bdSeq of the NBIRTH before it, bdSeq rising across reconnects and restarts,
 // and NDEATH at a clean stop.
 #include <doctest/doctest.h>
+#include <signal.h>
 
 #include <nlohmann/json.hpp>
 
@@ -279,6 +280,43 @@ TEST_CASE(
     CHECK(json::parse(rec.messages_on(result_topic)[1].payload)["ok"] == false);
     CHECK(metric_value(http_port, "ferry_sparkplug_received_total{type=\"DCMD\"}") == 2);
     CHECK(metric_value(http_port, "ferry_sparkplug_errors_total{reason=\"command\"}") == 0);
+
+    // ---- 3b. A reload that adds a point: a rebirth declares it, DDATA then carries it ----
+    rec.clear();
+    {
+        auto text = read_file(dir.file("ferry.yaml"));
+        const std::string pump = "      - { name: pump, table: coil, address: 5, type: bool }\n";
+        const auto at = text.find(pump);
+        REQUIRE(at != std::string::npos);
+        text.insert(at + pump.size(),
+                    "      - { name: flow, table: holding, address: 10, type: int32, unit: "
+                    "l/h }\n");
+        write_file(dir.file("ferry.yaml"), text);
+    }
+    REQUIRE(::kill(ferry_p->pid(), SIGHUP) == 0);
+    REQUIRE(rec.wait_for_count(k_ddeath_dead, 1, 10s));
+    all = decode_all(dir, rec.messages());
+    const auto reload_births = on(all, k_nbirth);  // DDATA sent before the SIGHUP may precede
+    REQUIRE(reload_births.size() == 1);
+    CHECK(reload_births[0].payload["seq"] == 0);
+    CHECK((*metric(reload_births[0].payload, "bdSeq"))["value"] == bd0);  // the same connection
+    const auto reborn_live = on(all, k_dbirth_live);
+    REQUIRE(reborn_live.size() == 1);
+    REQUIRE(reborn_live[0].payload["metrics"].size() == 5);
+    const auto* flow = metric(reborn_live[0].payload, "flow");
+    REQUIRE(flow != nullptr);
+    CHECK((*flow)["type"] == "Int32");
+    CHECK((*flow)["properties"]["engUnit"]["value"] == "l/h");
+    // Aliases survive the reload: the old points keep theirs.
+    CHECK((*metric(reborn_live[0].payload, "setpoint"))["alias"] == (*setpoint)["alias"]);
+    REQUIRE(wait_until(
+        [&] {
+            for (const auto& d : decode_all(dir, rec.messages_on(k_ddata_live)))
+                for (const auto& m : d.payload["metrics"])
+                    if (m["alias"] == (*flow)["alias"]) return m["value"] == 0;
+            return false;
+        },
+        10s));
 
     // ---- 4. Broker outage: DDATA spooled meanwhile comes after the new NBIRTH, historical ----
     rec.clear();
