@@ -24,8 +24,10 @@ class batch_codec {
     // {device} so that a batch never mixes devices when the format needs that.
     virtual std::string topic_template() const = 0;
     // Appends the encoding of `e` (of point `id`, described by `p`) to `body`; items are
-    // concatenated without a separator.
-    virtual void append_event(std::string& body, const event& e, point_id id,
+    // concatenated without a separator. False, with nothing appended: the event says nothing
+    // the format has not said already (Sparkplug: a reading of a device after its DDEATH); the
+    // engine counts it `deduped`.
+    virtual bool append_event(std::string& body, const event& e, point_id id,
                               const point_info& p) const = 0;
     // The most bytes wrap() adds to a body (for the batch's max_bytes).
     virtual std::size_t header_size() const = 0;

@@ -324,13 +324,17 @@ void engine::on_event(const event& e, steady_time now, std::vector<batch>& out) 
             ++counters.deduped;
             continue;
         }
-        ++counters.passed;
         if (r.codec) {
             coded_.clear();
-            r.codec->append_event(coded_, *outgoing, e.point, *rt.info);
+            if (!r.codec->append_event(coded_, *outgoing, e.point, *rt.info)) {
+                ++counters.deduped;  // the codec says it adds nothing (a dead device's reading)
+                continue;
+            }
+            ++counters.passed;
             append(rt.slot, coded_, ts_ms, now, out);
             continue;
         }
+        ++counters.passed;
         if (outgoing != &e || encoded_for != rt.info) {
             scratch_.clear();
             json::append_event(scratch_, *outgoing, *rt.info);

@@ -23,6 +23,9 @@
 //              reading, with its own seq, never a re-send of an old one (a consumer dropping
 //              duplicates on (gateway, seq) would drop a re-send). A heartbeat without a
 //              deadband publishes on change only, plus the heartbeat.
+//   format     `sparkplug_b` rules encode through the codec the daemon hands in
+//              (core/batch_codec.hpp); an event the codec refuses (a reading of a device after
+//              its Sparkplug DDEATH) counts `deduped`.
 //   batch      one open batch per resulting topic. An event is JSON-encoded into its batch's
 //              body as it arrives. A batch leaves when it holds max_events, when the next event
 //              would push it over max_bytes, or when max_age has passed since its first event.

@@ -37,6 +37,7 @@ const std::string k_dbirth_live = k_ns + "DBIRTH/spb-gw/live";
 const std::string k_dbirth_dead = k_ns + "DBIRTH/spb-gw/dead";
 const std::string k_ddata_live = k_ns + "DDATA/spb-gw/live";
 const std::string k_ddeath_dead = k_ns + "DDEATH/spb-gw/dead";
+const std::string k_ddata_dead = k_ns + "DDATA/spb-gw/dead";
 
 std::int64_t now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -279,6 +280,8 @@ TEST_CASE(
     REQUIRE(rec.wait_for_count(result_topic, 2, 10s));
     CHECK(json::parse(rec.messages_on(result_topic)[1].payload)["ok"] == false);
     CHECK(metric_value(http_port, "ferry_sparkplug_received_total{type=\"DCMD\"}") == 2);
+    // The dead device, after its DDEATH: no DDATA, although its heartbeat (2 s) passed.
+    CHECK(rec.messages_on(k_ddata_dead).empty());
     CHECK(metric_value(http_port, "ferry_sparkplug_errors_total{reason=\"command\"}") == 0);
 
     // ---- 3b. A reload that adds a point: a rebirth declares it, DDATA then carries it ----

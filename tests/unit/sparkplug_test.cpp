@@ -278,10 +278,17 @@ TEST_CASE("sparkplug: DDEATH when a device goes down, DBIRTH when it comes back"
     const auto births = f.n->births();
     REQUIRE(births.size() == 3);
     CHECK(births[2].topic == "spBv1.0/plant/DDEATH/gw1/boiler1");
+    // While dead its readings make no DDATA (a host would ask for a rebirth), but the last
+    // one is remembered for the DBIRTH.
+    std::string body;
+    const auto level = f.reading("level", std::int64_t{12});
+    CHECK_FALSE(f.n->append_event(body, level, level.point, f.points.get(level.point)));
+    CHECK(body.empty());
     auto up = f.n->device_state("boiler1", true);
     REQUIRE(up);
     CHECK(up->topic == "spBv1.0/plant/DBIRTH/gw1/boiler1");
     CHECK(parse(up->payload).metrics_size() == 6);
+    CHECK(parse(up->payload).metrics(1).int_value() == 12);
     CHECK_FALSE(f.n->device_state("nosuch", false));
 }
 
@@ -350,6 +357,13 @@ TEST_CASE("sparkplug: a sparkplug_b rule's batches are DDATA per device") {
     REQUIRE(p.metrics_size() == 2);
     CHECK(p.metrics(0).alias() == alias_of("boiler1", "temperature"));
     CHECK(p.metrics(1).int_value() == 9);
+    // A dead device's reading is counted `deduped`, never batched.
+    f.n->device_state("boiler1", false);
+    eng.on_event(f.reading("level", std::int64_t{10}), now, out);
+    eng.flush_all(out);
+    CHECK(out.size() == 1);
+    CHECK(eng.counters(0).deduped == 1);
+    CHECK(eng.counters(0).passed == 2);
     // Without a codec the rule is refused.
     CHECK_THROWS_AS(ferry::rules::engine({r}, f.points, "gw1"), std::invalid_argument);
 }

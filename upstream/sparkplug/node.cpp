@@ -376,7 +376,7 @@ std::string node::topic_template() const {
     return impl_->topic("DDATA", "{device}");
 }
 
-void node::append_event(std::string& body, const event& e, point_id id, const point_info& p) const {
+bool node::append_event(std::string& body, const event& e, point_id id, const point_info& p) const {
     pb::Payload one;
     auto* m = one.add_metrics();
     std::uint32_t dt = 0;
@@ -390,6 +390,8 @@ void node::append_event(std::string& body, const event& e, point_id id, const po
             if (e.quality != quality::bad && e.value.index() != 0) md.last = e.value;
             md.last_quality = e.quality;
             md.last_ts = unix_ms(e);
+            // Remembered for the DBIRTH when the device is back, not sent now.
+            if (dev->down) return false;
         }
     }
     if (dt == 0) {  // not in the DBIRTH (a point a reload added before configure)
@@ -410,6 +412,7 @@ void node::append_event(std::string& body, const event& e, point_id id, const po
     // A Payload holding only this metric encodes as exactly one `metrics` field: bodies of
     // such items concatenate into the metrics list of one Payload.
     one.AppendToString(&body);
+    return true;
 }
 
 std::size_t node::header_size() const {

@@ -102,7 +102,9 @@ class node final : public batch_codec {
 
     // ---- batch_codec (DDATA) ----
     std::string topic_template() const override;
-    void append_event(std::string& body, const event& e, point_id id,
+    // False for a reading of a device after its DDEATH: DDATA of a dead device would make a
+    // host ask for a rebirth; the DBIRTH when it is back carries its last value.
+    bool append_event(std::string& body, const event& e, point_id id,
                       const point_info& p) const override;
     std::size_t header_size() const override;
     void wrap(std::string_view body, std::uint64_t batch_no, std::string& out) const override;
