@@ -280,8 +280,11 @@ TEST_CASE(
     REQUIRE(rec.wait_for_count(result_topic, 2, 10s));
     CHECK(json::parse(rec.messages_on(result_topic)[1].payload)["ok"] == false);
     CHECK(metric_value(http_port, "ferry_sparkplug_received_total{type=\"DCMD\"}") == 2);
-    // The dead device, after its DDEATH: no DDATA, although its heartbeat (2 s) passed.
+    // The dead device, after its DDEATH: no DDATA, although its heartbeat (2 s, a bad reading
+    // per retry_every) passed at least once since the clear.
+    std::this_thread::sleep_for(2500ms);
     CHECK(rec.messages_on(k_ddata_dead).empty());
+    CHECK(!rec.messages_on(k_ddata_live).empty());  // the live one's heartbeats did go out
     CHECK(metric_value(http_port, "ferry_sparkplug_errors_total{reason=\"command\"}") == 0);
 
     // ---- 3b. A reload that adds a point: a rebirth declares it, DDATA then carries it ----
