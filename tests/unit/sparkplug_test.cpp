@@ -409,3 +409,23 @@ TEST_CASE("sparkplug: a primary host's STATE holds and releases the stream") {
     // Hosts before 3.0 say ONLINE / OFFLINE.
     CHECK(n.host_state("OFFLINE") == std::optional<bool>{});  // timestamp 0 < 400: ignored
 }
+
+TEST_CASE("sparkplug: flagging DDATA historical does not change its size") {
+    // The engine cuts batches below the broker's Maximum Packet Size with the size it
+    // measured; a larger payload at send time would be refused, and resent, forever.
+    fixture f;
+    std::string body;
+    for (int i = 0; i < 50; ++i)
+        f.add(body, f.reading("level", std::int64_t{i}));
+    std::string ddata;
+    f.n->wrap(body, 1, ddata);
+    f.n->births();
+    auto live = ddata;
+    auto old = ddata;
+    f.n->before_send("spBv1.0/plant/DDATA/gw1/boiler1", live, k_never - 1);
+    f.n->before_send("spBv1.0/plant/DDATA/gw1/boiler1", old, 0);
+    CHECK(parse(old).metrics(49).is_historical());
+    CHECK_FALSE(parse(live).metrics(49).is_historical());
+    CHECK(old.size() == live.size());
+    CHECK(live.size() <= ddata.size() + f.n->header_size());
+}

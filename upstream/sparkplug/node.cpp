@@ -399,6 +399,10 @@ bool node::append_event(std::string& body, const event& e, point_id id, const po
         m->set_alias(alias_of(p.device, p.tag));
     }
     m->set_timestamp(static_cast<std::uint64_t>(unix_ms(e)));
+    // Written even when false (2 bytes): flagging the metric historical at send time then
+    // leaves the payload's size as the engine measured it against the broker's Maximum
+    // Packet Size; a flag added there would make a full batch too large, resent forever.
+    m->set_is_historical(false);
     m->set_datatype(dt);
     if (e.quality == quality::bad || e.value.index() == 0)
         m->set_is_null(true);
