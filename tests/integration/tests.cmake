@@ -38,3 +38,4 @@ target_link_libraries(integration_port_probe PRIVATE ferry_upstream)
 # Per-device status (issue 17): retained ferry/{gateway}/device/{device}/status through `ferry
 # run`, mosquitto and the simulator; the per-channel request metrics.
 ferry_test(integration_device_status integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/device_status_test.cpp)
+ferry_test(integration_sparkplug integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/sparkplug_test.cpp)
