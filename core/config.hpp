@@ -228,6 +228,12 @@ struct publish_settings {
     std::string topic = "ferry/{gateway}/{device}";
     int qos = 1;
     bool retain = false;
+    // MQTT 5 (docs/DELIVERY.md, "MQTT 5 properties"): the Message Expiry Interval of each
+    // batch, counted from when it was spooled (0: none), and the newest value of each point
+    // published retained on retain_topic (a template with {device} and {tag}).
+    std::uint32_t message_expiry_s = 0;
+    bool retain_last = false;
+    std::string retain_topic = "ferry/{gateway}/last/{device}/{tag}";
 
     bool operator==(const publish_settings&) const = default;
 };

@@ -62,7 +62,44 @@ constexpr option k_publish_options[] = {
      "resulting topic."},
     {"qos", "0 \\| 1 \\| 2", "1", "MQTT QoS of the batch messages."},
     {"retain", "bool", "false", "Publish retained."},
+    {"message_expiry", "duration 1s..4294967295s, whole seconds", "none",
+     "MQTT 5 Message Expiry Interval of each batch, counted from when the batch was spooled: a "
+     "batch sent late carries what is left; one whose expiry passed in the spool is dropped, "
+     "counted in `ferry_events_dropped_total{reason=\"expired\"}`. Left out with MQTT 3.1.1."},
+    {"retain_last", "bool", "false",
+     "Also publish the newest value of each point the rule passes, retained, on "
+     "`retain_topic`: `{\"value\",\"quality\",\"ts\",\"seq\"}`, not spooled, sent again "
+     "after every reconnect."},
+    {"retain_topic", "topic template with {device} and {tag}",
+     "ferry/{gateway}/last/{device}/{tag}", "Where `retain_last` publishes each point's value."},
 };
+
+// The MQTT 5 keys of `publish` (issue 18).
+void read_mqtt5(config::loader& ld, const config::map_reader& pm, config::publish_settings& p) {
+    // Not ld.dur(): its 720h bound keeps clock arithmetic safe, while this is a u32 of seconds
+    // the broker counts (to about 136 years) and Ferry only adds to Unix milliseconds.
+    if (auto x = pm.get("message_expiry")) {
+        if (auto text = ld.str(*x)) {
+            constexpr std::int64_t max_s = 4294967295;
+            const auto d = config::parse_duration(*text);
+            if (!d)
+                ld.fail(*x, "invalid duration '" + *text + "' (use e.g. 30s, 5m, 1h)");
+            else if (d->count() < 1000 || d->count() % 1000 != 0)
+                ld.fail(*x, "must be whole seconds, at least 1s (MQTT 5 counts in seconds)");
+            else if (d->count() / 1000 > max_s)
+                ld.fail(*x, "must be at most 4294967295s (about 136 years)");
+            else
+                p.message_expiry_s = static_cast<std::uint32_t>(d->count() / 1000);
+        }
+    }
+    ld.set_bool(pm, "retain_last", p.retain_last);
+    if (auto x = pm.get("retain_topic")) {
+        ld.topic(*x, p.retain_topic);
+        const auto t = topic_template::compile(p.retain_topic);
+        if (t && (!t->uses_device() || !t->uses_tag()))
+            ld.fail(*x, "must hold {device} and {tag}: one retained value per point");
+    }
+}
 
 void read_rule(config::loader& ld, const config::value_ref& v, config::rule& r) {
     config::map_reader m(ld, v, k_rule_options);
@@ -152,6 +189,7 @@ void read_rule(config::loader& ld, const config::value_ref& v, config::rule& r) 
             if (auto x = pm.get("topic")) ld.topic(*x, r.publish.topic);
             ld.set(pm, "qos", r.publish.qos, 0, 2);
             ld.set_bool(pm, "retain", r.publish.retain);
+            read_mqtt5(ld, pm, r.publish);
         }
     }
 }

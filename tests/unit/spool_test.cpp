@@ -284,18 +284,22 @@ TEST_CASE("drop_newest counts the refused message's events as spool_full") {
     CHECK(metric(reg, "ferry_events_dropped_total", "spool_full") == 9);
 }
 
+// A real spool of `n` messages at `path`, turned back by `sql` into what an earlier Ferry wrote.
+static void make_old_spool(const std::string& path, int n, const char* sql) {
+    make_real_spool(path, n);
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+}
+
 TEST_CASE("a version-1 spool is migrated at open and keeps its messages") {
     tmp_dir dir;
     const auto path = dir.file("spool.db");
-    make_real_spool(path, 3);
-    {
-        // Turn the file back into what Ferry wrote before the events column existed.
-        sqlite3* db = nullptr;
-        REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-        REQUIRE(sqlite3_exec(db, "ALTER TABLE messages DROP COLUMN events; PRAGMA user_version=1;",
-                             nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(db);
-    }
+    // Before the events column existed (and the expiry column).
+    make_old_spool(path, 3,
+                   "ALTER TABLE messages DROP COLUMN expiry_s;"
+                   " ALTER TABLE messages DROP COLUMN events; PRAGMA user_version=1;");
     prometheus::Registry reg;
     quiet_logs q;
     spool sp(settings(path), reg);
@@ -308,6 +312,36 @@ TEST_CASE("a version-1 spool is migrated at open and keeps its messages") {
     REQUIRE(all.size() == 4);
     CHECK(all[3].events == 4);
     CHECK(sp.ack(all[3].id) == 4);
+}
+
+TEST_CASE("a version-2 spool is migrated at open: its rows never expire, new ones keep theirs") {
+    tmp_dir dir;
+    const auto path = dir.file("spool.db");
+    // What Ferry wrote before message expiry (issue 18).
+    make_old_spool(path, 2, "ALTER TABLE messages DROP COLUMN expiry_s; PRAGMA user_version=2;");
+    prometheus::Registry reg;
+    quiet_logs q;
+    {
+        spool sp(settings(path), reg);
+        CHECK(sp.corrupt_recoveries() == 0);
+        auto all = sp.peek(0, 10);
+        REQUIRE(all.size() == 2);
+        CHECK(all[0].expiry_s == 0);
+        REQUIRE(sp.append("dev/t", 1, false, 4, body("new"), 90) == append_result::ok);
+        std::vector<ferry::upstream::group_item> items;
+        const std::string topic = "dev/u";
+        items.push_back({topic, 1, false, 1, body("g1"), 7});
+        items.push_back({topic, 1, false, 1, body("g2")});
+        REQUIRE(sp.append_group(items) == 2);
+    }
+    prometheus::Registry reg2;
+    spool again(settings(path), reg2);  // reopened: version 3 as it is
+    CHECK(again.corrupt_recoveries() == 0);
+    const auto all = again.peek(0, 10);
+    REQUIRE(all.size() == 5);
+    CHECK(all[2].expiry_s == 90);
+    CHECK(all[3].expiry_s == 7);
+    CHECK(all[4].expiry_s == 0);
 }
 
 TEST_CASE("batch numbers rise per topic and persist across reopen") {
