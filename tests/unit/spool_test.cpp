@@ -544,6 +544,27 @@ TEST_CASE("a schema whose id is no longer the rowid is damaged: moved aside, row
     CHECK(sp.peek(3, 10).size() == 1);
 }
 
+TEST_CASE("a salvage keeps each row's message expiry") {
+    tmp_dir dir;
+    const auto path = dir.file("spool.db");
+    {
+        prometheus::Registry reg;
+        spool sp(settings(path), reg);
+        REQUIRE(sp.append("dev/t", 1, false, 1, body("a"), 30) == append_result::ok);
+        REQUIRE(sp.append("dev/t", 1, false, 1, body("b")) == append_result::ok);
+    }
+    // A column that is not ours: the schema differs, the file is damaged, its rows salvaged.
+    make_old_spool(path, 0, "ALTER TABLE messages ADD COLUMN junk INTEGER");
+    prometheus::Registry reg;
+    quiet_logs q;
+    spool sp(settings(path), reg);
+    CHECK(sp.corrupt_recoveries() == 1);
+    const auto all = sp.peek(0, 10);
+    REQUIRE(all.size() == 2);
+    CHECK(all[0].expiry_s == 30);
+    CHECK(all[1].expiry_s == 0);
+}
+
 // Found by tests/fuzz/spool_fuzz.cpp: byte 18 of the header (the write version) at 0x3f makes
 // SQLite open the file read-only. The spool opened it as healthy and every append, ack and
 // dead letter failed for good (SQLITE_READONLY) on a writable file. Now it is damaged.
