@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/log.hpp"
 #include "upstream/dead_letter.hpp"
@@ -61,35 +63,39 @@ bool mqtt_publisher::impl::expired(const spooled_message& m) {
     return true;
 }
 
-// The expiry left, then gateway, batch, first_seq and last_seq for a JSON batch. The user
-// properties are left out when with them the packet would pass the broker's limit (a batch
-// spooled before the limit was known, cut without room for them): delivered without them
-// rather than dead-lettered.
+// The expiry left, then gateway, batch, first_seq and last_seq for a JSON batch. A batch
+// spooled before the broker's limit was known was cut without room for them: if with them the
+// packet would pass the limit (the broker would close the connection, and the resend would
+// meet it again, for good), the user properties are left out, and then the expiry too:
+// delivered without them rather than dead-lettered.
 mqtt::properties mqtt_publisher::impl::properties_for(const spooled_message& m) {
     mqtt::properties props;
     if (settings_.version != 5) return props;
-    if (m.expiry_s != 0) {
+    const auto seqs = seq_range_of(m.payload);
+    std::vector<std::pair<const char*, std::string>> user;
+    if (seqs.found)
+        user = {{"gateway", gateway_id_},
+                {"batch", std::to_string(batch_of(m.payload))},
+                {"first_seq", std::to_string(seqs.first)},
+                {"last_seq", std::to_string(seqs.last)}};
+    std::size_t user_bytes = 0;
+    for (const auto& [name, value] : user)
+        user_bytes += 1 + 2 + std::string_view(name).size() + 2 + value.size();
+    const std::size_t expiry_bytes = m.expiry_s != 0 ? 5 : 0;
+    const auto limit = packet_limit();
+    // +3: a property length longer than the one byte publish_packet_size counts.
+    const auto fits = [&](std::size_t props_bytes) {
+        return limit == 0 || publish_packet_size(m.topic.size(), m.payload.size() + props_bytes + 3,
+                                                 m.qos, true) <= limit;
+    };
+    if (!fits(expiry_bytes + user_bytes)) user.clear();
+    if (expiry_bytes != 0 && fits(expiry_bytes)) {
         // Paho takes an int32_t and stores it in Paho C's unsigned four-byte integer: the bits
         // go through as they are, so an interval past 2^31 s arrives intact.
         const auto left =
             std::max<std::uint32_t>(1, expiry_left_s(m.created_ms, m.expiry_s, unix_ms()));
         props.add({mqtt::property::MESSAGE_EXPIRY_INTERVAL, static_cast<std::int32_t>(left)});
     }
-    const auto seqs = seq_range_of(m.payload);
-    if (!seqs.found) return props;
-    const std::pair<const char*, std::string> user[] = {
-        {"gateway", gateway_id_},
-        {"batch", std::to_string(batch_of(m.payload))},
-        {"first_seq", std::to_string(seqs.first)},
-        {"last_seq", std::to_string(seqs.last)}};
-    std::size_t bytes = 0;
-    for (const auto& [name, value] : user)
-        bytes += 1 + 2 + std::string_view(name).size() + 2 + value.size();
-    const auto limit = packet_limit();
-    // +4 for a property length that grows from one byte (publish_packet_size counts one).
-    if (limit != 0 &&
-        publish_packet_size(m.topic.size(), m.payload.size() + 5 + bytes + 4, m.qos, true) > limit)
-        return props;
     for (const auto& [name, value] : user)
         props.add({mqtt::property::USER_PROPERTY, name, value});
     return props;
