@@ -224,10 +224,15 @@ struct batch_settings {
     bool operator==(const batch_settings&) const = default;
 };
 
+// How a rule's batches are encoded: the contract's JSON, or Sparkplug B DDATA (one message per
+// device per batch; the topic follows the Sparkplug namespace, docs/SPARKPLUG.md).
+enum class payload_format { json, sparkplug_b };
+
 struct publish_settings {
     std::string topic = "ferry/{gateway}/{device}";
     int qos = 1;
     bool retain = false;
+    payload_format format = payload_format::json;
     // MQTT 5 (docs/DELIVERY.md, "MQTT 5 properties"): the Message Expiry Interval of each
     // batch, counted from when it was spooled (0: none), and the newest value of each point
     // published retained on retain_topic (a template with {device} and {tag}).
@@ -319,10 +324,20 @@ struct replay_settings {
     bool operator==(const replay_settings&) const = default;
 };
 
+// Ferry as a Sparkplug B edge node (docs/SPARKPLUG.md); templates expanded by the loader.
+struct sparkplug_settings {
+    std::string group_id;
+    std::string edge_node_id = "{gateway}";
+    std::string primary_host_id;  // empty: no primary host (no STATE awareness)
+
+    bool operator==(const sparkplug_settings&) const = default;
+};
+
 struct upstream_section {
     mqtt_settings mqtt;
     spool_settings spool;
     replay_settings replay;
+    std::optional<sparkplug_settings> sparkplug;
 
     bool operator==(const upstream_section&) const = default;
 };

@@ -39,6 +39,7 @@
 #include "commands/commands.hpp"
 #include "core/bus.hpp"
 #include "core/conservation.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "core/seq.hpp"
 #include "drivers/registry.hpp"
@@ -49,6 +50,7 @@
 #include "rules/engine.hpp"
 #include "upstream/identity.hpp"
 #include "upstream/mqtt_publisher.hpp"
+#include "upstream/sparkplug/node.hpp"
 #include "upstream/spool.hpp"
 
 namespace ferry {
@@ -121,6 +123,9 @@ struct daemon::impl {
     // One source per registered driver, in drivers::registered() order.
     std::vector<std::unique_ptr<drivers::source>> sources;
     std::unique_ptr<upstream::mqtt_publisher> publisher;
+    // Sparkplug B edge node (upstream.sparkplug): the codec of sparkplug_b rules, births and
+    // deaths through the publisher's session hooks (docs/SPARKPLUG.md).
+    std::unique_ptr<upstream::sparkplug::node> sparkplug;
     std::unique_ptr<http_server> http;
     // Downlink commands to the sources that take writes (build_commands), same order.
     std::vector<std::unique_ptr<commands::writer>> writers;
@@ -209,8 +214,13 @@ struct daemon::impl {
             start, [this](std::uint64_t mark) { return ids->persist(mark); });
 
         bus = std::make_unique<ferry::bus>(points);
+        if (cfg.upstream.sparkplug) {
+            sparkplug = std::make_unique<upstream::sparkplug::node>(*cfg.upstream.sparkplug, *spool,
+                                                                    &registry);
+            sparkplug->configure(cfg.devices, points);
+        }
         engine = std::make_unique<rules::engine>(cfg.rules, points, cfg.gateway.id,
-                                                 cfg.dead_letter.topic);
+                                                 cfg.dead_letter.topic, sparkplug.get());
         // `block`: nothing is dropped between the drivers and the spool; when the spool
         // cannot take more (when_full: block), the drivers feel it and skip polls.
         rule_sub =
@@ -262,6 +272,9 @@ struct daemon::impl {
             [this](const std::string& device, bool up, const std::string& reason) {
                 statuses->report(device, up, reason);
                 if (reads) reads->report(device, up);
+                if (sparkplug)
+                    if (auto m = sparkplug->device_state(device, up))
+                        publisher->send_now({std::move(*m)});
             }};
         auto devices_of = split_by_driver(cfg.devices);
         for (std::size_t i = 0; i < devices_of.size(); ++i)
@@ -276,7 +289,66 @@ struct daemon::impl {
             build_read_model();
         }
         build_commands();
+        build_sparkplug();
     }
+
+    // ---- Sparkplug B (docs/SPARKPLUG.md) ----------------------------------------------------
+    void build_sparkplug() {
+        if (!sparkplug) return;
+        upstream::mqtt_publisher::session_hooks h;
+        h.will = [this] { return sparkplug->will(); };
+        h.after_connect = [this] { return sparkplug->after_connect(); };
+        if (!sparkplug->state_topic().empty()) h.gate = [this] { return sparkplug->gate(); };
+        h.before_disconnect = [this] {
+            return std::vector<upstream::mqtt_publisher::outbound>{sparkplug->death()};
+        };
+        h.before_send = [this](const std::string& topic, std::string& payload,
+                               std::int64_t created_ms) {
+            sparkplug->before_send(topic, payload, created_ms);
+        };
+        h.filters = sparkplug->command_filters();
+        if (!sparkplug->state_topic().empty()) h.filters.push_back(sparkplug->state_topic());
+        h.inbound = [this](const std::string& topic, const std::string& payload, bool retained) {
+            if (!topic.starts_with("spBv1.0/")) return false;
+            if (topic == sparkplug->state_topic()) {
+                if (auto online = sparkplug->host_state(payload))
+                    log::info("sparkplug",
+                              *online ? "primary host online: births, then the held "
+                                        "data (historical)"
+                                      : "primary host offline: data held in the spool",
+                              {{"topic", topic}});
+                return true;
+            }
+            on_sparkplug_command(topic, payload, retained);
+            return true;
+        };
+        publisher->set_session_hooks(std::move(h));
+    }
+
+    // NCMD "Node Control/Rebirth": every birth again. DCMD: each metric becomes a command on
+    // the validated, idempotent path (commands/), as if published to its set topic; the
+    // answer goes to that command's result topic, the new value comes in DDATA.
+    void on_sparkplug_command(const std::string& topic, const std::string& payload, bool retained) {
+        auto cmd = sparkplug->parse_command(topic, payload);
+        for (const auto& e : cmd.errors)
+            log::warn("sparkplug", "command not understood", {{"topic", topic}, {"error", e}});
+        if (cmd.rebirth) {
+            log::info("sparkplug", "rebirth requested", {{"topic", topic}});
+            publisher->send_now(sparkplug->births());
+        }
+        for (const auto& w : cmd.writes) {
+            std::string json = "{\"id\":";
+            json::append_string(json, w.id);
+            json += ",\"value\":";
+            json::append_value(json, w.value);
+            if (w.ts_ms > 0) json += ",\"ts\":" + std::to_string(w.ts_ms);
+            json += '}';
+            commands->on_message(
+                "ferry/" + cfg.gateway.id + "/cmd/" + w.device + "/" + w.tag + "/set", json,
+                retained);
+        }
+    }
+    // ---- end of Sparkplug B --------------------------------------------------------------------
 
     // ---- Downlink commands (issue 9): the write side, apart from telemetry ------------------
     // MQTT set messages -> commands::service (checks, idempotency store beside the spool)
@@ -771,7 +843,7 @@ bool daemon::impl::apply(config::config next) {
     if (rules_changed || points.size() != known) {
         try {
             eng = std::make_unique<rules::engine>(next.rules, points, cfg.gateway.id,
-                                                  cfg.dead_letter.topic);
+                                                  cfg.dead_letter.topic, sparkplug.get());
         } catch (const std::invalid_argument& e) {
             log::error("config", "reload rejected; the running config stays",
                        {{"error", e.what()}});
@@ -789,6 +861,15 @@ bool daemon::impl::apply(config::config next) {
         // writes the old engine's batches and may wait as long as a full `block` spool does.
         engine_cv.wait_for(lock, std::chrono::seconds(5),
                            [&] { return !pending_engine || !rule_popping; });
+    }
+    if (sparkplug) {
+        // The devices' metrics as the new config has them, told to the host by a rebirth.
+        try {
+            sparkplug->configure(next.devices, points);
+        } catch (const std::invalid_argument& e) {
+            log::error("sparkplug", "metrics not updated", {{"error", e.what()}});
+        }
+        publisher->send_now(sparkplug->births());
     }
     if (reads) {
         std::vector<device_ref> refs;

@@ -11,6 +11,8 @@ namespace {
 
 using config::option;
 
+constexpr std::string_view k_format_names[] = {"json", "sparkplug_b"};
+
 constexpr option k_rule_options[] = {
     {"name", "string [A-Za-z0-9_.-]+", "required",
      "Unique rule name; `{rule}` in topics; the `rule` label of `ferry_rule_events_total`."},
@@ -62,6 +64,11 @@ constexpr option k_publish_options[] = {
      "resulting topic."},
     {"qos", "0 \\| 1 \\| 2", "1", "MQTT QoS of the batch messages."},
     {"retain", "bool", "false", "Publish retained."},
+    {"format", "", "json",
+     "`json`: the contract's batch (CONTRACT.md). `sparkplug_b`: Sparkplug B DDATA, one message "
+     "per device per batch on spBv1.0/{group}/DDATA/{edge_node}/{device}; needs "
+     "`upstream.sparkplug`; no `topic`, `retain` or `transform` (docs/SPARKPLUG.md).",
+     config::k_all_drivers, k_format_names},
     {"message_expiry", "duration 1s..4294967295s, whole seconds", "none",
      "MQTT 5 Message Expiry Interval of each batch, counted from when the batch was spooled: a "
      "batch sent late carries what is left; one whose expiry passed in the spool is dropped, "
@@ -189,6 +196,23 @@ void read_rule(config::loader& ld, const config::value_ref& v, config::rule& r) 
             if (auto x = pm.get("topic")) ld.topic(*x, r.publish.topic);
             ld.set(pm, "qos", r.publish.qos, 0, 2);
             ld.set_bool(pm, "retain", r.publish.retain);
+            ld.set_enum(pm, "format", r.publish.format, k_format_names);
+            if (r.publish.format == config::payload_format::sparkplug_b) {
+                // The Sparkplug namespace fixes the topic; DDATA is never retained (the
+                // specification); a metric's value is the point's, as its DBIRTH declares it.
+                for (const char* key : {"topic", "retain", "retain_last", "retain_topic"})
+                    if (pm.has(key))
+                        ld.fail(pm.key_ref(key), std::string("'") + key +
+                                                     "' does not apply to format: sparkplug_b "
+                                                     "(docs/SPARKPLUG.md)");
+                if (m.has("transform"))
+                    ld.fail(m.key_ref("transform"),
+                            "'transform' does not apply to format: sparkplug_b: a metric carries "
+                            "the point's value as its DBIRTH declares it (use the point's "
+                            "scale/offset)");
+                // The loader's finish step checks that upstream.sparkplug exists.
+                ld.remember("sparkplug_rule:" + r.name, *pm.get("format"));
+            }
             read_mqtt5(ld, pm, r.publish);
         }
     }

@@ -29,7 +29,8 @@ std::uint64_t hash_of(std::string_view s) {
 }  // namespace
 
 engine::engine(const std::vector<config::rule>& rules, const point_table& points,
-               std::string gateway_id, const std::string& dead_letter_topic)
+               std::string gateway_id, const std::string& dead_letter_topic,
+               const batch_codec* sparkplug)
     : points_(points), gateway_(std::move(gateway_id)) {
     std::string why;
     auto dead_tmpl = topic_template::compile(dead_letter_topic, &why);
@@ -38,7 +39,15 @@ engine::engine(const std::vector<config::rule>& rules, const point_table& points
     pattern_index index;
     std::set<std::string> pattern_texts;
     for (const auto& r : rules) {
-        auto tmpl = topic_template::compile(r.publish.topic, &why);
+        const batch_codec* codec = nullptr;
+        if (r.publish.format == config::payload_format::sparkplug_b) {
+            if (sparkplug == nullptr)
+                throw std::invalid_argument("rule " + r.name +
+                                            ": format sparkplug_b needs upstream.sparkplug");
+            codec = sparkplug;
+        }
+        auto tmpl =
+            topic_template::compile(codec ? codec->topic_template() : r.publish.topic, &why);
         if (!tmpl) throw std::invalid_argument("rule " + r.name + ": publish.topic: " + why);
         rule_state st{r.name,
                       *tmpl,
@@ -54,6 +63,7 @@ engine::engine(const std::vector<config::rule>& rules, const point_table& points
                       config::deadband_kind::absolute,
                       0.0,
                       {},
+                      codec,
                       0,
                       {}};
         if (!r.filter.empty()) {
@@ -135,6 +145,11 @@ std::size_t engine::header_size(bool dead_letter) const {
     return 12 + gateway_.size() + 2 + 9 + 20 + 11 + 2 + (dead_letter ? 6 : 0);
 }
 
+std::size_t engine::header_size(const slot& s) const {
+    if (!s.dead_letter && rules_[s.rule].codec) return rules_[s.rule].codec->header_size();
+    return header_size(s.dead_letter);
+}
+
 void engine::emit(slot& s, std::vector<batch>& out) {
     batch b;
     b.topic = s.topic;
@@ -144,6 +159,7 @@ void engine::emit(slot& s, std::vector<batch>& out) {
         b.qos = r.qos;
         b.retain = r.retain;
         b.expiry_s = r.expiry_s;
+        b.codec = r.codec;
     }
     b.dead_letter = s.dead_letter;
     b.events = s.events;
@@ -172,7 +188,9 @@ void engine::append(std::size_t slot_index, std::string_view item, std::int64_t 
     const auto& limits = *s.limits;
     const auto max = max_bytes(s);
     // Would this item push the batch over max_bytes? Then the batch leaves first.
-    if (s.events > 0 && header_size(s.dead_letter) + s.body.size() + 1 + item.size() > max)
+    // JSON items are separated by a comma; a codec's are concatenated.
+    const bool comma = s.dead_letter || rules_[s.rule].codec == nullptr;
+    if (s.events > 0 && header_size(s) + s.body.size() + (comma ? 1 : 0) + item.size() > max)
         emit(s, out);
     if (s.events == 0) {
         s.opened = now;
@@ -185,7 +203,7 @@ void engine::append(std::size_t slot_index, std::string_view item, std::int64_t 
                              : item.size() * std::min<std::size_t>(limits.max_events, 64) + 16;
         s.body.reserve(std::min<std::size_t>(max, guess));
         due_.push(due{now + limits.max_age, slot_index, s.generation});
-    } else {
+    } else if (comma) {
         s.body.push_back(',');
     }
     s.body += item;
@@ -317,12 +335,22 @@ void engine::on_event(const event& e, steady_time now, std::vector<batch>& out) 
             ++counters.deduped;
             continue;
         }
+        if (r.codec) {
+            coded_.clear();
+            if (!r.codec->append_event(coded_, *outgoing, e.point, *rt.info)) {
+                ++counters.deduped;  // the codec says it adds nothing (a dead device's reading)
+                continue;
+            }
+            ++counters.passed;
+            append(rt.slot, coded_, ts_ms, now, out);
+            continue;
+        }
+        ++counters.passed;
         if (outgoing != &e || encoded_for != rt.info) {
             scratch_.clear();
             json::append_event(scratch_, *outgoing, *rt.info);
             encoded_for = outgoing == &e ? rt.info : nullptr;
         }
-        ++counters.passed;
         append(rt.slot, scratch_, ts_ms, now, out);
         if (r.retain_topic) retain_last(rt, *outgoing, ts_ms);
     }
@@ -364,6 +392,10 @@ void engine::flush_all(std::vector<batch>& out) {
 
 void engine::wrap(const batch& b, std::uint64_t batch_no, std::string& out) const {
     out.clear();
+    if (b.codec) {
+        b.codec->wrap(b.body, batch_no, out);
+        return;
+    }
     out.reserve(header_size(b.dead_letter) + b.body.size());
     out += "{\"gateway\":";
     json::append_string(out, gateway_);

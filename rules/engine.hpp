@@ -23,6 +23,9 @@
 //              reading, with its own seq, never a re-send of an old one (a consumer dropping
 //              duplicates on (gateway, seq) would drop a re-send). A heartbeat without a
 //              deadband publishes on change only, plus the heartbeat.
+//   format     `sparkplug_b` rules encode through the codec the daemon hands in
+//              (core/batch_codec.hpp); an event the codec refuses (a reading of a device after
+//              its Sparkplug DDEATH) counts `deduped`.
 //   batch      one open batch per resulting topic. An event is JSON-encoded into its batch's
 //              body as it arrives. A batch leaves when it holds max_events, when the next event
 //              would push it over max_bytes, or when max_age has passed since its first event.
@@ -47,6 +50,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/batch_codec.hpp"
 #include "core/config.hpp"
 #include "core/event.hpp"
 #include "core/topic.hpp"
@@ -67,8 +71,9 @@ struct batch {
     bool dead_letter = false;
     std::size_t events = 0;
     std::string body;
-    std::int64_t first_ts_ms = 0;  // sampling time of the oldest event in it
-    std::uint32_t expiry_s = 0;    // the rule's MQTT 5 message_expiry (0: none)
+    std::int64_t first_ts_ms = 0;        // sampling time of the oldest event in it
+    const batch_codec* codec = nullptr;  // how wrap() encodes it; nullptr: the contract's JSON
+    std::uint32_t expiry_s = 0;          // the rule's MQTT 5 message_expiry (0: none)
 };
 
 // The newest value of one point for a rule with retain_last: published retained, not spooled.
@@ -97,9 +102,13 @@ class engine {
   public:
     // Throws std::invalid_argument if a rule's match pattern, topic or filter does not compile
     // (the config loader reports those with positions first; this is a second line of defence).
+    // `sparkplug`: the codec of rules with `format: sparkplug_b` (it outlives the engine); such
+    // a rule without one is refused the same way. Their topic is the codec's; events are
+    // encoded by it, and dead letters stay JSON on the dead-letter topic.
     engine(const std::vector<config::rule>& rules, const point_table& points,
            std::string gateway_id,
-           const std::string& dead_letter_topic = "ferry/{gateway}/dead-letter");
+           const std::string& dead_letter_topic = "ferry/{gateway}/dead-letter",
+           const batch_codec* sparkplug = nullptr);
 
     // The union of every rule's patterns (each text once): what the engine subscribes to.
     const std::vector<topic_pattern>& patterns() const { return patterns_; }
@@ -150,6 +159,7 @@ class engine {
         config::deadband_kind deadband_kind = config::deadband_kind::absolute;
         double deadband = 0.0;  // 0: any change passes
         std::optional<std::chrono::steady_clock::duration> heartbeat;
+        const batch_codec* codec = nullptr;  // nullptr: JSON
         std::uint32_t expiry_s = 0;
         std::optional<topic_template> retain_topic;  // retain_last: where each value goes
     };
@@ -201,6 +211,7 @@ class engine {
     void emit(slot& s, std::vector<batch>& out);
     void retain_last(const route& rt, const event& e, std::int64_t ts_ms);
     std::size_t header_size(bool dead_letter) const;
+    std::size_t header_size(const slot& s) const;
     std::size_t max_bytes(const slot& s) const;
 
     const point_table& points_;
@@ -215,6 +226,7 @@ class engine {
     std::deque<point_info> unit_overrides_;   // stable addresses for route::info
     std::priority_queue<due, std::vector<due>, std::greater<>> due_;
     std::string scratch_;
+    std::string coded_;  // one event in a codec's encoding
     std::string reason_;
     std::uint64_t packet_limit_ = 0;
     std::vector<retained_value> retained_;

@@ -23,6 +23,8 @@ constexpr option k_upstream_options[] = {
     {"mqtt", "map", "", "The broker connection (see `upstream.mqtt`)."},
     {"spool", "map", "", "The on-disk queue (see `upstream.spool`)."},
     {"replay", "map", "", "How the backlog goes out after a reconnect (see `upstream.replay`)."},
+    {"sparkplug", "map", "none: no Sparkplug B",
+     "Ferry as a Sparkplug B edge node (see `upstream.sparkplug`, docs/SPARKPLUG.md)."},
 };
 
 constexpr option k_replay_options[] = {
@@ -37,6 +39,16 @@ constexpr option k_replay_options[] = {
      "backlog neither crowds out live data nor trips a cloud broker's rate limits."},
     {"bytes_per_second", "size 1KiB..1GiB", "none: unpaced",
      "Backlog payload bytes per second at most; with `rate`, both limits hold."},
+};
+
+constexpr option k_sparkplug_options[] = {
+    {"group_id", "template", "required",
+     "The Sparkplug group; `{gateway}` is expanded. No `/`, `+` or `#`."},
+    {"edge_node_id", "template", "{gateway}",
+     "The edge node's id in the group; `{gateway}` is expanded. No `/`, `+` or `#`."},
+    {"primary_host_id", "string", "none",
+     "The primary host application whose STATE decides when data is held and replayed "
+     "(store-and-forward, docs/SPARKPLUG.md)."},
 };
 
 constexpr option k_mqtt_options[] = {
@@ -223,6 +235,32 @@ void read_replay(config::loader& ld, const config::value_ref& v, config::config&
                 "pacing applies to a replay beside live data: it needs order live_first");
 }
 
+void read_sparkplug(config::loader& ld, const config::value_ref& v, config::config& c) {
+    config::map_reader m(ld, v, k_sparkplug_options);
+    if (!m.is_map()) return;
+    m.check_keys();
+    config::sparkplug_settings s;
+    if (m.require("group_id")) {
+        if (auto x = ld.nonempty_str(*m.get("group_id"))) {
+            s.group_id = *x;
+            ld.remember("upstream.sparkplug.group_id", *m.get("group_id"));
+        }
+    }
+    if (auto r = m.get("edge_node_id")) {
+        if (auto x = ld.nonempty_str(*r)) {
+            s.edge_node_id = *x;
+            ld.remember("upstream.sparkplug.edge_node_id", *r);
+        }
+    }
+    if (auto r = m.get("primary_host_id")) {
+        if (auto x = ld.nonempty_str(*r)) {
+            s.primary_host_id = *x;
+            ld.remember("upstream.sparkplug.primary_host_id", *r);
+        }
+    }
+    c.upstream.sparkplug = std::move(s);
+}
+
 void read_upstream(config::loader& ld, const config::value_ref& v, config::config& c) {
     config::map_reader m(ld, v, k_upstream_options);
     if (!m.is_map()) return;
@@ -230,6 +268,39 @@ void read_upstream(config::loader& ld, const config::value_ref& v, config::confi
     if (auto r = m.get("mqtt")) read_mqtt(ld, *r, c);
     if (auto r = m.get("spool")) read_spool(ld, *r, c);
     if (auto r = m.get("replay")) read_replay(ld, *r, c);
+    if (auto r = m.get("sparkplug")) read_sparkplug(ld, *r, c);
+}
+
+// A Sparkplug id is one topic level: no separator, no wildcard (specification 3.0, 4.1.1).
+void check_sparkplug_id(config::loader& ld, const config::value_ref& where, const std::string& id) {
+    if (id.empty())
+        ld.fail(where, "expands to an empty id");
+    else if (id.find_first_of("/+#") != std::string::npos)
+        ld.fail(where, "'" + id + "' is not a Sparkplug id: no '/', '+' or '#'");
+}
+
+void finish_sparkplug(config::loader& ld, config::config& c) {
+    const std::string& gw = c.gateway.id;
+    if (!c.upstream.sparkplug) {
+        for (const auto& r : c.rules)
+            if (auto ref = ld.recall("sparkplug_rule:" + r.name))
+                ld.fail(*ref,
+                        "format: sparkplug_b needs an 'upstream.sparkplug' section "
+                        "(group_id, edge_node_id)");
+        return;
+    }
+    auto& s = *c.upstream.sparkplug;
+    for (auto [key, out] : {std::pair{"upstream.sparkplug.group_id", &s.group_id},
+                            std::pair{"upstream.sparkplug.edge_node_id", &s.edge_node_id}}) {
+        if (out->empty()) continue;  // group_id missing: reported where it is read
+        auto ref = ld.recall(key).value_or(config::value_ref{{}, ld.root_mark(), key});
+        if (auto x = ld.expand_placeholders(*out, ref, {{"gateway", gw}})) {
+            *out = *x;
+            check_sparkplug_id(ld, ref, *out);
+        }
+    }
+    if (auto ref = ld.recall("upstream.sparkplug.primary_host_id"))
+        check_sparkplug_id(ld, *ref, s.primary_host_id);
 }
 
 // Templates that need the gateway id (and data_dir) read first.
@@ -246,6 +317,7 @@ void finish_upstream(config::loader& ld, config::config& c) {
     if (auto s = ld.expand_placeholders(c.upstream.spool.path, spool_ref,
                                         {{"data_dir", c.gateway.data_dir}, {"gateway", gw}}))
         c.upstream.spool.path = *s;
+    finish_sparkplug(ld, c);
 }
 
 }  // namespace
@@ -266,7 +338,10 @@ const config::section_schema& config_section() {
          {"upstream.mqtt", "", k_mqtt_options},
          {"upstream.mqtt.tls", "Present: TLS is used.", k_tls_options},
          {"upstream.spool", "", k_spool_options},
-         {"upstream.replay", "", k_replay_options}},
+         {"upstream.replay", "", k_replay_options},
+         {"upstream.sparkplug",
+          "Present: Ferry is a Sparkplug B edge node for the rules with `format: sparkplug_b`.",
+          k_sparkplug_options}},
         read_upstream,
         finish_upstream};
     return s;

@@ -75,7 +75,9 @@ dead_reason check_spooled(const spooled_message& m, std::uint64_t max_packet, bo
     if (!valid_utf8(m.topic)) return fails(dead_reason::bad_topic, "topic is not UTF-8");
     if (m.qos < 0 || m.qos > 2) return fails(dead_reason::bad_qos, "qos " + std::to_string(m.qos));
     if (!m.decode_error.empty()) return fails(dead_reason::bad_payload, m.decode_error);
-    if (m.payload.size() < 2 || m.payload.front() != '{' || m.payload.back() != '}')
+    // Sparkplug B payloads are protobuf (docs/SPARKPLUG.md): their shape is not JSON's.
+    const bool sparkplug = m.topic.starts_with("spBv1.0/");
+    if (!sparkplug && (m.payload.size() < 2 || m.payload.front() != '{' || m.payload.back() != '}'))
         return fails(dead_reason::bad_payload, "payload is not a JSON object");
     // What the row holds: a compressed row stores fewer bytes than the payload it decodes to.
     const auto stored_payload = m.stored_payload_bytes >= 0

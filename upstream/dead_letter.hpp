@@ -23,7 +23,8 @@ enum class dead_reason {
     too_large,    // the PUBLISH packet exceeds the broker's Maximum Packet Size
     bad_topic,    // empty, not UTF-8, a NUL, a wildcard (+ #), or longer than 65535 bytes
     bad_qos,      // not 0, 1 or 2
-    bad_payload,  // not a JSON object (does not start with '{' and end with '}'), or a
+    bad_payload,  // not a JSON object (does not start with '{' and end with '}'; Sparkplug
+                  // topics, spBv1.0/..., carry protobuf and are not checked so), or a
                   // compressed row that does not decompress (damaged: its checksum differs)
     bad_bytes,    // the row's `bytes` column differs from topic + payload as read
     count_

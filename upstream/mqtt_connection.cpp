@@ -132,6 +132,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
         const auto begin = steady::now();
         try {
             auto opts = conn_opts_;
+            apply_will(opts);  // a session hook's will (Sparkplug NDEATH), if any
             opts.set_servers(
                 std::make_shared<mqtt::string_collection>(std::vector<std::string>{uri}));
             auto tok = client_->connect(opts);
@@ -207,6 +208,7 @@ bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
                 log::warn(k_component, "status publish failed",
                           {{"topic", status_topic_}, {"error", e.what()}});
             }
+            hooks_after_connect();  // session hooks: Sparkplug births, before anything else
             // Every device's status again, after the gateway's: the broker may have lost them
             // (a restart without persistence), or missed a change while we were away.
             states_after_connect();
@@ -325,6 +327,9 @@ void mqtt_publisher::impl::run() {
             continue;
         }
         publish_states();
+        keep_status_will();          // session hooks: the status will's own connection
+        if (!gate_open()) continue;  // session hooks: Sparkplug's primary host is offline
+        publish_direct();
         fill_window(cursor);
     }
     shutdown();
@@ -335,6 +340,7 @@ void mqtt_publisher::impl::shutdown() {
     if (was_connected) {
         // States set during the stop (devices "offline"), before the gateway's own "offline".
         publish_states(true);
+        hooks_before_disconnect();  // session hooks: Sparkplug NDEATH
         // A clean DISCONNECT does not fire the will, so say "offline" ourselves.
         try {
             auto tok = client_->publish(status_topic_, std::string("offline"), 1, true);
@@ -350,6 +356,7 @@ void mqtt_publisher::impl::shutdown() {
         client_->disconnect(k_disconnect_timeout)->wait_for(k_disconnect_timeout * 2);
     } catch (const mqtt::exception&) {
     }
+    drop_status_will();
     std::size_t unacked = 0;
     {
         std::lock_guard lk(mu_);

@@ -210,10 +210,9 @@ void mqtt_publisher::impl::make_client() {
     // nullptr: no Paho persistence; the spool is the only store.
     client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
                                                    create_opts_, nullptr);
-    if (sub_handler_) {
-        client_->set_message_callback([this](const mqtt::const_message_ptr& msg) {
-            if (msg) sub_handler_(msg->get_topic(), msg->get_payload_str(), msg->is_retained());
-        });
+    if (sub_handler_ || hooks_.inbound) {
+        client_->set_message_callback(
+            [this](const mqtt::const_message_ptr& msg) { dispatch(msg); });
     }
     client_->set_connection_lost_handler(
         [this, epoch](const std::string& cause) { on_connection_lost(epoch, cause); });

@@ -32,6 +32,12 @@
 // hands each message to the handler. publish_result() sends a message straight to the broker
 // at QoS 1, apart from the spool and its ordering: answers to commands are not telemetry.
 //
+// Session hooks (set_session_hooks; Sparkplug B, docs/SPARKPLUG.md): a protocol that lives on
+// top of the stream gets a narrow say, nothing more: the will of each connect, the messages to
+// send first after each connect, a rewrite of every payload just before it goes out (also a
+// resend), the inbound messages it claims, and send_now() for messages beside the spool. The
+// delivery promises of the spool's stream do not change.
+//
 // Threading: start() spawns one sender thread; Paho runs its own. stop() is idempotent.
 #pragma once
 
@@ -39,7 +45,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/config.hpp"
 
@@ -95,6 +103,47 @@ class mqtt_publisher {
     // message on the broker once (now or at the next connect) and forgets the topic. States set
     // before stop() are published before the "offline" status. Thread-safe.
     void set_retained(const std::string& topic, std::string payload);
+
+    // ---- Session hooks (Sparkplug B) ----
+    struct outbound {
+        std::string topic;
+        std::string payload;
+        int qos = 0;
+        bool retain = false;
+    };
+    struct session_hooks {
+        // Asked before each connect attempt: the will, instead of the retained "offline".
+        std::function<outbound()> will;
+        // After each connect, after "online" and before retained states and the spool: sent
+        // first, in order.
+        std::function<std::vector<outbound>()> after_connect;
+        // Called on the sender thread for every message just before it is published (spool
+        // messages, also each resend, after_connect and send_now ones); may rewrite the
+        // payload (not the topic). `created_ms`: when a spool message entered the spool;
+        // INT64_MAX for the others.
+        std::function<void(const std::string& topic, std::string& payload, std::int64_t created_ms)>
+            before_send;
+        // Inbound messages (Paho's callback thread; quick, no calls back into the publisher
+        // but send_now): true when taken; others go to set_subscription's handler.
+        std::function<bool(const std::string& topic, const std::string& payload, bool retained)>
+            inbound;
+        // At a clean stop, after the retained states and before the "offline" status: a clean
+        // DISCONNECT does not fire the will, so what the will would say is sent here.
+        std::function<std::vector<outbound>()> before_disconnect;
+        // Asked by the sender thread while connected, before messages of send_now and of the
+        // spool go out: nullopt holds both (the spool keeps its messages; Sparkplug: the
+        // primary host is offline); otherwise the messages to send first (they say the whole
+        // state, so send_now messages queued until then are dropped), then the stream flows.
+        std::function<std::optional<std::vector<outbound>>()> gate;
+        // Filters subscribed to at QoS 1 after each connect, for `inbound`.
+        std::vector<std::string> filters;
+    };
+    // Call before start().
+    void set_session_hooks(session_hooks hooks);
+    // Queues messages beside the spool; the sender thread publishes them in order, before the
+    // next spool messages, while connected. Queued while disconnected, they are dropped at the
+    // next connect: after_connect says the whole state then. Thread-safe.
+    void send_now(std::vector<outbound> messages);
 
   private:
     struct impl;

@@ -5,6 +5,7 @@
 //   mqtt_window.cpp        the in-flight window: publish, deliveries, ack timeout, refusals
 //   mqtt_dead_letters.cpp  spooled messages that can never be delivered
 //   mqtt_states.cpp        retained states beside the spool (device status)
+//   mqtt_hooks.cpp         session hooks (Sparkplug B): will, births, rewrite, inbound
 //   mqtt_properties.cpp    MQTT 5 properties of a batch, expired spooled messages
 // Members are guarded as the comments in impl say (mu_, client_mu_, or the sender thread).
 #pragma once
@@ -248,9 +249,35 @@ struct mqtt_publisher::impl {
     std::atomic<bool> states_dirty_{false};  // some state waits: spares the loop the lock
     std::vector<mqtt::delivery_token_ptr> state_tokens_;  // sender thread: states in flight
 
+    // Session hooks (mqtt_hooks.cpp), set before start(); the queue of send_now().
+    mqtt_publisher::session_hooks hooks_;
+    std::mutex direct_mu_;
+    std::vector<mqtt_publisher::outbound> direct_;
+    std::atomic<bool> direct_waiting_{false};
+    void apply_will(mqtt::connect_options& opts);  // the sender thread, before a connect
+    void hooks_after_connect();                    // the sender thread, connected
+    void publish_direct();                         // the sender thread, connected
+    void hooks_before_disconnect();                // the sender thread, at a clean stop
+    bool gate_open();                              // the sender thread, connected
+    // The status sentinel (mqtt_hooks.cpp): with a hook's will, a second connection carries
+    // the retained "offline" will of the status topic. The sender thread only.
+    void keep_status_will();
+    void drop_status_will();
+    struct sentinel_listener final : mqtt::iaction_listener {
+        impl* owner = nullptr;
+        void on_success(const mqtt::token&) override;
+        void on_failure(const mqtt::token&) override {}
+    };
+    sentinel_listener sentinel_listener_;
+    steady::time_point sentinel_next_{};
+    // Publishes one message beside the spool after before_send; false: the connection is going.
+    bool publish_beside(mqtt_publisher::outbound& m, std::vector<mqtt::delivery_token_ptr>& toks);
+    void dispatch(const mqtt::const_message_ptr& msg);  // Paho's callback thread
+
     // Declared after everything its callbacks touch, so it is destroyed first.
     delivery_listener listener_;
     std::unique_ptr<mqtt::async_client> client_;
+    std::unique_ptr<mqtt::async_client> sentinel_;  // destroyed first: its callbacks use the rest
 };
 
 }  // namespace ferry::upstream

@@ -137,6 +137,8 @@ bool mqtt_publisher::impl::publish_one(spooled_message& m, bool replay) {
         m_replayed_.Increment();
         mark_replay(m.payload);
     }
+    // A session hook's rewrite (Sparkplug: the seq given at send time).
+    if (hooks_.before_send) hooks_.before_send(m.topic, m.payload, m.created_ms);
     auto props = properties_for(m);
     try {
         auto msg =

@@ -1,5 +1,7 @@
 ferry_test(chaos_outage chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/outage_test.cpp)
 target_link_libraries(chaos_outage PRIVATE SQLite::SQLite3)
+ferry_test(chaos_replay chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/replay_test.cpp)
+target_link_libraries(chaos_replay PRIVATE SQLite::SQLite3)
 ferry_test(chaos_kill9 chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/kill9_test.cpp)
 target_link_libraries(chaos_kill9 PRIVATE SQLite::SQLite3)
 ferry_test(chaos_bounds chaos ${CMAKE_CURRENT_SOURCE_DIR}/chaos/bounds_test.cpp)

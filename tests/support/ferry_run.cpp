@@ -55,6 +55,7 @@ std::string ferry_yaml(const ferry_options& o) {
     y += "  spool:\n    path: \"{data_dir}/spool.db\"\n    max_bytes: " + o.max_bytes +
          "\n    when_full: " + o.when_full + "\n    fsync: " + o.fsync + "\n";
     if (!o.compress.empty()) y += "    compress: " + o.compress + "\n";
+    if (!o.replay.empty()) y += "  replay: " + o.replay + "\n";
     return y;
 }
 

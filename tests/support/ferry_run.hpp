@@ -88,6 +88,7 @@ struct ferry_options {
     std::string compress;  // upstream.spool.compress ("true", "false"); empty: the default
     std::string log_level = "info";
     std::string keepalive;  // upstream.mqtt.keepalive, e.g. "2s"; empty: the default
+    std::string replay;     // upstream.replay, e.g. "{ rate: 30 }"; empty: the default
 };
 std::string ferry_yaml(const ferry_options& o);
 

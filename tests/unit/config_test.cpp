@@ -241,6 +241,27 @@ TEST_CASE("every feature of the contract loads, downlink commands included") {
         ferry::load_config_text("gateway: { id: g }\ncommands: { enabled: true }\n", "t"));
 }
 
+TEST_CASE("upstream.sparkplug and format: sparkplug_b load with templates expanded") {
+    auto c = ferry::load_config_text(
+        "gateway: { id: gw-7 }\n"
+        "rules:\n"
+        "  - { name: a, match: '#', publish: { format: sparkplug_b, "
+        "qos: 0 } }\n"
+        "  - { name: b, match: '#' }\n"
+        "upstream:\n"
+        "  sparkplug: { group_id: 'site-{gateway}', "
+        "primary_host_id: scada }\n",
+        "t.yaml");
+    REQUIRE(c.upstream.sparkplug);
+    CHECK(c.upstream.sparkplug->group_id == "site-gw-7");
+    CHECK(c.upstream.sparkplug->edge_node_id == "gw-7");  // the default, {gateway}
+    CHECK(c.upstream.sparkplug->primary_host_id == "scada");
+    CHECK(c.rules[0].publish.format == ferry::config::payload_format::sparkplug_b);
+    CHECK(c.rules[0].publish.qos == 0);
+    CHECK(c.rules[1].publish.format == ferry::config::payload_format::json);
+    CHECK_FALSE(ferry::load_config_text("gateway: { id: g }\n", "t").upstream.sparkplug);
+}
+
 TEST_CASE("${NAME} substitution in values") {
     auto f = k_dir + "env.yaml";
     ::unsetenv("FERRY_TEST_GATEWAY");
