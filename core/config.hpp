@@ -233,6 +233,12 @@ struct publish_settings {
     int qos = 1;
     bool retain = false;
     payload_format format = payload_format::json;
+    // MQTT 5 (docs/DELIVERY.md, "MQTT 5 properties"): the Message Expiry Interval of each
+    // batch, counted from when it was spooled (0: none), and the newest value of each point
+    // published retained on retain_topic (a template with {device} and {tag}).
+    std::uint32_t message_expiry_s = 0;
+    bool retain_last = false;
+    std::string retain_topic = "ferry/{gateway}/last/{device}/{tag}";
 
     bool operator==(const publish_settings&) const = default;
 };

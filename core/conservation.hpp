@@ -32,6 +32,7 @@ enum class drop {
     corrupt,       // rows lost to a damaged spool page
     shutdown,      // could not be spooled within the stop budget
     encode,        // the batch could not be encoded
+    expired,       // a spooled message's MQTT 5 message_expiry passed before it could be sent
     count_
 };
 
@@ -39,7 +40,7 @@ inline std::string_view to_string(drop d) {
     // In the order of the enum.
     constexpr std::string_view names[] = {"filtered",   "deduped",   "unrouted", "bus_overflow",
                                           "spool_full", "too_large", "refused",  "corrupt",
-                                          "shutdown",   "encode"};
+                                          "shutdown",   "encode",    "expired"};
     static_assert(std::size(names) == static_cast<std::size_t>(drop::count_));
     const auto i = static_cast<std::size_t>(d);
     return i < std::size(names) ? names[i] : "unknown";

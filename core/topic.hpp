@@ -19,13 +19,23 @@ namespace ferry {
 // What a replayed JSON batch carries after its opening brace (docs/DELIVERY.md, Live first).
 constexpr std::string_view k_replay_mark = "\"replay\":true,";
 
+// The MQTT 5 properties a batch carries (docs/DELIVERY.md, "MQTT 5 properties"), at most:
+// Message Expiry Interval (1 + 4) and the user properties gateway, batch, first_seq and
+// last_seq (each 1 + 2 + name + 2 + value; numbers up to 20 digits).
+constexpr std::size_t mqtt5_properties_bytes(std::size_t gateway_bytes) {
+    return (1 + 4) + (1 + 2 + 7 + 2 + gateway_bytes) + (1 + 2 + 5 + 2 + 20) + (1 + 2 + 9 + 2 + 20) +
+           (1 + 2 + 8 + 2 + 20);
+}
+
 // The most bytes an MQTT PUBLISH on a topic of `topic_bytes` adds around its payload, whatever
 // its QoS and protocol version: fixed header (1), remaining length (up to 4), topic length (2)
-// and topic, packet id (2), MQTT 5 property length (1, no properties), and the replay mark a
-// batch may get when it is sent as part of a backlog. Batches are cut so that payload + this
-// stays within the broker's Maximum Packet Size.
-constexpr std::size_t publish_overhead(std::size_t topic_bytes) {
-    return 1 + 4 + 2 + topic_bytes + 2 + 1 + k_replay_mark.size();
+// and topic, packet id (2), MQTT 5 property length (up to 4) and properties (for a gateway id
+// of `gateway_bytes`), and the replay mark a batch may get when it is sent as part of a
+// backlog. Batches are cut so that payload + this stays within the broker's Maximum Packet
+// Size.
+constexpr std::size_t publish_overhead(std::size_t topic_bytes, std::size_t gateway_bytes = 0) {
+    return 1 + 4 + 2 + topic_bytes + 2 + 4 + mqtt5_properties_bytes(gateway_bytes) +
+           k_replay_mark.size();
 }
 
 class topic_pattern {

@@ -516,7 +516,8 @@ struct daemon::impl {
                 items.push_back({b.topic, b.qos, b.retain, static_cast<std::uint32_t>(b.events),
                                  [&b, this](std::uint64_t batch_no, std::string& out) {
                                      engine->wrap(b, batch_no, out);
-                                 }});
+                                 },
+                                 b.expiry_s});
             done = spool->append_group(items);
             if (done > 0) ++rule_progress;
         }
@@ -533,7 +534,7 @@ struct daemon::impl {
         for (;;) {
             rule_waiting_for_room = cfg.upstream.spool.full == config::when_full::block;
             auto r = spool->append(b.topic, b.qos, b.retain, static_cast<std::uint32_t>(b.events),
-                                   encode);
+                                   encode, b.expiry_s);
             rule_waiting_for_room = false;
             if (r != upstream::append_result::error) {
                 ++rule_progress;
@@ -629,6 +630,10 @@ struct daemon::impl {
             for (const auto& e : events)
                 engine->on_event(e, now, out);
             engine->on_tick(now, out);
+            // retain_last values: beside the spool, newest per topic (the publisher keeps one).
+            for (auto& v : engine->retained())
+                publisher->set_retained(v.topic, std::move(v.payload));
+            engine->retained().clear();
             // Counted before the spool is asked: a spool that makes us wait (when_full: block)
             // must not hide what the rules already decided.
             update_counters();

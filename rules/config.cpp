@@ -69,7 +69,44 @@ constexpr option k_publish_options[] = {
      "per device per batch on spBv1.0/{group}/DDATA/{edge_node}/{device}; needs "
      "`upstream.sparkplug`; no `topic`, `retain` or `transform` (docs/SPARKPLUG.md).",
      config::k_all_drivers, k_format_names},
+    {"message_expiry", "duration 1s..4294967295s, whole seconds", "none",
+     "MQTT 5 Message Expiry Interval of each batch, counted from when the batch was spooled: a "
+     "batch sent late carries what is left; one whose expiry passed in the spool is dropped, "
+     "counted in `ferry_events_dropped_total{reason=\"expired\"}`. Left out with MQTT 3.1.1."},
+    {"retain_last", "bool", "false",
+     "Also publish the newest value of each point the rule passes, retained, on "
+     "`retain_topic`: `{\"value\",\"quality\",\"ts\",\"seq\"}`, not spooled, sent again "
+     "after every reconnect."},
+    {"retain_topic", "topic template with {device} and {tag}",
+     "ferry/{gateway}/last/{device}/{tag}", "Where `retain_last` publishes each point's value."},
 };
+
+// The MQTT 5 keys of `publish` (issue 18).
+void read_mqtt5(config::loader& ld, const config::map_reader& pm, config::publish_settings& p) {
+    // Not ld.dur(): its 720h bound keeps clock arithmetic safe, while this is a u32 of seconds
+    // the broker counts (to about 136 years) and Ferry only adds to Unix milliseconds.
+    if (auto x = pm.get("message_expiry")) {
+        if (auto text = ld.str(*x)) {
+            constexpr std::int64_t max_s = 4294967295;
+            const auto d = config::parse_duration(*text);
+            if (!d)
+                ld.fail(*x, "invalid duration '" + *text + "' (use e.g. 30s, 5m, 1h)");
+            else if (d->count() < 1000 || d->count() % 1000 != 0)
+                ld.fail(*x, "must be whole seconds, at least 1s (MQTT 5 counts in seconds)");
+            else if (d->count() / 1000 > max_s)
+                ld.fail(*x, "must be at most 4294967295s (about 136 years)");
+            else
+                p.message_expiry_s = static_cast<std::uint32_t>(d->count() / 1000);
+        }
+    }
+    ld.set_bool(pm, "retain_last", p.retain_last);
+    if (auto x = pm.get("retain_topic")) {
+        ld.topic(*x, p.retain_topic);
+        const auto t = topic_template::compile(p.retain_topic);
+        if (t && (!t->uses_device() || !t->uses_tag()))
+            ld.fail(*x, "must hold {device} and {tag}: one retained value per point");
+    }
+}
 
 void read_rule(config::loader& ld, const config::value_ref& v, config::rule& r) {
     config::map_reader m(ld, v, k_rule_options);
@@ -163,7 +200,7 @@ void read_rule(config::loader& ld, const config::value_ref& v, config::rule& r) 
             if (r.publish.format == config::payload_format::sparkplug_b) {
                 // The Sparkplug namespace fixes the topic; DDATA is never retained (the
                 // specification); a metric's value is the point's, as its DBIRTH declares it.
-                for (const char* key : {"topic", "retain"})
+                for (const char* key : {"topic", "retain", "retain_last", "retain_topic"})
                     if (pm.has(key))
                         ld.fail(pm.key_ref(key), std::string("'") + key +
                                                      "' does not apply to format: sparkplug_b "
@@ -176,6 +213,7 @@ void read_rule(config::loader& ld, const config::value_ref& v, config::rule& r) 
                 // The loader's finish step checks that upstream.sparkplug exists.
                 ld.remember("sparkplug_rule:" + r.name, *pm.get("format"));
             }
+            read_mqtt5(ld, pm, r.publish);
         }
     }
 }

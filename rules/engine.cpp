@@ -63,7 +63,9 @@ engine::engine(const std::vector<config::rule>& rules, const point_table& points
                       config::deadband_kind::absolute,
                       0.0,
                       {},
-                      codec};
+                      codec,
+                      0,
+                      {}};
         if (!r.filter.empty()) {
             filter_error err;
             st.filter = filter::compile(r.filter, &err);
@@ -82,6 +84,12 @@ engine::engine(const std::vector<config::rule>& rules, const point_table& points
             st.deadband = r.deadband->amount;
         }
         if (r.heartbeat) st.heartbeat = *r.heartbeat;
+        st.expiry_s = r.publish.message_expiry_s;
+        if (r.publish.retain_last) {
+            st.retain_topic = topic_template::compile(r.publish.retain_topic, &why);
+            if (!st.retain_topic)
+                throw std::invalid_argument("rule " + r.name + ": publish.retain_topic: " + why);
+        }
         st.tracks = r.deadband.has_value() || r.heartbeat.has_value();
         rules_.push_back(std::move(st));
         rule_names_.push_back(r.name);
@@ -125,7 +133,9 @@ engine::engine(const std::vector<config::rule>& rules, const point_table& points
                                         static_cast<std::uint32_t>(it->second),
                                         static_cast<std::uint32_t>(dit->second),
                                         info,
+                                        {},
                                         {}});
+            if (rs.retain_topic) routes_[id].back().retain_topic = rs.retain_topic->expand(vars);
         }
     }
 }
@@ -148,6 +158,7 @@ void engine::emit(slot& s, std::vector<batch>& out) {
         b.rule = r.name;
         b.qos = r.qos;
         b.retain = r.retain;
+        b.expiry_s = r.expiry_s;
         b.codec = r.codec;
     }
     b.dead_letter = s.dead_letter;
@@ -166,7 +177,7 @@ void engine::emit(slot& s, std::vector<batch>& out) {
 std::size_t engine::max_bytes(const slot& s) const {
     const std::size_t rule_max = s.limits->max_bytes;
     if (packet_limit_ == 0) return rule_max;
-    const auto overhead = publish_overhead(s.topic.size());
+    const auto overhead = publish_overhead(s.topic.size(), gateway_.size());
     const auto room = packet_limit_ > overhead ? packet_limit_ - overhead : 1;
     return static_cast<std::size_t>(std::min<std::uint64_t>(rule_max, room));
 }
@@ -341,7 +352,22 @@ void engine::on_event(const event& e, steady_time now, std::vector<batch>& out) 
             encoded_for = outgoing == &e ? rt.info : nullptr;
         }
         append(rt.slot, scratch_, ts_ms, now, out);
+        if (r.retain_topic) retain_last(rt, *outgoing, ts_ms);
     }
+}
+
+// {"value":..,"quality":"..","ts":..,"seq":..}: what a late subscriber needs of one point.
+void engine::retain_last(const route& rt, const event& e, std::int64_t ts_ms) {
+    auto& v = retained_.emplace_back();
+    v.topic = rt.retain_topic;
+    v.payload = "{\"value\":";
+    if (e.quality == quality::bad)
+        v.payload += "null";
+    else
+        json::append_value(v.payload, e.value);
+    v.payload += ",\"quality\":\"";
+    v.payload += to_string(e.quality);
+    v.payload += "\",\"ts\":" + std::to_string(ts_ms) + ",\"seq\":" + std::to_string(e.seq) + "}";
 }
 
 void engine::on_tick(steady_time now, std::vector<batch>& out) {

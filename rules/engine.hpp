@@ -73,6 +73,13 @@ struct batch {
     std::string body;
     std::int64_t first_ts_ms = 0;        // sampling time of the oldest event in it
     const batch_codec* codec = nullptr;  // how wrap() encodes it; nullptr: the contract's JSON
+    std::uint32_t expiry_s = 0;          // the rule's MQTT 5 message_expiry (0: none)
+};
+
+// The newest value of one point for a rule with retain_last: published retained, not spooled.
+struct retained_value {
+    std::string topic;
+    std::string payload;
 };
 
 // The `outcome` label values of ferry_rule_events_total, in the order of rule_counters::values().
@@ -112,6 +119,9 @@ class engine {
 
     // Feeds one event. Batches that became complete are appended to `out`.
     void on_event(const event& e, steady_time now, std::vector<batch>& out);
+    // The values of rules with retain_last that passed since the last call, oldest first (one
+    // per event that passed: the caller keeps the newest per topic). The caller clears it.
+    std::vector<retained_value>& retained() { return retained_; }
     // Appends the batches whose max_age has passed by `now`.
     void on_tick(steady_time now, std::vector<batch>& out);
     // When on_tick next has something to do; steady_time::max() when nothing is open.
@@ -150,6 +160,8 @@ class engine {
         double deadband = 0.0;  // 0: any change passes
         std::optional<std::chrono::steady_clock::duration> heartbeat;
         const batch_codec* codec = nullptr;  // nullptr: JSON
+        std::uint32_t expiry_s = 0;
+        std::optional<topic_template> retain_topic;  // retain_last: where each value goes
     };
     struct slot {
         std::string topic;
@@ -178,6 +190,7 @@ class engine {
         std::uint32_t dead_slot;
         const point_info* info;  // the point, or its copy with the rule's unit
         last_published last;
+        std::string retain_topic;  // expanded, when the rule has retain_last
     };
     struct due {
         steady_time when;
@@ -196,6 +209,7 @@ class engine {
     void append(std::size_t slot_index, std::string_view item, std::int64_t ts_ms, steady_time now,
                 std::vector<batch>& out);
     void emit(slot& s, std::vector<batch>& out);
+    void retain_last(const route& rt, const event& e, std::int64_t ts_ms);
     std::size_t header_size(bool dead_letter) const;
     std::size_t header_size(const slot& s) const;
     std::size_t max_bytes(const slot& s) const;
@@ -215,6 +229,7 @@ class engine {
     std::string coded_;  // one event in a codec's encoding
     std::string reason_;
     std::uint64_t packet_limit_ = 0;
+    std::vector<retained_value> retained_;
 };
 
 }  // namespace ferry::rules

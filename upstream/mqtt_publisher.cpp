@@ -128,6 +128,7 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
               .Add({})),
       m_dropped_too_large_(events_dropped(registry, drop::too_large)),
       m_dropped_corrupt_(events_dropped(registry, drop::corrupt)),
+      m_dropped_expired_(events_dropped(registry, drop::expired)),
       m_err_notice_(mqtt_error(registry, "dead_letter_notice")),
       m_latency_(
           prometheus::BuildHistogram()

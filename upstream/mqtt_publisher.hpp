@@ -17,6 +17,11 @@
 // A spooled message that can never be delivered (larger than the broker's Maximum Packet
 // Size, or a damaged row) is dead-lettered before it is sent: moved into the spool's
 // dead_letters table, counted, announced on the dead-letter topic; the stream goes on in order.
+// MQTT 5 (docs/DELIVERY.md, "MQTT 5 properties"): each JSON batch carries the user properties
+// gateway, batch, first_seq, last_seq and, when its rule set message_expiry, what is left of
+// it; a spooled message whose expiry passed is dropped before it is sent, its events counted
+// in ferry_events_dropped_total{reason="expired"}. The window is capped by the CONNACK's
+// Receive Maximum.
 // Publishes a retained "online" on ferry/{gateway}/status after each connect, with a retained
 // last will "offline".
 // Retained states (set_retained: device status) are kept apart from the spool, newest payload

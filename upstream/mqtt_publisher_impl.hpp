@@ -6,6 +6,7 @@
 //   mqtt_dead_letters.cpp  spooled messages that can never be delivered
 //   mqtt_states.cpp        retained states beside the spool (device status)
 //   mqtt_hooks.cpp         session hooks (Sparkplug B): will, births, rewrite, inbound
+//   mqtt_properties.cpp    MQTT 5 properties of a batch, expired spooled messages
 // Members are guarded as the comments in impl say (mu_, client_mu_, or the sender thread).
 #pragma once
 
@@ -128,6 +129,8 @@ struct mqtt_publisher::impl {
     void settle_refusals(cursors& c);
     bool publish_one(spooled_message& m, bool replay);
     bool dead_lettered(const spooled_message& m);
+    bool expired(const spooled_message& m);  // dropped and counted (mqtt_properties.cpp)
+    mqtt::properties properties_for(const spooled_message& m);
     std::uint64_t packet_limit() const;
     // `reconnect`: a wait for the next connect attempt (disconnected), which may probe the
     // brokers' ports and renew the client; never while connected (the refusal backoff).
@@ -180,6 +183,7 @@ struct mqtt_publisher::impl {
     std::array<prometheus::Counter*, static_cast<std::size_t>(dead_reason::count_)> m_dead_{};
     prometheus::Counter& m_dropped_too_large_;
     prometheus::Counter& m_dropped_corrupt_;
+    prometheus::Counter& m_dropped_expired_;  // ferry_events_dropped_total{reason="expired"}
     prometheus::Counter& m_err_notice_;
     std::string dead_letter_topic_;  // expanded: where dead-letter notices go
     prometheus::Histogram& m_latency_;
@@ -218,7 +222,9 @@ struct mqtt_publisher::impl {
     std::chrono::milliseconds backoff_ = k_backoff_min;
     steady::time_point connected_at_{};
     std::mt19937 rng_{std::random_device{}()};
-    port_probe ports_;  // asked during long backoff waits
+    port_probe ports_;                    // asked during long backoff waits
+    std::uint64_t expired_unlogged_ = 0;  // expired messages dropped since the last log line
+    steady::time_point expired_logged_{};
 
     std::thread thread_;
     bool started_ = false;

@@ -139,9 +139,11 @@ bool mqtt_publisher::impl::publish_one(spooled_message& m, bool replay) {
     }
     // A session hook's rewrite (Sparkplug: the seq given at send time).
     if (hooks_.before_send) hooks_.before_send(m.topic, m.payload, m.created_ms);
+    auto props = properties_for(m);
     try {
         auto msg =
             mqtt::make_message(m.topic, mqtt::binary_ref(std::move(m.payload)), m.qos, m.retain);
+        if (!props.empty()) msg->set_properties(std::move(props));
         client_->publish(msg, reinterpret_cast<void*>(static_cast<std::uintptr_t>(pub)), listener_);
         return true;
     } catch (const mqtt::exception& e) {
@@ -250,7 +252,7 @@ void mqtt_publisher::impl::fill_window(cursors& c) {
         auto msgs = spool_.peek(c.live, r.live);
         for (auto& m : msgs) {
             if (m.id > r.last_live) break;  // beyond the sliding window (ids may have gaps)
-            if (!dead_lettered(m)) {
+            if (!dead_lettered(m) && !expired(m)) {
                 if (!publish_one(m, false)) return;
                 --r.free;
             }
@@ -271,7 +273,7 @@ void mqtt_publisher::impl::fill_window(cursors& c) {
                 break;
             }
             if (m.id > r.last_replay) break;
-            if (!dead_lettered(m)) {
+            if (!dead_lettered(m) && !expired(m)) {
                 if (!pacer_.take(m.payload.size(), now)) {
                     wake = std::min(wake, pacer_.next(now));
                     break;

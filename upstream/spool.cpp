@@ -2,18 +2,23 @@
 //
 // File format. One SQLite database (docs/SPOOL.md has the details), page size 4096, WAL
 // journal, auto_vacuum=INCREMENTAL (set when the file is created; it cannot be changed later
-// without a full VACUUM), application_id 0x46455259 ("FERY"), user_version 2:
+// without a full VACUUM), application_id 0x46455259 ("FERY"), user_version 3:
 //   messages(id INTEGER PRIMARY KEY AUTOINCREMENT, topic, payload BLOB, qos, retain,
-//            created_ms, bytes, events) one row per MQTT message; AUTOINCREMENT so an id is
+//            created_ms, bytes, events, expiry_s) one row per MQTT message; AUTOINCREMENT so an id
+//            is
 //                                      never reused, even after the table was emptied (the
 //                                      publisher reads "id > last sent"); `events` = the
-//                                      readings it carries (conservation metrics)
+//                                      readings it carries (conservation metrics); `expiry_s`
+//                                      the MQTT 5 message expiry from created_ms (0: none)
 //   topics(topic PRIMARY KEY, last_batch)   last batch number given out per topic
 //   state(key PRIMARY KEY, value)           small persistent key/value (seq high-water mark)
 // `payload` is the body as encoded (JSON, first byte '{') or one zstd frame of it (magic
 // 28 b5 2f fd; spool_codec.hpp): the first bytes say which, so older plain rows still read.
 // `bytes` = topic + payload length as stored, the unit max_bytes is counted in. A version-1 file
-// (no `events` column) is migrated at open by one ALTER TABLE (its rows count 0 events). The
+// (no `events` column) is migrated at open by one ALTER TABLE (its rows count 0 events), a
+// version-1 or -2 file (no `expiry_s`) likewise (its rows never expire). An older Ferry does not
+// open a version-3 file (unknown version: moved aside as damaged), so a downgrade loses the
+// spooled backlog to the side file. The
 // connection runs in locking_mode=EXCLUSIVE: a second process cannot open the same spool (it gets
 // SQLITE_BUSY and the constructor throws; a busy file is never mistaken for a corrupt one), and the
 // WAL index lives in heap memory, so there is no -shm file.

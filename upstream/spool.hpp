@@ -45,6 +45,9 @@ struct spooled_message {
     // Why a compressed row did not decompress (empty: it did, or it was not compressed).
     // `payload` then holds the stored bytes; the publisher dead-letters the row.
     std::string decode_error;
+    // MQTT 5 Message Expiry Interval in seconds from created_ms (0: never expires); the
+    // publisher sends what is left of it and drops the message once it has passed.
+    std::uint32_t expiry_s = 0;
 };
 
 enum class append_result {
@@ -65,6 +68,7 @@ struct group_item {
     bool retain = false;
     std::uint32_t events = 0;
     encode_fn encode;
+    std::uint32_t expiry_s = 0;  // spooled_message::expiry_s
 };
 
 class spool {
@@ -83,8 +87,9 @@ class spool {
     // transaction. Applies when_full if the message does not fit in max_bytes. `events` is
     // the number of readings in the message: stored with it, and what the spool adds to
     // ferry_events_dropped_total{reason="spool_full"|"too_large"} when it drops the message.
+    // `expiry_s`: the message's expiry interval, stored with it (spooled_message::expiry_s).
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
-                         const encode_fn& encode);
+                         const encode_fn& encode, std::uint32_t expiry_s = 0);
     // Appends several messages in one transaction (one commit: one WAL write, one fsync with
     // `fsync: always`),
     // in order, as `append` would one by one, and returns how many of the first were stored:

@@ -33,7 +33,7 @@ using sqlite::use;
 
 constexpr std::string_view component = "spool";
 constexpr int application_id = 0x46455259;  // "FERY"
-constexpr int schema_version = 2;
+constexpr int schema_version = 3;           // 3: expiry_s (issue 18)
 // A row's size as max_bytes counts it, from what the row holds: the `bytes` column is written
 // by append but never trusted when reading (a damaged or edited row may lie; summed at open, a
 // lie made the spool think it held a terabyte and drop every message at the next append).
@@ -220,7 +220,7 @@ struct spool::impl {
     }
     void maybe_vacuum();
     append_result append(const std::string& topic, int qos, bool retain, std::uint32_t events,
-                         const encode_fn& encode);
+                         const encode_fn& encode, std::uint32_t expiry_s);
     std::size_t append_group(std::span<const group_item> items);
     int insert_row(const group_item& m, std::uint64_t batch_no, const std::string& stored,
                    std::int64_t& id);

@@ -234,15 +234,17 @@ void spool::impl::open_checked() {
             throw damaged("not a ferry spool (application_id differs)");
         }
         version = pragma_int("PRAGMA user_version");
-        if (version != 1 && version != schema_version) {
+        if (version < 1 || version > schema_version) {
             throw damaged("unknown spool schema version " + std::to_string(version));
         }
         if (pragma_int("PRAGMA auto_vacuum") != 2) throw damaged("auto_vacuum is not incremental");
         for (const char* probe :
-             {version == 1 ? "SELECT id, topic, payload, qos, retain, created_ms, bytes FROM "
-                             "messages LIMIT 0"
-                           : "SELECT id, topic, payload, qos, retain, created_ms, bytes, events"
-                             " FROM messages LIMIT 0",
+             {version == 1   ? "SELECT id, topic, payload, qos, retain, created_ms, bytes FROM "
+                               "messages LIMIT 0"
+              : version == 2 ? "SELECT id, topic, payload, qos, retain, created_ms, bytes, events"
+                               " FROM messages LIMIT 0"
+                             : "SELECT id, topic, payload, qos, retain, created_ms, bytes, events,"
+                               " expiry_s FROM messages LIMIT 0",
               "SELECT topic, last_batch FROM topics LIMIT 0",
               "SELECT key, value FROM state LIMIT 0"}) {
             statement st;
@@ -253,19 +255,24 @@ void spool::impl::open_checked() {
         check_columns(version);
     }
     setup_connection(fresh);
-    if (version == 1) {
+    if (version < schema_version) {
         // Version 1 had no per-row event count: its rows count 0 (their events were produced
-        // by a Ferry that did not count them either).
-        rc = exec_rc(
-            "BEGIN IMMEDIATE;"
-            "ALTER TABLE messages ADD COLUMN events INTEGER NOT NULL DEFAULT 0;"
-            "PRAGMA user_version=2;"
-            "COMMIT;");
+        // by a Ferry that did not count them either). Versions 1 and 2 had no message expiry:
+        // their rows never expire (expiry_s 0), as they were spooled.
+        std::string ddl = "BEGIN IMMEDIATE;";
+        if (version == 1)
+            ddl += "ALTER TABLE messages ADD COLUMN events INTEGER NOT NULL DEFAULT 0;";
+        ddl +=
+            "ALTER TABLE messages ADD COLUMN expiry_s INTEGER NOT NULL DEFAULT 0;"
+            "PRAGMA user_version=" +
+            std::to_string(schema_version) + ";COMMIT;";
+        rc = exec_rc(ddl.c_str());
+        const auto from = std::to_string(version), to = std::to_string(schema_version);
         if (rc != SQLITE_OK) {
             exec_rc("ROLLBACK");
-            fail(rc, "migrate schema 1 -> 2");
+            fail(rc, ("migrate schema " + from + " -> " + to).c_str());
         }
-        log::info(component, "spool schema migrated", {{"from", "1"}, {"to", "2"}});
+        log::info(component, "spool schema migrated", {{"from", from}, {"to", to}});
     }
     prepare_all();
     load_totals();
@@ -280,10 +287,10 @@ void spool::impl::check_columns(std::int64_t version) {
         const char* type;
         int pk;
     };
-    static constexpr column messages[] = {{"id", "INTEGER", 1},     {"topic", "TEXT", 0},
-                                          {"payload", "BLOB", 0},   {"qos", "INTEGER", 0},
-                                          {"retain", "INTEGER", 0}, {"created_ms", "INTEGER", 0},
-                                          {"bytes", "INTEGER", 0},  {"events", "INTEGER", 0}};
+    static constexpr column messages[] = {
+        {"id", "INTEGER", 1},    {"topic", "TEXT", 0},     {"payload", "BLOB", 0},
+        {"qos", "INTEGER", 0},   {"retain", "INTEGER", 0}, {"created_ms", "INTEGER", 0},
+        {"bytes", "INTEGER", 0}, {"events", "INTEGER", 0}, {"expiry_s", "INTEGER", 0}};
     static constexpr column topics[] = {{"topic", "TEXT", 1}, {"last_batch", "INTEGER", 0}};
     static constexpr column state[] = {{"key", "TEXT", 1}, {"value", "INTEGER", 0}};
     auto check = [&](const char* table, const column* want, std::size_t n) {
@@ -302,7 +309,7 @@ void spool::impl::check_columns(std::int64_t version) {
         if (rc != SQLITE_DONE) fail(rc, "table_info");
         if (i != n) throw damaged(std::string("schema differs: columns of ") + table);
     };
-    check("messages", messages, version == 1 ? 7 : 8);
+    check("messages", messages, static_cast<std::size_t>(version) + 6);
     check("topics", topics, 2);
     check("state", state, 2);
 }
@@ -380,7 +387,7 @@ void spool::impl::setup_connection(bool fresh) {
             "CREATE TABLE messages(id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
             " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
             " created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL,"
-            " events INTEGER NOT NULL DEFAULT 0);"
+            " events INTEGER NOT NULL DEFAULT 0, expiry_s INTEGER NOT NULL DEFAULT 0);"
             "CREATE TABLE topics(topic TEXT PRIMARY KEY, last_batch INTEGER NOT NULL)"
             " WITHOUT ROWID;"
             "CREATE TABLE state(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
@@ -409,16 +416,16 @@ void spool::impl::prepare_all() {
         {&commit_, "COMMIT"},
         {&rollback_, "ROLLBACK"},
         {&insert_,
-         "INSERT INTO messages(topic, payload, qos, retain, created_ms, bytes, events)"
-         " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+         "INSERT INTO messages(topic, payload, qos, retain, created_ms, bytes, events, expiry_s)"
+         " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"},
         {&upsert_topic_,
          "INSERT INTO topics(topic, last_batch) VALUES(?1, ?2)"
          " ON CONFLICT(topic) DO UPDATE SET last_batch = excluded.last_batch"},
         {&oldest_, "SELECT id, " FERRY_ROW_BYTES ", events FROM messages ORDER BY id"},
         {&delete_upto_, "DELETE FROM messages WHERE id <= ?1"},
         {&peek_,
-         "SELECT id, topic, payload, qos, retain, created_ms, events, bytes FROM messages"
-         " WHERE id > ?1 ORDER BY id LIMIT ?2"},
+         "SELECT id, topic, payload, qos, retain, created_ms, events, bytes, expiry_s FROM"
+         " messages WHERE id > ?1 ORDER BY id LIMIT ?2"},
         {&ack_, "DELETE FROM messages WHERE id = ?1 RETURNING " FERRY_ROW_BYTES ", events"},
         {&exists_after_, "SELECT 1 FROM messages WHERE id > ?1 LIMIT 1"},
         {&events_of_, "SELECT events FROM messages WHERE id = ?1"},

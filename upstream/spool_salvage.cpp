@@ -83,7 +83,7 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
         return v;
     };
     const std::int64_t version = one_int("PRAGMA user_version", -1);
-    if (one_int("PRAGMA application_id", 0) != application_id || (version != 1 && version != 2)) {
+    if (one_int("PRAGMA application_id", 0) != application_id || (version < 1 || version > 3)) {
         sqlite3_close(src);
         return out;  // not ours, or a layout this Ferry does not know: nothing to read
     }
@@ -110,16 +110,19 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
     // no longer makes `id` its alias (then `id` reads NULL).
     const char* scan_sql =
         version == 1
-            ? "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, 0 FROM messages"
+            ? "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, 0, 0 FROM messages"
               " WHERE rowid > ?1 ORDER BY rowid"
-            : "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, events FROM messages"
-              " WHERE rowid > ?1 ORDER BY rowid";
+        : version == 2
+            ? "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, events, 0 FROM"
+              " messages WHERE rowid > ?1 ORDER BY rowid"
+            : "SELECT rowid, topic, payload, qos, retain, created_ms, bytes, events, expiry_s FROM"
+              " messages WHERE rowid > ?1 ORDER BY rowid";
     statement scan_st, probe_st, ins_st;
     scan_st.prepare(src, scan_sql, 0);
     probe_st.prepare(src, "SELECT rowid FROM messages WHERE rowid >= ?1 ORDER BY rowid LIMIT 1", 0);
     ins_st.prepare(db_,
                    "INSERT INTO messages(id, topic, payload, qos, retain, created_ms, bytes,"
-                   " events) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                   " events, expiry_s) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                    0);
     sqlite3_stmt* scan = scan_st.get();
     sqlite3_stmt* probe = probe_st.get();
@@ -166,7 +169,7 @@ spool::impl::salvage_stats spool::impl::salvage_from(const std::string& from,
             sqlite3_bind_int64(ins, 1, id);
             sqlite3_bind_text(ins, 2, reinterpret_cast<const char*>(topic), -1, SQLITE_TRANSIENT);
             sqlite3_bind_blob(ins, 3, body.data(), static_cast<int>(body.size()), SQLITE_TRANSIENT);
-            for (int c = 3; c < 8; ++c)
+            for (int c = 3; c < 9; ++c)
                 sqlite3_bind_int64(ins, c + 1, sqlite3_column_int64(scan, c));
             if (sqlite3_step(ins) != SQLITE_DONE) {
                 record_error(sqlite3_errcode(db_), "salvage");

@@ -39,7 +39,8 @@ int spool::impl::consume_batch_number(const std::string& topic, std::uint64_t ba
 }
 
 append_result spool::impl::append(const std::string& topic, int qos, bool retain,
-                                  std::uint32_t events, const encode_fn& encode) {
+                                  std::uint32_t events, const encode_fn& encode,
+                                  std::uint32_t expiry_s) {
     // Buffers per thread, reused: no allocation per append once they have grown. `encoded` is
     // what the encoder wrote, `stored` what goes into the row: one zstd frame of it when that
     // is smaller (spool_codec.hpp). max_bytes and the `bytes` column count what is stored.
@@ -155,7 +156,7 @@ append_result spool::impl::append(const std::string& topic, int qos, bool retain
             }
         }
         std::int64_t id = 0;
-        rc = insert_row({topic, qos, retain, events, {}}, batch_no, stored, id);
+        rc = insert_row({topic, qos, retain, events, {}, expiry_s}, batch_no, stored, id);
         if (rc != SQLITE_OK) return abort(rc);
         rc = step_done(commit_);
         if (rc != SQLITE_OK) return abort(rc);
@@ -198,6 +199,7 @@ int spool::impl::insert_row(const group_item& m, std::uint64_t batch_no, const s
         sqlite3_bind_int64(*u, 5, now_ms());
         sqlite3_bind_int64(*u, 6, static_cast<std::int64_t>(m.topic.size() + stored.size()));
         sqlite3_bind_int64(*u, 7, m.events);
+        sqlite3_bind_int64(*u, 8, m.expiry_s);
         if (const int rc = sqlite3_step(*u); rc != SQLITE_DONE) return rc;
     }
     id = sqlite3_last_insert_rowid(db_);
@@ -358,9 +360,9 @@ void spool::impl::maybe_vacuum() {
 }
 
 append_result spool::append(const std::string& topic, int qos, bool retain, std::uint32_t events,
-                            const encode_fn& encode) {
+                            const encode_fn& encode, std::uint32_t expiry_s) {
     try {
-        auto r = impl_->append(topic, qos, retain, events, encode);
+        auto r = impl_->append(topic, qos, retain, events, encode, expiry_s);
         if (r == append_result::error) {
             // A damaged page: rebuild from what is readable now; the caller retries.
             std::lock_guard lock(impl_->mu_);
@@ -421,6 +423,8 @@ std::vector<spooled_message> spool::peek(std::int64_t after_id, std::size_t max)
                     m.events = static_cast<std::uint32_t>(
                         std::clamp<std::int64_t>(sqlite3_column_int64(*u, 6), 0, UINT32_MAX));
                     m.stored_bytes = sqlite3_column_int64(*u, 7);
+                    m.expiry_s = static_cast<std::uint32_t>(
+                        std::clamp<std::int64_t>(sqlite3_column_int64(*u, 8), 0, UINT32_MAX));
                     out.push_back(std::move(m));
                 }
             }

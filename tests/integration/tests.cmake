@@ -39,3 +39,6 @@ target_link_libraries(integration_port_probe PRIVATE ferry_upstream)
 # run`, mosquitto and the simulator; the per-channel request metrics.
 ferry_test(integration_device_status integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/device_status_test.cpp)
 ferry_test(integration_sparkplug integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/sparkplug_test.cpp)
+# MQTT 5 properties (issue 18, item 3): message_expiry, user properties, Receive Maximum,
+# retain_last, and MQTT 3.1.1 without them, through `ferry run`, mosquitto and mosquitto_sub.
+ferry_test(integration_mqtt5 integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/mqtt5_test.cpp)

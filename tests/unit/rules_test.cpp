@@ -223,3 +223,57 @@ TEST_CASE("bad quality events carry a null value; values of every kind encode as
     CHECK(j["events"][3]["value"] == "a\"b\n");
     CHECK(j["events"][4]["value"] == true);
 }
+
+TEST_CASE("message_expiry goes with each batch of the rule; retain_last gives each value once") {
+    plant p;
+    auto r = make_rule("temps", {"+/temperature"}, "plant/{gateway}/{device}", 2);
+    r.publish.message_expiry_s = 90;
+    r.publish.retain_last = true;
+    auto plain = make_rule("all", {"boiler1/#"}, "all/{device}", 2);
+    rules::engine eng({r, plain}, p.points, "gw1");
+    std::vector<rules::batch> out;
+    eng.on_event(ev(p.t1, 1001, 21.5, 1764236400123), t0, out);
+    eng.on_event(ev(p.t1, 1002, 21.75, 1764236400124), t0, out);
+    eng.on_event(ev(p.p1, 1003, 1.5), t0, out);
+    REQUIRE(out.size() == 2);
+    CHECK(out[0].topic == "plant/gw1/boiler1");
+    CHECK(out[0].expiry_s == 90);
+    CHECK(out[1].topic == "all/boiler1");
+    CHECK(out[1].expiry_s == 0);
+    // Only the rule with retain_last, one value per event it passed, newest last.
+    auto& kept = eng.retained();
+    REQUIRE(kept.size() == 2);
+    CHECK(kept[0].topic == "ferry/gw1/last/boiler1/temperature");
+    CHECK(kept[1].topic == "ferry/gw1/last/boiler1/temperature");
+    CHECK(kept[1].payload == R"({"value":21.75,"quality":"good","ts":1764236400124,"seq":1002})");
+    kept.clear();
+    auto bad = ev(p.t2, 1004, 0);
+    bad.quality = quality::bad;
+    eng.on_event(bad, t0, out);
+    REQUIRE(eng.retained().size() == 1);
+    CHECK(eng.retained()[0].topic == "ferry/gw1/last/boiler2/temperature");
+    CHECK(eng.retained()[0].payload ==
+          R"({"value":null,"quality":"bad","ts":1764236400000,"seq":1004})");
+}
+
+TEST_CASE("batches are cut with room for the MQTT 5 properties below the packet limit") {
+    plant p;
+    const std::string gateway(40, 'g');
+    rules::engine eng({make_rule("temps", {"+/temperature"}, "t/{device}", 1000)}, p.points,
+                      gateway);
+    const std::uint64_t limit = 2048;
+    eng.set_packet_limit(limit);
+    std::vector<rules::batch> out;
+    for (std::uint64_t s = 1; s <= 200; ++s)
+        eng.on_event(ev(p.t1, s, 21.5), t0, out);
+    REQUIRE(out.size() >= 2);
+    for (const auto& b : out) {
+        std::string text;
+        eng.wrap(b, 18446744073709551615ull, text);
+        CHECK(text.size() + publish_overhead(b.topic.size(), gateway.size()) <= limit);
+    }
+    // The room is what the properties take at most: the expiry, and the four user properties
+    // with 20-digit numbers and this gateway id.
+    CHECK(mqtt5_properties_bytes(gateway.size()) ==
+          5 + (3 + 7 + 2 + 40) + (3 + 5 + 2 + 20) + (3 + 9 + 2 + 20) + (3 + 8 + 2 + 20));
+}

@@ -284,32 +284,6 @@ TEST_CASE("drop_newest counts the refused message's events as spool_full") {
     CHECK(metric(reg, "ferry_events_dropped_total", "spool_full") == 9);
 }
 
-TEST_CASE("a version-1 spool is migrated at open and keeps its messages") {
-    tmp_dir dir;
-    const auto path = dir.file("spool.db");
-    make_real_spool(path, 3);
-    {
-        // Turn the file back into what Ferry wrote before the events column existed.
-        sqlite3* db = nullptr;
-        REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-        REQUIRE(sqlite3_exec(db, "ALTER TABLE messages DROP COLUMN events; PRAGMA user_version=1;",
-                             nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(db);
-    }
-    prometheus::Registry reg;
-    quiet_logs q;
-    spool sp(settings(path), reg);
-    CHECK(sp.corrupt_recoveries() == 0);
-    auto all = sp.peek(0, 10);
-    REQUIRE(all.size() == 3);
-    CHECK(all[0].events == 0);
-    REQUIRE(sp.append("dev/t", 1, false, 4, body("new")) == append_result::ok);
-    all = sp.peek(0, 10);
-    REQUIRE(all.size() == 4);
-    CHECK(all[3].events == 4);
-    CHECK(sp.ack(all[3].id) == 4);
-}
-
 TEST_CASE("batch numbers rise per topic and persist across reopen") {
     tmp_dir dir;
     const auto path = dir.file("spool.db");
