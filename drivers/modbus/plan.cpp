@@ -35,8 +35,9 @@ std::vector<read_block> plan_blocks(const std::vector<config::point>& points, st
 }
 
 std::vector<read_block> plan_blocks(const std::vector<config::point>& points,
-                                    std::vector<std::size_t> order, std::uint32_t max_gap,
+                                    std::vector<std::size_t> which, std::uint32_t max_gap,
                                     std::uint32_t max_registers, std::uint32_t max_bits) {
+    auto& order = which;  // sorted by table and address below
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
         const auto &x = of(points[a]), &y = of(points[b]);
         if (x.tbl != y.tbl) return x.tbl < y.tbl;
