@@ -61,6 +61,14 @@ struct modbus_plant {
     }
 
     // "devices:\n  - id: dev0 ..." for ferry's config; over RTU device d is unit d + 1.
+    // The gateway (data in `data_dir`, HTTP on `http_port` for the metrics) and devices_yaml:
+    // what every benchmark's config starts with.
+    std::string gateway_yaml(const std::string& data_dir, std::uint16_t http_port, int devices,
+                             int registers, int poll_ms) const {
+        return "gateway: { id: bench, data_dir: " + data_dir +
+               " }\nhttp: { listen: \"127.0.0.1:" + std::to_string(http_port) + "\" }\n" +
+               devices_yaml(devices, registers, poll_ms);
+    }
     std::string devices_yaml(int devices, int registers, int poll_ms) const {
         std::string cfg = "devices:\n";
         for (int d = 0; d < devices; ++d) {

@@ -136,9 +136,7 @@ int main(int argc, char** argv) {
     ferry::bench::modbus_plant plant(registers, dir.file("sim.log"));
     if (!plant.sim) return 3;
     const auto http_port = free_port();
-    std::string cfg = "gateway: { id: bench, data_dir: " + dir.path() +
-                      " }\nhttp: { listen: \"127.0.0.1:" + std::to_string(http_port) + "\" }\n" +
-                      plant.devices_yaml(devices, registers, poll_ms);
+    std::string cfg = plant.gateway_yaml(dir.path(), http_port, devices, registers, poll_ms);
     cfg += ferry::bench::pipeline_yaml(proxy.uri(), 16, "batch");
     cfg += "  replay: { rate: " + std::to_string(rate) + " }\n";
     write_file(dir.file("ferry.yaml"), cfg);

@@ -88,8 +88,7 @@ void read_model::report(const std::string& device, bool up) {
     std::lock_guard lock(mu_);
     for (auto& d : devices_) {
         if (d.ref.id != device) continue;
-        if (d.reported && d.reported_up == up) return;
-        d.reported = true;
+        if (d.reported_up == up) return;
         d.reported_up = up;
         ++version_;
         return;

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -63,9 +64,8 @@ class read_model {
         bool newest_good = false;
         std::int64_t last_ok_ts = -1;
         std::uint64_t errors = 0;
-        bool reported = false;  // the driver reported its state: reported_up is it
-        bool reported_up = false;
-        bool up() const { return reported ? reported_up : newest_good; }
+        std::optional<bool> reported_up{};  // the driver's last report, once there is one
+        bool up() const { return reported_up.value_or(newest_good); }
     };
 
     // A snapshot and the version of the model it shows.

@@ -125,19 +125,15 @@ struct channel {
     bool wrote_last = false;  // a write was the channel's last request: a due poll goes next
 };
 
-// What one poll changes in a device's status, applied under the poller's lock.
-struct poll_outcome {
-    bool ok = false;
-    std::uint64_t requests = 0;
-};
-
-// What a poll has learnt so far, across its groups and blocks.
+// What a poll has learnt so far, across its groups and blocks; once it is over, what it
+// changes in the device's status (applied under the poller's lock).
 struct poll_progress {
     bool all_ok = true;
-    bool answered = false;  // some request was answered (an exception counts)
-    bool reachable = true;  // no request went unanswered yet
-    std::size_t requested = 0;
-    bool halted = false;  // stopping: the rest of the poll is skipped
+    bool answered = false;       // some request was answered (an exception counts)
+    bool reachable = true;       // no request went unanswered yet
+    std::size_t requested = 0;   // blocks (or pieces) read or skipped
+    std::uint64_t requests = 0;  // requests sent, retries included
+    bool halted = false;         // stopping: the rest of the poll is skipped
 };
 
 }  // namespace
@@ -410,8 +406,7 @@ struct poller::impl {
     // attempt per request: on a serial line each retry would cost the other units a timeout.
     // A stop that cuts the device's request_delay short sets p.halted: the request is not
     // sent (the device asked for that pause), and the block counts as not read.
-    read_result read_block_once(device_rt& d, const read_block& b, poll_outcome& o,
-                                poll_progress& p) {
+    read_result read_block_once(device_rt& d, const read_block& b, poll_progress& p) {
         const auto& s = of(d.cfg);
         const int attempts = d.up && d.silent_polls == 0 ? 1 + s.retries : 1;
         read_result r;
@@ -421,7 +416,7 @@ struct poller::impl {
                 p.halted = true;
                 return r;
             }
-            ++o.requests;
+            ++p.requests;
             r = d.chan->lnk->read(s.unit_id, b.tbl, static_cast<std::uint16_t>(b.start),
                                   static_cast<std::uint16_t>(b.count), s.timeout, d.regs.data());
             if (r.ok()) return r;
@@ -508,7 +503,7 @@ struct poller::impl {
     }
 
     // Reads one planned block (or the pieces it was split into) and emits its points' events.
-    void read_group(device_rt& d, block_group& g, poll_outcome& o, poll_progress& p) {
+    void read_group(device_rt& d, block_group& g, poll_progress& p) {
         // A split block whose pieces were all answered for a while is tried whole again: the
         // exception may have been passing (a device answers "illegal address" while it boots),
         // and one request is cheaper than many.
@@ -525,7 +520,7 @@ struct poller::impl {
                 return;  // the block was not read through: nothing to learn from it
             }
             read_result r{fault::timeout};
-            if (p.reachable) r = read_block_once(d, g.parts[k], o, p);
+            if (p.reachable) r = read_block_once(d, g.parts[k], p);
             if (p.halted) return;  // a stop cut its request_delay short: not read
             ++p.requested;
             if (!r.unanswered()) p.answered = true;
@@ -570,14 +565,13 @@ struct poller::impl {
     }
 
     // Reads the device's due groups and publishes their events.
-    poll_outcome poll(device_rt& d) {
+    poll_progress poll(device_rt& d) {
         const auto began = steady::now();
-        poll_outcome o;
         d.out.clear();
         poll_progress p;
         for (auto& pg : d.groups) {
             for (auto it = pg.blocks.begin(); pg.due && !p.halted && it != pg.blocks.end(); ++it)
-                read_group(d, *it, o, p);
+                read_group(d, *it, p);
         }
         // A device that serves one client at a time: let the others in until the next poll.
         if (of(d.cfg).close_after_poll) d.chan->lnk->close();
@@ -587,7 +581,6 @@ struct poller::impl {
                 d.out[i].seq = first + i;
         }
         d.poll_seconds->Observe(std::chrono::duration<double>(steady::now() - began).count());
-        o.ok = p.all_ok;
         if (p.all_ok)
             d.polls_ok->Increment();
         else
@@ -614,7 +607,7 @@ struct poller::impl {
         poll_done.notify_all();  // a reload taking the device out need not wait for this
         ctx.bus.publish(d.out);
         d.events_sent->Increment(static_cast<double>(d.out.size()));
-        return o;
+        return p;
     }
 
     // With the lock held (rng). Moves on the groups the poll just read.
@@ -701,7 +694,7 @@ struct poller::impl {
             next->chan->wrote_last = false;  // a write waiting for this channel may go now
             next->status.up = next->up;
             next->status.requests += o.requests;
-            ++(o.ok ? next->status.polls_ok : next->status.polls_failed);
+            ++(o.all_ok ? next->status.polls_ok : next->status.polls_failed);
             reschedule(*next, steady::now());
             if (next->remove_after_poll) finish_remove(next, next->keep_series_after);
             // No notify: this worker loops and takes whatever the freed channel allows (a
