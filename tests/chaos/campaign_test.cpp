@@ -238,6 +238,10 @@ struct campaign {
         o.mqtt_keys = {"ack_timeout: 3s"};
         o.when_full = "block";
         o.fsync = "always";
+        // One stream: the resend distance below is read from the proxy's log of publishes,
+        // which cannot tell a replayed backlog batch (live first sends it after newer live
+        // ones, by design) from a resend. chaos_replay covers live first under an outage.
+        o.replay = "{ order: strict }";
         return ferry_yaml(o);
     }
 
