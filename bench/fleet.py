@@ -242,7 +242,7 @@ def main():
                 return 3
             cluster = json.load(open(os.path.join(cluster_dir, "cluster.json")))
             uris = [f"tcp://127.0.0.1:{n['mqtt_port']}" for n in cluster["nodes"]]
-            broker_pids = {n["name"]: n["pid"] for n in cluster["nodes"]}
+            broker_pids = {f"rabbit-{i}": n["pid"] for i, n in enumerate(cluster["nodes"])}
         else:
             port = free_port()
             os.makedirs(os.path.join(d, "mosquitto"))
@@ -385,6 +385,20 @@ def main():
         log(f"window done: {ingest['messages_per_s']:.1f} messages/s, "
             f"{ingest['readings_per_s']:.0f} readings/s; machine busy {busy:.0f} % of one core")
 
+        # Where the clients are: each node has its own MQTT port, and a connection's name
+        # ends in the port it reached ("127.0.0.1:PEER -> 127.0.0.1:PORT"); the plugin's
+        # list is cluster-wide.
+        per_node = {}
+        if a.broker == "rabbitmq":
+            r = subprocess.run(["/usr/bin/python3", CLUSTER, "ctl", cluster_dir, "0",
+                                "list_mqtt_connections", "conn_name"], capture_output=True, text=True)
+            ports = {n["mqtt_port"]: f"rabbit-{i}" for i, n in enumerate(cluster["nodes"])}
+            for line in r.stdout.splitlines():
+                port = line.rsplit(":", 1)[-1].strip()
+                if port.isdigit() and int(port) in ports:
+                    per_node[ports[int(port)]] = per_node.get(ports[int(port)], 0) + 1
+        log(f"connections per node: {per_node}")
+
         # ---- the draining stop -------------------------------------------------------
         # The same config without devices: the reload keeps the MQTT session and the spool
         # (an unchanged upstream), /metrics stays up, and nothing new is produced.
@@ -420,6 +434,10 @@ def main():
                 'ferry_config_reloads_total{result="applied"}', 0))
         total_delivered = sum(g["delivered"] for g in fleet)
 
+        def statuses():
+            with sqlite3.connect(db, timeout=30) as c:
+                return dict(c.execute("SELECT gateway, status FROM gateway_status").fetchall())
+
         def stored():
             with sqlite3.connect(db, timeout=30) as c:
                 return dict(c.execute(
@@ -437,7 +455,12 @@ def main():
             last = now
             time.sleep(1)
         per_gw = stored()
+        status_at_end = statuses()
         codes = procs.stop([g["proc"] for g in fleet], grace=20)
+        # A clean stop ends with a retained "offline" on ferry/{gateway}/status: let the
+        # consumers take those in before they stop.
+        wait_until(lambda: list(statuses().values()).count("offline") == a.n, 15, 0.5)
+        status_after_stop = statuses()
         codes += procs.stop([p for p, _ in consumers], grace=20)
         rep = subprocess.run(["/usr/bin/python3", CONSUMER, "report", "--db", db, "--json"],
                              capture_output=True, text=True)
@@ -467,7 +490,7 @@ def main():
             "gateway_rss_mib": summary([g["rss_mean_mib"] for g in fleet]),
             "gateway_rss_max_mib": summary([g["rss_max_mib"] for g in fleet]),
             "gateway_hwm_mib": summary([g["hwm_mib"] for g in fleet]),
-            "others": other_rows, "ingest": ingest,
+            "others": other_rows, "ingest": ingest, "connections_per_node": per_node,
             "completeness": {
                 "delivered": total_delivered, "stored": sum(g["stored"] for g in fleet),
                 "gateways_complete": sum(g["stored"] == g["delivered"] for g in fleet),
@@ -478,6 +501,8 @@ def main():
                 "out_of_order": sum(g["out_of_order"] or 0 for g in fleet),
                 "drain_s": drain_s, "not_drained": [g["gateway"] for g in pending],
                 "reloads_applied": sum(g["reloaded"] for g in fleet),
+                "status_online_before_stop": list(status_at_end.values()).count("online"),
+                "status_offline_after_stop": list(status_after_stop.values()).count("offline"),
                 "clean_exits": sum(c == 0 for c in codes[:len(fleet)])},
             "gateways": [{k: v for k, v in g.items() if k not in ("proc", "metrics", "cfg")}
                          for g in fleet],
@@ -525,6 +550,9 @@ def print_table(r):
     for name, o in r["others"].items():
         print(f"  {name[:14]:<14} {f(o['cpu_pct']):>8} {f(o['rss_max_mib']):>8} "
               f"{f(o['hwm_mib']):>8}")
+    if r["connections_per_node"]:
+        print("  connections    " + ", ".join(f"{k}: {v}" for k, v in
+                                             sorted(r["connections_per_node"].items())))
     i = r["ingest"]
     print(f"  ingest         {i['messages_per_s']:.1f} messages/s, {i['readings_per_s']:.0f} "
           f"readings/s stored by the consumer(s) (offered {i['offered_readings_per_s']:.0f} "
@@ -535,6 +563,9 @@ def print_table(r):
           f"{c['duplicates_dropped']}; reordered {c['out_of_order']}; drained in "
           f"{c['drain_s']:.1f} s; {c['clean_exits']} clean exits, {c['reloads_applied']} "
           f"reloads applied")
+    print(f"  status topic   {c['status_online_before_stop']} gateways \"online\" before the "
+          f"stop, {c['status_offline_after_stop']} \"offline\" after it (ferry/+/status as the "
+          f"consumer saw it)")
 
 
 if __name__ == "__main__":
