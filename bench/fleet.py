@@ -2,10 +2,13 @@
 """A fleet of Ferry gateways into a clustered broker, measured (issue 19). Not a test.
 
 Usage: ./scripts/fleet [N] [--duration S] [--broker rabbitmq|mosquitto] [--consumers K]
-                       [--poll MS] [--fsync always|batch|never] [--json FILE] [--keep]
+                       [--poll MS] [--fsync always|batch|never] [--kill-node I] [--no-mirror]
+                       [--mqtt-version V] [--json FILE] [--keep]
 
 Starts, all on 127.0.0.1:
-- the broker: a 3-node RabbitMQ cluster (tests/tools/rabbitmq_cluster.py), or one mosquitto
+- the broker: a 3-node RabbitMQ cluster (tests/tools/rabbitmq_cluster.py) whose MQTT
+  subscription queues are mirrored (policy ha-mode all; --no-mirror leaves RabbitMQ's
+  default, under which a gateway cannot fail over from a dead node), or one mosquitto
   (--broker mosquitto, for comparison);
 - one libmodbus simulator (tests/tools/modbus_sim.cpp, --wave) that every gateway polls
   over its own TCP connection: one single-threaded process serving N connections costs
@@ -18,7 +21,8 @@ Starts, all on 127.0.0.1:
   `uris` over the three nodes, starting from node i % 3.
 
 Then it measures a window of --duration seconds (default 120) once every gateway has
-delivered: per gateway CPU (utime + stime of /proc/PID/stat over the window, as % of one
+delivered (--kill-node I: node I is SIGKILLed halfway through it, and the time until every
+gateway that was on it is connected again is measured): per gateway CPU (utime + stime of /proc/PID/stat over the window, as % of one
 core) and memory (VmRSS sampled every 5 s, VmHWM at the end), the broker nodes', the
 simulator's and the consumers' CPU and memory, the whole machine's CPU (/proc/stat: what
 other sessions used shows up as "others"), and the consumers' ingest (messages and readings
@@ -214,6 +218,10 @@ def main():
     ap.add_argument("--fsync", default="always", help="spool fsync (always, the default)")
     ap.add_argument("--mqtt-version", default=None,
                     help="upstream.mqtt.version for the gateways (RabbitMQ: 3.1.1)")
+    ap.add_argument("--kill-node", type=int, metavar="I",
+                    help="SIGKILL RabbitMQ node I halfway through the window")
+    ap.add_argument("--no-mirror", action="store_true",
+                    help="leave the MQTT subscription queues unmirrored (RabbitMQ's default)")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--json", help="where the results go")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
@@ -243,6 +251,19 @@ def main():
             cluster = json.load(open(os.path.join(cluster_dir, "cluster.json")))
             uris = [f"tcp://127.0.0.1:{n['mqtt_port']}" for n in cluster["nodes"]]
             broker_pids = {f"rabbit-{i}": n["pid"] for i, n in enumerate(cluster["nodes"])}
+            if not a.no_mirror:
+                # RabbitMQ 3.10 keeps each MQTT subscription (Ferry's command topic, the
+                # consumer's) in a durable classic queue on the node the client first used;
+                # with that node dead, subscribing again fails and the broker closes the
+                # connection, so a gateway could fail over to no node. Mirrored queues
+                # (docs/SCALE.md; tests/cluster/rabbitmq_failover_test.cpp does the same).
+                r = subprocess.run(["/usr/bin/python3", CLUSTER, "ctl", cluster_dir, "0",
+                                    "set_policy", "--apply-to", "queues", "mqtt-subscriptions",
+                                    "^mqtt-subscription-", '{"ha-mode":"all"}'],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    log(f"set_policy failed: {r.stdout}{r.stderr}")
+                    return 3
         else:
             port = free_port()
             os.makedirs(os.path.join(d, "mosquitto"))
@@ -340,10 +361,36 @@ def main():
         t0, t0_ms = time.monotonic(), int(time.time() * 1000)
         rss = {pid: [] for pid in every_pid}
         log(f"measuring {a.duration:.0f} s")
-        while time.monotonic() - t0 < a.duration:
-            for pid in every_pid:
-                rss[pid].append(status_kib(pid, "VmRSS"))
-            time.sleep(min(5, max(0.1, a.duration - (time.monotonic() - t0))))
+        # --kill-node I: node I's beam.smp gets SIGKILL halfway through (a hard node failure);
+        # the gateways that were on it reconnect to their next uri.
+        kill = {"node": a.kill_node, "after_s": None, "recovered_s": None, "affected": 0}
+        affected = []
+        if a.kill_node is not None:
+            affected = [g for g in fleet if g["uris"][0] == uris[a.kill_node]]
+            kill["affected"] = len(affected)
+
+        def reconnected(g):
+            m = metrics(g["http"]) or {}
+            return (m.get("ferry_mqtt_connected") == 1 and
+                    m.get('ferry_mqtt_connects_total{result="ok"}', 0) >= 2)
+        next_sample, killed = 0.0, None
+        while (elapsed := time.monotonic() - t0) < a.duration:
+            if elapsed >= next_sample:
+                for pid in every_pid:
+                    rss[pid].append(status_kib(pid, "VmRSS"))
+                next_sample += 5
+            if a.kill_node is not None and killed is None and elapsed >= a.duration / 2:
+                subprocess.run(["/usr/bin/python3", CLUSTER, "kill", cluster_dir,
+                                str(a.kill_node)], capture_output=True)
+                killed = time.monotonic()
+                kill["after_s"] = killed - t0
+                log(f"killed rabbit-{a.kill_node} ({len(affected)} gateways on it)")
+            if killed and kill["recovered_s"] is None and all(map(reconnected, affected)):
+                kill["recovered_s"] = time.monotonic() - killed
+                log(f"every gateway of rabbit-{a.kill_node} connected again after "
+                    f"{kill['recovered_s']:.1f} s")
+            time.sleep(0.25 if a.kill_node is not None else
+                       min(1.0, max(0.05, a.duration - elapsed)))
         wall = time.monotonic() - t0
         t1_ms = int(time.time() * 1000)
         m1 = machine_jiffies()
@@ -390,8 +437,10 @@ def main():
         # list is cluster-wide.
         per_node = {}
         if a.broker == "rabbitmq":
-            r = subprocess.run(["/usr/bin/python3", CLUSTER, "ctl", cluster_dir, "0",
-                                "list_mqtt_connections", "conn_name"], capture_output=True, text=True)
+            live = next(i for i in range(len(uris)) if i != a.kill_node)
+            r = subprocess.run(["/usr/bin/python3", CLUSTER, "ctl", cluster_dir, str(live),
+                                "list_mqtt_connections", "conn_name"], capture_output=True,
+                               text=True)
             ports = {n["mqtt_port"]: f"rabbit-{i}" for i, n in enumerate(cluster["nodes"])}
             for line in r.stdout.splitlines():
                 port = line.rsplit(":", 1)[-1].strip()
@@ -430,6 +479,7 @@ def main():
             g["produced"] = int(g["metrics"].get("ferry_events_produced_total", -1))
             g["dropped"] = int(sum(v for k, v in g["metrics"].items()
                                    if k.startswith("ferry_events_dropped_total")))
+            g["connects"] = int(g["metrics"].get('ferry_mqtt_connects_total{result="ok"}', 0))
             g["reloaded"] = int(g["metrics"].get(
                 'ferry_config_reloads_total{result="applied"}', 0))
         total_delivered = sum(g["delivered"] for g in fleet)
@@ -479,6 +529,7 @@ def main():
         res = {
             "when": stamp, "n": a.n, "duration_s": wall, "broker": a.broker,
             "broker_nodes": len(uris), "consumers": a.consumers, "poll_ms": a.poll,
+            "mirrored_subscription_queues": a.broker == "rabbitmq" and not a.no_mirror,
             "points_per_gateway": POINTS_PER_GATEWAY, "fsync": a.fsync,
             "mqtt_version": a.mqtt_version or "default",
             "machine": {"cores": os.cpu_count(), "load_before": load_before,
@@ -491,6 +542,7 @@ def main():
             "gateway_rss_max_mib": summary([g["rss_max_mib"] for g in fleet]),
             "gateway_hwm_mib": summary([g["hwm_mib"] for g in fleet]),
             "others": other_rows, "ingest": ingest, "connections_per_node": per_node,
+            "kill": kill, "reconnects": sum(max(0, g["connects"] - 1) for g in fleet),
             "completeness": {
                 "delivered": total_delivered, "stored": sum(g["stored"] for g in fleet),
                 "gateways_complete": sum(g["stored"] == g["delivered"] for g in fleet),
@@ -553,6 +605,11 @@ def print_table(r):
     if r["connections_per_node"]:
         print("  connections    " + ", ".join(f"{k}: {v}" for k, v in
                                              sorted(r["connections_per_node"].items())))
+    k = r["kill"]
+    if k["node"] is not None:
+        print(f"  node kill      rabbit-{k['node']} SIGKILLed {f(k['after_s'])} s into the "
+              f"window, {k['affected']} gateways on it; all connected again after "
+              f"{f(k['recovered_s'])} s; {r['reconnects']} reconnects in all")
     i = r["ingest"]
     print(f"  ingest         {i['messages_per_s']:.1f} messages/s, {i['readings_per_s']:.0f} "
           f"readings/s stored by the consumer(s) (offered {i['offered_readings_per_s']:.0f} "
