@@ -202,6 +202,7 @@ mqtt_publisher::impl::connect_result mqtt_publisher::impl::connect_to(std::size_
         }
         bool session_present = false;
         std::size_t window = inflight_max_;
+        std::size_t state_room = k_state_room;
         broker_max_packet_ = 0;  // this broker's, if its CONNACK says
         try {
             const auto rsp = tok->get_connect_response();
@@ -211,7 +212,15 @@ mqtt_publisher::impl::connect_result mqtt_publisher::impl::connect_to(std::size_
             const auto& props = rsp.get_properties();
             if (props.contains(mqtt::property::RECEIVE_MAXIMUM)) {
                 const auto rm = mqtt::get<std::uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
-                if (rm > 0) window = std::min<std::size_t>(window, rm);
+                // Retained states (device status, retain_last) go beside the window on the
+                // same budget, so that neither waits inside Paho (HiveMQ's default is 10,
+                // mosquitto's max_inflight_messages can be 1): the window takes what it needs
+                // but one slot, the states what is left (at least that one; they coalesce to
+                // the newest per topic while they wait, so no backlog builds up).
+                if (rm > 0) {
+                    window = std::min<std::size_t>(window, std::max<std::size_t>(1, rm - 1));
+                    state_room = std::clamp<std::size_t>(rm - window, 1, k_state_room);
+                }
             }
             // A packet over it makes the broker disconnect us (reason 0x95): such a
             // message is dead-lettered instead, and the batcher cuts new batches below it.
@@ -235,6 +244,7 @@ mqtt_publisher::impl::connect_result mqtt_publisher::impl::connect_to(std::size_
             std::lock_guard lk(mu_);
             ++gen_;
             window_ = window;
+            state_room_ = state_room;
             outstanding_.clear();
             lost_ = false;
             publish_failed_ = false;
@@ -261,6 +271,7 @@ mqtt_publisher::impl::connect_result mqtt_publisher::impl::connect_to(std::size_
                    {"version", version_name(version)},
                    {"session_present", session_present ? "true" : "false"},
                    {"window", std::to_string(window)},
+                   {"states_in_flight", std::to_string(state_room)},
                    {"max_packet", std::to_string(packet_limit())},
                    {"attempt", std::to_string(attempt)},
                    {"took_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -163,7 +163,7 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
     // Room for the window plus the status message, plus answers to downlink commands
     // (publish_result) and retained states (device status), which do not count against the
     // spool's window.
-    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2 + k_result_room + k_state_room);
+    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_ + 2 + k_result_room + k_state_room));
     if (!settings_.username.empty()) conn_opts_.set_user_name(settings_.username);
     if (!settings_.password.empty()) conn_opts_.set_password(settings_.password);
     conn_opts_.set_will(mqtt::will_options(status_topic_, std::string("offline"), 1, true));
@@ -239,8 +239,12 @@ void mqtt_publisher::impl::make_client() {
     client_->set_connection_lost_handler(
         [this, epoch](const std::string& cause) { on_connection_lost(epoch, cause); });
     client_->set_disconnected_handler([this, epoch](const mqtt::properties&, mqtt::ReasonCode rc) {
-        on_connection_lost(epoch,
-                           "server disconnect, reason " + std::to_string(static_cast<int>(rc)));
+        // The broker's MQTT 5 DISCONNECT says why in its reason code: put it in words too.
+        const auto code = static_cast<int>(rc);
+        const auto words = mqtt::exception::reason_code_str(code);
+        on_connection_lost(epoch, "the broker disconnected us: " +
+                                      (words.empty() ? std::string("reason") : words) +
+                                      " (reason code " + std::to_string(code) + ")");
     });
 }
 

@@ -60,8 +60,8 @@ constexpr std::chrono::milliseconds k_idle_wait{100};
 // How long stop waits for the "offline" PUBACK, and Paho's work before DISCONNECT.
 constexpr std::chrono::milliseconds k_status_timeout{500};
 constexpr std::chrono::milliseconds k_disconnect_timeout{300};
-constexpr int k_result_room = 16;  // command results in flight beside the window
-constexpr int k_state_room = 16;   // retained states (device status) in flight beside both
+constexpr int k_result_room = 16;         // command results in flight beside the window
+constexpr std::size_t k_state_room = 16;  // retained states in flight beside both (at most)
 constexpr std::uint32_t k_min_packet_limit =
     1024;  // a CONNACK's Maximum Packet Size below: ignored
 constexpr const char* k_component = "mqtt";
@@ -232,6 +232,7 @@ struct mqtt_publisher::impl {
     // Sender thread only.
     std::int64_t highest_taken_ = 0;
     std::chrono::milliseconds backoff_ = k_backoff_min;
+    std::size_t state_room_ = k_state_room;  // retained states in flight: the broker's share
     steady::time_point connected_at_{};
     std::mt19937 rng_{std::random_device{}()};
     port_probe ports_;                    // asked during long backoff waits
