@@ -216,8 +216,9 @@ def main():
     ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--poll", type=int, default=1000, help="poll interval, ms (1000)")
     ap.add_argument("--fsync", default="always", help="spool fsync (always, the default)")
-    ap.add_argument("--mqtt-version", default=None,
-                    help="upstream.mqtt.version for the gateways (RabbitMQ: 3.1.1)")
+    ap.add_argument("--mqtt-version", default="",
+                    help="upstream.mqtt.version for the gateways (default: none, so Ferry "
+                         "offers 5 and falls back to 3.1.1, as with RabbitMQ 3.10)")
     ap.add_argument("--kill-node", type=int, metavar="I",
                     help="SIGKILL RabbitMQ node I halfway through the window")
     ap.add_argument("--no-mirror", action="store_true",
@@ -226,8 +227,6 @@ def main():
     ap.add_argument("--json", help="where the results go")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
     a = ap.parse_args()
-    if a.mqtt_version is None:
-        a.mqtt_version = "3.1.1" if a.broker == "rabbitmq" else ""
     ferry_bin = os.path.join(a.build, "gateway/ferry")
     sim_bin = os.path.join(a.build, "tests/tools/ferry_modbus_sim")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -518,6 +517,11 @@ def main():
         for g, code in zip(fleet, codes):
             r = report.get(g["gateway"], {})
             g["exit"] = code
+            # The protocol version each gateway agreed with the broker (its last connect).
+            agreed = [line.split(" version=")[1].split()[0]
+                      for line in open(os.path.join(g["dir"], "ferry.log"), errors="replace")
+                      if "msg=connected" in line and " version=" in line]
+            g["agreed_version"] = agreed[-1] if agreed else None
             g["stored"] = per_gw.get(g["gateway"], 0)
             g["missing_batches"] = r.get("missing_batches")
             g["duplicates_dropped"] = r.get("duplicates_dropped")
@@ -531,7 +535,9 @@ def main():
             "broker_nodes": len(uris), "consumers": a.consumers, "poll_ms": a.poll,
             "mirrored_subscription_queues": a.broker == "rabbitmq" and not a.no_mirror,
             "points_per_gateway": POINTS_PER_GATEWAY, "fsync": a.fsync,
-            "mqtt_version": a.mqtt_version or "default",
+            "mqtt_version": a.mqtt_version or "not set",
+            "agreed_versions": {v: sum(g["agreed_version"] == v for g in fleet)
+                                for v in sorted({str(g["agreed_version"]) for g in fleet})},
             "machine": {"cores": os.cpu_count(), "load_before": load_before,
                         "load_after": load_after, "busy_pct_of_one_core": busy,
                         "ours_pct_of_one_core": ours, "others_pct_of_one_core": busy - ours},
@@ -582,7 +588,9 @@ def print_table(r):
     m, c = r["machine"], r["completeness"]
     print(f"fleet: {r['n']} gateways x {r['points_per_gateway']} points every "
           f"{r['poll_ms']} ms into {r['broker']} ({r['broker_nodes']} node(s)), "
-          f"{r['consumers']} consumer(s), MQTT {r['mqtt_version']}, fsync {r['fsync']}, "
+          f"{r['consumers']} consumer(s), upstream.mqtt.version {r['mqtt_version']} (agreed: "
+          f"{', '.join(f'{v} by {n}' for v, n in r['agreed_versions'].items())}), "
+          f"fsync {r['fsync']}, "
           f"{r['duration_s']:.0f} s measured")
     print(f"  machine        {m['cores']} cores; load average {' '.join(m['load_before'])} "
           f"before, {' '.join(m['load_after'])} after; busy {m['busy_pct_of_one_core']:.0f} % "
