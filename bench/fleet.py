@@ -57,10 +57,24 @@ def log(msg):
     print(f"fleet: {msg}", file=sys.stderr, flush=True)
 
 
+def free_ports(n):
+    """n distinct TCP ports of 127.0.0.1 that were free a moment ago: held together while
+    picked, since one at a time the kernel may hand the same port out twice (two gateways
+    then race for one HTTP port and one of them exits)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def accepts(port):
@@ -317,10 +331,11 @@ def main():
         # ---- gateways ----------------------------------------------------------------
         fleet = []
         t = time.monotonic()
+        http_ports = free_ports(a.n)
         for i, gw in enumerate(gws):
             gdir = os.path.join(d, "gw", gw)
             os.makedirs(gdir)
-            http_port = free_port()
+            http_port = http_ports[i]
             mine = [uris[(i + j) % len(uris)] for j in range(len(uris))]
             cfg = os.path.join(gdir, "ferry.yaml")
             with open(cfg, "w") as f:
@@ -330,8 +345,10 @@ def main():
             fleet.append({"gateway": gw, "proc": p, "pid": p.pid, "http": http_port,
                           "dir": gdir, "cfg": cfg, "uris": mine})
             time.sleep(0.02)  # a little apart: 100 start-ups at once are only a spike
-        if not wait_until(lambda: all(ready(g["http"]) for g in fleet), 120, 1):
-            bad = [g["gateway"] for g in fleet if not ready(g["http"])]
+        def up(g):  # its own process answers, not another one on the same port
+            return g["proc"].poll() is None and ready(g["http"])
+        if not wait_until(lambda: all(up(g) for g in fleet), 120, 1):
+            bad = [g["gateway"] for g in fleet if not up(g)]
             log(f"not ready after 120 s: {bad[:10]} ({len(bad)})")
             return 3
         ready_s = time.monotonic() - t
