@@ -429,12 +429,13 @@ def main():
             g["hwm_mib"] = mib(hwm[pid])
         other_rows = {}
         for name, pids in others.items():
+            gone = any(pct(p) is None for p in pids)  # a killed node: no end to measure
             other_rows[name] = {
-                "cpu_pct": sum(pct(p) or 0 for p in pids),
+                "cpu_pct": None if gone else sum(pct(p) for p in pids),
                 "rss_max_mib": mib(sum(summary(rss[p])["max"] or 0 for p in pids)),
-                "hwm_mib": mib(sum(hwm[p] or 0 for p in pids))}
+                "hwm_mib": None if gone else mib(sum(hwm[p] or 0 for p in pids))}
         busy = (m1[0] - m0[0]) / (m1[1] - m0[1]) * 100.0 * os.cpu_count()  # % of one core
-        ours = sum(g["cpu_pct"] or 0 for g in fleet) + sum(r["cpu_pct"]
+        ours = sum(g["cpu_pct"] or 0 for g in fleet) + sum(r["cpu_pct"] or 0
                                                           for r in other_rows.values())
         with sqlite3.connect(db, timeout=30) as c:
             n_msgs, n_readings, n_new = c.execute(

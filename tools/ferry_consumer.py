@@ -249,7 +249,9 @@ class Consumer:
         if args.username:
             self.client.username_pw_set(args.username, args.password)
         self.client.on_connect = self.on_connect
+        self.client.on_subscribe = self.on_subscribe
         self.client.on_message = self.on_message
+        self.topics = []
 
     def connect(self, uri):
         u = urllib.parse.urlparse(uri)
@@ -277,15 +279,22 @@ class Consumer:
             return
         # Subscribe again even with a kept session: a broker that lost it (restarted without
         # persistence, failed over to another node) would otherwise send nothing, silently.
-        topics = [(f"$share/{self.args.share}/{t}" if self.args.share else t, 1)
-                  for t in self.args.topic]
+        self.topics = [(f"$share/{self.args.share}/{t}" if self.args.share else t, 1)
+                       for t in self.args.topic]
         if self.args.status_topic:
             # Never shared: every instance wants every gateway's retained status.
-            topics.append((self.args.status_topic, 1))
-        client.subscribe(topics)
+            self.topics.append((self.args.status_topic, 1))
+        client.subscribe(self.topics)
+        log(f"connected (session present: {bool(flags.get('session present'))})")
+
+    def on_subscribe(self, client, userdata, mid, granted, properties=None):
+        # One code per filter: 0-2 the QoS granted, 0x80 (128) or more a refusal.
+        codes = [g if isinstance(g, int) else g.value for g in granted]
+        refused = [t for (t, _), c in zip(self.topics, codes) if c >= 0x80]
+        if refused:
+            log(f"the broker refused the subscription to {refused}")
         self.subscribed = True
-        log(f"connected (session present: {bool(flags.get('session present'))}), "
-            f"subscribed to {[t for t, _ in topics]}")
+        log(f"subscribed to {[t for t, _ in self.topics]} (granted {codes})")
 
     def on_message(self, client, userdata, msg):
         # paho 1.6 sends the PUBACK after this returns; an exception here propagates out of
