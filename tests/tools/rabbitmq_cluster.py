@@ -206,6 +206,12 @@ class cluster:
         os.makedirs(self.dir, exist_ok=True)
         # The nodes run as rabbitmq: they must reach DIR (a test's temp dir is 0700 root).
         os.chmod(self.dir, os.stat(self.dir).st_mode | 0o711)
+        up = os.path.dirname(self.dir)
+        while up != "/":
+            if not os.stat(up).st_mode & 0o001:
+                fail(f"{up} is not searchable by others: the rabbitmq user could not reach "
+                     f"{self.dir}")
+            up = os.path.dirname(up)
         if os.path.exists(self.state_file):
             fail(f"{self.state_file} exists: stop that cluster first")
         tag = secrets.token_hex(3)
