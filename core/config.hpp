@@ -287,7 +287,8 @@ struct tls_settings {
 struct mqtt_settings {
     std::vector<std::string> uris{"tcp://127.0.0.1:1883"};
     std::string client_id = "{gateway}";  // template expanded by the loader
-    int version = 5;                      // 5 or 4 (3.1.1)
+    // 5, 4 (3.1.1), or 0 (not set): offer 5, fall back to 3.1.1 when a broker refuses it.
+    int version = 0;
     duration keepalive{30000};
     std::string username;
     std::string password;  // read from password_file; never logged

@@ -56,7 +56,9 @@ constexpr option k_mqtt_options[] = {
      "Broker URIs (tcp:// mqtt:// ssl:// mqtts:// ws:// wss://); more than one: failover in "
      "order."},
     {"client_id", "template", "{gateway}", "MQTT client id; `{gateway}` is expanded."},
-    {"version", "5 \\| 3.1.1", "5", "MQTT protocol version (4 is taken as 3.1.1)."},
+    {"version", "5 \\| 3.1.1", "negotiated",
+     "MQTT protocol version (4 is taken as 3.1.1). Not set: MQTT 5 is offered, and 3.1.1 "
+     "when the broker refuses it; each uri keeps the version it agreed to."},
     {"keepalive", "duration, whole seconds", "30s", "MQTT keepalive, 1s..65535s."},
     {"username", "string", "none", "MQTT user name."},
     {"password_file", "path", "none",

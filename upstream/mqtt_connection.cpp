@@ -13,12 +13,25 @@ namespace ferry::upstream {
 
 namespace {
 
-// A refused connect in words: Paho says "MQTT error [135]: CONNACK return code"; the broker's
-// MQTT 5 reason code (or the 3.1.1 CONNACK code) says why.
-std::string refusal(const mqtt::exception& e) {
+// A refused or dropped connect in words: Paho says "MQTT error [135]: CONNACK return code" or
+// "MQTT error [-1]: TCP connect completion failure"; the broker's MQTT 5 reason code (or the
+// 3.1.1 CONNACK code), or that it hung up without answering, says why. `version_refused`: the
+// broker turned down the protocol version (a reason or code that says so, or a broker that
+// accepted TCP, read the CONNECT and closed the connection without a CONNACK, as RabbitMQ's
+// MQTT plugin before 3.13 does to MQTT 5).
+std::string refusal(const mqtt::exception& e, bool& version_refused) {
+    version_refused = false;
+    const std::string_view what = e.what();
+    // Paho C's words when the socket fails while it waits for the CONNACK; a closed port or a
+    // failed TLS handshake is "TCP/TLS connect failure" instead.
+    if (what.find("TCP connect completion failure") != std::string_view::npos) {
+        version_refused = true;
+        return "the broker closed the connection after the CONNECT without answering it";
+    }
     // Paho puts a refusing CONNACK's MQTT 5 reason code in the return code.
     const int reason = e.get_reason_code() >= 0x80 ? e.get_reason_code() : e.get_return_code();
     if (reason >= 0x80 && reason <= 0xff) {
+        version_refused = reason == 0x84;  // Unsupported Protocol Version
         auto words = mqtt::exception::reason_code_str(reason);
         if (!words.empty()) return words + " (reason code " + std::to_string(reason) + ")";
     }
@@ -29,10 +42,15 @@ std::string refusal(const mqtt::exception& e) {
                                        "bad user name or password",
                                        "not authorized"};
     const int code = e.get_return_code();
-    if (code >= 1 && code <= 5 &&
-        std::string_view(e.what()).find("CONNACK") != std::string_view::npos)
+    if (code >= 1 && code <= 5 && what.find("CONNACK") != std::string_view::npos) {
+        version_refused = code == 1;
         return std::string(v311[code]) + " (CONNACK code " + std::to_string(code) + ")";
-    return e.what();
+    }
+    return std::string(what);
+}
+
+const char* version_name(int version) {
+    return version == 5 ? "5" : "3.1.1";
 }
 
 }  // namespace
@@ -126,107 +144,156 @@ void mqtt_publisher::impl::wait_backoff(std::chrono::milliseconds delay, bool re
 bool mqtt_publisher::impl::try_connect(std::uint64_t attempt) {
     // One attempt walks the uris in order, one server list of one uri at a time: the same
     // failover as handing Paho the whole list, but we know (and log) which uri answered.
+    // With no `version` configured, a uri is offered MQTT 5 until it has agreed to a version;
+    // one that turns 5 down is offered 3.1.1 at once, and what it accepted is kept for its
+    // reconnects (docs/DELIVERY.md, MQTT version and session).
     for (std::size_t i = 0; i < settings_.uris.size(); ++i) {
         const auto& uri = settings_.uris[i];
         const bool last = i + 1 == settings_.uris.size();
-        const auto begin = steady::now();
-        try {
-            auto opts = conn_opts_;
-            apply_will(opts);  // a session hook's will (Sparkplug NDEATH), if any
-            opts.set_servers(
-                std::make_shared<mqtt::string_collection>(std::vector<std::string>{uri}));
-            auto tok = client_->connect(opts);
-            // Paho enforces the connect timeout; poll so that stop() is not held up by it.
-            while (!tok->wait_for(50ms)) {
-                std::lock_guard lk(mu_);
-                if (stop_requested_ && steady::now() >= deadline_) {
-                    log::warn(k_component, "connect abandoned",
-                              {{"uri", uri}, {"why", "stopping"}});
-                    return false;
-                }
-            }
-            bool session_present = false;
-            std::size_t window = inflight_max_;
-            broker_max_packet_ = 0;  // this broker's, if its CONNACK says
-            try {
-                const auto rsp = tok->get_connect_response();
-                session_present = rsp.is_session_present();
-                // More in flight than the broker's Receive Maximum only queues inside Paho,
-                // where it waits for Paho's timer tick: 400 msg/s instead of 14,000 in the test.
-                const auto& props = rsp.get_properties();
-                if (props.contains(mqtt::property::RECEIVE_MAXIMUM)) {
-                    const auto rm =
-                        mqtt::get<std::uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
-                    if (rm > 0) window = std::min<std::size_t>(window, rm);
-                }
-                // A packet over it makes the broker disconnect us (reason 0x95): such a
-                // message is dead-lettered instead, and the batcher cuts new batches below it.
-                // Below 1 KiB (the config's floor) no batch fits: dead-lettering everything on a
-                // broker's word would empty the spool, so such a value is ignored (logged) and
-                // the messages wait in the spool instead.
-                if (props.contains(mqtt::property::MAXIMUM_PACKET_SIZE)) {
-                    const auto mps =
-                        mqtt::get<std::uint32_t>(props, mqtt::property::MAXIMUM_PACKET_SIZE);
-                    if (mps >= k_min_packet_limit)
-                        broker_max_packet_ = mps;
-                    else
-                        log::warn(k_component, "broker's Maximum Packet Size ignored",
-                                  {{"uri", uri},
-                                   {"max_packet_size", std::to_string(mps)},
-                                   {"minimum", std::to_string(k_min_packet_limit)}});
-                }
-            } catch (const std::exception&) {
-            }
-            {
-                std::lock_guard lk(mu_);
-                ++gen_;
-                window_ = window;
-                outstanding_.clear();
-                lost_ = false;
-                publish_failed_ = false;
-            }
-            m_inflight_.Set(0);
-            acks_this_connection_ = 0;
-            connected_at_ = steady::now();
-            connected_ = true;
-            m_connected_.Set(1);
-            m_connects_ok_.Increment();
-            log::info(k_component, "connected",
-                      {{"uri", uri},
-                       {"client_id", settings_.client_id},
-                       {"version", settings_.version == 5 ? "5" : "3.1.1"},
-                       {"session_present", session_present ? "true" : "false"},
-                       {"window", std::to_string(window)},
-                       {"max_packet", std::to_string(packet_limit())},
-                       {"attempt", std::to_string(attempt)},
-                       {"took_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                       steady::now() - begin))}});
-            try {
-                client_->publish(status_topic_, std::string("online"), 1, true);
-            } catch (const mqtt::exception& e) {
-                m_err_status_.Increment();
-                log::warn(k_component, "status publish failed",
-                          {{"topic", status_topic_}, {"error", e.what()}});
-            }
-            hooks_after_connect();  // session hooks: Sparkplug births, before anything else
-            // Every device's status again, after the gateway's: the broker may have lost them
-            // (a restart without persistence), or missed a change while we were away.
-            states_after_connect();
-            subscribe_after_connect();
-            return true;
-        } catch (const mqtt::exception& e) {
-            m_connects_error_.Increment();
-            m_err_connect_.Increment();
-            log::warn(k_component, "connect failed",
-                      {{"uri", uri},
-                       {"attempt", std::to_string(attempt)},
-                       {"error", refusal(e)},
-                       {"next", last ? "retry in " + ms_string(backoff_) + "ms" : "next uri"}});
+        const bool negotiate = settings_.version == 0;
+        int version = negotiate ? (agreed_[i] != 0 ? agreed_[i] : 5) : settings_.version;
+        std::string answer;
+        auto result = connect_to(i, version, attempt, answer);
+        if (result == connect_result::version_refused && negotiate && version == 5) {
+            log::info(k_component, "MQTT 5 refused; offering 3.1.1",
+                      {{"uri", uri}, {"answer", answer}});
+            version = 4;
+            result = connect_to(i, version, attempt, answer);
         }
+        if (result == connect_result::connected) return true;
+        if (result == connect_result::stopping) return false;
+        // A broker that now refuses what it agreed to (replaced, upgraded) negotiates again.
+        if (result == connect_result::version_refused && negotiate) agreed_[i] = 0;
+        m_connects_error_.Increment();
+        m_err_connect_.Increment();
+        log::warn(k_component, "connect failed",
+                  {{"uri", uri},
+                   {"version", version_name(version)},
+                   {"attempt", std::to_string(attempt)},
+                   {"error", answer},
+                   {"next", last ? "retry in " + ms_string(backoff_) + "ms" : "next uri"}});
         std::lock_guard lk(mu_);
         if (stop_requested_ && steady::now() >= deadline_) return false;
     }
     return false;
+}
+
+mqtt_publisher::impl::connect_result mqtt_publisher::impl::connect_to(std::size_t i, int version,
+                                                                      std::uint64_t attempt,
+                                                                      std::string& answer) {
+    const auto& uri = settings_.uris[i];
+    if (version != version_) {
+        version_ = version;
+        renew_client();
+    }
+    const auto begin = steady::now();
+    try {
+        auto opts = options_for(version);
+        apply_will(opts);  // a session hook's will (Sparkplug NDEATH), if any
+        opts.set_servers(std::make_shared<mqtt::string_collection>(std::vector<std::string>{uri}));
+        auto tok = client_->connect(opts);
+        // Paho enforces the connect timeout; poll so that stop() is not held up by it.
+        while (!tok->wait_for(50ms)) {
+            std::lock_guard lk(mu_);
+            if (stop_requested_ && steady::now() >= deadline_) {
+                log::warn(k_component, "connect abandoned", {{"uri", uri}, {"why", "stopping"}});
+                return connect_result::stopping;
+            }
+        }
+        bool session_present = false;
+        std::size_t window = inflight_max_;
+        std::size_t state_room = k_state_room;
+        broker_max_packet_ = 0;  // this broker's, if its CONNACK says
+        try {
+            const auto rsp = tok->get_connect_response();
+            session_present = rsp.is_session_present();
+            // More in flight than the broker's Receive Maximum only queues inside Paho,
+            // where it waits for Paho's timer tick: 400 msg/s instead of 14,000 in the test.
+            const auto& props = rsp.get_properties();
+            if (props.contains(mqtt::property::RECEIVE_MAXIMUM)) {
+                const auto rm = mqtt::get<std::uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
+                // Retained states (device status, retain_last) go beside the window on the
+                // same budget, so that neither waits inside Paho (HiveMQ's default is 10,
+                // mosquitto's max_inflight_messages can be 1): the window takes what it needs
+                // but one slot, the states what is left (at least that one; they coalesce to
+                // the newest per topic while they wait, so no backlog builds up).
+                if (rm > 0) {
+                    window = std::min<std::size_t>(window, std::max<std::size_t>(1, rm - 1));
+                    state_room = std::clamp<std::size_t>(rm - window, 1, k_state_room);
+                }
+            }
+            // A packet over it makes the broker disconnect us (reason 0x95): such a
+            // message is dead-lettered instead, and the batcher cuts new batches below it.
+            // Below 1 KiB (the config's floor) no batch fits: dead-lettering everything on a
+            // broker's word would empty the spool, so such a value is ignored (logged) and
+            // the messages wait in the spool instead.
+            if (props.contains(mqtt::property::MAXIMUM_PACKET_SIZE)) {
+                const auto mps =
+                    mqtt::get<std::uint32_t>(props, mqtt::property::MAXIMUM_PACKET_SIZE);
+                if (mps >= k_min_packet_limit)
+                    broker_max_packet_ = mps;
+                else
+                    log::warn(k_component, "broker's Maximum Packet Size ignored",
+                              {{"uri", uri},
+                               {"max_packet_size", std::to_string(mps)},
+                               {"minimum", std::to_string(k_min_packet_limit)}});
+            }
+        } catch (const std::exception&) {
+        }
+        {
+            std::lock_guard lk(mu_);
+            ++gen_;
+            window_ = window;
+            state_room_ = state_room;
+            outstanding_.clear();
+            lost_ = false;
+            publish_failed_ = false;
+        }
+        m_inflight_.Set(0);
+        acks_this_connection_ = 0;
+        connected_at_ = steady::now();
+        if (settings_.version == 0 && agreed_[i] != version) {
+            agreed_[i] = version;
+            if (answer.empty())
+                log::info(k_component, "MQTT version agreed",
+                          {{"uri", uri}, {"version", version_name(version)}});
+            else  // the 3.1.1 offer after a refused 5
+                log::info(
+                    k_component, "MQTT version agreed",
+                    {{"uri", uri}, {"version", version_name(version)}, {"refused_5", answer}});
+        }
+        connected_ = true;
+        m_connected_.Set(1);
+        m_connects_ok_.Increment();
+        log::info(k_component, "connected",
+                  {{"uri", uri},
+                   {"client_id", settings_.client_id},
+                   {"version", version_name(version)},
+                   {"session_present", session_present ? "true" : "false"},
+                   {"window", std::to_string(window)},
+                   {"states_in_flight", std::to_string(state_room)},
+                   {"max_packet", std::to_string(packet_limit())},
+                   {"attempt", std::to_string(attempt)},
+                   {"took_ms", ms_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   steady::now() - begin))}});
+        try {
+            client_->publish(status_topic_, std::string("online"), 1, true);
+        } catch (const mqtt::exception& e) {
+            m_err_status_.Increment();
+            log::warn(k_component, "status publish failed",
+                      {{"topic", status_topic_}, {"error", e.what()}});
+        }
+        hooks_after_connect();  // session hooks: Sparkplug births, before anything else
+        // Every device's status again, after the gateway's: the broker may have lost them
+        // (a restart without persistence), or missed a change while we were away.
+        states_after_connect();
+        subscribe_after_connect();
+        return connect_result::connected;
+    } catch (const mqtt::exception& e) {
+        bool version_refused = false;
+        answer = refusal(e, version_refused);
+        return version_refused ? connect_result::version_refused : connect_result::failed;
+    }
 }
 
 void mqtt_publisher::impl::reset_connection(const std::string& why, bool lost) {

@@ -22,7 +22,7 @@ std::uint64_t mqtt_publisher::impl::packet_limit() const {
 // is not a refusal: nothing newer has been sent past it, so no order is at stake.
 bool mqtt_publisher::impl::dead_lettered(const spooled_message& m) {
     std::string detail;
-    const auto reason = check_spooled(m, packet_limit(), settings_.version == 5, &detail);
+    const auto reason = check_spooled(m, packet_limit(), version_ == 5, &detail);
     if (reason == dead_reason::none) return false;
     const auto moved = spool_.dead_letter(m.id, to_string(reason));
     if (moved.removed) {  // once per row, however often a failing move is tried again

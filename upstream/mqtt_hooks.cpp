@@ -97,13 +97,17 @@ void mqtt_publisher::impl::keep_status_will() {
     if (now < sentinel_next_) return;
     sentinel_next_ = now + k_sentinel_retry;
     try {
+        // It speaks the version the sender's connection agreed to (a client's is fixed).
+        if (sentinel_ && sentinel_version_ != version_) sentinel_.reset();
         if (!sentinel_) {
             sentinel_listener_.owner = this;
-            sentinel_ = std::make_unique<mqtt::async_client>(
-                settings_.uris.front(), settings_.client_id + "-status", create_opts_, nullptr);
+            sentinel_version_ = version_;
+            sentinel_ = std::make_unique<mqtt::async_client>(settings_.uris.front(),
+                                                             settings_.client_id + "-status",
+                                                             create_for(version_), nullptr);
         }
-        // conn_opts_ carries the status topic's "offline" will, TLS and credentials.
-        sentinel_->connect(conn_opts_, nullptr, sentinel_listener_);
+        // conn_opts_ carries every uri, the status topic's "offline" will, TLS and credentials.
+        sentinel_->connect(options_for(version_), nullptr, sentinel_listener_);
     } catch (const mqtt::exception& e) {
         m_err_status_.Increment();
         log::warn(k_component, "status sentinel connect failed", {{"error", e.what()}});

@@ -43,7 +43,7 @@ seq_range seq_range_of(std::string_view payload) {
 // (a broker would not hand it on either). Counted per event, logged at most once a second with
 // the count since (a long outage can expire thousands of messages).
 bool mqtt_publisher::impl::expired(const spooled_message& m) {
-    if (m.expiry_s == 0 || settings_.version != 5) return false;
+    if (m.expiry_s == 0 || version_ != 5) return false;
     if (expiry_left_s(m.created_ms, m.expiry_s, unix_ms()) > 0) return false;
     const auto events = spool_.drop(m.id);
     m_dropped_expired_.Increment(static_cast<double>(events));
@@ -70,7 +70,7 @@ bool mqtt_publisher::impl::expired(const spooled_message& m) {
 // delivered without them rather than dead-lettered.
 mqtt::properties mqtt_publisher::impl::properties_for(const spooled_message& m) {
     mqtt::properties props;
-    if (settings_.version != 5) return props;
+    if (version_ != 5) return props;
     const auto seqs = seq_range_of(m.payload);
     std::vector<std::pair<const char*, std::string>> user;
     if (seqs.found)

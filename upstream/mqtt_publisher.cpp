@@ -150,18 +150,12 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
     if (auto t = topic_template::compile(dead_letter_topic))
         dead_letter_topic_ = t->expand({gateway_id_, "upstream", "upstream", "upstream"});
 
-    const int version = settings_.version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     if (settings_.uris.empty()) throw std::runtime_error("mqtt publisher: uris is empty");
+    agreed_.assign(settings_.uris.size(), 0);
+    // The first client speaks what the first uri will be offered; try_connect makes another
+    // when a uri needs the other version (options_for).
+    version_ = settings_.version == 4 ? 4 : 5;
 
-    conn_opts_.set_mqtt_version(version);
-    if (version == MQTTVERSION_5) {
-        // Paho rejects cleansession=1 on a v5 connect; v5 says clean_start instead.
-        conn_opts_.set_clean_session(false);
-        conn_opts_.set_clean_start(true);
-    } else {
-        conn_opts_.set_clean_start(false);
-        conn_opts_.set_clean_session(true);
-    }
     conn_opts_.set_keep_alive_interval(
         std::chrono::duration_cast<std::chrono::seconds>(settings_.keepalive));
     conn_opts_.set_connect_timeout(k_connect_timeout);
@@ -169,7 +163,7 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
     // Room for the window plus the status message, plus answers to downlink commands
     // (publish_result) and retained states (device status), which do not count against the
     // spool's window.
-    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_) + 2 + k_result_room + k_state_room);
+    conn_opts_.set_max_inflight(static_cast<int>(inflight_max_ + 2 + k_result_room + k_state_room));
     if (!settings_.username.empty()) conn_opts_.set_user_name(settings_.username);
     if (!settings_.password.empty()) conn_opts_.set_password(settings_.password);
     conn_opts_.set_will(mqtt::will_options(status_topic_, std::string("offline"), 1, true));
@@ -184,12 +178,40 @@ mqtt_publisher::impl::impl(const config::mqtt_settings& settings, std::string ga
     }
     conn_opts_.set_servers(std::make_shared<mqtt::string_collection>(settings_.uris));
 
+    make_client();
+}
+
+// Paho fixes a client's MQTT version when it is made: a v5 client cannot send a 3.1.1 CONNECT.
+mqtt::create_options mqtt_publisher::impl::create_for(int version) const {
     // No offline buffering: publish fails fast when disconnected.
-    create_opts_ = mqtt::create_options(version);
+    mqtt::create_options o(version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
     // Paho caps commands queued but not yet written (default 100) even while connected; a
     // window larger than that would fail publishes.
-    create_opts_.set_max_buffered_messages(std::max(100, static_cast<int>(inflight_max_) + 16));
-    make_client();
+    o.set_max_buffered_messages(std::max(100, static_cast<int>(inflight_max_) + 16));
+    return o;
+}
+
+mqtt::connect_options mqtt_publisher::impl::options_for(int version) const {
+    auto o = conn_opts_;
+    if (version == 5) {
+        o.set_mqtt_version(MQTTVERSION_5);
+        // Paho rejects cleansession=1 on a v5 connect; v5 says clean_start instead.
+        o.set_clean_session(false);
+        o.set_clean_start(true);
+        // MQTT 5: the broker must not send this client a larger packet (it drops the message
+        // for us instead), so a huge command never reaches Paho's buffers. 3.1.1 has no such
+        // property: there the downlink handler drops it early.
+        if (inbound_max_packet_ > 0) {
+            mqtt::properties props;
+            props.add(mqtt::property(mqtt::property::MAXIMUM_PACKET_SIZE, inbound_max_packet_));
+            o.set_properties(props);
+        }
+    } else {
+        o.set_mqtt_version(MQTTVERSION_3_1_1);
+        o.set_clean_start(false);
+        o.set_clean_session(true);
+    }
+    return o;
 }
 
 void mqtt_publisher::impl::make_client() {
@@ -209,7 +231,7 @@ void mqtt_publisher::impl::make_client() {
     }
     // nullptr: no Paho persistence; the spool is the only store.
     client_ = std::make_unique<mqtt::async_client>(settings_.uris.front(), settings_.client_id,
-                                                   create_opts_, nullptr);
+                                                   create_for(version_), nullptr);
     if (sub_handler_ || hooks_.inbound) {
         client_->set_message_callback(
             [this](const mqtt::const_message_ptr& msg) { dispatch(msg); });
@@ -217,8 +239,12 @@ void mqtt_publisher::impl::make_client() {
     client_->set_connection_lost_handler(
         [this, epoch](const std::string& cause) { on_connection_lost(epoch, cause); });
     client_->set_disconnected_handler([this, epoch](const mqtt::properties&, mqtt::ReasonCode rc) {
-        on_connection_lost(epoch,
-                           "server disconnect, reason " + std::to_string(static_cast<int>(rc)));
+        // The broker's MQTT 5 DISCONNECT says why in its reason code: put it in words too.
+        const auto code = static_cast<int>(rc);
+        const auto words = mqtt::exception::reason_code_str(code);
+        on_connection_lost(epoch, "the broker disconnected us: " +
+                                      (words.empty() ? std::string("reason") : words) +
+                                      " (reason code " + std::to_string(code) + ")");
     });
 }
 
@@ -325,14 +351,8 @@ void mqtt_publisher::set_subscription(std::string filter, message_handler handle
                                       std::uint32_t max_packet) {
     impl_->sub_filter_ = std::move(filter);
     impl_->sub_handler_ = std::move(handler);
-    // MQTT 5: the broker must not send this client a larger packet (it drops the message for
-    // us instead), so a huge message never reaches Paho's buffers. MQTT 3.1.1 has no such
-    // property: there the handler gets what the broker accepted and must drop it early.
-    if (max_packet > 0 && impl_->settings_.version == 5) {
-        mqtt::properties props = impl_->conn_opts_.get_properties();
-        props.add(mqtt::property(mqtt::property::MAXIMUM_PACKET_SIZE, max_packet));
-        impl_->conn_opts_.set_properties(props);
-    }
+    // Asked for on MQTT 5 connections only (options_for).
+    if (impl_->settings_.version != 4) impl_->inbound_max_packet_ = max_packet;
     impl_->make_client();  // the current client gets the message callback too
 }
 

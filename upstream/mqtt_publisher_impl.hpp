@@ -60,8 +60,8 @@ constexpr std::chrono::milliseconds k_idle_wait{100};
 // How long stop waits for the "offline" PUBACK, and Paho's work before DISCONNECT.
 constexpr std::chrono::milliseconds k_status_timeout{500};
 constexpr std::chrono::milliseconds k_disconnect_timeout{300};
-constexpr int k_result_room = 16;  // command results in flight beside the window
-constexpr int k_state_room = 16;   // retained states (device status) in flight beside both
+constexpr int k_result_room = 16;         // command results in flight beside the window
+constexpr std::size_t k_state_room = 16;  // retained states in flight beside both (at most)
 constexpr std::uint32_t k_min_packet_limit =
     1024;  // a CONNACK's Maximum Packet Size below: ignored
 constexpr const char* k_component = "mqtt";
@@ -155,8 +155,20 @@ struct mqtt_publisher::impl {
     std::string status_topic_;
     std::size_t inflight_max_;  // from the config
     spool& spool_;
-    mqtt::connect_options conn_opts_;
-    mqtt::create_options create_opts_;
+    mqtt::connect_options conn_opts_;       // what every connect shares; options_for adds the rest
+    std::uint32_t inbound_max_packet_ = 0;  // MQTT 5 Maximum Packet Size asked of the broker
+    // The MQTT version of the current client (4: 3.1.1) and, with no `version` configured, the
+    // one each uri agreed to (0: not yet known; offered 5 first). The sender thread only (and
+    // set_subscription before start).
+    int version_ = 5;
+    std::vector<int> agreed_;
+    mqtt::create_options create_for(int version) const;
+    mqtt::connect_options options_for(int version) const;
+    enum class connect_result { connected, failed, version_refused, stopping };
+    // One CONNECT to uris[i] with `version`; `answer`: what went wrong, in words (on entry:
+    // why the broker refused MQTT 5, when this is the 3.1.1 offer that follows).
+    connect_result connect_to(std::size_t i, int version, std::uint64_t attempt,
+                              std::string& answer);
 
     // Metrics.
     prometheus::Gauge& m_connected_;
@@ -220,6 +232,7 @@ struct mqtt_publisher::impl {
     // Sender thread only.
     std::int64_t highest_taken_ = 0;
     std::chrono::milliseconds backoff_ = k_backoff_min;
+    std::size_t state_room_ = k_state_room;  // retained states in flight: the broker's share
     steady::time_point connected_at_{};
     std::mt19937 rng_{std::random_device{}()};
     port_probe ports_;                    // asked during long backoff waits
@@ -270,6 +283,7 @@ struct mqtt_publisher::impl {
     };
     sentinel_listener sentinel_listener_;
     steady::time_point sentinel_next_{};
+    int sentinel_version_ = 5;
     // Publishes one message beside the spool after before_send; false: the connection is going.
     bool publish_beside(mqtt_publisher::outbound& m, std::vector<mqtt::delivery_token_ptr>& toks);
     void dispatch(const mqtt::const_message_ptr& msg);  // Paho's callback thread

@@ -3,9 +3,10 @@
 // them again after every connect. They never enter the spool: a state is not telemetry, only
 // its newest value matters, and a reconnect sends that one again anyway.
 //
-// At most k_state_room are in flight at once (Paho's max_inflight has room for them beside
-// the window and the command results), so a line of 300 devices going down together never
-// makes a publish of the window fail.
+// At most state_room_ are in flight at once (k_state_room, less where the broker's Receive
+// Maximum is tight; Paho's max_inflight has room for them beside the window and the command
+// results), so a line of 300 devices going down together never makes a publish of the window
+// fail.
 #include <algorithm>
 
 #include "core/log.hpp"
@@ -46,7 +47,7 @@ void mqtt_publisher::impl::publish_states(bool all) {
             ++it;
             continue;
         }
-        if (!all && state_tokens_.size() >= static_cast<std::size_t>(k_state_room)) return;
+        if (!all && state_tokens_.size() >= state_room_) return;
         try {
             state_tokens_.push_back(
                 client_->publish(topic, s.payload.data(), s.payload.size(), 1, true));

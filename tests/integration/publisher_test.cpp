@@ -399,6 +399,67 @@ TEST_CASE("MQTT 3.1.1 delivers too") {
     pub.stop(1000ms);
 }
 
+// A broker that speaks 3.1.1 only (the proxy meets an MQTT 5 CONNECT as RabbitMQ 3.10 does, or
+// with CONNACK 0x84): with no `version` set, the publisher offers 3.1.1 at once on the same uri,
+// delivers, and keeps 3.1.1 for that uri's reconnects; a negotiation is not a connect error.
+TEST_CASE("no version set: a broker that refuses MQTT 5 gets 3.1.1, kept for its reconnects") {
+    std::string answer;
+    SUBCASE("closed without an answer") {
+        answer = "close";
+    }
+    SUBCASE("CONNACK 0x84") {
+        answer = "refuse";
+    }
+    CAPTURE(answer);
+    temp_dir dir;
+    mosquitto broker;
+    ferry::test::mqtt_proxy proxy(broker.port());
+    proxy.mqtt5(answer);
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 50);
+    sub_recorder rec(broker.port(), "rec-negotiate", {"plant/#"});
+    auto cfg = mqtt_config({proxy.uri()});
+    cfg.version = 0;
+    mqtt_publisher pub(cfg, k_gateway, sp, reg, k_dead_letter, k_strict);
+    pub.start();
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 50 && sp.messages() == 0; }, 10s));
+    check_ordered_with_window(rec.payloads(k_data_topic), 0, 50, 1);
+    auto st = proxy.stats();
+    CHECK(st.mqtt5_refused == 1);
+    CHECK(st.connections == 2);  // the refused 5, the 3.1.1 that delivered
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connect"}}) == 0);
+
+    // A lost connection: the reconnect offers 3.1.1 straight away.
+    proxy.cut();
+    REQUIRE(wait_until([&] { return proxy.stats().open == 1 && pub.connected(); }, 10s));
+    append_range(sp, 50, 100);
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 100 && sp.messages() == 0; }, 10s));
+    check_ordered_with_window(rec.payloads(k_data_topic), 0, 100, 1);
+    st = proxy.stats();
+    CHECK(st.mqtt5_refused == 1);
+    CHECK(st.connections == 3);
+    pub.stop(1000ms);
+}
+
+// `version: 5` set: no fallback; the connect fails, is counted, and nothing is lost.
+TEST_CASE("version 5 set: a broker that refuses MQTT 5 is not offered 3.1.1") {
+    temp_dir dir;
+    mosquitto broker;
+    ferry::test::mqtt_proxy proxy(broker.port());
+    proxy.mqtt5("refuse");
+    prometheus::Registry reg;
+    spool sp(spool_config(dir), reg);
+    append_range(sp, 0, 10);
+    mqtt_publisher pub(mqtt_config({proxy.uri()}), k_gateway, sp, reg, k_dead_letter, k_strict);
+    pub.start();
+    REQUIRE(wait_until([&] { return proxy.stats().mqtt5_refused >= 2; }, 10s));
+    CHECK(proxy.stats().to_broker.count("PUBLISH") == 0);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connect"}}) >= 2);
+    CHECK(sp.messages() == 10);
+    pub.stop(0ms);
+}
+
 TEST_CASE("a broker restart mid-stream loses nothing; duplicates only within the window") {
     if (std::getenv("FERRY_DEBUG")) ferry::log::set_level(ferry::config::log_level::debug);
     constexpr int k_total = 3000;

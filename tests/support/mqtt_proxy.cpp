@@ -116,6 +116,7 @@ mqtt_proxy_stats mqtt_proxy::stats() {
     s.inflight_max = j.value("inflight_max", 0ULL);
     s.cuts = j.value("cuts", 0ULL);
     s.publishes_refused = j.value("publishes_refused", 0ULL);
+    s.mqtt5_refused = j.value("mqtt5_refused", 0ULL);
     return s;
 }
 

@@ -30,6 +30,7 @@ struct mqtt_proxy_stats {
     std::uint64_t inflight_max = 0;     // the largest `inflight` seen
     std::uint64_t cuts = 0;
     std::uint64_t publishes_refused = 0;  // by refuse_publish
+    std::uint64_t mqtt5_refused = 0;      // MQTT 5 CONNECTs met by `mqtt5 close|refuse`
     std::string json;                     // the line as answered
 };
 
@@ -61,6 +62,8 @@ class mqtt_proxy {
     void refuse() { command("refuse"); }
     // The next n QoS 1 publishes (MQTT 5) are answered PUBACK 0x97 by the proxy, not forwarded.
     void refuse_publish(int n) { command("refuse_publish " + std::to_string(n)); }
+    // How an MQTT 5 CONNECT is met: "pass", "close" (no answer) or "refuse" (CONNACK 0x84).
+    void mqtt5(const std::string& answer) { command("mqtt5 " + answer); }
     mqtt_proxy_stats stats();
 
     void stop();  // SIGTERM and wait (also done by the destructor)

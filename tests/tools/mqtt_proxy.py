@@ -23,6 +23,11 @@ answered with one line, `ok` or `error ...`:
     refuse_publish N  the next N QoS 1 publishes from MQTT 5 clients are not forwarded; the
                       proxy answers each itself with PUBACK reason 0x97 (quota exceeded), as a
                       broker refusing it would. Independent of the mode (a counter)
+    mqtt5 ANSWER      how a CONNECT of MQTT 5 is met, as by a broker that speaks 3.1.1 only
+                      (3.1.1 CONNECTs pass): `pass` (the default) forwards it; `close`
+                      closes the connection without answering (RabbitMQ before 3.13);
+                      `refuse` answers CONNACK reason 0x84 (unsupported protocol version)
+                      and closes. Independent of the mode
     (--publish-log FILE: every PUBLISH read from a client, even one a black hole then drops,
     appends "topic batch connection monotonic-seconds" to FILE, batch being the payload's
     "batch" number or - : what the
@@ -149,6 +154,8 @@ class Proxy:
         self.withheld = 0
         self.refused_acks = 0
         self.inflight_max = 0
+        self.mqtt5 = "pass"
+        self.mqtt5_refused = 0
 
     def inflight(self):
         return sum(len(c.outstanding) for c in self.conns)
@@ -159,7 +166,7 @@ class Proxy:
                 "pubacks_withheld": self.withheld, "pubacks_refused": self.refused_acks,
                 "inflight": self.inflight(), "inflight_max": self.inflight_max,
                 "cuts": self.cuts, "publishes_refused": self.refused_publishes,
-                "refuse_left": self.refuse_left}
+                "refuse_left": self.refuse_left, "mqtt5_refused": self.mqtt5_refused}
 
     async def on_client(self, creader, cwriter):
         self.accepted += 1
@@ -206,6 +213,8 @@ class Proxy:
                 self.refuse_left = int(args[0])
             except ValueError:
                 return "error refuse_publish takes a count"
+        elif cmd == "mqtt5" and args in (["pass"], ["close"], ["refuse"]):
+            self.mqtt5 = args[0]
         elif cmd == "cut" and not args:
             self.cuts += 1
             for c in list(self.conns):
@@ -305,6 +314,14 @@ class Connection:
                 if from_client:
                     if ptype == 1:
                         self.v5 = protocol_level(p) == 5
+                        if self.v5 and proxy.mqtt5 != "pass":
+                            proxy.mqtt5_refused += 1
+                            log("connection", self.n, "MQTT 5 CONNECT met with", proxy.mqtt5)
+                            if proxy.mqtt5 == "refuse":
+                                # CONNACK: flags 0, reason 0x84, no properties.
+                                self.cwriter.write(bytes([0x20, 3, 0, 0x84, 0]))
+                                await self.cwriter.drain()
+                            return  # ends the connection (run() closes both sides)
                     if (ptype == 3 and (p[0] >> 1) & 3 == 1 and self.v5
                             and proxy.refuse_left > 0):
                         proxy.refuse_left -= 1

@@ -140,7 +140,7 @@ TEST_CASE("the example config/ferry.yaml loads with the expected values") {
     const auto& q = c.upstream.mqtt;
     CHECK(q.uris == lines{"tcp://127.0.0.1:1883"});
     CHECK(q.client_id == "ferry-plant-a-gw1");
-    CHECK(q.version == 5);
+    CHECK(q.version == 0);  // negotiated
     CHECK(q.keepalive == 30s);
     CHECK(q.inflight == 16);
     CHECK(q.password.empty());
