@@ -44,6 +44,9 @@ struct gateway {
     std::string topic() const { return "plant/" + id + "/d1"; }
     // The broker URI of its last "connected" log line.
     std::string connected_uri() const { return log_fields(log(), "connected")["uri"]; }
+    // The MQTT version of that connection: the config sets none, so Ferry offered 5 and each
+    // node (RabbitMQ 3.10) turned it down for 3.1.1.
+    std::string connected_version() const { return log_fields(log(), "connected")["version"]; }
 };
 
 }  // namespace
@@ -90,6 +93,7 @@ TEST_CASE(
                           },
                           30s),
                       g->id << " still names " << g->connected_uri());
+        CHECK(g->connected_version() == "3.1.1");
     }
     const auto failover_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::steady_clock::now() - killed)
