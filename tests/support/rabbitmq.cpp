@@ -1,6 +1,7 @@
 #include "tests/support/rabbitmq.hpp"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -32,7 +33,11 @@ cli_result rabbitmq_cluster::tool(const std::vector<std::string>& args,
 }
 
 rabbitmq_cluster::rabbitmq_cluster(int nodes) {
-    const auto r = tool({"start", dir_.path(), "--nodes", std::to_string(nodes)}, k_start_timeout);
+    // --owner: the tool stops the cluster itself should this test runner die without running
+    // its destructors (a crash, ctest's timeout).
+    const auto r = tool({"start", dir_.path(), "--nodes", std::to_string(nodes), "--owner",
+                         std::to_string(::getpid())},
+                        k_start_timeout);
     if (r.code != 0) {
         stop();  // what a start that timed out left running
         throw std::runtime_error("rabbitmq_cluster: start of " + std::to_string(nodes) +

@@ -6,8 +6,9 @@
 // std::runtime_error with the tool's output otherwise). The destructor stops every node and the
 // cluster's epmd by pid (SIGTERM, SIGKILL after 15 s) and removes the directory. Needs root
 // (the nodes run as the `rabbitmq` user) and Debian's rabbitmq-server (scripts/install-deps).
-// Not thread-safe: one thread drives it. A test runner killed by a signal leaves the nodes
-// running (they are not its children); a failed CHECK or REQUIRE does not.
+// Not thread-safe: one thread drives it. The nodes are not the test runner's children: should
+// it die without running destructors (a crash, ctest's timeout), the tool's watch process stops
+// them within a second (`start --owner`).
 //
 // RabbitMQ 3.10's MQTT plugin speaks 3.1.1 only (a consumer: mqtt_recorder(uri, filters, 4)),
 // has no shared subscriptions, and takes connections only while a majority of the nodes run
