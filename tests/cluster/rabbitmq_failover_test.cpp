@@ -2,13 +2,16 @@
 // are connected to. Two `ferry run` (tests/configs/cluster.yaml, each with its own Modbus
 // simulator) list the nodes in different orders; a consumer with a persistent session (clean
 // session false, QoS 1) on a node that is not killed records everything. While they publish,
-// the node gateway A is connected to (as its "connected" log line names it) is SIGKILLed; the
-// gateways move to their next node and publish on. After a drain stop, per gateway, what a
+// the node gateway A is connected to (as its "connected" log line names it) is frozen until
+// A's in-flight window is full, then SIGKILLed; the gateways move to their next node, resend
+// the window there and publish on. After a drain stop, per gateway, what a
 // consumer deduplicating on (gateway, seq) checks: nothing lost (no hole in batch or seq, from
 // the first batch and seq its log announced to the last batch its spool knows), in order,
 // repeats only from within the in-flight window, and every event the gateway produced either
 // arrived or was dropped with a reason.
 #include <doctest/doctest.h>
+
+#include <signal.h>
 
 #include <memory>
 #include <sstream>
@@ -77,9 +80,14 @@ TEST_CASE(
 
     const auto victim = cluster.node_of(a.connected_uri());
     REQUIRE_MESSAGE(victim > 0, "gateway A is connected to '" << a.connected_uri() << "'");
-    const auto before_a = rec.messages_on(a.topic()).size();
-    const auto before_b = rec.messages_on(b.topic()).size();
     const auto b_before = cluster.node_of(b.connected_uri());
+    // Freeze the node until gateway A's window is full of unacknowledged messages (about 3 s
+    // at 5 messages/s), then kill it: those must be resent to another node of the cluster.
+    ::kill(cluster.pid(victim), SIGSTOP);
+    wait_until([&] { return metric_value(a.http_port, "ferry_mqtt_inflight") >= k_inflight; }, 15s);
+    const auto inflight_a = metric_value(a.http_port, "ferry_mqtt_inflight");
+    const auto inflight_b = metric_value(b.http_port, "ferry_mqtt_inflight");
+    CHECK(inflight_a == static_cast<double>(k_inflight));
     cluster.kill(victim);
     const auto killed = std::chrono::steady_clock::now();
     CHECK_FALSE(cluster.running(victim));
@@ -98,13 +106,17 @@ TEST_CASE(
     const auto failover_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::steady_clock::now() - killed)
                                  .count();
-    // A few seconds of traffic after the failover (5 or more messages/s each).
-    CHECK(rec.wait_for_count(a.topic(), before_a + 25, 30s));
-    CHECK(rec.wait_for_count(b.topic(), before_b + 25, 30s));
-    MESSAGE("killed node " << victim << " (gateway A's); B was on node " << b_before
-                           << "; now A on node " << cluster.node_of(a.connected_uri()) << ", B on "
-                           << cluster.node_of(b.connected_uri()) << "; both connected again within "
-                           << failover_ms << " ms of the kill");
+    // The resent window and then 3 s or more of traffic on the new nodes (5 messages/s each).
+    for (auto* g : {&a, &b}) {
+        const auto now = rec.messages_on(g->topic()).size();
+        CHECK(rec.wait_for_count(g->topic(), now + 15, 30s));
+    }
+    MESSAGE("froze node " << victim << " (gateway A's; B was on node " << b_before
+                          << ") until A had " << inflight_a << " in flight (B " << inflight_b
+                          << "), then killed it;"
+                          << " now A on node " << cluster.node_of(a.connected_uri()) << ", B on "
+                          << cluster.node_of(b.connected_uri()) << "; both connected again within "
+                          << failover_ms << " ms of the kill");
 
     for (auto* g : {&a, &b}) {
         INFO(g->id);
