@@ -4,18 +4,17 @@
 // session false, QoS 1) on a node that is not killed records everything. While they publish,
 // the node gateway A is connected to (as its "connected" log line names it) is frozen until
 // A's in-flight window is full, then SIGKILLed; the gateways move to their next node, resend
-// the window there and publish on. After a drain stop, per gateway, what a
-// consumer deduplicating on (gateway, seq) checks: nothing lost (no hole in batch or seq, from
-// the first batch and seq its log announced to the last batch its spool knows), in order,
-// repeats only from within the in-flight window, and every event the gateway produced either
-// arrived or was dropped with a reason.
+// the window there and publish on. After a drain stop, per gateway, what a consumer
+// deduplicating on (gateway, seq) checks: nothing lost (no hole in batch or seq, from the first
+// batch and seq its log announced to the last batch its spool knows), in order, repeats only
+// from within the in-flight window, and every event the gateway produced either arrived or was
+// dropped with a reason.
 #include <doctest/doctest.h>
 
 #include <signal.h>
 
 #include <memory>
 #include <sstream>
-#include <thread>
 
 #include "tests/chaos/chaos_support.hpp"
 #include "tests/support/rabbitmq.hpp"
