@@ -42,3 +42,4 @@ ferry_test(integration_sparkplug integration ${CMAKE_CURRENT_SOURCE_DIR}/integra
 # MQTT 5 properties (issue 18, item 3): message_expiry, user properties, Receive Maximum,
 # retain_last, and MQTT 3.1.1 without them, through `ferry run`, mosquitto and mosquitto_sub.
 ferry_test(integration_mqtt5 integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/mqtt5_test.cpp)
+ferry_test(integration_brokers integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/brokers_test.cpp)
