@@ -59,16 +59,9 @@ void mqtt_publisher::impl::hooks_after_connect() {
         direct_waiting_ = false;
     }
     if (!hooks_.filters.empty()) {
-        for (const auto& f : hooks_.filters) {
-            try {
-                auto tok = client_->subscribe(f, 1);
-                if (!tok->wait_for(k_connect_timeout)) throw mqtt::exception(-1);
-                log::info(k_component, "subscribed", {{"filter", f}, {"qos", "1"}});
-            } catch (const mqtt::exception& e) {
-                m_err_subscribe_.Increment();
-                log::error(k_component, "subscribe failed", {{"filter", f}, {"error", e.what()}});
-            }
-        }
+        // QoS 1: the Sparkplug B specification asks it of an edge node's NCMD/DCMD subscription.
+        for (const auto& f : hooks_.filters)
+            subscribe(f, 1, "session hook messages (Sparkplug NCMD/DCMD)");
     }
     if (!hooks_.after_connect) return;
     auto msgs = hooks_.after_connect();

@@ -274,13 +274,26 @@ void mqtt_publisher::impl::stop(std::chrono::milliseconds drain) {
     if (thread_.joinable()) thread_.join();
 }
 
-// The session starts clean on every connect, so the command subscription is made again each
-// time. A refused subscription is logged and counted; telemetry goes on without commands.
-void mqtt_publisher::impl::subscribe_after_connect() {
-    if (sub_filter_.empty()) return;
+// Subscriptions are made again after every connect (the session starts clean). A refused one
+// is logged and counted, and telemetry goes on without it. A broker that closes the connection
+// over a failed subscribe (RabbitMQ 3.x when the node that holds a QoS 1 subscription's queue is
+// down: every other node then refuses to declare it) would keep the gateway from publishing at
+// all, reconnect after reconnect: after that, connects go without subscriptions for
+// k_subscribe_pause (telemetry first), then try again.
+bool mqtt_publisher::impl::subscribe(const std::string& filter, int qos, const char* lost) {
+    const auto now = steady::now();
+    if (now < subscribe_paused_until_) {
+        log::warn(k_component, "not subscribed: paused",
+                  {{"filter", filter},
+                   {"lost", lost},
+                   {"retry_in_s", std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                                     subscribe_paused_until_ - now)
+                                                     .count())}});
+        return false;
+    }
     std::string error;
     try {
-        auto tok = client_->subscribe(sub_filter_, 1);
+        auto tok = client_->subscribe(filter, qos);
         if (!tok->wait_for(k_connect_timeout)) {
             error = "no SUBACK within " + ms_string(k_connect_timeout);
         } else {
@@ -294,12 +307,31 @@ void mqtt_publisher::impl::subscribe_after_connect() {
         error = e.what();
     }
     if (error.empty()) {
-        log::info(k_component, "subscribed", {{"filter", sub_filter_}, {"qos", "1"}});
-        return;
+        log::info(k_component, "subscribed", {{"filter", filter}, {"qos", std::to_string(qos)}});
+        return true;
     }
     m_err_subscribe_.Increment();
-    log::error(k_component, "subscribe failed; downlink commands will not arrive",
-               {{"filter", sub_filter_}, {"error", error}});
+    const bool closed = !client_->is_connected();
+    if (closed) subscribe_paused_until_ = steady::now() + k_subscribe_pause;
+    log::error(k_component, "subscribe failed",
+               {{"filter", filter},
+                {"error", error},
+                {"lost", lost},
+                {"action", closed ? "the broker closed the connection: connects go without "
+                                    "subscriptions for " +
+                                        std::to_string(k_subscribe_pause.count()) + "s"
+                                  : std::string("go on without it")}});
+    return false;
+}
+
+// Downlink commands at QoS 0: the session is clean, so nothing waits for Ferry while it is away
+// and QoS 1 would cover only the last hop of a live connection; a command is answered (or,
+// lost, sent again by the operator) and never applied twice (its id). RabbitMQ 3.x keeps a QoS 0
+// subscription in a queue of the node the gateway is on, which goes with it: after a node loss
+// the next node takes the subscription again (cluster_rabbitmq_failover).
+void mqtt_publisher::impl::subscribe_after_connect() {
+    if (sub_filter_.empty()) return;
+    subscribe(sub_filter_, 0, "downlink commands");
 }
 
 bool mqtt_publisher::impl::publish_result(const std::string& topic, const std::string& payload) {

@@ -60,6 +60,8 @@ constexpr std::chrono::milliseconds k_idle_wait{100};
 // How long stop waits for the "offline" PUBACK, and Paho's work before DISCONNECT.
 constexpr std::chrono::milliseconds k_status_timeout{500};
 constexpr std::chrono::milliseconds k_disconnect_timeout{300};
+// How long connects go without subscriptions after a broker closed the connection over one.
+constexpr std::chrono::seconds k_subscribe_pause{300};
 constexpr int k_result_room = 16;         // command results in flight beside the window
 constexpr std::size_t k_state_room = 16;  // retained states in flight beside both (at most)
 constexpr std::uint32_t k_min_packet_limit =
@@ -250,6 +252,9 @@ struct mqtt_publisher::impl {
     mqtt_publisher::message_handler sub_handler_;
     std::mutex client_mu_;
     void subscribe_after_connect();
+    // One subscription after a connect (the sender thread); false: not made (logged, counted).
+    bool subscribe(const std::string& filter, int qos, const char* lost);
+    steady::time_point subscribe_paused_until_{};  // the sender thread
 
     // Retained states (device status), newest payload per topic: set from any thread under
     // states_mu_, published by the sender thread (`dirty`: not yet on this connection).

@@ -399,6 +399,15 @@ TEST_CASE("MQTT 3.1.1 delivers too") {
     pub.stop(1000ms);
 }
 
+// A spool and a mosquitto behind a proxy that can play a broker's refusals.
+struct proxied_rig {
+    temp_dir dir;
+    mosquitto broker;
+    ferry::test::mqtt_proxy proxy{broker.port()};
+    prometheus::Registry reg;
+    spool sp{spool_config(dir), reg};
+};
+
 // A broker that speaks 3.1.1 only (the proxy meets an MQTT 5 CONNECT as RabbitMQ 3.10 does, or
 // with CONNACK 0x84): with no `version` set, the publisher offers 3.1.1 at once on the same uri,
 // delivers, and keeps 3.1.1 for that uri's reconnects; a negotiation is not a connect error.
@@ -411,12 +420,9 @@ TEST_CASE("no version set: a broker that refuses MQTT 5 gets 3.1.1, kept for its
         answer = "refuse";
     }
     CAPTURE(answer);
-    temp_dir dir;
-    mosquitto broker;
-    ferry::test::mqtt_proxy proxy(broker.port());
+    proxied_rig rig;
+    auto& [dir, broker, proxy, reg, sp] = rig;
     proxy.mqtt5(answer);
-    prometheus::Registry reg;
-    spool sp(spool_config(dir), reg);
     append_range(sp, 0, 50);
     sub_recorder rec(broker.port(), "rec-negotiate", {"plant/#"});
     auto cfg = mqtt_config({proxy.uri()});
@@ -444,12 +450,9 @@ TEST_CASE("no version set: a broker that refuses MQTT 5 gets 3.1.1, kept for its
 
 // `version: 5` set: no fallback; the connect fails, is counted, and nothing is lost.
 TEST_CASE("version 5 set: a broker that refuses MQTT 5 is not offered 3.1.1") {
-    temp_dir dir;
-    mosquitto broker;
-    ferry::test::mqtt_proxy proxy(broker.port());
+    proxied_rig rig;
+    auto& [dir, broker, proxy, reg, sp] = rig;
     proxy.mqtt5("refuse");
-    prometheus::Registry reg;
-    spool sp(spool_config(dir), reg);
     append_range(sp, 0, 10);
     mqtt_publisher pub(mqtt_config({proxy.uri()}), k_gateway, sp, reg, k_dead_letter, k_strict);
     pub.start();
@@ -458,6 +461,29 @@ TEST_CASE("version 5 set: a broker that refuses MQTT 5 is not offered 3.1.1") {
     CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "connect"}}) >= 2);
     CHECK(sp.messages() == 10);
     pub.stop(0ms);
+}
+
+// A broker that closes the connection over a SUBSCRIBE (RabbitMQ 3.x when the queue of a
+// subscription is homed on a dead node): the next connects go without the subscription, so
+// telemetry flows; the failure is counted once.
+TEST_CASE("a broker that hangs up on the command subscription: telemetry goes on without it") {
+    proxied_rig rig;
+    auto& [dir, broker, proxy, reg, sp] = rig;
+    proxy.on_subscribe("close");
+    append_range(sp, 0, 50);
+    sub_recorder rec(broker.port(), "rec-subscribe", {"plant/#"});
+    mqtt_publisher pub(mqtt_config({proxy.uri()}), k_gateway, sp, reg, k_dead_letter, k_strict);
+    pub.set_subscription(
+        "ferry/" + k_gateway + "/cmd/+/+/set", [](const std::string&, const std::string&, bool) {},
+        0);
+    pub.start();
+    REQUIRE(wait_until([&] { return rec.count(k_data_topic) >= 50 && sp.messages() == 0; }, 15s));
+    check_ordered_with_window(rec.payloads(k_data_topic), 0, 50, 1);
+    const auto st = proxy.stats();
+    CHECK(st.subscribes_closed == 1);
+    CHECK(st.connections == 2);
+    CHECK(metric(reg, "ferry_mqtt_errors_total", {{"reason", "subscribe"}}) == 1);
+    pub.stop(1000ms);
 }
 
 TEST_CASE("a broker restart mid-stream loses nothing; duplicates only within the window") {

@@ -42,6 +42,7 @@ ferry_test(integration_sparkplug integration ${CMAKE_CURRENT_SOURCE_DIR}/integra
 # MQTT 5 properties (issue 18, item 3): message_expiry, user properties, Receive Maximum,
 # retain_last, and MQTT 3.1.1 without them, through `ferry run`, mosquitto and mosquitto_sub.
 ferry_test(integration_mqtt5 integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/mqtt5_test.cpp)
+ferry_test(integration_brokers integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/brokers_test.cpp)
 # The reference consumer (issue 19, tools/ferry_consumer.py) against mosquitto and `ferry run`:
 # a shared subscription into one SQLite file, and crafted gaps, repeats and replays.
 ferry_test(integration_consumer integration ${CMAKE_CURRENT_SOURCE_DIR}/integration/consumer_test.cpp)

@@ -319,6 +319,7 @@ pid_t mosquitto::pid() const {
 
 struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt::iaction_listener {
     std::vector<std::string> filters;
+    int version = MQTTVERSION_5;
     mutable std::mutex mu;
     mutable std::condition_variable cv;
     std::vector<mqtt_message> messages;
@@ -339,10 +340,15 @@ struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt:
             acked = 0;
         }
         try {
-            for (const auto& f : filters)
-                client->subscribe(f, 1, nullptr, *this,
-                                  mqtt::subscribe_options(
-                                      false, true, mqtt::subscribe_options::SEND_RETAINED_ON_NEW));
+            for (const auto& f : filters) {
+                if (version != MQTTVERSION_5)
+                    client->subscribe(f, 1, nullptr, *this);
+                else
+                    client->subscribe(
+                        f, 1, nullptr, *this,
+                        mqtt::subscribe_options(false, true,
+                                                mqtt::subscribe_options::SEND_RETAINED_ON_NEW));
+            }
         } catch (const std::exception& e) {
             std::lock_guard lk(mu);
             last_error = e.what();
@@ -378,24 +384,29 @@ struct mqtt_recorder::impl : public virtual mqtt::callback, public virtual mqtt:
     }
 };
 
-mqtt_recorder::mqtt_recorder(const std::string& uri, std::vector<std::string> filters)
+mqtt_recorder::mqtt_recorder(const std::string& uri, std::vector<std::string> filters,
+                             int mqtt_version)
     : impl_(std::make_unique<impl>()) {
     static std::atomic<int> counter{0};
     std::random_device rd;
     const std::string id = "ferry-rec-" + std::to_string(::getpid()) + "-" +
                            std::to_string(counter++) + "-" + std::to_string(rd() % 100000);
     impl_->filters = std::move(filters);
+    impl_->version = mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     impl_->client = std::make_unique<mqtt::async_client>(
-        uri, id, mqtt::create_options(MQTTVERSION_5), nullptr /* no client persistence */);
+        uri, id, mqtt::create_options(impl_->version), nullptr /* no client persistence */);
     impl_->client->set_callback(*impl_);
 
     // A persistent session (clean_start=false, kept for an hour) so QoS 1 messages published
     // while we are briefly disconnected are queued by the broker for us.
-    auto opts = mqtt::connect_options_builder()
-                    .mqtt_version(MQTTVERSION_5)
-                    .clean_start(false)
-                    .properties({{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}})
-                    .keep_alive_interval(std::chrono::seconds(5))
+    auto builder = mqtt::connect_options_builder();
+    if (impl_->version == MQTTVERSION_5)
+        builder.mqtt_version(MQTTVERSION_5)
+            .clean_start(false)
+            .properties({{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}});
+    else
+        builder.mqtt_version(MQTTVERSION_3_1_1).clean_session(false);
+    auto opts = builder.keep_alive_interval(std::chrono::seconds(5))
                     .connect_timeout(std::chrono::seconds(5))
                     .automatic_reconnect(std::chrono::seconds(1), std::chrono::seconds(2))
                     .finalize();

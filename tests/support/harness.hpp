@@ -119,10 +119,11 @@ struct mqtt_message {
 // restarted broker (persistence off) has forgotten the session; messages published to the
 // new broker before that re-subscription are lost. Retained messages are delivered only for
 // a new subscription, and `retained` tells whether the message was published with retain.
-// All methods are thread-safe.
+// All methods are thread-safe. `mqtt_version` 4 speaks MQTT 3.1.1 instead (RabbitMQ 3.10 knows
+// no 5): clean_session=false keeps the session, and every reconnect subscribes again.
 class mqtt_recorder {
   public:
-    mqtt_recorder(const std::string& uri, std::vector<std::string> filters);
+    mqtt_recorder(const std::string& uri, std::vector<std::string> filters, int mqtt_version = 5);
     ~mqtt_recorder();
     std::vector<mqtt_message> messages() const;
     // Messages whose topic equals `topic`.

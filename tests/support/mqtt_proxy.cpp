@@ -117,6 +117,7 @@ mqtt_proxy_stats mqtt_proxy::stats() {
     s.cuts = j.value("cuts", 0ULL);
     s.publishes_refused = j.value("publishes_refused", 0ULL);
     s.mqtt5_refused = j.value("mqtt5_refused", 0ULL);
+    s.subscribes_closed = j.value("subscribes_closed", 0ULL);
     return s;
 }
 

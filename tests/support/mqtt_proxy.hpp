@@ -31,6 +31,7 @@ struct mqtt_proxy_stats {
     std::uint64_t cuts = 0;
     std::uint64_t publishes_refused = 0;  // by refuse_publish
     std::uint64_t mqtt5_refused = 0;      // MQTT 5 CONNECTs met by `mqtt5 close|refuse`
+    std::uint64_t subscribes_closed = 0;  // SUBSCRIBEs met by `subscribe close`
     std::string json;                     // the line as answered
 };
 
@@ -64,6 +65,8 @@ class mqtt_proxy {
     void refuse_publish(int n) { command("refuse_publish " + std::to_string(n)); }
     // How an MQTT 5 CONNECT is met: "pass", "close" (no answer) or "refuse" (CONNACK 0x84).
     void mqtt5(const std::string& answer) { command("mqtt5 " + answer); }
+    // How a SUBSCRIBE is met: "pass" or "close" (the connection, without an answer).
+    void on_subscribe(const std::string& answer) { command("subscribe " + answer); }
     mqtt_proxy_stats stats();
 
     void stop();  // SIGTERM and wait (also done by the destructor)

@@ -28,6 +28,9 @@ answered with one line, `ok` or `error ...`:
                       closes the connection without answering (RabbitMQ before 3.13);
                       `refuse` answers CONNACK reason 0x84 (unsupported protocol version)
                       and closes. Independent of the mode
+    subscribe ANSWER  how a SUBSCRIBE is met: `pass` (the default) forwards it; `close` closes
+                      the connection without answering, as RabbitMQ 3.x does when a
+                      subscription's queue is homed on a dead node. Independent of the mode
     (--publish-log FILE: every PUBLISH read from a client, even one a black hole then drops,
     appends "topic batch connection monotonic-seconds" to FILE, batch being the payload's
     "batch" number or - : what the
@@ -156,6 +159,8 @@ class Proxy:
         self.inflight_max = 0
         self.mqtt5 = "pass"
         self.mqtt5_refused = 0
+        self.subscribe = "pass"
+        self.subscribes_closed = 0
 
     def inflight(self):
         return sum(len(c.outstanding) for c in self.conns)
@@ -166,7 +171,8 @@ class Proxy:
                 "pubacks_withheld": self.withheld, "pubacks_refused": self.refused_acks,
                 "inflight": self.inflight(), "inflight_max": self.inflight_max,
                 "cuts": self.cuts, "publishes_refused": self.refused_publishes,
-                "refuse_left": self.refuse_left, "mqtt5_refused": self.mqtt5_refused}
+                "refuse_left": self.refuse_left, "mqtt5_refused": self.mqtt5_refused,
+                "subscribes_closed": self.subscribes_closed}
 
     async def on_client(self, creader, cwriter):
         self.accepted += 1
@@ -215,6 +221,8 @@ class Proxy:
                 return "error refuse_publish takes a count"
         elif cmd == "mqtt5" and args in (["pass"], ["close"], ["refuse"]):
             self.mqtt5 = args[0]
+        elif cmd == "subscribe" and args in (["pass"], ["close"]):
+            self.subscribe = args[0]
         elif cmd == "cut" and not args:
             self.cuts += 1
             for c in list(self.conns):
@@ -322,6 +330,10 @@ class Connection:
                                 self.cwriter.write(bytes([0x20, 3, 0, 0x84, 0]))
                                 await self.cwriter.drain()
                             return  # ends the connection (run() closes both sides)
+                    if ptype == 8 and proxy.subscribe == "close":
+                        proxy.subscribes_closed += 1
+                        log("connection", self.n, "closed over a SUBSCRIBE")
+                        return
                     if (ptype == 3 and (p[0] >> 1) & 3 == 1 and self.v5
                             and proxy.refuse_left > 0):
                         proxy.refuse_left -= 1

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A RabbitMQ cluster on loopback for tests and benchmarks (Debian's rabbitmq-server 3.10).
 
-    /usr/bin/python3 tests/tools/rabbitmq_cluster.py start DIR --nodes N
+    /usr/bin/python3 tests/tools/rabbitmq_cluster.py start DIR --nodes N [--owner PID]
     /usr/bin/python3 tests/tools/rabbitmq_cluster.py stop DIR
     /usr/bin/python3 tests/tools/rabbitmq_cluster.py kill DIR I
     /usr/bin/python3 tests/tools/rabbitmq_cluster.py ctl DIR I ARGS...
@@ -24,6 +24,9 @@ checks go through erl_call (~30 ms; rabbitmqctl needs ~2 s of CPU to start). Wri
 DIR/cluster.json and prints it: {"nodes":[{"name","mqtt_port","amqp_port","dist_port","pid"}],
 "epmd_port","epmd_pid","start_seconds",...} (pid: the node's beam.smp). Exit 0 when ready;
 1 with the reason (and the node's log tail) if not, after stopping what it started.
+
+--owner PID: a watch process stops the cluster once PID is gone (a test runner killed by
+ctest's timeout runs no destructor), and ends by itself after a stop.
 
 stop: SIGTERM to every node (a clean RabbitMQ shutdown) and then the epmd, by the pids in
 cluster.json (each checked to still be that process); SIGKILL whatever is left after the
@@ -92,6 +95,17 @@ def is_ours(pid, marker):
             return marker.encode() in f.read()
     except OSError:
         return False
+
+
+def start_time(pid):
+    """When pid started (in clock ticks since boot, as /proc says), or None when it does not
+    run: a pid and its start time name one process, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
 
 
 def wait_gone(pids, timeout):
@@ -206,6 +220,12 @@ class cluster:
         os.makedirs(self.dir, exist_ok=True)
         # The nodes run as rabbitmq: they must reach DIR (a test's temp dir is 0700 root).
         os.chmod(self.dir, os.stat(self.dir).st_mode | 0o711)
+        up = os.path.dirname(self.dir)
+        while up != "/":
+            if not os.stat(up).st_mode & 0o001:
+                fail(f"{up} is not searchable by others: the rabbitmq user could not reach "
+                     f"{self.dir}")
+            up = os.path.dirname(up)
         if os.path.exists(self.state_file):
             fail(f"{self.state_file} exists: stop that cluster first")
         tag = secrets.token_hex(3)
@@ -336,12 +356,14 @@ class cluster:
         return (tail(os.path.join(self.node_dir(i), "stdout.log"), 10)
                 + tail(os.path.join(self.node_dir(i), "log", n["name"] + ".log")))
 
-    def start(self, n):
+    def start(self, n, owner=0):
         if n < 1:
             fail("--nodes must be at least 1")
         t0 = time.monotonic()
         st = self.prepare(n)
         try:
+            if owner:
+                self.start_watch(st, owner)
             self.start_epmd(st)
             procs = [self.start_node(st, 0)]
             # The others boot together once node 0's database runs (core_started comes after
@@ -385,6 +407,27 @@ class cluster:
         self.save(st)
         print(json.dumps(st), flush=True)
 
+    # --- the owner's watch ---------------------------------------------------------------------
+    def start_watch(self, st, owner):
+        born = start_time(owner)
+        if born is None:
+            raise RuntimeError(f"--owner {owner}: no such process")
+        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "watch", self.dir,
+                              str(owner), born], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        st["watch_pid"] = p.pid
+        self.save(st)
+
+    def watch(self, owner, born):
+        """Stops the cluster once its owner is gone (a test runner killed by a timeout runs no
+        destructor); ends by itself once the cluster is stopped."""
+        while os.path.exists(self.state_file):
+            if start_time(owner) != born:
+                self.stop()
+                return
+            time.sleep(0.5)
+
     # --- stop, kill, ctl ---------------------------------------------------------------------
     def stop(self):
         if not os.path.exists(self.state_file):
@@ -427,14 +470,14 @@ class cluster:
                               capture_output=capture, text=True, **self.as_rabbitmq())
 
 
-USAGE = """usage: rabbitmq_cluster.py start DIR --nodes N
+USAGE = """usage: rabbitmq_cluster.py start DIR --nodes N [--owner PID]
        rabbitmq_cluster.py stop DIR
        rabbitmq_cluster.py kill DIR I
        rabbitmq_cluster.py ctl DIR I ARGS..."""
 
 
 def main(argv):
-    if len(argv) < 2 or argv[0] not in ("start", "stop", "kill", "ctl"):
+    if len(argv) < 2 or argv[0] not in ("start", "stop", "kill", "ctl", "watch"):
         print(USAGE, file=sys.stderr)
         return 2
     if os.geteuid() != 0:
@@ -444,10 +487,13 @@ def main(argv):
     cmd, c = argv[0], cluster(argv[1])
     try:
         if cmd == "start":
-            if argv[2:3] != ["--nodes"] or len(argv) != 4:
+            opts = dict(zip(argv[2::2], argv[3::2]))
+            if len(argv) % 2 or "--nodes" not in opts or set(opts) - {"--nodes", "--owner"}:
                 print(USAGE, file=sys.stderr)
                 return 2
-            c.start(int(argv[3]))
+            c.start(int(opts["--nodes"]), int(opts.get("--owner", 0)))
+        elif cmd == "watch":
+            c.watch(int(argv[2]), argv[3])
         elif cmd == "stop":
             c.stop()
         elif cmd == "kill":
