@@ -6,9 +6,9 @@ Usage: ./scripts/fleet [N] [--duration S] [--broker rabbitmq|mosquitto] [--consu
                        [--mqtt-version V] [--json FILE] [--keep]
 
 Starts, all on 127.0.0.1:
-- the broker: a 3-node RabbitMQ cluster (tests/tools/rabbitmq_cluster.py) whose MQTT
+- the broker: a 3-node RabbitMQ cluster (tests/tools/rabbitmq_cluster.py) whose consumers'
   subscription queues are mirrored (policy ha-mode all; --no-mirror leaves RabbitMQ's
-  default, under which a gateway cannot fail over from a dead node), or one mosquitto
+  default, under which a consumer cannot fail over from a dead node), or one mosquitto
   (--broker mosquitto, for comparison);
 - one libmodbus simulator (tests/tools/modbus_sim.cpp, --wave) that every gateway polls
   over its own TCP connection: one single-threaded process serving N connections costs
@@ -236,7 +236,7 @@ def main():
     ap.add_argument("--kill-node", type=int, metavar="I",
                     help="SIGKILL RabbitMQ node I halfway through the window")
     ap.add_argument("--no-mirror", action="store_true",
-                    help="leave the MQTT subscription queues unmirrored (RabbitMQ's default)")
+                    help="leave the consumers' queues unmirrored (RabbitMQ's default)")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--json", help="where the results go")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
@@ -256,8 +256,10 @@ def main():
         # ---- broker ------------------------------------------------------------------
         t = time.monotonic()
         if a.broker == "rabbitmq":
+            # --owner: the cluster stops itself should this script die without its finally.
             r = subprocess.run(["/usr/bin/python3", CLUSTER, "start", cluster_dir, "--nodes",
-                                str(a.nodes)], capture_output=True, text=True)
+                                str(a.nodes), "--owner", str(os.getpid())],
+                               capture_output=True, text=True)
             if r.returncode != 0:
                 log(f"cluster did not start:\n{r.stderr}")
                 return 3
@@ -265,14 +267,14 @@ def main():
             uris = [f"tcp://127.0.0.1:{n['mqtt_port']}" for n in cluster["nodes"]]
             broker_pids = {f"rabbit-{i}": n["pid"] for i, n in enumerate(cluster["nodes"])}
             if not a.no_mirror:
-                # RabbitMQ 3.10 keeps each MQTT subscription (Ferry's command topic, the
+                # RabbitMQ 3.10 keeps a QoS 1 subscription with a kept session (the
                 # consumer's) in a durable classic queue on the node the client first used;
                 # with that node dead, subscribing again fails and the broker closes the
-                # connection, so a gateway could fail over to no node. Mirrored queues
-                # (docs/SCALE.md; tests/cluster/rabbitmq_failover_test.cpp does the same).
+                # connection. Mirroring the consumers' queues keeps a copy on every node
+                # (docs/SCALE.md). Ferry's own command subscription is QoS 0 and needs none.
                 r = subprocess.run(["/usr/bin/python3", CLUSTER, "ctl", cluster_dir, "0",
-                                    "set_policy", "--apply-to", "queues", "mqtt-subscriptions",
-                                    "^mqtt-subscription-", '{"ha-mode":"all"}'],
+                                    "set_policy", "--apply-to", "queues", "fleet-consumers",
+                                    "^mqtt-subscription-fleet-consumer-", '{"ha-mode":"all"}'],
                                    capture_output=True, text=True)
                 if r.returncode != 0:
                     log(f"set_policy failed: {r.stdout}{r.stderr}")
