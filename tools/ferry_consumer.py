@@ -324,18 +324,26 @@ class Consumer:
     def run(self, stop):
         brokers, i, backoff = self.args.broker, 0, 1.0
         deadline = time.monotonic() + self.args.duration if self.args.duration else None
-        while not stop() and not (deadline and time.monotonic() >= deadline):
+
+        def done():
+            return stop() or bool(deadline and time.monotonic() >= deadline)
+
+        def pause(seconds):  # a backoff that a SIGTERM cuts short
+            end = time.monotonic() + seconds
+            while not done() and time.monotonic() < end:
+                time.sleep(0.2)
+        while not done():
             uri = brokers[i % len(brokers)]
             i += 1  # more than one broker (cluster nodes): the next one on each failure
+            log(f"connecting to {uri} as {self.name} (MQTT {self.args.mqtt})")
             try:
                 self.connect(uri)
             except (OSError, ValueError) as e:
                 log(f"cannot connect to {uri}: {e}; again in {backoff:.0f} s")
-                time.sleep(backoff)
+                pause(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            log(f"connecting to {uri} as {self.name} (MQTT {self.args.mqtt})")
-            while not stop() and not (deadline and time.monotonic() >= deadline):
+            while not done():
                 try:
                     rc = self.client.loop(timeout=0.2)
                 except sqlite3.Error as e:
@@ -352,7 +360,7 @@ class Consumer:
                 self.client.disconnect()  # clean: the broker keeps a persistent session
                 self.client.loop(timeout=0.2)
                 return
-            time.sleep(backoff)
+            pause(backoff)
             backoff = min(backoff * 2, 30.0)
 
 
